@@ -1,0 +1,1 @@
+"""The interactive engine (no Qt): tiles, image conversion, embedding cache, predictor, click session."""

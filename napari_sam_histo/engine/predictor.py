@@ -1,0 +1,152 @@
+"""The thin stateful bridge between pixels and SAM: embed a tile once, decode each click.
+
+Shared by the annotator and the benchmark, so what is measured is what the user runs.
+``embed`` runs the image encoder (counted in ``encoder_calls``); ``decode`` runs only the prompt
+encoder and the chosen decoder, with the previous low-resolution logits as the mask prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..models.decoders import DecoderChoice, choose_decoder
+from ..models.device import bf16_is_fast
+from ..models.registry import LoadedModel
+from ..slides.reader import ImageSource
+from .embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
+from .rgb import PREPROCESSING_ID, to_rgb_uint8
+from .tiles import TileBox
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class Prediction:
+    """Decoder output for one set of prompts."""
+
+    low_res_logits: torch.Tensor  # (K, 256, 256): feed one back as the next mask prompt
+    iou_predictions: torch.Tensor  # (K,)
+
+
+class Predictor:
+    """One model + one decoder on one device; stateless about clicks (``ClickSession`` holds them)."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        decoder: DecoderChoice | str = "sam",
+        cache: EmbeddingCache | None = None,
+        precision: str = "auto",
+        encoder_precision: str = "fp32",
+        allow_untrained: bool = False,
+    ) -> None:
+        if precision not in PRECISIONS or encoder_precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        self.model = model
+        self.sam = model.sam
+        self.device = model.device
+        self.decoder = decoder if isinstance(decoder, DecoderChoice) else choose_decoder(model, decoder, allow_untrained)
+        self.cache = cache if cache is not None else EmbeddingCache()
+        fast_bf16 = bf16_is_fast(self.device)
+        self.decoder_bf16 = precision == "bf16" or (precision == "auto" and fast_bf16)
+        self.encoder_bf16 = encoder_precision == "bf16" or (encoder_precision == "auto" and fast_bf16)
+        if self.decoder.kind == "modified":
+            self.decoder.module.set_inference_dtype(torch.bfloat16 if self.decoder_bf16 else torch.float32)
+        self.encoder_calls = 0
+        self._encoder_lock = threading.Lock()
+        self.image_size = int(self.sam.image_encoder.img_size)
+        with torch.inference_mode():
+            self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
+
+    # -- encoder ------------------------------------------------------------------------------
+    @property
+    def preprocessing_id(self) -> str:
+        return f"{PREPROCESSING_ID}:{'bf16' if self.encoder_bf16 else 'fp32'}:{self.image_size}"
+
+    def key_for(self, image_identity: str, tile_key: str) -> EmbeddingKey:
+        return EmbeddingKey(image_identity, tile_key, self.model.name, self.model.weights_hash, self.preprocessing_id)
+
+    def embedding_for(self, source: ImageSource, box: TileBox) -> Embedding:
+        """The cached embedding of ``box`` in ``source``, computing it (once) if needed."""
+        key = self.key_for(source.identity, box.key())
+        return self.cache.get_or_compute(key, lambda: self.embed(source.read_region(box)))
+
+    def embedding_for_array(self, image, identity: str) -> Embedding:
+        """The cached embedding of a whole in-memory image (benchmark samples)."""
+        rgb = to_rgb_uint8(image)
+        key = self.key_for(identity, f"whole:{rgb.shape[1]}x{rgb.shape[0]}")
+        return self.cache.get_or_compute(key, lambda: self.embed(rgb))
+
+    def _autocast(self, enabled: bool):
+        if not enabled:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def embed(self, image) -> Embedding:
+        """Run the image encoder on one image (resized so its longest side is 1024, then padded)."""
+        rgb = to_rgb_uint8(image)
+        original_size = rgb.shape[:2]
+        h, w = self._resized_shape(original_size)
+        with torch.inference_mode():
+            pixels = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float()
+            if (h, w) != tuple(original_size):
+                # SAM's ResizeLongestSide resizes with PIL bilinear on uint8; antialiased bilinear
+                # in torch matches it closely and keeps the work on the model's device.
+                pixels = F.interpolate(pixels, (h, w), mode="bilinear", align_corners=False, antialias=True)
+                pixels = pixels.clamp(0, 255).round()
+            pixels = (pixels - self.sam.pixel_mean) / self.sam.pixel_std
+            pixels = F.pad(pixels, (0, self.image_size - w, 0, self.image_size - h))
+            with self._encoder_lock, self._autocast(self.encoder_bf16):
+                self.encoder_calls += 1
+                features = self.sam.image_encoder(pixels)
+        return Embedding(features.float(), (h, w), tuple(original_size))
+
+    def _resized_shape(self, size: tuple[int, int]) -> tuple[int, int]:
+        scale = self.image_size / max(size)
+        return int(size[0] * scale + 0.5), int(size[1] * scale + 0.5)
+
+    # -- decoder ------------------------------------------------------------------------------
+    def decode(
+        self,
+        embedding: Embedding,
+        points_xy: np.ndarray,
+        labels: np.ndarray,
+        mask_input: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> Prediction:
+        """Prompt encoder + decoder. ``points_xy`` are (x, y) pixel positions in the tile,
+        ``labels`` 1 (positive) / 0 (negative); ``mask_input`` is a previous (256, 256) logit map."""
+        scale_y = embedding.input_size[0] / embedding.original_size[0]
+        scale_x = embedding.input_size[1] / embedding.original_size[1]
+        coords = torch.as_tensor(np.asarray(points_xy, dtype=np.float32), device=self.device)
+        coords = coords * torch.tensor([scale_x, scale_y], device=self.device)
+        point_labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
+        masks = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).to(self.device)
+        with torch.inference_mode():
+            sparse, dense = self.sam.prompt_encoder(points=(coords[None], point_labels[None]), boxes=None, masks=masks)
+            use_autocast = self.decoder_bf16 and self.decoder.kind == "sam"
+            with self._autocast(use_autocast):
+                low_res, iou = self.decoder.module(
+                    image_embeddings=embedding.features.to(self.device),
+                    image_pe=self._dense_pe,
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=multimask,
+                )
+        return Prediction(low_res[0].float(), iou[0].float())
+
+    def upscale(self, embedding: Embedding, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """(256, 256) logits -> (H, W) logits at the tile's own resolution (SAM's postprocessing)."""
+        with torch.inference_mode():
+            logits = low_res_logits.reshape(1, 1, *low_res_logits.shape[-2:]).float()
+            logits = F.interpolate(logits, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            logits = logits[..., : embedding.input_size[0], : embedding.input_size[1]]
+            if tuple(embedding.input_size) != tuple(embedding.original_size):
+                logits = F.interpolate(logits, embedding.original_size, mode="bilinear", align_corners=False)
+        return logits[0, 0]

@@ -1,0 +1,145 @@
+"""One object being segmented on one tile: its clicks, the previous logits, undo and redo.
+
+Every click re-runs the decoder with all clicks so far and the previous low-resolution logits as
+the mask prompt (Kim et al. §2.2, Fig. 2a). The first click asks SAM for its three candidate masks
+and keeps the one with the highest predicted IoU; later clicks ask for a single mask, as SAM's
+authors recommend once the prompt is unambiguous.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .embedding_cache import Embedding
+from .predictor import Predictor
+from .tiles import TileBox
+
+
+@dataclass(frozen=True)
+class Click:
+    """A click at pixel (x = column, y = row) of the tile; fractions are allowed."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass
+class _State:
+    clicks: tuple[Click, ...]
+    low_res_logits: torch.Tensor | None
+    logits: torch.Tensor | None  # at the tile's resolution
+    iou_prediction: float | None
+
+
+@dataclass
+class SessionResult:
+    mask: np.ndarray  # (H, W) bool, in tile coordinates
+    clicks: tuple[Click, ...]
+    iou_prediction: float | None
+    box: TileBox  # where the tile sits; box.tile_to_level0 maps mask pixels to level 0
+
+
+class ClickSession:
+    """Clicks on one tile. ``embedding`` is computed by the predictor (once) when not given."""
+
+    def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding) -> None:
+        if tuple(embedding.original_size) != box.shape:
+            raise InputError(f"The embedding is of a {embedding.original_size} image, not of tile {box.key()}.")
+        self.predictor = predictor
+        self.box = box
+        self.embedding = embedding
+        self._history: list[_State] = [_State((), None, None, None)]
+        self._redo: list[_State] = []
+
+    @classmethod
+    def on_tile(cls, predictor: Predictor, source, box: TileBox) -> "ClickSession":
+        return cls(predictor, box, predictor.embedding_for(source, box))
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def _state(self) -> _State:
+        return self._history[-1]
+
+    @property
+    def clicks(self) -> tuple[Click, ...]:
+        return self._state.clicks
+
+    @property
+    def low_res_logits(self) -> torch.Tensor | None:
+        return self._state.low_res_logits
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        return self._state.logits
+
+    def mask(self, threshold: float = 0.0) -> np.ndarray:
+        """The current mask (logits > ``threshold``); empty before the first click."""
+        if self._state.logits is None:
+            return np.zeros(self.box.shape, dtype=bool)
+        return (self._state.logits > threshold).cpu().numpy()
+
+    def result(self) -> SessionResult:
+        return SessionResult(self.mask(), self.clicks, self._state.iou_prediction, self.box)
+
+    @property
+    def can_undo(self) -> bool:
+        return len(self._history) > 1
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    # -- actions ------------------------------------------------------------------------------
+    def add_click(self, x: float, y: float, positive: bool = True) -> SessionResult:
+        """Add a click at tile pixel (x, y) and re-predict."""
+        self._check_click(x, y)
+        clicks = self.clicks + (Click(float(x), float(y), bool(positive)),)
+        points = np.array([[c.x, c.y] for c in clicks], dtype=np.float32)
+        labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
+        first = len(clicks) == 1
+        prediction = self.predictor.decode(
+            self.embedding, points, labels, mask_input=self.low_res_logits, multimask=first
+        )
+        best = int(torch.argmax(prediction.iou_predictions)) if first else 0
+        low_res = prediction.low_res_logits[best]
+        logits = self.predictor.upscale(self.embedding, low_res)
+        self._history.append(_State(clicks, low_res, logits, float(prediction.iou_predictions[best])))
+        self._redo.clear()
+        return self.result()
+
+    def undo(self) -> SessionResult:
+        if self.can_undo:
+            self._redo.append(self._history.pop())
+        return self.result()
+
+    def redo(self) -> SessionResult:
+        if self._redo:
+            self._history.append(self._redo.pop())
+        return self.result()
+
+    def reset(self) -> SessionResult:
+        """Forget all clicks (undoable)."""
+        if self.clicks:
+            self._history.append(_State((), None, None, None))
+            self._redo.clear()
+        return self.result()
+
+    def _check_click(self, x: float, y: float) -> None:
+        try:
+            x, y = float(x), float(y)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"Click ({x!r}, {y!r}) is not a pair of numbers.") from err
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise InputError(f"Click ({x}, {y}) is not a finite position.")
+        height, width = self.box.shape
+        if not (0 <= x < width and 0 <= y < height):
+            raise InputError(
+                f"Click ({x:.1f}, {y:.1f}) is outside tile {self.box.key()} "
+                f"(valid x 0..{width - 1}, y 0..{height - 1})."
+            )

@@ -1,0 +1,101 @@
+"""Tiles: which square of which pyramid level a click falls in, and level <-> level-0 coordinates.
+
+All boxes are ``(x, y, width, height)`` in pixels of their own level; ``x`` is the column. A tile
+grid covers the level with non-overlapping tiles of ``tile_size``; edge tiles are cut at the border.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+DEFAULT_TILE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class TileBox:
+    """A rectangle at one pyramid level, and how that level scales to level 0."""
+
+    level: int
+    x: int
+    y: int
+    width: int
+    height: int
+    downsample: float = 1.0  # level-0 pixels per pixel of this level
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    def contains(self, x: float, y: float) -> bool:
+        """Is the level point (x, y) inside the box (pixel centres at integer + 0.5)?"""
+        return self.x <= x < self.x + self.width and self.y <= y < self.y + self.height
+
+    def to_tile(self, x: float, y: float) -> tuple[float, float]:
+        """Level coordinates -> coordinates inside the tile."""
+        return x - self.x, y - self.y
+
+    def tile_to_level0(self, x: float, y: float) -> tuple[float, float]:
+        """Coordinates inside the tile -> level-0 coordinates."""
+        return (self.x + x) * self.downsample, (self.y + y) * self.downsample
+
+    @property
+    def level0_box(self) -> tuple[float, float, float, float]:
+        """The tile's (x, y, width, height) in level-0 pixels."""
+        d = self.downsample
+        return (self.x * d, self.y * d, self.width * d, self.height * d)
+
+    def key(self) -> str:
+        return f"L{self.level}:{self.x},{self.y},{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Non-overlapping tiles over one level of size ``(width, height)``."""
+
+    level: int
+    width: int
+    height: int
+    tile_size: int = DEFAULT_TILE_SIZE
+    downsample: float = 1.0
+
+    def __post_init__(self):
+        if self.tile_size < 8:
+            raise InputError(f"Tile size {self.tile_size} is too small; use at least 8 pixels.")
+        if self.width < 1 or self.height < 1:
+            raise InputError(f"Level {self.level} is {self.width}x{self.height} pixels; nothing to tile.")
+
+    @property
+    def columns(self) -> int:
+        return math.ceil(self.width / self.tile_size)
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.height / self.tile_size)
+
+    def tile(self, column: int, row: int) -> TileBox:
+        if not (0 <= column < self.columns and 0 <= row < self.rows):
+            raise InputError(f"Tile ({column}, {row}) is outside the {self.columns}x{self.rows} grid.")
+        x, y = column * self.tile_size, row * self.tile_size
+        return TileBox(self.level, x, y, min(self.tile_size, self.width - x), min(self.tile_size, self.height - y),
+                       self.downsample)
+
+    def tile_at(self, x: float, y: float) -> TileBox:
+        """The tile holding the level point (x, y)."""
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise InputError(f"Point ({x}, {y}) is not a finite coordinate.")
+        if not (0 <= x < self.width and 0 <= y < self.height):
+            raise InputError(f"Point ({x:.1f}, {y:.1f}) is outside level {self.level} "
+                             f"({self.width}x{self.height} pixels).")
+        return self.tile(int(x // self.tile_size), int(y // self.tile_size))
+
+    def neighbours(self, tile: TileBox) -> list[TileBox]:
+        """The up to 8 tiles around ``tile`` (for prefetching)."""
+        column, row = tile.x // self.tile_size, tile.y // self.tile_size
+        return [
+            self.tile(column + dc, row + dr)
+            for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+            if (dc or dr) and 0 <= column + dc < self.columns and 0 <= row + dr < self.rows
+        ]

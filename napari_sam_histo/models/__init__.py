@@ -1,0 +1,1 @@
+"""Models: which SAM networks exist, where their weights come from, and our decoders."""

@@ -1,0 +1,79 @@
+"""Choose the decoder that runs every click: SAM's own, or Kim et al.'s modified decoder.
+
+``"sam"`` is the decoder shipped inside the model's checkpoint. ``"modified"`` needs trained
+weights: a decoder checkpoint file, or the one shipped for the base model in ``resources/``.
+An untrained modified decoder (random new layers) only ever runs when the caller says so
+explicitly (``allow_untrained=True``, used for timing and tests): its masks are noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .decoder_checkpoint import check_base_model, read_decoder_checkpoint
+from .modified_decoder import ModifiedMaskDecoder
+from .registry import LoadedModel
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+
+@dataclass
+class DecoderChoice:
+    """A decoder module and what it is, for reports and cache-free provenance."""
+
+    kind: str  # "sam" or "modified"
+    module: torch.nn.Module
+    source: str  # "checkpoint", a file path, or "untrained"
+    trained: bool
+
+
+def shipped_decoder_path(base_model: str, kind: str = "modified") -> Path | None:
+    """The trained decoder shipped for ``base_model``, if there is one."""
+    path = RESOURCES / f"decoder-{kind}-{base_model}.pt"
+    return path if path.is_file() else None
+
+
+def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> DecoderChoice:
+    metadata, state = read_decoder_checkpoint(path)
+    check_base_model(metadata, model.name, model.weights_hash, str(path))
+    if metadata["decoder_kind"] == "modified":
+        module = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder)
+    else:
+        import copy
+
+        module = copy.deepcopy(model.sam.mask_decoder)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit a {metadata['decoder_kind']} decoder "
+                              f"for {model.arch} ({str(err)[:300]}).") from err
+    return DecoderChoice(metadata["decoder_kind"], module.to(model.device).eval(), str(path),
+                         bool(metadata["trained"]))
+
+
+def choose_decoder(model: LoadedModel, decoder: str = "sam", allow_untrained: bool = False) -> DecoderChoice:
+    """``decoder`` is "sam", "modified" or a path to a decoder checkpoint."""
+    if decoder == "sam":
+        return DecoderChoice("sam", model.sam.mask_decoder, "checkpoint", True)
+    if decoder == "modified":
+        shipped = shipped_decoder_path(model.name)
+        if shipped is not None:
+            choice = build_decoder_from_checkpoint(model, shipped)
+        elif allow_untrained:
+            module = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder).eval()
+            choice = DecoderChoice("modified", module, "untrained", False)
+        else:
+            raise CheckpointError(
+                f"No trained modified decoder is available for model {model.name!r}. Train one "
+                f"(napari-sam-histo train) and choose its file, or use the SAM decoder."
+            )
+    else:
+        choice = build_decoder_from_checkpoint(model, decoder)
+    if not choice.trained and not allow_untrained:
+        raise CheckpointError(f"The decoder in {choice.source} is marked untrained; it would give "
+                              f"random masks, so it is not used.")
+    return choice
