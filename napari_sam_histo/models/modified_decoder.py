@@ -114,7 +114,79 @@ class ModifiedMaskDecoder(nn.Module):
         c = transformer_dim
         self.upsampling = nn.Sequential(ConvBlock(c, True), ConvBlock(c // 2, True), ConvBlock(c // 4, False))
         self.mask_head = nn.Conv2d(c // 8, 1, 1)
-        self.inference_dtype = torch.float32
+
+    @classmethod
+    def from_sam_decoder(cls, sam_decoder: nn.Module) -> "ModifiedMaskDecoder":
+        """A new modified decoder whose transformer, tokens and IoU head copy ``sam_decoder``'s."""
+        head = copy.deepcopy(sam_decoder.iou_prediction_head)
+        decoder = cls(
+            sam_decoder.transformer_dim,
+            copy.deepcopy(sam_decoder.transformer),
+            head,
+            num_iou_outputs=head.layers[-1].out_features,
+        )
+        with torch.no_grad():
+            decoder.iou_token.weight.copy_(sam_decoder.iou_token.weight)
+            decoder.mask_token.weight.copy_(sam_decoder.mask_tokens.weight[:1])
+        device = sam_decoder.iou_token.weight.device
+        return decoder.to(device)
+
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        query = tokens + pos
+        q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(query)), self._heads(self.v_proj(tokens))
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[1], self.internal_dim)
+        return self.norm(tokens + self.out_proj(out))
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3 convs, the second halving the channels, with a 1x1 shortcut; optionally then a
+    2x2 transposed conv that doubles the resolution (that makes it an UpConvBlock)."""
+
+    def __init__(self, channels: int, upsample: bool) -> None:
+        super().__init__()
+        half = channels // 2
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm1 = nn.InstanceNorm2d(channels, affine=True)
+        self.conv2 = nn.Conv2d(channels, half, 3, padding=1)
+        self.norm2 = nn.InstanceNorm2d(half, affine=True)
+        self.shortcut = nn.Conv2d(channels, half, 1)
+        self.up = nn.ConvTranspose2d(half, half, 2, stride=2) if upsample else None
+        self.norm_up = nn.InstanceNorm2d(half, affine=True) if upsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.norm1(self.conv1(x)))
+        y = F.gelu(self.norm2(self.conv2(y)) + self.shortcut(x))
+        if self.up is not None:
+            y = F.gelu(self.norm_up(self.up(y)))
+        return y
+
+
+class ModifiedMaskDecoder(nn.Module):
+    """Drop-in replacement for SAM's ``MaskDecoder`` (same forward signature and output shapes)."""
+
+    kind = "modified"
+
+    def __init__(
+        self,
+        transformer_dim: int,
+        transformer: nn.Module,
+        iou_head: nn.Module,
+        num_iou_outputs: int = 4,
+        attention_heads: int = 2,
+        attention_downsample: int = 4,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_token = nn.Embedding(1, transformer_dim)
+        self.iou_prediction_head = iou_head
+        self.num_iou_outputs = num_iou_outputs
+        self.global_attention = GlobalSelfAttention(transformer_dim, attention_heads, attention_downsample)
+        c = transformer_dim
+        self.upsampling = nn.Sequential(ConvBlock(c, True), ConvBlock(c // 2, True), ConvBlock(c // 4, False))
+        self.mask_head = nn.Conv2d(c // 8, 1, 1)
 
     @classmethod
     def from_sam_decoder(cls, sam_decoder: nn.Module) -> "ModifiedMaskDecoder":
@@ -160,9 +232,6 @@ class ModifiedMaskDecoder(nn.Module):
         hs, image_tokens = self.transformer(src, pos, tokens)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, :1]
 
-        dtype = self.inference_dtype if not self.training else image_tokens.dtype
-        pos_tokens = pos.flatten(2).transpose(1, 2)
-        image_tokens = self.global_attention(image_tokens.to(dtype), pos_tokens.to(dtype))
+        image_tokens = self.global_attention(image_tokens, pos.flatten(2).transpose(1, 2))
         feature_map = image_tokens.transpose(1, 2).reshape(b, c, h, w)
-        masks = self.mask_head(self.upsampling(feature_map)).float()
-        return masks, iou_pred
+        return self.mask_head(self.upsampling(feature_map)), iou_pred

@@ -1,0 +1,1 @@
+"""npe2 hooks (declared in napari.yaml): sample data now; reader, writers and widgets later."""

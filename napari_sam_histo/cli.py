@@ -1,0 +1,111 @@
+"""The ``napari-sam-histo`` command: demo, weights, perf.
+
+Thin: parse arguments, call the core, print. A ``SamHistoError`` (bad file, bad value, missing
+weights) is printed as one line and exits with status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+
+def _quiet_third_party_warnings() -> None:
+    # timm/mobile_sam print deprecation and registry warnings at import; they are not the user's concern.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+    warnings.filterwarnings("ignore", message="Overwriting tiny_vit", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Importing from timm", category=FutureWarning)
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from .models.registry import get_spec, list_models
+    from .models.weights import candidate_paths, fetch_weights, find_weights, models_dir
+
+    if args.action == "list":
+        print(f"{'model':24} {'arch':6} {'on disk':8} {'where (or where fetch puts it)':64} description")
+        for spec in list_models():
+            path = next((p for p in candidate_paths(spec.weights) if p.is_file()), None)
+            where = path or models_dir() / spec.weights.filename
+            print(f"{spec.name:24} {spec.arch:6} {'yes' if path else 'no':8} {str(where):64} {spec.description}")
+        return 0
+    spec = get_spec(args.name)
+    if args.action == "path":
+        path = find_weights(spec.weights)
+        if path is None:
+            print(f"{spec.name}: not on disk (fetch with `napari-sam-histo weights fetch {spec.name}`)")
+            return 1
+        print(path)
+        return 0
+    path = fetch_weights(spec.weights)
+    print(f"{spec.name}: {path} (verified {spec.weights.expected_hash or 'sha256 recorded'})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(headless=args.headless, out_dir=args.out, model=args.model, device=args.device)
+
+
+def _cmd_perf(args: argparse.Namespace) -> int:
+    from .perf import format_report, run_perf
+
+    report = run_perf(model=args.model, device=args.device, clicks=args.clicks,
+                      random_weights=args.random_weights, encoder_runs=args.encoder_runs)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-sam-histo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    weights = sub.add_parser("weights", help="list models, show where weights are, fetch weights")
+    wsub = weights.add_subparsers(dest="action", required=True)
+    wsub.add_parser("list", help="every known model, and whether its weights are on disk")
+    for action, text in (("fetch", "download (or extract) and verify a model's weights"),
+                         ("path", "print the verified local path of a model's weights")):
+        p = wsub.add_parser(action, help=text)
+        p.add_argument("name", nargs="?", default="vit_t")
+    weights.set_defaults(func=_cmd_weights)
+
+    demo = sub.add_parser("demo", help="open the CC0 H&E sample in napari, or (--headless) click on it")
+    demo.add_argument("--headless", action="store_true", help="no window: scripted clicks, mask PNG, summary")
+    demo.add_argument("--out", default="out/demo", help="folder for the headless demo's files")
+    demo.add_argument("--model", default="vit_t")
+    demo.add_argument("--device", default="auto")
+    demo.set_defaults(func=_cmd_demo)
+
+    perf = sub.add_parser("perf", help="encoder and per-click timings for a model on a device")
+    perf.add_argument("--model", default="vit_t")
+    perf.add_argument("--device", default="auto")
+    perf.add_argument("--clicks", type=int, default=24, help="clicks timed per decoder (at least 20)")
+    perf.add_argument("--encoder-runs", type=int, default=3)
+    perf.add_argument("--random-weights", action="store_true", help="random-init weights of the model's architecture")
+    perf.add_argument("--json", action="store_true", help="print one JSON object")
+    perf.set_defaults(func=_cmd_perf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_third_party_warnings()
+    from .errors import SamHistoError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SamHistoError as err:
+        print(f"napari-sam-histo: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `napari-sam-histo weights list | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("napari-sam-histo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Automatic click evaluation (RITM protocol): the clicker now; metrics and runner follow."""

@@ -1,0 +1,72 @@
+"""Shared fixtures. Core tests import no Qt; no test touches the network."""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+warnings.filterwarnings("ignore", message="Overwriting tiny_vit")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_SLIDE = ROOT / "resources" / "cmu-1-small-region.svs"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to open an internet connection fails the test loudly."""
+
+    def refuse(self, address, *args, **kwargs):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1")):
+            return real_connect(self, address, *args, **kwargs)
+        if self.family == socket.AF_UNIX:
+            return real_connect(self, address, *args, **kwargs)
+        raise AssertionError(f"test tried to reach the network: {address}")
+
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """A cache with no weights in it, and no micro-sam cache either."""
+    monkeypatch.setenv("NAPARI_SAM_HISTO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MICROSAM_CACHEDIR", str(tmp_path / "microsam"))
+    monkeypatch.delenv("NAPARI_SAM_HISTO_WEIGHTS", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from napari_sam_histo.models.registry import random_model
+
+    return random_model("tiny", "cpu")
+
+
+@pytest.fixture(scope="session")
+def mobile_sam():
+    """The real MobileSAM weights (scripts/test fetches them before pytest runs)."""
+    from napari_sam_histo.errors import WeightsError
+    from napari_sam_histo.models.registry import load_model
+
+    try:
+        return load_model("vit_t", "cpu")
+    except WeightsError as err:
+        pytest.fail(f"MobileSAM weights are needed for behaviour tests: {err}")
+
+
+@pytest.fixture(scope="session")
+def sample_source():
+    from napari_sam_histo.slides.reader import open_image
+
+    return open_image(SAMPLE_SLIDE)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

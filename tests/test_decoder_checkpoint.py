@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from napari_sam_histo.errors import CheckpointError
+from napari_sam_histo.models.decoder_checkpoint import decoder_metadata, read_decoder_checkpoint, save_decoder_checkpoint
+from napari_sam_histo.models.decoders import choose_decoder
+from napari_sam_histo.models.modified_decoder import ModifiedMaskDecoder
+from napari_sam_histo.models.registry import random_model
+
+
+def _save(tmp_path, model, trained=True, kind="modified", base_hash=None):
+    decoder = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder)
+    with torch.no_grad():
+        decoder.mask_head.bias.fill_(3.5)  # a recognisable trained value
+    meta = decoder_metadata(kind, model.name, base_hash or model.weights_hash, "modified", trained,
+                            metrics={"noc@85": 4.2})
+    return save_decoder_checkpoint(tmp_path / "dec.pt", decoder, meta)
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path, tiny_model):
+    path = _save(tmp_path, tiny_model)
+    meta, state = read_decoder_checkpoint(path)
+    assert meta["decoder_kind"] == "modified" and meta["base_model"] == tiny_model.name
+    assert meta["metrics"] == {"noc@85": 4.2} and meta["trained"] is True and meta["created"]
+    choice = choose_decoder(tiny_model, str(path))
+    assert choice.kind == "modified" and choice.trained
+    assert torch.all(choice.module.mask_head.bias == 3.5)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_decoder_for_another_base_model_is_refused(tmp_path, tiny_model):
+    other = random_model("tiny", "cpu", seed=1)
+    path = _save(tmp_path, tiny_model, base_hash="sha256:" + "0" * 64)
+    with pytest.raises(CheckpointError, match="was trained for base model"):
+        choose_decoder(other, str(path))
+
+
+def test_untrained_modified_decoder_is_never_used_silently(tmp_path, tiny_model):
+    with pytest.raises(CheckpointError, match="No trained modified decoder"):
+        choose_decoder(tiny_model, "modified")
+    path = _save(tmp_path, tiny_model, trained=False)
+    with pytest.raises(CheckpointError, match="untrained"):
+        choose_decoder(tiny_model, str(path))
+    assert not choose_decoder(tiny_model, "modified", allow_untrained=True).trained
+
+
+def test_a_whole_sam_checkpoint_is_not_a_decoder(tmp_path, tiny_model):
+    path = tmp_path / "sam.pt"
+    torch.save(tiny_model.sam.state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a napari-sam-histo decoder checkpoint"):
+        choose_decoder(tiny_model, str(path))

