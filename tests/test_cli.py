@@ -1,0 +1,42 @@
+import json
+
+from napari_sam_histo.cli import main
+
+
+def test_weights_list_names_the_default(capsys):
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_t" in out and "vit_b_histopathology" in out and "MobileSAM" in out
+
+
+def test_weights_path_of_a_missing_model(empty_cache, capsys):
+    assert main(["weights", "path", "vit_h"]) == 1
+    assert "not on disk" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_not_a_traceback(capsys):
+    assert main(["perf", "--model", "vit_zz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-sam-histo: Unknown model 'vit_zz'") and "Traceback" not in err
+
+
+def test_perf_json_has_the_agreed_fields(capsys):
+    assert main(["perf", "--model", "tiny", "--random-weights", "--device", "cpu", "--json",
+                 "--clicks", "20", "--encoder-runs", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("model", "device", "encoder_s_per_tile", "sam_decoder_click_p50_s", "sam_decoder_raw_p50_s",
+                "modified_decoder_click_p50_s", "modified_decoder_raw_p50_s", "encoder_calls_per_tile"):
+        assert key in report
+    assert report["encoder_calls_per_tile"] == 1
+    assert report["device"] == "cpu" and report["modified_decoder_trained"] is False
+
+
+def test_headless_demo_writes_a_mask_and_a_summary(tmp_path, capsys, mobile_sam):
+    import imageio.v3 as iio
+
+    assert main(["demo", "--headless", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("demo: vit_t on cpu") and "ran 1x" in line
+    mask = iio.imread(tmp_path / "mask.png")
+    assert mask.shape == (1024, 1024) and 0 < (mask > 0).mean() < 1
+    assert (tmp_path / "overlay.png").is_file()

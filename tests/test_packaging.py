@@ -1,0 +1,38 @@
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_manifest_is_valid_and_found_by_the_entry_point():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-sam-histo")
+    assert manifest.name == "napari-sam-histo"
+    assert [s.key for s in manifest.contributions.sample_data] == ["cmu1_region"]
+    result = subprocess.run([sys.executable, "-m", "npe2", "validate", str(ROOT / "napari.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_core_imports_no_qt():
+    code = (
+        "import sys\n"
+        "import napari_sam_histo.cli, napari_sam_histo.demo, napari_sam_histo.perf\n"
+        "import napari_sam_histo.engine.session, napari_sam_histo.engine.embedding_cache\n"
+        "import napari_sam_histo.models.decoders, napari_sam_histo.slides.reader\n"
+        "import napari_sam_histo.evaluation.clicker, napari_sam_histo._napari.sample_data\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari')]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sample_data_is_the_real_slide():
+    from napari_sam_histo._napari.sample_data import cmu1_region
+
+    [(data, meta, kind)] = cmu1_region()
+    assert kind == "image" and data.shape == (2967, 2220, 3) and meta["rgb"]
+    assert meta["scale"] == (0.499, 0.499)

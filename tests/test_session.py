@@ -1,0 +1,103 @@
+import math
+
+import numpy as np
+import pytest
+
+from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.predictor import Predictor
+from napari_sam_histo.engine.session import ClickSession
+from napari_sam_histo.engine.tiles import TileBox, TileGrid
+from napari_sam_histo.errors import InputError
+from napari_sam_histo.slides.reader import from_array
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (1500, 1300, 3), dtype=np.uint8)
+    source = from_array(image, "random.png")
+    grid = TileGrid(0, 1300, 1500, 1024)
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    return source, grid, predictor
+
+
+def test_encoder_runs_once_per_tile_over_20_clicks_and_a_revisit(setup):
+    source, grid, predictor = setup
+    start = predictor.encoder_calls
+    box = grid.tile(0, 0)
+    session = ClickSession.on_tile(predictor, source, box)
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        session.add_click(*rng.uniform(0, 1023, 2), positive=i % 2 == 0)
+    assert predictor.encoder_calls - start == 1
+    ClickSession.on_tile(predictor, source, grid.tile(1, 0))  # another tile: one more
+    revisit = ClickSession.on_tile(predictor, source, box)
+    revisit.add_click(5, 5)
+    assert predictor.encoder_calls - start == 2
+
+
+def test_clicks_pass_all_points_and_the_previous_logits(setup, monkeypatch):
+    source, grid, predictor = setup
+    session = ClickSession.on_tile(predictor, source, grid.tile(0, 0))
+    seen = []
+    real = predictor.decode
+
+    def spy(embedding, points, labels, mask_input=None, multimask=False):
+        seen.append((points.copy(), labels.copy(), None if mask_input is None else mask_input.clone(), multimask))
+        return real(embedding, points, labels, mask_input, multimask)
+
+    monkeypatch.setattr(predictor, "decode", spy)
+    session.add_click(10, 20)
+    first_logits = session.low_res_logits.clone()
+    session.add_click(300, 400, positive=False)
+    assert seen[0][3] is True and seen[0][2] is None  # first click: multimask, no mask prompt
+    assert seen[1][3] is False and np.array_equal(seen[1][0], [[10, 20], [300, 400]])
+    assert list(seen[1][1]) == [1, 0]
+    assert np.allclose(seen[1][2].numpy(), first_logits.numpy())  # previous logits as mask prompt
+
+
+def test_undo_redo_reset(setup):
+    source, grid, predictor = setup
+    session = ClickSession.on_tile(predictor, source, grid.tile(0, 0))
+    assert not session.mask().any() and not session.can_undo
+    session.add_click(100, 100)
+    mask_one = session.mask()
+    session.add_click(600, 600, positive=False)
+    session.undo()
+    assert len(session.clicks) == 1 and np.array_equal(session.mask(), mask_one)
+    session.redo()
+    assert len(session.clicks) == 2
+    session.reset()
+    assert session.clicks == () and not session.mask().any()
+    session.undo()
+    assert len(session.clicks) == 2
+    session.undo()
+    session.add_click(50, 50)  # a new click forgets the redo branch
+    assert not session.can_redo
+
+
+def test_result_is_in_tile_coordinates_with_level0_placement(setup):
+    source, grid, predictor = setup
+    box = grid.tile(1, 1)  # edge tile, 276 x 476
+    result = ClickSession.on_tile(predictor, source, box).add_click(10, 10)
+    assert result.mask.shape == (476, 276) and result.mask.dtype == bool
+    assert result.box.tile_to_level0(10, 10) == (1034, 1034)
+
+
+@pytest.mark.parametrize("x, y", [(-1, 5), (5, 1024), (math.nan, 3), ("a", 3)])
+def test_bad_clicks_are_refused_and_change_nothing(setup, x, y):
+    source, grid, predictor = setup
+    session = ClickSession.on_tile(predictor, source, grid.tile(0, 0))
+    with pytest.raises(InputError):
+        session.add_click(x, y)
+    assert session.clicks == ()
+
+
+def test_small_images_are_resized_to_the_encoder_input(setup, tiny_model):
+    predictor = setup[2]
+    image = np.random.default_rng(3).integers(0, 255, (400, 300, 3), dtype=np.uint8)
+    source = from_array(image, "patch")
+    box = TileBox(0, 0, 0, 300, 400)
+    session = ClickSession.on_tile(predictor, source, box)
+    assert session.embedding.input_size == (1024, 768)
+    assert session.add_click(150, 200).mask.shape == (400, 300)
