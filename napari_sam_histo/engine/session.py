@@ -9,7 +9,7 @@ authors recommend once the prompt is unambiguous.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -10,12 +10,11 @@ it onto another base model is refused.
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path
 from ..errors import CheckpointError
 from .state_dict import read_checkpoint
 
@@ -49,19 +48,11 @@ def decoder_metadata(
 
 def save_decoder_checkpoint(path: str | Path, decoder: torch.nn.Module, metadata: dict) -> Path:
     """Write atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().float().cpu() for key, value in decoder.state_dict().items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": metadata, "state_dict": state}
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def read_decoder_checkpoint(path: str | Path) -> tuple[dict, dict]:

@@ -89,6 +89,13 @@ class ConvBlock(nn.Module):
         return y
 
 
+class UpConvBlock(ConvBlock):
+    """Kim et al.'s UpConvBlock: a ConvBlock followed by the 2x2 up-convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, upsample=True)
+
+
 class ModifiedMaskDecoder(nn.Module):
     """Drop-in replacement for SAM's ``MaskDecoder`` (same forward signature and output shapes)."""
 
@@ -112,7 +119,7 @@ class ModifiedMaskDecoder(nn.Module):
         self.num_iou_outputs = num_iou_outputs
         self.global_attention = GlobalSelfAttention(transformer_dim, attention_heads, attention_downsample)
         c = transformer_dim
-        self.upsampling = nn.Sequential(ConvBlock(c, True), ConvBlock(c // 2, True), ConvBlock(c // 4, False))
+        self.upsampling = nn.Sequential(UpConvBlock(c), UpConvBlock(c // 2), ConvBlock(c // 4, upsample=False))
         self.mask_head = nn.Conv2d(c // 8, 1, 1)
 
     @classmethod
@@ -162,6 +169,13 @@ class ConvBlock(nn.Module):
         return y
 
 
+class UpConvBlock(ConvBlock):
+    """Kim et al.'s UpConvBlock: a ConvBlock followed by the 2x2 up-convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, upsample=True)
+
+
 class ModifiedMaskDecoder(nn.Module):
     """Drop-in replacement for SAM's ``MaskDecoder`` (same forward signature and output shapes)."""
 
@@ -185,7 +199,7 @@ class ModifiedMaskDecoder(nn.Module):
         self.num_iou_outputs = num_iou_outputs
         self.global_attention = GlobalSelfAttention(transformer_dim, attention_heads, attention_downsample)
         c = transformer_dim
-        self.upsampling = nn.Sequential(ConvBlock(c, True), ConvBlock(c // 2, True), ConvBlock(c // 4, False))
+        self.upsampling = nn.Sequential(UpConvBlock(c), UpConvBlock(c // 2), ConvBlock(c // 4, upsample=False))
         self.mask_head = nn.Conv2d(c // 8, 1, 1)
 
     @classmethod
