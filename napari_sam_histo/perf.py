@@ -3,7 +3,8 @@
 For one model on one device: encoder seconds per 1024x1024 tile; per-click latency p50/p95 over
 >= 20 clicks through ``ClickSession.add_click`` (prompt encoder, decoder, upscaling to the tile,
 threshold) for SAM's decoder and for the modified decoder; the raw forward time of the same
-decoder module on the same inputs in the same run; their ratio; and how often the encoder ran
+decoder module inside those same clicks (``Predictor.last_decoder_s``); their ratio, i.e. what the
+click adds around the network; and how often the encoder ran
 for one tile over all those clicks and a revisit (1 is right). The modified decoder is timed with
 untrained new layers when no trained one exists: its speed does not depend on its weights.
 """
@@ -49,21 +50,7 @@ def _time_decoder(predictor, box, embedding, clicks) -> dict:
         t0 = time.perf_counter()
         session.add_click(x, y, positive)
         click_times.append(time.perf_counter() - t0)
-        # The raw forward of the same decoder module, on the same prompts, same precision.
-        pts = np.array([[c.x, c.y] for c in session.clicks], np.float32)
-        labels = np.array([int(c.positive) for c in session.clicks])
-        with torch.inference_mode():
-            coords = torch.as_tensor(pts, device=predictor.device)[None]
-            sparse, dense = predictor.sam.prompt_encoder(
-                points=(coords, torch.as_tensor(labels, device=predictor.device)[None]),
-                boxes=None, masks=session.low_res_logits.reshape(1, 1, 256, 256))
-            if predictor.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            predictor.run_decoder(embedding.features, sparse, dense, False)
-            if predictor.device.type == "cuda":
-                torch.cuda.synchronize()
-            raw_times.append(time.perf_counter() - t0)
+        raw_times.append(predictor.last_decoder_s)  # the decoder's forward inside that very click
     return {
         "click_p50_s": _percentile(click_times, 50),
         "click_p95_s": _percentile(click_times, 95),

@@ -36,3 +36,19 @@ def test_sample_data_is_the_real_slide():
     [(data, meta, kind)] = cmu1_region()
     assert kind == "image" and data.shape == (2967, 2220, 3) and meta["rgb"]
     assert meta["scale"] == (0.499, 0.499)
+
+
+def test_wheel_carries_the_manifest_and_the_sample(tmp_path):
+    import zipfile
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(ROOT),
+         "-w", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [wheel] = tmp_path.glob("napari_sam_histo-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "napari_sam_histo/napari.yaml" in names
+    assert "napari_sam_histo/resources/cmu-1-small-region.svs" in names
+    entry_points = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "napari-sam-histo = napari_sam_histo:napari.yaml" in entry_points

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ class Predictor:
         if self.decoder_bf16:
             self._decoder = copy.deepcopy(self.decoder.module).to(torch.bfloat16).eval()
         self.encoder_calls = 0
+        self.last_decoder_s = 0.0
         self._encoder_lock = threading.Lock()
         self.image_size = int(self.sam.image_encoder.img_size)
         with torch.inference_mode():
@@ -141,8 +143,10 @@ class Predictor:
 
     def run_decoder(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                     multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder's forward alone, in the predictor's precision; float32 out."""
+        """The decoder's forward alone, in the predictor's precision; float32 out. Its duration is
+        kept in ``last_decoder_s`` (decoder-only seconds per click, as the benchmark reports)."""
         dtype = self.decoder_dtype
+        started = time.perf_counter()
         with torch.inference_mode():
             low_res, iou = self._decoder(
                 image_embeddings=features.to(self.device, dtype),
@@ -151,7 +155,11 @@ class Predictor:
                 dense_prompt_embeddings=dense.to(dtype),
                 multimask_output=multimask,
             )
-        return low_res.float(), iou.float()
+            low_res, iou = low_res.float(), iou.float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.last_decoder_s = time.perf_counter() - started
+        return low_res, iou
 
     def upscale(self, embedding: Embedding, low_res_logits: torch.Tensor) -> torch.Tensor:
         """(256, 256) logits -> (H, W) logits at the tile's own resolution (SAM's postprocessing)."""
