@@ -1,4 +1,4 @@
-"""The ``napari-sam-histo`` command: demo, weights, perf.
+"""The ``napari-sam-histo`` command: demo, weights, perf, benchmark.
 
 Thin: parse arguments, call the core, print. A ``SamHistoError`` (bad file, bad value, missing
 weights) is printed as one line and exits with status 2, never as a traceback.
@@ -58,6 +58,36 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from .evaluation.report import format_table
+
+    config = BenchmarkConfig(
+        dataset=args.dataset, out_dir=args.out, models=args.model or ["vit_t"], decoders=args.decoder or ["sam"],
+        thresholds=tuple(args.iou), max_clicks=args.max_clicks, full_curve=args.full_curve,
+        ritm_nof=args.ritm_nof, instances=args.instances, ignore_value=args.ignore_value,
+        mask_suffix=args.mask_suffix, limit=args.limit, device=args.device,
+    )
+    bar = tqdm(total=None, unit="image", desc="benchmark", disable=args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        summary = run_benchmark(config, progress=progress)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: a partial report is in {args.out}", file=sys.stderr)
+        return 130
+    bar.close()
+    print(format_table(summary))
+    print(f"report: {args.out} (samples.csv, summary.json, table.txt, miou.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam-histo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="vit_t")
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("benchmark", help="automatic click evaluation (NoC/NoF/SPC) on a dataset")
+    bench.add_argument("dataset", help="folder with images/ and masks/, a flat folder (--mask-suffix), or a CSV manifest")
+    bench.add_argument("--model", action="append", help="model name or checkpoint (repeatable; default vit_t)")
+    bench.add_argument("--decoder", action="append", help="sam, modified or a decoder checkpoint (repeatable)")
+    bench.add_argument("--iou", type=float, nargs="+", default=[0.80, 0.85, 0.90], help="target IoUs")
+    bench.add_argument("--max-clicks", type=int, default=20)
+    bench.add_argument("--full-curve", action="store_true", help="always click --max-clicks times")
+    bench.add_argument("--ritm-nof", action="store_true", help="count NoF as RITM's code does (NoC == max clicks)")
+    bench.add_argument("--instances", action="store_true", help="masks are label images: one sample per label")
+    bench.add_argument("--ignore-value", type=int, default=None, help="mask value to ignore in clicks and IoU")
+    bench.add_argument("--mask-suffix", default=None, help="flat folder: the mask of X.png is X<suffix>.png")
+    bench.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--out", required=True, help="report folder")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_cmd_benchmark)
 
     perf = sub.add_parser("perf", help="encoder and per-click timings for a model on a device")
     perf.add_argument("--model", default="vit_t")

@@ -48,12 +48,15 @@ class SessionResult:
 class ClickSession:
     """Clicks on one tile. ``embedding`` is computed by the predictor (once) when not given."""
 
-    def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding) -> None:
+    def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding, threshold: float = 0.0) -> None:
+        """``threshold`` is the logit above which a pixel is in the mask (SAM's 0.0; the benchmark
+        uses RITM's probability 0.49)."""
         if tuple(embedding.original_size) != box.shape:
             raise InputError(f"The embedding is of a {embedding.original_size} image, not of tile {box.key()}.")
         self.predictor = predictor
         self.box = box
         self.embedding = embedding
+        self.threshold = float(threshold)
         self._history: list[_State] = [_State((), None, None, None)]
         self._redo: list[_State] = []
 
@@ -78,11 +81,11 @@ class ClickSession:
     def logits(self) -> torch.Tensor | None:
         return self._state.logits
 
-    def mask(self, threshold: float = 0.0) -> np.ndarray:
-        """The current mask (logits > ``threshold``); empty before the first click."""
+    def mask(self) -> np.ndarray:
+        """The current mask (logits > ``self.threshold``); empty before the first click."""
         if self._state.logits is None:
             return np.zeros(self.box.shape, dtype=bool)
-        return (self._state.logits > threshold).cpu().numpy()
+        return (self._state.logits > self.threshold).cpu().numpy()
 
     def result(self) -> SessionResult:
         return SessionResult(self.mask(), self.clicks, self._state.iou_prediction, self.box)

@@ -1,0 +1,105 @@
+"""Run the automatic click evaluation: for each sample, click where RITM's clicker says until the
+target IoU is reached or the clicks run out.
+
+The SAM models run through the same ``Predictor`` and ``ClickSession`` as the annotator (what is
+measured is what the user runs); each image is encoded once per model (instances of one image
+share the embedding through the cache). Anything with ``begin(sample)`` returning an object with
+``click(x, y, positive) -> mask`` and ``last_decoder_s`` can be evaluated, which is how the tests
+run an oracle and a model that never changes its mask.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .clicker import AutoClick, next_click
+from .dataset import Sample
+from .metrics import LOGIT_THRESHOLD, iou
+
+
+class ObjectClicks(Protocol):
+    last_decoder_s: float
+
+    def click(self, x: float, y: float, positive: bool) -> np.ndarray: ...
+
+
+class InteractiveModel(Protocol):
+    name: str
+    encoder_calls: int
+
+    def begin(self, sample: Sample) -> ObjectClicks: ...
+
+
+@dataclass
+class SampleResult:
+    method: str
+    sample_id: str
+    ious: list[float] = field(default_factory=list)
+    clicks: list[AutoClick] = field(default_factory=list)
+    decoder_s: list[float] = field(default_factory=list)
+    begin_s: float = 0.0  # embedding (encoder, or cache hit) and session set-up
+    total_s: float = 0.0  # loading + begin + all clicks: RITM's end-to-end time
+    masks: list[np.ndarray] | None = None  # kept only when asked (replay)
+
+
+class SamClickModel:
+    """A predictor (model + decoder) as an ``InteractiveModel``."""
+
+    def __init__(self, predictor, name: str | None = None) -> None:
+        self.predictor = predictor
+        self.name = name or f"{predictor.model.name}+{predictor.decoder.kind}"
+
+    @property
+    def encoder_calls(self) -> int:
+        return self.predictor.encoder_calls
+
+    def begin(self, sample: Sample) -> "_SamObject":
+        from ..engine.session import ClickSession
+        from ..engine.tiles import TileBox
+
+        height, width = sample.target.shape
+        embedding = self.predictor.embedding_for_array(sample.image, sample.identity)
+        session = ClickSession(self.predictor, TileBox(0, 0, 0, width, height), embedding, threshold=LOGIT_THRESHOLD)
+        return _SamObject(session)
+
+
+class _SamObject:
+    def __init__(self, session) -> None:
+        self.session = session
+
+    @property
+    def last_decoder_s(self) -> float:
+        return self.session.predictor.last_decoder_s
+
+    def click(self, x: float, y: float, positive: bool) -> np.ndarray:
+        return self.session.add_click(x, y, positive).mask
+
+
+def run_sample(model: InteractiveModel, sample: Sample, max_clicks: int = 20, stop_iou: float | None = 0.9,
+               load_s: float = 0.0, keep_masks: bool = False) -> SampleResult:
+    """Click until ``stop_iou`` (None: always ``max_clicks``) and record IoU and time per click."""
+    result = SampleResult(model.name, sample.sample_id, masks=[] if keep_masks else None)
+    started = time.perf_counter()
+    session = model.begin(sample)
+    result.begin_s = time.perf_counter() - started
+    prediction = np.zeros(sample.target.shape, bool)
+    clicked = np.zeros(sample.target.shape, bool)
+    for _ in range(max_clicks):
+        click = next_click(sample.target, prediction, clicked, sample.ignore)
+        if click is None:  # prediction equals the target wherever it counts
+            break
+        clicked[click.row, click.col] = True
+        prediction = session.click(*click.xy, click.positive)
+        result.clicks.append(click)
+        result.ious.append(iou(prediction, sample.target, sample.ignore))
+        result.decoder_s.append(session.last_decoder_s)
+        if keep_masks:
+            result.masks.append(prediction)
+        if stop_iou is not None and result.ious[-1] >= stop_iou:
+            break
+    result.total_s = load_s + time.perf_counter() - started
+    return result
