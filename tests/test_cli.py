@@ -40,3 +40,27 @@ def test_headless_demo_writes_a_mask_and_a_summary(tmp_path, capsys, mobile_sam)
     mask = iio.imread(tmp_path / "mask.png")
     assert mask.shape == (1024, 1024) and 0 < (mask > 0).mean() < 1
     assert (tmp_path / "overlay.png").is_file()
+
+
+def test_benchmark_cli_is_deterministic_and_prints_the_papers_table(tmp_path, capsys, mobile_sam):
+    import csv
+
+    from .test_benchmark import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=2)
+    rows = []
+    for run in ("a", "b"):
+        assert main(["benchmark", str(data), "--model", "vit_t", "--device", "cpu", "--max-clicks", "5",
+                     "--out", str(tmp_path / run), "--quiet"]) == 0
+        rows.append([(r["sample"], r["clicks"], r["iou_1"], r["final_iou"])
+                     for r in csv.DictReader(open(tmp_path / run / "samples.csv"))])
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    out = capsys.readouterr().out
+    assert "NoC@80" in out and "vit_t+sam" in out and "report:" in out
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["methods"]["vit_t+sam"]["encoder_calls"] == 2
+
+
+def test_benchmark_cli_bad_dataset_is_one_line(tmp_path, capsys):
+    assert main(["benchmark", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert "Dataset not found" in capsys.readouterr().err

@@ -1,0 +1,182 @@
+import csv
+import json
+import threading
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, run_benchmark
+from napari_sam_histo.evaluation.dataset import Skipped, find_pairs, load_samples
+from napari_sam_histo.evaluation.runner import run_sample
+
+
+class Oracle:
+    """Returns the ground truth at the first click."""
+
+    name, encoder_calls = "oracle", 0
+
+    def begin(self, sample):
+        outer = self
+
+        class Clicks:
+            last_decoder_s = 0.001
+
+            def click(self, x, y, positive):
+                return sample.target.copy()
+
+        outer.encoder_calls += 1
+        return Clicks()
+
+
+class Stuck:
+    """Never changes its (empty) mask, whatever the clicks."""
+
+    name, encoder_calls = "stuck", 0
+
+    def begin(self, sample):
+        class Clicks:
+            last_decoder_s = 0.001
+
+            def click(self, x, y, positive):
+                return np.zeros(sample.target.shape, bool)
+
+        return Clicks()
+
+
+def _disk(shape, centre, radius):
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+
+
+def make_dataset(root, n=3, size=(64, 80)):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        mask = _disk(size, (30 + i, 35 + 2 * i), 12 + i)
+        image = rng.integers(0, 60, size + (3,), dtype=np.uint8)
+        image[mask] += 150
+        iio.imwrite(root / "images" / f"s{i}.png", image)
+        iio.imwrite(root / "masks" / f"s{i}.png", (mask * 255).astype(np.uint8))
+    return root
+
+
+def test_oracle_needs_one_click_and_never_fails(tmp_path):
+    config = BenchmarkConfig(str(make_dataset(tmp_path / "d")), str(tmp_path / "r"))
+    summary = run_benchmark(config, methods=[Oracle()])
+    m = summary["methods"]["oracle"]
+    assert m["n_samples"] == 3 and m["noc@80"] == m["noc@90"] == 1.0 and m["nof@90"] == 0
+    assert summary["partial"] is False
+
+
+def test_a_model_that_never_changes_fails_every_sample(tmp_path):
+    config = BenchmarkConfig(str(make_dataset(tmp_path / "d")), str(tmp_path / "r"), max_clicks=5)
+    m = run_benchmark(config, methods=[Stuck()])["methods"]["stuck"]
+    assert m["nof@85"] == m["nof@90"] == 3 and m["noc@80"] == 5.0
+
+
+def test_report_files_and_summary_fields(tmp_path):
+    config = BenchmarkConfig(str(make_dataset(tmp_path / "d")), str(tmp_path / "r"))
+    run_benchmark(config, methods=[Oracle(), Stuck()])
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    for key in ("n_samples", "noc@80", "noc@85", "noc@90", "nof@85", "nof@90", "miou_per_click",
+                "spc_decoder_s", "spc_total_s", "encoder_calls"):
+        assert key in summary["methods"]["oracle"]
+    rows = list(csv.DictReader(open(tmp_path / "r" / "samples.csv")))
+    assert len(rows) == 6 and {r["method"] for r in rows} == {"oracle", "stuck"}
+    table = (tmp_path / "r" / "table.txt").read_text()
+    assert table.splitlines()[0].split()[:4] == ["Method", "NoC@80", "NoC@85", "NoC@90"]
+    assert iio.imread(tmp_path / "r" / "miou.png").shape[2] in (3, 4)
+
+
+def test_cancel_leaves_a_valid_partial_report(tmp_path):
+    cancel = threading.Event()
+    config = BenchmarkConfig(str(make_dataset(tmp_path / "d")), str(tmp_path / "r"))
+    summary = run_benchmark(config, methods=[Oracle()], progress=lambda done, total: cancel.set(), cancel=cancel)
+    assert summary["partial"] is True and summary["methods"]["oracle"]["n_samples"] == 1
+    on_disk = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert on_disk["partial"] is True
+    assert "(partial" in (tmp_path / "r" / "table.txt").read_text()
+
+
+def test_ignore_label_is_left_out_of_clicks_and_iou(tmp_path):
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:20, 5:20] = 1
+    mask[25:, :] = 7  # ignored band
+    iio.imwrite(root / "images" / "a.png", np.full((40, 40, 3), 90, np.uint8))
+    iio.imwrite(root / "masks" / "a.png", mask)
+    [sample] = load_samples(find_pairs(root)[0], ignore_value=7)
+    assert sample.ignore[30, 0] and not sample.target[30, 0]
+
+    class FillsIgnored(Oracle):
+        name = "fills"
+
+        def begin(self, s):
+            class Clicks:
+                last_decoder_s = 0.0
+
+                def click(self, x, y, positive):
+                    assert not s.ignore[int(y), int(x)]
+                    return s.target | s.ignore  # wrong only where it does not count
+
+            return Clicks()
+
+    assert run_sample(FillsIgnored(), sample).ious == [1.0]
+
+
+def test_instances_give_one_sample_each_and_share_one_encoding(tmp_path, tiny_model):
+    from napari_sam_histo.engine.predictor import Predictor
+    from napari_sam_histo.evaluation.runner import SamClickModel
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    labels = np.zeros((64, 64), np.uint16)
+    labels[5:15, 5:15], labels[30:40, 30:50], labels[50:60, 5:20] = 1, 2, 3
+    iio.imwrite(root / "images" / "cells.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    iio.imwrite(root / "masks" / "cells.png", labels)
+    model = SamClickModel(Predictor(tiny_model, "sam", precision="fp32"))
+    config = BenchmarkConfig(str(root), str(tmp_path / "r"), instances=True, max_clicks=3)
+    m = run_benchmark(config, methods=[model])["methods"][model.name]
+    assert m["n_samples"] == 3 and m["encoder_calls"] == 1
+
+
+@pytest.mark.parametrize(
+    "writer, reason",
+    [
+        (lambda d: (iio.imwrite(d / "images/x.png", np.zeros((20, 20, 3), np.uint8)),
+                    iio.imwrite(d / "masks/x.png", np.zeros((20, 21), np.uint8))), "image is 20x20 but mask is 21x20"),
+        (lambda d: (iio.imwrite(d / "images/x.png", np.zeros((20, 20, 3), np.uint8)),
+                    iio.imwrite(d / "masks/x.png", np.zeros((20, 20), np.uint8))), "mask is empty"),
+        (lambda d: (iio.imwrite(d / "images/x.png", np.zeros((20, 20, 3), np.uint8)),
+                    iio.imwrite(d / "masks/x.png", np.full((20, 20), 255, np.uint8))), "no background"),
+        (lambda d: ((d / "images/x.png").write_bytes(b"broken"),
+                    iio.imwrite(d / "masks/x.png", np.full((20, 20), 255, np.uint8))), "unreadable"),
+        (lambda d: (__import__("tifffile").imwrite(d / "images/x.tif", np.zeros((20, 20, 3), np.uint16)),
+                    iio.imwrite(d / "masks/x.png", np.eye(20, dtype=np.uint8))), "uint16, not 8-bit"),
+    ],
+)
+def test_bad_pairs_are_skipped_with_the_reason_and_the_run_goes_on(tmp_path, writer, reason):
+    root = make_dataset(tmp_path / "d", n=1)
+    writer(root)
+    summary = run_benchmark(BenchmarkConfig(str(root), str(tmp_path / "r")), methods=[Oracle()])
+    m = summary["methods"]["oracle"]
+    assert m["n_samples"] == 1 and m["n_skipped"] == 1
+    assert reason in m["skipped"]["x"]
+
+
+def test_manifest_and_flat_folder_layouts(tmp_path):
+    root = make_dataset(tmp_path / "d", n=2)
+    (root / "list.csv").write_text("image,mask\nimages/s1.png,masks/s1.png\n")
+    assert [p.stem for p in find_pairs(root / "list.csv")] == ["s1"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.png", "a_label.png", "b.png"):
+        (flat / name).write_bytes((root / "images" / "s0.png").read_bytes())
+    assert [p.stem for p in find_pairs(flat, mask_suffix="_label")] == ["a"]
+    skipped = next(load_samples(find_pairs(flat, mask_suffix="_label")[0]))  # an RGB photo as the mask
+    assert isinstance(skipped, Skipped) and "colour channels" in skipped.reason
