@@ -1,4 +1,4 @@
-"""The ``napari-sam-histo`` command: demo, weights, perf, benchmark.
+"""The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark.
 
 Thin: parse arguments, call the core, print. A ``SamHistoError`` (bad file, bad value, missing
 weights) is printed as one line and exits with status 2, never as a traceback.
@@ -88,6 +88,32 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .annotations.readers import read_polygons
+    from .evaluation.prepare import prepare_patches
+    from .slides.reader import open_image
+
+    polygons = read_polygons(args.annotations, args.classes)
+    source = open_image(args.slide)
+    bar = tqdm(total=None, unit="row", desc="prepare", disable=args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = prepare_patches(source, polygons, args.out, args.magnification, args.patch_size,
+                                 args.min_fraction, args.max_fraction, args.base_magnification, progress)
+    finally:
+        bar.close()
+        source.close()
+    print(f"prepare: {result.kept} patches kept of {result.candidates} touching the annotation "
+          f"(tumor fraction {args.min_fraction}-{args.max_fraction}) -> {result.out_dir}/manifest.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam-histo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", required=True, help="report folder")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_cmd_benchmark)
+
+    prep = sub.add_parser("prepare", help="cut benchmark patches from a WSI and its tumor annotation")
+    prep.add_argument("slide", help="the WSI (.svs, .ndpi, .mrxs, .tif, ...)")
+    prep.add_argument("--annotations", required=True, help="GeoJSON (QuPath, level-0 pixels) or ASAP XML")
+    prep.add_argument("--classes", nargs="+", default=None, help="keep only these classes/groups (default: all)")
+    prep.add_argument("--magnification", type=float, required=True, help="working magnification, e.g. 5 or 10")
+    prep.add_argument("--base-magnification", type=float, default=None,
+                      help="the scan's magnification when the slide does not state it")
+    prep.add_argument("--patch-size", type=int, default=400)
+    prep.add_argument("--min-fraction", type=float, default=0.2)
+    prep.add_argument("--max-fraction", type=float, default=0.8)
+    prep.add_argument("--out", required=True, help="dataset folder (images/, masks/, manifest.csv)")
+    prep.add_argument("--quiet", action="store_true")
+    prep.set_defaults(func=_cmd_prepare)
 
     perf = sub.add_parser("perf", help="encoder and per-click timings for a model on a device")
     perf.add_argument("--model", default="vit_t")

@@ -1,0 +1,98 @@
+"""Read annotation polygons: GeoJSON (QuPath's export; level-0 pixels) and ASAP XML (CAMELYON).
+
+GeoJSON: a FeatureCollection, a list of features, or one feature; Polygon and MultiPolygon
+geometries (first ring the exterior, the rest holes); the class is ``properties.classification.name``
+(QuPath) or ``properties.name``. ASAP XML: ``Annotation`` elements with ``Coordinate`` X/Y; in
+CAMELYON's files the groups ``_0`` and ``_1`` are tumor and ``_2`` marks exclusions, which are
+subtracted. ``classes`` keeps only the named classes/groups (exclusions are always kept).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .geometry import Polygon
+
+EXCLUSION_GROUPS = ("_2", "Exclusion", "exclusion")
+
+
+def read_polygons(path: str | Path, classes: list[str] | None = None) -> list[Polygon]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Annotation file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".geojson", ".json"):
+        polygons = _read_geojson(path)
+    elif suffix == ".xml":
+        polygons = _read_asap(path)
+    else:
+        raise InputError(f"{path.name}: unsupported annotation format {suffix}; expected .geojson/.json or .xml (ASAP).")
+    if classes:
+        polygons = [p for p in polygons if p.exclude or p.name in classes]
+    if not any(not p.exclude for p in polygons):
+        wanted = f" of class {', '.join(classes)}" if classes else ""
+        raise InputError(f"{path.name}: no polygon{wanted} found.")
+    return polygons
+
+
+def _ring(coords, path: Path) -> np.ndarray:
+    ring = np.asarray(coords, dtype=np.float64)
+    if ring.ndim != 2 or ring.shape[1] < 2 or not np.all(np.isfinite(ring)):
+        raise InputError(f"{path.name}: a polygon ring is not a list of finite (x, y) points.")
+    return ring[:, :2]
+
+
+def _read_geojson(path: Path) -> list[Polygon]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path.name}: not valid JSON ({err}).") from err
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features", [])
+    elif isinstance(data, list):
+        features = data
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        features = [data]
+    else:
+        raise InputError(f"{path.name}: expected a GeoJSON FeatureCollection, Feature or list of features.")
+    polygons = []
+    for feature in features:
+        geometry = (feature or {}).get("geometry") or {}
+        properties = (feature or {}).get("properties") or {}
+        classification = properties.get("classification") or {}
+        name = classification.get("name") if isinstance(classification, dict) else None
+        name = name or properties.get("name") or ""
+        kind = geometry.get("type")
+        if kind == "Polygon":
+            parts = [geometry.get("coordinates", [])]
+        elif kind == "MultiPolygon":
+            parts = geometry.get("coordinates", [])
+        else:
+            continue  # points, lines: not regions
+        for rings in parts:
+            if rings:
+                polygons.append(Polygon(_ring(rings[0], path), [_ring(r, path) for r in rings[1:]], name))
+    return polygons
+
+
+def _read_asap(path: Path) -> list[Polygon]:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as err:
+        raise InputError(f"{path.name}: not valid XML ({err}).") from err
+    polygons = []
+    for annotation in root.iter("Annotation"):
+        points = sorted(annotation.iter("Coordinate"), key=lambda c: int(c.get("Order", 0)))
+        try:
+            ring = np.array([[float(c.get("X")), float(c.get("Y"))] for c in points])
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{path.name}: a Coordinate lacks a numeric X or Y.") from err
+        if len(ring) >= 3:
+            group = annotation.get("PartOfGroup", "")
+            polygons.append(Polygon(ring, [], group, exclude=group in EXCLUSION_GROUPS))
+    return polygons
