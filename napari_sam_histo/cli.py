@@ -68,7 +68,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         dataset=args.dataset, out_dir=args.out, models=args.model or ["vit_t"], decoders=args.decoder or ["sam"],
         thresholds=tuple(args.iou), max_clicks=args.max_clicks, full_curve=args.full_curve,
         ritm_nof=args.ritm_nof, instances=args.instances, ignore_value=args.ignore_value,
-        mask_suffix=args.mask_suffix, limit=args.limit, device=args.device,
+        mask_suffix=args.mask_suffix, limit=args.limit, stride=args.stride, device=args.device,
     )
     bar = tqdm(total=None, unit="image", desc="benchmark", disable=args.quiet)
 
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ignore-value", type=int, default=None, help="mask value to ignore in clicks and IoU")
     bench.add_argument("--mask-suffix", default=None, help="flat folder: the mask of X.png is X<suffix>.png")
     bench.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
+    bench.add_argument("--stride", type=int, default=1, help="only every K-th image (sorted by name)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", required=True, help="report folder")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")

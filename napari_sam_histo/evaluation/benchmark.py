@@ -1,8 +1,9 @@
 """One benchmark run: dataset + methods (model x decoder) + protocol -> report folder.
 
-Used by ``napari-sam-histo benchmark`` and by the Benchmark dock. ``progress(done, total)`` and
-``on_result(result)`` report as it goes; setting ``cancel`` (a ``threading.Event``) or Ctrl-C stops
-it between samples and leaves a valid partial report.
+Used by ``napari-sam-histo benchmark`` (``run_benchmark``, with callbacks) and by the Benchmark dock
+(``iter_benchmark``, a generator that a napari thread worker runs, yielding after every image).
+Setting ``cancel`` (a ``threading.Event``) or Ctrl-C stops it between images and leaves a valid
+partial report.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .dataset import Skipped, find_pairs, load_samples
 from .metrics import DEFAULT_THRESHOLDS
@@ -33,6 +34,7 @@ class BenchmarkConfig:
     ignore_value: int | None = None
     mask_suffix: str | None = None
     limit: int | None = None
+    stride: int = 1  # every stride-th image (sorted by name): a spread-out subset of a big dataset
     device: str = "auto"
 
     @property
@@ -56,26 +58,36 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
     return methods
 
 
-def run_benchmark(
+@dataclass
+class BenchmarkEvent:
+    """What ``iter_benchmark`` yields after each image: progress, the results so far, the summary."""
+
+    done: int
+    total: int
+    results: list[SampleResult]
+    summary: dict
+
+
+def iter_benchmark(
     config: BenchmarkConfig,
     methods: list[InteractiveModel] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    on_result: Callable[[SampleResult], None] | None = None,
     cancel: threading.Event | None = None,
-) -> dict:
-    """Run and write the report; returns the summary (``partial`` when stopped early)."""
-    pairs = find_pairs(config.dataset, config.mask_suffix, config.limit)
+) -> Iterator[BenchmarkEvent]:
+    """Run image by image, yielding after each; the last event's summary is the final one
+    (``partial`` when cancelled). Ctrl-C writes the partial report before it propagates."""
+    pairs = find_pairs(config.dataset, config.mask_suffix, config.limit, config.stride)
     methods = methods if methods is not None else build_methods(config)
     writer = ReportWriter(config.out_dir, [m.name for m in methods], config.thresholds, config.max_clicks,
                           config.ritm_nof, config={**asdict(config), "thresholds": list(config.thresholds)})
-    partial = True
     try:
         for done, pair in enumerate(pairs):
             if cancel is not None and cancel.is_set():
-                break
+                yield BenchmarkEvent(done, len(pairs), [], writer.write(partial=True))
+                return
             started = time.perf_counter()
             samples = list(load_samples(pair, config.instances, config.ignore_value))
             load_s = time.perf_counter() - started
+            results = []
             for sample in samples:
                 for method in methods:
                     if isinstance(sample, Skipped):
@@ -83,16 +95,32 @@ def run_benchmark(
                         continue
                     result = run_sample(method, sample, config.max_clicks, config.stop_iou, load_s)
                     writer.add(result, method.encoder_calls)
-                    if on_result is not None:
-                        on_result(result)
+                    results.append(result)
                 load_s = 0.0  # loading is counted once per image, with its first sample
-            if progress is not None:
-                progress(done + 1, len(pairs))
-            if done % 10 == 9:
+            last = done + 1 == len(pairs)
+            summary = writer.write(partial=False) if last else writer.summary(partial=True)
+            if not last and done % 10 == 9:
                 writer.write(partial=True)
-        else:
-            partial = False
+            yield BenchmarkEvent(done + 1, len(pairs), results, summary)
     except KeyboardInterrupt:
         writer.write(partial=True)
         raise
-    return writer.write(partial=partial)
+
+
+def run_benchmark(
+    config: BenchmarkConfig,
+    methods: list[InteractiveModel] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_result: Callable[[SampleResult], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """Run to the end (or until ``cancel``) and return the summary; the report is on disk."""
+    summary: dict = {}
+    for event in iter_benchmark(config, methods, cancel):
+        for result in event.results:
+            if on_result is not None:
+                on_result(result)
+        if progress is not None and event.results is not None:
+            progress(event.done, event.total)
+        summary = event.summary
+    return summary

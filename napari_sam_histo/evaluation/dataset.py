@@ -56,8 +56,10 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
 
 
-def find_pairs(path: str | Path, mask_suffix: str | None = None, limit: int | None = None) -> list[PairSpec]:
-    """The dataset's image/mask pairs, sorted by stem (deterministic)."""
+def find_pairs(path: str | Path, mask_suffix: str | None = None, limit: int | None = None,
+               stride: int = 1) -> list[PairSpec]:
+    """The dataset's image/mask pairs, sorted by stem (deterministic); every ``stride``-th of them
+    (a spread-out subset), then the first ``limit``."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"Dataset not found: {path}")
@@ -75,6 +77,7 @@ def find_pairs(path: str | Path, mask_suffix: str | None = None, limit: int | No
                          f"folder with --mask-suffix naming the masks.")
     if not pairs:
         raise InputError(f"{path}: no image/mask pairs found.")
+    pairs = pairs[:: max(int(stride), 1)]
     return pairs[:limit] if limit else pairs
 
 

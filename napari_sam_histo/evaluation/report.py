@@ -18,7 +18,7 @@ from .metrics import DEFAULT_THRESHOLDS, summarize
 from .runner import SampleResult
 
 
-def _pct(t: float) -> str:
+def threshold_label(t: float) -> str:
     return f"{round(t * 100):d}"
 
 
@@ -44,7 +44,7 @@ class ReportWriter:
         self.config = dict(config or {})
         self.tallies = {m: MethodTally() for m in self.methods}
         self._csv_path = self.out_dir / "samples.csv"
-        self._columns = (["method", "sample", "status", "clicks"] + [f"noc@{_pct(t)}" for t in self.thresholds]
+        self._columns = (["method", "sample", "status", "clicks"] + [f"noc@{threshold_label(t)}" for t in self.thresholds]
                          + ["final_iou", "decoder_s_per_click", "total_s", "reason"]
                          + [f"iou_{i}" for i in range(1, max_clicks + 1)])
         with open(self._csv_path, "w", newline="") as stream:
@@ -69,7 +69,7 @@ class ReportWriter:
                "decoder_s_per_click": f"{np.mean(result.decoder_s):.5f}" if result.decoder_s else "",
                "total_s": f"{result.total_s:.4f}"}
         for t in self.thresholds:
-            row[f"noc@{_pct(t)}"] = noc(result.ious, t, self.max_clicks)
+            row[f"noc@{threshold_label(t)}"] = noc(result.ious, t, self.max_clicks)
         for i, value in enumerate(result.ious, start=1):
             row[f"iou_{i}"] = f"{value:.4f}"
         self._append(row)
@@ -134,8 +134,8 @@ def format_table(summary: dict) -> str:
     times it (total time / total clicks)."""
     thresholds = summary["thresholds"]
     nof_thresholds = [t for t in thresholds if t >= 0.85] or list(thresholds)
-    head = (f"{'Method':28}" + "".join(f"{'NoC@' + _pct(t):>9}" for t in thresholds)
-            + f"{'SPC(s)':>9}{'SPCe2e(s)':>11}" + "".join(f"{'NoF/n@' + _pct(t):>11}" for t in nof_thresholds)
+    head = (f"{'Method':28}" + "".join(f"{'NoC@' + threshold_label(t):>9}" for t in thresholds)
+            + f"{'SPC(s)':>9}{'SPCe2e(s)':>11}" + "".join(f"{'NoF/n@' + threshold_label(t):>11}" for t in nof_thresholds)
             + f"{'n':>6}")
     lines = [head, "-" * len(head)]
 
@@ -144,9 +144,9 @@ def format_table(summary: dict) -> str:
 
     for name, m in summary["methods"].items():
         lines.append(
-            f"{name:28}" + "".join(fmt(m[f"noc@{_pct(t)}"], "9.2f") for t in thresholds)
+            f"{name:28}" + "".join(fmt(m[f"noc@{threshold_label(t)}"], "9.2f") for t in thresholds)
             + fmt(m["spc_decoder_s"], "9.3f") + fmt(m["spc_total_s"], "11.3f")
-            + "".join(fmt(m[f"nof_per_n@{_pct(t)}"], "11.2f") for t in nof_thresholds)
+            + "".join(fmt(m[f"nof_per_n@{threshold_label(t)}"], "11.2f") for t in nof_thresholds)
             + f"{m['n_samples']:6d}")
     if summary.get("partial"):
         lines.append("(partial: the run was interrupted)")

@@ -1,0 +1,335 @@
+"""The "Benchmark" dock: run the automatic click evaluation on a dataset and replay its clicks.
+
+Thin over ``evaluation.benchmark``: the run is ``iter_benchmark`` in a napari thread worker (with a
+napari progress bar and a Cancel button; napari stays responsive), the table and the mIoU plot fill
+in after every image, and Replay re-runs one sample keeping its masks and shows each click as
+napari layers (image, ground-truth outline, clicks green/red, predicted mask).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+    QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from ..errors import InputError, SamHistoError
+from ..evaluation.benchmark import BenchmarkConfig, build_methods, iter_benchmark
+from ..evaluation.dataset import Skipped, find_pairs, load_samples
+from ..evaluation.report import threshold_label
+from ..evaluation.runner import SampleResult, run_sample
+
+REPLAY_PREFIX = "replay: "
+
+
+class BenchmarkDock(QWidget):
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._cancel = threading.Event()
+        self._worker = None
+        self._methods = []
+        self._config: BenchmarkConfig | None = None
+        self._pairs: dict[str, object] = {}  # sample id -> PairSpec, for replay
+        self._summary: dict = {}
+        self._replay: SampleResult | None = None
+        self._replay_sample = None
+        self._build()
+
+    # -- layout -------------------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.dataset_edit, dataset_row = self._path_row("folder with images/ + masks/, or a manifest .csv")
+        self.out_edit, out_row = self._path_row("report folder")
+        self.out_edit.setText(str(Path.home() / "napari-sam-histo-benchmark"))
+        self.models_edit = QLineEdit("vit_t")
+        self.models_edit.setToolTip("model names or checkpoint paths, separated by commas")
+        self.sam_check, self.modified_check = QCheckBox("SAM's"), QCheckBox("modified (trained)")
+        self.sam_check.setChecked(True)
+        decoders = QHBoxLayout()
+        decoders.addWidget(self.sam_check)
+        decoders.addWidget(self.modified_check)
+        self.iou_edit = QLineEdit("0.80 0.85 0.90")
+        self.clicks_spin = QSpinBox()
+        self.clicks_spin.setRange(1, 100)
+        self.clicks_spin.setValue(20)
+        self.limit_spin = QSpinBox()
+        self.limit_spin.setRange(0, 1_000_000)
+        self.limit_spin.setSpecialValueText("all")
+        self.instances_check = QCheckBox("masks are instance labels (one sample per label)")
+        self.suffix_edit = QLineEdit()
+        self.suffix_edit.setPlaceholderText("flat folder only, e.g. _label")
+        self.ignore_edit = QLineEdit()
+        self.ignore_edit.setPlaceholderText("none")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        for label, widget in (("Dataset", dataset_row), ("Report folder", out_row), ("Models", self.models_edit),
+                              ("Decoders", decoders), ("Target IoUs", self.iou_edit),
+                              ("Max clicks", self.clicks_spin), ("Images", self.limit_spin),
+                              ("", self.instances_check), ("Mask suffix", self.suffix_edit),
+                              ("Ignore value", self.ignore_edit), ("Device", self.device_combo)):
+            form.addRow(label, widget)
+        layout.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button, self.cancel_button = QPushButton("Run"), QPushButton("Cancel")
+        self.export_button = QPushButton("Export report…")
+        self.cancel_button.setEnabled(False)
+        self.export_button.setEnabled(False)
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(self._export_clicked)
+        for button in (self.run_button, self.cancel_button, self.export_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.status = QLabel("Choose a dataset and press Run.")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+
+        self.table = QTableWidget(0, 0)
+        self.table.setMinimumHeight(90)
+        layout.addWidget(self.table)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.6), dpi=90)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        layout.addWidget(self.canvas)
+
+        replay = QGroupBox("Replay")
+        replay_layout = QFormLayout(replay)
+        self.sample_combo, self.method_combo = QComboBox(), QComboBox()
+        self.replay_button = QPushButton("Replay sample")
+        self.replay_button.clicked.connect(self.start_replay)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setMinimum(1)
+        self.slider.setEnabled(False)
+        self.slider.valueChanged.connect(self.show_step)
+        steps = QHBoxLayout()
+        self.prev_button, self.next_button = QPushButton("◀"), QPushButton("▶")
+        self.prev_button.clicked.connect(lambda: self.slider.setValue(self.slider.value() - 1))
+        self.next_button.clicked.connect(lambda: self.slider.setValue(self.slider.value() + 1))
+        self.step_label = QLabel("")
+        for w in (self.prev_button, self.slider, self.next_button):
+            steps.addWidget(w)
+        replay_layout.addRow("Sample", self.sample_combo)
+        replay_layout.addRow("Method", self.method_combo)
+        replay_layout.addRow(self.replay_button)
+        replay_layout.addRow("Click", steps)
+        replay_layout.addRow(self.step_label)
+        layout.addWidget(replay)
+
+    def _path_row(self, placeholder: str):
+        edit = QLineEdit()
+        edit.setPlaceholderText(placeholder)
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(lambda: edit.setText(QFileDialog.getExistingDirectory(self) or edit.text()))
+        row = QWidget()
+        row_layout = QHBoxLayout(row)
+        row_layout.setContentsMargins(0, 0, 0, 0)
+        row_layout.addWidget(edit)
+        row_layout.addWidget(browse)
+        return edit, row
+
+    # -- run ----------------------------------------------------------------------------------
+    def config(self) -> BenchmarkConfig:
+        """The form as a config; ``InputError`` naming the field that is wrong."""
+        dataset = self.dataset_edit.text().strip()
+        if not dataset:
+            raise InputError("Choose a dataset folder or manifest.")
+        try:
+            thresholds = tuple(float(v) for v in self.iou_edit.text().replace(",", " ").split())
+        except ValueError as err:
+            raise InputError(f"Target IoUs {self.iou_edit.text()!r}: give numbers like 0.80 0.85 0.90.") from err
+        if not thresholds or not all(0 < t <= 1 for t in thresholds):
+            raise InputError(f"Target IoUs {self.iou_edit.text()!r} must lie in (0, 1].")
+        decoders = [d for d, box in (("sam", self.sam_check), ("modified", self.modified_check)) if box.isChecked()]
+        if not decoders:
+            raise InputError("Tick at least one decoder.")
+        ignore = self.ignore_edit.text().strip()
+        try:
+            ignore_value = int(ignore) if ignore else None
+        except ValueError as err:
+            raise InputError(f"Ignore value {ignore!r} is not a whole number.") from err
+        models = [m.strip() for m in self.models_edit.text().split(",") if m.strip()]
+        return BenchmarkConfig(
+            dataset=dataset, out_dir=self.out_edit.text().strip(), models=models or ["vit_t"], decoders=decoders,
+            thresholds=thresholds, max_clicks=self.clicks_spin.value(),
+            instances=self.instances_check.isChecked(), ignore_value=ignore_value,
+            mask_suffix=self.suffix_edit.text().strip() or None, limit=self.limit_spin.value() or None,
+            device=self.device_combo.currentText(),
+        )
+
+    def start(self) -> None:
+        from napari.qt.threading import thread_worker
+
+        try:
+            config = self.config()
+            total = len(find_pairs(config.dataset, config.mask_suffix, config.limit))
+        except SamHistoError as err:
+            self.status.setText(f"⚠ {err}")
+            return
+        self._config, self._cancel = config, threading.Event()
+        self._pairs.clear()
+        self.sample_combo.clear()
+        cancel = self._cancel
+
+        def run():
+            methods = build_methods(config)
+            yield ("methods", methods)
+            for event in iter_benchmark(config, methods, cancel):
+                yield ("event", event)
+
+        worker = thread_worker(run, progress={"total": total + 1, "desc": "benchmark"})()
+        worker.yielded.connect(self._on_yield)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"Loading {', '.join(config.models)}…")
+        worker.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self.status.setText("Cancelling after the current image…")
+
+    def _on_yield(self, item) -> None:
+        kind, payload = item
+        if kind == "methods":
+            self._methods = payload
+            self.method_combo.clear()
+            self.method_combo.addItems([m.name for m in payload])
+            self.status.setText("Running…")
+            return
+        event = payload
+        self._summary = event.summary
+        for result in event.results:
+            if self.sample_combo.findText(result.sample_id) < 0:
+                self.sample_combo.addItem(result.sample_id)
+        self._show_summary(event.summary)
+        self.status.setText(f"{event.done} / {event.total} images" + (" (partial)" if event.summary.get("partial") and event.done < event.total else ""))
+
+    def _on_error(self, err) -> None:
+        message = str(err) if isinstance(err, SamHistoError) else f"{err.__class__.__name__}: {err}"
+        self.status.setText(f"⚠ {message}")
+
+    def _on_finished(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.export_button.setEnabled(bool(self._summary))
+        if self._summary and not self.status.text().startswith("⚠"):
+            state = "cancelled: partial report" if self._summary.get("partial") else "done"
+            self.status.setText(f"{state} — {self._config.out_dir}")
+
+    def _show_summary(self, summary: dict) -> None:
+        thresholds = summary["thresholds"]
+        columns = ([f"NoC@{threshold_label(t)}" for t in thresholds] + ["SPC(s)", "SPC e2e(s)"]
+                   + [f"NoF/n@{threshold_label(t)}" for t in thresholds if t >= 0.85] + ["n"])
+        keys = ([f"noc@{threshold_label(t)}" for t in thresholds] + ["spc_decoder_s", "spc_total_s"]
+                + [f"nof_per_n@{threshold_label(t)}" for t in thresholds if t >= 0.85] + ["n_samples"])
+        methods = summary["methods"]
+        self.table.setColumnCount(len(columns))
+        self.table.setRowCount(len(methods))
+        self.table.setHorizontalHeaderLabels(columns)
+        self.table.setVerticalHeaderLabels(list(methods))
+        for row, m in enumerate(methods.values()):
+            for column, key in enumerate(keys):
+                value = m.get(key)
+                text = "-" if value is None else (str(value) if isinstance(value, int) else f"{value:.3f}")
+                self.table.setItem(row, column, QTableWidgetItem(text))
+        self.figure.clear()
+        axes = self.figure.add_subplot(111)
+        for name, m in methods.items():
+            curve = m["miou_per_click"]
+            if curve:
+                axes.plot(range(1, len(curve) + 1), curve, marker="o", markersize=2, label=name)
+        axes.set_xlabel("clicks")
+        axes.set_ylabel("mIoU")
+        axes.set_ylim(0, 1)
+        axes.legend(fontsize=7, loc="lower right")
+        self.figure.tight_layout()
+        self.canvas.draw_idle()
+
+    # -- export -------------------------------------------------------------------------------
+    def export_report(self, destination: str | Path) -> Path:
+        """Copy the report folder into ``destination`` (refuses to overwrite)."""
+        source = Path(self._config.out_dir)
+        target = Path(destination) / source.name
+        if target.exists():
+            raise InputError(f"{target} exists already; choose another folder.")
+        shutil.copytree(source, target)
+        return target
+
+    def _export_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export the report into")
+        if folder:
+            try:
+                self.status.setText(f"Report copied to {self.export_report(folder)}")
+            except (SamHistoError, OSError) as err:
+                self.status.setText(f"⚠ {err}")
+
+    # -- replay -------------------------------------------------------------------------------
+    def start_replay(self) -> None:
+        from napari.qt.threading import thread_worker
+
+        sample_id, method_name = self.sample_combo.currentText(), self.method_combo.currentText()
+        method = next((m for m in self._methods if m.name == method_name), None)
+        if not sample_id or method is None or self._config is None:
+            self.status.setText("⚠ Run a benchmark first, then pick a sample.")
+            return
+        config = self._config
+
+        def replay():
+            stem = sample_id.split("#")[0]
+            pair = next(p for p in find_pairs(config.dataset, config.mask_suffix) if p.stem == stem)
+            sample = next(s for s in load_samples(pair, config.instances, config.ignore_value)
+                          if not isinstance(s, Skipped) and s.sample_id == sample_id)
+            return sample, run_sample(method, sample, config.max_clicks, config.stop_iou, keep_masks=True)
+
+        worker = thread_worker(replay)()
+        worker.returned.connect(self._show_replay)
+        worker.errored.connect(self._on_error)
+        self.status.setText(f"Replaying {sample_id} with {method_name}…")
+        worker.start()
+        self._replay_worker = worker
+
+    def _show_replay(self, returned) -> None:
+        sample, result = returned
+        self._replay_sample, self._replay = sample, result
+        for name in ("image", "ground truth", "prediction", "clicks"):
+            if REPLAY_PREFIX + name in self.viewer.layers:
+                self.viewer.layers.remove(REPLAY_PREFIX + name)
+        self.viewer.add_image(sample.image, name=REPLAY_PREFIX + "image", rgb=True)
+        truth = self.viewer.add_labels(sample.target.astype(np.uint8), name=REPLAY_PREFIX + "ground truth")
+        truth.contour = 2
+        self.viewer.add_labels(np.zeros(sample.target.shape, np.uint8), name=REPLAY_PREFIX + "prediction",
+                               opacity=0.45)
+        self.viewer.add_points(np.zeros((0, 2)), name=REPLAY_PREFIX + "clicks", size=max(6, sample.target.shape[0] // 40),
+                               face_color="green", border_color="white")
+        self.slider.setEnabled(True)
+        self.slider.setMaximum(max(len(result.ious), 1))
+        self.slider.setValue(1)
+        self.show_step(1)
+        self.status.setText(f"Replay of {sample.sample_id}: {len(result.ious)} clicks")
+
+    def show_step(self, step: int) -> None:
+        """Show the state after click ``step`` (1-based)."""
+        if self._replay is None or not self._replay.ious:
+            return
+        step = min(max(step, 1), len(self._replay.ious))
+        clicks = self._replay.clicks[:step]
+        points = self.viewer.layers[REPLAY_PREFIX + "clicks"]
+        points.data = np.array([[c.row, c.col] for c in clicks], float)
+        points.face_color = ["green" if c.positive else "red" for c in clicks]
+        self.viewer.layers[REPLAY_PREFIX + "prediction"].data = self._replay.masks[step - 1].astype(np.uint8) * 2
+        self.step_label.setText(f"click {step}: {'positive' if clicks[-1].positive else 'negative'} at "
+                                f"(x {clicks[-1].col}, y {clicks[-1].row}), IoU {self._replay.ious[step - 1]:.3f}")
