@@ -10,6 +10,9 @@ from pathlib import Path
 
 from .errors import InputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, but a written report should be 0644-like
+
 
 @contextmanager
 def atomic_path(path: str | Path, overwrite: bool = True):
@@ -25,6 +28,7 @@ def atomic_path(path: str | Path, overwrite: bool = True):
     os.close(handle)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

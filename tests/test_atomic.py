@@ -34,3 +34,9 @@ def test_unwritable_destination_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="Cannot write to .*report.txt"):
         with atomic_path(blocker / "x.png"):
             pass
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    with atomic_path(tmp_path / "r.json") as tmp:
+        tmp.write_text("{}")
+    assert (tmp_path / "r.json").stat().st_mode & 0o044 == 0o044  # readable by group and others
