@@ -1,7 +1,11 @@
 """Polygons with holes in level-0 pixel coordinates, and drawing them into a mask for any box.
 
 A ``Polygon`` is one exterior ring and zero or more hole rings, as (N, 2) arrays of (x, y).
+Pixel (row r, column c) covers [c, c+1) x [r, r+1) and its centre is (c + 0.5, r + 0.5).
 Rasterising uses pixel centres: a pixel is inside when its centre is inside the ring.
+Vectorising (``mask_to_polygons``) traces the 0.5 level between pixel centres (marching squares), so
+rasterising the result gives the mask back; corners are cut diagonally, never by more than half a
+pixel, and the rings are simplified within ``tolerance`` pixels.
 """
 
 from __future__ import annotations
@@ -51,3 +55,45 @@ def rasterize(polygons: list[Polygon], origin: tuple[float, float], downsample: 
             _fill(part, (hole - (x0, y0)) / downsample, False)
         (exclusion if polygon.exclude else mask)[part] = True
     return mask & ~exclusion
+
+
+def _signed_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def mask_to_polygons(mask: np.ndarray, origin: tuple[float, float] = (0.0, 0.0), downsample: float = 1.0,
+                     tolerance: float = 0.1, name: str = "") -> list[Polygon]:
+    """The regions of a bool mask as polygons with holes, in the coordinates of ``origin`` +
+    ``downsample`` (e.g. a tile's level-0 top-left and its level's downsample)."""
+    from skimage.measure import approximate_polygon, find_contours, points_in_poly
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return []
+    outers, holes = [], []
+    for contour in find_contours(np.pad(mask, 1).astype(np.float32), 0.5):
+        if len(contour) < 3:
+            continue
+        ring = contour[:, ::-1] - 1 + 0.5  # (row, col) in the padded array -> (x, y) pixel-edge units
+        if tolerance > 0:
+            ring = approximate_polygon(ring, tolerance)
+        ring = ring[:-1] if len(ring) > 3 and np.allclose(ring[0], ring[-1]) else ring
+        if len(ring) < 3:
+            continue
+        (outers if _signed_area(ring) > 0 else holes).append(ring)
+    polygons = [Polygon(ring, [], name) for ring in outers]
+    areas = [abs(_signed_area(p.exterior)) for p in polygons]
+    for hole in holes:
+        inside = [i for i, p in enumerate(polygons) if points_in_poly(hole[:1], p.exterior)[0]]
+        if inside:
+            polygons[min(inside, key=lambda i: areas[i])].holes.append(hole)
+    for polygon in polygons:
+        polygon.exterior = polygon.exterior * downsample + origin
+        polygon.holes = [h * downsample + origin for h in polygon.holes]
+    return polygons
+
+
+def polygon_area(polygon: Polygon) -> float:
+    """Area in squared coordinate units (level-0 pixels), holes subtracted."""
+    return abs(_signed_area(polygon.exterior)) - sum(abs(_signed_area(h)) for h in polygon.holes)

@@ -1,0 +1,86 @@
+"""QuPath-compatible GeoJSON: export accepted objects, import them back.
+
+A FeatureCollection of Polygon/MultiPolygon features in level-0 pixel coordinates (holes kept,
+rings closed), each with ``properties.objectType = "annotation"``, ``classification {name, color}``
+and ``measurements`` (area in px and, when the slide's pixel size is known, µm²) — the layout QuPath
+(0.4+) writes and reads. ``offset`` subtracts a slide's ``openslide.bounds-x/y`` for viewers that
+count from the scanned area rather than the full image.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import InputError
+from .geometry import Polygon
+from .objects import AnnotatedObject
+from .readers import _ring
+
+
+def _closed(ring: np.ndarray, offset) -> list[list[float]]:
+    points = (np.asarray(ring, float) - np.asarray(offset, float)).round(3).tolist()
+    return points + [points[0]] if points and points[0] != points[-1] else points
+
+
+def object_to_feature(obj: AnnotatedObject, mpp=None, offset=(0.0, 0.0)) -> dict:
+    rings = [[_closed(p.exterior, offset)] + [_closed(h, offset) for h in p.holes] for p in obj.polygons]
+    geometry = ({"type": "Polygon", "coordinates": rings[0]} if len(rings) == 1
+                else {"type": "MultiPolygon", "coordinates": rings})
+    measurements = {"Area px^2": round(obj.area_px, 2)}
+    area = obj.area_um2(mpp)
+    if area is not None:
+        measurements["Area µm^2"] = round(area, 2)
+    properties = {
+        "objectType": "annotation",
+        "classification": {"name": obj.class_name, "color": [int(c) for c in obj.color]},
+        "measurements": measurements,
+        "isLocked": False,
+        "napari-sam-histo": {"model": obj.model, "clicks": obj.clicks, **obj.properties},
+    }
+    return {"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry, "properties": properties}
+
+
+def write_geojson(path: str | Path, objects: list[AnnotatedObject], mpp=None, offset=(0.0, 0.0),
+                  overwrite: bool = False) -> Path:
+    """Write atomically; refuses to overwrite unless asked; a failure leaves the old file intact."""
+    collection = {"type": "FeatureCollection", "features": [object_to_feature(o, mpp, offset) for o in objects]}
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(collection))
+    return Path(path)
+
+
+def read_geojson(path: str | Path, offset=(0.0, 0.0)) -> list[AnnotatedObject]:
+    """Objects from a GeoJSON file (ours or QuPath's); ``offset`` is added back."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise InputError(f"GeoJSON file not found: {path}") from err
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path.name}: not valid JSON ({err}).") from err
+    features = data.get("features") if isinstance(data, dict) and data.get("type") == "FeatureCollection" else (
+        data if isinstance(data, list) else [data] if isinstance(data, dict) and data.get("type") == "Feature" else None)
+    if features is None:
+        raise InputError(f"{path.name}: expected a GeoJSON FeatureCollection, Feature or list of features.")
+    shift = np.asarray(offset, float)
+    objects = []
+    for feature in features:
+        geometry = (feature or {}).get("geometry") or {}
+        kind = geometry.get("type")
+        parts = [geometry.get("coordinates")] if kind == "Polygon" else geometry.get("coordinates") if kind == "MultiPolygon" else None
+        if not parts:
+            continue
+        polygons = [Polygon(_ring(rings[0], path)[:-1] + shift, [_ring(r, path)[:-1] + shift for r in rings[1:]])
+                    for rings in parts if rings]
+        props = (feature or {}).get("properties") or {}
+        classification = props.get("classification") or {}
+        ours = props.get("napari-sam-histo") or {}
+        color = tuple(classification.get("color") or (200, 0, 0))[:3]
+        objects.append(AnnotatedObject(polygons, classification.get("name") or props.get("name") or "",
+                                       color, ours.get("model", ""), int(ours.get("clicks", 0))))
+    return objects
