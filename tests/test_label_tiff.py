@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_sam_histo.annotations.geometry import mask_to_polygons
+from napari_sam_histo.annotations.label_tiff import write_label_tiff
+from napari_sam_histo.annotations.objects import AnnotatedObject
+from napari_sam_histo.errors import InputError
+
+
+def _objects():
+    tumor = np.zeros((300, 400), bool)
+    tumor[20:200, 30:250] = True
+    tumor[60:90, 60:120] = False
+    stroma = np.zeros((300, 400), bool)
+    stroma[220:290, 300:390] = True
+    return tumor, stroma, [AnnotatedObject(mask_to_polygons(tumor), "Tumor"),
+                           AnnotatedObject(mask_to_polygons(stroma), "Stroma")]
+
+
+def test_tiled_pyramidal_ome_tiff_with_class_ids(tmp_path):
+    tumor, stroma, objects = _objects()
+    path = write_label_tiff(tmp_path / "labels.ome.tif", objects, (400, 300), classes=["Tumor", "Stroma"],
+                            tile=128, mpp=(0.5, 0.5))
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.is_tiled and page.tilewidth == 128 and page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        level0 = page.asarray()
+        assert tif.is_ome and "Tumor" in tif.ome_metadata
+        assert len(page.subifds or []) == 2  # 400 px -> 3 levels of 128 px tiles
+        series = tif.series[0]
+        assert [lvl.shape for lvl in series.levels] == [(300, 400), (150, 200), (75, 100)]
+    assert np.array_equal(level0 == 1, tumor) and np.array_equal(level0 == 2, stroma)
+    classes = json.loads((tmp_path / "labels.ome.tif.classes.json").read_text())
+    assert classes == {"0": "background", "1": "Tumor", "2": "Stroma"}
+
+
+def test_export_at_a_lower_resolution(tmp_path):
+    tumor, _, objects = _objects()
+    path = write_label_tiff(tmp_path / "l.tif", objects[:1], (400, 300), downsample=2.0, levels=1)
+    level = tifffile.imread(path)
+    assert level.shape == (150, 200)
+    assert abs(int((level == 1).sum()) - int(tumor.sum()) // 4) < 200
+
+
+def test_refusals_leave_nothing_half_written(tmp_path):
+    _, _, objects = _objects()
+    with pytest.raises(InputError, match="not in the class list"):
+        write_label_tiff(tmp_path / "a.tif", objects, (400, 300), classes=["Tumor"])
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "b.tif").write_bytes(b"old")
+    with pytest.raises(InputError, match="exists already"):
+        write_label_tiff(tmp_path / "b.tif", objects, (400, 300))
+    assert (tmp_path / "b.tif").read_bytes() == b"old"
