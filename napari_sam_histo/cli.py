@@ -67,7 +67,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     config = BenchmarkConfig(
         dataset=args.dataset, out_dir=args.out, models=args.model or ["vit_t"], decoders=args.decoder or ["sam"],
         thresholds=tuple(args.iou), max_clicks=args.max_clicks, full_curve=args.full_curve,
-        ritm_nof=args.ritm_nof, instances=args.instances, ignore_value=args.ignore_value,
+        ritm_nof=args.ritm_nof, instances=args.instances, components=args.components,
+        ignore_value=args.ignore_value,
         mask_suffix=args.mask_suffix, limit=args.limit, stride=args.stride, device=args.device,
     )
     bar = tqdm(total=None, unit="image", desc="benchmark", disable=args.quiet)
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--full-curve", action="store_true", help="always click --max-clicks times")
     bench.add_argument("--ritm-nof", action="store_true", help="count NoF as RITM's code does (NoC == max clicks)")
     bench.add_argument("--instances", action="store_true", help="masks are label images: one sample per label")
+    bench.add_argument("--components", action="store_true",
+                       help="binary masks: each connected region is one sample (e.g. one gland)")
     bench.add_argument("--ignore-value", type=int, default=None, help="mask value to ignore in clicks and IoU")
     bench.add_argument("--mask-suffix", default=None, help="flat folder: the mask of X.png is X<suffix>.png")
     bench.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")

@@ -180,3 +180,17 @@ def test_manifest_and_flat_folder_layouts(tmp_path):
     assert [p.stem for p in find_pairs(flat, mask_suffix="_label")] == ["a"]
     skipped = next(load_samples(find_pairs(flat, mask_suffix="_label")[0]))  # an RGB photo as the mask
     assert isinstance(skipped, Skipped) and "colour channels" in skipped.reason
+
+
+def test_connected_components_of_a_binary_mask_are_separate_samples(tmp_path):
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    mask = np.zeros((40, 40), np.uint8)
+    mask[2:10, 2:10] = 255
+    mask[20:30, 20:35] = 255
+    iio.imwrite(root / "images" / "g.png", np.full((40, 40, 3), 100, np.uint8))
+    iio.imwrite(root / "masks" / "g.png", mask)
+    samples = list(load_samples(find_pairs(root)[0], components=True))
+    assert [s.sample_id for s in samples] == ["g#1", "g#2"]
+    assert samples[0].target.sum() == 64 and samples[1].target.sum() == 150

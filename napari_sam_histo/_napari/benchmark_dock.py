@@ -64,6 +64,7 @@ class BenchmarkDock(QWidget):
         self.limit_spin.setRange(0, 1_000_000)
         self.limit_spin.setSpecialValueText("all")
         self.instances_check = QCheckBox("masks are instance labels (one sample per label)")
+        self.components_check = QCheckBox("each connected region is a sample")
         self.suffix_edit = QLineEdit()
         self.suffix_edit.setPlaceholderText("flat folder only, e.g. _label")
         self.ignore_edit = QLineEdit()
@@ -73,7 +74,8 @@ class BenchmarkDock(QWidget):
         for label, widget in (("Dataset", dataset_row), ("Report folder", out_row), ("Models", self.models_edit),
                               ("Decoders", decoders), ("Target IoUs", self.iou_edit),
                               ("Max clicks", self.clicks_spin), ("Images", self.limit_spin),
-                              ("", self.instances_check), ("Mask suffix", self.suffix_edit),
+                              ("", self.instances_check), ("", self.components_check),
+                              ("Mask suffix", self.suffix_edit),
                               ("Ignore value", self.ignore_edit), ("Device", self.device_combo)):
             form.addRow(label, widget)
         layout.addLayout(form)
@@ -163,7 +165,8 @@ class BenchmarkDock(QWidget):
         return BenchmarkConfig(
             dataset=dataset, out_dir=self.out_edit.text().strip(), models=models or ["vit_t"], decoders=decoders,
             thresholds=thresholds, max_clicks=self.clicks_spin.value(),
-            instances=self.instances_check.isChecked(), ignore_value=ignore_value,
+            instances=self.instances_check.isChecked(), components=self.components_check.isChecked(),
+            ignore_value=ignore_value,
             mask_suffix=self.suffix_edit.text().strip() or None, limit=self.limit_spin.value() or None,
             device=self.device_combo.currentText(),
         )
@@ -291,7 +294,7 @@ class BenchmarkDock(QWidget):
         def replay():
             stem = sample_id.split("#")[0]
             pair = next(p for p in find_pairs(config.dataset, config.mask_suffix) if p.stem == stem)
-            sample = next(s for s in load_samples(pair, config.instances, config.ignore_value)
+            sample = next(s for s in load_samples(pair, config.instances, config.ignore_value, config.components)
                           if not isinstance(s, Skipped) and s.sample_id == sample_id)
             return sample, run_sample(method, sample, config.max_clicks, config.stop_iou, keep_masks=True)
 

@@ -31,6 +31,7 @@ class BenchmarkConfig:
     full_curve: bool = False  # click max_clicks times even after the highest threshold is reached
     ritm_nof: bool = False
     instances: bool = False
+    components: bool = False  # each connected region of a binary mask is a sample
     ignore_value: int | None = None
     mask_suffix: str | None = None
     limit: int | None = None
@@ -85,7 +86,7 @@ def iter_benchmark(
                 yield BenchmarkEvent(done, len(pairs), [], writer.write(partial=True))
                 return
             started = time.perf_counter()
-            samples = list(load_samples(pair, config.instances, config.ignore_value))
+            samples = list(load_samples(pair, config.instances, config.ignore_value, config.components))
             load_s = time.perf_counter() - started
             results = []
             for sample in samples:

@@ -6,7 +6,8 @@ Layouts:
 * a CSV manifest with ``image`` and ``mask`` columns (paths relative to the manifest, or absolute).
 
 One sample is one image and one binary target. With ``instances=True`` a label image gives one
-sample per label (the other labels count as background). Pixels equal to ``ignore_value`` are
+sample per label (the other labels count as background); with ``components=True`` each connected
+region of a binary mask is one sample (e.g. GlaS, whose masks hold many glands as one value). Pixels equal to ``ignore_value`` are
 left out of clicks and IoU. A pair that cannot be used is a skipped sample with its reason; the
 run goes on.
 """
@@ -104,7 +105,8 @@ def _read(path: Path) -> np.ndarray:
     return iio.imread(path)
 
 
-def load_samples(pair: PairSpec, instances: bool = False, ignore_value: int | None = None) -> Iterator[Sample | Skipped]:
+def load_samples(pair: PairSpec, instances: bool = False, ignore_value: int | None = None,
+                 components: bool = False) -> Iterator[Sample | Skipped]:
     """The samples of one pair (one, or one per instance), or a ``Skipped`` with the reason."""
     from ..engine.rgb import to_rgb_uint8
 
@@ -141,7 +143,11 @@ def load_samples(pair: PairSpec, instances: bool = False, ignore_value: int | No
     if ignore is not None:
         labels[ignore] = 0
     identity = file_identity(pair.image_path)
-    if instances:
+    if components:
+        from scipy.ndimage import label as label_components
+
+        labels, _ = label_components(labels > 0)
+    if instances or components:
         ids = [int(i) for i in np.unique(labels) if i != 0]
         if not ids:
             yield Skipped(pair.stem, pair, "mask is empty: no instance to segment")
