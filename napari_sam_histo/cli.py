@@ -70,6 +70,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         ritm_nof=args.ritm_nof, instances=args.instances, components=args.components,
         ignore_value=args.ignore_value,
         mask_suffix=args.mask_suffix, limit=args.limit, stride=args.stride, device=args.device,
+        mask_prompts={"on": (True,), "off": (False,), "both": (True, False)}[args.mask_prompt],
     )
     bar = tqdm(total=None, unit="image", desc="benchmark", disable=args.quiet)
 
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ignore-value", type=int, default=None, help="mask value to ignore in clicks and IoU")
     bench.add_argument("--mask-suffix", default=None, help="flat folder: the mask of X.png is X<suffix>.png")
     bench.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
+    bench.add_argument("--mask-prompt", choices=("on", "off", "both"), default="on",
+                       help="feed the previous logits back as SAM's mask prompt (on), points only (off), or both")
     bench.add_argument("--stride", type=int, default=1, help="only every K-th image (sorted by name)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", required=True, help="report folder")

@@ -101,3 +101,16 @@ def test_small_images_are_resized_to_the_encoder_input(setup, tiny_model):
     session = ClickSession.on_tile(predictor, source, box)
     assert session.embedding.input_size == (1024, 768)
     assert session.add_click(150, 200).mask.shape == (400, 300)
+
+
+def test_points_only_mode_sends_no_mask_prompt(setup, monkeypatch):
+    source, grid, predictor = setup
+    session = ClickSession(predictor, grid.tile(0, 0), predictor.embedding_for(source, grid.tile(0, 0)),
+                           mask_prompt=False)
+    seen = []
+    real = predictor.decode
+    monkeypatch.setattr(predictor, "decode", lambda e, p, l, mask_input=None, multimask=False:
+                        seen.append(mask_input) or real(e, p, l, mask_input, multimask))
+    session.add_click(10, 20)
+    session.add_click(300, 400, positive=False)
+    assert seen == [None, None] and session.low_res_logits is not None

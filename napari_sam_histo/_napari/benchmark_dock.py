@@ -69,6 +69,9 @@ class BenchmarkDock(QWidget):
         self.suffix_edit.setPlaceholderText("flat folder only, e.g. _label")
         self.ignore_edit = QLineEdit()
         self.ignore_edit.setPlaceholderText("none")
+        self.mask_prompt_combo = QComboBox()
+        self.mask_prompt_combo.addItems(["on", "off", "both"])
+        self.mask_prompt_combo.setToolTip("previous logits as SAM's mask prompt (on), points only (off), or both")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         for label, widget in (("Dataset", dataset_row), ("Report folder", out_row), ("Models", self.models_edit),
@@ -76,7 +79,8 @@ class BenchmarkDock(QWidget):
                               ("Max clicks", self.clicks_spin), ("Images", self.limit_spin),
                               ("", self.instances_check), ("", self.components_check),
                               ("Mask suffix", self.suffix_edit),
-                              ("Ignore value", self.ignore_edit), ("Device", self.device_combo)):
+                              ("Ignore value", self.ignore_edit), ("Mask prompt", self.mask_prompt_combo),
+                              ("Device", self.device_combo)):
             form.addRow(label, widget)
         layout.addLayout(form)
 
@@ -169,6 +173,7 @@ class BenchmarkDock(QWidget):
             ignore_value=ignore_value,
             mask_suffix=self.suffix_edit.text().strip() or None, limit=self.limit_spin.value() or None,
             device=self.device_combo.currentText(),
+            mask_prompts={"on": (True,), "off": (False,), "both": (True, False)}[self.mask_prompt_combo.currentText()],
         )
 
     def start(self) -> None:

@@ -48,15 +48,18 @@ class SessionResult:
 class ClickSession:
     """Clicks on one tile. ``embedding`` is computed by the predictor (once) when not given."""
 
-    def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding, threshold: float = 0.0) -> None:
+    def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding, threshold: float = 0.0,
+                 mask_prompt: bool = True) -> None:
         """``threshold`` is the logit above which a pixel is in the mask (SAM's 0.0; the benchmark
-        uses RITM's probability 0.49)."""
+        uses RITM's probability 0.49). ``mask_prompt=False`` leaves out the previous logits (points
+        only): zero-shot SAM is steadier that way, see the README's benchmark figures."""
         if tuple(embedding.original_size) != box.shape:
             raise InputError(f"The embedding is of a {embedding.original_size} image, not of tile {box.key()}.")
         self.predictor = predictor
         self.box = box
         self.embedding = embedding
         self.threshold = float(threshold)
+        self.mask_prompt = bool(mask_prompt)
         self._history: list[_State] = [_State((), None, None, None)]
         self._redo: list[_State] = []
 
@@ -107,7 +110,8 @@ class ClickSession:
         labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
         first = len(clicks) == 1
         prediction = self.predictor.decode(
-            self.embedding, points, labels, mask_input=self.low_res_logits, multimask=first
+            self.embedding, points, labels, mask_input=self.low_res_logits if self.mask_prompt else None,
+            multimask=first
         )
         best = int(torch.argmax(prediction.iou_predictions)) if first else 0
         low_res = prediction.low_res_logits[best]

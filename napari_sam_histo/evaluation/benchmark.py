@@ -35,6 +35,7 @@ class BenchmarkConfig:
     ignore_value: int | None = None
     mask_suffix: str | None = None
     limit: int | None = None
+    mask_prompts: tuple[bool, ...] = (True,)  # True: previous logits as mask prompt; False: points only
     stride: int = 1  # every stride-th image (sorted by name): a spread-out subset of a big dataset
     device: str = "auto"
 
@@ -55,7 +56,10 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
         cache = EmbeddingCache()
         for decoder in config.decoders:
             label = decoder if decoder in ("sam", "modified") else Path(decoder).stem
-            methods.append(SamClickModel(Predictor(model, decoder, cache=cache), f"{model.name}+{label}"))
+            predictor = Predictor(model, decoder, cache=cache)
+            for mask_prompt in config.mask_prompts:
+                name = f"{model.name}+{label}" + ("" if mask_prompt else "/points")
+                methods.append(SamClickModel(predictor, name, mask_prompt))
     return methods
 
 

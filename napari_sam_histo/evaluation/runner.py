@@ -49,9 +49,10 @@ class SampleResult:
 class SamClickModel:
     """A predictor (model + decoder) as an ``InteractiveModel``."""
 
-    def __init__(self, predictor, name: str | None = None) -> None:
+    def __init__(self, predictor, name: str | None = None, mask_prompt: bool = True) -> None:
         self.predictor = predictor
-        self.name = name or f"{predictor.model.name}+{predictor.decoder.kind}"
+        self.mask_prompt = mask_prompt
+        self.name = name or f"{predictor.model.name}+{predictor.decoder.kind}" + ("" if mask_prompt else "/points")
 
     @property
     def encoder_calls(self) -> int:
@@ -63,7 +64,8 @@ class SamClickModel:
 
         height, width = sample.target.shape
         embedding = self.predictor.embedding_for_array(sample.image, sample.identity)
-        session = ClickSession(self.predictor, TileBox(0, 0, 0, width, height), embedding, threshold=LOGIT_THRESHOLD)
+        session = ClickSession(self.predictor, TileBox(0, 0, 0, width, height), embedding,
+                               threshold=LOGIT_THRESHOLD, mask_prompt=self.mask_prompt)
         return _SamObject(session)
 
 
