@@ -17,9 +17,8 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from .geometry import Polygon
+from .geometry import Polygon, ring_from_coords
 from .objects import AnnotatedObject
-from .readers import _ring
 
 
 def _closed(ring: np.ndarray, offset) -> list[list[float]]:
@@ -75,7 +74,8 @@ def read_geojson(path: str | Path, offset=(0.0, 0.0)) -> list[AnnotatedObject]:
         parts = [geometry.get("coordinates")] if kind == "Polygon" else geometry.get("coordinates") if kind == "MultiPolygon" else None
         if not parts:
             continue
-        polygons = [Polygon(_ring(rings[0], path)[:-1] + shift, [_ring(r, path)[:-1] + shift for r in rings[1:]])
+        polygons = [Polygon(ring_from_coords(rings[0], path.name) + shift,
+                            [ring_from_coords(r, path.name) + shift for r in rings[1:]])
                     for rings in parts if rings]
         props = (feature or {}).get("properties") or {}
         classification = props.get("classification") or {}

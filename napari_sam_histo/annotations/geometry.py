@@ -27,6 +27,23 @@ class Polygon:
         return (*self.exterior.min(axis=0), *self.exterior.max(axis=0))
 
 
+def ring_from_coords(coords, source: str = "the file") -> np.ndarray:
+    """An (N, 2) float ring from a list of [x, y, ...] points; a closing repeat of the first point
+    is dropped. ``InputError`` naming ``source`` when the points are not finite numbers."""
+    from ..errors import InputError
+
+    try:
+        ring = np.asarray(coords, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{source}: a polygon ring is not a list of (x, y) points.") from err
+    if ring.ndim != 2 or ring.shape[1] < 2 or not np.all(np.isfinite(ring)):
+        raise InputError(f"{source}: a polygon ring is not a list of finite (x, y) points.")
+    ring = ring[:, :2]
+    if len(ring) > 3 and np.array_equal(ring[0], ring[-1]):
+        ring = ring[:-1]
+    return ring
+
+
 def _fill(mask: np.ndarray, ring: np.ndarray, value: bool) -> None:
     from skimage.draw import polygon as draw_polygon
 

@@ -9,7 +9,6 @@ subtracted. ``classes`` keeps only the named classes/groups (exclusions are alwa
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -40,44 +39,10 @@ def read_polygons(path: str | Path, classes: list[str] | None = None) -> list[Po
     return polygons
 
 
-def _ring(coords, path: Path) -> np.ndarray:
-    ring = np.asarray(coords, dtype=np.float64)
-    if ring.ndim != 2 or ring.shape[1] < 2 or not np.all(np.isfinite(ring)):
-        raise InputError(f"{path.name}: a polygon ring is not a list of finite (x, y) points.")
-    return ring[:, :2]
-
-
 def _read_geojson(path: Path) -> list[Polygon]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"{path.name}: not valid JSON ({err}).") from err
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features", [])
-    elif isinstance(data, list):
-        features = data
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        features = [data]
-    else:
-        raise InputError(f"{path.name}: expected a GeoJSON FeatureCollection, Feature or list of features.")
-    polygons = []
-    for feature in features:
-        geometry = (feature or {}).get("geometry") or {}
-        properties = (feature or {}).get("properties") or {}
-        classification = properties.get("classification") or {}
-        name = classification.get("name") if isinstance(classification, dict) else None
-        name = name or properties.get("name") or ""
-        kind = geometry.get("type")
-        if kind == "Polygon":
-            parts = [geometry.get("coordinates", [])]
-        elif kind == "MultiPolygon":
-            parts = geometry.get("coordinates", [])
-        else:
-            continue  # points, lines: not regions
-        for rings in parts:
-            if rings:
-                polygons.append(Polygon(_ring(rings[0], path), [_ring(r, path) for r in rings[1:]], name))
-    return polygons
+    from .geojson import read_geojson
+
+    return [Polygon(p.exterior, p.holes, obj.class_name) for obj in read_geojson(path) for p in obj.polygons]
 
 
 def _read_asap(path: Path) -> list[Polygon]:
