@@ -194,3 +194,24 @@ def test_connected_components_of_a_binary_mask_are_separate_samples(tmp_path):
     samples = list(load_samples(find_pairs(root)[0], components=True))
     assert [s.sample_id for s in samples] == ["g#1", "g#2"]
     assert samples[0].target.sum() == 64 and samples[1].target.sum() == 150
+
+
+def test_reused_embeddings_are_charged_to_every_sample(tmp_path, tiny_model):
+    from napari_sam_histo.engine.predictor import Predictor
+    from napari_sam_histo.evaluation.runner import SamClickModel
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    labels = np.zeros((64, 64), np.uint8)
+    labels[5:15, 5:15], labels[30:40, 30:50] = 1, 2
+    iio.imwrite(root / "images" / "c.png", np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    iio.imwrite(root / "masks" / "c.png", labels)
+    model = SamClickModel(Predictor(tiny_model, "sam", precision="fp32"))
+    results = []
+    run_benchmark(BenchmarkConfig(str(root), str(tmp_path / "r"), instances=True, max_clicks=2),
+                  methods=[model], on_result=results.append)
+    sample = next(load_samples(find_pairs(root)[0], instances=True))
+    encode_s = model.predictor.embedding_for_array(sample.image, sample.identity).encode_s  # a cache hit
+    assert model.encoder_calls == 1 and encode_s > 0
+    assert all(r.total_s >= encode_s for r in results)  # the second instance pays for the encoder too

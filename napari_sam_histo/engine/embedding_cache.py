@@ -44,6 +44,7 @@ class Embedding:
     features: torch.Tensor  # (1, C, 64, 64)
     input_size: tuple[int, int]  # (h, w) after resizing the longest side to the encoder's input
     original_size: tuple[int, int]  # (h, w) of the tile
+    encode_s: float = 0.0  # what computing it took (the benchmark charges it to every sample)
 
     @property
     def nbytes(self) -> int:
@@ -140,7 +141,8 @@ class EmbeddingCache:
             if attrs.get("key") != asdict(key):
                 return None  # another model, weights or preprocessing wrote here: recompute
             features = torch.from_numpy(np.asarray(array[...], dtype=np.float32))
-            return Embedding(features, tuple(attrs["input_size"]), tuple(attrs["original_size"]))
+            return Embedding(features, tuple(attrs["input_size"]), tuple(attrs["original_size"]),
+                             float(attrs.get("encode_s", 0.0)))
         except Exception:  # an unreadable entry (truncated, foreign) is recomputed, never used
             return None
 
@@ -161,6 +163,7 @@ class EmbeddingCache:
                 "key": asdict(key),
                 "input_size": list(embedding.input_size),
                 "original_size": list(embedding.original_size),
+                "encode_s": embedding.encode_s,
             })
             if final.exists():
                 shutil.rmtree(final, ignore_errors=True)

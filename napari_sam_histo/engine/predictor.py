@@ -98,6 +98,7 @@ class Predictor:
 
     def embed(self, image) -> Embedding:
         """Run the image encoder on one image (resized so its longest side is 1024, then padded)."""
+        started = time.perf_counter()
         rgb = to_rgb_uint8(image)
         original_size = rgb.shape[:2]
         h, w = self._resized_shape(original_size)
@@ -112,8 +113,10 @@ class Predictor:
             pixels = F.pad(pixels, (0, self.image_size - w, 0, self.image_size - h))
             with self._encoder_lock, self._autocast(self.encoder_bf16):
                 self.encoder_calls += 1
-                features = self.sam.image_encoder(pixels)
-        return Embedding(features.float(), (h, w), tuple(original_size))
+                features = self.sam.image_encoder(pixels).float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        return Embedding(features, (h, w), tuple(original_size), time.perf_counter() - started)
 
     def _resized_shape(self, size: tuple[int, int]) -> tuple[int, int]:
         scale = self.image_size / max(size)
