@@ -125,7 +125,7 @@ def run_benchmark(
         for result in event.results:
             if on_result is not None:
                 on_result(result)
-        if progress is not None and event.results is not None:
+        if progress is not None:
             progress(event.done, event.total)
         summary = event.summary
     return summary
