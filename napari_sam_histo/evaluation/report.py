@@ -105,6 +105,7 @@ class ReportWriter:
 
     def _plot(self, summary: dict) -> None:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -116,6 +117,7 @@ class ReportWriter:
                 axes.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=name)
         axes.set_xlabel("clicks")
         axes.set_ylabel("mIoU")
+        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes.set_xlim(1, self.max_clicks)
         axes.set_ylim(0, 1)
         axes.grid(alpha=0.3)
