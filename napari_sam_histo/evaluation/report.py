@@ -104,20 +104,22 @@ class ReportWriter:
         return summary
 
     def _plot(self, summary: dict) -> None:
-        import matplotlib
-        import matplotlib.ticker
+        # A bare Figure with the Agg canvas, not pyplot: this runs in worker threads inside napari,
+        # where pyplot's global state and backend switching are not safe.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(figsize=(6, 4), dpi=110)
+        figure = Figure(figsize=(6, 4), dpi=110)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot(111)
         for name, m in summary["methods"].items():
             curve = m["miou_per_click"]
             if curve:
                 axes.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=name)
         axes.set_xlabel("clicks")
         axes.set_ylabel("mIoU")
-        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlim(1, self.max_clicks)
         axes.set_ylim(0, 1)
         axes.grid(alpha=0.3)
@@ -126,7 +128,6 @@ class ReportWriter:
         figure.tight_layout()
         with atomic_path(self.out_dir / "miou.png") as tmp:
             figure.savefig(tmp, format="png")
-        plt.close(figure)
 
 
 def format_table(summary: dict) -> str:
