@@ -254,6 +254,8 @@ class BenchmarkDock(QWidget):
                 value = m.get(key)
                 text = "-" if value is None else (str(value) if isinstance(value, int) else f"{value:.3f}")
                 self.table.setItem(row, column, QTableWidgetItem(text))
+        from matplotlib.ticker import MaxNLocator
+
         self.figure.clear()
         axes = self.figure.add_subplot(111)
         for name, m in methods.items():
@@ -263,6 +265,7 @@ class BenchmarkDock(QWidget):
         axes.set_xlabel("clicks")
         axes.set_ylabel("mIoU")
         axes.set_ylim(0, 1)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend(fontsize=7, loc="lower right")
         self.figure.tight_layout()
         self.canvas.draw_idle()
