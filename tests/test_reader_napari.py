@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from napari_sam_histo._napari.reader import get_reader
+from napari_sam_histo.engine.tiles import TileBox
+from napari_sam_histo.errors import InputError
+
+from .conftest import SAMPLE_SLIDE
+
+
+def test_slide_opens_lazily_with_physical_scale_and_identity(sample_source):
+    reader = get_reader(str(SAMPLE_SLIDE))
+    [(data, meta, kind)] = reader(str(SAMPLE_SLIDE))
+    assert kind == "image" and meta["rgb"] and meta["scale"] == (0.499, 0.499) and meta["units"] == "µm"
+    assert type(data).__module__.startswith("dask")  # lazy: nothing read yet
+    assert data.shape == (2967, 2220, 3) and data.chunksize[:2] == (512, 512)
+    assert meta["metadata"]["identity"] == sample_source.identity
+    crop = np.asarray(data[1000:1100, 2000:2150])  # crosses a chunk border
+    assert np.array_equal(crop, sample_source.read_region(TileBox(0, 2000, 1000, 150, 100)))
+
+
+def test_pyramidal_tiff_is_multiscale(tmp_path):
+    import tifffile
+
+    level0 = np.random.default_rng(0).integers(0, 255, (1024, 768, 3), dtype=np.uint8)
+    path = tmp_path / "pyr.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for f in (1, 2):
+            tif.write(level0[::f, ::f], tile=(256, 256), photometric="rgb", subfiletype=0 if f == 1 else 1)
+    [(data, meta, _)] = get_reader(str(path))(str(path))
+    assert meta["multiscale"] and [d.shape for d in data] == [(1024, 768, 3), (512, 384, 3)]
+    assert np.array_equal(np.asarray(data[0][:10, :10]), level0[:10, :10])
+
+
+def test_other_files_are_left_to_other_readers(tmp_path):
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader([str(tmp_path / "a.svs"), str(tmp_path / "b.svs")]) is None
+    assert get_reader(str(tmp_path)) is None
+
+
+def test_corrupt_slide_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(InputError, match="bad.svs"):
+        get_reader(str(bad))(str(bad))
