@@ -266,7 +266,8 @@ class BenchmarkDock(QWidget):
         axes.set_ylabel("mIoU")
         axes.set_ylim(0, 1)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.legend(fontsize=7, loc="lower right")
+        if axes.lines:
+            axes.legend(fontsize=7, loc="lower right")
         self.figure.tight_layout()
         self.canvas.draw_idle()
 

@@ -123,7 +123,8 @@ class ReportWriter:
         axes.set_xlim(1, self.max_clicks)
         axes.set_ylim(0, 1)
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower right", fontsize=8)
+        if axes.lines:
+            axes.legend(loc="lower right", fontsize=8)
         axes.set_title("mIoU per click" + (" (partial)" if summary.get("partial") else ""))
         figure.tight_layout()
         with atomic_path(self.out_dir / "miou.png") as tmp:
