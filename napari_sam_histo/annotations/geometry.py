@@ -82,33 +82,44 @@ def _signed_area(ring: np.ndarray) -> float:
 def mask_to_polygons(mask: np.ndarray, origin: tuple[float, float] = (0.0, 0.0), downsample: float = 1.0,
                      tolerance: float = 0.1, name: str = "") -> list[Polygon]:
     """The regions of a bool mask as polygons with holes, in the coordinates of ``origin`` +
-    ``downsample`` (e.g. a tile's level-0 top-left and its level's downsample)."""
-    from skimage.measure import approximate_polygon, find_contours, points_in_poly
+    ``downsample`` (e.g. a tile's level-0 top-left and its level's downsample).
+
+    Each ring is given to the region it bounds through the region's label (4-connected, as the
+    marching squares separate them), read at a pixel next to the ring: linear in the number of
+    vertices, however many specks and holes a noisy mask has."""
+    from scipy.ndimage import label as label_regions
+    from skimage.measure import approximate_polygon, find_contours
 
     mask = np.asarray(mask, bool)
     if not mask.any():
         return []
-    outers, holes = [], []
-    for contour in find_contours(np.pad(mask, 1).astype(np.float32), 0.5):
+    padded = np.pad(mask, 1)
+    labels = np.pad(label_regions(mask)[0], 1)
+    outer: dict[int, np.ndarray] = {}
+    holes: dict[int, list[np.ndarray]] = {}
+    for contour in find_contours(padded.astype(np.float32), 0.5):
         if len(contour) < 3:
             continue
+        r, c = contour[0]
+        # Vertices sit halfway between an inside and an outside pixel: read the inside one's label.
+        if r % 1:
+            pair = ((int(np.floor(r)), int(round(c))), (int(np.ceil(r)), int(round(c))))
+        else:
+            pair = ((int(round(r)), int(np.floor(c))), (int(round(r)), int(np.ceil(c))))
+        region = max(labels[p] for p in pair)
         ring = contour[:, ::-1] - 1 + 0.5  # (row, col) in the padded array -> (x, y) pixel-edge units
         if tolerance > 0:
             ring = approximate_polygon(ring, tolerance)
-        ring = ring[:-1] if len(ring) > 3 and np.allclose(ring[0], ring[-1]) else ring
-        if len(ring) < 3:
+        if len(ring) > 3 and np.allclose(ring[0], ring[-1]):
+            ring = ring[:-1]
+        if len(ring) < 3 or region == 0:
             continue
-        (outers if _signed_area(ring) > 0 else holes).append(ring)
-    polygons = [Polygon(ring, [], name) for ring in outers]
-    areas = [abs(_signed_area(p.exterior)) for p in polygons]
-    for hole in holes:
-        inside = [i for i, p in enumerate(polygons) if points_in_poly(hole[:1], p.exterior)[0]]
-        if inside:
-            polygons[min(inside, key=lambda i: areas[i])].holes.append(hole)
-    for polygon in polygons:
-        polygon.exterior = polygon.exterior * downsample + origin
-        polygon.holes = [h * downsample + origin for h in polygon.holes]
-    return polygons
+        if _signed_area(ring) > 0:
+            outer[region] = ring
+        else:
+            holes.setdefault(region, []).append(ring)
+    return [Polygon(ring * downsample + origin, [h * downsample + origin for h in holes.get(region, [])], name)
+            for region, ring in sorted(outer.items())]
 
 
 def polygon_area(polygon: Polygon) -> float:
