@@ -36,6 +36,7 @@ def read_image(path):
         "slide_path": str(Path(path).resolve()),
         "identity": source.identity,
         "mpp": source.mpp,
+        "level0_size": tuple(source.level_dimensions[0]),
         "level_downsamples": [source.level_downsamples[0]] + [
             d for i, d in enumerate(source.level_downsamples[1:], start=1)
             if min(source.level_dimensions[i]) >= 256],
