@@ -49,6 +49,15 @@ def _disk(shape, centre, radius):
     return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
 
 
+def write_pair(root, stem, image, mask):
+    """One image/mask pair in ``root``'s images/ and masks/ (created when missing)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    iio.imwrite(root / "images" / f"{stem}.png", image)
+    iio.imwrite(root / "masks" / f"{stem}.png", mask)
+    return root
+
+
 def make_dataset(root, n=3, size=(64, 80)):
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -102,13 +111,10 @@ def test_cancel_leaves_a_valid_partial_report(tmp_path):
 
 def test_ignore_label_is_left_out_of_clicks_and_iou(tmp_path):
     root = tmp_path / "d"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
     mask = np.zeros((40, 40), np.uint8)
     mask[5:20, 5:20] = 1
     mask[25:, :] = 7  # ignored band
-    iio.imwrite(root / "images" / "a.png", np.full((40, 40, 3), 90, np.uint8))
-    iio.imwrite(root / "masks" / "a.png", mask)
+    write_pair(root, "a", np.full((40, 40, 3), 90, np.uint8), mask)
     [sample] = load_samples(find_pairs(root)[0], ignore_value=7)
     assert sample.ignore[30, 0] and not sample.target[30, 0]
 
@@ -133,12 +139,9 @@ def test_instances_give_one_sample_each_and_share_one_encoding(tmp_path, tiny_mo
     from napari_sam_histo.evaluation.runner import SamClickModel
 
     root = tmp_path / "d"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
     labels = np.zeros((64, 64), np.uint16)
     labels[5:15, 5:15], labels[30:40, 30:50], labels[50:60, 5:20] = 1, 2, 3
-    iio.imwrite(root / "images" / "cells.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    iio.imwrite(root / "masks" / "cells.png", labels)
+    write_pair(root, "cells", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), labels)
     model = SamClickModel(Predictor(tiny_model, "sam", precision="fp32"))
     config = BenchmarkConfig(str(root), str(tmp_path / "r"), instances=True, max_clicks=3)
     m = run_benchmark(config, methods=[model])["methods"][model.name]
@@ -184,13 +187,10 @@ def test_manifest_and_flat_folder_layouts(tmp_path):
 
 def test_connected_components_of_a_binary_mask_are_separate_samples(tmp_path):
     root = tmp_path / "d"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
     mask = np.zeros((40, 40), np.uint8)
     mask[2:10, 2:10] = 255
     mask[20:30, 20:35] = 255
-    iio.imwrite(root / "images" / "g.png", np.full((40, 40, 3), 100, np.uint8))
-    iio.imwrite(root / "masks" / "g.png", mask)
+    write_pair(root, "g", np.full((40, 40, 3), 100, np.uint8), mask)
     samples = list(load_samples(find_pairs(root)[0], components=True))
     assert [s.sample_id for s in samples] == ["g#1", "g#2"]
     assert samples[0].target.sum() == 64 and samples[1].target.sum() == 150
@@ -201,12 +201,9 @@ def test_reused_embeddings_are_charged_to_every_sample(tmp_path, tiny_model):
     from napari_sam_histo.evaluation.runner import SamClickModel
 
     root = tmp_path / "d"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
     labels = np.zeros((64, 64), np.uint8)
     labels[5:15, 5:15], labels[30:40, 30:50] = 1, 2
-    iio.imwrite(root / "images" / "c.png", np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    iio.imwrite(root / "masks" / "c.png", labels)
+    write_pair(root, "c", np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8), labels)
     model = SamClickModel(Predictor(tiny_model, "sam", precision="fp32"))
     results = []
     run_benchmark(BenchmarkConfig(str(root), str(tmp_path / "r"), instances=True, max_clicks=2),
