@@ -78,10 +78,10 @@ def test_undo_redo_reset(setup):
 
 def test_result_is_in_tile_coordinates_with_level0_placement(setup):
     source, grid, predictor = setup
-    box = grid.tile(1, 1)  # edge tile, 276 x 476
+    box = grid.tile(1, 1)  # edge tile of a 1300 x 1500 image: shifted inward to (276, 476)
     result = ClickSession.on_tile(predictor, source, box).add_click(10, 10)
-    assert result.mask.shape == (476, 276) and result.mask.dtype == bool
-    assert result.box.tile_to_level0(10, 10) == (1034, 1034)
+    assert result.mask.shape == (1024, 1024) and result.mask.dtype == bool
+    assert result.box.tile_to_level0(10, 10) == (286, 486)
 
 
 @pytest.mark.parametrize("x, y", [(-1, 5), (5, 1024), (math.nan, 3), ("a", 3)])

@@ -6,11 +6,14 @@ from napari_sam_histo.engine.tiles import TileBox, TileGrid
 from napari_sam_histo.errors import InputError
 
 
-def test_grid_covers_the_level_with_cut_edge_tiles():
+def test_edge_tiles_are_full_size_and_shifted_inward():
     grid = TileGrid(level=1, width=2500, height=1100, tile_size=1024, downsample=4.0)
     assert (grid.columns, grid.rows) == (3, 2)
     edge = grid.tile(2, 1)
-    assert (edge.x, edge.y, edge.width, edge.height) == (2048, 1024, 452, 76)
+    assert (edge.x, edge.y, edge.width, edge.height) == (1476, 76, 1024, 1024)
+    assert grid.tile_at(2499, 1099) == edge and edge.contains(2499, 1099)
+    small = TileGrid(0, 300, 200, 1024).tile(0, 0)
+    assert (small.x, small.y, small.width, small.height) == (0, 0, 300, 200)
 
 
 def test_tile_at_and_level0_mapping():
@@ -26,6 +29,8 @@ def test_neighbours_stay_inside_the_grid():
     grid = TileGrid(0, 3000, 3000, 1024)
     assert len(grid.neighbours(grid.tile(0, 0))) == 3
     assert len(grid.neighbours(grid.tile(1, 1))) == 8
+    corner = grid.tile(2, 2)  # shifted inward to (1976, 1976)
+    assert {(t.x, t.y) for t in grid.neighbours(corner)} == {(1024, 1024), (1976, 1024), (1024, 1976)}
 
 
 @pytest.mark.parametrize("x, y", [(-1, 5), (5, 3000), (math.nan, 1), (1, math.inf)])

@@ -1,7 +1,10 @@
 """Tiles: which square of which pyramid level a click falls in, and level <-> level-0 coordinates.
 
 All boxes are ``(x, y, width, height)`` in pixels of their own level; ``x`` is the column. A tile
-grid covers the level with non-overlapping tiles of ``tile_size``; edge tiles are cut at the border.
+grid covers the level with tiles of ``tile_size``; the last tile of a row or column is shifted
+inward to end at the border, overlapping its neighbour, so every tile is full-size: SAM resizes a
+tile's longest side to 1024, and a thin edge strip would make a poor, distorted input. Levels
+smaller than a tile get one tile of the level's size.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ class TileGrid:
     def tile(self, column: int, row: int) -> TileBox:
         if not (0 <= column < self.columns and 0 <= row < self.rows):
             raise InputError(f"Tile ({column}, {row}) is outside the {self.columns}x{self.rows} grid.")
-        x, y = column * self.tile_size, row * self.tile_size
-        return TileBox(self.level, x, y, min(self.tile_size, self.width - x), min(self.tile_size, self.height - y),
+        x = min(column * self.tile_size, max(self.width - self.tile_size, 0))
+        y = min(row * self.tile_size, max(self.height - self.tile_size, 0))
+        return TileBox(self.level, x, y, min(self.tile_size, self.width), min(self.tile_size, self.height),
                        self.downsample)
 
     def tile_at(self, x: float, y: float) -> TileBox:
@@ -93,7 +97,7 @@ class TileGrid:
 
     def neighbours(self, tile: TileBox) -> list[TileBox]:
         """The up to 8 tiles around ``tile`` (for prefetching)."""
-        column, row = tile.x // self.tile_size, tile.y // self.tile_size
+        column, row = -(-tile.x // self.tile_size), -(-tile.y // self.tile_size)  # shifted edge tiles round up
         return [
             self.tile(column + dc, row + dr)
             for dr in (-1, 0, 1) for dc in (-1, 0, 1)
