@@ -169,15 +169,18 @@ class AnnotatorDock(QWidget):
             self.annotator.close()
         self.annotator = result
         scale = tuple(self.image_layer.scale[-2:])
+        units = {"units": tuple(self.image_layer.units[-2:])}  # the same physical units as the slide
         for name in (CLICKS, CURRENT):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
         if ANNOTATIONS not in self.viewer.layers:
-            self.viewer.add_shapes(name=ANNOTATIONS, scale=scale, edge_width=2, face_color=[1, 0, 0, 0.15],
+            self.viewer.add_shapes(name=ANNOTATIONS, scale=scale, edge_width=2, face_color=[1, 0, 0, 0.15], **units,
                                    features={"class": np.array([], dtype=object)},
                                    metadata=dict(self.image_layer.metadata))
-        self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=CURRENT, scale=scale, opacity=0.5)
-        self.viewer.add_points(np.zeros((0, 2)), name=CLICKS, scale=scale, size=12, border_color="white")
+        self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=CURRENT, scale=scale, opacity=0.5, **units)
+        points = self.viewer.add_points(np.zeros((0, 2)), name=CLICKS, scale=scale, size=12, border_color="white",
+                                        **units)
+        points.canvas_size_limits = (10, 40)  # visible at any zoom of a large slide
         self.viewer.layers.selection.active = self.image_layer
         if self._on_mouse not in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.append(self._on_mouse)
