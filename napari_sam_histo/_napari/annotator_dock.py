@@ -217,25 +217,22 @@ class AnnotatorDock(QWidget):
         self._relay_future(self.annotator.submit_click(x0, y0, positive), self._show_current)
 
     def undo(self) -> None:
-        if self.annotator is not None:
-            self.pending += 1
-            self._relay_future(self.annotator.submit("undo"), self._show_current)
+        self._queue(self._show_current, "undo")
 
     def redo(self) -> None:
-        if self.annotator is not None:
-            self.pending += 1
-            self._relay_future(self.annotator.submit("redo"), self._show_current)
+        self._queue(self._show_current, "redo")
 
     def clear(self) -> None:
-        if self.annotator is not None:
-            self.pending += 1
-            self._relay_future(self.annotator.submit("clear"), self._show_current)
+        self._queue(self._show_current, "clear")
 
     def accept(self) -> None:
+        self._queue(self._accepted, "accept", self.class_combo.currentText().strip() or "Tumor")
+
+    def _queue(self, callback, action: str, *args) -> None:
+        """Run an annotator action behind the queued clicks; ``callback`` gets its result."""
         if self.annotator is not None:
-            name = self.class_combo.currentText().strip() or "Tumor"
             self.pending += 1
-            self._relay_future(self.annotator._worker.submit(self.annotator.accept, name), self._accepted)
+            self._relay_future(self.annotator.submit(action, *args), callback)
 
     def _show_current(self, result) -> None:
         self.pending = max(self.pending - 1, 0)

@@ -136,9 +136,9 @@ class Annotator:
         """Queue a click; the future's result is ``current_mask()`` after it."""
         return self._worker.submit(self.click, x0, y0, positive)
 
-    def submit(self, action: str) -> Future:
-        """Queue "undo", "redo" or "accept" behind the clicks already queued."""
-        return self._worker.submit(getattr(self, action))
+    def submit(self, action: str, *args) -> Future:
+        """Queue "undo", "redo", "clear" or "accept" (with its arguments) behind the queued clicks."""
+        return self._worker.submit(getattr(self, action), *args)
 
     def prefetch_around(self, x0: float, y0: float) -> list[Future]:
         """Compute the embeddings of the tiles around (x0, y0) in the background, one at a time."""
