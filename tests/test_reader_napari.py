@@ -43,3 +43,31 @@ def test_corrupt_slide_is_a_clear_error(tmp_path):
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(InputError, match="bad.svs"):
         get_reader(str(bad))(str(bad))
+
+
+def test_ome_subifd_pyramid_opens_as_lazy_multiscale_in_microns(tmp_path):
+    import tifffile
+
+    level0 = np.random.default_rng(1).integers(0, 255, (1200, 1100, 3), dtype=np.uint8)
+    path = tmp_path / "scan.ome.tiff"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(level0, tile=(256, 256), compression="zlib", photometric="rgb", subifds=2,
+                  metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+        for f in (2, 4):
+            tif.write(level0[::f, ::f], tile=(256, 256), compression="zlib", photometric="rgb", subfiletype=1)
+    [(data, meta, kind)] = get_reader(str(path))(str(path))
+    assert kind == "image" and meta["name"] == "scan" and meta["multiscale"]
+    assert meta["scale"] == (0.25, 0.25) and meta["units"] == "µm"
+    assert [d.shape for d in data] == [(1200, 1100, 3), (600, 550, 3), (300, 275, 3)]
+    assert all(type(d).__module__.startswith("dask") for d in data)
+    assert meta["metadata"]["level_downsamples"] == [1.0, 2.0, 4.0]
+    assert np.array_equal(np.asarray(data[1][500:600, 400:550]), level0[::2, ::2][500:600, 400:550])
+
+
+def test_edge_chunks_thinner_than_eight_pixels_are_read(tmp_path):
+    from napari_sam_histo.slides.lazy import multiscale
+    from napari_sam_histo.slides.reader import from_array
+
+    image = np.random.default_rng(2).integers(0, 255, (515, 1027, 3), dtype=np.uint8)  # 3-px edge chunks
+    [level] = multiscale(from_array(image))
+    assert level.chunks[1][-1] == 3 and np.array_equal(np.asarray(level), image)

@@ -1,4 +1,5 @@
-"""napari reader: slides open as lazy multiscale images (``slides.lazy``), plain images whole.
+"""napari reader: slides and pyramidal (OME-)TIFFs open as lazy multiscale images (``slides.lazy``),
+plain images whole.
 
 Layer metadata carries what the annotator needs: the slide path, its identity (the embedding-cache
 key), microns per pixel and the level downsamples. The layer's scale is in µm when the slide
@@ -41,7 +42,9 @@ def read_image(path):
             d for i, d in enumerate(source.level_downsamples[1:], start=1)
             if min(source.level_dimensions[i]) >= 256],
     }
-    kwargs = {"name": Path(path).stem, "rgb": True, "multiscale": len(levels) > 1, "scale": scale,
+    name = Path(path).stem
+    name = name[:-4] if name.lower().endswith(".ome") else name  # x.ome.tif -> x
+    kwargs = {"name": name, "rgb": True, "multiscale": len(levels) > 1, "scale": scale,
               "metadata": metadata}
     if source.mpp:
         kwargs["units"] = "µm"

@@ -1,15 +1,16 @@
 """A slide as a lazy multiscale image for napari: one dask array per pyramid level, read tile by
 tile from the ``ImageSource`` when napari draws it. The full-resolution array is never built.
 
-napari's own readers load plain images whole; for WSIs the levels must stay lazy, and OpenSlide's
-``read_region`` is the reader that understands every vendor format, so each dask chunk is one
-``read_region`` call (a small ``dask.array.map_blocks`` graph per level).
+napari's own readers load plain images whole; for WSIs the levels must stay lazy, so each dask
+chunk is one ``read_region`` call on the source (OpenSlide for vendor slides, tifffile for generic
+and OME TIFF pyramids; a small ``dask.array.map_blocks`` graph per level).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..engine.rgb import MIN_SIDE
 from ..engine.tiles import TileBox
 from .reader import ImageSource
 
@@ -25,10 +26,19 @@ def level_array(source: ImageSource, level: int, chunk: int = CHUNK):
     downsample = source.level_downsamples[level]
     rows = tuple(min(chunk, height - y) for y in range(0, height, chunk))
     cols = tuple(min(chunk, width - x) for x in range(0, width, chunk))
+    tops, lefts = np.cumsum((0,) + rows[:-1]), np.cumsum((0,) + cols[:-1])
 
-    def read_block(block_info=None):
-        (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-        return source.read_region(TileBox(level, x0, y0, x1 - x0, y1 - y0, downsample))
+    def read_block(block_id=None):
+        # block_id, not block_info: dask builds a block_info dict for every chunk of the level up
+        # front (~55 MB for the 51k chunks of a 100k x 100k slide); block_id costs nothing
+        row, col, _ = block_id
+        y0, x0 = int(tops[row]), int(lefts[col])
+        y1, x1 = y0 + rows[row], x0 + cols[col]
+        # an edge chunk a few pixels thin is read as a MIN_SIDE-wide box, reaching back into the
+        # level, and cropped: read_region refuses boxes smaller than SAM's minimum input
+        ry0, rx0 = max(0, min(y0, y1 - MIN_SIDE)), max(0, min(x0, x1 - MIN_SIDE))
+        region = source.read_region(TileBox(level, rx0, ry0, x1 - rx0, y1 - ry0, downsample))
+        return region[y0 - ry0:, x0 - rx0:]
 
     return da.map_blocks(read_block, dtype=np.uint8, chunks=(rows, cols, (3,)), meta=np.empty((0, 0, 0), np.uint8))
 

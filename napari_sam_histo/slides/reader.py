@@ -1,5 +1,6 @@
-"""Open images as tile sources: WSIs through OpenSlide (read region by region, never whole), plain
-images (PNG, JPEG, small TIFF) and in-memory arrays through one small interface."""
+"""Open images as tile sources: WSIs through OpenSlide (read region by region, never whole), generic
+and OME pyramidal TIFFs through tifffile (``tiff_source``, also lazy), plain images (PNG, JPEG,
+small TIFF) and in-memory arrays through one small interface."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .identity import array_identity, file_identity
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".tif", ".tiff", ".svslide", ".dcm")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")  # .ome.tif and .ome.tiff too
 
 
 @dataclass
@@ -89,6 +91,8 @@ def open_image(path: str | Path) -> ImageSource:
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image file.")
     suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return _open_tiff(path)
     if suffix in SLIDE_SUFFIXES:
         source = _try_openslide(path)
         if source is not None:
@@ -99,6 +103,31 @@ def open_image(path: str | Path) -> ImageSource:
         f"{path.name}: unsupported file type {suffix or '(none)'}; expected a slide "
         f"({', '.join(SLIDE_SUFFIXES)}) or an image ({', '.join(PLAIN_SUFFIXES)})."
     )
+
+
+def _open_tiff(path: Path) -> ImageSource:
+    """Which reader gets a .tif/.tiff (.ome.tif) file:
+
+    1. a vendor TIFF that OpenSlide recognises (Aperio, Philips, Ventana, Leica, Trestle: any
+       driver but "generic-tiff") -> OpenSlide, which knows the vendor's metadata (pixel size,
+       objective power, bounds) and its quickhash;
+    2. any other TIFF that is tiled, pyramidal or large -> tifffile, lazily (``TiffSource``):
+       OpenSlide's generic driver reads only the first IFD, so it shows an OME-TIFF SubIFD pyramid
+       as one huge level, ignores OME metadata and refuses stripped or greyscale layouts;
+    3. a small untiled single-level TIFF -> read whole, like a PNG.
+    The vendor check reads only the header; a corrupt file gets tifffile's error, naming the file.
+    """
+    import openslide
+
+    from .tiff_source import open_tiff
+
+    try:
+        vendor = openslide.OpenSlide.detect_format(str(path))
+    except openslide.OpenSlideError:
+        vendor = None
+    if vendor not in (None, "generic-tiff"):
+        return _try_openslide(path) or _open_plain(path)
+    return open_tiff(path) or _open_plain(path)
 
 
 def _try_openslide(path: Path) -> OpenSlideSource | None:
