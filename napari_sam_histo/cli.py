@@ -1,4 +1,4 @@
-"""The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark.
+"""The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark, train, slide-memory.
 
 Thin: parse arguments, call the core, print. A ``SamHistoError`` (bad file, bad value, missing
 weights) is printed as one line and exits with status 2, never as a traceback.
@@ -116,6 +116,36 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_slide_memory(args: argparse.Namespace) -> int:
+    from .slides.memory_benchmark import format_report, run_slide_memory
+
+    report = run_slide_memory(size=args.size, tile=args.tile, out_dir=args.out, keep=args.keep)
+    print(format_report(report))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        datasets=args.dataset, out_dir=args.out, scenario=args.scenario, model=args.model,
+        extra_train=args.extra_train or [], val=args.val or [], val_fraction=args.val_fraction,
+        group_by=args.group_by or None, epochs=args.epochs, lr=args.lr, lr_milestones=tuple(args.lr_milestones),
+        lr_gamma=args.lr_gamma, batch_size=args.batch_size, max_extra_clicks=args.max_extra_clicks,
+        mask_prompt_prob=args.mask_prompt_prob, nfl_alpha=args.nfl_alpha, nfl_gamma=args.nfl_gamma,
+        val_iou=args.val_iou, val_max_clicks=args.val_max_clicks, val_limit=args.val_limit, limit=args.limit,
+        seed=args.seed, device=args.device, amp=args.amp, allow_cpu=args.allow_cpu, resume=args.resume,
+    )
+    try:
+        result = train(config, show_progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last finished epoch is saved in {args.out}; continue with --resume", file=sys.stderr)
+        return 130
+    print(f"best: {json.dumps(result.best)}")
+    print(f"weights: {result.best_path} (history.json, training-state.pt, train/val manifests in {result.out_dir})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam-histo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +210,44 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--random-weights", action="store_true", help="random-init weights of the model's architecture")
     perf.add_argument("--json", action="store_true", help="print one JSON object")
     perf.set_defaults(func=_cmd_perf)
+
+    mem = sub.add_parser("slide-memory", help="peak memory of opening a synthetic 100k² pyramidal OME-TIFF lazily")
+    mem.add_argument("--size", type=int, default=100_000, help="side of the synthetic slide in pixels")
+    mem.add_argument("--tile", type=int, default=512, help="TIFF tile side (a multiple of 16)")
+    mem.add_argument("--out", default=None, help="folder for the synthetic slide (default: a temporary folder)")
+    mem.add_argument("--keep", action="store_true", help="keep the synthetic slide afterwards")
+    mem.set_defaults(func=_cmd_slide_memory)
+    tr = sub.add_parser("train", help="fine-tune a decoder (or SAM) with simulated clicks (Kim et al. scenarios)")
+    tr.add_argument("dataset", nargs="+", help="dataset folder(s) or manifest(s), split into train/val by --group-by")
+    tr.add_argument("--out", required=True, help="run folder: best weights, resumable state, history, manifests")
+    tr.add_argument("--scenario", choices=("md", "ie_md", "whole", "modified"), default="modified",
+                    help="md: SAM's decoder; ie_md: image encoder + decoder; whole: all; modified: Kim et al.'s decoder")
+    tr.add_argument("--model", default="vit_t", help="base model name or checkpoint")
+    tr.add_argument("--extra-train", action="append", help="dataset used for training only (repeatable)")
+    tr.add_argument("--val", action="append", help="validation dataset (repeatable); default: split the datasets")
+    tr.add_argument("--val-fraction", type=float, default=0.2)
+    tr.add_argument("--group-by", default="case_id",
+                    help="manifest.csv column keeping one slide's patches on one side of the split ('' for none)")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--lr", type=float, default=5e-4)
+    tr.add_argument("--lr-milestones", type=int, nargs="*", default=[20, 25])
+    tr.add_argument("--lr-gamma", type=float, default=0.1)
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--max-extra-clicks", type=int, default=3, help="simulated clicks after the first: 0..N")
+    tr.add_argument("--mask-prompt-prob", type=float, default=0.8, help="chance of feeding the previous mask")
+    tr.add_argument("--nfl-alpha", type=float, default=0.5)
+    tr.add_argument("--nfl-gamma", type=float, default=2.0)
+    tr.add_argument("--val-iou", type=float, default=0.85, help="validation target IoU (NoC@85)")
+    tr.add_argument("--val-max-clicks", type=int, default=20)
+    tr.add_argument("--val-limit", type=int, default=None, help="validate on the first N patches each epoch")
+    tr.add_argument("--limit", type=int, default=None, help="only the first N pairs of each dataset")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--amp", choices=("auto", "off"), default="auto", help="bf16 autocast on CUDA")
+    tr.add_argument("--allow-cpu", action="store_true", help="let ie_md/whole run without a GPU (slow)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 

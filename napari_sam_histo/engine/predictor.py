@@ -80,10 +80,17 @@ class Predictor:
     def key_for(self, image_identity: str, tile_key: str) -> EmbeddingKey:
         return EmbeddingKey(image_identity, tile_key, self.model.name, self.model.weights_hash, self.preprocessing_id)
 
-    def embedding_for(self, source: ImageSource, box: TileBox) -> Embedding:
-        """The cached embedding of ``box`` in ``source``, computing it (once) if needed."""
+    def embedding_for(self, source: ImageSource, box: TileBox, computing=None) -> Embedding:
+        """The cached embedding of ``box`` in ``source``, computing it (once) if needed.
+        ``computing``, when given, is a context-manager factory entered only while the tile is
+        really being read and encoded (not on a cache hit): a UI shows its progress with it."""
         key = self.key_for(source.identity, box.key())
-        return self.cache.get_or_compute(key, lambda: self.embed(source.read_region(box)))
+
+        def compute() -> Embedding:
+            with computing() if computing is not None else nullcontext():
+                return self.embed(source.read_region(box))
+
+        return self.cache.get_or_compute(key, compute)
 
     def embedding_for_array(self, image, identity: str) -> Embedding:
         """The cached embedding of a whole in-memory image (benchmark samples)."""
@@ -96,27 +103,33 @@ class Predictor:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def embed(self, image) -> Embedding:
-        """Run the image encoder on one image (resized so its longest side is 1024, then padded)."""
-        started = time.perf_counter()
+    def preprocess(self, image) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """(normalised, padded (1, 3, S, S) input on the device, resized (h, w), original (h, w)).
+        The image is resized so its longest side is the model's input size S (1024), then padded."""
         rgb = to_rgb_uint8(image)
         original_size = rgb.shape[:2]
         h, w = self._resized_shape(original_size)
+        pixels = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float()
+        if (h, w) != tuple(original_size):
+            # SAM's ResizeLongestSide resizes with PIL bilinear on uint8; antialiased bilinear
+            # in torch matches it closely and keeps the work on the model's device.
+            pixels = F.interpolate(pixels, (h, w), mode="bilinear", align_corners=False, antialias=True)
+            pixels = pixels.clamp(0, 255).round()
+        pixels = (pixels - self.sam.pixel_mean) / self.sam.pixel_std
+        pixels = F.pad(pixels, (0, self.image_size - w, 0, self.image_size - h))
+        return pixels, (h, w), tuple(original_size)
+
+    def embed(self, image) -> Embedding:
+        """Run the image encoder on one image (see ``preprocess``)."""
+        started = time.perf_counter()
         with torch.inference_mode():
-            pixels = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float()
-            if (h, w) != tuple(original_size):
-                # SAM's ResizeLongestSide resizes with PIL bilinear on uint8; antialiased bilinear
-                # in torch matches it closely and keeps the work on the model's device.
-                pixels = F.interpolate(pixels, (h, w), mode="bilinear", align_corners=False, antialias=True)
-                pixels = pixels.clamp(0, 255).round()
-            pixels = (pixels - self.sam.pixel_mean) / self.sam.pixel_std
-            pixels = F.pad(pixels, (0, self.image_size - w, 0, self.image_size - h))
+            pixels, input_size, original_size = self.preprocess(image)
             with self._encoder_lock, self._autocast(self.encoder_bf16):
                 self.encoder_calls += 1
                 features = self.sam.image_encoder(pixels).float()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-        return Embedding(features, (h, w), tuple(original_size), time.perf_counter() - started)
+        return Embedding(features, input_size, original_size, time.perf_counter() - started)
 
     def _resized_shape(self, size: tuple[int, int]) -> tuple[int, int]:
         scale = self.image_size / max(size)
@@ -167,9 +180,15 @@ class Predictor:
     def upscale(self, embedding: Embedding, low_res_logits: torch.Tensor) -> torch.Tensor:
         """(256, 256) logits -> (H, W) logits at the tile's own resolution (SAM's postprocessing)."""
         with torch.inference_mode():
-            logits = low_res_logits.reshape(1, 1, *low_res_logits.shape[-2:]).float()
-            logits = F.interpolate(logits, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-            logits = logits[..., : embedding.input_size[0], : embedding.input_size[1]]
-            if tuple(embedding.input_size) != tuple(embedding.original_size):
-                logits = F.interpolate(logits, embedding.original_size, mode="bilinear", align_corners=False)
-        return logits[0, 0]
+            return restore_logits(low_res_logits, self.image_size, embedding.input_size, embedding.original_size)
+
+
+def restore_logits(low_res_logits: torch.Tensor, image_size: int, input_size, original_size) -> torch.Tensor:
+    """Low-resolution logits -> (H, W) logits of the original image: up to the padded model input,
+    crop the padding, resize to the original size (SAM's ``postprocess_masks``). Differentiable."""
+    logits = low_res_logits.reshape(1, 1, *low_res_logits.shape[-2:]).float()
+    logits = F.interpolate(logits, (image_size, image_size), mode="bilinear", align_corners=False)
+    logits = logits[..., : input_size[0], : input_size[1]]
+    if tuple(input_size) != tuple(original_size):
+        logits = F.interpolate(logits, tuple(original_size), mode="bilinear", align_corners=False)
+    return logits[0, 0]

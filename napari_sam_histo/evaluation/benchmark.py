@@ -55,7 +55,7 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
         model = load_model(model_name, config.device)
         cache = EmbeddingCache()
         for decoder in config.decoders:
-            label = decoder if decoder in ("sam", "modified") else Path(decoder).stem
+            label = decoder if decoder in ("sam", "modified", "md") else Path(decoder).stem
             predictor = Predictor(model, decoder, cache=cache)
             for mask_prompt in config.mask_prompts:
                 name = f"{model.name}+{label}" + ("" if mask_prompt else "/points")

@@ -46,9 +46,12 @@ def decoder_metadata(
     }
 
 
-def save_decoder_checkpoint(path: str | Path, decoder: torch.nn.Module, metadata: dict) -> Path:
-    """Write atomically (temp file in the same folder, then rename)."""
-    state = {key: value.detach().float().cpu() for key, value in decoder.state_dict().items()}
+def save_decoder_checkpoint(path: str | Path, decoder: torch.nn.Module, metadata: dict,
+                            dtype: torch.dtype = torch.float32) -> Path:
+    """Write atomically (temp file in the same folder, then rename). ``dtype=torch.float16``
+    halves the file (shipped decoders); loading casts back to the module's float32."""
+    state = {key: value.detach().cpu().to(dtype) if value.is_floating_point() else value.detach().cpu()
+             for key, value in decoder.state_dict().items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": metadata, "state_dict": state}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

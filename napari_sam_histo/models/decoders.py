@@ -31,8 +31,12 @@ class DecoderChoice:
     trained: bool
 
 
+SHIPPED_DECODERS = ("modified", "md")
+
+
 def shipped_decoder_path(base_model: str, kind: str = "modified") -> Path | None:
-    """The trained decoder shipped for ``base_model``, if there is one."""
+    """The trained decoder shipped for ``base_model``, if there is one: ``modified`` (Kim et al.'s
+    decoder) or ``md`` (SAM's decoder fine-tuned, the paper's SAM^MD)."""
     path = RESOURCES / f"decoder-{kind}-{base_model}.pt"
     return path if path.is_file() else None
 
@@ -56,10 +60,16 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> Decod
 
 
 def choose_decoder(model: LoadedModel, decoder: str = "sam", allow_untrained: bool = False) -> DecoderChoice:
-    """``decoder`` is "sam", "modified" or a path to a decoder checkpoint."""
+    """``decoder`` is "sam", "modified", "md" or a path to a decoder checkpoint."""
     if decoder == "sam":
         return DecoderChoice("sam", model.sam.mask_decoder, "checkpoint", True)
-    if decoder == "modified":
+    if decoder == "md":
+        shipped = shipped_decoder_path(model.name, "md")
+        if shipped is None:
+            raise CheckpointError(f"No fine-tuned SAM decoder (md) is shipped for model {model.name!r}; "
+                                  f"train one (napari-sam-histo train --scenario md) and choose its file.")
+        choice = build_decoder_from_checkpoint(model, shipped)
+    elif decoder == "modified":
         shipped = shipped_decoder_path(model.name)
         if shipped is not None:
             choice = build_decoder_from_checkpoint(model, shipped)
