@@ -42,3 +42,31 @@ def test_points_outside_or_not_finite_are_refused(x, y):
 def test_tile_keys_differ_by_level_and_box():
     assert TileBox(0, 0, 0, 10, 10).key() != TileBox(1, 0, 0, 10, 10).key()
     assert TileBox(0, 0, 0, 10, 10).key() != TileBox(0, 10, 0, 10, 10).key()
+
+
+def test_centred_tiles_are_full_size_and_shifted_inward():
+    grid = TileGrid(0, 2500, 1500, 1024)
+    box = grid.centred_at(1030.4, 700.6)
+    assert (box.x, box.y, box.width, box.height) == (518, 189, 1024, 1024)
+    assert grid.centred_at(2450, 30) == TileBox(0, 1476, 0, 1024, 1024)
+    assert TileGrid(0, 300, 200, 1024).centred_at(10, 10) == TileBox(0, 0, 0, 300, 200)
+    with pytest.raises(InputError):
+        grid.centred_at(2500, 10)
+
+
+def test_every_point_is_in_the_central_half_of_its_lattice_tile():
+    grid = TileGrid(0, 2500, 1500, 1024)
+    rng = __import__("numpy").random.default_rng(0)
+    for x, y in rng.uniform(0, [2500, 1500], (200, 2)):
+        tiles = grid.lattice_around(x, y, radius=1)
+        assert grid.holds_well(tiles[0], x, y, 0.25)
+        assert all(t.x % 512 == 0 or t.x == 1476 for t in tiles) and all(t.y % 512 == 0 or t.y == 476 for t in tiles)
+        assert len({t.key() for t in tiles}) == len(tiles) <= 9
+
+
+def test_holds_well_ignores_the_level_borders():
+    grid = TileGrid(0, 2500, 1500, 1024)
+    box = TileBox(0, 0, 0, 1024, 1024)
+    assert grid.holds_well(box, 5, 5, 0.25)  # near the level's corner: fine
+    assert not grid.holds_well(box, 1000, 5, 0.25)  # near the inner right border
+    assert not grid.holds_well(box, 1100, 5, 0.25)  # outside

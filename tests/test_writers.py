@@ -28,3 +28,16 @@ def test_shapes_layer_to_label_tiff(tmp_path):
     [path] = write_shapes_tiff(str(tmp_path / "s.ome.tif"), data, {"metadata": {"level0_size": (128, 64)}})
     labels = tifffile.imread(path)
     assert labels.shape == (64, 128) and labels[:32, :64].all() and not labels[32:, :].any()
+
+
+def test_a_shape_with_a_bridged_hole_is_written_with_the_hole(tmp_path):
+    from napari_sam_histo.annotations.bridged import to_bridged_ring
+    from napari_sam_histo.annotations.geometry import Polygon
+
+    square = np.array([[0, 0], [100, 0], [100, 100], [0, 100]], float)  # (x, y)
+    hole = np.array([[30, 30], [30, 60], [60, 60], [60, 30]], float)
+    shape = to_bridged_ring(Polygon(square, [hole]))[:, ::-1]  # napari's (row, col)
+    [path] = write_shapes_geojson(str(tmp_path / "h.geojson"), [shape], {"metadata": {}})
+    [obj] = read_geojson(path)
+    assert len(obj.polygons) == 1 and len(obj.polygons[0].holes) == 1
+    assert obj.area_px == 100 * 100 - 30 * 30

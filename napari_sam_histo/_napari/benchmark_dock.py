@@ -52,10 +52,12 @@ class BenchmarkDock(QWidget):
         self.models_edit = QLineEdit("vit_t")
         self.models_edit.setToolTip("model names or checkpoint paths, separated by commas")
         self.sam_check, self.modified_check = QCheckBox("SAM's"), QCheckBox("modified (trained)")
+        self.md_check = QCheckBox("md (fine-tuned SAM's)")
         self.sam_check.setChecked(True)
         decoders = QHBoxLayout()
         decoders.addWidget(self.sam_check)
         decoders.addWidget(self.modified_check)
+        decoders.addWidget(self.md_check)
         self.iou_edit = QLineEdit("0.80 0.85 0.90")
         self.clicks_spin = QSpinBox()
         self.clicks_spin.setRange(1, 100)
@@ -157,7 +159,8 @@ class BenchmarkDock(QWidget):
             raise InputError(f"Target IoUs {self.iou_edit.text()!r}: give numbers like 0.80 0.85 0.90.") from err
         if not thresholds or not all(0 < t <= 1 for t in thresholds):
             raise InputError(f"Target IoUs {self.iou_edit.text()!r} must lie in (0, 1].")
-        decoders = [d for d, box in (("sam", self.sam_check), ("modified", self.modified_check)) if box.isChecked()]
+        decoders = [d for d, box in (("sam", self.sam_check), ("modified", self.modified_check),
+                    ("md", self.md_check)) if box.isChecked()]
         if not decoders:
             raise InputError("Tick at least one decoder.")
         ignore = self.ignore_edit.text().strip()

@@ -2,6 +2,8 @@
 
 Shapes data are in the layer's data coordinates, which for a slide opened by our reader are level-0
 pixels as (row, col); the class of each shape is its ``class`` feature (``Tumor`` by default).
+A shape whose ring walks to a hole and back along a bridge (how the Annotator dock draws holes, see
+``annotations/bridged.py``) is written as a polygon with holes.
 Files are written atomically; napari asks before overwriting, so these overwrite when called.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..annotations.geometry import Polygon
+from ..annotations.bridged import from_bridged_ring
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject
 
 
@@ -22,7 +24,7 @@ def _objects(data: list, meta: dict) -> list[AnnotatedObject]:
     for i, shape in enumerate(data):
         ring = np.asarray(shape, float)[:, -2:][:, ::-1]  # (row, col) -> (x, y)
         name = str(classes[i]) if classes is not None else "Tumor"
-        objects.append(AnnotatedObject([Polygon(ring)], name, DEFAULT_CLASSES.get(name, (255, 200, 0))))
+        objects.append(AnnotatedObject(from_bridged_ring(ring), name, DEFAULT_CLASSES.get(name, (255, 200, 0))))
     return objects
 
 

@@ -104,8 +104,18 @@ class ClickSession:
     # -- actions ------------------------------------------------------------------------------
     def add_click(self, x: float, y: float, positive: bool = True) -> SessionResult:
         """Add a click at tile pixel (x, y) and re-predict."""
-        self._check_click(x, y)
-        clicks = self.clicks + (Click(float(x), float(y), bool(positive)),)
+        return self.add_clicks([(x, y, positive)])
+
+    def add_clicks(self, clicks) -> SessionResult:
+        """Add several clicks ``(x, y, positive)`` at once and predict once (one undo step): a tile
+        that joins an object late starts from the object's earlier clicks that fall inside it."""
+        new = []
+        for x, y, positive in clicks:
+            self._check_click(x, y)
+            new.append(Click(float(x), float(y), bool(positive)))
+        if not new:
+            return self.result()
+        clicks = self.clicks + tuple(new)
         points = np.array([[c.x, c.y] for c in clicks], dtype=np.float32)
         labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
         first = len(clicks) == 1
