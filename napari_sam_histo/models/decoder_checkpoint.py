@@ -46,12 +46,14 @@ def decoder_metadata(
     }
 
 
-def save_decoder_checkpoint(path: str | Path, decoder: torch.nn.Module, metadata: dict,
+def save_decoder_checkpoint(path: str | Path, decoder: torch.nn.Module | dict, metadata: dict,
                             dtype: torch.dtype = torch.float32) -> Path:
-    """Write atomically (temp file in the same folder, then rename). ``dtype=torch.float16``
-    halves the file (shipped decoders); loading casts back to the module's float32."""
+    """Write a decoder module (or its state dict) atomically (temp file in the same folder, then
+    rename). ``dtype=torch.float16`` halves the file (shipped decoders); loading casts back to the
+    module's float32."""
+    source = decoder if isinstance(decoder, dict) else decoder.state_dict()
     state = {key: value.detach().cpu().to(dtype) if value.is_floating_point() else value.detach().cpu()
-             for key, value in decoder.state_dict().items()}
+             for key, value in source.items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": metadata, "state_dict": state}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import InputError
 from ..evaluation.dataset import PairSpec, Sample, Skipped, find_pairs, load_samples
 
@@ -95,10 +96,8 @@ def write_manifest(path: Path, pairs: list[PairSpec], extra: dict[str, list[str]
         for column, values in (extra or {}).items():
             row[column] = values[index]
         rows.append(row)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as stream:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["stem", "image", "mask"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 

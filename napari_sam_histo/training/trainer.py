@@ -96,6 +96,8 @@ class Trainer:
                              f"(none is in use here). Use 'md' or 'modified' on a CPU, or --allow-cpu to try.")
         if config.batch_size < 1 or config.epochs < 0 or config.max_extra_clicks < 0:
             raise InputError("batch size must be >= 1, epochs and max extra clicks >= 0.")
+        if not math.isfinite(config.lr) or config.lr <= 0:
+            raise InputError(f"learning rate must be positive, got {config.lr}")
         self.model = model if model is not None else load_model(config.model, self.device)
         self.out_dir = Path(config.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +109,7 @@ class Trainer:
         self.amp = config.amp == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.train_patches, self.val_patches = self._load_data()
         self._features: dict[str, tuple[torch.Tensor, ImageGeometry]] = {}
+        self._preprocessor = None  # a Predictor, used only for its preprocess() (encoder scenarios)
         self.epoch, self.step, self.history = 0, 0, []
         self.best: dict = {}
 
@@ -155,10 +158,11 @@ class Trainer:
         if self.scenario.frozen_encoder:
             entries = [self._features[p.sample.identity] for p in batch]
             return torch.cat([e[0] for e in entries]), [e[1] for e in entries]
-        predictor = self._predictor()
+        if self._preprocessor is None:
+            self._preprocessor = self._predictor()
         pixels, geometry = [], []
         for patch in batch:
-            tensor, input_size, original_size = predictor.preprocess(patch.sample.image)
+            tensor, input_size, original_size = self._preprocessor.preprocess(patch.sample.image)
             pixels.append(tensor)
             geometry.append(ImageGeometry(input_size, original_size))
         with self._autocast():
@@ -356,6 +360,4 @@ class Trainer:
 def train(config: TrainConfig, model=None, show_progress: bool = True, log: Callable[[str], None] = print,
           ) -> TrainResult:
     """Train as ``config`` says; the best weights and the resumable state end up in ``out_dir``."""
-    if not math.isfinite(config.lr) or config.lr <= 0:
-        raise InputError(f"learning rate must be positive, got {config.lr}")
     return Trainer(config, model, log).run(show_progress=show_progress)
