@@ -174,7 +174,36 @@ def test_accept_makes_an_annotation_in_level0(annotator):
     (x, y), mask = expected
     back = rasterize(obj.polygons, (x, y), 1.0, mask.shape)
     assert (back ^ mask).mean() < 0.01
-    assert annotator.objects[-1] is obj and annotator.clicks == []
+    assert annotator.clicks == [] and not hasattr(annotator, "objects")  # the caller keeps accepted objects
+
+
+def test_accept_and_clear_can_be_undone_through_a_snapshot(annotator):
+    annotator.clear()
+    annotator.click(300, 300)
+    annotator.click(320, 310, positive=False)
+    before = annotator.state()
+    snapshot = annotator.snapshot()
+    annotator.accept("Tumor")
+    assert annotator.clicks == [] and annotator.current_mask() is None
+    after = annotator.restore(snapshot)
+    assert after.clicks == before.clicks and after.boxes == before.boxes
+    assert (after.mask[1] == before.mask[1]).all()
+    annotator.undo()  # the restored object keeps its own undo history
+    assert annotator.clicks == [before.clicks[0]]
+    annotator.clear()
+    assert annotator.restore(snapshot).clicks == before.clicks  # a snapshot survives a later clear
+
+
+def test_a_hand_edited_mask_replaces_sams_on_accept(annotator):
+    annotator.clear()
+    annotator.click(300, 300)
+    edited = np.zeros((64, 64), bool)
+    edited[10:30, 20:50] = True
+    obj = annotator.accept("Stroma", edited=((200, 100), edited))
+    assert obj is not None and obj.properties["edited"]
+    [polygon] = obj.polygons
+    x0, y0, x1, y1 = polygon.bounds()
+    assert (x0, y0, x1, y1) == (220, 110, 250, 130)  # level 0 == level here (downsample 1)
 
 
 def test_a_new_class_gets_its_own_colour(annotator):

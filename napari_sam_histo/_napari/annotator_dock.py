@@ -1,4 +1,5 @@
-"""The "Annotator" dock: click on a slide, refine, accept, export. Thin over ``engine.annotator``.
+"""The "Annotator" dock: click on a slide, refine, correct by hand, accept, export. Thin over
+``engine.annotator`` (clicks, tiles, embeddings) and ``annotation_layer`` (the accepted objects).
 
 Bindings (checked against napari's defaults, see ``_bind_keys`` and ``_on_mouse``):
 
@@ -8,28 +9,25 @@ Bindings (checked against napari's defaults, see ``_bind_keys`` and ``_on_mouse`
 * Left click: positive point. Right click, or Alt + left click: negative point. The second click of
   a quick double click counts too (vispy reports it only as a double click), and napari's
   double-click zoom is switched off while annotating so two clicks in the same place do not zoom.
-* Enter: accept; Ctrl-Z / Ctrl-Shift-Z (Cmd on macOS): undo / redo. They are bound on the viewer
-  and again on the dock's own *SAM current object* (Labels) and *SAM clicks* (Points) layers,
-  because napari asks the active layer first and Labels binds Ctrl-Z / Ctrl-Shift-Z (paint undo)
-  and Enter (finish polygon) itself. On a Shapes layer Enter stays napari's "finish drawing". Keys
-  reach napari when the canvas has the focus; the dock's action buttons take no focus, so it
-  stays there.
+* Enter: accept; Escape: cancel the object being clicked (as in QuPath); Ctrl-Z / Ctrl-Shift-Z
+  (Cmd on macOS): undo / redo of clicks, Accept, Clear/Escape and deleting objects. They are bound
+  on the viewer and again on the dock's own *SAM current object* (Labels) and *SAM clicks* (Points)
+  layers, because napari asks the active layer first and Labels binds Ctrl-Z / Ctrl-Shift-Z
+  (paint undo) and Enter itself. Everything bound is unbound (napari's own restored) on shutdown.
 
-The model loads, clicks run and tiles are prefetched on worker threads; results are drawn from the
-GUI thread when they arrive, so napari never blocks. While an embedding is computed a napari
-progress bar (indeterminate) shows in the activity area. When no click is pending and the view has
-rested for ``PREFETCH_DELAY_MS``, the tiles around the view's centre and those where the current
-object is cut by a tile border are prefetched; a click always goes first (``engine.annotator``
-explains how). Embeddings can also be kept on disk, one folder per slide (``embedding_store``).
-The tiles of the object being clicked are outlined in the *SAM tiles* layer, so a straight cut in
-a mask is seen to be a tile border: a positive click beyond it continues the object there.
+Manual correction: *SAM current object* is an ordinary Labels layer; painting or erasing on it
+(napari's brush and eraser) changes the object, and Accept takes the painted mask. A click after
+painting starts from SAM's mask again (the status says so).
 
-Accepted objects go to the *SAM annotations* Shapes layer, coloured by class, holes included:
-napari (0.5+) draws a polygon with holes when each hole is reached along a bridge edge walked there
-and back (``annotations/bridged.py``), so one shape per part keeps the fill out of the holes, the
-outline traces them, and the layer stays the editable vector layer the writers export. (Painting
-holes over a filled exterior would hide the tissue; a Labels layer would have to be re-rendered
-per view and level of a large slide.)
+The accepted objects live only in the *SAM annotations* Shapes layer (``annotation_layer``):
+export, the object list, undo and autosave read it, so deleted shapes and moved vertices are what
+is saved. Pressing *Start* again (other model, decoder, level…) keeps them, and never drops the
+object being clicked without asking. After each change they are autosaved atomically to a sidecar
+(``annotations.autosave``); opening the slide again offers to resume them.
+
+Everything slow runs on worker threads (loading the model, opening the slide, clicks, embeddings,
+export, import, autosave); results are drawn from the GUI thread when they arrive, so napari never
+blocks. While an embedding is computed a napari progress bar (indeterminate) shows.
 """
 
 from __future__ import annotations
@@ -40,19 +38,28 @@ import numpy as np
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QCheckBox, QColorDialog, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox,
-    QVBoxLayout, QWidget,
+    QCheckBox, QColorDialog, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+    QMessageBox, QPushButton, QScrollArea, QSpinBox, QToolButton, QVBoxLayout, QWidget,
 )
 
-from ..annotations.objects import DEFAULT_CLASSES
-from ..errors import SamHistoError
+from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2, min_area_px
+from ..annotations.objects import DEFAULT_CLASSES, signature
+from ..errors import InputError, SamHistoError
+from . import annotation_layer
+from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba
+from .object_list import ObjectList, area_text
 
-CLICKS, CURRENT, ANNOTATIONS, TILES = "SAM clicks", "SAM current object", "SAM annotations", "SAM tiles"
+CLICKS, CURRENT, TILES = "SAM clicks", "SAM current object", "SAM tiles"
 CLICK_SLOP = 4  # screen pixels a press may move and still be a click, not a drag
 PREFETCH_DELAY_MS = 600  # the view must rest this long before tiles around it are prefetched
-FACE_ALPHA = 0.3
-BINDINGS = ("Left click: positive point · right click or Alt+click: negative · Enter: accept · "
-            "Ctrl-Z / Ctrl-Shift-Z: undo / redo (clicks act while the active layer is in pan/zoom mode)")
+AUTOSAVE_DELAY_MS = 400  # edits within this time are saved together
+MAX_IN_MEMORY_BYTES = 1 << 30  # an image layer of another reader larger than this is not copied
+BINDINGS = ("Left click: positive point · right click or Alt+click: negative · Enter: accept · Escape: cancel "
+            "the object · Ctrl-Z / Ctrl-Shift-Z: undo / redo (clicks act while the active layer is in pan/zoom "
+            "mode) · paint on 'SAM current object' to correct by hand")
+NOT_STARTED = "⚠ Press Start annotating first (pick the slide under Image)."
+
+_rgba = rgba  # older name, kept for the tests
 
 
 def embedding_store(identity: str) -> Path:
@@ -70,8 +77,9 @@ class _Relay(QObject):
     done = Signal(object, object)  # (callback, result or exception)
 
 
-def _rgba(color, alpha: float = 1.0) -> np.ndarray:
-    return np.array([*(c / 255 for c in color[:3]), alpha], float)
+def _with_suffix(path: str, suffix: str) -> str:
+    """The user's file name, with ``suffix`` added when they typed no extension."""
+    return path if Path(path).suffix else path + suffix
 
 
 class AnnotatorDock(QWidget):
@@ -80,32 +88,68 @@ class AnnotatorDock(QWidget):
         self.viewer = napari_viewer
         self.annotator = None
         self.image_layer = None
+        self.layer = None  # the slide's annotations (Shapes) layer, the one home of accepted objects
+        self.source = None  # the open slide, reused by every Start on the same image
+        self._source_of = None  # the image layer ``source`` was opened for
         self.pending = 0
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
         self.progress_log: list[tuple[str, str, str]] = []  # (started|finished, tile key, click|prefetch)
         self.prefetch_future = None
+        self.autosave_path: Path | None = None
+        self.last_autosave = None  # a future: the latest autosave being written
+        self._undo: list[tuple] = []  # ("click",) | ("accept", obj, snapshot) | ("clear", snapshot) | ("delete", objs)
+        self._redo: list[tuple] = []
+        self._internal = 0  # >0 while the dock itself changes the annotations layer
+        self._drawn: tuple[tuple[int, int], np.ndarray] | None = None  # SAM's mask as last drawn
         self._progress: dict[str, object] = {}  # tile key -> open napari progress
         self._pressing = False
         self._double_click_zoom = None  # napari's, removed while annotating
+        self._bound: list[tuple[object, object, object]] = []  # (target, key, napari's own binding)
+        self._connections: list[tuple[object, object]] = []  # (event emitter, callback) to disconnect
         self._relay = _Relay()
         self._relay.done.connect(lambda callback, result: callback(result))
-        self._prefetch_timer = QTimer(self)
-        self._prefetch_timer.setSingleShot(True)
-        self._prefetch_timer.setInterval(PREFETCH_DELAY_MS)
-        self._prefetch_timer.timeout.connect(self.prefetch_now)
+        self._prefetch_timer = self._timer(PREFETCH_DELAY_MS, self.prefetch_now)
+        self._autosave_timer = self._timer(AUTOSAVE_DELAY_MS, self.autosave_now)
         self._build()
         self.layer_combo.currentTextChanged.connect(self._fill_levels)
-        self.viewer.layers.events.inserted.connect(lambda e: self._fill_layers())
-        self.viewer.layers.events.removed.connect(lambda e: self._fill_layers())
+        self.viewer.layers.events.inserted.connect(self._fill_layers)
+        self.viewer.layers.events.removed.connect(self._fill_layers)
         self._fill_layers()
+        self._run_in_thread(self._available_models, self._fill_models)  # imports torch: not on the GUI thread
 
+    def _timer(self, interval: int, slot) -> QTimer:
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.setInterval(interval)
+        timer.timeout.connect(slot)
+        return timer
+
+    # -- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
-        form = QFormLayout()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()  # usable beside the benchmark dock on a 1080-px screen
+        scroll.setWidgetResizable(True)
+        outer.addWidget(scroll)
+        body = QWidget()
+        scroll.setWidget(body)
+        layout = QVBoxLayout(body)
+
+        self.settings_button = QToolButton()
+        self.settings_button.setText("Settings")
+        self.settings_button.setCheckable(True)
+        self.settings_button.setChecked(True)
+        self.settings_button.setArrowType(Qt.ArrowType.DownArrow)
+        self.settings_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.settings_button.toggled.connect(self._toggle_settings)
+        layout.addWidget(self.settings_button)
+        self.settings = QWidget()
+        form = QFormLayout(self.settings)
+        form.setContentsMargins(0, 0, 0, 0)
         self.layer_combo = QComboBox()
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)  # a model name or a checkpoint path
-        self._fill_models()
+        self.model_combo.addItem("vit_t")
         self.decoder_combo = QComboBox()
         self.decoder_combo.setEditable(True)
         self.decoder_combo.addItems(["sam", "modified", "md"])  # md: fine-tuned SAM decoder
@@ -116,10 +160,29 @@ class AnnotatorDock(QWidget):
         self.tile_spin.setRange(256, 4096)
         self.tile_spin.setSingleStep(256)
         self.tile_spin.setValue(1024)
+        self.min_area_spin = QDoubleSpinBox()
+        self.min_area_spin.setRange(0, 1e7)
+        self.min_area_spin.setDecimals(1)
+        self.min_area_spin.setToolTip("parts and holes smaller than this are dropped when an object is accepted")
+        self.simplify_spin = QDoubleSpinBox()
+        self.simplify_spin.setRange(0, 50)
+        self.simplify_spin.setDecimals(1)
+        self.simplify_spin.setValue(0.1)
+        self.simplify_spin.setSuffix(" px")
+        self.simplify_spin.setToolTip("outlines are simplified within this distance (working-level pixels)")
         self.prefetch_check = QCheckBox("prefetch tiles around the view when idle")
         self.prefetch_check.setChecked(True)
         self.disk_check = QCheckBox("keep embeddings on disk (per slide)")
         self.disk_check.setToolTip("reopening the slide later skips the encoder; stored in the user cache folder")
+        for label, widget in (("Image", self.layer_combo), ("Model", self.model_combo),
+                              ("Decoder", self.decoder_combo), ("Device", self.device_combo),
+                              ("Working level", self.level_combo), ("Tile size", self.tile_spin),
+                              ("Min. area", self.min_area_spin), ("Simplify", self.simplify_spin),
+                              ("", self.prefetch_check), ("", self.disk_check)):
+            form.addRow(label, widget)
+        layout.addWidget(self.settings)
+
+        class_row = QHBoxLayout()
         self.class_combo = QComboBox()
         self.class_combo.setEditable(True)  # type a new class and press Enter to add it
         self.class_combo.addItems(list(self.classes))
@@ -128,49 +191,66 @@ class AnnotatorDock(QWidget):
         self.color_button.setToolTip("the class's colour (click to change)")
         self.color_button.clicked.connect(self._pick_color)
         self.class_combo.currentTextChanged.connect(lambda text: self._show_class_color())
-        class_row = QHBoxLayout()
+        class_row.addWidget(QLabel("Class"))
         class_row.addWidget(self.class_combo, 1)
         class_row.addWidget(self.color_button)
-        for label, widget in (("Image", self.layer_combo), ("Model", self.model_combo),
-                              ("Decoder", self.decoder_combo), ("Device", self.device_combo),
-                              ("Working level", self.level_combo), ("Tile size", self.tile_spin),
-                              ("", self.prefetch_check), ("", self.disk_check), ("Class", class_row)):
-            form.addRow(label, widget)
-        layout.addLayout(form)
+        layout.addLayout(class_row)
         self.start_button = QPushButton("Start annotating")
         self.start_button.clicked.connect(self.start)
         layout.addWidget(self.start_button)
-        row = QHBoxLayout()
         self.buttons = {}
+        row = QHBoxLayout()
         for name, slot, tip in (("Undo", self.undo, "Ctrl-Z"), ("Redo", self.redo, "Ctrl-Shift-Z"),
-                                ("Clear", self.clear, "drop the object being clicked"),
+                                ("Clear", self.clear, "Escape: drop the object being clicked (Ctrl-Z brings it back)"),
                                 ("Accept", self.accept, "Enter")):
-            button = QPushButton(name)
-            button.setToolTip(tip)
-            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # keys keep going to the canvas
-            button.clicked.connect(slot)
-            row.addWidget(button)
-            self.buttons[name] = button
+            row.addWidget(self._button(name, slot, tip))
         layout.addLayout(row)
         row = QHBoxLayout()
         for name, slot in (("Export GeoJSON…", self._export_geojson_clicked), ("Export TIFF…", self._export_tiff_clicked),
                            ("Import GeoJSON…", self._import_clicked)):
-            button = QPushButton(name)
-            button.clicked.connect(slot)
-            row.addWidget(button)
+            row.addWidget(self._button(name, slot))
         layout.addLayout(row)
         self.status = QLabel("Open a slide, pick it above and press Start.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        objects = QGroupBox("Objects")
+        objects_layout = QVBoxLayout(objects)
+        self.object_list = ObjectList()
+        self.object_list.zoom_requested.connect(self.zoom_to)
+        self.object_list.delete_requested.connect(self.delete_objects)
+        self.object_list.class_requested.connect(self.set_object_class)
+        objects_layout.addWidget(self.object_list)
+        layout.addWidget(objects)
         help_label = QLabel(BINDINGS)
         help_label.setWordWrap(True)
         help_label.setStyleSheet("color: gray")
         layout.addWidget(help_label)
         layout.addStretch()
         self._show_class_color()
+        self._show_min_area_unit(None)
+
+    def _button(self, name: str, slot, tip: str = "") -> QPushButton:
+        button = QPushButton(name)
+        button.setToolTip(tip)
+        button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # keys keep going to the canvas
+        button.clicked.connect(slot)
+        self.buttons[name] = button
+        return button
+
+    def _toggle_settings(self, shown: bool) -> None:
+        self.settings.setVisible(shown)
+        self.settings_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    def _show_min_area_unit(self, mpp) -> None:
+        """µm² when the slide states its pixel size, level-0 px² otherwise (the value converts)."""
+        unit = " µm²" if mpp else " px²"
+        if self.min_area_spin.suffix() != unit:
+            self.min_area_spin.setSuffix(unit)
+            self.min_area_spin.setValue(DEFAULT_MIN_AREA_UM2 if mpp else DEFAULT_MIN_AREA_PX)
 
     # -- form ---------------------------------------------------------------------------------
-    def _fill_models(self) -> None:
+    @staticmethod
+    def _available_models() -> list[str]:
         from ..models.registry import list_models
         from ..models.weights import find_weights
 
@@ -181,19 +261,32 @@ class AnnotatorDock(QWidget):
                     names.append(spec.name)
             except SamHistoError:
                 pass
-        self.model_combo.addItems(names or ["vit_t"])
+        return names
+
+    def _fill_models(self, names) -> None:
+        if isinstance(names, Exception) or not names:
+            return
+        current = self.model_combo.currentText()
+        self.model_combo.clear()
+        self.model_combo.addItems(names)
+        self.model_combo.setCurrentText(current if current else names[0])
 
     def _image_layers(self):
         from napari.layers import Image
 
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
-    def _fill_layers(self) -> None:
+    def _fill_layers(self, *_) -> None:
         current = self.layer_combo.currentText()
+        names = [layer.name for layer in self._image_layers()]
+        if names == [self.layer_combo.itemText(i) for i in range(self.layer_combo.count())]:
+            return
+        self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
-        self.layer_combo.addItems([layer.name for layer in self._image_layers()])
-        if current:
-            self.layer_combo.setCurrentText(current)
+        self.layer_combo.addItems(names)
+        self.layer_combo.blockSignals(False)
+        self.layer_combo.setCurrentText(current if current in names else (names[0] if names else ""))
+        self._fill_levels(self.layer_combo.currentText())
 
     def _fill_levels(self, name: str) -> None:
         self.level_combo.clear()
@@ -208,14 +301,24 @@ class AnnotatorDock(QWidget):
                 text += f" ({mpp[0] * d:.2f} µm/px, ~{10 / (mpp[0] * d):.1f}x)"
             self.level_combo.addItem(text, i)
 
-    def _source_for(self, layer):
-        from ..slides.reader import from_array, open_image
-
+    def _source_spec(self, layer):
+        """What to open for ``layer``: its file (our reader's layers) or its pixels, on the GUI thread
+        without reading anything; ``InputError`` for a layer whose whole level 0 would be loaded."""
         path = layer.metadata.get("slide_path")
         if path:
-            return open_image(path)
-        data = layer.data[0] if layer.multiscale else layer.data
-        return from_array(np.asarray(data), layer.name)
+            return ("path", path)
+        if layer.multiscale:
+            raise InputError(
+                f"'{layer.name}' was opened by another reader as a multiscale image; annotating it would load "
+                "its whole full-resolution level into memory. Open the file with napari-sam-histo's reader "
+                "(File > Open File(s) with Plugin… > SAM Histo), which reads it tile by tile.")
+        data = layer.data
+        size = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+        if not isinstance(data, np.ndarray) and size > MAX_IN_MEMORY_BYTES:
+            raise InputError(
+                f"'{layer.name}' is a lazy array of {size / 2**30:.1f} GiB; open the file with napari-sam-histo's "
+                "reader (File > Open File(s) with Plugin… > SAM Histo), which reads it tile by tile.")
+        return ("array", data)
 
     # -- classes and colours ------------------------------------------------------------------
     @property
@@ -249,116 +352,154 @@ class AnnotatorDock(QWidget):
             self.set_class_color(name, (chosen.red(), chosen.green(), chosen.blue()))
 
     def set_class_color(self, name: str, color) -> None:
-        """Give class ``name`` a colour: the accepted objects of that class and their shapes follow."""
+        """Give class ``name`` a colour: the accepted objects of that class follow."""
         self.classes[name] = tuple(int(c) for c in color[:3])
         self.class_color(name)
-        if self.annotator is not None:
-            for obj in self.annotator.objects:
-                if obj.class_name == name:
-                    obj.color = self.classes[name]
-        self._recolor_annotations()
+        if self.layer is not None:
+            with self._changing():
+                annotation_layer.recolor(self.layer, self.class_color)
+            self._changed()
         self._show_class_color()
-
-    def _recolor_annotations(self) -> None:
-        if ANNOTATIONS not in self.viewer.layers:
-            return
-        shapes = self.viewer.layers[ANNOTATIONS]
-        if not len(shapes.data):
-            return
-        names = [str(n) for n in shapes.features["class"]]
-        shapes.face_color = [_rgba(self.class_color(n), FACE_ALPHA) for n in names]
-        shapes.edge_color = [_rgba(self.class_color(n)) for n in names]
 
     def _color_current(self, color) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
         self.viewer.layers[CURRENT].colormap = DirectLabelColormap(
-            color_dict={None: np.zeros(4), 0: np.zeros(4), 1: _rgba(color)})
+            color_dict={None: np.zeros(4), 0: np.zeros(4), 1: rgba(color)})
 
     # -- start --------------------------------------------------------------------------------
     def start(self) -> None:
-        self.image_layer = next((lay for lay in self._image_layers() if lay.name == self.layer_combo.currentText()), None)
-        if self.image_layer is None:
-            self.status.setText("⚠ Open an image or slide first.")
+        """Start (or restart with other settings). Accepted objects stay in their layer; the object
+        being clicked is dropped only when the user confirms."""
+        layer = next((lay for lay in self._image_layers() if lay.name == self.layer_combo.currentText()), None)
+        if layer is None:
+            self.status.setText("⚠ Open an image or slide first (File > Open, or File > Open Sample).")
+            return
+        if self.annotator is not None and self.annotator.clicks and not self.confirm(
+                f"Starting again drops the object being clicked ({len(self.annotator.clicks)} clicks). Drop it?"):
+            self.status.setText("Start cancelled: the object being clicked is kept. Press Enter to accept it first.")
+            return
+        try:
+            spec = None if layer is self._source_of else self._source_spec(layer)
+        except SamHistoError as err:
+            self._show_error(err)
             return
         level = self.level_combo.currentData() or 0
         model, decoder, device, tile = (self.model_combo.currentText(), self.decoder_combo.currentText(),
                                         self.device_combo.currentText(), self.tile_spin.value())
-        layer, on_disk = self.image_layer, self.disk_check.isChecked()
+        on_disk, reused = self.disk_check.isChecked(), self.source
 
         def build():
             from ..engine.annotator import Annotator
             from ..engine.embedding_cache import EmbeddingCache
             from ..engine.predictor import Predictor
             from ..models.registry import load_model
+            from ..slides.reader import from_array, open_image
 
-            source = self._source_for(layer)
-            cache = EmbeddingCache(store_dir=embedding_store(source.identity)) if on_disk else None
-            predictor = Predictor(load_model(model, device), decoder, cache=cache)
-            return Annotator(predictor, source, level=level, tile_size=tile)
+            source = reused if spec is None else (open_image(spec[1]) if spec[0] == "path" else
+                                                  from_array(np.asarray(spec[1]), layer.name))
+            try:
+                cache = EmbeddingCache(store_dir=embedding_store(source.identity)) if on_disk else None
+                predictor = Predictor(load_model(model, device), decoder, cache=cache)
+                return Annotator(predictor, source, level=level, tile_size=tile), source
+            except BaseException:
+                if source is not reused:
+                    source.close()
+                raise
 
         self.status.setText(f"Loading {model}…")
         self.start_button.setEnabled(False)
-        self._run_in_thread(build, self._started)
+        self._run_in_thread(build, lambda result: self._started(layer, result))
 
-    def _started(self, result) -> None:
+    def _started(self, layer, result) -> None:
         self.start_button.setEnabled(True)
         if isinstance(result, Exception):
             self._show_error(result)
             return
+        annotator, source = result
         self.shutdown()
-        self.annotator = result
-        self.pending = 0
-        self.annotator.classes = self.classes  # one list of classes and colours, shared
-        self.annotator.listeners.append(self._embedding_event)
-        scale = tuple(self.image_layer.scale[-2:])
-        units = {"units": tuple(self.image_layer.units[-2:])}  # the same physical units as the slide
-        d = self.annotator.grid.downsample
+        if source is not self.source:
+            if self.source is not None:
+                self.source.close()
+            self.source, self._source_of = source, layer
+        self.annotator, self.image_layer, self.pending = annotator, layer, 0
+        self._undo, self._redo, self._drawn = [], [], None
+        annotator.classes = self.classes  # one list of classes and colours, shared
+        annotator.listeners.append(self._embedding_event)
+        self._show_min_area_unit(source.mpp)
+        d = annotator.grid.downsample
+        scale, units = tuple(layer.scale[-2:]), {"units": tuple(layer.units[-2:])}
         for name in (CLICKS, CURRENT, TILES):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-        if ANNOTATIONS not in self.viewer.layers:
-            self.viewer.add_shapes(name=ANNOTATIONS, scale=scale, edge_width=3 * d, opacity=1.0, **units,
-                                   features={"class": np.array([], dtype=object)},
-                                   metadata=dict(self.image_layer.metadata))
-        current = self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=CURRENT, scale=scale, opacity=0.5,
-                                         **units)
+        new_layer = annotation_layer.layer_for(self.viewer, layer, source.identity, edge_width=3 * d)
+        if new_layer is not self.layer:
+            self._flush_autosave()
+            self.layer, self.autosave_path = new_layer, None
+        self._connect(self.layer.events.data, self._on_layer_data)
+        self._connect(self.layer.events.features, self._on_layer_features)
+        current = self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=CURRENT, scale=scale, opacity=0.5, **units)
+        current.selected_label = 1  # napari's brush paints the object, the eraser removes from it
         self._color_current(self.class_color(self.class_name))
+        self._connect(current.events.paint, self._on_paint)
         self.viewer.add_shapes(name=TILES, scale=scale, edge_width=2 * d, opacity=0.7, **units)
         points = self.viewer.add_points(np.zeros((0, 2)), name=CLICKS, scale=scale, size=12, border_color="white",
                                         **units)
         points.canvas_size_limits = (10, 40)  # visible at any zoom of a large slide
-        self.viewer.layers.selection.active = self.image_layer
-        if self._on_mouse not in self.viewer.mouse_drag_callbacks:
-            self.viewer.mouse_drag_callbacks.append(self._on_mouse)
-        if self._on_double_click not in self.viewer.mouse_double_click_callbacks:
-            self.viewer.mouse_double_click_callbacks.append(self._on_double_click)
+        self.viewer.layers.selection.active = layer
+        self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+        self.viewer.mouse_double_click_callbacks.append(self._on_double_click)
         from napari.components._viewer_mouse_bindings import double_click_to_zoom
 
         if double_click_to_zoom in self.viewer.mouse_double_click_callbacks:
             self.viewer.mouse_double_click_callbacks.remove(double_click_to_zoom)
             self._double_click_zoom = double_click_to_zoom
         self._bind_keys([self.viewer, current, points])
-        self.viewer.camera.events.center.connect(self._schedule_prefetch)
-        self.viewer.camera.events.zoom.connect(self._schedule_prefetch)
-        level = self.annotator.level
-        self.status.setText(f"{self.annotator.predictor.model.name} ready on level {level} "
-                            f"({self.annotator.grid.width}x{self.annotator.grid.height} px, "
-                            f"{self.annotator.grid.tile_size} px tiles). Click on the image.")
+        self._connect(self._camera().events.center, self._schedule_prefetch)
+        self._connect(self._camera().events.zoom, self._schedule_prefetch)
+        self.status.setText(f"{annotator.predictor.model.name} ({annotator.predictor.decoder.kind} decoder) ready at "
+                            f"{self._level_text()}. Click on the image. {self._count_text()}")
+        self._refresh_objects()
+        if self.autosave_path is None:
+            self._offer_resume()
         self._schedule_prefetch()
+
+    def _camera(self):
+        scene = getattr(self.viewer, "scene", None)  # napari 0.9 moved the camera to viewer.scene
+        return scene.camera if scene is not None else self.viewer.camera
+
+    def _level_text(self) -> str:
+        """The working level as a user reads it: magnification (or downsample) and µm per pixel."""
+        d, mpp = self.annotator.grid.downsample, self.source.mpp
+        if mpp:
+            return f"~{10 / (mpp[0] * d):.1f}x ({mpp[0] * d:.2f} µm/px)"
+        return f"1/{d:g} of full resolution" if d != 1 else "full resolution"
+
+    def _tile_text(self, box) -> str:
+        mpp, d = self.source.mpp, self.annotator.grid.downsample
+        size = f"{box.width}×{box.height} px tile at {self._level_text()}"
+        return size + (f", {box.width * d * mpp[0]:.0f}×{box.height * d * mpp[1]:.0f} µm" if mpp else "")
+
+    def _connect(self, emitter, callback) -> None:
+        emitter.connect(callback)
+        self._connections.append((emitter, callback))
 
     def _bind_keys(self, targets) -> None:
         from app_model.types import KeyCode, KeyMod
 
         bindings = ((KeyCode.Enter, lambda _: self.accept()),
+                    (KeyCode.Escape, lambda _: self.clear()),
                     (KeyMod.CtrlCmd | KeyCode.KeyZ, lambda _: self.undo()),
                     (KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ, lambda _: self.redo()))
         for target in targets:
             for key, action in bindings:
-                target.bind_key(key, action, overwrite=True)
+                previous = target.bind_key(key, action, overwrite=True)
+                self._bound.append((target, key, previous))
 
     def shutdown(self, wait: bool = False) -> None:
-        """Stop the annotator's threads and close its progress bars (the dock can start again)."""
+        """Stop the annotator's threads, close its progress bars and take back every callback and
+        key binding it added to napari (the dock can start again). The slide stays open for the next
+        Start; ``closeEvent`` closes it."""
         self._prefetch_timer.stop()
         if self.annotator is not None:
             self.annotator.close(wait=wait)
@@ -366,19 +507,47 @@ class AnnotatorDock(QWidget):
         for bar in self._progress.values():
             bar.close()
         self._progress.clear()
-        for event in (self.viewer.camera.events.center, self.viewer.camera.events.zoom):
+        for emitter, callback in self._connections:
             try:
-                event.disconnect(self._schedule_prefetch)
+                emitter.disconnect(callback)
             except (TypeError, ValueError, RuntimeError):
                 pass
+        self._connections.clear()
+        for target, key, previous in reversed(self._bound):
+            target.bind_key(key, previous if callable(previous) else None, overwrite=True)
+        self._bound.clear()
+        for callbacks, callback in ((self.viewer.mouse_drag_callbacks, self._on_mouse),
+                                    (self.viewer.mouse_double_click_callbacks, self._on_double_click)):
+            while callback in callbacks:
+                callbacks.remove(callback)
         if self._double_click_zoom is not None:
             if self._double_click_zoom not in self.viewer.mouse_double_click_callbacks:
                 self.viewer.mouse_double_click_callbacks.append(self._double_click_zoom)
             self._double_click_zoom = None
 
+    def close_session(self, wait: bool = False) -> None:
+        """Everything ``shutdown`` does, then save what is unsaved and close the slide."""
+        self.shutdown(wait=wait)
+        self._flush_autosave()
+        for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            try:
+                emitter.disconnect(self._fill_layers)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        if self.source is not None:
+            self.source.close()
+            self.source = self._source_of = None
+
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        self.shutdown()
+        self.close_session()
         super().closeEvent(event)
+
+    def confirm(self, question: str) -> bool:
+        """Ask before anything is discarded (tests replace this)."""
+        answer = QMessageBox.question(self, "SAM Histo", question,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     # -- clicks -------------------------------------------------------------------------------
     def _clicks_enabled(self) -> bool:
@@ -419,6 +588,7 @@ class AnnotatorDock(QWidget):
     def add_click(self, x0: float, y0: float, positive: bool = True) -> None:
         """A click at level-0 pixel (x0, y0); the mask is drawn when the decoder has run."""
         if self.annotator is None:
+            self.status.setText(NOT_STARTED)
             return
         try:
             self.annotator.check_click(x0, y0)
@@ -431,22 +601,121 @@ class AnnotatorDock(QWidget):
         points.current_face_color = "green" if positive else "red"
         points.add([[y0, x0]])  # drawn at once; the mask follows when the decoder has run
         self.pending += 1
+        self._undo.append(("click",))
+        self._redo.clear()
         self.status.setText("Clicked…" if self.pending == 1 else f"{self.pending} clicks queued…")
         self._relay_action(self.annotator.submit_click(x0, y0, positive), self._show_state)
 
+    # -- undo, redo, clear, accept ------------------------------------------------------------
+    def _started_or_say(self) -> bool:
+        if self.annotator is None:
+            self.status.setText(NOT_STARTED)
+        return self.annotator is not None
+
     def undo(self) -> None:
-        self._queue(self._show_state, "undo")
+        """Undo the last click, Accept, Clear or deletion, whichever came last."""
+        if self._started_or_say() and self._undo:
+            self._apply(self._undo.pop(), undo=True)
+        elif self.annotator is not None:
+            self.status.setText("Nothing to undo.")
 
     def redo(self) -> None:
-        self._queue(self._show_state, "redo")
+        if self._started_or_say() and self._redo:
+            self._apply(self._redo.pop(), undo=False)
+        elif self.annotator is not None:
+            self.status.setText("Nothing to redo.")
+
+    def _apply(self, entry: tuple, undo: bool) -> None:
+        """Undo (or redo) one entry and move it to the other stack."""
+        kind = entry[0]
+        (self._redo if undo else self._undo).append(entry)
+        if kind == "click":
+            self._queue(self._show_state, "undo" if undo else "redo")
+        elif kind in ("accept", "clear"):
+            obj, snapshot = (entry[1], entry[2]) if kind == "accept" else (None, entry[1])
+            if obj is not None:
+                with self._changing():
+                    if undo:
+                        annotation_layer.remove_object(self.layer, obj.id)
+                    else:
+                        annotation_layer.add_objects(self.layer, [obj], self.class_color)
+                self._changed()
+            self._queue(lambda state: self._after_history(state, kind, undo), *(("restore", snapshot) if undo else ("clear",)))
+        elif kind == "delete":
+            with self._changing():
+                if undo:
+                    annotation_layer.add_objects(self.layer, entry[1], self.class_color)
+                else:
+                    for obj in entry[1]:
+                        annotation_layer.remove_object(self.layer, obj.id)
+            self._changed()
+            n = len(entry[1])
+            self.status.setText(f"{'Restored' if undo else 'Deleted'} {n} object{'s' * (n != 1)}. {self._count_text()}")
+
+    def _after_history(self, state, kind: str, undo: bool) -> None:
+        self._show_state(state)
+        what = {"accept": "Accept", "clear": "Clear"}[kind]
+        self.status.setText(f"{'Undid' if undo else 'Redid'} {what}. {self._count_text()}")
 
     def clear(self) -> None:
-        self._queue(self._show_state, "clear")
+        """Drop the object being clicked (Ctrl-Z brings it back)."""
+        if not self._started_or_say():
+            return
+        if not self.annotator.clicks and not self.pending:
+            self.status.setText(f"No object is being clicked. {self._count_text()}")
+            return
+        self._undo.append(("clear", self.annotator.snapshot()))
+        self._redo.clear()
+        self._queue(self._cleared, "clear")
+
+    def _cleared(self, state) -> None:
+        self._show_state(state)
+        self.status.setText(f"Cleared the object being clicked (Ctrl-Z brings it back). {self._count_text()}")
 
     def accept(self) -> None:
+        """Accept the object being clicked (or its hand-corrected mask) as the current class."""
+        if not self._started_or_say():
+            return
         name = self.class_name
         self.class_color(name)  # a class typed in is added to the list with a colour
-        self._queue(self._accepted, "accept", name)
+        edited = self._edited_mask()
+        snapshot = self.annotator.snapshot()
+        cleaning = {"min_area": min_area_px(self.min_area_spin.value(), self.source.mpp),
+                    "tolerance": self.simplify_spin.value(), "edited": edited}
+
+        def accepted(obj):
+            if obj is not None and not isinstance(obj, Exception):
+                self._undo.append(("accept", obj, snapshot))
+                self._redo.clear()
+            self._accepted(obj)
+
+        self._queue(accepted, "accept", name, cleaning["min_area"], cleaning["tolerance"], edited)
+
+    def _edited_mask(self):
+        """The *SAM current object* labels when painted by hand since SAM drew them, else None."""
+        current = self.viewer.layers[CURRENT] if CURRENT in self.viewer.layers else None
+        if current is None or self._drawn is None:
+            return None
+        (x, y), drawn = self._drawn
+        data = np.asarray(current.data)
+        if data.shape != drawn.shape or np.array_equal(data > 0, drawn):
+            return None
+        return (x, y), data > 0
+
+    def _accepted(self, obj) -> None:
+        from ..engine.annotator import EMPTY_STATE
+
+        self._show_state(obj if isinstance(obj, Exception) else EMPTY_STATE)
+        if isinstance(obj, Exception):
+            return
+        if obj is None:
+            self.status.setText(f"Nothing to accept: the object is empty. {self._count_text()}")
+            return
+        with self._changing():
+            annotation_layer.add_objects(self.layer, [obj], self.class_color)
+        self._changed()
+        self.status.setText(f"Accepted {obj.class_name}{' (corrected by hand)' * bool(obj.properties.get('edited'))}: "
+                            f"{area_text(obj, self.source.mpp)}, {obj.clicks} clicks, {obj.model}. {self._count_text()}")
 
     def _queue(self, callback, action: str, *args) -> None:
         """Run an annotator action behind the queued clicks; ``callback`` gets its result."""
@@ -480,12 +749,14 @@ class AnnotatorDock(QWidget):
         d = self.annotator.grid.downsample
         if state.mask is None:
             current.data = np.zeros((1, 1), np.uint8)
+            self._drawn = None
         else:
             (x, y), mask = state.mask
             sy, sx = self.image_layer.scale[-2:]
             current.data = mask.astype(np.uint8)
             current.scale = (d * sy, d * sx)
             current.translate = (y * d * sy, x * d * sx)
+            self._drawn = ((x, y), mask.copy())
         tiles = self.viewer.layers[TILES]
         tiles.data = []
         if state.boxes:
@@ -493,51 +764,174 @@ class AnnotatorDock(QWidget):
                                   for b in state.boxes], edge_color="yellow", face_color="transparent")
         if not self.pending and not isinstance(state, Exception):
             if state.clicks:
-                clicks, tiles = len(state.clicks), len(state.boxes)
-                self.status.setText(f"{clicks} click{'s' * (clicks != 1)} on {tiles} tile{'s' * (tiles != 1)}. "
-                                    f"Enter accepts as {self.class_name}.")
+                clicks, n = len(state.clicks), len(state.boxes)
+                self.status.setText(f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
+                                    + f". Enter accepts as {self.class_name}, Escape cancels.")
             self._schedule_prefetch()
 
-    def _accepted(self, obj) -> None:
-        from ..engine.annotator import EMPTY_STATE
+    def _on_paint(self, event=None) -> None:
+        if self._drawn is not None:
+            self.status.setText("Corrected by hand: Enter accepts the painted object; a new click starts again "
+                                "from SAM's mask.")
 
-        self._show_state(obj if isinstance(obj, Exception) else EMPTY_STATE)
-        if obj is None or isinstance(obj, Exception):
+    # -- the annotations layer ------------------------------------------------------------------
+    def _changing(self):
+        """While the dock itself edits the layer, its events are not taken for the user's edits."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def changing():
+            self._internal += 1
+            try:
+                yield
+            finally:
+                self._internal -= 1
+
+        return changing()
+
+    def _on_layer_data(self, event) -> None:
+        action = str(getattr(event, "action", ""))
+        if action == "removing" and not self._internal:
+            from .annotation_layer import layer_data_objects
+
+            rows = list(event.data_indices)  # the user deletes shapes on the canvas: undoable
+            data, meta, _ = self.layer.as_layer_data_tuple()
+            meta = dict(meta)
+            meta["shape_type"] = [meta["shape_type"][i] for i in rows]
+            for key in ("edge_color", "face_color"):
+                meta[key] = np.asarray(meta[key])[rows]
+            meta["features"] = meta["features"].iloc[rows].reset_index(drop=True)
+            removed = layer_data_objects([data[i] for i in rows], meta)
+            if removed:
+                self._undo.append(("delete", removed))
+                self._redo.clear()
+        if action in ("added", "removed", "changed"):
+            self._changed()
+
+    def _on_layer_features(self, event=None) -> None:
+        self._changed()
+
+    def _changed(self) -> None:
+        """The accepted objects changed: show them in the list and autosave soon."""
+        self._refresh_objects()
+        if self.autosave_path is not None:
+            self._autosave_timer.start()
+
+    def objects(self):
+        """The accepted objects, as the annotations layer holds them now."""
+        return annotation_layer.layer_objects(self.layer) if self.layer is not None else []
+
+    def _count_text(self) -> str:
+        n = len(self.object_list.ids)
+        return f"{n} object{'s' * (n != 1)} on this slide."
+
+    def _refresh_objects(self) -> None:
+        self.object_list.set_objects(self.objects(), self.source.mpp if self.source is not None else None)
+
+    def zoom_to(self, object_id: str) -> None:
+        """Centre the view on one object and zoom so that it fills most of the canvas."""
+        obj = next((o for o in self.objects() if o.id == object_id), None)
+        if obj is None or not obj.polygons:
             return
-        self._add_shapes([obj])
-        mpp = self.annotator.source.mpp
-        area = f"{obj.area_um2(mpp):.0f} µm²" if mpp else f"{obj.area_px:.0f} px²"
-        self.status.setText(f"Accepted {obj.class_name}: {area}, {obj.clicks} clicks, {obj.model} "
-                            f"({len(self.annotator.objects)} objects).")
+        bounds = np.array([p.bounds() for p in obj.polygons])
+        (x0, y0), (x1, y1) = bounds[:, :2].min(axis=0), bounds[:, 2:].max(axis=0)
+        sy, sx = self.layer.scale[-2:]
+        self._camera().center = ((y0 + y1) / 2 * sy, (x0 + x1) / 2 * sx)
+        width, height = max((x1 - x0) * sx, 1e-6), max((y1 - y0) * sy, 1e-6)
+        canvas_w, canvas_h = self.viewer.canvas.size[::-1] if hasattr(self.viewer, "canvas") else (800, 600)
+        self._camera().zoom = 0.7 * min(canvas_w / width, canvas_h / height)
 
-    def _add_shapes(self, objects) -> None:
-        from ..annotations.bridged import to_bridged_ring
+    def delete_objects(self, ids: list[str]) -> None:
+        """Delete objects (from the list's Delete button); Ctrl-Z brings them back."""
+        if self.layer is None:
+            return
+        wanted = set(ids)
+        removed = [o for o in self.objects() if o.id in wanted]
+        with self._changing():
+            for obj in removed:
+                annotation_layer.remove_object(self.layer, obj.id)
+        if removed:
+            self._undo.append(("delete", removed))
+            self._redo.clear()
+        self._changed()
+        self.status.setText(f"Deleted {len(removed)} object{'s' * (len(removed) != 1)} (Ctrl-Z brings "
+                            f"{'them' if len(removed) != 1 else 'it'} back). {self._count_text()}")
 
-        shapes = self.viewer.layers[ANNOTATIONS]
-        for obj in objects:
-            color = self.class_color(obj.class_name) if obj.class_name in self.classes else None
-            if color is None:  # an imported class keeps its file's colour
-                self.classes[obj.class_name] = tuple(obj.color)
-                color = self.class_color(obj.class_name)
-            shapes.feature_defaults = {"class": obj.class_name}  # the class of the shapes added next
-            rings = [to_bridged_ring(polygon)[:, ::-1] for polygon in obj.polygons]
-            shapes.add_polygons(rings, face_color=_rgba(color, FACE_ALPHA), edge_color=_rgba(color))
+    def set_object_class(self, ids: list[str]) -> None:
+        name = self.class_name
+        with self._changing():
+            for object_id in ids:
+                annotation_layer.set_class(self.layer, object_id, name, self.class_color(name))
+        self._changed()
+        self.status.setText(f"{len(ids)} object{'s' * (len(ids) != 1)} set to {name}. {self._count_text()}")
+
+    # -- autosave and resume --------------------------------------------------------------------
+    def _sidecar(self) -> Path:
+        from ..annotations.autosave import sidecar_path
+
+        return sidecar_path(self.image_layer.metadata.get("slide_path"), self.source.identity, self.source.name)
+
+    def _offer_resume(self) -> None:
+        """Autosave from now on; first offer the objects an earlier session saved for this slide."""
+        from ..annotations import autosave
+
+        path = self._sidecar()
+        if not path.exists() or len(self.layer.data):
+            self.autosave_path = path
+            return
+
+        def loaded(objects):
+            if isinstance(objects, Exception):
+                aside = autosave.set_aside(path)
+                self._show_error(InputError(f"The autosave {path} could not be read ({objects}); it was kept as "
+                                            f"{aside.name}."))
+            elif objects and self.confirm(f"{len(objects)} objects were saved for this slide in {path.name} "
+                                          f"({path.parent}). Resume them?"):
+                self._add_loaded(objects, f"Resumed {len(objects)} objects from {path.name}.")
+            elif objects:
+                aside = autosave.set_aside(path)
+                self.status.setText(f"Not resumed: the earlier objects were kept in {aside}. {self._count_text()}")
+            self.autosave_path = path
+
+        self._run_in_thread(lambda: autosave.load(path), loaded)
+
+    def autosave_now(self) -> None:
+        """Write the layer's objects to the sidecar in the background (atomically)."""
+        if self.autosave_path is None or self.layer is None:
+            return
+        from ..annotations import autosave
+
+        objects, path, mpp = self.objects(), self.autosave_path, self.source.mpp if self.source else None
+
+        def saved(result):
+            if isinstance(result, Exception):
+                self._show_error(InputError(f"Autosave to {path} failed: {result}. Export your objects now."))
+
+        self.last_autosave = self._run_in_thread(lambda: autosave.save(path, objects, mpp), saved)
+
+    def _flush_autosave(self) -> None:
+        if self._autosave_timer.isActive():
+            self._autosave_timer.stop()
+            self.autosave_now()
+        if self.last_autosave is not None:
+            self.last_autosave.result()
 
     # -- progress and prefetching -------------------------------------------------------------
     def _embedding_event(self, event: str, box, purpose: str) -> None:
         """From a worker thread: an embedding started or finished; drawn on the GUI thread."""
-        self._relay.done.emit(self._show_embedding, (event, box.key(), purpose))
+        self._relay.done.emit(self._show_embedding, (event, box, purpose))
 
     def _show_embedding(self, item) -> None:
         from napari.utils import progress
 
-        event, key, purpose = item
-        self.progress_log.append(item)
-        if event == "started":
+        event, box, purpose = item
+        key = box.key()
+        self.progress_log.append((event, key, purpose))
+        if event == "started" and self.annotator is not None:
             what = "prefetching" if purpose == "prefetch" else "computing"
-            self._progress[key] = progress(total=0, desc=f"SAM: {what} the embedding of tile {key}")
+            self._progress[key] = progress(total=0, desc=f"SAM: {what} the embedding of a {self._tile_text(box)}")
             if purpose == "click":
-                self.status.setText(f"Computing the embedding of tile {key}…")
+                self.status.setText(f"Computing the SAM embedding around the click ({self._tile_text(box)})…")
         else:
             bar = self._progress.pop(key, None)
             if bar is not None:
@@ -552,52 +946,110 @@ class AnnotatorDock(QWidget):
         background; a later call supersedes this one. Only while no click is pending."""
         if self.annotator is None or self.pending or not self.prefetch_check.isChecked():
             return
-        center = self.viewer.camera.center[-2:]
+        center = self._camera().center[-2:]
         row, col = self.image_layer.world_to_data(center)[-2:]
         self.prefetch_future = self.annotator.prefetch_around(float(col), float(row))
 
     # -- export / import ----------------------------------------------------------------------
-    def export_geojson(self, path: str | Path, overwrite: bool = False) -> Path:
-        from ..annotations.geojson import write_geojson
+    def _layer_tuple(self):
+        data, meta, _ = self.layer.as_layer_data_tuple()
+        meta = dict(meta)
+        meta["metadata"] = dict(meta.get("metadata") or {}, mpp=self.source.mpp,
+                                level0_size=tuple(self.source.level_dimensions[0]))
+        return data, meta
 
-        return write_geojson(path, self.annotator.objects, mpp=self.annotator.source.mpp, overwrite=overwrite)
+    def export_geojson(self, path: str | Path, overwrite: bool = False):
+        """Write the layer as napari's File > Save Selected Layers does (same writer); returns a future."""
+        from ..atomic import atomic_path
+        from .writers import write_shapes_geojson
 
-    def export_tiff(self, path: str | Path, overwrite: bool = False) -> Path:
-        from ..annotations.label_tiff import write_label_tiff
+        data, meta = self._layer_tuple()
+        if Path(path).exists() and not overwrite:
+            atomic_path(path, overwrite=False).__enter__()  # raises the usual "exists already" error
+        return self._run_in_thread(lambda: Path(write_shapes_geojson(str(path), data, meta)[0]),
+                                   lambda r: self._exported(r, "GeoJSON"))
 
-        source = self.annotator.source
-        return write_label_tiff(path, self.annotator.objects, source.level_dimensions[0],
-                                downsample=self.annotator.grid.downsample, mpp=source.mpp, overwrite=overwrite)
+    def export_tiff(self, path: str | Path, overwrite: bool = False):
+        from ..atomic import atomic_path
+        from .writers import write_shapes_tiff
 
-    def import_geojson(self, path: str | Path) -> int:
+        data, meta = self._layer_tuple()
+        if Path(path).exists() and not overwrite:
+            atomic_path(path, overwrite=False).__enter__()
+        if not data:
+            raise InputError("There is no accepted object to export yet.")
+        return self._run_in_thread(lambda: Path(write_shapes_tiff(str(path), data, meta)[0]),
+                                   lambda r: self._exported(r, "TIFF"))
+
+    def _exported(self, result, kind: str) -> None:
+        if isinstance(result, Exception):
+            self._show_error(result)
+        else:
+            self.status.setText(f"Exported {len(self.object_list.ids)} objects as {kind}: {result}")
+
+    def import_geojson(self, path: str | Path):
+        """Add the objects of a GeoJSON file (read in the background); objects already in the layer
+        (same id, or same class and region) are not added again. Returns a future of the count added."""
+        from concurrent.futures import Future
+
         from ..annotations.geojson import read_geojson
 
-        objects = read_geojson(path)
-        self.annotator.objects.extend(objects)
-        self._add_shapes(objects)
-        return len(objects)
+        added: Future = Future()
 
-    def _file_action(self, action, dialog, caption, filter_):
-        if self.annotator is None:
-            self.status.setText("⚠ Start annotating first.")
+        def loaded(objects):
+            if isinstance(objects, Exception):
+                self._show_error(objects)
+                added.set_result(0)
+                return
+            ids, same = {o.id for o in self.objects()}, {signature(o) for o in self.objects()}
+            new = [o for o in objects if o.id not in ids and signature(o) not in same]
+            self._add_loaded(new, f"Imported {len(new)} objects from {Path(path).name}"
+                             + (f" ({len(objects) - len(new)} already here, not added again)." if len(new) < len(objects)
+                                else "."))
+            added.set_result(len(new))
+
+        self._run_in_thread(lambda: read_geojson(path), loaded)
+        return added
+
+    def _add_loaded(self, objects, message: str) -> None:
+        for obj in objects:
+            if obj.class_name not in self.classes:  # an imported class keeps its file's colour
+                self.classes[obj.class_name] = tuple(obj.color)
+        with self._changing():
+            annotation_layer.add_objects(self.layer, objects, self.class_color)
+        self._changed()
+        self.status.setText(f"{message} {self._count_text()}")
+
+    def _suggested(self, suffix: str) -> str:
+        path = self.image_layer.metadata.get("slide_path") if self.image_layer is not None else None
+        if path:
+            return str(Path(path).with_name(Path(path).stem + suffix))
+        return str(Path.home() / f"{self.source.name if self.source else 'annotations'}{suffix}")
+
+    def _file_action(self, action, save: bool, caption: str, filter_: str, suffix: str):
+        if self.annotator is None or self.layer is None:
+            self.status.setText(NOT_STARTED)
             return
-        path, _ = dialog(self, caption, "", filter_)
+        if save:
+            path, _ = QFileDialog.getSaveFileName(self, caption, self._suggested(suffix), filter_)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, caption, str(Path(self._suggested(suffix)).parent), filter_)
         if not path:
             return
         try:
-            result = action(path) if dialog is QFileDialog.getOpenFileName else action(path, overwrite=True)
-            self.status.setText(f"{caption}: {result}")
+            action(_with_suffix(path, suffix), overwrite=True) if save else action(path)
+            self.status.setText(f"{caption}: {Path(path).name}…")
         except (SamHistoError, OSError) as err:
             self._show_error(err)
 
     def _export_geojson_clicked(self):
-        self._file_action(self.export_geojson, QFileDialog.getSaveFileName, "Export GeoJSON", "GeoJSON (*.geojson)")
+        self._file_action(self.export_geojson, True, "Export GeoJSON", "GeoJSON (*.geojson)", ".geojson")
 
     def _export_tiff_clicked(self):
-        self._file_action(self.export_tiff, QFileDialog.getSaveFileName, "Export TIFF", "OME-TIFF (*.ome.tif)")
+        self._file_action(self.export_tiff, True, "Export TIFF", "OME-TIFF (*.ome.tif)", ".ome.tif")
 
     def _import_clicked(self):
-        self._file_action(self.import_geojson, QFileDialog.getOpenFileName, "Import GeoJSON", "GeoJSON (*.geojson *.json)")
+        self._file_action(self.import_geojson, False, "Import GeoJSON", "GeoJSON (*.geojson *.json)", ".geojson")
 
     # -- plumbing -----------------------------------------------------------------------------
     def _relay_future(self, future, callback) -> None:
@@ -613,13 +1065,18 @@ class AnnotatorDock(QWidget):
 
         future.add_done_callback(done)
 
-    def _run_in_thread(self, function, callback) -> None:
+    def _run_in_thread(self, function, callback):
+        """Run ``function`` off the GUI thread; ``callback(result or exception)`` runs on it.
+        Returns the future (tests and ``_flush_autosave`` wait on it)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        executor = ThreadPoolExecutor(max_workers=1)
-        self._relay_future(executor.submit(function), callback)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-dock")
+        future = executor.submit(function)
+        self._relay_future(future, callback)
         executor.shutdown(wait=False)
+        return future
 
     def _show_error(self, err) -> None:
         message = str(err) if isinstance(err, SamHistoError) else f"{err.__class__.__name__}: {err}"
         self.status.setText(f"⚠ {message}")
+

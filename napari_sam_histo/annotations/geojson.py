@@ -10,7 +10,6 @@ count from the scanned area rather than the full image.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ def object_to_feature(obj: AnnotatedObject, mpp=None, offset=(0.0, 0.0)) -> dict
         "isLocked": False,
         "napari-sam-histo": {"model": obj.model, "clicks": obj.clicks, **obj.properties},
     }
-    return {"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry, "properties": properties}
+    return {"type": "Feature", "id": obj.id, "geometry": geometry, "properties": properties}
 
 
 def write_geojson(path: str | Path, objects: list[AnnotatedObject], mpp=None, offset=(0.0, 0.0),
@@ -81,6 +80,10 @@ def read_geojson(path: str | Path, offset=(0.0, 0.0)) -> list[AnnotatedObject]:
         classification = props.get("classification") or {}
         ours = props.get("napari-sam-histo") or {}
         color = tuple(classification.get("color") or (200, 0, 0))[:3]
-        objects.append(AnnotatedObject(polygons, classification.get("name") or props.get("name") or "",
-                                       color, ours.get("model", ""), int(ours.get("clicks", 0))))
+        extra = {k: v for k, v in ours.items() if k not in ("model", "clicks")}
+        obj = AnnotatedObject(polygons, classification.get("name") or props.get("name") or "",
+                              color, ours.get("model", ""), int(ours.get("clicks", 0)), extra)
+        if feature.get("id") is not None:
+            obj.id = str(feature["id"])
+        objects.append(obj)
     return objects

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from .geometry import Polygon, polygon_area
@@ -18,6 +19,9 @@ class AnnotatedObject:
     model: str = ""
     clicks: int = 0
     properties: dict = field(default_factory=dict)
+    # Stable across export and import (the GeoJSON feature id): re-importing a file that is already
+    # loaded is recognised, and the shapes of one object (its parts) are grouped by it in napari.
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
     def area_px(self) -> float:
@@ -26,3 +30,44 @@ class AnnotatedObject:
 
     def area_um2(self, mpp: tuple[float, float] | None) -> float | None:
         return self.area_px * mpp[0] * mpp[1] if mpp else None
+
+
+def group_parts(parts: list[AnnotatedObject], features=None) -> list[AnnotatedObject]:
+    """One object per id from per-shape objects (a napari Shapes layer holds one shape per part).
+
+    ``features`` is the layer's table (columns ``id``, ``clicks``, ``model``, ``decoder``; any may
+    be missing): shapes that share a non-empty id are the parts of one object, in first-seen order;
+    a shape without an id (drawn by hand) is an object of its own."""
+
+    def column(name):
+        if features is None or name not in getattr(features, "columns", features):
+            return [None] * len(parts)
+        return list(features[name])
+
+    ids, clicks, models, decoders = (column(n) for n in ("id", "clicks", "model", "decoder"))
+    grouped: dict[str, AnnotatedObject] = {}
+    for part, key, n, model, decoder in zip(parts, ids, clicks, models, decoders):
+        key = str(key) if key is not None and str(key) not in ("", "nan") else str(uuid.uuid4())
+        if key in grouped:
+            grouped[key].polygons.extend(part.polygons)
+            continue
+        obj = AnnotatedObject(list(part.polygons), part.class_name, tuple(part.color), part.model, part.clicks,
+                              dict(part.properties), id=key)
+        if model is not None and str(model) not in ("", "nan"):
+            obj.model = str(model)
+        if n is not None and str(n) not in ("", "nan"):
+            obj.clicks = int(n)
+        if decoder is not None and str(decoder) not in ("", "nan"):
+            obj.properties["decoder"] = str(decoder)
+        grouped[key] = obj
+    return list(grouped.values())
+
+
+def signature(obj: AnnotatedObject) -> tuple:
+    """What makes two objects the same region whatever their ids (a file exported by another tool
+    and imported twice): class, area and bounds to the pixel."""
+    import numpy as np
+
+    bounds = np.array([p.bounds() for p in obj.polygons]) if obj.polygons else np.zeros((1, 4))
+    return (obj.class_name, round(obj.area_px), *np.round([bounds[:, 0].min(), bounds[:, 1].min(),
+                                                            bounds[:, 2].max(), bounds[:, 3].max()]).astype(int))

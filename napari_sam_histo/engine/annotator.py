@@ -1,5 +1,7 @@
 """The annotator's state without Qt: one object being clicked (possibly across several tiles),
-the accepted objects, a worker thread that runs clicks in order, and background prefetching.
+a worker thread that runs clicks in order, and background prefetching. Accepted objects are
+handed to the caller (the dock keeps them in its Shapes layer); the slide source is the caller's
+too: ``close`` stops the threads and leaves the source open for reuse.
 
 Clicks are given in level-0 pixels; the model works on tiles of the working level.
 
@@ -45,7 +47,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..annotations.geometry import Polygon, mask_to_polygons
+from ..annotations.cleaning import DEFAULT_TOLERANCE, clean_polygons
+from ..annotations.geometry import Polygon
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject
 from ..errors import InputError
 from ..slides.reader import ImageSource
@@ -92,6 +95,19 @@ EMPTY_STATE = AnnotatorState((), None, ())
 
 
 @dataclass(frozen=True)
+class ObjectSnapshot:
+    """An object being clicked, as ``Annotator.snapshot`` took it."""
+
+    sessions: dict
+    history: list
+    redo: list
+
+    @property
+    def empty(self) -> bool:
+        return not self.history
+
+
+@dataclass(frozen=True)
 class _Step:
     click: tuple[float, float, bool]  # level-0 (x, y, positive)
     keys: tuple[str, ...]  # the tiles whose sessions took the click (one session state each)
@@ -112,7 +128,6 @@ class Annotator:
         self.grid = TileGrid(level, width, height, tile_size, source.level_downsamples[level])
         self.reuse_margin = float(reuse_margin)
         self.prefetch_radius = int(prefetch_radius)
-        self.objects: list[AnnotatedObject] = []
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
         # Called as listener(event, box, purpose) with event "started"/"finished" and purpose
         # "click"/"prefetch", from worker threads, when an embedding is really being computed.
@@ -220,11 +235,24 @@ class Annotator:
             return self._state()
 
     def clear(self) -> AnnotatorState:
-        """Forget the object being clicked (its tiles' embeddings stay cached)."""
+        """Forget the object being clicked (its tiles' embeddings stay cached); ``snapshot`` taken
+        before brings it back."""
         with self._lock:
-            self._sessions.clear()
-            self._history.clear()
-            self._redo.clear()
+            self._sessions, self._history, self._redo = {}, [], []  # new containers: a snapshot keeps the old
+            return self._state()
+
+    def snapshot(self) -> "ObjectSnapshot":
+        """The object being clicked, whole (its tiles' sessions with their undo, its clicks), so a UI
+        can undo an Accept or a Clear: ``restore`` puts it back."""
+        with self._lock:
+            return ObjectSnapshot(dict(self._sessions), list(self._history), list(self._redo))
+
+    def restore(self, snapshot: "ObjectSnapshot") -> AnnotatorState:
+        with self._lock:
+            self._sessions, self._history, self._redo = (dict(snapshot.sessions), list(snapshot.history),
+                                                         list(snapshot.redo))
+            for session in self._sessions.values():
+                self._known[session.box.key()] = session.box
             return self._state()
 
     def add_class(self, name: str, color=None) -> tuple[int, int, int]:
@@ -234,18 +262,24 @@ class Annotator:
                 self.classes.values())
         return self.classes[name]
 
-    def accept(self, class_name: str = "Tumor") -> AnnotatedObject | None:
-        """Turn the current object into an accepted annotation (None when it is empty)."""
+    def accept(self, class_name: str = "Tumor", min_area: float = 0.0, tolerance: float = DEFAULT_TOLERANCE,
+               edited: tuple[tuple[int, int], np.ndarray] | None = None) -> AnnotatedObject | None:
+        """The current object as an annotation (None when it is empty), and a fresh object to click.
+
+        ``min_area`` (level-0 px²) and ``tolerance`` (level px) clean it (``annotations.cleaning``).
+        ``edited`` is a mask corrected by hand, (top-left in level pixels, mask), that replaces
+        SAM's. The annotator keeps no list of accepted objects: a UI's layer is their one home."""
         with self._lock:
-            polygons = self.current_polygons()
+            (x, y), mask = edited if edited is not None else (self.current_mask() or ((0, 0), None))
+            d = self.grid.downsample
+            polygons = [] if mask is None else clean_polygons(mask, (x * d, y * d), d, min_area, tolerance)
             if not polygons:
                 self.clear()
                 return None
             obj = AnnotatedObject(polygons, class_name, self.add_class(class_name), self.predictor.model.name,
                                   len(self._history),
                                   {"decoder": self.predictor.decoder.kind, "level": self.level,
-                                   "tiles": [s.box.key() for s in self._sessions.values() if s.clicks]})
-            self.objects.append(obj)
+                                   "edited": edited is not None})
             self.clear()
             return obj
 
@@ -275,13 +309,14 @@ class Annotator:
     def state(self) -> AnnotatorState:
         return self._state()
 
-    def current_polygons(self) -> list[Polygon]:
+    def current_polygons(self, min_area: float = 0.0, tolerance: float = DEFAULT_TOLERANCE) -> list[Polygon]:
+        """The current object as the polygons ``accept`` would give (level-0 pixels)."""
         combined = self.current_mask()
         if combined is None:
             return []
         (x, y), mask = combined
         d = self.grid.downsample
-        return mask_to_polygons(mask, origin=(x * d, y * d), downsample=d)
+        return clean_polygons(mask, (x * d, y * d), d, min_area, tolerance)
 
     def cut_points(self) -> list[tuple[float, float]]:
         """Level points where the current object's mask reaches an inner border of its tiles, largest
@@ -363,9 +398,9 @@ class Annotator:
         return self._submit(self.click, x0, y0, positive)
 
     def submit(self, action: str, *args) -> Future:
-        """Queue "undo", "redo", "clear" (result: the state after it) or "accept" (result: the
-        accepted object or None) behind the queued clicks."""
-        if action not in ("undo", "redo", "clear", "accept"):
+        """Queue "undo", "redo", "clear", "restore" (result: the state after it) or "accept" (result:
+        the accepted object or None) behind the queued clicks."""
+        if action not in ("undo", "redo", "clear", "accept", "restore"):
             raise ValueError(f"Unknown action {action!r}.")
         return self._submit(getattr(self, action), *args)
 
