@@ -20,3 +20,14 @@ class CheckpointError(SamHistoError):
 
 class InputError(SamHistoError, ValueError):
     """An image, a click or a parameter is not usable."""
+
+
+class DiskFullError(InputError, OSError):
+    """A file could not be written because its disk (or the user's quota) is full.
+
+    Also an ``OSError`` (``errno`` is ``ENOSPC`` or ``EDQUOT``), so code that already treats a
+    failed write as an ``OSError`` (e.g. an optional cache) keeps doing so."""
+
+    def __init__(self, message: str, errno_value: int | None = None):
+        super().__init__(message)
+        self.errno = errno_value

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_sam_histo.errors import CheckpointError
+from napari_sam_histo.errors import CheckpointError, InputError
 from napari_sam_histo.models.decoder_checkpoint import decoder_metadata, read_decoder_checkpoint, save_decoder_checkpoint
 from napari_sam_histo.models.decoders import choose_decoder
 from napari_sam_histo.models.modified_decoder import ModifiedMaskDecoder
@@ -48,4 +48,52 @@ def test_a_whole_sam_checkpoint_is_not_a_decoder(tmp_path, tiny_model):
     path = tmp_path / "sam.pt"
     torch.save(tiny_model.sam.state_dict(), path)
     with pytest.raises(CheckpointError, match="not a napari-sam-histo decoder checkpoint"):
+        choose_decoder(tiny_model, str(path))
+
+
+@pytest.mark.parametrize("name", ["samm", "modifed", "", "decoders/none.pt"])
+def test_an_unknown_decoder_lists_the_valid_ones(tmp_path, tiny_model, name):
+    with pytest.raises(InputError) as caught:
+        choose_decoder(tiny_model, name)
+    message = str(caught.value)
+    for valid in ("'sam'", "'modified'", "'md'", "path of a decoder checkpoint"):
+        assert valid in message
+    if name:
+        assert name in message  # the value that was given
+    assert "Traceback" not in message
+
+
+def test_decoder_names_are_case_insensitive(tiny_model):
+    assert choose_decoder(tiny_model, "SAM").kind == "sam"
+    assert choose_decoder(tiny_model, " Sam ").module is tiny_model.sam.mask_decoder
+
+
+@pytest.mark.parametrize("content, words", [
+    (bytes(range(256)) * 8, "starts with bytes"),
+    (b"decoder weights: see the shared drive\n", "it is text"),
+    (b"", "empty, 0 bytes"),
+])
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, tiny_model, content, words):
+    path = tmp_path / "decoder.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"decoder\.pt is not a PyTorch checkpoint \(.*" + words) as caught:
+        choose_decoder(tiny_model, str(path))
+    assert "run code" not in str(caught.value)
+
+
+def test_a_truncated_decoder_checkpoint_is_named_as_such(tmp_path, tiny_model):
+    path = _save(tmp_path, tiny_model)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"dec\.pt is not a PyTorch checkpoint \(truncated or corrupt"):
+        choose_decoder(tiny_model, str(path))
+
+
+class _Code:
+    pass
+
+
+def test_a_decoder_checkpoint_with_pickled_code_is_refused_as_code(tmp_path, tiny_model):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "napari-sam-histo-decoder", "hook": _Code()}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pt holds Python objects .* would run code .*_Code"):
         choose_decoder(tiny_model, str(path))

@@ -1,4 +1,6 @@
+import errno
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -54,3 +56,22 @@ def test_refusals_leave_nothing_half_written(tmp_path):
     with pytest.raises(InputError, match="exists already"):
         write_label_tiff(tmp_path / "b.tif", objects, (400, 300))
     assert (tmp_path / "b.tif").read_bytes() == b"old"
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("fail", ["image", "sidecar"])
+def test_a_full_disk_keeps_the_previous_export_and_says_so(tmp_path, monkeypatch, fail):
+    _, _, objects = _objects()
+    path = write_label_tiff(tmp_path / "labels.ome.tif", objects, (400, 300), tile=128)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if fail == "image":
+        monkeypatch.setattr(tifffile.TiffWriter, "write", _no_space)
+    else:
+        monkeypatch.setattr(pathlib.Path, "write_text", _no_space)
+    with pytest.raises(InputError, match=r"Cannot write .*labels\.ome\.tif(\.classes\.json)?: the disk is full"):
+        write_label_tiff(path, objects[:1], (400, 300), tile=128, overwrite=True)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old pair, no temp files

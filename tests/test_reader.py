@@ -61,6 +61,48 @@ def test_bad_files_get_a_clear_error(tmp_path, name, content, words):
         open_image(path)
 
 
+@pytest.mark.parametrize("name", ["empty.svs", "empty.tif", "empty.ndpi", "empty.png"])
+def test_an_empty_file_says_it_is_empty(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(InputError, match=rf"{name} is empty \(0 bytes\)") as caught:
+        open_image(tmp_path / name)
+    assert "not recognise" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["half.svs", "half.tif"])
+def test_a_slide_cut_in_half_says_truncated_with_its_size(tmp_path, name):
+    data = SAMPLE_SLIDE.read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=rf"{name} is truncated or damaged \({len(data) // 2} bytes") as caught:
+        open_image(path)
+    assert "not recognise" not in str(caught.value)
+
+
+def test_a_slide_whose_tile_data_is_cut_off_is_truncated(tmp_path):
+    """The directories survive (tifffile writes them before the data) but the tiles end early."""
+    import tifffile
+
+    whole = tmp_path / "whole.svs"
+    image = np.random.default_rng(0).integers(0, 255, (512, 768, 3), dtype=np.uint8)
+    tifffile.imwrite(whole, image, tile=(256, 256), photometric="rgb")
+    data = whole.read_bytes()
+    path = tmp_path / "cut.svs"
+    path.write_bytes(data[: len(data) // 2])
+    words = rf"cut.svs is truncated or damaged \({len(data) // 2} bytes.*\): image 0 needs"
+    with pytest.raises(InputError, match=words):
+        open_image(path)
+    assert open_image(whole).level_dimensions == [(768, 512)]  # the complete file opens
+
+
+def test_not_a_tiff_slide_is_still_not_recognised(tmp_path):
+    path = tmp_path / "notes.svs"
+    path.write_bytes(b"hello, this is not a slide" * 10)
+    words = r"notes.svs: OpenSlide does not recognise this file as a slide \(260 bytes, not a TIFF"
+    with pytest.raises(InputError, match=words):
+        open_image(path)
+
+
 def test_folder_is_refused(tmp_path):
     with pytest.raises(InputError, match="is a folder"):
         open_image(tmp_path)

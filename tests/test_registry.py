@@ -70,13 +70,13 @@ def test_truncated_file_is_refused(tmp_path, vit_t_state, empty_cache):
     path = tmp_path / "m.pt"
     torch.save(vit_t_state, path)
     path.write_bytes(path.read_bytes()[: 1 << 20])
-    with pytest.raises(CheckpointError, match="m.pt.*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"m\.pt is not a PyTorch checkpoint \(truncated or corrupt"):
         load_model(str(path), "cpu")
 
 
 def test_empty_and_missing_files_are_refused(tmp_path, empty_cache):
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="empty"):
+    with pytest.raises(CheckpointError, match=r"empty\.pt is not a PyTorch checkpoint \(the file is empty, 0 bytes"):
         load_model(str(tmp_path / "empty.pt"), "cpu")
     with pytest.raises(CheckpointError, match="not found"):
         load_model(str(tmp_path / "nope.pt"), "cpu")
@@ -89,8 +89,41 @@ class _Payload:
 def test_pickled_code_is_refused(tmp_path, empty_cache):
     path = tmp_path / "evil.pt"
     torch.save({"x": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused because loading it would run code.*_Payload") as caught:
         load_model(str(path), "cpu")
+    assert "not a PyTorch checkpoint" not in str(caught.value)
+
+
+def _zip_without_torch(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("weights.txt", "not torch")
+
+
+@pytest.mark.parametrize("write, words", [
+    (lambda p: p.write_bytes(__import__("os").urandom(4096)), "it starts with bytes"),
+    (lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\n"), "a Git LFS pointer file"),
+    (lambda p: p.write_text("weights are on the shared drive\n"), "it is text, starting 'weights are on"),
+    (lambda p: p.write_text("<!DOCTYPE html><html><body>404</body></html>"), "HTML/XML page"),
+    (lambda p: p.write_bytes(b"PK\x03\x04" + b"\x00" * 200), "truncated or corrupt"),
+    (_zip_without_torch, "a zip archive without the data.pkl"),
+    (lambda p: __import__("pickle").dump({"w": [1, 2]}, open(p, "wb")), "plain Python pickle"),
+])
+def test_a_file_that_is_no_pytorch_checkpoint_says_so(tmp_path, empty_cache, write, words):
+    path = tmp_path / "model.pth"
+    write(path)
+    with pytest.raises(CheckpointError) as caught:
+        load_model(str(path), "cpu")
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a PyTorch checkpoint (") and words in message
+    assert "run code" not in message
+
+
+def test_legacy_torch_format_still_loads(tmp_path, vit_t_state, empty_cache):
+    path = tmp_path / "old.pt"
+    torch.save(vit_t_state, path, _use_new_zipfile_serialization=False)
+    assert load_model(str(path), "cpu").arch == "vit_t"
 
 
 def test_architecture_detection():

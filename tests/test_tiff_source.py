@@ -142,9 +142,13 @@ def test_dispatch_vendor_tiff_to_openslide_small_flat_tiff_whole(tmp_path, level
 
 
 @pytest.mark.parametrize("make, words", [
-    (lambda p, ome: p.write_bytes(b"II*\x00" + b"\xff" * 200), "broken.tif: not a readable TIFF"),
+    (lambda p, ome: p.write_bytes(b"II*\x00" + b"\xff" * 200),
+     r"broken.tif is truncated or damaged \(204 bytes\): its first image directory would start at byte 4294967295"),
     (lambda p, ome: p.write_bytes(b"\x00garbage" * 100), "broken.tif: not a readable TIFF"),
-    (lambda p, ome: p.write_bytes(ome.read_bytes()[: ome.stat().st_size // 2]), "broken.tif is truncated: level 0"),
+    (lambda p, ome: p.write_bytes(ome.read_bytes()[: ome.stat().st_size // 2]),
+     r"broken.tif is truncated or damaged \(\d+ bytes, [\d.]+ MiB\): image 0 needs \d+ bytes"),
+    (lambda p, ome: p.write_bytes(b""), r"broken.tif is empty \(0 bytes\)"),
+    (lambda p, ome: p.write_bytes(b"II*\x00\x08\x00"), r"broken.tif is truncated or damaged \(6 bytes\): the file ends"),
 ])
 def test_corrupt_and_truncated_tiffs_are_clear_errors(tmp_path, ome_path, make, words):
     path = tmp_path / "broken.tif"
@@ -212,3 +216,25 @@ def test_slide_memory_command_prints_figures(tmp_path, capsys):
     assert "2048x2048" in out and "peak RSS" in out and "opened as TiffSource" in out
     assert not list(tmp_path.glob("*.tif"))  # deleted without --keep
     assert main(["slide-memory", "--size", "2048", "--tile", "100"]) == 2
+
+
+def test_tiff_header_with_an_unparsable_directory_is_damaged_not_unrecognised(tmp_path):
+    path = tmp_path / "bad.ome.tif"
+    path.write_bytes(b"II*\x00\x08\x00\x00\x00" + b"\xff\xff" + b"\x00" * 64)  # 65535 entries in 74 bytes
+    with pytest.raises(InputError, match=r"bad.ome.tif is truncated or damaged \(74 bytes\)"):
+        open_image(path)
+
+
+def test_truncated_subifd_level_names_the_level(tmp_path, ome_path):
+    """Top-level image complete, a reduced level (SubIFD) cut off: tiff_source's own check names it."""
+    import tifffile
+
+    with tifffile.TiffFile(ome_path) as tif:
+        level2 = tif.series[0].levels[2].keyframe
+        start = min(level2.dataoffsets)
+        top_end = max(o + c for o, c in zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts))
+    assert start > top_end  # tifffile writes level 0, then the SubIFD levels
+    path = tmp_path / "cut.ome.tif"
+    path.write_bytes(ome_path.read_bytes()[: start + 10])
+    with pytest.raises(InputError, match=r"cut.ome.tif is truncated or damaged \(\d+ bytes.*\): level 2 needs"):
+        open_image(path)

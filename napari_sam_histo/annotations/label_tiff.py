@@ -3,8 +3,9 @@
 Pixel values are class ids (0 background, 1.. in the order of ``classes``); the class names are in
 the OME metadata (``Description``) and in a JSON sidecar ``<file>.classes.json``. Each pyramid
 level is generated tile by tile from the vector annotations (tifffile consumes a tile iterator), so
-a level-0 export of a 100k x 100k slide never holds more than one tile in memory. The write goes
-to a temporary file that is renamed at the end.
+a level-0 export of a 100k x 100k slide never holds more than one tile in memory. The image and
+its sidecar go to temporary files that are renamed at the end, so a failure (a full disk: an
+``InputError`` naming the file) leaves the previous export, if any, as it was.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def write_label_tiff(path: str | Path, objects: list[AnnotatedObject], level0_si
     if mpp:
         metadata.update({"PhysicalSizeX": mpp[0] * downsample, "PhysicalSizeXUnit": "µm",
                          "PhysicalSizeY": mpp[1] * downsample, "PhysicalSizeYUnit": "µm"})
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    sidecar = path.with_name(path.name + ".classes.json")
+    # Both files go to temp files first and are renamed together at the end (the sidecar first): a
+    # failure in either (a full disk) leaves the previous pair as it was.
+    with atomic_path(path, overwrite=overwrite) as tmp, atomic_path(sidecar, overwrite=True) as tmp_classes:
         with tifffile.TiffWriter(tmp, ome=True, bigtiff=width * height > 2**31) as tif:
             options = dict(tile=(tile, tile), compression="zlib", dtype=dtype, photometric="minisblack")
             tif.write(_tiles(objects, class_ids, (height, width), downsample, tile, dtype), shape=(height, width),
@@ -71,6 +75,5 @@ def write_label_tiff(path: str | Path, objects: list[AnnotatedObject], level0_si
                 shape = (max(1, math.ceil(height / factor)), max(1, math.ceil(width / factor)))
                 tif.write(_tiles(objects, class_ids, shape, downsample * factor, tile, dtype), shape=shape,
                           subfiletype=1, **options)
-    with atomic_path(path.with_name(path.name + ".classes.json"), overwrite=True) as tmp:
-        tmp.write_text(json.dumps(names, indent=1))
+        tmp_classes.write_text(json.dumps(names, indent=1))
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from .decoder_checkpoint import check_base_model, read_decoder_checkpoint
 from .modified_decoder import ModifiedMaskDecoder
 from .registry import LoadedModel
@@ -32,6 +32,32 @@ class DecoderChoice:
 
 
 SHIPPED_DECODERS = ("modified", "md")
+DECODER_NAMES = ("sam", "modified", "md")
+VALID_DECODERS = ("'sam' (SAM's own), 'modified' (Kim et al.), 'md' (SAM's decoder fine-tuned) "
+                  "or the path of a decoder checkpoint file")
+
+
+def _looks_like_path(text: str) -> bool:
+    return any(sep in text for sep in ("/", "\\")) or text.lower().endswith((".pt", ".pth")) or text.startswith("~")
+
+
+def resolve_decoder_name(decoder) -> str:
+    """``decoder`` as one of ``DECODER_NAMES`` (any case) or an existing checkpoint path; an
+    ``InputError`` that lists the valid choices otherwise."""
+    if isinstance(decoder, Path):
+        decoder = str(decoder)
+    if not isinstance(decoder, str) or not decoder.strip():
+        raise InputError(f"Decoder {decoder!r} is not a decoder; choose {VALID_DECODERS}.")
+    if decoder.strip().lower() in DECODER_NAMES:
+        return decoder.strip().lower()
+    path = Path(decoder).expanduser()
+    if path.is_file():
+        return str(path)
+    if path.is_dir():
+        raise InputError(f"Decoder {decoder!r} is a folder, not a decoder checkpoint file; choose {VALID_DECODERS}.")
+    if _looks_like_path(decoder):
+        raise InputError(f"Decoder checkpoint not found: {path}. Choose {VALID_DECODERS}.")
+    raise InputError(f"Unknown decoder {decoder!r}; choose {VALID_DECODERS}.")
 
 
 def shipped_decoder_path(base_model: str, kind: str = "modified") -> Path | None:
@@ -60,7 +86,9 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> Decod
 
 
 def choose_decoder(model: LoadedModel, decoder: str = "sam", allow_untrained: bool = False) -> DecoderChoice:
-    """``decoder`` is "sam", "modified", "md" or a path to a decoder checkpoint."""
+    """``decoder`` is "sam", "modified", "md" or a path to a decoder checkpoint; anything else is an
+    ``InputError`` that lists these."""
+    decoder = resolve_decoder_name(decoder)
     if decoder == "sam":
         return DecoderChoice("sam", model.sam.mask_decoder, "checkpoint", True)
     if decoder == "md":

@@ -1,8 +1,16 @@
-"""Read weights files safely: ``torch.load(weights_only=True)``, one clear error per failure."""
+"""Read weights files safely: ``torch.load(weights_only=True)``, one clear error per failure.
+
+Before loading, the first bytes tell what the file is, so that a file that is no PyTorch checkpoint
+at all (empty, text, an HTML error page saved as ``.pt``, random bytes, a plain Python pickle, a
+zip archive that ``torch.save`` did not write, a zip cut short) is reported as "<file> is not a
+PyTorch checkpoint (...)", and the ``weights_only`` refusal ("loading it would run code from the
+file") is kept for real checkpoints whose pickle asks for Python classes or functions.
+"""
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -11,23 +19,92 @@ import torch
 
 from ..errors import CheckpointError
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format (since 1.6) is a zip archive
+# torch's legacy format starts with a pickled magic number (LONG1, 10 bytes little-endian)
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_HEAD = 64
+
+
+def _size_text(size: int) -> str:
+    return f"{size} bytes" if size < 10_000 else f"{size / 2**20:.1f} MiB"
+
+
+def _describe_head(head: bytes) -> str:
+    """What a file that is neither of torch's formats looks like, from its first bytes."""
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "it is a plain Python pickle, not a file written by torch.save"
+    text = None
+    for cut in range(4):  # the 64 bytes read may end inside a multi-byte character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            pass
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        if first.startswith("version https://git-lfs"):
+            return "it is a Git LFS pointer file, not the file itself; fetch it with `git lfs pull`"
+        if first.lower().startswith(("<!doctype html", "<html", "<?xml")):
+            return f"it is an HTML/XML page ({first!r}), perhaps an error page saved instead of the download"
+        return f"it is text, starting {first!r}" if first else "it holds only blank text"
+    return (f"it starts with bytes {head[:8].hex(' ')}, neither a zip archive (torch.save) nor "
+            f"torch's legacy format")
+
+
+def _not_a_checkpoint(path: Path, size: int) -> str | None:
+    """Why ``path`` is not a PyTorch checkpoint at all, or ``None`` when its header is one."""
+    if size == 0:
+        return "the file is empty, 0 bytes"
+    with open(path, "rb") as stream:
+        head = stream.read(_HEAD)
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return (f"truncated or corrupt: a zip archive whose end is missing or damaged, {_size_text(size)}; "
+                    f"was the download or copy interrupted?")
+        if not any(name.endswith("data.pkl") for name in names):
+            return (f"a zip archive without the data.pkl that torch.save writes ({len(names)} "
+                    f"file{'' if len(names) == 1 else 's'} in it)")
+        return None
+    if _LEGACY_MAGIC in head[:32]:
+        return None
+    return _describe_head(head)
+
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load a ``.pt``/``.pth`` file with ``weights_only=True``; raise ``CheckpointError`` naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"Checkpoint file is empty: {path}")
+    try:
+        size = path.stat().st_size
+        why = _not_a_checkpoint(path, size)
+    except OSError as err:
+        raise CheckpointError(f"Cannot read checkpoint {path}: {err.strerror or err}.") from err
+    if why is not None:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({why}).")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds Python objects other than tensors and plain values; it is refused because "
-            f"loading it would run code from the file ({err.__class__.__name__})."
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"Cannot read checkpoint {path}: the file is truncated or corrupt ({err}).") from err
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
+        if found or "Unsupported global" in str(err):
+            needs = f"; it needs {found.group(1)}" if found else ""
+            raise CheckpointError(
+                f"{path} holds Python objects other than tensors and plain values; it is refused because "
+                f"loading it would run code from the file ({err.__class__.__name__}{needs})."
+            ) from err
+        raise CheckpointError(f"Cannot read checkpoint {path}: the file is truncated or corrupt "
+                              f"({_size_text(size)}; its pickle cannot be read).") from err
+    except MemoryError:
+        raise
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... for damaged contents
+        detail = str(err).splitlines()[0][:200] if str(err) else err.__class__.__name__
+        raise CheckpointError(f"Cannot read checkpoint {path}: the file is truncated or corrupt "
+                              f"({_size_text(size)}; {detail}).") from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a dictionary of weights.")
     return data

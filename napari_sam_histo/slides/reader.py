@@ -1,9 +1,17 @@
 """Open images as tile sources: WSIs through OpenSlide (read region by region, never whole), generic
 and OME pyramidal TIFFs through tifffile (``tiff_source``, also lazy), plain images (PNG, JPEG,
-small TIFF) and in-memory arrays through one small interface."""
+small TIFF) and in-memory arrays through one small interface.
+
+A file that cannot be opened is one ``InputError`` naming it: "empty (0 bytes)" for an empty file;
+"truncated or damaged (N bytes)" for a TIFF-based file (.svs, .tif, .ndpi, .scn, ...) whose first
+image directory or image data lie past its end (a download or copy cut short), checked from the
+header and the directories before any reader is tried, or that a reader fails on although its
+header says TIFF; "not recognised" only for a file that is not a slide at all.
+"""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +25,8 @@ from .identity import array_identity, file_identity
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".tif", ".tiff", ".svslide", ".dcm")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")  # .ome.tif and .ome.tiff too
+TIFF_MAGICS = {b"II*\x00": "<I", b"MM\x00*": ">I", b"II+\x00": "<Q", b"MM\x00+": ">Q"}  # classic, BigTIFF
+_PAGES_CHECKED = 64  # a slide pyramid has a handful of top-level images; a long stack is refused later
 
 
 @dataclass
@@ -68,9 +78,15 @@ class OpenSlideSource(ImageSource):
     slide: object = None
 
     def _read(self, box: TileBox) -> np.ndarray:
+        import openslide
+
         d = self.level_downsamples[box.level]
         location = (int(round(box.x * d)), int(round(box.y * d)))
-        region = self.slide.read_region(location, box.level, (box.width, box.height))
+        try:
+            region = self.slide.read_region(location, box.level, (box.width, box.height))
+        except openslide.OpenSlideError as err:
+            raise InputError(f"{self.name}: cannot read {box.key()} ({err}); the file may be damaged or "
+                             "truncated (OpenSlide reads nothing more from it until it is opened again).") from err
         return np.asarray(region)  # RGBA; transparent (outside the scan) becomes white
 
     def close(self) -> None:
@@ -90,6 +106,15 @@ def open_image(path: str | Path) -> ImageSource:
         raise InputError(f"Image file not found: {path}")
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image file.")
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise InputError(f"{path.name}: cannot read the file ({err.strerror or err}).") from err
+    if size == 0:
+        raise InputError(f"{path.name} is empty (0 bytes); copy or download it again.")
+    damage = tiff_damage(path)
+    if damage:
+        raise InputError(truncated_message(path, damage))
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         return _open_tiff(path)
@@ -103,6 +128,62 @@ def open_image(path: str | Path) -> ImageSource:
         f"{path.name}: unsupported file type {suffix or '(none)'}; expected a slide "
         f"({', '.join(SLIDE_SUFFIXES)}) or an image ({', '.join(PLAIN_SUFFIXES)})."
     )
+
+
+def _size_text(size: int) -> str:
+    return f"{size} bytes" if size < 10_000 else f"{size} bytes, {size / 2**20:.1f} MiB"
+
+
+def truncated_message(path: Path, detail: str) -> str:
+    return (f"{path.name} is truncated or damaged ({_size_text(path.stat().st_size)}): {detail}. "
+            "Copy or download it again.")
+
+
+def is_tiff(path: Path) -> bool:
+    """Whether the file starts with a TIFF or BigTIFF header (SVS, NDPI, SCN, BIF and OME files do)."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(4) in TIFF_MAGICS
+    except OSError:
+        return False
+
+
+def tiff_damage(path: Path) -> str | None:
+    """Why a TIFF-based file is certainly truncated: its first image directory starts past the end,
+    or a top-level image's data run past it. ``None`` for a complete file, a file that is not a TIFF,
+    or one whose damage only a reader can find (tifffile errors here are left to the readers)."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        head = stream.read(16)
+    layout = TIFF_MAGICS.get(head[:4])
+    if layout is None:
+        return None
+    start = 8 if layout.endswith("Q") else 4
+    if len(head) < start + struct.calcsize(layout):
+        return f"the file ends inside its {len(head)}-byte header"
+    first = struct.unpack(layout, head[start: start + struct.calcsize(layout)])[0]
+    if first >= size:
+        return f"its first image directory would start at byte {first}, past the end"
+    import logging
+
+    import tifffile
+
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # tifffile logs each damaged directory; the error below says it once
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for i, page in enumerate(tif.pages):
+                if i >= _PAGES_CHECKED:
+                    break
+                ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
+                if ends and max(ends) > size:
+                    return f"image {i} needs {max(ends)} bytes"
+    except Exception:  # a directory tifffile cannot parse: the reader tried next reports it
+        return None
+    finally:
+        logger.setLevel(level)
+    return None
 
 
 def _open_tiff(path: Path) -> ImageSource:
@@ -138,9 +219,12 @@ def _try_openslide(path: Path) -> OpenSlideSource | None:
     except openslide.OpenSlideUnsupportedFormatError:
         if path.suffix.lower() in (".tif", ".tiff"):
             return None  # a plain (non-pyramidal) TIFF: read it as an image
-        raise InputError(f"{path.name}: OpenSlide does not recognise this file as a slide.") from None
+        if is_tiff(path):
+            raise InputError(truncated_message(path, "OpenSlide finds no slide in this TIFF")) from None
+        raise InputError(f"{path.name}: OpenSlide does not recognise this file as a slide "
+                         f"({_size_text(path.stat().st_size)}, not a TIFF-based file).") from None
     except openslide.OpenSlideError as err:
-        raise InputError(f"{path.name}: the slide is damaged or unreadable ({err}).") from err
+        raise InputError(truncated_message(path, f"OpenSlide: {err}")) from err
     props = dict(slide.properties)
     mpp = None
     try:
@@ -169,7 +253,10 @@ def _open_plain(path: Path) -> ArraySource:
 
             array = iio.imread(path)
     except Exception as err:  # image libraries raise many types for a bad file
-        raise InputError(f"{path.name}: cannot read the image ({err.__class__.__name__}: {err}).") from err
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise InputError(f"{path.name}: cannot read the image ({err.__class__.__name__}: {detail}); the "
+                         f"file ({_size_text(path.stat().st_size)}) may be truncated or damaged, or not "
+                         f"of the type its name says.") from err
     rgb = to_rgb_uint8(array, path.name)
     height, width = rgb.shape[:2]
     return ArraySource(path.name, file_identity(path), [(width, height)], [1.0], array=rgb)

@@ -22,7 +22,7 @@ import numpy as np
 from ..engine.tiles import TileBox
 from ..errors import InputError
 from .identity import file_identity
-from .reader import ImageSource
+from .reader import ImageSource, is_tiff, tiff_damage, truncated_message
 
 FLAT_MAX_PIXELS = 64 * 2**20  # an untiled single-level TIFF up to this size is read whole, like a PNG
 RANGE_MAX_PIXELS = 16 * 2**20  # the coarsest level read whole to find a non-8-bit image's value range
@@ -67,9 +67,16 @@ def open_tiff(path: str | Path) -> TiffSource | None:
     import tifffile
 
     path = Path(path)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path.name} is empty (0 bytes); copy or download it again.")
+    damage = tiff_damage(path)
+    if damage:
+        raise InputError(truncated_message(path, damage))
     try:
         tif = tifffile.TiffFile(path)
     except Exception as err:  # TiffFileError, struct.error, ValueError... for a damaged header
+        if is_tiff(path):  # a TIFF header, then something tifffile cannot parse
+            raise InputError(truncated_message(path, f"{err.__class__.__name__}: {err}")) from err
         raise InputError(f"{path.name}: not a readable TIFF ({err.__class__.__name__}: {err}).") from err
     try:
         source = _source(tif, path)
@@ -83,6 +90,8 @@ def open_tiff(path: str | Path) -> TiffSource | None:
 
 def _source(tif, path: Path) -> TiffSource | None:
     if not tif.series:
+        if is_tiff(path):
+            raise InputError(truncated_message(path, "a TIFF header, but no image found in it"))
         raise InputError(f"{path.name}: not a readable TIFF (no image found in it).")
     # the largest image: files may also carry a thumbnail, label or macro image as other series
     index, series = max(enumerate(tif.series), key=lambda s: _area(s[1].levels[0]))
@@ -138,7 +147,7 @@ def _check_complete(series, path: Path) -> None:
         page = level.keyframe
         end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c), default=0)
         if end > size:
-            raise InputError(f"{path.name} is truncated: level {i} needs {end} bytes, the file has {size}.")
+            raise InputError(truncated_message(path, f"level {i} needs {end} bytes"))
 
 
 def _zarr_level(series, level: int, name: str):
