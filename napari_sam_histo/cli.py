@@ -62,7 +62,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .evaluation.benchmark import BenchmarkConfig, run_benchmark
-    from .evaluation.report import format_table
+    from .evaluation.report import format_skipped, format_table
 
     config = BenchmarkConfig(
         dataset=args.dataset, out_dir=args.out, models=args.model or ["vit_t"], decoders=args.decoder or ["sam"],
@@ -72,6 +72,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         mask_suffix=args.mask_suffix, limit=args.limit, stride=args.stride, device=args.device,
         mask_prompts={"on": (True,), "off": (False,), "both": (True, False)}[args.mask_prompt],
     )
+    existing = "resume" if args.resume else "overwrite" if args.overwrite else "refuse"
     bar = tqdm(total=None, unit="image", desc="benchmark", disable=args.quiet)
 
     def progress(done: int, total: int) -> None:
@@ -79,13 +80,17 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        summary = run_benchmark(config, progress=progress)
+        summary = run_benchmark(config, progress=progress, existing=existing)
     except KeyboardInterrupt:
-        bar.close()
-        print(f"interrupted: a partial report is in {args.out}", file=sys.stderr)
+        bar.close()  # before the message, so the bar does not overwrite it
+        print(f"interrupted: a partial report is in {args.out}; continue it with --resume", file=sys.stderr)
         return 130
-    bar.close()
+    finally:
+        bar.close()
     print(format_table(summary))
+    skipped = format_skipped(summary)
+    if skipped:
+        print(skipped)
     print(f"report: {args.out} (samples.csv, summary.json, table.txt, miou.png)")
     return 0
 
@@ -185,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--stride", type=int, default=1, help="only every K-th image (sorted by name)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", required=True, help="report folder")
+    existing = bench.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue the report in --out: samples already in its samples.csv are not run again")
+    existing.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_cmd_benchmark)
 

@@ -1,11 +1,13 @@
 import csv
 import json
+import re
 import threading
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from napari_sam_histo.errors import InputError
 from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, run_benchmark
 from napari_sam_histo.evaluation.dataset import Skipped, find_pairs, load_samples
 from napari_sam_histo.evaluation.runner import run_sample
@@ -152,13 +154,14 @@ def test_instances_give_one_sample_each_and_share_one_encoding(tmp_path, tiny_mo
     "writer, reason",
     [
         (lambda d: (iio.imwrite(d / "images/x.png", np.zeros((20, 20, 3), np.uint8)),
-                    iio.imwrite(d / "masks/x.png", np.zeros((20, 21), np.uint8))), "image is 20x20 but mask is 21x20"),
+                    iio.imwrite(d / "masks/x.png", np.zeros((20, 21), np.uint8))), "the image is 20x20 but the mask is 21x20"),
         (lambda d: (iio.imwrite(d / "images/x.png", np.zeros((20, 20, 3), np.uint8)),
                     iio.imwrite(d / "masks/x.png", np.zeros((20, 20), np.uint8))), "mask is empty"),
         (lambda d: (iio.imwrite(d / "images/x.png", np.zeros((20, 20, 3), np.uint8)),
                     iio.imwrite(d / "masks/x.png", np.full((20, 20), 255, np.uint8))), "no background"),
         (lambda d: ((d / "images/x.png").write_bytes(b"broken"),
-                    iio.imwrite(d / "masks/x.png", np.full((20, 20), 255, np.uint8))), "unreadable"),
+                    iio.imwrite(d / "masks/x.png", np.full((20, 20), 255, np.uint8))),
+         "the image file could not be read: "),
         (lambda d: (__import__("tifffile").imwrite(d / "images/x.tif", np.zeros((20, 20, 3), np.uint16)),
                     iio.imwrite(d / "masks/x.png", np.eye(20, dtype=np.uint8))), "uint16, not 8-bit"),
     ],
@@ -170,6 +173,52 @@ def test_bad_pairs_are_skipped_with_the_reason_and_the_run_goes_on(tmp_path, wri
     m = summary["methods"]["oracle"]
     assert m["n_samples"] == 1 and m["n_skipped"] == 1
     assert reason in m["skipped"]["x"]
+    assert not CLASS_NAME.search(m["skipped"]["x"])  # a plain sentence, not a Python exception
+
+
+CLASS_NAME = re.compile(r"[A-Z]\w*(Error|Exception)\b")
+
+
+def test_an_unreadable_file_is_named_in_plain_words(tmp_path):
+    root = make_dataset(tmp_path / "d", n=1)
+    (root / "images/x.png").write_bytes(b"broken")
+    iio.imwrite(root / "masks/x.png", np.eye(20, dtype=np.uint8))
+    (root / "images/y.png").write_bytes((root / "images/s0.png").read_bytes())
+    (root / "masks/y.tif").write_bytes(b"broken")
+    pairs = {p.stem: p for p in find_pairs(root)}
+    [bad_image], [bad_mask] = load_samples(pairs["x"]), load_samples(pairs["y"])
+    assert bad_image.reason.startswith("the image file could not be read: ") and "x.png" in bad_image.reason
+    assert bad_mask.reason.startswith("the mask file could not be read: ") and "y.tif" in bad_mask.reason
+    assert not CLASS_NAME.search(bad_image.reason + bad_mask.reason)
+    assert "Error" not in bad_image.reason + bad_mask.reason
+
+
+@pytest.mark.parametrize("layout", ["images+masks", "flat"])
+def test_an_image_without_a_mask_is_skipped_with_the_reason(tmp_path, layout):
+    root = make_dataset(tmp_path / "d", n=2)
+    if layout == "flat":
+        flat = tmp_path / "flat"
+        flat.mkdir()
+        for stem in ("s0", "s1"):
+            (flat / f"{stem}.png").write_bytes((root / "images" / f"{stem}.png").read_bytes())
+        (flat / "s0_label.png").write_bytes((root / "masks" / "s0.png").read_bytes())
+        root, suffix = flat, "_label"
+    else:
+        (root / "masks" / "s1.png").unlink()
+        suffix = None
+    summary = run_benchmark(BenchmarkConfig(str(root), str(tmp_path / "r"), mask_suffix=suffix), methods=[Oracle()])
+    m = summary["methods"]["oracle"]
+    assert m["n_samples"] == 1 and list(m["skipped"]) == ["s1"]
+    assert m["skipped"]["s1"].startswith("no mask was found for the image ") and "s1.png" in m["skipped"]["s1"]
+    rows = list(csv.DictReader(open(tmp_path / "r" / "samples.csv")))
+    assert [(r["sample"], r["status"]) for r in rows] == [("s0", "ok"), ("s1", "skipped")]
+
+
+def test_a_dataset_where_no_image_has_a_mask_is_an_error(tmp_path):
+    root = make_dataset(tmp_path / "d", n=1)
+    (root / "masks" / "s0.png").unlink()
+    with pytest.raises(InputError, match="no image/mask pairs found"):
+        find_pairs(root)
 
 
 def test_manifest_and_flat_folder_layouts(tmp_path):
@@ -180,7 +229,8 @@ def test_manifest_and_flat_folder_layouts(tmp_path):
     flat.mkdir()
     for name in ("a.png", "a_label.png", "b.png"):
         (flat / name).write_bytes((root / "images" / "s0.png").read_bytes())
-    assert [p.stem for p in find_pairs(flat, mask_suffix="_label")] == ["a"]
+    assert [(p.stem, p.mask_path is not None) for p in find_pairs(flat, mask_suffix="_label")] == [
+        ("a", True), ("b", False)]  # b has no mask: it is listed, to be skipped with the reason
     skipped = next(load_samples(find_pairs(flat, mask_suffix="_label")[0]))  # an RGB photo as the mask
     assert isinstance(skipped, Skipped) and "colour channels" in skipped.reason
 

@@ -3,7 +3,12 @@
 Thin over ``evaluation.benchmark``: the run is ``iter_benchmark`` in a napari thread worker (with a
 napari progress bar and a Cancel button; napari stays responsive), the table and the mIoU plot fill
 in after every image, and Replay re-runs one sample keeping its masks and shows each click as
-napari layers (image, ground-truth outline, clicks green/red, predicted mask).
+napari layers (image, ground-truth outline, clicks green/red, predicted mask), the view moved onto them.
+
+The contents sit in a scroll area and the settings fold away, so the dock stays usable on a
+1920x1080 screen beside the Annotator. A report folder that already holds a report is never
+overwritten silently: the user resumes it or picks a new folder. Replay is off while a run goes
+on: it would share the run's predictor and CPU, and distort the seconds per click being measured.
 """
 
 from __future__ import annotations
@@ -13,19 +18,26 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-    QSlider, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout,
+    QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QScrollArea, QSlider, QSpinBox, QTableWidget,
+    QTableWidgetItem, QToolButton, QVBoxLayout, QWidget,
 )
 
 from ..errors import InputError, SamHistoError
 from ..evaluation.benchmark import BenchmarkConfig, build_methods, iter_benchmark
 from ..evaluation.dataset import Skipped, find_pairs, load_samples
-from ..evaluation.report import threshold_label
+from ..evaluation.report import free_folder_beside, holds_report, report_samples, skipped_samples, threshold_label
 from ..evaluation.runner import SampleResult, run_sample
 
 REPLAY_PREFIX = "replay: "
+PLOT_MIN_HEIGHT = 200  # px: the mIoU curve stays readable however crowded the dock area is
+DOCK_MIN_HEIGHT = 540  # px: status, table, plot and Replay together, with the settings folded away
+TRUTH_COLOUR, PREDICTION_COLOUR = "yellow", "dodgerblue"
+REPLAY_TIP = "Re-run the chosen sample with the chosen method and step through its clicks."
+REPLAY_BLOCKED_TIP = ("Replay is off while a benchmark runs: it would share the run's model and distort the "
+                      "seconds per click being measured.")
 
 
 class BenchmarkDock(QWidget):
@@ -36,16 +48,42 @@ class BenchmarkDock(QWidget):
         self._worker = None
         self._methods = []
         self._config: BenchmarkConfig | None = None
-        self._pairs: dict[str, object] = {}  # sample id -> PairSpec, for replay
         self._summary: dict = {}
         self._replay: SampleResult | None = None
         self._replay_sample = None
+        self._replay_worker = None
         self._build()
 
     # -- layout -------------------------------------------------------------------------------
+    def minimumSizeHint(self) -> QSize:
+        """Room for the results even below another dock (napari gives a dock added under another
+        its minimum height, and a scroll area's minimum is tiny), but at most half the window, so
+        that the other dock keeps its half and the window still fits the screen."""
+        hint = super().minimumSizeHint()
+        window = self.window()
+        if window is self:
+            return hint
+        return QSize(hint.width(), max(hint.height(), min(DOCK_MIN_HEIGHT, window.height() // 2)))
+
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
-        form = QFormLayout()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        self.scroll.setWidget(content)
+        outer.addWidget(self.scroll)
+
+        self.settings_toggle = QToolButton()
+        self.settings_toggle.setCheckable(True)
+        self.settings_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.settings_toggle.toggled.connect(self._show_settings)
+        self.settings_box = QWidget()
+        form = QFormLayout(self.settings_box)
+        form.setContentsMargins(0, 0, 0, 0)
         self.dataset_edit, dataset_row = self._path_row("folder with images/ + masks/, or a manifest .csv")
         self.out_edit, out_row = self._path_row("report folder")
         self.out_edit.setText(str(Path.home() / "napari-sam-histo-benchmark"))
@@ -84,7 +122,8 @@ class BenchmarkDock(QWidget):
                               ("Ignore value", self.ignore_edit), ("Mask prompt", self.mask_prompt_combo),
                               ("Device", self.device_combo)):
             form.addRow(label, widget)
-        layout.addLayout(form)
+        layout.addWidget(self.settings_box)
+        self.settings_toggle.setChecked(True)
 
         buttons = QHBoxLayout()
         self.run_button, self.cancel_button = QPushButton("Run"), QPushButton("Cancel")
@@ -94,27 +133,44 @@ class BenchmarkDock(QWidget):
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(self._export_clicked)
-        for button in (self.run_button, self.cancel_button, self.export_button):
+        for button in (self.settings_toggle, self.run_button, self.cancel_button, self.export_button):
             buttons.addWidget(button)
-        layout.addLayout(buttons)
+        layout.insertLayout(0, buttons)  # above the settings, so that Run stays in reach
         self.status = QLabel("Choose a dataset and press Run.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
 
+        self.skipped_toggle = QToolButton()
+        self.skipped_toggle.setCheckable(True)
+        self.skipped_toggle.toggled.connect(self._show_skipped_list)
+        self.skipped_table = QTableWidget(0, 2)
+        self.skipped_table.setHorizontalHeaderLabels(["Sample", "Reason"])
+        self.skipped_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.skipped_table.verticalHeader().setVisible(False)
+        self.skipped_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.skipped_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # reasons: tooltips
+        layout.addWidget(self.skipped_toggle)
+        layout.addWidget(self.skipped_table)
+        self._show_skipped({})
+
         self.table = QTableWidget(0, 0)
-        self.table.setMinimumHeight(90)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         layout.addWidget(self.table)
+        self._fit_height(self.table)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
         self.figure = Figure(figsize=(4, 2.6), dpi=90)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        layout.addWidget(self.canvas)
+        self.canvas.setMinimumHeight(PLOT_MIN_HEIGHT)
+        layout.addWidget(self.canvas, stretch=1)  # the plot takes the room there is
 
         replay = QGroupBox("Replay")
         replay_layout = QFormLayout(replay)
         self.sample_combo, self.method_combo = QComboBox(), QComboBox()
         self.replay_button = QPushButton("Replay sample")
+        self.replay_button.setToolTip(REPLAY_TIP)
         self.replay_button.clicked.connect(self.start_replay)
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setMinimum(1)
@@ -127,12 +183,44 @@ class BenchmarkDock(QWidget):
         self.step_label = QLabel("")
         for w in (self.prev_button, self.slider, self.next_button):
             steps.addWidget(w)
-        replay_layout.addRow("Sample", self.sample_combo)
-        replay_layout.addRow("Method", self.method_combo)
+        choice = QHBoxLayout()
+        choice.addWidget(self.sample_combo, stretch=1)
+        choice.addWidget(self.method_combo, stretch=1)
+        replay_layout.addRow("Sample, method", choice)
         replay_layout.addRow(self.replay_button)
         replay_layout.addRow("Click", steps)
         replay_layout.addRow(self.step_label)
         layout.addWidget(replay)
+
+    @staticmethod
+    def _fit_height(table: QTableWidget, most_rows: int = 4) -> None:
+        """As tall as its rows, up to ``most_rows`` (then it scrolls): no empty grey box."""
+        rows = sum(table.rowHeight(r) for r in range(min(table.rowCount(), most_rows)))
+        scrolls = table.rowCount() and table.horizontalScrollBarPolicy() != Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+        table.setFixedHeight(table.horizontalHeader().sizeHint().height() + rows + 2 * table.frameWidth()
+                             + (table.horizontalScrollBar().sizeHint().height() if scrolls else 0))
+
+    def _show_settings(self, shown: bool) -> None:
+        """Fold the settings away (they take half the dock) to make room for the results."""
+        self.settings_box.setVisible(shown)
+        self.settings_toggle.setText("Settings ▾" if shown else "Settings ▸")
+
+    def _show_skipped_list(self, shown: bool) -> None:
+        self.skipped_table.setVisible(shown and self.skipped_table.rowCount() > 0)
+        self.skipped_toggle.setText(f"Skipped ({self.skipped_table.rowCount()}) " + ("▾" if shown else "▸"))
+
+    def _show_skipped(self, skipped: dict[str, str]) -> None:
+        """The skipped samples and why, under the status (hidden while there are none)."""
+        self.skipped_table.setRowCount(len(skipped))
+        for row, (sample, reason) in enumerate(skipped.items()):
+            self.skipped_table.setItem(row, 0, QTableWidgetItem(sample))
+            item = QTableWidgetItem(reason)
+            item.setToolTip(reason)
+            self.skipped_table.setItem(row, 1, item)
+        self.skipped_table.resizeRowsToContents()
+        self._fit_height(self.skipped_table, most_rows=5)
+        self.skipped_toggle.setVisible(bool(skipped))
+        self._show_skipped_list(self.skipped_toggle.isChecked())
 
     def _path_row(self, placeholder: str):
         edit = QLineEdit()
@@ -153,6 +241,8 @@ class BenchmarkDock(QWidget):
         dataset = self.dataset_edit.text().strip()
         if not dataset:
             raise InputError("Choose a dataset folder or manifest.")
+        if not self.out_edit.text().strip():
+            raise InputError("Choose a report folder.")
         try:
             thresholds = tuple(float(v) for v in self.iou_edit.text().replace(",", " ").split())
         except ValueError as err:
@@ -179,24 +269,59 @@ class BenchmarkDock(QWidget):
             mask_prompts={"on": (True,), "off": (False,), "both": (True, False)}[self.mask_prompt_combo.currentText()],
         )
 
+    def ask_existing_report(self, folder: Path) -> str:
+        """The user's choice for a report folder that holds a report: "resume", "new" or "cancel".
+        (Tests replace this method to answer without a dialog.)"""
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Report folder in use")
+        box.setText(f"{folder} already holds a benchmark report.")
+        box.setInformativeText("Resume it (samples already in it are not run again), or write the new report "
+                               f"into {free_folder_beside(folder).name}?")
+        resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
+        new = box.addButton(f"New folder ({free_folder_beside(folder).name})", QMessageBox.ButtonRole.ActionRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(new)
+        box.exec()
+        clicked = box.clickedButton()
+        return "resume" if clicked == resume else "new" if clicked == new else "cancel"
+
     def start(self) -> None:
         from napari.qt.threading import thread_worker
 
+        if self._worker is not None:
+            return  # one run at a time (the button is disabled meanwhile)
+        if self._replay_worker is not None:
+            self.status.setText("⚠ Wait for the replay to finish: it would slow the run and distort its timings.")
+            return
         try:
             config = self.config()
             total = len(find_pairs(config.dataset, config.mask_suffix, config.limit))
         except SamHistoError as err:
             self.status.setText(f"⚠ {err}")
             return
+        existing = "refuse"
+        if holds_report(config.out_dir):
+            choice = self.ask_existing_report(Path(config.out_dir))
+            if choice == "cancel":
+                self.status.setText(f"Not run: {config.out_dir} already holds a report.")
+                return
+            if choice == "resume":
+                existing = "resume"
+            else:
+                config.out_dir = str(free_folder_beside(config.out_dir))
+                self.out_edit.setText(config.out_dir)
         self._config, self._cancel = config, threading.Event()
-        self._pairs.clear()
         self.sample_combo.clear()
+        if existing == "resume":  # the samples already in the report can be replayed too
+            self.sample_combo.addItems(report_samples(config.out_dir))
+        self._show_skipped({})
         cancel = self._cancel
 
         def run():
             methods = build_methods(config)
             yield ("methods", methods)
-            for event in iter_benchmark(config, methods, cancel):
+            for event in iter_benchmark(config, methods, cancel, existing):
                 yield ("event", event)
 
         worker = thread_worker(run, progress={"total": total + 1, "desc": "benchmark"})()
@@ -204,10 +329,17 @@ class BenchmarkDock(QWidget):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self._set_running(True)
+        self.settings_toggle.setChecked(False)  # room for the table, the plot and Replay
         self.status.setText(f"Loading {', '.join(config.models)}…")
         worker.start()
+
+    def _set_running(self, running: bool) -> None:
+        """Run and Replay exclude each other: both would use the same predictor and CPU."""
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.replay_button.setEnabled(not running)
+        self.replay_button.setToolTip(REPLAY_BLOCKED_TIP if running else REPLAY_TIP)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -227,15 +359,18 @@ class BenchmarkDock(QWidget):
             if self.sample_combo.findText(result.sample_id) < 0:
                 self.sample_combo.addItem(result.sample_id)
         self._show_summary(event.summary)
+        self._show_skipped(skipped_samples(event.summary))
         self.status.setText(f"{event.done} / {event.total} images" + (" (partial)" if event.summary.get("partial") and event.done < event.total else ""))
 
     def _on_error(self, err) -> None:
         message = str(err) if isinstance(err, SamHistoError) else f"{err.__class__.__name__}: {err}"
         self.status.setText(f"⚠ {message}")
+        if self._worker is not None:
+            self.settings_toggle.setChecked(True)  # a run that fails: the fix is usually in the settings
 
     def _on_finished(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self._worker = None
+        self._set_running(False)
         self.export_button.setEnabled(bool(self._summary))
         if self._summary and not self.status.text().startswith("⚠"):
             state = "cancelled: partial report" if self._summary.get("partial") else "done"
@@ -257,6 +392,7 @@ class BenchmarkDock(QWidget):
                 value = m.get(key)
                 text = "-" if value is None else (str(value) if isinstance(value, int) else f"{value:.3f}")
                 self.table.setItem(row, column, QTableWidgetItem(text))
+        self._fit_height(self.table)
         from matplotlib.ticker import MaxNLocator
 
         self.figure.clear()
@@ -296,6 +432,9 @@ class BenchmarkDock(QWidget):
     def start_replay(self) -> None:
         from napari.qt.threading import thread_worker
 
+        if self._worker is not None:  # the button is disabled too; this guards direct calls
+            self.status.setText(f"⚠ {REPLAY_BLOCKED_TIP}")
+            return
         sample_id, method_name = self.sample_combo.currentText(), self.method_combo.currentText()
         method = next((m for m in self._methods if m.name == method_name), None)
         if not sample_id or method is None or self._config is None:
@@ -313,9 +452,17 @@ class BenchmarkDock(QWidget):
         worker = thread_worker(replay)()
         worker.returned.connect(self._show_replay)
         worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_replay_finished)
         self.status.setText(f"Replaying {sample_id} with {method_name}…")
-        worker.start()
         self._replay_worker = worker
+        self.run_button.setEnabled(False)
+        self.replay_button.setEnabled(False)
+        worker.start()
+
+    def _on_replay_finished(self) -> None:
+        self._replay_worker = None
+        self.run_button.setEnabled(self._worker is None)
+        self.replay_button.setEnabled(self._worker is None)
 
     def _show_replay(self, returned) -> None:
         sample, result = returned
@@ -323,18 +470,29 @@ class BenchmarkDock(QWidget):
         for name in ("image", "ground truth", "prediction", "clicks"):
             if REPLAY_PREFIX + name in self.viewer.layers:
                 self.viewer.layers.remove(REPLAY_PREFIX + name)
-        self.viewer.add_image(sample.image, name=REPLAY_PREFIX + "image", rgb=True)
-        truth = self.viewer.add_labels(sample.target.astype(np.uint8), name=REPLAY_PREFIX + "ground truth")
-        truth.contour = 2
+        height, width = sample.target.shape
+        image = self.viewer.add_image(sample.image, name=REPLAY_PREFIX + "image", rgb=True)
         self.viewer.add_labels(np.zeros(sample.target.shape, np.uint8), name=REPLAY_PREFIX + "prediction",
-                               opacity=0.45)
-        self.viewer.add_points(np.zeros((0, 2)), name=REPLAY_PREFIX + "clicks", size=max(6, sample.target.shape[0] // 40),
+                               opacity=0.45, colormap={1: PREDICTION_COLOUR})
+        # Above the prediction, in a colour H&E stains rarely have, a few pixels wide at any image size.
+        truth = self.viewer.add_labels(sample.target.astype(np.uint8), name=REPLAY_PREFIX + "ground truth",
+                                       opacity=1.0, colormap={1: TRUTH_COLOUR})
+        truth.contour = max(2, round(max(height, width) / 200))
+        self.viewer.add_points(np.zeros((0, 2)), name=REPLAY_PREFIX + "clicks", size=max(6, height // 40),
                                face_color="green", border_color="white")
+        self._fit_view(image)
         self.slider.setEnabled(True)
         self.slider.setMaximum(max(len(result.ious), 1))
         self.slider.setValue(1)
         self.show_step(1)
         self.status.setText(f"Replay of {sample.sample_id}: {len(result.ious)} clicks")
+
+    def _fit_view(self, layer) -> None:
+        """Centre and zoom onto the replayed image: other layers (a whole slide) may be far larger."""
+        try:
+            self.viewer.fit_to_view(layers=[layer])
+        except (AttributeError, TypeError):  # napari before fit_to_view(layers=...): fit everything
+            self.viewer.reset_view()
 
     def show_step(self, step: int) -> None:
         """Show the state after click ``step`` (1-based)."""
@@ -345,6 +503,6 @@ class BenchmarkDock(QWidget):
         points = self.viewer.layers[REPLAY_PREFIX + "clicks"]
         points.data = np.array([[c.row, c.col] for c in clicks], float)
         points.face_color = ["green" if c.positive else "red" for c in clicks]
-        self.viewer.layers[REPLAY_PREFIX + "prediction"].data = self._replay.masks[step - 1].astype(np.uint8) * 2
+        self.viewer.layers[REPLAY_PREFIX + "prediction"].data = self._replay.masks[step - 1].astype(np.uint8)
         self.step_label.setText(f"click {step}: {'positive' if clicks[-1].positive else 'negative'} at "
                                 f"(x {clicks[-1].col}, y {clicks[-1].row}), IoU {self._replay.ious[step - 1]:.3f}")

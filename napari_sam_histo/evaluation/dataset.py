@@ -9,7 +9,8 @@ One sample is one image and one binary target. With ``instances=True`` a label i
 sample per label (the other labels count as background); with ``components=True`` each connected
 region of a binary mask is one sample (e.g. GlaS, whose masks hold many glands as one value). Pixels equal to ``ignore_value`` are
 left out of clicks and IoU. A pair that cannot be used is a skipped sample with its reason; the
-run goes on.
+run goes on; so is an image that has no mask (it is listed with the reason, never dropped unseen).
+Reasons are plain sentences a pathologist can act on, naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 @dataclass(frozen=True)
 class PairSpec:
-    """One image file and its mask file."""
+    """One image file and its mask file (``None``: the image has no mask; it becomes a skipped sample)."""
 
     stem: str
     image_path: Path
-    mask_path: Path
+    mask_path: Path | None
 
 
 @dataclass
@@ -68,15 +69,15 @@ def find_pairs(path: str | Path, mask_suffix: str | None = None, limit: int | No
         pairs = _pairs_from_manifest(path)
     elif (path / "images").is_dir() and (path / "masks").is_dir():
         images, masks = _by_stem(path / "images"), _by_stem(path / "masks")
-        pairs = [PairSpec(stem, images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
+        pairs = [PairSpec(stem, images[stem], masks.get(stem)) for stem in sorted(images)]
     elif mask_suffix:
         files = _by_stem(path)
-        pairs = [PairSpec(stem, files[stem], files[stem + mask_suffix]) for stem in sorted(files)
-                 if not stem.endswith(mask_suffix) and stem + mask_suffix in files]
+        pairs = [PairSpec(stem, files[stem], files.get(stem + mask_suffix)) for stem in sorted(files)
+                 if not stem.endswith(mask_suffix)]
     else:
         raise InputError(f"{path}: expected a folder with images/ and masks/, a CSV manifest, or a flat "
                          f"folder with --mask-suffix naming the masks.")
-    if not pairs:
+    if not any(pair.mask_path is not None for pair in pairs):
         raise InputError(f"{path}: no image/mask pairs found.")
     pairs = pairs[:: max(int(stride), 1)]
     return pairs[:limit] if limit else pairs
@@ -105,30 +106,49 @@ def _read(path: Path) -> np.ndarray:
     return iio.imread(path)
 
 
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """What went wrong reading ``path``, in words; not the library's message, which names its
+    plugins and exception classes rather than what the user can do."""
+    if isinstance(err, FileNotFoundError) or not path.exists():
+        return f"{path} does not exist"
+    if isinstance(err, PermissionError):
+        return f"{path} may not be read (permission denied)"
+    return f"{path} is damaged or not in an image format that can be read (PNG, JPEG, TIFF, BMP)"
+
+
 def load_samples(pair: PairSpec, instances: bool = False, ignore_value: int | None = None,
                  components: bool = False) -> Iterator[Sample | Skipped]:
     """The samples of one pair (one, or one per instance), or a ``Skipped`` with the reason."""
     from ..engine.rgb import to_rgb_uint8
 
+    if pair.mask_path is None:
+        yield Skipped(pair.stem, pair, f"no mask was found for the image {pair.image_path}")
+        return
     try:
-        raw_image, mask = _read(pair.image_path), _read(pair.mask_path)
+        raw_image = _read(pair.image_path)
     except Exception as err:  # image libraries raise many types for unreadable files
-        yield Skipped(pair.stem, pair, f"unreadable file: {err.__class__.__name__}: {err}")
+        yield Skipped(pair.stem, pair, f"the image file could not be read: {_why_unreadable(pair.image_path, err)}")
+        return
+    try:
+        mask = _read(pair.mask_path)
+    except Exception as err:
+        yield Skipped(pair.stem, pair, f"the mask file could not be read: {_why_unreadable(pair.mask_path, err)}")
         return
     if raw_image.dtype != np.uint8:
-        yield Skipped(pair.stem, pair, f"image is {raw_image.dtype}, not 8-bit; convert it for benchmarking")
+        yield Skipped(pair.stem, pair, f"the image is {raw_image.dtype}, not 8-bit; convert it to 8-bit to "
+                                       f"benchmark it")
         return
     if mask.ndim == 3:
         if np.all(mask == mask[..., :1]):
             mask = mask[..., 0]
         else:
-            yield Skipped(pair.stem, pair, "mask has colour channels; expected a grey or label image")
+            yield Skipped(pair.stem, pair, "the mask has colour channels; expected a grey or label image")
             return
     if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
-        yield Skipped(pair.stem, pair, f"mask is {mask.dtype}; expected integer labels")
+        yield Skipped(pair.stem, pair, f"the mask is {mask.dtype}; expected whole-number labels")
         return
     if raw_image.shape[:2] != mask.shape:
-        yield Skipped(pair.stem, pair, f"image is {raw_image.shape[1]}x{raw_image.shape[0]} but mask is "
+        yield Skipped(pair.stem, pair, f"the image is {raw_image.shape[1]}x{raw_image.shape[0]} but the mask is "
                                        f"{mask.shape[1]}x{mask.shape[0]}")
         return
     try:
@@ -150,7 +170,7 @@ def load_samples(pair: PairSpec, instances: bool = False, ignore_value: int | No
     if instances or components:
         ids = [int(i) for i in np.unique(labels) if i != 0]
         if not ids:
-            yield Skipped(pair.stem, pair, "mask is empty: no instance to segment")
+            yield Skipped(pair.stem, pair, "the mask is empty: no instance to segment")
         for instance in ids:
             yield _checked(Sample(f"{pair.stem}#{instance}", pair, image, labels == instance, ignore, identity))
     else:
@@ -160,8 +180,8 @@ def load_samples(pair: PairSpec, instances: bool = False, ignore_value: int | No
 def _checked(sample: Sample) -> Sample | Skipped:
     valid = sample.target if sample.ignore is None else sample.target & ~sample.ignore
     if not valid.any():
-        return Skipped(sample.sample_id, sample.pair, "mask is empty: no object to segment")
+        return Skipped(sample.sample_id, sample.pair, "the mask is empty: no object to segment")
     background = ~sample.target if sample.ignore is None else ~sample.target & ~sample.ignore
     if not background.any():
-        return Skipped(sample.sample_id, sample.pair, "mask has no background: the whole image is the object")
+        return Skipped(sample.sample_id, sample.pair, "the mask has no background: the whole image is the object")
     return sample
