@@ -129,6 +129,21 @@ def _cmd_slide_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gui_stalls(args: argparse.Namespace) -> int:
+    import os
+
+    from .errors import InputError
+
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise InputError("gui-stalls opens a real napari window and needs a display; on a server run it "
+                         "under Xvfb: xvfb-run -a -s '-screen 0 1920x1080x24' napari-sam-histo gui-stalls")
+    from ._napari.stall_benchmark import format_table, run
+
+    results = run(slide=args.slide, model=args.model, device=args.device, repeat=args.mosaic)
+    print(format_table(results))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import TrainConfig, train
 
@@ -226,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--out", default=None, help="folder for the synthetic slide (default: a temporary folder)")
     mem.add_argument("--keep", action="store_true", help="keep the synthetic slide afterwards")
     mem.set_defaults(func=_cmd_slide_memory)
+    stalls = sub.add_parser("gui-stalls", help="longest napari GUI-thread stall per Annotator action (scripted, real viewer)")
+    stalls.add_argument("--slide", default=None, help="slide to annotate (default: the CC0 sample)")
+    stalls.add_argument("--mosaic", type=int, default=1,
+                        help="without --slide: the sample repeated N x N times as a pyramidal TIFF (a larger slide)")
+    stalls.add_argument("--model", default="vit_t")
+    stalls.add_argument("--device", default="cpu")
+    stalls.set_defaults(func=_cmd_gui_stalls)
     tr = sub.add_parser("train", help="fine-tune a decoder (or SAM) with simulated clicks (Kim et al. scenarios)")
     tr.add_argument("dataset", nargs="+", help="dataset folder(s) or manifest(s), split into train/val by --group-by")
     tr.add_argument("--out", required=True, help="run folder: best weights, resumable state, history, manifests")

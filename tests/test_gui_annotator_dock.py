@@ -1,9 +1,6 @@
 """The Annotator dock on the real CC0 slide with the real MobileSAM (Xvfb)."""
 
 import json
-from dataclasses import dataclass, field
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,39 +14,7 @@ from napari_sam_histo._napari.annotator_dock import (  # noqa: E402
 from napari_sam_histo.annotations.bridged import to_bridged_ring  # noqa: E402
 from napari_sam_histo.annotations.geometry import Polygon, polygon_area, rasterize  # noqa: E402
 
-from .conftest import SAMPLE_SLIDE  # noqa: E402
-
-FRAGMENT = (2091, 615)  # a tissue fragment alone on the glass, level-0 (x, y)
-STRIP = (500, 1040)  # a strip of stroma across the grid line y = 1024 (y 1005..1154), with a gap inside
-GRID_LINE_Y = 1024
-
-
-@pytest.fixture
-def slide(tmp_path):
-    """A copy of the CC0 slide in a folder of the test's own (the autosave sidecar goes beside it)."""
-    import shutil
-
-    return Path(shutil.copy(SAMPLE_SLIDE, tmp_path / SAMPLE_SLIDE.name))
-
-
-@pytest.fixture
-def dock(make_napari_viewer, qtbot, mobile_sam, slide):
-    viewer = make_napari_viewer()
-    viewer.open(str(slide), plugin="napari-sam-histo")
-    widget = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(widget)
-    assert widget.layer_combo.currentText() == "cmu-1-small-region"
-    widget.model_combo.setCurrentText("vit_t")
-    widget.device_combo.setCurrentText("cpu")
-    widget.prefetch_check.setChecked(False)  # on in the prefetch test only: it costs encoder time
-    widget.start()
-    qtbot.waitUntil(lambda: widget.annotator is not None, timeout=120_000)
-    yield widget
-    widget.shutdown(wait=True)
-
-
-def _wait(dock, qtbot, timeout=120_000):
-    qtbot.waitUntil(lambda: dock.pending == 0, timeout=timeout)
+from .annotator_gui import FRAGMENT, GRID_LINE_Y, STRIP, _mouse, _wait, dock, slide  # noqa: E402,F401
 
 
 @pytest.mark.gui
@@ -184,34 +149,6 @@ def test_prefetch_runs_in_the_background_with_progress(dock, qtbot):
     dock.add_click(1000, 1500)  # a first click well inside the prefetched tile reuses it
     _wait(dock, qtbot)
     assert dock.annotator.state().boxes == (box,) and dock.annotator.predictor.encoder_calls == calls
-
-
-@dataclass
-class _Event:
-    type: str
-    button: int = 1
-    position: tuple = (0.0, 0.0)  # world
-    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))  # canvas pixels
-    modifiers: list = field(default_factory=list)
-    handled: bool = False
-    is_dragging: bool = False
-    view_direction: list | None = None
-    up_direction: list | None = None
-    dims_displayed: list = field(default_factory=lambda: [0, 1])
-    delta: tuple | None = None
-    native: object = None
-
-
-def _mouse(viewer, kind, **kwargs):
-    """Send a mouse event through napari's own dispatch (as its tests do)."""
-    import wrapt
-    from napari.utils.interactions import (
-        mouse_double_click_callbacks, mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks,
-    )
-
-    event = wrapt.ObjectProxy(_Event(kind, **kwargs))
-    {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
-     "mouse_release": mouse_release_callbacks, "mouse_double_click": mouse_double_click_callbacks}[kind](viewer, event)
 
 
 @pytest.mark.gui

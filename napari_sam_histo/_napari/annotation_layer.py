@@ -68,12 +68,11 @@ def add_objects(layer, objects: list[AnnotatedObject], color_of) -> None:
 
 
 def layer_data_objects(data: list, meta: dict) -> list[AnnotatedObject]:
-    """Objects from a Shapes layer's data and attributes (as napari hands them to a writer): each
-    shape converted by the writers' rules (shape types, colours, bridged holes), parts grouped by id."""
-    from ..annotations.objects import group_parts
-    from .writers import _objects
+    """Objects from a Shapes layer's data and attributes, exactly as napari's File > Save hands them
+    to our writers (shape types, colours, bridged holes, parts grouped by id)."""
+    from .writers import layer_data_objects as convert
 
-    return group_parts(_objects(data, meta), meta.get("features"))
+    return convert(data, meta)
 
 
 def layer_objects(layer) -> list[AnnotatedObject]:

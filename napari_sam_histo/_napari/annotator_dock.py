@@ -43,7 +43,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2, min_area_px
-from ..annotations.objects import DEFAULT_CLASSES, signature
+from ..annotations.objects import DEFAULT_CLASSES, next_class_color, signature
 from ..errors import InputError, SamHistoError
 from . import annotation_layer
 from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba
@@ -101,6 +101,7 @@ class AnnotatorDock(QWidget):
         self._redo: list[tuple] = []
         self._internal = 0  # >0 while the dock itself changes the annotations layer
         self._drawn: tuple[tuple[int, int], np.ndarray] | None = None  # SAM's mask as last drawn
+        self._drawn_boxes: tuple = ()  # the tiles outlined in the tiles layer
         self._progress: dict[str, object] = {}  # tile key -> open napari progress
         self._pressing = False
         self._double_click_zoom = None  # napari's, removed while annotating
@@ -115,7 +116,7 @@ class AnnotatorDock(QWidget):
         self.viewer.layers.events.inserted.connect(self._fill_layers)
         self.viewer.layers.events.removed.connect(self._fill_layers)
         self._fill_layers()
-        self._run_in_thread(self._available_models, self._fill_models)  # imports torch: not on the GUI thread
+        self._run_in_thread(self._warm_up, self._fill_models)  # imports torch: not on the GUI thread
 
     def _timer(self, interval: int, slot) -> QTimer:
         timer = QTimer(self)
@@ -249,6 +250,34 @@ class AnnotatorDock(QWidget):
             self.min_area_spin.setValue(DEFAULT_MIN_AREA_UM2 if mpp else DEFAULT_MIN_AREA_PX)
 
     # -- form ---------------------------------------------------------------------------------
+    @classmethod
+    def _warm_up(cls) -> list[str]:
+        """Pay off the GUI thread, once, what the first Start, click and Accept would otherwise pay on
+        it (seconds, measured by ``stall_benchmark``): importing torch, dask, SciPy and scikit-image,
+        and compiling napari's numba label colouring (when numba is installed). Returns the models
+        whose weights are on disk."""
+        import dask.array  # noqa: F401
+        import scipy.ndimage  # noqa: F401
+        import skimage.draw  # noqa: F401
+        import skimage.measure  # noqa: F401
+
+        from ..engine import annotator  # noqa: F401 (torch)
+
+        try:
+            from napari.utils.colormaps import DirectLabelColormap
+            from napari.utils.colormaps.colormap import _cast_labels_data_to_texture_dtype_direct
+
+            from napari.layers import Labels, Shapes
+
+            colormap = DirectLabelColormap(color_dict={None: np.zeros(4), 0: np.zeros(4), 1: np.ones(4)})
+            _cast_labels_data_to_texture_dtype_direct(np.zeros((4, 4), np.uint8), colormap)
+            colormap.map(np.zeros(4, np.uint8))  # numba's typed dict, compiled on first use
+            Labels(np.zeros((4, 4), np.uint8)).colormap = colormap  # layer models only: no Qt, no GL
+            Shapes([np.array([[0, 0], [0, 8], [8, 8], [8, 0]], float)], shape_type="polygon")
+        except Exception:  # napari's private helpers moved: the first Start pays instead
+            pass
+        return cls._available_models()
+
     @staticmethod
     def _available_models() -> list[str]:
         from ..models.registry import list_models
@@ -327,8 +356,6 @@ class AnnotatorDock(QWidget):
 
     def class_color(self, name: str) -> tuple[int, int, int]:
         """The colour of class ``name``, adding the class to the list if it is new."""
-        from ..engine.annotator import next_class_color
-
         if name not in self.classes:
             self.classes[name] = next_class_color(self.classes.values())
         if self.class_combo.findText(name) < 0:
@@ -336,8 +363,6 @@ class AnnotatorDock(QWidget):
         return self.classes[name]
 
     def _show_class_color(self) -> None:
-        from ..engine.annotator import next_class_color
-
         name = self.class_name
         color = self.classes.get(name) or next_class_color(self.classes.values())
         self.color_button.setStyleSheet("background-color: rgb({}, {}, {})".format(*color))
@@ -416,36 +441,48 @@ class AnnotatorDock(QWidget):
         if isinstance(result, Exception):
             self._show_error(result)
             return
-        annotator, source = result
         self.shutdown()
+        self._in_steps(self._set_up(layer, *result))
+
+    def _in_steps(self, steps) -> None:
+        """Run a generator on the GUI thread one step per event-loop turn: creating a napari layer
+        costs napari a few hundred ms (vispy), so napari repaints and takes keys between layers."""
+        def step():
+            try:
+                next(steps)
+            except StopIteration:
+                return
+            QTimer.singleShot(0, step)
+
+        step()
+
+    def _set_up(self, layer, annotator, source):
+        """Layers, callbacks and keys for a new annotator; the dock takes clicks once it is done."""
         if source is not self.source:
             if self.source is not None:
                 self.source.close()
             self.source, self._source_of = source, layer
-        self.annotator, self.image_layer, self.pending = annotator, layer, 0
-        self._undo, self._redo, self._drawn = [], [], None
+        self.image_layer, self.pending = layer, 0
+        self._undo, self._redo, self._drawn, self._drawn_boxes = [], [], None, ()
         annotator.classes = self.classes  # one list of classes and colours, shared
         annotator.listeners.append(self._embedding_event)
         self._show_min_area_unit(source.mpp)
         d = annotator.grid.downsample
         scale, units = tuple(layer.scale[-2:]), {"units": tuple(layer.units[-2:])}
-        for name in (CLICKS, CURRENT, TILES):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
         new_layer = annotation_layer.layer_for(self.viewer, layer, source.identity, edge_width=3 * d)
         if new_layer is not self.layer:
             self._flush_autosave()
             self.layer, self.autosave_path = new_layer, None
-        self._connect(self.layer.events.data, self._on_layer_data)
-        self._connect(self.layer.events.features, self._on_layer_features)
-        current = self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=CURRENT, scale=scale, opacity=0.5, **units)
+        yield
+        for _ in self._working_layers(scale, units, d):
+            yield
+        current, points = self.viewer.layers[CURRENT], self.viewer.layers[CLICKS]
         current.selected_label = 1  # napari's brush paints the object, the eraser removes from it
         self._color_current(self.class_color(self.class_name))
+        yield
+        self._connect(self.layer.events.data, self._on_layer_data)
+        self._connect(self.layer.events.features, self._on_layer_features)
         self._connect(current.events.paint, self._on_paint)
-        self.viewer.add_shapes(name=TILES, scale=scale, edge_width=2 * d, opacity=0.7, **units)
-        points = self.viewer.add_points(np.zeros((0, 2)), name=CLICKS, scale=scale, size=12, border_color="white",
-                                        **units)
-        points.canvas_size_limits = (10, 40)  # visible at any zoom of a large slide
         self.viewer.layers.selection.active = layer
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
         self.viewer.mouse_double_click_callbacks.append(self._on_double_click)
@@ -457,12 +494,35 @@ class AnnotatorDock(QWidget):
         self._bind_keys([self.viewer, current, points])
         self._connect(self._camera().events.center, self._schedule_prefetch)
         self._connect(self._camera().events.zoom, self._schedule_prefetch)
+        self.annotator = annotator
         self.status.setText(f"{annotator.predictor.model.name} ({annotator.predictor.decoder.kind} decoder) ready at "
                             f"{self._level_text()}. Click on the image. {self._count_text()}")
         self._refresh_objects()
         if self.autosave_path is None:
             self._offer_resume()
         self._schedule_prefetch()
+
+    def _working_layers(self, scale, units, d):
+        """Create (once, one per step: see ``_in_steps``) and reset the current object (Labels), its
+        tiles (Shapes) and its clicks (Points); every Start reuses them."""
+        layers = self.viewer.layers
+        if CURRENT not in layers:
+            self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=CURRENT, opacity=0.5, **units)
+            yield
+        if TILES not in layers:
+            self.viewer.add_shapes(name=TILES, opacity=0.7, **units)
+            yield
+        if CLICKS not in layers:
+            points = self.viewer.add_points(np.zeros((0, 2)), name=CLICKS, size=12, border_color="white", **units)
+            points.canvas_size_limits = (10, 40)  # visible at any zoom of a large slide
+            yield
+        current, tiles, points = layers[CURRENT], layers[TILES], layers[CLICKS]
+        current.data = np.zeros((1, 1), np.uint8)
+        tiles.data, tiles.edge_width = [], 2 * d
+        points.data = np.zeros((0, 2))
+        for layer in (tiles, points):
+            if not np.allclose(layer.scale[-2:], scale):
+                layer.scale = scale
 
     def _camera(self):
         scene = getattr(self.viewer, "scene", None)  # napari 0.9 moved the camera to viewer.scene
@@ -741,33 +801,47 @@ class AnnotatorDock(QWidget):
             state = self.annotator.state()  # what is there now (the failed action changed nothing)
         if not isinstance(state, AnnotatorState):
             state = EMPTY_STATE
-        points = self.viewer.layers[CLICKS]
-        points.selected_data = set()
-        points.data = np.array([[y, x] for x, y, _ in state.clicks], float).reshape(-1, 2)
-        points.face_color = ["green" if c[2] else "red" for c in state.clicks] or "green"
+        self._draw_clicks(state.clicks)
         current = self.viewer.layers[CURRENT]
         d = self.annotator.grid.downsample
         if state.mask is None:
-            current.data = np.zeros((1, 1), np.uint8)
+            if current.data.shape != (1, 1) or current.data.any():
+                current.data = np.zeros((1, 1), np.uint8)
             self._drawn = None
         else:
             (x, y), mask = state.mask
             sy, sx = self.image_layer.scale[-2:]
+            scale, translate = (d * sy, d * sx), (y * d * sy, x * d * sx)
+            if not np.allclose(current.scale, scale):  # each transform change redraws the layer
+                current.scale = scale
+            if not np.allclose(current.translate, translate):
+                current.translate = translate
             current.data = mask.astype(np.uint8)
-            current.scale = (d * sy, d * sx)
-            current.translate = (y * d * sy, x * d * sx)
             self._drawn = ((x, y), mask.copy())
-        tiles = self.viewer.layers[TILES]
-        tiles.data = []
-        if state.boxes:
-            tiles.add_rectangles([np.array([[b.y, b.x], [b.y + b.height, b.x + b.width]], float) * d
-                                  for b in state.boxes], edge_color="yellow", face_color="transparent")
+        if state.boxes != self._drawn_boxes:
+            self._drawn_boxes = state.boxes
+            tiles = self.viewer.layers[TILES]
+            tiles.data = []
+            if state.boxes:
+                tiles.add_rectangles([np.array([[b.y, b.x], [b.y + b.height, b.x + b.width]], float) * d
+                                      for b in state.boxes], edge_color="yellow", face_color="transparent")
         if not self.pending and not isinstance(state, Exception):
             if state.clicks:
                 clicks, n = len(state.clicks), len(state.boxes)
                 self.status.setText(f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
                                     + f". Enter accepts as {self.class_name}, Escape cancels.")
             self._schedule_prefetch()
+
+    def _draw_clicks(self, clicks) -> None:
+        """The clicks layer shows ``clicks`` (already drawn at click time: only fix what differs)."""
+        points = self.viewer.layers[CLICKS]
+        data = np.array([[y, x] for x, y, _ in clicks], float).reshape(-1, 2)
+        colors = ["green" if c[2] else "red" for c in clicks]
+        if len(points.data) == len(data) and np.allclose(points.data, data):
+            return
+        points.selected_data = set()
+        points.data = data
+        points.face_color = colors or "green"
 
     def _on_paint(self, event=None) -> None:
         if self._drawn is not None:

@@ -18,6 +18,8 @@ the layer's attributes, of which these are read:
   that says how many were skipped (a label image holds regions only), and refuses a layer that
   has nothing else.
 * ``features``: the ``class`` column is each shape's class (``Tumor`` when absent or empty).
+  Shapes that share a non-empty ``id`` (the parts of one Annotator object) are one object, written
+  as one (Multi)Polygon feature with that id; ``clicks``, ``model`` and ``decoder`` are kept.
 * the classification colour of each shape (RGB 0..255): a colour feature (column ``color``,
   ``colour``, ``class_color`` or ``classification_color``: a hex string or colour name, an RGB(A)
   sequence of 0..1 floats or 0..255 integers, or a packed 0xRRGGBB integer) when present and
@@ -41,7 +43,7 @@ import numpy as np
 
 from ..annotations.bridged import from_bridged_ring
 from ..annotations.geometry import Polygon
-from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject
+from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, group_parts
 from ..errors import InputError
 
 DEFAULT_CLASS = "Tumor"
@@ -151,7 +153,7 @@ def _split(data: list, meta: dict) -> tuple[list[AnnotatedObject], list[Annotate
                for i in range(count)]
     colors = _shape_colors(meta, count, classes)
     types = _shape_types(meta, count)
-    regions, lines = [], []
+    regions, lines, rows = [], [], []
     for i, shape in enumerate(data):
         kind = types[i] if i < len(types) else "polygon"
         xy = _xy(shape)
@@ -165,12 +167,25 @@ def _split(data: list, meta: dict) -> tuple[list[AnnotatedObject], list[Annotate
         else:
             polygons = from_bridged_ring(xy)
         regions.append(AnnotatedObject(polygons, classes[i], colors[i], properties={"shape_type": kind}))
-    return regions, lines
+        rows.append(i)
+    return group_parts(regions, _rows(meta.get("features"), rows)), lines
+
+
+def _rows(features, rows: list[int]) -> dict | None:
+    """The features table's columns restricted to ``rows`` (for ``group_parts``)."""
+    if features is None or not len(getattr(features, "columns", [])):
+        return None
+    columns = {str(c): list(features[c]) for c in features.columns}
+    return {name: [values[i] for i in rows] for name, values in columns.items()}
 
 
 def _objects(data: list, meta: dict) -> list[AnnotatedObject]:
-    """The region shapes (polygons, rectangles, ellipses) as objects."""
+    """The region shapes (polygons, rectangles, ellipses) as objects; shapes that share an ``id``
+    feature (the parts of one Annotator object) are one object, written as one MultiPolygon."""
     return _split(data, meta)[0]
+
+
+layer_data_objects = _objects
 
 
 def _line_feature(obj: AnnotatedObject, mpp) -> dict:

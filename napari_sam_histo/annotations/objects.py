@@ -11,6 +11,17 @@ DEFAULT_CLASSES = {"Tumor": (200, 0, 0), "Stroma": (150, 200, 150), "Necrosis": 
                    "Other": (255, 200, 0)}
 
 
+# Colours given to new classes, in order (QuPath-like, distinct from the defaults).
+CLASS_PALETTE = [(0, 120, 255), (160, 0, 200), (0, 180, 180), (255, 120, 0), (120, 80, 40), (255, 0, 160),
+                 (0, 150, 0), (120, 120, 255)]
+
+
+def next_class_color(used) -> tuple[int, int, int]:
+    """A colour for a new class: the first palette colour not in ``used``."""
+    used = {tuple(c) for c in used}
+    return next((c for c in CLASS_PALETTE if c not in used), CLASS_PALETTE[len(used) % len(CLASS_PALETTE)])
+
+
 @dataclass
 class AnnotatedObject:
     polygons: list[Polygon]  # level-0 pixels; several when the region has separate parts

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..annotations.cleaning import DEFAULT_TOLERANCE, clean_polygons
 from ..annotations.geometry import Polygon
-from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject
+from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color  # noqa: F401 (re-exported)
 from ..errors import InputError
 from ..slides.reader import ImageSource
 from .predictor import Predictor
@@ -58,17 +58,6 @@ from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
 
 REUSE_MARGIN = 0.25  # a reused tile must hold the click at least a quarter tile from its inner borders
 MAX_CUT_TILES = 4  # continuation tiles prefetched where the current object is cut by a tile border
-
-# Colours given to new classes, in order (QuPath-like, distinct from the defaults).
-CLASS_PALETTE = [(0, 120, 255), (160, 0, 200), (0, 180, 180), (255, 120, 0), (120, 80, 40), (255, 0, 160),
-                 (0, 150, 0), (120, 120, 255)]
-
-
-def next_class_color(used) -> tuple[int, int, int]:
-    """A colour for a new class: the first palette colour not in ``used``."""
-    used = {tuple(c) for c in used}
-    return next((c for c in CLASS_PALETTE if c not in used), CLASS_PALETTE[len(used) % len(CLASS_PALETTE)])
-
 
 def combine_tile_masks(boxes: list[TileBox], masks: list[np.ndarray]) -> tuple[tuple[int, int], np.ndarray]:
     """Place tile masks (same level) into one array over their joint extent (OR where tiles

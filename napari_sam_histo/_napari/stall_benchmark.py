@@ -1,0 +1,157 @@
+"""How long napari's GUI thread stalls while the Annotator dock is used: a scripted session in a
+real viewer, timed by a 20 ms heartbeat.
+
+A QTimer ticks every 20 ms on the GUI thread; each action of a scripted session (open the dock,
+open the slide, Start, clicks, Accept, exports, import, undo, delete) is triggered as a user's
+button press or click would, then the event loop runs until the action's result is on screen. The
+longest gap between two ticks inside that window, less the 20 ms period, is the action's stall:
+how long napari could not repaint or take a key. Needs a display (under Xvfb on a server).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HEARTBEAT_MS = 20
+SAMPLE = Path(__file__).resolve().parent.parent / "resources" / "cmu-1-small-region.svs"
+
+
+@dataclass
+class Stall:
+    action: str
+    seconds: float  # until the result was on screen
+    longest_stall_ms: float  # the longest heartbeat gap, less the period
+
+
+class Heartbeat:
+    """Timestamps of a 20 ms QTimer on the GUI thread."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.beats: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(HEARTBEAT_MS)
+        self.timer.timeout.connect(lambda: self.beats.append(time.perf_counter()))
+        self.timer.start()
+
+    def longest_gap(self, t0: float, t1: float) -> float:
+        beats = [b for b in self.beats if t0 <= b <= t1]
+        edges = [t0, *beats, t1]
+        return max(np.diff(edges)) if len(edges) > 1 else t1 - t0
+
+
+def mosaic_slide(folder: Path, repeat: int) -> Path:
+    """A pyramidal tiled TIFF of the CC0 sample repeated ``repeat`` x ``repeat`` times (a larger
+    slide, to show how a step grows with the slide)."""
+    import tifffile
+
+    from ..engine.tiles import TileBox
+    from ..slides.reader import open_image
+
+    source = open_image(SAMPLE)
+    width, height = source.level_dimensions[0]
+    pixels = source.read_region(TileBox(0, 0, 0, width, height))
+    mpp = source.mpp[0]
+    source.close()
+    image = np.tile(pixels, (repeat, repeat, 1))
+    path = folder / f"cmu-1-mosaic-{repeat}x{repeat}.ome.tif"
+    levels = [image]
+    while max(levels[-1].shape[:2]) > 1024:
+        levels.append(levels[-1][::2, ::2])
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        meta = {"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
+        tif.write(levels[0], tile=(256, 256), subifds=len(levels) - 1, compression="zlib", metadata=meta,
+                  photometric="rgb")
+        for level in levels[1:]:
+            tif.write(level, tile=(256, 256), compression="zlib", subfiletype=1, photometric="rgb")
+    return path
+
+
+def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
+        timeout: float = 300.0) -> list[Stall]:
+    """Run the scripted session; returns one ``Stall`` per action."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from .annotator_dock import AnnotatorDock
+
+    work = Path(tempfile.mkdtemp(prefix="napari-sam-histo-stalls-"))
+    if slide is None:
+        slide = mosaic_slide(work, repeat) if repeat > 1 else SAMPLE
+    slide = Path(slide)
+    copy = work / slide.name  # the autosave sidecar goes beside it, not beside the user's slide
+    if not copy.exists():
+        copy.write_bytes(slide.read_bytes())
+    viewer = napari.Viewer()
+    app = QApplication.instance()
+    heartbeat = Heartbeat()
+    results: list[Stall] = []
+    state: dict = {}
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.002)
+
+    def timed(name: str, trigger, done) -> None:
+        spin(0.3)  # let earlier work settle
+        t0 = time.perf_counter()
+        trigger()
+        while not done():
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"{name} did not finish within {timeout:.0f} s")
+            app.processEvents()
+            time.sleep(0.002)
+        t1 = time.perf_counter()
+        spin(0.05)
+        gap = heartbeat.longest_gap(t0, t1 + 0.05)
+        results.append(Stall(name, t1 - t0, max(gap * 1000 - HEARTBEAT_MS, 0.0)))
+
+    def open_dock():
+        state["dock"] = dock = AnnotatorDock(viewer)
+        viewer.window.add_dock_widget(dock, name="Annotator")
+
+    timed("open the dock", open_dock, lambda: True)
+    dock = state["dock"]
+    timed("open the slide", lambda: viewer.open(str(copy), plugin="napari-sam-histo"),
+          lambda: dock.layer_combo.count() > 0)
+    dock.model_combo.setCurrentText(model)
+    dock.device_combo.setCurrentText(device)
+    dock.prefetch_check.setChecked(False)  # the clicks below are timed alone
+    dock.confirm = lambda question: True
+    timed("Start", dock.start_button.click, lambda: dock.annotator is not None and dock.autosave_path is not None)
+    width, height = dock.source.level_dimensions[0]
+    fragment = (min(2091, width - 1), min(615, height - 1))
+    points = [fragment, (fragment[0] + 30, fragment[1] + 20), (fragment[0] - 25, fragment[1] + 10)]
+    for i, (x, y) in enumerate(points):
+        name = "first click (embedding computed)" if i == 0 else f"click {i + 1} (same tile)"
+        timed(name, lambda x=x, y=y: dock.add_click(x, y), lambda: dock.pending == 0)
+    timed("Accept", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 1)
+    geojson, tiff = work / "objects.geojson", work / "labels.ome.tif"
+    timed("export GeoJSON", lambda: state.update(f=dock.export_geojson(geojson, overwrite=True)),
+          lambda: state["f"].done() and dock.status.text().startswith("Exported"))
+    timed("export TIFF", lambda: state.update(f=dock.export_tiff(tiff, overwrite=True)),
+          lambda: state["f"].done() and dock.status.text().startswith("Exported"))
+    timed("undo Accept", dock.undo, lambda: dock.pending == 0 and not dock.object_list.ids)
+    timed("import GeoJSON", lambda: state.update(f=dock.import_geojson(geojson)),
+          lambda: state["f"].done() and len(dock.object_list.ids) == 1)
+    timed("delete the object", lambda: dock.delete_objects(list(dock.object_list.ids)),
+          lambda: not dock.object_list.ids)
+    timed("autosave", dock.autosave_now, lambda: dock.last_autosave is not None and dock.last_autosave.done())
+    dock.close_session(wait=True)
+    heartbeat.timer.stop()
+    viewer.close()
+    return results
+
+
+def format_table(results: list[Stall]) -> str:
+    lines = ["| action | until on screen (s) | longest GUI stall (ms) |", "|---|---:|---:|"]
+    lines += [f"| {r.action} | {r.seconds:.2f} | {r.longest_stall_ms:.0f} |" for r in results]
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Shared pieces of the Annotator dock's GUI tests: the slide, the started dock, napari events."""
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_sam_histo._napari.annotator_dock import AnnotatorDock
+
+from .conftest import SAMPLE_SLIDE
+
+FRAGMENT = (2091, 615)  # a tissue fragment alone on the glass, level-0 (x, y)
+STRIP = (500, 1040)  # a strip of stroma across the grid line y = 1024 (y 1005..1154), with a gap inside
+GRID_LINE_Y = 1024
+MPP = 0.499  # the slide's µm per level-0 pixel: world coordinates are level-0 pixels times this
+
+
+@pytest.fixture
+def slide(tmp_path):
+    """A copy of the CC0 slide in a folder of the test's own (the autosave sidecar goes beside it)."""
+    return Path(shutil.copy(SAMPLE_SLIDE, tmp_path / SAMPLE_SLIDE.name))
+
+
+@pytest.fixture
+def dock(make_napari_viewer, qtbot, mobile_sam, slide):
+    viewer = make_napari_viewer()
+    viewer.open(str(slide), plugin="napari-sam-histo")
+    widget = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.layer_combo.currentText() == "cmu-1-small-region"
+    widget.model_combo.setCurrentText("vit_t")
+    widget.device_combo.setCurrentText("cpu")
+    widget.prefetch_check.setChecked(False)  # on in the prefetch test only: it costs encoder time
+    widget.start()
+    qtbot.waitUntil(lambda: widget.annotator is not None, timeout=120_000)
+    yield widget
+    widget.close_session(wait=True)
+
+
+def _wait(dock, qtbot, timeout=120_000):
+    qtbot.waitUntil(lambda: dock.pending == 0, timeout=timeout)
+
+
+@dataclass
+class _Event:
+    type: str
+    button: int = 1
+    position: tuple = (0.0, 0.0)  # world
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))  # canvas pixels
+    modifiers: list = field(default_factory=list)
+    handled: bool = False
+    is_dragging: bool = False
+    view_direction: list | None = None
+    up_direction: list | None = None
+    dims_displayed: list = field(default_factory=lambda: [0, 1])
+    delta: tuple | None = None
+    native: object = None
+
+
+def _mouse(viewer, kind, **kwargs):
+    """Send a mouse event through napari's own dispatch (as its tests do)."""
+    import wrapt
+    from napari.utils.interactions import (
+        mouse_double_click_callbacks, mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks,
+    )
+
+    event = wrapt.ObjectProxy(_Event(kind, **kwargs))
+    {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
+     "mouse_release": mouse_release_callbacks, "mouse_double_click": mouse_double_click_callbacks}[kind](viewer, event)
+
+
+
+def world(x0: float, y0: float) -> tuple[float, float]:
+    """napari world coordinates (row, col in µm) of level-0 pixel (x0, y0)."""
+    return (y0 * MPP, x0 * MPP)
+
+
+def click(viewer, x0: float, y0: float, button: int = 1, modifiers=()) -> None:
+    """A user's click (press and release in place) at level-0 (x0, y0)."""
+    at = np.array([100.0, 100.0])
+    for kind in ("mouse_press", "mouse_release"):
+        _mouse(viewer, kind, position=world(x0, y0), pos=at, button=button, modifiers=list(modifiers))
+
+
+def press(viewer, key: int) -> None:
+    """A key press and release on the canvas, through napari's key map (as the canvas sends them)."""
+    from app_model.types import KeyBinding
+
+    handler = viewer.window._qt_viewer._key_map_handler
+    binding = KeyBinding.from_int(key)
+    handler.press_key(binding)
+    handler.release_key(binding)

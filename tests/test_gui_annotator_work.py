@@ -1,0 +1,324 @@
+"""The Annotator dock keeps every piece of a pathologist's work (Xvfb, real MobileSAM, real slide).
+
+Each test drives the dock as a user does: clicks and keys through napari's own event dispatch,
+buttons with the mouse, file dialogs answered; then checks the layers and the files written."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_model.types import KeyCode, KeyMod
+
+pytest.importorskip("napari")
+
+from qtpy.QtCore import Qt  # noqa: E402
+from qtpy.QtWidgets import QFileDialog  # noqa: E402
+
+from napari_sam_histo._napari.annotator_dock import (  # noqa: E402
+    ANNOTATIONS, CLICKS, CURRENT, NOT_STARTED, AnnotatorDock,
+)
+from napari_sam_histo.annotations.geometry import polygon_area  # noqa: E402
+
+from .annotator_gui import (  # noqa: E402,F401
+    FRAGMENT, MPP, STRIP, _Event, _wait, click, dock, press, slide, world,
+)
+
+UNDO, REDO = KeyMod.CtrlCmd | KeyCode.KeyZ, KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ
+
+
+def _accept_one(dock, qtbot, at=FRAGMENT) -> None:
+    """Click once at ``at`` and press Enter; wait until the object is in the layer."""
+    n = len(dock.object_list.ids)
+    click(dock.viewer, *at)
+    _wait(dock, qtbot)
+    press(dock.viewer, KeyCode.Enter)
+    qtbot.waitUntil(lambda: dock.pending == 0 and len(dock.object_list.ids) == n + 1, timeout=60_000)
+
+
+def _answer_save_dialog(monkeypatch, path, seen=None):
+    def dialog(parent, caption, suggested, filter_):
+        if seen is not None:
+            seen.append(suggested)
+        return str(path), filter_
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", dialog)
+
+
+def _export(dock, qtbot, monkeypatch, path) -> dict:
+    _answer_save_dialog(monkeypatch, path)
+    qtbot.mouseClick(dock.buttons["Export GeoJSON…"], Qt.MouseButton.LeftButton)
+    written = Path(str(path) if Path(path).suffix else f"{path}.geojson")
+    qtbot.waitUntil(lambda: written.exists() and dock.status.text().startswith("Exported"), timeout=20_000)
+    return json.loads(written.read_text())
+
+
+@pytest.mark.gui
+def test_start_again_keeps_accepted_objects_and_asks_before_dropping_clicks(dock, qtbot, monkeypatch, tmp_path):
+    _accept_one(dock, qtbot)
+    click(dock.viewer, *STRIP)  # an object being clicked
+    _wait(dock, qtbot)
+    old = dock.annotator
+    monkeypatch.setattr(dock, "confirm", lambda question: False)
+    dock.decoder_combo.setCurrentText("sam")
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    assert dock.annotator is old and len(old.clicks) == 1 and "cancelled" in dock.status.text()
+    asked = []
+    monkeypatch.setattr(dock, "confirm", lambda question: asked.append(question) or True)
+    source = dock.source
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.annotator is not old and dock.annotator is not None, timeout=120_000)
+    assert asked and "1 clicks" in asked[0]
+    assert dock.source is source  # the slide is reused, not opened again
+    assert len(dock.object_list.ids) == 1 and len(dock.viewer.layers[ANNOTATIONS].data) >= 1
+    collection = _export(dock, qtbot, monkeypatch, tmp_path / "after-restart")  # no extension typed
+    assert len(collection["features"]) == 1  # the object accepted before Start is exported
+
+
+@pytest.mark.gui
+def test_the_layer_is_the_truth_deletions_and_vertex_edits_are_exported(dock, qtbot, monkeypatch, tmp_path):
+    _accept_one(dock, qtbot)
+    _accept_one(dock, qtbot, at=STRIP)
+    shapes = dock.viewer.layers[ANNOTATIONS]
+    fragment_id, strip_id = dock.object_list.ids
+    # the user moves the fragment's outline 100 px to the right (vertex edit) …
+    rows = [i for i, v in enumerate(shapes.features["id"]) if v == fragment_id]
+    data = list(shapes.data)
+    for i in rows:
+        data[i] = data[i] + np.array([0.0, 100.0])
+    shapes.data = data
+    # … and deletes the strip on the canvas: select it, press Delete with the layer active
+    viewer = dock.viewer
+    viewer.layers.selection.active = shapes
+    shapes.mode = "select"
+    shapes.selected_data = {i for i, v in enumerate(shapes.features["id"]) if v == strip_id}
+    press(viewer, KeyCode.Delete)
+    assert dock.object_list.ids == [fragment_id]
+    collection = _export(dock, qtbot, monkeypatch, tmp_path / "truth.geojson")
+    [feature] = collection["features"]
+    assert feature["id"] == fragment_id
+    xs = [p[0] for ring in _rings(feature["geometry"]) for p in ring]
+    assert min(xs) > FRAGMENT[0] - 400 + 100 and max(xs) > FRAGMENT[0] + 100  # moved, as on screen
+    # napari's File > Save Selected Layers writes the same objects
+    viewer.layers.selection.active = shapes
+    viewer.layers.selection = {shapes}
+    viewer.layers.save(str(tmp_path / "saved.geojson"), selected=True, plugin="napari-sam-histo")
+    [saved] = json.loads((tmp_path / "saved.geojson").read_text())["features"]
+    assert saved["id"] == feature["id"] and saved["geometry"] == feature["geometry"]
+    assert saved["properties"]["classification"] == feature["properties"]["classification"]
+    # the deletion is undone with Ctrl-Z on the canvas
+    viewer.layers.selection.active = dock.image_layer
+    press(viewer, UNDO)
+    assert sorted(dock.object_list.ids) == sorted([fragment_id, strip_id])
+
+
+def _rings(geometry):
+    return geometry["coordinates"] if geometry["type"] == "Polygon" else [r for p in geometry["coordinates"] for r in p]
+
+
+@pytest.mark.gui
+def test_undo_redo_cover_accept_and_clear_and_escape_cancels(dock, qtbot):
+    viewer = dock.viewer
+    _accept_one(dock, qtbot)
+    [obj_id] = dock.object_list.ids
+    press(viewer, UNDO)  # undo Accept: the object leaves the layer and is being clicked again
+    _wait(dock, qtbot)
+    assert dock.object_list.ids == [] and len(dock.annotator.clicks) == 1
+    assert dock.viewer.layers[CURRENT].data.any() and len(viewer.layers[CLICKS].data) == 1
+    press(viewer, REDO)  # redo Accept
+    _wait(dock, qtbot)
+    assert dock.object_list.ids == [obj_id] and dock.annotator.clicks == []
+    click(viewer, *STRIP)
+    click(viewer, STRIP[0] + 30, STRIP[1], button=2)
+    _wait(dock, qtbot)
+    press(viewer, KeyCode.Escape)  # cancels the object being clicked, as in QuPath
+    _wait(dock, qtbot)
+    assert dock.annotator.clicks == [] and not viewer.layers[CURRENT].data.any()
+    assert "Cleared" in dock.status.text() and "1 object on this slide" in dock.status.text()
+    press(viewer, UNDO)  # undo Clear
+    _wait(dock, qtbot)
+    assert len(dock.annotator.clicks) == 2 and len(viewer.layers[CLICKS].data) == 2
+    press(viewer, UNDO)  # then the clicks, one by one
+    _wait(dock, qtbot)
+    assert len(dock.annotator.clicks) == 1
+
+
+@pytest.mark.gui
+def test_a_mask_painted_by_hand_is_the_object_accepted(dock, qtbot):
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    import wrapt
+
+    viewer = dock.viewer
+    click(viewer, *FRAGMENT)
+    _wait(dock, qtbot)
+    current = viewer.layers[CURRENT]
+    sam_pixels = int(current.data.sum())
+    # paint a disc with napari's brush well away from the fragment, inside the object's tile
+    viewer.layers.selection.active = current
+    current.mode = "paint"
+    current.brush_size = 40
+    target = (FRAGMENT[0] - 300, FRAGMENT[1] + 250)
+    for kind, dispatch in (("mouse_press", mouse_press_callbacks), ("mouse_release", mouse_release_callbacks)):
+        dispatch(current, wrapt.ObjectProxy(_Event(kind, position=world(*target))))
+    assert current.data.sum() > sam_pixels and "by hand" in dock.status.text()
+    current.mode = "pan_zoom"
+    press(viewer, KeyCode.Enter)
+    qtbot.waitUntil(lambda: dock.pending == 0 and len(dock.object_list.ids) == 1, timeout=60_000)
+    [obj] = dock.objects()
+    assert any(_contains(p, target) for p in obj.polygons)  # the painted part is in the object
+    assert any(_contains(p, FRAGMENT) for p in obj.polygons)
+
+
+def _contains(polygon, point) -> bool:
+    from matplotlib.path import Path as MplPath
+
+    return MplPath(polygon.exterior).contains_point(point)
+
+
+@pytest.mark.gui
+def test_autosave_beside_the_slide_and_resume_on_reopening(make_napari_viewer, dock, qtbot, slide, monkeypatch):
+    _accept_one(dock, qtbot)
+    qtbot.waitUntil(lambda: dock.last_autosave is not None and dock.last_autosave.done(), timeout=10_000)
+    sidecar = slide.with_name(slide.name + ".sam-annotations.geojson")
+    assert sidecar.exists() and len(json.loads(sidecar.read_text())["features"]) == 1
+    [obj_id] = dock.object_list.ids
+    dock.close_session(wait=True)
+
+    def reopen(answer: bool):
+        viewer = make_napari_viewer()
+        viewer.open(str(slide), plugin="napari-sam-histo")
+        again = AnnotatorDock(viewer)
+        viewer.window.add_dock_widget(again)
+        asked = []
+        monkeypatch.setattr(again, "confirm", lambda question: asked.append(question) or answer)
+        again.device_combo.setCurrentText("cpu")
+        again.prefetch_check.setChecked(False)
+        qtbot.mouseClick(again.start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: again.autosave_path is not None, timeout=120_000)
+        return again, asked
+
+    resumed, asked = reopen(True)
+    assert asked and "Resume" in asked[0] and resumed.object_list.ids == [obj_id]
+    resumed.close_session(wait=True)
+    declined, asked = reopen(False)
+    assert asked and declined.object_list.ids == []
+    kept = list(slide.parent.glob(slide.name + ".sam-annotations.*.geojson"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["features"][0]["id"] == obj_id  # set aside, not lost
+    declined.close_session(wait=True)
+
+
+@pytest.mark.gui
+def test_importing_a_file_already_loaded_adds_nothing(dock, qtbot, monkeypatch, tmp_path):
+    _accept_one(dock, qtbot)
+    collection = _export(dock, qtbot, monkeypatch, tmp_path / "objects.geojson")
+    for feature in collection["features"]:
+        feature.pop("id")  # as another tool might write it: no ids
+    (tmp_path / "no-ids.geojson").write_text(json.dumps(collection))
+    for name in ("objects.geojson", "no-ids.geojson"):
+        monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, name=name: (str(tmp_path / name), ""))
+        qtbot.mouseClick(dock.buttons["Import GeoJSON…"], Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: dock.status.text().startswith("Imported"), timeout=10_000)
+        assert "Imported 0 objects" in dock.status.text() and len(dock.object_list.ids) == 1
+        dock.status.setText("")
+
+
+@pytest.mark.gui
+def test_object_list_zooms_reclassifies_and_deletes(dock, qtbot):
+    _accept_one(dock, qtbot)
+    _accept_one(dock, qtbot, at=STRIP)
+    table = dock.object_list.table
+    assert table.rowCount() == 2 and table.item(0, 0).text() == "Tumor"
+    assert table.item(0, 1).text().endswith("µm²") and table.item(0, 2).text() == "1" and table.item(0, 3).text() == "vit_t"
+    table.selectRow(1)  # the strip: the view goes to it
+    cy, cx = dock._camera().center[-2:]
+    [strip] = [o for o in dock.objects() if o.id == dock.object_list.ids[1]]
+    x0, y0, x1, y1 = np.array([p.bounds() for p in strip.polygons]).T
+    assert x0.min() * MPP <= cx <= x1.max() * MPP and y0.min() * MPP <= cy <= y1.max() * MPP
+    dock.class_combo.setCurrentText("Stroma")
+    qtbot.mouseClick(dock.object_list.class_button, Qt.MouseButton.LeftButton)
+    assert table.item(1, 0).text() == "Stroma"
+    shapes = dock.viewer.layers[ANNOTATIONS]
+    rows = [i for i, v in enumerate(shapes.features["id"]) if v == strip.id]
+    assert np.allclose(shapes.edge_color[rows[0], :3], [c / 255 for c in dock.classes["Stroma"]])
+    qtbot.mouseClick(dock.object_list.delete_button, Qt.MouseButton.LeftButton)
+    assert table.rowCount() == 1 and "Deleted 1 object" in dock.status.text()
+    press(dock.viewer, UNDO)
+    assert table.rowCount() == 2
+
+
+@pytest.mark.gui
+def test_accepted_geometry_is_cleaned_and_shown_as_saved(dock, qtbot):
+    assert dock.min_area_spin.suffix() == " µm²" and dock.min_area_spin.value() == 10.0
+    click(dock.viewer, *STRIP)
+    _wait(dock, qtbot)
+    raw = dock.annotator.current_polygons()
+    press(dock.viewer, KeyCode.Enter)
+    qtbot.waitUntil(lambda: dock.pending == 0 and len(dock.object_list.ids) == 1, timeout=60_000)
+    [obj] = dock.objects()
+    minimum = 10.0 / MPP ** 2
+    areas = sorted(polygon_area(p) for p in obj.polygons)
+    assert all(a >= minimum for a in areas[:-1])
+    holes = [h for p in obj.polygons for h in p.holes]
+    assert all(polygon_area(type(obj.polygons[0])(h)) >= minimum for h in holes)
+    assert len(obj.polygons) <= len(raw)
+    assert len(dock.viewer.layers[ANNOTATIONS].data) == len(obj.polygons)  # one shape per part on screen
+
+
+@pytest.mark.gui
+def test_sources_are_reused_and_everything_bound_is_taken_back(dock, qtbot, monkeypatch):
+    viewer = dock.viewer
+    assert dock._on_mouse in viewer.mouse_drag_callbacks
+    assert viewer.keymap  # our Enter, Escape, Ctrl-Z … are bound on the viewer
+    dock.shutdown()
+    assert dock._on_mouse not in viewer.mouse_drag_callbacks
+    assert dock._on_double_click not in viewer.mouse_double_click_callbacks
+    assert not dock._connections and not dock._bound
+    assert not any(getattr(f, "__qualname__", "").startswith("AnnotatorDock") for f in viewer.keymap.values())
+    for layer in (viewer.layers[CURRENT], viewer.layers[CLICKS]):
+        assert not layer.keymap
+    closed = []
+    monkeypatch.setattr(dock.source, "close", lambda: closed.append(True))
+    dock.close_session()
+    assert closed and dock.source is None
+
+
+@pytest.mark.gui
+def test_an_image_of_another_reader_is_refused_not_loaded(dock, qtbot):
+    viewer = dock.viewer
+    levels = [np.zeros((4096, 4096, 3), np.uint8), np.zeros((2048, 2048, 3), np.uint8)]
+    viewer.add_image(levels, multiscale=True, rgb=True, name="other reader")
+    dock.layer_combo.setCurrentText("other reader")
+    old = dock.annotator
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    assert dock.status.text().startswith("⚠") and "another reader" in dock.status.text()
+    assert dock.annotator is old
+
+
+@pytest.mark.gui
+def test_buttons_before_start_say_what_to_do(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(widget)
+    for name in ("Undo", "Redo", "Clear", "Accept", "Export GeoJSON…", "Export TIFF…", "Import GeoJSON…"):
+        widget.status.setText("")
+        qtbot.mouseClick(widget.buttons[name], Qt.MouseButton.LeftButton)
+        assert widget.status.text() == NOT_STARTED, name
+
+
+@pytest.mark.gui
+def test_status_speaks_in_magnification_and_save_dialogs_suggest_a_name(dock, qtbot, monkeypatch, tmp_path, slide):
+    said, set_text = [], dock.status.setText
+    monkeypatch.setattr(dock.status, "setText", lambda text: said.append(text) or set_text(text))
+    click(dock.viewer, *FRAGMENT)
+    _wait(dock, qtbot)
+    computing = [t for t in said if t.startswith("Computing")]
+    assert computing and "x (0.50 µm/px)" in computing[0] and "511×511 µm" in computing[0]
+    assert not [t for t in said if "L0:" in t]  # no tile keys
+    press(dock.viewer, KeyCode.Enter)
+    qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
+    seen = []
+    _answer_save_dialog(monkeypatch, tmp_path / "labels", seen)
+    qtbot.mouseClick(dock.buttons["Export TIFF…"], Qt.MouseButton.LeftButton)
+    assert seen == [str(slide.with_name("cmu-1-small-region.ome.tif"))]
+    qtbot.waitUntil(lambda: (tmp_path / "labels.ome.tif").exists(), timeout=30_000)  # the extension is added
