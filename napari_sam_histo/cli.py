@@ -139,7 +139,7 @@ def _cmd_gui_stalls(args: argparse.Namespace) -> int:
                          "under Xvfb: xvfb-run -a -s '-screen 0 1920x1080x24' napari-sam-histo gui-stalls")
     from ._napari.stall_benchmark import format_table, run
 
-    results = run(slide=args.slide, model=args.model, device=args.device, repeat=args.mosaic)
+    results = run(slide=args.slide, model=args.model, device=args.device, repeat=args.mosaic, explain=args.explain)
     print(format_table(results))
     return 0
 
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="automatic click evaluation (NoC/NoF/SPC) on a dataset")
     bench.add_argument("dataset", help="folder with images/ and masks/, a flat folder (--mask-suffix), or a CSV manifest")
     bench.add_argument("--model", action="append", help="model name or checkpoint (repeatable; default vit_t)")
-    bench.add_argument("--decoder", action="append", help="sam, modified or a decoder checkpoint (repeatable)")
+    bench.add_argument("--decoder", action="append", help="sam, md, modified or a decoder checkpoint path (repeatable)")
     bench.add_argument("--iou", type=float, nargs="+", default=[0.80, 0.85, 0.90], help="target IoUs")
     bench.add_argument("--max-clicks", type=int, default=20)
     bench.add_argument("--full-curve", action="store_true", help="always click --max-clicks times")
@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="without --slide: the sample repeated N x N times as a pyramidal TIFF (a larger slide)")
     stalls.add_argument("--model", default="vit_t")
     stalls.add_argument("--device", default="cpu")
+    stalls.add_argument("--explain", action="store_true",
+                        help="also say where each longest stall went (the GUI thread's stack, sampled every 5 ms)")
     stalls.set_defaults(func=_cmd_gui_stalls)
     tr = sub.add_parser("train", help="fine-tune a decoder (or SAM) with simulated clicks (Kim et al. scenarios)")
     tr.add_argument("dataset", nargs="+", help="dataset folder(s) or manifest(s), split into train/val by --group-by")

@@ -70,7 +70,8 @@ def test_start_again_keeps_accepted_objects_and_asks_before_dropping_clicks(dock
     qtbot.waitUntil(lambda: dock.annotator is not old and dock.annotator is not None, timeout=120_000)
     assert asked and "1 clicks" in asked[0]
     assert dock.source is source  # the slide is reused, not opened again
-    assert len(dock.object_list.ids) == 1 and len(dock.viewer.layers[ANNOTATIONS].data) >= 1
+    qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=5_000)
+    assert len(dock.viewer.layers[ANNOTATIONS].data) >= 1
     collection = _export(dock, qtbot, monkeypatch, tmp_path / "after-restart")  # no extension typed
     assert len(collection["features"]) == 1  # the object accepted before Start is exported
 
@@ -93,7 +94,7 @@ def test_the_layer_is_the_truth_deletions_and_vertex_edits_are_exported(dock, qt
     shapes.mode = "select"
     shapes.selected_data = {i for i, v in enumerate(shapes.features["id"]) if v == strip_id}
     press(viewer, KeyCode.Delete)
-    assert dock.object_list.ids == [fragment_id]
+    qtbot.waitUntil(lambda: dock.object_list.ids == [fragment_id], timeout=5_000)
     collection = _export(dock, qtbot, monkeypatch, tmp_path / "truth.geojson")
     [feature] = collection["features"]
     assert feature["id"] == fragment_id
@@ -109,7 +110,7 @@ def test_the_layer_is_the_truth_deletions_and_vertex_edits_are_exported(dock, qt
     # the deletion is undone with Ctrl-Z on the canvas
     viewer.layers.selection.active = dock.image_layer
     press(viewer, UNDO)
-    assert sorted(dock.object_list.ids) == sorted([fragment_id, strip_id])
+    qtbot.waitUntil(lambda: sorted(dock.object_list.ids) == sorted([fragment_id, strip_id]), timeout=5_000)
 
 
 def _rings(geometry):
@@ -123,11 +124,13 @@ def test_undo_redo_cover_accept_and_clear_and_escape_cancels(dock, qtbot):
     [obj_id] = dock.object_list.ids
     press(viewer, UNDO)  # undo Accept: the object leaves the layer and is being clicked again
     _wait(dock, qtbot)
-    assert dock.object_list.ids == [] and len(dock.annotator.clicks) == 1
+    qtbot.waitUntil(lambda: dock.object_list.ids == [], timeout=5_000)
+    assert len(dock.annotator.clicks) == 1
     assert dock.viewer.layers[CURRENT].data.any() and len(viewer.layers[CLICKS].data) == 1
     press(viewer, REDO)  # redo Accept
     _wait(dock, qtbot)
-    assert dock.object_list.ids == [obj_id] and dock.annotator.clicks == []
+    qtbot.waitUntil(lambda: dock.object_list.ids == [obj_id], timeout=5_000)
+    assert dock.annotator.clicks == []
     click(viewer, *STRIP)
     click(viewer, STRIP[0] + 30, STRIP[1], button=2)
     _wait(dock, qtbot)
@@ -199,7 +202,8 @@ def test_autosave_beside_the_slide_and_resume_on_reopening(make_napari_viewer, d
         return again, asked
 
     resumed, asked = reopen(True)
-    assert asked and "Resume" in asked[0] and resumed.object_list.ids == [obj_id]
+    qtbot.waitUntil(lambda: resumed.object_list.ids == [obj_id], timeout=5_000)
+    assert asked and "Resume" in asked[0]
     resumed.close_session(wait=True)
     declined, asked = reopen(False)
     assert asked and declined.object_list.ids == []
@@ -215,12 +219,15 @@ def test_importing_a_file_already_loaded_adds_nothing(dock, qtbot, monkeypatch, 
     for feature in collection["features"]:
         feature.pop("id")  # as another tool might write it: no ids
     (tmp_path / "no-ids.geojson").write_text(json.dumps(collection))
+    said, set_text = [], dock.status.setText
+    monkeypatch.setattr(dock.status, "setText", lambda text: said.append(text) or set_text(text))
     for name in ("objects.geojson", "no-ids.geojson"):
         monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, name=name: (str(tmp_path / name), ""))
+        said.clear()
         qtbot.mouseClick(dock.buttons["Import GeoJSON…"], Qt.MouseButton.LeftButton)
-        qtbot.waitUntil(lambda: dock.status.text().startswith("Imported"), timeout=10_000)
-        assert "Imported 0 objects" in dock.status.text() and len(dock.object_list.ids) == 1
-        dock.status.setText("")
+        qtbot.waitUntil(lambda: any(t.startswith(("Imported", "⚠")) for t in said), timeout=20_000)
+        assert any("Imported 0 objects" in t for t in said), said
+        assert len(dock.object_list.ids) == 1
 
 
 @pytest.mark.gui
@@ -237,14 +244,15 @@ def test_object_list_zooms_reclassifies_and_deletes(dock, qtbot):
     assert x0.min() * MPP <= cx <= x1.max() * MPP and y0.min() * MPP <= cy <= y1.max() * MPP
     dock.class_combo.setCurrentText("Stroma")
     qtbot.mouseClick(dock.object_list.class_button, Qt.MouseButton.LeftButton)
-    assert table.item(1, 0).text() == "Stroma"
+    qtbot.waitUntil(lambda: table.item(1, 0).text() == "Stroma", timeout=5_000)
     shapes = dock.viewer.layers[ANNOTATIONS]
     rows = [i for i, v in enumerate(shapes.features["id"]) if v == strip.id]
     assert np.allclose(shapes.edge_color[rows[0], :3], [c / 255 for c in dock.classes["Stroma"]])
     qtbot.mouseClick(dock.object_list.delete_button, Qt.MouseButton.LeftButton)
-    assert table.rowCount() == 1 and "Deleted 1 object" in dock.status.text()
+    assert "Deleted 1 object" in dock.status.text()
+    qtbot.waitUntil(lambda: table.rowCount() == 1, timeout=5_000)
     press(dock.viewer, UNDO)
-    assert table.rowCount() == 2
+    qtbot.waitUntil(lambda: table.rowCount() == 2, timeout=5_000)
 
 
 @pytest.mark.gui

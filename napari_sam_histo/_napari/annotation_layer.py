@@ -81,6 +81,27 @@ def layer_objects(layer) -> list[AnnotatedObject]:
     return layer_data_objects(data, meta)
 
 
+def objects_in_rows(layer, rows: list[int]) -> list[AnnotatedObject]:
+    """The objects (or parts) that shapes ``rows`` make: converting a few shapes, not the whole
+    layer, keeps a deletion instant on a slide with many objects."""
+    data, meta, _ = layer.as_layer_data_tuple()
+    meta = dict(meta)
+    meta["shape_type"] = [meta["shape_type"][i] for i in rows]
+    for key in ("edge_color", "face_color"):
+        meta[key] = np.asarray(meta[key])[rows]
+    meta["features"] = meta["features"].iloc[rows].reset_index(drop=True)
+    return layer_data_objects([data[i] for i in rows], meta)
+
+
+def object_count(layer) -> int:
+    """Objects in the layer (parts of one object counted once), without converting any shape."""
+    if layer is None or not len(layer.data):
+        return 0
+    ids = [str(v) for v in layer.features["id"]]
+    blank = [i in ("", "nan") for i in ids]
+    return len({i for i, b in zip(ids, blank) if not b}) + sum(blank)
+
+
 def rows_of(layer, object_id: str) -> list[int]:
     """The shapes (indices) that are the parts of object ``object_id``."""
     if not len(layer.data) or "id" not in layer.features:

@@ -35,25 +35,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QCheckBox, QColorDialog, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-    QMessageBox, QPushButton, QScrollArea, QSpinBox, QToolButton, QVBoxLayout, QWidget,
+    QColorDialog, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton, QScrollArea,
+    QVBoxLayout, QWidget,
 )
 
-from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2, min_area_px
-from ..annotations.objects import DEFAULT_CLASSES, next_class_color, signature
+from ..annotations.cleaning import min_area_px
+from ..annotations.objects import DEFAULT_CLASSES, next_class_color, not_yet_in
 from ..errors import InputError, SamHistoError
 from . import annotation_layer
-from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba
+from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba  # noqa: F401 (the tests import them from here)
+from .annotator_settings import AnnotatorSettings, source_spec, warm_up
+from .gui_threads import GuiThreads
 from .object_list import ObjectList, area_text
 
 CLICKS, CURRENT, TILES = "SAM clicks", "SAM current object", "SAM tiles"
 CLICK_SLOP = 4  # screen pixels a press may move and still be a click, not a drag
 PREFETCH_DELAY_MS = 600  # the view must rest this long before tiles around it are prefetched
 AUTOSAVE_DELAY_MS = 400  # edits within this time are saved together
-MAX_IN_MEMORY_BYTES = 1 << 30  # an image layer of another reader larger than this is not copied
+STEP_BUDGET_S = 0.04  # GUI-thread work per event-loop turn when drawing many objects
 BINDINGS = ("Left click: positive point · right click or Alt+click: negative · Enter: accept · Escape: cancel "
             "the object · Ctrl-Z / Ctrl-Shift-Z: undo / redo (clicks act while the active layer is in pan/zoom "
             "mode) · paint on 'SAM current object' to correct by hand")
@@ -69,12 +71,6 @@ def embedding_store(identity: str) -> Path:
     from ..models.weights import cache_dir
 
     return cache_dir() / "embeddings" / hashlib.sha256(identity.encode()).hexdigest()[:16]
-
-
-class _Relay(QObject):
-    """Carries a worker thread's result to the GUI thread (a queued Qt signal)."""
-
-    done = Signal(object, object)  # (callback, result or exception)
 
 
 def _with_suffix(path: str, suffix: str) -> str:
@@ -107,16 +103,16 @@ class AnnotatorDock(QWidget):
         self._double_click_zoom = None  # napari's, removed while annotating
         self._bound: list[tuple[object, object, object]] = []  # (target, key, napari's own binding)
         self._connections: list[tuple[object, object]] = []  # (event emitter, callback) to disconnect
-        self._relay = _Relay()
-        self._relay.done.connect(lambda callback, result: callback(result))
+        self.threads = GuiThreads(self)
         self._prefetch_timer = self._timer(PREFETCH_DELAY_MS, self.prefetch_now)
         self._autosave_timer = self._timer(AUTOSAVE_DELAY_MS, self.autosave_now)
+        self._refresh_timer = self._timer(0, self._refresh_objects)  # one list refresh per burst of edits
+        self._refresh_generation = 0
         self._build()
-        self.layer_combo.currentTextChanged.connect(self._fill_levels)
-        self.viewer.layers.events.inserted.connect(self._fill_layers)
-        self.viewer.layers.events.removed.connect(self._fill_layers)
-        self._fill_layers()
-        self._run_in_thread(self._warm_up, self._fill_models)  # imports torch: not on the GUI thread
+        self.viewer.layers.events.inserted.connect(self.settings.fill_layers)
+        self.viewer.layers.events.removed.connect(self.settings.fill_layers)
+        self.settings.fill_layers()
+        self.threads.run(warm_up, self.settings.fill_models)  # imports torch: not on the GUI thread
 
     def _timer(self, interval: int, slot) -> QTimer:
         timer = QTimer(self)
@@ -136,52 +132,11 @@ class AnnotatorDock(QWidget):
         scroll.setWidget(body)
         layout = QVBoxLayout(body)
 
-        self.settings_button = QToolButton()
-        self.settings_button.setText("Settings")
-        self.settings_button.setCheckable(True)
-        self.settings_button.setChecked(True)
-        self.settings_button.setArrowType(Qt.ArrowType.DownArrow)
-        self.settings_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.settings_button.toggled.connect(self._toggle_settings)
-        layout.addWidget(self.settings_button)
-        self.settings = QWidget()
-        form = QFormLayout(self.settings)
-        form.setContentsMargins(0, 0, 0, 0)
-        self.layer_combo = QComboBox()
-        self.model_combo = QComboBox()
-        self.model_combo.setEditable(True)  # a model name or a checkpoint path
-        self.model_combo.addItem("vit_t")
-        self.decoder_combo = QComboBox()
-        self.decoder_combo.setEditable(True)
-        self.decoder_combo.addItems(["sam", "modified", "md"])  # md: fine-tuned SAM decoder
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
-        self.level_combo = QComboBox()
-        self.tile_spin = QSpinBox()
-        self.tile_spin.setRange(256, 4096)
-        self.tile_spin.setSingleStep(256)
-        self.tile_spin.setValue(1024)
-        self.min_area_spin = QDoubleSpinBox()
-        self.min_area_spin.setRange(0, 1e7)
-        self.min_area_spin.setDecimals(1)
-        self.min_area_spin.setToolTip("parts and holes smaller than this are dropped when an object is accepted")
-        self.simplify_spin = QDoubleSpinBox()
-        self.simplify_spin.setRange(0, 50)
-        self.simplify_spin.setDecimals(1)
-        self.simplify_spin.setValue(0.1)
-        self.simplify_spin.setSuffix(" px")
-        self.simplify_spin.setToolTip("outlines are simplified within this distance (working-level pixels)")
-        self.prefetch_check = QCheckBox("prefetch tiles around the view when idle")
-        self.prefetch_check.setChecked(True)
-        self.disk_check = QCheckBox("keep embeddings on disk (per slide)")
-        self.disk_check.setToolTip("reopening the slide later skips the encoder; stored in the user cache folder")
-        for label, widget in (("Image", self.layer_combo), ("Model", self.model_combo),
-                              ("Decoder", self.decoder_combo), ("Device", self.device_combo),
-                              ("Working level", self.level_combo), ("Tile size", self.tile_spin),
-                              ("Min. area", self.min_area_spin), ("Simplify", self.simplify_spin),
-                              ("", self.prefetch_check), ("", self.disk_check)):
-            form.addRow(label, widget)
+        self.settings = AnnotatorSettings(self.viewer)
         layout.addWidget(self.settings)
+        for name in ("layer_combo", "model_combo", "decoder_combo", "device_combo", "level_combo", "tile_spin",
+                     "min_area_spin", "simplify_spin", "prefetch_check", "disk_check"):
+            setattr(self, name, getattr(self.settings, name))  # the dock's own names for its settings
 
         class_row = QHBoxLayout()
         self.class_combo = QComboBox()
@@ -228,7 +183,6 @@ class AnnotatorDock(QWidget):
         layout.addWidget(help_label)
         layout.addStretch()
         self._show_class_color()
-        self._show_min_area_unit(None)
 
     def _button(self, name: str, slot, tip: str = "") -> QPushButton:
         button = QPushButton(name)
@@ -237,117 +191,6 @@ class AnnotatorDock(QWidget):
         button.clicked.connect(slot)
         self.buttons[name] = button
         return button
-
-    def _toggle_settings(self, shown: bool) -> None:
-        self.settings.setVisible(shown)
-        self.settings_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
-
-    def _show_min_area_unit(self, mpp) -> None:
-        """µm² when the slide states its pixel size, level-0 px² otherwise (the value converts)."""
-        unit = " µm²" if mpp else " px²"
-        if self.min_area_spin.suffix() != unit:
-            self.min_area_spin.setSuffix(unit)
-            self.min_area_spin.setValue(DEFAULT_MIN_AREA_UM2 if mpp else DEFAULT_MIN_AREA_PX)
-
-    # -- form ---------------------------------------------------------------------------------
-    @classmethod
-    def _warm_up(cls) -> list[str]:
-        """Pay off the GUI thread, once, what the first Start, click and Accept would otherwise pay on
-        it (seconds, measured by ``stall_benchmark``): importing torch, dask, SciPy and scikit-image,
-        and compiling napari's numba label colouring (when numba is installed). Returns the models
-        whose weights are on disk."""
-        import dask.array  # noqa: F401
-        import scipy.ndimage  # noqa: F401
-        import skimage.draw  # noqa: F401
-        import skimage.measure  # noqa: F401
-
-        from ..engine import annotator  # noqa: F401 (torch)
-
-        try:
-            from napari.utils.colormaps import DirectLabelColormap
-            from napari.utils.colormaps.colormap import _cast_labels_data_to_texture_dtype_direct
-
-            from napari.layers import Labels, Shapes
-
-            colormap = DirectLabelColormap(color_dict={None: np.zeros(4), 0: np.zeros(4), 1: np.ones(4)})
-            _cast_labels_data_to_texture_dtype_direct(np.zeros((4, 4), np.uint8), colormap)
-            colormap.map(np.zeros(4, np.uint8))  # numba's typed dict, compiled on first use
-            Labels(np.zeros((4, 4), np.uint8)).colormap = colormap  # layer models only: no Qt, no GL
-            Shapes([np.array([[0, 0], [0, 8], [8, 8], [8, 0]], float)], shape_type="polygon")
-        except Exception:  # napari's private helpers moved: the first Start pays instead
-            pass
-        return cls._available_models()
-
-    @staticmethod
-    def _available_models() -> list[str]:
-        from ..models.registry import list_models
-        from ..models.weights import find_weights
-
-        names = []
-        for spec in list_models():
-            try:
-                if find_weights(spec.weights) is not None:
-                    names.append(spec.name)
-            except SamHistoError:
-                pass
-        return names
-
-    def _fill_models(self, names) -> None:
-        if isinstance(names, Exception) or not names:
-            return
-        current = self.model_combo.currentText()
-        self.model_combo.clear()
-        self.model_combo.addItems(names)
-        self.model_combo.setCurrentText(current if current else names[0])
-
-    def _image_layers(self):
-        from napari.layers import Image
-
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
-
-    def _fill_layers(self, *_) -> None:
-        current = self.layer_combo.currentText()
-        names = [layer.name for layer in self._image_layers()]
-        if names == [self.layer_combo.itemText(i) for i in range(self.layer_combo.count())]:
-            return
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        self.layer_combo.blockSignals(False)
-        self.layer_combo.setCurrentText(current if current in names else (names[0] if names else ""))
-        self._fill_levels(self.layer_combo.currentText())
-
-    def _fill_levels(self, name: str) -> None:
-        self.level_combo.clear()
-        layer = next((layer for layer in self._image_layers() if layer.name == name), None)
-        if layer is None:
-            return
-        downsamples = layer.metadata.get("level_downsamples") or [1.0]
-        mpp = layer.metadata.get("mpp")
-        for i, d in enumerate(downsamples):
-            text = f"level {i}: 1/{d:g}"
-            if mpp:
-                text += f" ({mpp[0] * d:.2f} µm/px, ~{10 / (mpp[0] * d):.1f}x)"
-            self.level_combo.addItem(text, i)
-
-    def _source_spec(self, layer):
-        """What to open for ``layer``: its file (our reader's layers) or its pixels, on the GUI thread
-        without reading anything; ``InputError`` for a layer whose whole level 0 would be loaded."""
-        path = layer.metadata.get("slide_path")
-        if path:
-            return ("path", path)
-        if layer.multiscale:
-            raise InputError(
-                f"'{layer.name}' was opened by another reader as a multiscale image; annotating it would load "
-                "its whole full-resolution level into memory. Open the file with napari-sam-histo's reader "
-                "(File > Open File(s) with Plugin… > SAM Histo), which reads it tile by tile.")
-        data = layer.data
-        size = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
-        if not isinstance(data, np.ndarray) and size > MAX_IN_MEMORY_BYTES:
-            raise InputError(
-                f"'{layer.name}' is a lazy array of {size / 2**30:.1f} GiB; open the file with napari-sam-histo's "
-                "reader (File > Open File(s) with Plugin… > SAM Histo), which reads it tile by tile.")
-        return ("array", data)
 
     # -- classes and colours ------------------------------------------------------------------
     @property
@@ -396,7 +239,7 @@ class AnnotatorDock(QWidget):
     def start(self) -> None:
         """Start (or restart with other settings). Accepted objects stay in their layer; the object
         being clicked is dropped only when the user confirms."""
-        layer = next((lay for lay in self._image_layers() if lay.name == self.layer_combo.currentText()), None)
+        layer = self.settings.chosen_layer()
         if layer is None:
             self.status.setText("⚠ Open an image or slide first (File > Open, or File > Open Sample).")
             return
@@ -405,7 +248,7 @@ class AnnotatorDock(QWidget):
             self.status.setText("Start cancelled: the object being clicked is kept. Press Enter to accept it first.")
             return
         try:
-            spec = None if layer is self._source_of else self._source_spec(layer)
+            spec = None if layer is self._source_of else source_spec(layer)
         except SamHistoError as err:
             self._show_error(err)
             return
@@ -434,7 +277,7 @@ class AnnotatorDock(QWidget):
 
         self.status.setText(f"Loading {model}…")
         self.start_button.setEnabled(False)
-        self._run_in_thread(build, lambda result: self._started(layer, result))
+        self.threads.run(build, lambda result: self._started(layer, result))
 
     def _started(self, layer, result) -> None:
         self.start_button.setEnabled(True)
@@ -442,19 +285,7 @@ class AnnotatorDock(QWidget):
             self._show_error(result)
             return
         self.shutdown()
-        self._in_steps(self._set_up(layer, *result))
-
-    def _in_steps(self, steps) -> None:
-        """Run a generator on the GUI thread one step per event-loop turn: creating a napari layer
-        costs napari a few hundred ms (vispy), so napari repaints and takes keys between layers."""
-        def step():
-            try:
-                next(steps)
-            except StopIteration:
-                return
-            QTimer.singleShot(0, step)
-
-        step()
+        self.threads.steps(self._set_up(layer, *result))  # napari repaints between the layers it creates
 
     def _set_up(self, layer, annotator, source):
         """Layers, callbacks and keys for a new annotator; the dock takes clicks once it is done."""
@@ -466,7 +297,7 @@ class AnnotatorDock(QWidget):
         self._undo, self._redo, self._drawn, self._drawn_boxes = [], [], None, ()
         annotator.classes = self.classes  # one list of classes and colours, shared
         annotator.listeners.append(self._embedding_event)
-        self._show_min_area_unit(source.mpp)
+        self.settings.show_min_area_unit(source.mpp)
         d = annotator.grid.downsample
         scale, units = tuple(layer.scale[-2:]), {"units": tuple(layer.units[-2:])}
         new_layer = annotation_layer.layer_for(self.viewer, layer, source.identity, edge_width=3 * d)
@@ -591,7 +422,7 @@ class AnnotatorDock(QWidget):
         self._flush_autosave()
         for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             try:
-                emitter.disconnect(self._fill_layers)
+                emitter.disconnect(self.settings.fill_layers)
             except (TypeError, ValueError, RuntimeError):
                 pass
         if self.source is not None:
@@ -763,6 +594,11 @@ class AnnotatorDock(QWidget):
         return (x, y), data > 0
 
     def _accepted(self, obj) -> None:
+        """Draw an accepted object in steps (clear the current object, add the shapes, say so), one
+        per event-loop turn, so napari repaints between them."""
+        self.threads.steps(self._accept_steps(obj))
+
+    def _accept_steps(self, obj):
         from ..engine.annotator import EMPTY_STATE
 
         self._show_state(obj if isinstance(obj, Exception) else EMPTY_STATE)
@@ -771,6 +607,7 @@ class AnnotatorDock(QWidget):
         if obj is None:
             self.status.setText(f"Nothing to accept: the object is empty. {self._count_text()}")
             return
+        yield
         with self._changing():
             annotation_layer.add_objects(self.layer, [obj], self.class_color)
         self._changed()
@@ -787,7 +624,7 @@ class AnnotatorDock(QWidget):
     def _relay_action(self, future, callback) -> None:
         """Relay an action's result, unless the dock was restarted with another annotator since."""
         annotator = self.annotator
-        self._relay_future(future, lambda result: callback(result) if self.annotator is annotator else None)
+        self.threads.relay(future, lambda result: callback(result) if self.annotator is annotator else None)
 
     def _show_state(self, state) -> None:
         """Draw an ``AnnotatorState`` (or show an error) when an action has run."""
@@ -820,17 +657,22 @@ class AnnotatorDock(QWidget):
             self._drawn = ((x, y), mask.copy())
         if state.boxes != self._drawn_boxes:
             self._drawn_boxes = state.boxes
-            tiles = self.viewer.layers[TILES]
-            tiles.data = []
-            if state.boxes:
-                tiles.add_rectangles([np.array([[b.y, b.x], [b.y + b.height, b.x + b.width]], float) * d
-                                      for b in state.boxes], edge_color="yellow", face_color="transparent")
+            QTimer.singleShot(0, lambda: self._draw_tiles(state.boxes, d))  # in the next turn: napari repaints first
         if not self.pending and not isinstance(state, Exception):
             if state.clicks:
                 clicks, n = len(state.clicks), len(state.boxes)
                 self.status.setText(f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
                                     + f". Enter accepts as {self.class_name}, Escape cancels.")
             self._schedule_prefetch()
+
+    def _draw_tiles(self, boxes, d: float) -> None:
+        if self.annotator is None or boxes != self._drawn_boxes:
+            return  # stopped, or other tiles were drawn meanwhile
+        tiles = self.viewer.layers[TILES]
+        tiles.data = []
+        if boxes:
+            tiles.add_rectangles([np.array([[b.y, b.x], [b.y + b.height, b.x + b.width]], float) * d for b in boxes],
+                                 edge_color="yellow", face_color="transparent")
 
     def _draw_clicks(self, clicks) -> None:
         """The clicks layer shows ``clicks`` (already drawn at click time: only fix what differs)."""
@@ -841,7 +683,8 @@ class AnnotatorDock(QWidget):
             return
         points.selected_data = set()
         points.data = data
-        points.face_color = colors or "green"
+        if colors:  # each property set is one more napari event (and repaint)
+            points.face_color = colors
 
     def _on_paint(self, event=None) -> None:
         if self._drawn is not None:
@@ -866,16 +709,7 @@ class AnnotatorDock(QWidget):
     def _on_layer_data(self, event) -> None:
         action = str(getattr(event, "action", ""))
         if action == "removing" and not self._internal:
-            from .annotation_layer import layer_data_objects
-
-            rows = list(event.data_indices)  # the user deletes shapes on the canvas: undoable
-            data, meta, _ = self.layer.as_layer_data_tuple()
-            meta = dict(meta)
-            meta["shape_type"] = [meta["shape_type"][i] for i in rows]
-            for key in ("edge_color", "face_color"):
-                meta[key] = np.asarray(meta[key])[rows]
-            meta["features"] = meta["features"].iloc[rows].reset_index(drop=True)
-            removed = layer_data_objects([data[i] for i in rows], meta)
+            removed = annotation_layer.objects_in_rows(self.layer, list(event.data_indices))  # deleted on the canvas: undoable
             if removed:
                 self._undo.append(("delete", removed))
                 self._redo.clear()
@@ -886,8 +720,8 @@ class AnnotatorDock(QWidget):
         self._changed()
 
     def _changed(self) -> None:
-        """The accepted objects changed: show them in the list and autosave soon."""
-        self._refresh_objects()
+        """The accepted objects changed: refresh the list (once per burst) and autosave soon."""
+        self._refresh_timer.start()
         if self.autosave_path is not None:
             self._autosave_timer.start()
 
@@ -896,15 +730,29 @@ class AnnotatorDock(QWidget):
         return annotation_layer.layer_objects(self.layer) if self.layer is not None else []
 
     def _count_text(self) -> str:
-        n = len(self.object_list.ids)
+        n = annotation_layer.object_count(self.layer)
         return f"{n} object{'s' * (n != 1)} on this slide."
 
     def _refresh_objects(self) -> None:
-        self.object_list.set_objects(self.objects(), self.source.mpp if self.source is not None else None)
+        """Show the layer's objects in the list; the shapes are converted on a worker thread (a
+        slide with hundreds of objects would stall napari otherwise)."""
+        self._refresh_generation += 1
+        generation, mpp = self._refresh_generation, self.source.mpp if self.source is not None else None
+        if self.layer is None:
+            self.object_list.set_objects([], mpp)
+            return
+        data, meta, _ = self.layer.as_layer_data_tuple()
+
+        def show(objects):
+            if generation == self._refresh_generation and not isinstance(objects, Exception):
+                self.object_list.set_objects(objects, mpp)
+
+        self.threads.run(lambda: annotation_layer.layer_data_objects(data, meta), show)
 
     def zoom_to(self, object_id: str) -> None:
         """Centre the view on one object and zoom so that it fills most of the canvas."""
-        obj = next((o for o in self.objects() if o.id == object_id), None)
+        rows = annotation_layer.rows_of(self.layer, object_id) if self.layer is not None else []
+        obj = next(iter(annotation_layer.objects_in_rows(self.layer, rows)), None) if rows else None
         if obj is None or not obj.polygons:
             return
         bounds = np.array([p.bounds() for p in obj.polygons])
@@ -919,8 +767,8 @@ class AnnotatorDock(QWidget):
         """Delete objects (from the list's Delete button); Ctrl-Z brings them back."""
         if self.layer is None:
             return
-        wanted = set(ids)
-        removed = [o for o in self.objects() if o.id in wanted]
+        rows = sorted({r for object_id in ids for r in annotation_layer.rows_of(self.layer, object_id)})
+        removed = annotation_layer.objects_in_rows(self.layer, rows) if rows else []
         with self._changing():
             for obj in removed:
                 annotation_layer.remove_object(self.layer, obj.id)
@@ -967,7 +815,7 @@ class AnnotatorDock(QWidget):
                 self.status.setText(f"Not resumed: the earlier objects were kept in {aside}. {self._count_text()}")
             self.autosave_path = path
 
-        self._run_in_thread(lambda: autosave.load(path), loaded)
+        self.threads.run(lambda: autosave.load(path), loaded)
 
     def autosave_now(self) -> None:
         """Write the layer's objects to the sidecar in the background (atomically)."""
@@ -975,13 +823,15 @@ class AnnotatorDock(QWidget):
             return
         from ..annotations import autosave
 
-        objects, path, mpp = self.objects(), self.autosave_path, self.source.mpp if self.source else None
+        data, meta, _ = self.layer.as_layer_data_tuple()  # a copy: converted and written off the GUI thread
+        path, mpp = self.autosave_path, self.source.mpp if self.source else None
 
         def saved(result):
             if isinstance(result, Exception):
                 self._show_error(InputError(f"Autosave to {path} failed: {result}. Export your objects now."))
 
-        self.last_autosave = self._run_in_thread(lambda: autosave.save(path, objects, mpp), saved)
+        self.last_autosave = self.threads.run(
+            lambda: autosave.save(path, annotation_layer.layer_data_objects(data, meta), mpp), saved)
 
     def _flush_autosave(self) -> None:
         if self._autosave_timer.isActive():
@@ -993,7 +843,7 @@ class AnnotatorDock(QWidget):
     # -- progress and prefetching -------------------------------------------------------------
     def _embedding_event(self, event: str, box, purpose: str) -> None:
         """From a worker thread: an embedding started or finished; drawn on the GUI thread."""
-        self._relay.done.emit(self._show_embedding, (event, box, purpose))
+        self.threads.emit(self._show_embedding, (event, box, purpose))
 
     def _show_embedding(self, item) -> None:
         from napari.utils import progress
@@ -1040,7 +890,7 @@ class AnnotatorDock(QWidget):
         data, meta = self._layer_tuple()
         if Path(path).exists() and not overwrite:
             atomic_path(path, overwrite=False).__enter__()  # raises the usual "exists already" error
-        return self._run_in_thread(lambda: Path(write_shapes_geojson(str(path), data, meta)[0]),
+        return self.threads.run(lambda: Path(write_shapes_geojson(str(path), data, meta)[0]),
                                    lambda r: self._exported(r, "GeoJSON"))
 
     def export_tiff(self, path: str | Path, overwrite: bool = False):
@@ -1052,7 +902,7 @@ class AnnotatorDock(QWidget):
             atomic_path(path, overwrite=False).__enter__()
         if not data:
             raise InputError("There is no accepted object to export yet.")
-        return self._run_in_thread(lambda: Path(write_shapes_tiff(str(path), data, meta)[0]),
+        return self.threads.run(lambda: Path(write_shapes_tiff(str(path), data, meta)[0]),
                                    lambda r: self._exported(r, "TIFF"))
 
     def _exported(self, result, kind: str) -> None:
@@ -1062,37 +912,56 @@ class AnnotatorDock(QWidget):
             self.status.setText(f"Exported {len(self.object_list.ids)} objects as {kind}: {result}")
 
     def import_geojson(self, path: str | Path):
-        """Add the objects of a GeoJSON file (read in the background); objects already in the layer
-        (same id, or same class and region) are not added again. Returns a future of the count added."""
+        """Add the objects of a GeoJSON file: read and compared off the GUI thread, then drawn a few
+        per event-loop turn. Objects already in the layer (same id, or same class and region) are not
+        added again. Returns a future of the number added."""
         from concurrent.futures import Future
 
         from ..annotations.geojson import read_geojson
 
         added: Future = Future()
+        data, meta, _ = self.layer.as_layer_data_tuple()
 
-        def loaded(objects):
-            if isinstance(objects, Exception):
-                self._show_error(objects)
+        def load():
+            objects = read_geojson(path)
+            here = annotation_layer.layer_data_objects(data, meta)
+            return objects, not_yet_in(objects, here)
+
+        def loaded(result):
+            if isinstance(result, Exception):
+                self._show_error(result)
                 added.set_result(0)
                 return
-            ids, same = {o.id for o in self.objects()}, {signature(o) for o in self.objects()}
-            new = [o for o in objects if o.id not in ids and signature(o) not in same]
+            objects, new = result
+            again = len(objects) - len(new)
             self._add_loaded(new, f"Imported {len(new)} objects from {Path(path).name}"
-                             + (f" ({len(objects) - len(new)} already here, not added again)." if len(new) < len(objects)
-                                else "."))
-            added.set_result(len(new))
+                             + (f" ({again} already here, not added again)." if again else "."), added)
 
-        self._run_in_thread(lambda: read_geojson(path), loaded)
+        self.threads.run(load, loaded)
         return added
 
-    def _add_loaded(self, objects, message: str) -> None:
+    def _add_loaded(self, objects, message: str, done=None) -> None:
+        """Draw loaded objects, about ``STEP_BUDGET_S`` of work per event-loop turn."""
+        import time
+
         for obj in objects:
             if obj.class_name not in self.classes:  # an imported class keeps its file's colour
                 self.classes[obj.class_name] = tuple(obj.color)
-        with self._changing():
-            annotation_layer.add_objects(self.layer, objects, self.class_color)
-        self._changed()
-        self.status.setText(f"{message} {self._count_text()}")
+
+        def steps():
+            start = time.perf_counter()
+            for obj in objects:
+                with self._changing():
+                    annotation_layer.add_objects(self.layer, [obj], self.class_color)
+                if time.perf_counter() - start > STEP_BUDGET_S:
+                    yield
+                    start = time.perf_counter()
+            self._changed()
+            self.status.setText(f"{message} {self._count_text()}")
+            if done is not None:
+                done.set_result(len(objects))
+
+        self.threads.steps(steps())
 
     def _suggested(self, suffix: str) -> str:
         path = self.image_layer.metadata.get("slide_path") if self.image_layer is not None else None
@@ -1126,30 +995,6 @@ class AnnotatorDock(QWidget):
         self._file_action(self.import_geojson, False, "Import GeoJSON", "GeoJSON (*.geojson *.json)", ".geojson")
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _relay_future(self, future, callback) -> None:
-        def done(f):
-            try:
-                result = f.result()
-            except Exception as err:  # shown in the dock, never raised into Qt
-                result = err
-            try:
-                self._relay.done.emit(callback, result)
-            except RuntimeError:  # the dock was deleted meanwhile
-                pass
-
-        future.add_done_callback(done)
-
-    def _run_in_thread(self, function, callback):
-        """Run ``function`` off the GUI thread; ``callback(result or exception)`` runs on it.
-        Returns the future (tests and ``_flush_autosave`` wait on it)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-dock")
-        future = executor.submit(function)
-        self._relay_future(future, callback)
-        executor.shutdown(wait=False)
-        return future
-
     def _show_error(self, err) -> None:
         message = str(err) if isinstance(err, SamHistoError) else f"{err.__class__.__name__}: {err}"
         self.status.setText(f"⚠ {message}")

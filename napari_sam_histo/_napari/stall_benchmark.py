@@ -3,8 +3,9 @@ real viewer, timed by a 20 ms heartbeat.
 
 A QTimer ticks every 20 ms on the GUI thread; each action of a scripted session (open the dock,
 open the slide, Start, clicks, Accept, exports, import, undo, delete) is triggered as a user's
-button press or click would, then the event loop runs until the action's result is on screen. The
-longest gap between two ticks inside that window, less the 20 ms period, is the action's stall:
+button press or click would, then the event loop runs until the action's result is on screen, and
+0.3 s more. The longest gap between two ticks inside that window, less the 20 ms period, is the
+action's stall:
 how long napari could not repaint or take a key. Needs a display (under Xvfb on a server).
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 HEARTBEAT_MS = 20
+TRAILING_S = 0.3  # after an action's result is on screen, its stall window stays open this long
 SAMPLE = Path(__file__).resolve().parent.parent / "resources" / "cmu-1-small-region.svs"
 
 
@@ -26,6 +28,45 @@ class Stall:
     action: str
     seconds: float  # until the result was on screen
     longest_stall_ms: float  # the longest heartbeat gap, less the period
+    where: str = ""  # with explain=True: the GUI thread's most frequent stack lines inside that gap
+
+
+class StackSampler:
+    """Samples the GUI thread's stack every 5 ms from another thread, to say where a stall went
+    (a stretch with no sample at all is C code holding the GIL)."""
+
+    def __init__(self) -> None:
+        import sys
+        import threading
+
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.005):
+                frame = sys._current_frames().get(self._main)
+                stack = []
+                while frame is not None:
+                    code = frame.f_code
+                    stack.append(f"{code.co_filename.rsplit('site-packages/', 1)[-1]}:{frame.f_lineno} {code.co_name}")
+                    frame = frame.f_back
+                self.samples.append((time.perf_counter(), tuple(stack)))
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def explain(self, t0: float, t1: float, depth: int = 6) -> str:
+        from collections import Counter
+
+        inside = [stack for t, stack in self.samples if t0 <= t <= t1]
+        if not inside:
+            return "no sample: C code held the GIL"
+        frames = Counter(f for stack in inside for f in set(stack[:depth]))
+        return "; ".join(f"{f} ({n * 5} ms)" for f, n in frames.most_common(4))
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class Heartbeat:
@@ -40,10 +81,12 @@ class Heartbeat:
         self.timer.timeout.connect(lambda: self.beats.append(time.perf_counter()))
         self.timer.start()
 
-    def longest_gap(self, t0: float, t1: float) -> float:
+    def longest_gap(self, t0: float, t1: float) -> tuple[float, float, float]:
+        """(length, start, end) of the longest gap between beats in [t0, t1]."""
         beats = [b for b in self.beats if t0 <= b <= t1]
-        edges = [t0, *beats, t1]
-        return max(np.diff(edges)) if len(edges) > 1 else t1 - t0
+        edges = np.array([t0, *beats, t1])
+        i = int(np.argmax(np.diff(edges)))
+        return float(edges[i + 1] - edges[i]), float(edges[i]), float(edges[i + 1])
 
 
 def mosaic_slide(folder: Path, repeat: int) -> Path:
@@ -74,8 +117,9 @@ def mosaic_slide(folder: Path, repeat: int) -> Path:
 
 
 def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
-        timeout: float = 300.0) -> list[Stall]:
-    """Run the scripted session; returns one ``Stall`` per action."""
+        timeout: float = 300.0, explain: bool = False) -> list[Stall]:
+    """Run the scripted session; returns one ``Stall`` per action (``explain``: with where the
+    longest stall of each went, from a stack sampler)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -91,6 +135,7 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     viewer = napari.Viewer()
     app = QApplication.instance()
     heartbeat = Heartbeat()
+    sampler = StackSampler() if explain else None
     results: list[Stall] = []
     state: dict = {}
 
@@ -110,9 +155,10 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
             app.processEvents()
             time.sleep(0.002)
         t1 = time.perf_counter()
-        spin(0.05)
-        gap = heartbeat.longest_gap(t0, t1 + 0.05)
-        results.append(Stall(name, t1 - t0, max(gap * 1000 - HEARTBEAT_MS, 0.0)))
+        spin(TRAILING_S)  # steps an action leaves for later event-loop turns count too
+        gap, g0, g1 = heartbeat.longest_gap(t0, t1 + TRAILING_S)
+        where = sampler.explain(g0, g1) if sampler is not None else ""
+        results.append(Stall(name, t1 - t0, max(gap * 1000 - HEARTBEAT_MS, 0.0), where))
 
     def open_dock():
         state["dock"] = dock = AnnotatorDock(viewer)
@@ -134,19 +180,25 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
         name = "first click (embedding computed)" if i == 0 else f"click {i + 1} (same tile)"
         timed(name, lambda x=x, y=y: dock.add_click(x, y), lambda: dock.pending == 0)
     timed("Accept", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 1)
+    strip = (min(500, width - 1), min(1040, height - 1))  # a second object, on another tile
+    timed("first click on a second object", lambda: dock.add_click(*strip), lambda: dock.pending == 0)
+    timed("Accept (second object)", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 2)
     geojson, tiff = work / "objects.geojson", work / "labels.ome.tif"
     timed("export GeoJSON", lambda: state.update(f=dock.export_geojson(geojson, overwrite=True)),
           lambda: state["f"].done() and dock.status.text().startswith("Exported"))
     timed("export TIFF", lambda: state.update(f=dock.export_tiff(tiff, overwrite=True)),
           lambda: state["f"].done() and dock.status.text().startswith("Exported"))
-    timed("undo Accept", dock.undo, lambda: dock.pending == 0 and not dock.object_list.ids)
-    timed("import GeoJSON", lambda: state.update(f=dock.import_geojson(geojson)),
-          lambda: state["f"].done() and len(dock.object_list.ids) == 1)
-    timed("delete the object", lambda: dock.delete_objects(list(dock.object_list.ids)),
+    timed("undo Accept", dock.undo, lambda: dock.pending == 0 and len(dock.object_list.ids) == 1)
+    timed("Clear (Escape)", dock.clear, lambda: dock.pending == 0 and not dock.annotator.clicks)
+    timed("import GeoJSON (1 new, 1 already here)", lambda: state.update(f=dock.import_geojson(geojson)),
+          lambda: state["f"].done() and len(dock.object_list.ids) == 2)
+    timed("delete both objects", lambda: dock.delete_objects(list(dock.object_list.ids)),
           lambda: not dock.object_list.ids)
     timed("autosave", dock.autosave_now, lambda: dock.last_autosave is not None and dock.last_autosave.done())
     dock.close_session(wait=True)
     heartbeat.timer.stop()
+    if sampler is not None:
+        sampler.stop()
     viewer.close()
     return results
 
@@ -154,4 +206,5 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
 def format_table(results: list[Stall]) -> str:
     lines = ["| action | until on screen (s) | longest GUI stall (ms) |", "|---|---:|---:|"]
     lines += [f"| {r.action} | {r.seconds:.2f} | {r.longest_stall_ms:.0f} |" for r in results]
+    lines += [f"{r.action}: {r.where}" for r in results if r.where]
     return "\n".join(lines)

@@ -82,3 +82,10 @@ def signature(obj: AnnotatedObject) -> tuple:
     bounds = np.array([p.bounds() for p in obj.polygons]) if obj.polygons else np.zeros((1, 4))
     return (obj.class_name, round(obj.area_px), *np.round([bounds[:, 0].min(), bounds[:, 1].min(),
                                                             bounds[:, 2].max(), bounds[:, 3].max()]).astype(int))
+
+
+def not_yet_in(objects: list[AnnotatedObject], here: list[AnnotatedObject]) -> list[AnnotatedObject]:
+    """The ``objects`` that are not already ``here`` (same id, or same ``signature``): importing a
+    file twice adds nothing."""
+    ids, same = {o.id for o in here}, {signature(o) for o in here}
+    return [o for o in objects if o.id not in ids and signature(o) not in same]

@@ -1,0 +1,189 @@
+"""The Annotator dock's settings: image, model, decoder, device, level, tile size, cleaning, caches.
+
+A foldable form (the dock must fit beside the Benchmark dock on a 1080-px screen) that knows the
+viewer's image layers and their levels, and which layers it can annotate without loading a slide
+whole (``source_spec``). The models whose weights are on disk are found on a worker thread by
+``warm_up``, which also pays off the GUI thread what the first Start and click would otherwise pay
+on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QToolButton, QVBoxLayout, QWidget,
+)
+
+from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2
+from ..errors import InputError, SamHistoError
+
+MAX_IN_MEMORY_BYTES = 1 << 30  # an image layer of another reader larger than this is not copied
+OUR_READER = "File > Open File(s) with Plugin… > SAM Histo"
+
+
+def warm_up() -> list[str]:
+    """Import torch, dask, SciPy and scikit-image and compile napari's numba label colouring (when
+    numba is installed), off the GUI thread: they cost seconds on it otherwise (``gui-stalls``).
+    Returns the models whose weights are on disk."""
+    import dask.array  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+    import skimage.draw  # noqa: F401
+    import skimage.measure  # noqa: F401
+
+    from ..engine import annotator  # noqa: F401 (torch)
+
+    try:
+        from napari.layers import Labels, Shapes
+        from napari.utils.colormaps import DirectLabelColormap
+        from napari.utils.colormaps.colormap import _cast_labels_data_to_texture_dtype_direct
+
+        colormap = DirectLabelColormap(color_dict={None: np.zeros(4), 0: np.zeros(4), 1: np.ones(4)})
+        _cast_labels_data_to_texture_dtype_direct(np.zeros((4, 4), np.uint8), colormap)
+        colormap.map(np.zeros(4, np.uint8))  # numba's typed dict, compiled on first use
+        Labels(np.zeros((4, 4), np.uint8)).colormap = colormap  # layer models only: no Qt, no GL
+        Shapes([np.array([[0, 0], [0, 8], [8, 8], [8, 0]], float)], shape_type="polygon")
+    except Exception:  # napari's private helpers moved: the first Start pays instead
+        pass
+    return available_models()
+
+
+def available_models() -> list[str]:
+    from ..models.registry import list_models
+    from ..models.weights import find_weights
+
+    names = []
+    for spec in list_models():
+        try:
+            if find_weights(spec.weights) is not None:
+                names.append(spec.name)
+        except SamHistoError:
+            pass
+    return names
+
+
+def source_spec(layer):
+    """What to open for an image layer: ("path", file) for our reader's layers, ("array", pixels)
+    for a plain image; ``InputError`` for a layer whose whole level 0 would have to be loaded."""
+    path = layer.metadata.get("slide_path")
+    if path:
+        return ("path", path)
+    if layer.multiscale:
+        raise InputError(
+            f"'{layer.name}' was opened by another reader as a multiscale image; annotating it would load "
+            f"its whole full-resolution level into memory. Open the file with napari-sam-histo's reader "
+            f"({OUR_READER}), which reads it tile by tile.")
+    data = layer.data
+    size = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+    if not isinstance(data, np.ndarray) and size > MAX_IN_MEMORY_BYTES:
+        raise InputError(f"'{layer.name}' is a lazy array of {size / 2**30:.1f} GiB; open the file with "
+                         f"napari-sam-histo's reader ({OUR_READER}), which reads it tile by tile.")
+    return ("array", data)
+
+
+class AnnotatorSettings(QWidget):
+    def __init__(self, viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.toggle = QToolButton()
+        self.toggle.setText("Settings")
+        self.toggle.setCheckable(True)
+        self.toggle.setChecked(True)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.toggled.connect(self._fold)
+        layout.addWidget(self.toggle)
+        self.form = QWidget()
+        form = QFormLayout(self.form)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.layer_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)  # a model name or a checkpoint path
+        self.model_combo.addItem("vit_t")
+        self.decoder_combo = QComboBox()
+        self.decoder_combo.setEditable(True)
+        self.decoder_combo.addItems(["sam", "modified", "md"])  # md: fine-tuned SAM decoder
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.level_combo = QComboBox()
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(256, 4096)
+        self.tile_spin.setSingleStep(256)
+        self.tile_spin.setValue(1024)
+        self.min_area_spin = QDoubleSpinBox()
+        self.min_area_spin.setRange(0, 1e7)
+        self.min_area_spin.setDecimals(1)
+        self.min_area_spin.setToolTip("parts and holes smaller than this are dropped when an object is accepted")
+        self.simplify_spin = QDoubleSpinBox()
+        self.simplify_spin.setRange(0, 50)
+        self.simplify_spin.setDecimals(1)
+        self.simplify_spin.setValue(0.1)
+        self.simplify_spin.setSuffix(" px")
+        self.simplify_spin.setToolTip("outlines are simplified within this distance (working-level pixels)")
+        self.prefetch_check = QCheckBox("prefetch tiles around the view when idle")
+        self.prefetch_check.setChecked(True)
+        self.disk_check = QCheckBox("keep embeddings on disk (per slide)")
+        self.disk_check.setToolTip("reopening the slide later skips the encoder; stored in the user cache folder")
+        for label, widget in (("Image", self.layer_combo), ("Model", self.model_combo),
+                              ("Decoder", self.decoder_combo), ("Device", self.device_combo),
+                              ("Working level", self.level_combo), ("Tile size", self.tile_spin),
+                              ("Min. area", self.min_area_spin), ("Simplify", self.simplify_spin),
+                              ("", self.prefetch_check), ("", self.disk_check)):
+            form.addRow(label, widget)
+        layout.addWidget(self.form)
+        self.layer_combo.currentTextChanged.connect(self.fill_levels)
+        self.show_min_area_unit(None)
+
+    def _fold(self, shown: bool) -> None:
+        self.form.setVisible(shown)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    def show_min_area_unit(self, mpp) -> None:
+        """µm² when the slide states its pixel size, level-0 px² otherwise (with that unit's default)."""
+        unit = " µm²" if mpp else " px²"
+        if self.min_area_spin.suffix() != unit:
+            self.min_area_spin.setSuffix(unit)
+            self.min_area_spin.setValue(DEFAULT_MIN_AREA_UM2 if mpp else DEFAULT_MIN_AREA_PX)
+
+    def fill_models(self, names) -> None:
+        if isinstance(names, Exception) or not names:
+            return
+        current = self.model_combo.currentText()
+        self.model_combo.clear()
+        self.model_combo.addItems(names)
+        self.model_combo.setCurrentText(current if current else names[0])
+
+    def image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def chosen_layer(self):
+        return next((lay for lay in self.image_layers() if lay.name == self.layer_combo.currentText()), None)
+
+    def fill_layers(self, *_) -> None:
+        current = self.layer_combo.currentText()
+        names = [layer.name for layer in self.image_layers()]
+        if names == [self.layer_combo.itemText(i) for i in range(self.layer_combo.count())]:
+            return
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        self.layer_combo.blockSignals(False)
+        self.layer_combo.setCurrentText(current if current in names else (names[0] if names else ""))
+        self.fill_levels(self.layer_combo.currentText())
+
+    def fill_levels(self, name: str) -> None:
+        self.level_combo.clear()
+        layer = next((layer for layer in self.image_layers() if layer.name == name), None)
+        if layer is None:
+            return
+        downsamples = layer.metadata.get("level_downsamples") or [1.0]
+        mpp = layer.metadata.get("mpp")
+        for i, d in enumerate(downsamples):
+            text = f"level {i}: 1/{d:g}"
+            if mpp:
+                text += f" ({mpp[0] * d:.2f} µm/px, ~{10 / (mpp[0] * d):.1f}x)"
+            self.level_combo.addItem(text, i)
