@@ -194,6 +194,17 @@ def test_accept_and_clear_can_be_undone_through_a_snapshot(annotator):
     assert annotator.restore(snapshot).clicks == before.clicks  # a snapshot survives a later clear
 
 
+def test_undoable_actions_snapshot_after_the_clicks_queued_before_them(annotator):
+    annotator.clear()
+    annotator.submit_click(300, 300)
+    annotator.submit_click(320, 310)  # still queued when "Enter" is pressed
+    obj, snapshot = annotator.submit("accept_undoable", "Tumor").result(timeout=60)
+    assert len(snapshot.history) == 2  # both clicks are in what undo brings back
+    assert annotator.restore(snapshot).clicks == ((300.0, 300.0, True), (320.0, 310.0, True))
+    state, snapshot = annotator.submit("clear_undoable").result(timeout=60)
+    assert state.clicks == () and len(snapshot.history) == 2
+
+
 def test_a_hand_edited_mask_replaces_sams_on_accept(annotator):
     annotator.clear()
     annotator.click(300, 300)

@@ -330,3 +330,55 @@ def test_status_speaks_in_magnification_and_save_dialogs_suggest_a_name(dock, qt
     qtbot.mouseClick(dock.buttons["Export TIFF…"], Qt.MouseButton.LeftButton)
     assert seen == [str(slide.with_name("cmu-1-small-region.ome.tif"))]
     qtbot.waitUntil(lambda: (tmp_path / "labels.ome.tif").exists(), timeout=30_000)  # the extension is added
+
+
+@pytest.mark.gui
+def test_start_waits_for_running_clicks_and_takes_no_clicks_while_loading(dock, qtbot, monkeypatch):
+    click(dock.viewer, *FRAGMENT)  # its embedding takes seconds: the click is still running
+    assert dock.pending == 1
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    assert "Wait until" in dock.status.text()
+    _wait(dock, qtbot)
+    old = dock.annotator
+    monkeypatch.setattr(dock, "confirm", lambda question: True)
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    assert not dock.start_button.isEnabled()
+    click(dock.viewer, *STRIP)  # while the new settings load: refused, said, nothing queued
+    assert "Loading the new settings" in dock.status.text() and dock.pending == 0 and len(old.clicks) == 1
+    qtbot.waitUntil(lambda: dock.annotator is not None and dock.annotator is not old, timeout=120_000)
+    assert dock.start_button.isEnabled()
+
+
+@pytest.mark.gui
+def test_removing_the_dock_saves_closes_and_takes_everything_back(dock, qtbot, monkeypatch, slide):
+    viewer = dock.viewer
+    closed = []
+    monkeypatch.setattr(dock.source, "close", lambda: closed.append(True))
+    _accept_one(dock, qtbot)
+    viewer.window.remove_dock_widget(dock)  # what napari's close button on the dock does
+    qtbot.waitUntil(lambda: bool(closed), timeout=30_000)
+    assert dock._on_mouse not in viewer.mouse_drag_callbacks and not dock._bound
+    sidecar = slide.with_name(slide.name + ".sam-annotations.geojson")
+    assert len(json.loads(sidecar.read_text())["features"]) == 1
+
+
+@pytest.mark.gui
+def test_a_shape_drawn_by_hand_is_an_object_of_its_own(dock, qtbot):
+    from napari_sam_histo._napari.annotation_layer import rows_of
+
+    shapes = dock.viewer.layers[ANNOTATIONS]
+    shapes.add_polygons([np.array([[100.0, 100.0], [100.0, 300.0], [300.0, 300.0], [300.0, 100.0]])])  # as drawn
+    qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=5_000)
+    [obj_id] = dock.object_list.ids
+    assert rows_of(shapes, obj_id) == [0] and dock.object_list.table.item(0, 3).text() == "by hand"
+    dock.object_list.table.selectRow(0)
+    qtbot.mouseClick(dock.object_list.delete_button, Qt.MouseButton.LeftButton)
+    assert "Deleted 1 object" in dock.status.text() and not len(shapes.data)
+
+
+@pytest.mark.gui
+def test_deleting_a_layer_the_dock_draws_on_stops_annotating_and_says_so(dock, qtbot):
+    dock.viewer.layers.remove(CLICKS)
+    assert dock.annotator is None and "was deleted" in dock.status.text()
+    click(dock.viewer, *FRAGMENT)  # the dock no longer listens to the canvas
+    assert "was deleted" in dock.status.text() and not dock.pending

@@ -116,6 +116,26 @@ def remove_object(layer, object_id: str) -> list[int]:
     return rows
 
 
+def remove_parts(layer, parts: list[AnnotatedObject]) -> list[int]:
+    """Remove exactly the shapes that ``add_objects(layer, parts)`` draws (redo of a deletion that
+    took some parts of an object, not all)."""
+    wanted = {}
+    for part in parts:
+        for polygon in part.polygons:
+            wanted.setdefault(part.id, []).append(to_bridged_ring(polygon)[:, ::-1])
+    rows = []
+    for i, (shape, object_id) in enumerate(zip(layer.data, layer.features["id"] if len(layer.data) else [])):
+        rings = wanted.get(str(object_id), [])
+        hit = next((k for k, ring in enumerate(rings) if ring.shape == shape[:, -2:].shape
+                    and np.allclose(ring, shape[:, -2:])), None)
+        if hit is not None:
+            rows.append(i)
+            rings.pop(hit)
+    if rows:
+        layer.remove(rows)
+    return rows
+
+
 def set_class(layer, object_id: str, class_name: str, color) -> None:
     """Give one object another class (its parts follow, in the class's colour)."""
     rows = rows_of(layer, object_id)

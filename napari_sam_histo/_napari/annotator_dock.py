@@ -92,6 +92,11 @@ class AnnotatorDock(QWidget):
         self.progress_log: list[tuple[str, str, str]] = []  # (started|finished, tile key, click|prefetch)
         self.prefetch_future = None
         self.autosave_path: Path | None = None
+        self._starting = False  # between Start and the end of set-up
+        self._resuming = False  # while the slide's earlier autosave is being read
+        self._closed = False
+        self._was_docked = False
+        self._saver = None  # one thread for autosaves, so they land in order
         self.last_autosave = None  # a future: the latest autosave being written
         self._undo: list[tuple] = []  # ("click",) | ("accept", obj, snapshot) | ("clear", snapshot) | ("delete", objs)
         self._redo: list[tuple] = []
@@ -111,6 +116,10 @@ class AnnotatorDock(QWidget):
         self._build()
         self.viewer.layers.events.inserted.connect(self.settings.fill_layers)
         self.viewer.layers.events.removed.connect(self.settings.fill_layers)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.instance().aboutToQuit.connect(self.close_session)  # save the last edits when napari quits
         self.settings.fill_layers()
         self.threads.run(warm_up, self.settings.fill_models)  # imports torch: not on the GUI thread
 
@@ -243,6 +252,12 @@ class AnnotatorDock(QWidget):
         if layer is None:
             self.status.setText("⚠ Open an image or slide first (File > Open, or File > Open Sample).")
             return
+        if self._starting:
+            return
+        if self.pending:
+            self.status.setText(f"⚠ Wait until the {self.pending} clicks and actions under way have run, then press "
+                                "Start again.")
+            return
         if self.annotator is not None and self.annotator.clicks and not self.confirm(
                 f"Starting again drops the object being clicked ({len(self.annotator.clicks)} clicks). Drop it?"):
             self.status.setText("Start cancelled: the object being clicked is kept. Press Enter to accept it first.")
@@ -276,34 +291,49 @@ class AnnotatorDock(QWidget):
                 raise
 
         self.status.setText(f"Loading {model}…")
+        self._starting = True  # until set up: clicks and keys wait (the current annotator stays as it is)
         self.start_button.setEnabled(False)
         self.threads.run(build, lambda result: self._started(layer, result))
 
     def _started(self, layer, result) -> None:
-        self.start_button.setEnabled(True)
         if isinstance(result, Exception):
+            self._starting = False
+            self.start_button.setEnabled(True)
             self._show_error(result)
             return
+        old = self.annotator
         self.shutdown()
-        self.threads.steps(self._set_up(layer, *result))  # napari repaints between the layers it creates
+        self.threads.steps(self._set_up(layer, *result, old))  # napari repaints between the layers it creates
 
-    def _set_up(self, layer, annotator, source):
-        """Layers, callbacks and keys for a new annotator; the dock takes clicks once it is done."""
+    def _ready(self) -> bool:
+        """Whether the dock takes a click or an action now; if not, the status says why."""
+        if self._starting:
+            self.status.setText("Loading the new settings… (clicks and keys are taken once it is ready)")
+        elif self.annotator is None:
+            self.status.setText(NOT_STARTED)
+        return self.annotator is not None and not self._starting
+
+    def _set_up(self, layer, annotator, source, old=None):
+        """Layers, callbacks and keys for a new annotator; the dock takes clicks once it is done.
+        ``old``: the annotator it replaces, whose threads may still be reading the old slide."""
+        new_layer = annotation_layer.layer_for(self.viewer, layer, source.identity,
+                                               edge_width=3 * annotator.grid.downsample)
+        if new_layer is not self.layer:
+            self._flush_autosave()  # the previous slide's last edits, with its own pixel size
+            self.layer, self.autosave_path, self._resuming = new_layer, None, False
         if source is not self.source:
-            if self.source is not None:
-                self.source.close()
+            previous = self.source
+            if previous is not None:  # closed once the old annotator's threads have stopped reading it
+                self.threads.run(lambda: (old.close(wait=True) if old is not None else None, previous.close()),
+                                 lambda result: None)
             self.source, self._source_of = source, layer
         self.image_layer, self.pending = layer, 0
         self._undo, self._redo, self._drawn, self._drawn_boxes = [], [], None, ()
         annotator.classes = self.classes  # one list of classes and colours, shared
-        annotator.listeners.append(self._embedding_event)
+        annotator.listeners.append(self._listener(annotator))
         self.settings.show_min_area_unit(source.mpp)
         d = annotator.grid.downsample
         scale, units = tuple(layer.scale[-2:]), {"units": tuple(layer.units[-2:])}
-        new_layer = annotation_layer.layer_for(self.viewer, layer, source.identity, edge_width=3 * d)
-        if new_layer is not self.layer:
-            self._flush_autosave()
-            self.layer, self.autosave_path = new_layer, None
         yield
         for _ in self._working_layers(scale, units, d):
             yield
@@ -326,10 +356,12 @@ class AnnotatorDock(QWidget):
         self._connect(self._camera().events.center, self._schedule_prefetch)
         self._connect(self._camera().events.zoom, self._schedule_prefetch)
         self.annotator = annotator
+        self._starting = False
+        self.start_button.setEnabled(True)
         self.status.setText(f"{annotator.predictor.model.name} ({annotator.predictor.decoder.kind} decoder) ready at "
                             f"{self._level_text()}. Click on the image. {self._count_text()}")
         self._refresh_objects()
-        if self.autosave_path is None:
+        if self.autosave_path is None and not self._resuming:
             self._offer_resume()
         self._schedule_prefetch()
 
@@ -417,21 +449,52 @@ class AnnotatorDock(QWidget):
             self._double_click_zoom = None
 
     def close_session(self, wait: bool = False) -> None:
-        """Everything ``shutdown`` does, then save what is unsaved and close the slide."""
+        """Everything ``shutdown`` does, then save what is unsaved and close the slide. Runs when
+        the dock is closed or removed, or napari quits (napari removes a dock without closing it)."""
+        if self._closed:
+            return
+        self._closed = True
+        old = self.annotator
         self.shutdown(wait=wait)
         self._flush_autosave()
+        if self._saver is not None:
+            self._saver.shutdown(wait=True)
+        try:
+            from qtpy.QtWidgets import QApplication
+
+            QApplication.instance().aboutToQuit.disconnect(self.close_session)
+        except (TypeError, RuntimeError, AttributeError):
+            pass
+        for emitter, callback in ((self.viewer.layers.events.removed, self._on_layer_removed),):
+            try:
+                emitter.disconnect(callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
         for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             try:
                 emitter.disconnect(self.settings.fill_layers)
             except (TypeError, ValueError, RuntimeError):
                 pass
         if self.source is not None:
-            self.source.close()
+            source = self.source
+            if old is not None and not wait:  # its threads may still read the slide: close after them
+                self.threads.run(lambda: (old.close(wait=True), source.close()), lambda result: None)
+            else:
+                source.close()
             self.source = self._source_of = None
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         self.close_session()
         super().closeEvent(event)
+
+    def event(self, event) -> bool:  # noqa: D102
+        from qtpy.QtCore import QEvent
+
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and getattr(self, "_was_docked", False):
+            self.close_session()  # napari's remove_dock_widget unparents the dock: it never gets closeEvent
+        elif event.type() == QEvent.Type.ParentChange and self.parent() is not None:
+            self._was_docked = True
+        return super().event(event)
 
     def confirm(self, question: str) -> bool:
         """Ask before anything is discarded (tests replace this)."""
@@ -478,8 +541,7 @@ class AnnotatorDock(QWidget):
 
     def add_click(self, x0: float, y0: float, positive: bool = True) -> None:
         """A click at level-0 pixel (x0, y0); the mask is drawn when the decoder has run."""
-        if self.annotator is None:
-            self.status.setText(NOT_STARTED)
+        if not self._ready():
             return
         try:
             self.annotator.check_click(x0, y0)
@@ -498,20 +560,15 @@ class AnnotatorDock(QWidget):
         self._relay_action(self.annotator.submit_click(x0, y0, positive), self._show_state)
 
     # -- undo, redo, clear, accept ------------------------------------------------------------
-    def _started_or_say(self) -> bool:
-        if self.annotator is None:
-            self.status.setText(NOT_STARTED)
-        return self.annotator is not None
-
     def undo(self) -> None:
         """Undo the last click, Accept, Clear or deletion, whichever came last."""
-        if self._started_or_say() and self._undo:
+        if self._ready() and self._undo:
             self._apply(self._undo.pop(), undo=True)
         elif self.annotator is not None:
             self.status.setText("Nothing to undo.")
 
     def redo(self) -> None:
-        if self._started_or_say() and self._redo:
+        if self._ready() and self._redo:
             self._apply(self._redo.pop(), undo=False)
         elif self.annotator is not None:
             self.status.setText("Nothing to redo.")
@@ -536,9 +593,8 @@ class AnnotatorDock(QWidget):
             with self._changing():
                 if undo:
                     annotation_layer.add_objects(self.layer, entry[1], self.class_color)
-                else:
-                    for obj in entry[1]:
-                        annotation_layer.remove_object(self.layer, obj.id)
+                else:  # only the shapes deleted then: one part of an object may have gone, not all
+                    annotation_layer.remove_parts(self.layer, entry[1])
             self._changed()
             n = len(entry[1])
             self.status.setText(f"{'Restored' if undo else 'Deleted'} {n} object{'s' * (n != 1)}. {self._count_text()}")
@@ -550,37 +606,41 @@ class AnnotatorDock(QWidget):
 
     def clear(self) -> None:
         """Drop the object being clicked (Ctrl-Z brings it back)."""
-        if not self._started_or_say():
+        if not self._ready():
             return
         if not self.annotator.clicks and not self.pending:
             self.status.setText(f"No object is being clicked. {self._count_text()}")
             return
-        self._undo.append(("clear", self.annotator.snapshot()))
-        self._redo.clear()
-        self._queue(self._cleared, "clear")
+        self._queue(self._cleared, "clear_undoable")
 
-    def _cleared(self, state) -> None:
+    def _cleared(self, result) -> None:
+        if isinstance(result, Exception):
+            self._show_state(result)
+            return
+        state, snapshot = result
+        if not snapshot.empty:
+            self._undo.append(("clear", snapshot))
+            self._redo.clear()
         self._show_state(state)
         self.status.setText(f"Cleared the object being clicked (Ctrl-Z brings it back). {self._count_text()}")
 
     def accept(self) -> None:
         """Accept the object being clicked (or its hand-corrected mask) as the current class."""
-        if not self._started_or_say():
+        if not self._ready():
             return
         name = self.class_name
         self.class_color(name)  # a class typed in is added to the list with a colour
         edited = self._edited_mask()
-        snapshot = self.annotator.snapshot()
-        cleaning = {"min_area": min_area_px(self.min_area_spin.value(), self.source.mpp),
-                    "tolerance": self.simplify_spin.value(), "edited": edited}
+        min_area = min_area_px(self.min_area_spin.value(), self.source.mpp)
 
-        def accepted(obj):
+        def accepted(result):
+            obj = result if isinstance(result, Exception) else result[0]
             if obj is not None and not isinstance(obj, Exception):
-                self._undo.append(("accept", obj, snapshot))
+                self._undo.append(("accept", obj, result[1]))  # the snapshot taken on the worker
                 self._redo.clear()
             self._accepted(obj)
 
-        self._queue(accepted, "accept", name, cleaning["min_area"], cleaning["tolerance"], edited)
+        self._queue(accepted, "accept_undoable", name, min_area, self.simplify_spin.value(), edited)
 
     def _edited_mask(self):
         """The *SAM current object* labels when painted by hand since SAM drew them, else None."""
@@ -713,8 +773,36 @@ class AnnotatorDock(QWidget):
             if removed:
                 self._undo.append(("delete", removed))
                 self._redo.clear()
+        if action == "added" and not self._internal:
+            self._give_ids(self.layer)
         if action in ("added", "removed", "changed"):
             self._changed()
+
+    def _on_layer_removed(self, event) -> None:
+        """A layer the annotator draws on was deleted by the user: stop annotating and say so (the
+        accepted objects are in the autosave; Start offers them back)."""
+        removed = getattr(event, "value", None)
+        if self.annotator is None or removed is None:
+            return
+        if removed is self.layer or removed is self.image_layer or getattr(removed, "name", "") in (CLICKS, CURRENT, TILES):
+            if removed is self.layer:
+                self._flush_autosave()
+            self.shutdown()
+            self.status.setText(f"⚠ The layer '{removed.name}' was deleted, so annotating stopped. Press Start "
+                                "to go on (accepted objects are autosaved, and Start offers them back).")
+
+    @staticmethod
+    def _give_ids(layer) -> None:
+        """A shape drawn by hand with napari's tools is an object of its own, with a stable id (the
+        list's Delete and Set class find it by that id)."""
+        import uuid
+
+        if not len(layer.data) or "id" not in layer.features:
+            return
+        features = layer.features  # napari's own table: changed in place, no event
+        for i, value in enumerate(list(features["id"])):
+            if str(value) in ("", "nan"):
+                features.loc[i, "id"] = str(uuid.uuid4())
 
     def _on_layer_features(self, event=None) -> None:
         self._changed()
@@ -759,9 +847,13 @@ class AnnotatorDock(QWidget):
         (x0, y0), (x1, y1) = bounds[:, :2].min(axis=0), bounds[:, 2:].max(axis=0)
         sy, sx = self.layer.scale[-2:]
         self._camera().center = ((y0 + y1) / 2 * sy, (x0 + x1) / 2 * sx)
-        width, height = max((x1 - x0) * sx, 1e-6), max((y1 - y0) * sy, 1e-6)
-        canvas_w, canvas_h = self.viewer.canvas.size[::-1] if hasattr(self.viewer, "canvas") else (800, 600)
-        self._camera().zoom = 0.7 * min(canvas_w / width, canvas_h / height)
+        extent = np.array([max((y1 - y0) * sy, 1e-6), max((x1 - x0) * sx, 1e-6)])  # (rows, cols), as napari
+        canvas = getattr(self.viewer, "canvas", None)
+        if canvas is not None and hasattr(canvas, "viewbox_size"):
+            view = np.asarray(canvas.viewbox_size(self.viewer.layers), float)[-2:]
+        else:  # napari < 0.9
+            view = np.asarray(self.viewer.window._qt_viewer.canvas.size, float)[::-1]
+        self._camera().zoom = 0.8 * float(np.min(view / extent))
 
     def delete_objects(self, ids: list[str]) -> None:
         """Delete objects (from the list's Delete button); Ctrl-Z brings them back."""
@@ -794,26 +886,36 @@ class AnnotatorDock(QWidget):
         return sidecar_path(self.image_layer.metadata.get("slide_path"), self.source.identity, self.source.name)
 
     def _offer_resume(self) -> None:
-        """Autosave from now on; first offer the objects an earlier session saved for this slide."""
+        """Autosave from now on; first offer the objects an earlier session saved for this slide.
+        Until they are in the layer (or set aside), nothing is autosaved: the sidecar stays whole."""
         from ..annotations import autosave
 
-        path = self._sidecar()
-        if not path.exists() or len(self.layer.data):
+        path, layer = self._sidecar(), self.layer
+        if not path.exists() or len(layer.data):
             self.autosave_path = path
             return
+        self._resuming = True
+
+        def resumed(count):
+            if self.layer is layer:  # else another slide was started meanwhile: its sidecar is untouched
+                self._resuming, self.autosave_path = False, path
+                self._changed()
 
         def loaded(objects):
+            if self.layer is not layer:
+                return
             if isinstance(objects, Exception):
                 aside = autosave.set_aside(path)
                 self._show_error(InputError(f"The autosave {path} could not be read ({objects}); it was kept as "
                                             f"{aside.name}."))
             elif objects and self.confirm(f"{len(objects)} objects were saved for this slide in {path.name} "
                                           f"({path.parent}). Resume them?"):
-                self._add_loaded(objects, f"Resumed {len(objects)} objects from {path.name}.")
+                self._add_loaded(objects, f"Resumed {len(objects)} objects from {path.name}.", then=resumed)
+                return
             elif objects:
                 aside = autosave.set_aside(path)
                 self.status.setText(f"Not resumed: the earlier objects were kept in {aside}. {self._count_text()}")
-            self.autosave_path = path
+            resumed(0)
 
         self.threads.run(lambda: autosave.load(path), loaded)
 
@@ -823,35 +925,43 @@ class AnnotatorDock(QWidget):
             return
         from ..annotations import autosave
 
+        from concurrent.futures import ThreadPoolExecutor
+
         data, meta, _ = self.layer.as_layer_data_tuple()  # a copy: converted and written off the GUI thread
-        path, mpp = self.autosave_path, self.source.mpp if self.source else None
+        path, mpp = self.autosave_path, self.layer.metadata.get("mpp")
 
         def saved(result):
             if isinstance(result, Exception):
                 self._show_error(InputError(f"Autosave to {path} failed: {result}. Export your objects now."))
 
-        self.last_autosave = self.threads.run(
-            lambda: autosave.save(path, annotation_layer.layer_data_objects(data, meta), mpp), saved)
+        if self._saver is None:  # one thread: saves land in the order they were made
+            self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-autosave")
+        self.last_autosave = self._saver.submit(
+            lambda: autosave.save(path, annotation_layer.layer_data_objects(data, meta), mpp))
+        self.threads.relay(self.last_autosave, saved)
 
     def _flush_autosave(self) -> None:
         if self._autosave_timer.isActive():
             self._autosave_timer.stop()
             self.autosave_now()
         if self.last_autosave is not None:
-            self.last_autosave.result()
+            try:
+                self.last_autosave.result()  # the saves before it ran first, on the same thread
+            except Exception:  # already reported by the autosave's own callback
+                pass
 
     # -- progress and prefetching -------------------------------------------------------------
-    def _embedding_event(self, event: str, box, purpose: str) -> None:
-        """From a worker thread: an embedding started or finished; drawn on the GUI thread."""
-        self.threads.emit(self._show_embedding, (event, box, purpose))
+    def _listener(self, annotator):
+        """Hears, on a worker thread, when ``annotator`` starts or finishes an embedding."""
+        return lambda event, box, purpose: self.threads.emit(self._show_embedding, (event, box, purpose, annotator))
 
     def _show_embedding(self, item) -> None:
         from napari.utils import progress
 
-        event, box, purpose = item
+        event, box, purpose, annotator = item
         key = box.key()
         self.progress_log.append((event, key, purpose))
-        if event == "started" and self.annotator is not None:
+        if event == "started" and annotator is self.annotator and annotator is not None:  # not a stopped one
             what = "prefetching" if purpose == "prefetch" else "computing"
             self._progress[key] = progress(total=0, desc=f"SAM: {what} the embedding of a {self._tile_text(box)}")
             if purpose == "click":
@@ -909,7 +1019,8 @@ class AnnotatorDock(QWidget):
         if isinstance(result, Exception):
             self._show_error(result)
         else:
-            self.status.setText(f"Exported {len(self.object_list.ids)} objects as {kind}: {result}")
+            n = annotation_layer.object_count(self.layer)
+            self.status.setText(f"Exported {n} object{'s' * (n != 1)} as {kind}: {result}")
 
     def import_geojson(self, path: str | Path):
         """Add the objects of a GeoJSON file: read and compared off the GUI thread, then drawn a few
@@ -940,10 +1051,12 @@ class AnnotatorDock(QWidget):
         self.threads.run(load, loaded)
         return added
 
-    def _add_loaded(self, objects, message: str, done=None) -> None:
-        """Draw loaded objects, about ``STEP_BUDGET_S`` of work per event-loop turn."""
+    def _add_loaded(self, objects, message: str, done=None, then=None) -> None:
+        """Draw loaded objects into the current annotations layer, about ``STEP_BUDGET_S`` of work
+        per event-loop turn; ``done`` (a future) gets the count, ``then(count)`` runs at the end."""
         import time
 
+        layer = self.layer  # the objects belong to this slide, even if another is started meanwhile
         for obj in objects:
             if obj.class_name not in self.classes:  # an imported class keeps its file's colour
                 self.classes[obj.class_name] = tuple(obj.color)
@@ -952,14 +1065,17 @@ class AnnotatorDock(QWidget):
             start = time.perf_counter()
             for obj in objects:
                 with self._changing():
-                    annotation_layer.add_objects(self.layer, [obj], self.class_color)
+                    annotation_layer.add_objects(layer, [obj], self.class_color)
                 if time.perf_counter() - start > STEP_BUDGET_S:
                     yield
                     start = time.perf_counter()
-            self._changed()
-            self.status.setText(f"{message} {self._count_text()}")
+            if layer is self.layer:
+                self._changed()
+                self.status.setText(f"{message} {self._count_text()}")
             if done is not None:
                 done.set_result(len(objects))
+            if then is not None:
+                then(len(objects))
 
         self.threads.steps(steps())
 

@@ -272,6 +272,20 @@ class Annotator:
             self.clear()
             return obj
 
+    def accept_undoable(self, *args, **kwargs) -> tuple[AnnotatedObject | None, ObjectSnapshot]:
+        """``accept``, and the snapshot that brings the object back, taken in the same step on the
+        worker, after every click queued before it (a snapshot taken when the user pressed Enter
+        would miss those)."""
+        with self._lock:
+            snapshot = self.snapshot()
+            return self.accept(*args, **kwargs), snapshot
+
+    def clear_undoable(self) -> tuple[AnnotatorState, ObjectSnapshot]:
+        """``clear``, and the snapshot that brings the object back (see ``accept_undoable``)."""
+        with self._lock:
+            snapshot = self.snapshot()
+            return self.clear(), snapshot
+
     # -- reading the state (any thread) ----------------------------------------------------------
     @property
     def clicks(self) -> list[tuple[float, float, bool]]:
@@ -387,9 +401,10 @@ class Annotator:
         return self._submit(self.click, x0, y0, positive)
 
     def submit(self, action: str, *args) -> Future:
-        """Queue "undo", "redo", "clear", "restore" (result: the state after it) or "accept" (result:
-        the accepted object or None) behind the queued clicks."""
-        if action not in ("undo", "redo", "clear", "accept", "restore"):
+        """Queue "undo", "redo", "clear", "restore" (result: the state after it), "accept" (result:
+        the accepted object or None), or "accept_undoable" / "clear_undoable" (result: that and the
+        snapshot that undoes it) behind the queued clicks."""
+        if action not in ("undo", "redo", "clear", "accept", "restore", "accept_undoable", "clear_undoable"):
             raise ValueError(f"Unknown action {action!r}.")
         return self._submit(getattr(self, action), *args)
 
