@@ -55,6 +55,7 @@ CLICKS, CURRENT, TILES = "SAM clicks", "SAM current object", "SAM tiles"
 CLICK_SLOP = 4  # screen pixels a press may move and still be a click, not a drag
 PREFETCH_DELAY_MS = 600  # the view must rest this long before tiles around it are prefetched
 AUTOSAVE_DELAY_MS = 400  # edits within this time are saved together
+WARM_UP_DELAY_MS = 300
 STEP_BUDGET_S = 0.04  # GUI-thread work per event-loop turn when drawing many objects
 BINDINGS = ("Left click: positive point · right click or Alt+click: negative · Enter: accept · Escape: cancel "
             "the object · Ctrl-Z / Ctrl-Shift-Z: undo / redo (clicks act while the active layer is in pan/zoom "
@@ -121,7 +122,9 @@ class AnnotatorDock(QWidget):
 
         QApplication.instance().aboutToQuit.connect(self.close_session)  # save the last edits when napari quits
         self.settings.fill_layers()
-        self.threads.run(warm_up, self.settings.fill_models)  # imports torch: not on the GUI thread
+        # torch and friends are imported off the GUI thread, once napari has drawn the dock (an import
+        # running on a worker meanwhile would hold module locks that the dock's own creation waits on)
+        QTimer.singleShot(WARM_UP_DELAY_MS, lambda: self.threads.run(warm_up, self.settings.fill_models))
 
     def _timer(self, interval: int, slot) -> QTimer:
         timer = QTimer(self)
