@@ -304,7 +304,7 @@ def test_an_image_of_another_reader_is_refused_not_loaded(dock, qtbot):
 
 
 @pytest.mark.gui
-def test_buttons_before_start_say_what_to_do(make_napari_viewer, qtbot):
+def test_buttons_before_start_say_what_to_do(make_napari_viewer, qtbot, slide):
     viewer = make_napari_viewer()
     widget = AnnotatorDock(viewer)
     viewer.window.add_dock_widget(widget)
@@ -312,6 +312,9 @@ def test_buttons_before_start_say_what_to_do(make_napari_viewer, qtbot):
         widget.status.setText("")
         qtbot.mouseClick(widget.buttons[name], Qt.MouseButton.LeftButton)
         assert widget.status.text() == NOT_STARTED, name
+    assert widget.min_area_spin.suffix() == " px²"  # no slide yet
+    viewer.open(str(slide), plugin="napari-sam-histo")
+    assert widget.min_area_spin.suffix() == " µm²" and widget.min_area_spin.value() == 10.0  # before Start
 
 
 @pytest.mark.gui

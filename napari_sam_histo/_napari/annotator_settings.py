@@ -182,6 +182,7 @@ class AnnotatorSettings(QWidget):
             return
         downsamples = layer.metadata.get("level_downsamples") or [1.0]
         mpp = layer.metadata.get("mpp")
+        self.show_min_area_unit(mpp)  # µm² as soon as a slide with a pixel size is picked
         for i, d in enumerate(downsamples):
             text = f"level {i}: 1/{d:g}"
             if mpp:
