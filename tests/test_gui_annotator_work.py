@@ -385,3 +385,19 @@ def test_deleting_a_layer_the_dock_draws_on_stops_annotating_and_says_so(dock, q
     assert dock.annotator is None and "was deleted" in dock.status.text()
     click(dock.viewer, *FRAGMENT)  # the dock no longer listens to the canvas
     assert "was deleted" in dock.status.text() and not dock.pending
+
+
+@pytest.mark.gui
+def test_the_dock_stays_usable_when_layers_go_while_it_works(dock, qtbot, monkeypatch):
+    monkeypatch.setattr(dock, "confirm", lambda question: True)
+    click(dock.viewer, *FRAGMENT)  # still running when the user deletes the clicks layer
+    dock.viewer.layers.remove(CLICKS)
+    assert dock.pending == 0
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    assert CLICKS in dock.viewer.layers  # made again
+    image = dock.image_layer
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    dock.viewer.layers.remove(image)  # while the new settings load
+    qtbot.waitUntil(lambda: dock.start_button.isEnabled() and not dock._starting, timeout=120_000)
+    assert dock.annotator is None and dock.status.text().startswith("⚠") and "removed" in dock.status.text()

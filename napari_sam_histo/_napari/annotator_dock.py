@@ -95,8 +95,11 @@ class AnnotatorDock(QWidget):
         self.autosave_path: Path | None = None
         self._starting = False  # between Start and the end of set-up
         self._resuming = False  # while the slide's earlier autosave is being read
-        self._closed = False
+        self._closed = self._closing = False
         self._was_docked = False
+        self._stopped = None  # the last annotator stopped: its threads may still read the slide
+        self._closed_source = None
+        self._made_working_layers = False
         self._saver = None  # one thread for autosaves, so they land in order
         self.last_autosave = None  # a future: the latest autosave being written
         self._undo: list[tuple] = []  # ("click",) | ("accept", obj, snapshot) | ("clear", snapshot) | ("delete", objs)
@@ -304,9 +307,38 @@ class AnnotatorDock(QWidget):
             self.start_button.setEnabled(True)
             self._show_error(result)
             return
-        old = self.annotator
+        annotator, source = result
+        if self._closed:  # the dock went away while the model loaded
+            annotator.close()
+            if source is not self._closed_source:
+                source.close()
+            return
+        old = self.annotator or self._stopped
         self.shutdown()
-        self.threads.steps(self._set_up(layer, *result, old))  # napari repaints between the layers it creates
+        self.threads.steps(self._set_up(layer, annotator, source, old),  # napari repaints between layers
+                           lambda err: self._set_up_failed(err, annotator, source))
+
+    def _set_up_failed(self, err, annotator, source) -> None:
+        """A set-up step failed (a layer it needs was deleted meanwhile, the dock was closed…): the
+        new annotator goes, the dock stays usable, and the status says what happened."""
+        annotator.close()
+        self.shutdown()
+        if not self._closed and source is not self.source:
+            source.close()
+        self._starting = False
+        self.start_button.setEnabled(True)
+        if not self._closed:
+            self._show_error(err)
+
+    def _still_setting_up(self, layer) -> None:
+        """Between set-up steps: ``InputError`` when what it needs is gone."""
+        if self._closed:
+            raise InputError("The dock was closed while starting.")
+        if layer not in self.viewer.layers:
+            raise InputError(f"The image '{layer.name}' was removed while starting: open it and press Start again.")
+        for name in (CURRENT, TILES, CLICKS):
+            if self._made_working_layers and name not in self.viewer.layers:
+                raise InputError(f"The layer '{name}' was removed while starting: press Start again.")
 
     def _ready(self) -> bool:
         """Whether the dock takes a click or an action now; if not, the status says why."""
@@ -337,13 +369,18 @@ class AnnotatorDock(QWidget):
         self.settings.show_min_area_unit(source.mpp)
         d = annotator.grid.downsample
         scale, units = tuple(layer.scale[-2:]), {"units": tuple(layer.units[-2:])}
+        self._made_working_layers = False
         yield
+        self._still_setting_up(layer)
         for _ in self._working_layers(scale, units, d):
             yield
+            self._still_setting_up(layer)
+        self._made_working_layers = True
         current, points = self.viewer.layers[CURRENT], self.viewer.layers[CLICKS]
         current.selected_label = 1  # napari's brush paints the object, the eraser removes from it
         self._color_current(self.class_color(self.class_name))
         yield
+        self._still_setting_up(layer)
         self._connect(self.layer.events.data, self._on_layer_data)
         self._connect(self.layer.events.features, self._on_layer_features)
         self._connect(current.events.paint, self._on_paint)
@@ -429,7 +466,8 @@ class AnnotatorDock(QWidget):
         self._prefetch_timer.stop()
         if self.annotator is not None:
             self.annotator.close(wait=wait)
-            self.annotator = None
+            self._stopped, self.annotator = self.annotator, None
+        self.pending = 0  # the stopped annotator's results are dropped: nothing is pending any more
         for bar in self._progress.values():
             bar.close()
         self._progress.clear()
@@ -454,14 +492,16 @@ class AnnotatorDock(QWidget):
     def close_session(self, wait: bool = False) -> None:
         """Everything ``shutdown`` does, then save what is unsaved and close the slide. Runs when
         the dock is closed or removed, or napari quits (napari removes a dock without closing it)."""
-        if self._closed:
+        if self._closed or self._closing:
             return
-        self._closed = True
-        old = self.annotator
+        self._closing = True
+        old = self.annotator or self._stopped
         self.shutdown(wait=wait)
-        self._flush_autosave()
+        self._flush_autosave()  # the last edits, before autosave stops for good
+        self._closed = True
         if self._saver is not None:
             self._saver.shutdown(wait=True)
+            self._saver = None
         try:
             from qtpy.QtWidgets import QApplication
 
@@ -479,7 +519,7 @@ class AnnotatorDock(QWidget):
             except (TypeError, ValueError, RuntimeError):
                 pass
         if self.source is not None:
-            source = self.source
+            source = self._closed_source = self.source
             if old is not None and not wait:  # its threads may still read the slide: close after them
                 self.threads.run(lambda: (old.close(wait=True), source.close()), lambda result: None)
             else:
@@ -567,13 +607,13 @@ class AnnotatorDock(QWidget):
         """Undo the last click, Accept, Clear or deletion, whichever came last."""
         if self._ready() and self._undo:
             self._apply(self._undo.pop(), undo=True)
-        elif self.annotator is not None:
+        elif self.annotator is not None and not self._starting:
             self.status.setText("Nothing to undo.")
 
     def redo(self) -> None:
         if self._ready() and self._redo:
             self._apply(self._redo.pop(), undo=False)
-        elif self.annotator is not None:
+        elif self.annotator is not None and not self._starting:
             self.status.setText("Nothing to redo.")
 
     def _apply(self, entry: tuple, undo: bool) -> None:
@@ -904,27 +944,37 @@ class AnnotatorDock(QWidget):
                 self._resuming, self.autosave_path = False, path
                 self._changed()
 
+        def autosave_off(err) -> None:  # the sidecar stays as it is; nothing overwrites it
+            self._resuming = False
+            self._show_error(InputError(f"Autosave is off for this slide: {path} could not be set aside ({err}). "
+                                        "Export your objects by hand."))
+
         def loaded(objects):
             if self.layer is not layer:
                 return
-            if isinstance(objects, Exception):
-                aside = autosave.set_aside(path)
-                self._show_error(InputError(f"The autosave {path} could not be read ({objects}); it was kept as "
-                                            f"{aside.name}."))
-            elif objects and self.confirm(f"{len(objects)} objects were saved for this slide in {path.name} "
-                                          f"({path.parent}). Resume them?"):
-                self._add_loaded(objects, f"Resumed {len(objects)} objects from {path.name}.", then=resumed)
+            try:
+                if isinstance(objects, Exception):
+                    aside = autosave.set_aside(path)
+                    self._show_error(InputError(f"The autosave {path} could not be read ({objects}); it was kept "
+                                                f"as {aside.name}."))
+                elif objects and self.confirm(f"{len(objects)} objects were saved for this slide in {path.name} "
+                                              f"({path.parent}). Resume them?"):
+                    self._add_loaded(objects, f"Resumed {len(objects)} objects from {path.name}.", then=resumed,
+                                     failed=autosave_off)
+                    return
+                elif objects:
+                    aside = autosave.set_aside(path)
+                    self.status.setText(f"Not resumed: the earlier objects were kept in {aside}. {self._count_text()}")
+            except OSError as err:
+                autosave_off(err)
                 return
-            elif objects:
-                aside = autosave.set_aside(path)
-                self.status.setText(f"Not resumed: the earlier objects were kept in {aside}. {self._count_text()}")
             resumed(0)
 
         self.threads.run(lambda: autosave.load(path), loaded)
 
     def autosave_now(self) -> None:
         """Write the layer's objects to the sidecar in the background (atomically)."""
-        if self.autosave_path is None or self.layer is None:
+        if self.autosave_path is None or self.layer is None or self._closed:
             return
         from ..annotations import autosave
 
@@ -1054,7 +1104,7 @@ class AnnotatorDock(QWidget):
         self.threads.run(load, loaded)
         return added
 
-    def _add_loaded(self, objects, message: str, done=None, then=None) -> None:
+    def _add_loaded(self, objects, message: str, done=None, then=None, failed=None) -> None:
         """Draw loaded objects into the current annotations layer, about ``STEP_BUDGET_S`` of work
         per event-loop turn; ``done`` (a future) gets the count, ``then(count)`` runs at the end."""
         import time
@@ -1080,7 +1130,14 @@ class AnnotatorDock(QWidget):
             if then is not None:
                 then(len(objects))
 
-        self.threads.steps(steps())
+        def error(err):
+            self._show_error(err)
+            if done is not None and not done.done():
+                done.set_result(0)
+            if failed is not None:
+                failed(err)
+
+        self.threads.steps(steps(), error)
 
     def _suggested(self, suffix: str) -> str:
         path = self.image_layer.metadata.get("slide_path") if self.image_layer is not None else None

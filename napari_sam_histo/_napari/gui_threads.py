@@ -54,13 +54,17 @@ class GuiThreads:
         return future
 
     @staticmethod
-    def steps(generator) -> None:
+    def steps(generator, on_error=None) -> None:
         """Run ``generator`` on the GUI thread, one step (up to its next ``yield``) per event-loop
-        turn."""
+        turn. An exception ends it and goes to ``on_error`` (never into Qt)."""
         def step():
             try:
                 next(generator)
             except StopIteration:
+                return
+            except Exception as err:
+                if on_error is not None:
+                    on_error(err)
                 return
             QTimer.singleShot(0, step)
 
