@@ -213,7 +213,8 @@ def test_embeddings_can_be_kept_on_disk_per_slide(dock, qtbot, tmp_path, monkeyp
     old = dock.annotator
     dock.disk_check.setChecked(True)
     dock.start()  # again, now with a store on disk
-    qtbot.waitUntil(lambda: dock.annotator is not old or dock.status.text().startswith("⚠"), timeout=120_000)
+    qtbot.waitUntil(lambda: (dock.annotator is not None and dock.annotator is not old)
+                    or dock.status.text().startswith("⚠"), timeout=120_000)
     assert dock.annotator is not old, dock.status.text()
     assert dock.annotator.predictor.cache.store_dir == tmp_path / "store"
     dock.add_click(*FRAGMENT)

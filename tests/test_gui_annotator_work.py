@@ -47,9 +47,13 @@ def _answer_save_dialog(monkeypatch, path, seen=None):
 
 def _export(dock, qtbot, monkeypatch, path) -> dict:
     _answer_save_dialog(monkeypatch, path)
+    said, set_text = [], dock.status.setText
+    monkeypatch.setattr(dock.status, "setText", lambda text: said.append(text) or set_text(text))
     qtbot.mouseClick(dock.buttons["Export GeoJSON…"], Qt.MouseButton.LeftButton)
     written = Path(str(path) if Path(path).suffix else f"{path}.geojson")
-    qtbot.waitUntil(lambda: written.exists() and dock.status.text().startswith("Exported"), timeout=20_000)
+    qtbot.waitUntil(lambda: any(t.startswith(("Exported", "⚠")) for t in said), timeout=30_000)
+    assert any(t.startswith("Exported") for t in said) and written.exists(), said
+    monkeypatch.setattr(dock.status, "setText", set_text)
     return json.loads(written.read_text())
 
 

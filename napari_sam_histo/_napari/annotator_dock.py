@@ -825,7 +825,7 @@ class AnnotatorDock(QWidget):
         """A layer the annotator draws on was deleted by the user: stop annotating and say so (the
         accepted objects are in the autosave; Start offers them back)."""
         removed = getattr(event, "value", None)
-        if self.annotator is None or removed is None:
+        if self.annotator is None or removed is None or self._closed:
             return
         if removed is self.layer or removed is self.image_layer or getattr(removed, "name", "") in (CLICKS, CURRENT, TILES):
             if removed is self.layer:

@@ -164,6 +164,16 @@ class AnnotatorSettings(QWidget):
         return next((lay for lay in self.image_layers() if lay.name == self.layer_combo.currentText()), None)
 
     def fill_layers(self, *_) -> None:
+        try:
+            self._fill_layers()
+        except RuntimeError:  # napari deleted the dock with its window: stop listening to its layers
+            for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+                try:
+                    emitter.disconnect(self.fill_layers)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+
+    def _fill_layers(self) -> None:
         current = self.layer_combo.currentText()
         names = [layer.name for layer in self.image_layers()]
         if names == [self.layer_combo.itemText(i) for i in range(self.layer_combo.count())]:

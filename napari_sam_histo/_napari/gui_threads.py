@@ -23,7 +23,15 @@ class _Relay(QObject):
 class GuiThreads:
     def __init__(self, parent: QObject) -> None:
         self._relay = _Relay(parent)
-        self._relay.done.connect(lambda callback, result: callback(result))
+        self._relay.done.connect(self._deliver)
+
+    @staticmethod
+    def _deliver(callback, result) -> None:
+        try:
+            callback(result)
+        except RuntimeError as err:  # the widget that asked was deleted while the work ran: drop it
+            if "has been deleted" not in str(err):
+                raise
 
     def emit(self, callback, value) -> None:
         """From any thread: call ``callback(value)`` on the GUI thread."""
