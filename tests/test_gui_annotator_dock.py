@@ -24,7 +24,7 @@ def test_click_accept_export_and_reimport(dock, qtbot, tmp_path):
     _wait(dock, qtbot)
     current = dock.viewer.layers[CURRENT]
     assert current.data.any() and current.data.shape == (1024, 1024)
-    assert len(dock.viewer.layers[TILES].data) == 1  # the object's tile is outlined
+    qtbot.waitUntil(lambda: len(dock.viewer.layers[TILES].data) == 1, timeout=5_000)  # its tile is outlined (next turn)
     dock.accept()
     qtbot.waitUntil(lambda: dock.pending == 0 and bool(dock.objects()), timeout=60_000)
     [obj] = dock.objects()
