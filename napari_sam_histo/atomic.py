@@ -59,13 +59,19 @@ def _disk_full(path: Path, existed: bool, code: int) -> DiskFullError:
                          f"or choose another folder, then try again; {kept}.", code)
 
 
+def refuse_existing(path: str | Path) -> None:
+    """``InputError`` when ``path`` exists (checked before work that would end in overwriting it)."""
+    if Path(path).exists():
+        raise InputError(f"{path} exists already; choose another name or allow overwriting.")
+
+
 @contextmanager
 def atomic_path(path: str | Path, overwrite: bool = True):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     existed = path.exists()
-    if existed and not overwrite:
-        raise InputError(f"{path} exists already; choose another name or allow overwriting.")
+    if not overwrite:
+        refuse_existing(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)

@@ -22,16 +22,20 @@ from .test_benchmark import make_dataset  # noqa: E402
 from .test_benchmark_report_folder import tiny_methods  # noqa: E402
 
 
-@pytest.fixture
-def dock(make_napari_viewer, tmp_path, mobile_sam):
-    viewer = make_napari_viewer()
+def _docked(viewer, tmp_path, max_clicks: int) -> BenchmarkDock:
+    """The dock in ``viewer`` with a two-image dataset and a report folder of the test's own."""
     widget = BenchmarkDock(viewer)
     viewer.window.add_dock_widget(widget)
     widget.dataset_edit.setText(str(make_dataset(tmp_path / "data", n=2)))
     widget.out_edit.setText(str(tmp_path / "report"))
-    widget.clicks_spin.setValue(4)
+    widget.clicks_spin.setValue(max_clicks)
     widget.device_combo.setCurrentText("cpu")
     return widget
+
+
+@pytest.fixture
+def dock(make_napari_viewer, tmp_path, mobile_sam):
+    return _docked(make_napari_viewer(), tmp_path, 4)
 
 
 @pytest.mark.gui
@@ -108,14 +112,7 @@ class Gated:
 def tiny_dock(make_napari_viewer, tmp_path, monkeypatch, tiny_model):
     """The dock on a shown viewer, building the tiny model's methods instead of loading weights."""
     monkeypatch.setattr(benchmark_dock, "build_methods", lambda config: tiny_methods(tiny_model)[:1])
-    viewer = make_napari_viewer(show=True)
-    widget = BenchmarkDock(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.dataset_edit.setText(str(make_dataset(tmp_path / "data", n=2)))
-    widget.out_edit.setText(str(tmp_path / "report"))
-    widget.clicks_spin.setValue(3)
-    widget.device_combo.setCurrentText("cpu")
-    return widget
+    return _docked(make_napari_viewer(show=True), tmp_path, 3)
 
 
 def _run(dock, qtbot):

@@ -62,9 +62,6 @@ BINDINGS = ("Left click: positive point · right click or Alt+click: negative ·
             "mode) · paint on 'SAM current object' to correct by hand")
 NOT_STARTED = "⚠ Press Start annotating first (pick the slide under Image)."
 
-_rgba = rgba  # older name, kept for the tests
-
-
 def embedding_store(identity: str) -> Path:
     """The folder that keeps one slide's embeddings on disk (all models; the keys tell them apart)."""
     import hashlib
@@ -1047,26 +1044,25 @@ class AnnotatorDock(QWidget):
 
     def export_geojson(self, path: str | Path, overwrite: bool = False):
         """Write the layer as napari's File > Save Selected Layers does (same writer); returns a future."""
-        from ..atomic import atomic_path
         from .writers import write_shapes_geojson
 
-        data, meta = self._layer_tuple()
-        if Path(path).exists() and not overwrite:
-            atomic_path(path, overwrite=False).__enter__()  # raises the usual "exists already" error
-        return self.threads.run(lambda: Path(write_shapes_geojson(str(path), data, meta)[0]),
-                                   lambda r: self._exported(r, "GeoJSON"))
+        return self._export(write_shapes_geojson, path, overwrite, "GeoJSON")
 
     def export_tiff(self, path: str | Path, overwrite: bool = False):
-        from ..atomic import atomic_path
         from .writers import write_shapes_tiff
 
+        return self._export(write_shapes_tiff, path, overwrite, "TIFF", empty_ok=False)
+
+    def _export(self, writer, path, overwrite: bool, kind: str, empty_ok: bool = True):
+        """The layer as it is now, written by ``writer`` on a worker thread; returns a future."""
+        from ..atomic import refuse_existing
+
+        if not overwrite:
+            refuse_existing(path)
         data, meta = self._layer_tuple()
-        if Path(path).exists() and not overwrite:
-            atomic_path(path, overwrite=False).__enter__()
-        if not data:
+        if not data and not empty_ok:
             raise InputError("There is no accepted object to export yet.")
-        return self.threads.run(lambda: Path(write_shapes_tiff(str(path), data, meta)[0]),
-                                   lambda r: self._exported(r, "TIFF"))
+        return self.threads.run(lambda: Path(writer(str(path), data, meta)[0]), lambda r: self._exported(r, kind))
 
     def _exported(self, result, kind: str) -> None:
         if isinstance(result, Exception):

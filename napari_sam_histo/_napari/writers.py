@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 import warnings
 
 import numpy as np
@@ -189,21 +188,15 @@ layer_data_objects = _objects
 
 
 def _line_feature(obj: AnnotatedObject, mpp) -> dict:
+    from ..annotations.geojson import feature_properties
+
     points = obj.polygons[0].exterior
     steps = np.diff(points, axis=0)
     measurements = {"Length px": round(float(np.hypot(steps[:, 0], steps[:, 1]).sum()), 2)}
     if mpp:
         measurements["Length µm"] = round(float(np.hypot(steps[:, 0] * mpp[0], steps[:, 1] * mpp[1]).sum()), 2)
-    properties = {
-        "objectType": "annotation",
-        "classification": {"name": obj.class_name, "color": [int(c) for c in obj.color]},
-        "measurements": measurements,
-        "isLocked": False,
-        "napari-sam-histo": {"model": obj.model, "clicks": obj.clicks, **obj.properties},
-    }
     geometry = {"type": "LineString", "coordinates": np.round(points, 3).tolist()}
-    return {"type": "Feature", "id": getattr(obj, "id", None) or str(uuid.uuid4()), "geometry": geometry,
-            "properties": properties}
+    return {"type": "Feature", "id": obj.id, "geometry": geometry, "properties": feature_properties(obj, measurements)}
 
 
 def _mpp(meta: dict):

@@ -33,14 +33,19 @@ def object_to_feature(obj: AnnotatedObject, mpp=None, offset=(0.0, 0.0)) -> dict
     area = obj.area_um2(mpp)
     if area is not None:
         measurements["Area µm^2"] = round(area, 2)
-    properties = {
+    return {"type": "Feature", "id": obj.id, "geometry": geometry, "properties": feature_properties(obj, measurements)}
+
+
+def feature_properties(obj: AnnotatedObject, measurements: dict) -> dict:
+    """QuPath's properties of an annotation feature (any geometry): class, colour, measurements,
+    and ours (model, clicks, …)."""
+    return {
         "objectType": "annotation",
         "classification": {"name": obj.class_name, "color": [int(c) for c in obj.color]},
         "measurements": measurements,
         "isLocked": False,
         "napari-sam-histo": {"model": obj.model, "clicks": obj.clicks, **obj.properties},
     }
-    return {"type": "Feature", "id": obj.id, "geometry": geometry, "properties": properties}
 
 
 def write_geojson(path: str | Path, objects: list[AnnotatedObject], mpp=None, offset=(0.0, 0.0),
