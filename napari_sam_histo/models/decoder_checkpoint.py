@@ -20,7 +20,7 @@ from .state_dict import read_checkpoint
 
 FORMAT = "napari-sam-histo-decoder"
 FORMAT_VERSION = 1
-DECODER_KINDS = ("sam", "modified")
+DECODER_KINDS = ("sam", "modified", "residual")
 
 
 def decoder_metadata(

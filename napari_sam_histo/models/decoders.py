@@ -17,6 +17,7 @@ from ..errors import CheckpointError, InputError
 from .decoder_checkpoint import check_base_model, read_decoder_checkpoint
 from .modified_decoder import ModifiedMaskDecoder
 from .registry import LoadedModel
+from .residual_decoder import ResidualMaskDecoder
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
@@ -25,16 +26,40 @@ RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 class DecoderChoice:
     """A decoder module and what it is, for reports and cache-free provenance."""
 
-    kind: str  # "sam" or "modified"
+    kind: str  # "sam", "modified" or "residual"
     module: torch.nn.Module
     source: str  # "checkpoint", a file path, or "untrained"
     trained: bool
 
 
-SHIPPED_DECODERS = ("modified", "md")
-DECODER_NAMES = ("sam", "modified", "md")
-VALID_DECODERS = ("'sam' (SAM's own), 'modified' (Kim et al.), 'md' (SAM's decoder fine-tuned) "
-                  "or the path of a decoder checkpoint file")
+SHIPPED_DECODERS = ("residual", "modified", "md")
+DECODER_NAMES = ("sam", "residual", "modified", "md")
+VALID_DECODERS = ("'sam' (SAM's own), 'residual' (SAM's decoder + a trained correction), 'modified' "
+                  "(Kim et al.), 'md' (SAM's decoder fine-tuned) or the path of a decoder checkpoint file")
+
+
+class SingleMaskDecoder(torch.nn.Module):
+    """SAM's decoder answering every prompt with its single-mask output (token 0).
+
+    A decoder fine-tuned on token 0 alone (the ``md`` scenario up to now) left SAM's three
+    multimask heads and its IoU ranking untrained; asking it for three masks at the first click
+    would run heads that never saw histology. Its checkpoint says ``"mask_outputs": "single"``
+    (or predates that key), and inference then uses what training used."""
+
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                multimask_output: bool = False):
+        return self.decoder(image_embeddings=image_embeddings, image_pe=image_pe,
+                            sparse_prompt_embeddings=sparse_prompt_embeddings,
+                            dense_prompt_embeddings=dense_prompt_embeddings, multimask_output=False)
+
+
+def trained_single_mask(metadata: dict) -> bool:
+    """Whether a SAM-kind decoder checkpoint was trained on the single-mask output only."""
+    return metadata["decoder_kind"] == "sam" and metadata.get("mask_outputs", "single") == "single"
 
 
 def _looks_like_path(text: str) -> bool:
@@ -72,6 +97,8 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> Decod
     check_base_model(metadata, model.name, model.weights_hash, str(path))
     if metadata["decoder_kind"] == "modified":
         module = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder)
+    elif metadata["decoder_kind"] == "residual":
+        module = ResidualMaskDecoder.from_sam_decoder(model.sam.mask_decoder)
     else:
         import copy
 
@@ -81,8 +108,10 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> Decod
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit a {metadata['decoder_kind']} decoder "
                               f"for {model.arch} ({str(err)[:300]}).") from err
-    return DecoderChoice(metadata["decoder_kind"], module.to(model.device).eval(), str(path),
-                         bool(metadata["trained"]))
+    module = module.to(model.device).eval()
+    if trained_single_mask(metadata):
+        module = SingleMaskDecoder(module)
+    return DecoderChoice(metadata["decoder_kind"], module, str(path), bool(metadata["trained"]))
 
 
 def choose_decoder(model: LoadedModel, decoder: str = "sam", allow_untrained: bool = False) -> DecoderChoice:
@@ -91,7 +120,13 @@ def choose_decoder(model: LoadedModel, decoder: str = "sam", allow_untrained: bo
     decoder = resolve_decoder_name(decoder)
     if decoder == "sam":
         return DecoderChoice("sam", model.sam.mask_decoder, "checkpoint", True)
-    if decoder == "md":
+    if decoder == "residual":
+        shipped = shipped_decoder_path(model.name, "residual")
+        if shipped is None:
+            raise CheckpointError(f"No trained residual decoder is shipped for model {model.name!r}; train one "
+                                  f"(napari-sam-histo train --scenario residual) and choose its file.")
+        choice = build_decoder_from_checkpoint(model, shipped)
+    elif decoder == "md":
         shipped = shipped_decoder_path(model.name, "md")
         if shipped is None:
             raise CheckpointError(f"No fine-tuned SAM decoder (md) is shipped for model {model.name!r}; "

@@ -40,16 +40,21 @@ def _group_column(dataset: Path, column: str | None) -> dict[str, str]:
 
 
 def load_patches(dataset: str | Path, group_by: str | None = None, limit: int | None = None,
+                 stride: int = 1, components: bool = False, min_object_px: int = 0,
                  ) -> tuple[list[TrainingPatch], list[Skipped]]:
-    """Every usable pair of ``dataset`` as one object (the whole mask), with its group."""
+    """Every usable pair of ``dataset`` (every ``stride``-th) as one object (the whole mask), or
+    with ``components`` one object per connected region of at least ``min_object_px`` pixels
+    (glomeruli, glands: many objects share one image and so one embedding), with its group."""
     dataset = Path(dataset)
-    pairs = find_pairs(dataset, limit=limit)
+    pairs = find_pairs(dataset, limit=limit, stride=stride)
     groups = _group_column(dataset, group_by)
     patches, skipped = [], []
     for pair in pairs:
-        for sample in load_samples(pair):
+        for sample in load_samples(pair, components=components):
             if isinstance(sample, Skipped):
                 skipped.append(sample)
+            elif components and int(sample.target.sum()) < min_object_px:
+                continue
             else:
                 group = groups.get(pair.stem, pair.stem)
                 patches.append(TrainingPatch(sample, f"{dataset.name}/{group}"))

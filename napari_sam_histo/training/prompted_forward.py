@@ -60,7 +60,8 @@ def encode_clicks(clicks: list[list[AutoClick]], geometry: list[ImageGeometry], 
 
 
 class PromptedForward:
-    """Prompt encoder + decoder (``kind`` "sam" or "modified") on a batch of image embeddings."""
+    """Prompt encoder + decoder (``kind`` "sam", "modified" or "residual") on a batch of image
+    embeddings. ``sam`` (the md scenario) trains and, from its checkpoint, infers token 0 alone."""
 
     def __init__(self, sam, decoder: torch.nn.Module, kind: str) -> None:
         self.sam = sam
@@ -94,6 +95,9 @@ class PromptedForward:
         image_pe = encoder.get_dense_pe()
         if self.kind == "sam":
             return sam_decoder_batched(self.decoder, features, image_pe, sparse, dense)
+        if self.kind == "residual":  # the first click ranks SAM's three candidates, as at inference
+            return self.decoder.forward_best(features, image_pe.expand(len(clicks), -1, -1, -1), sparse, dense,
+                                             multimask_output=len(clicks[0]) == 1)
         low_res, _ = self.decoder(image_embeddings=features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
                                   dense_prompt_embeddings=dense, multimask_output=False)
         return low_res

@@ -1,8 +1,10 @@
 """The fine-tuning scenarios of Kim et al. (§2.2, Fig. 2b): what trains, what stays frozen.
 
-``md``: SAM's mask decoder alone (SAM^MD). ``ie_md``: image encoder + decoder, prompt encoder
+``md``: SAM's mask decoder alone (SAM^MD), trained on a copy (the base model's own decoder, which
+``decoder="sam"`` runs, is never changed in place). ``ie_md``: image encoder + decoder, prompt encoder
 frozen (SAM^IE_MD). ``whole``: everything (SAM^Whole). ``modified``: the modified decoder of §2.3
-on frozen encoders. Frozen-encoder scenarios compute each patch's embedding once and reuse it
+on frozen encoders. ``residual``: SAM's decoder frozen plus a trained correction of its logits
+(``models/residual_decoder.py``; untrained, it is exactly zero-shot SAM). Frozen-encoder scenarios compute each patch's embedding once and reuse it
 every epoch, so they train on a CPU; the others run the ViT encoder forward and backward on every
 step, which wants a GPU.
 """
@@ -11,16 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import copy
+
 import torch
 
 from ..errors import InputError
 from ..models.modified_decoder import ModifiedMaskDecoder
+from ..models.residual_decoder import ResidualMaskDecoder
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    decoder_kind: str  # "sam" or "modified"
+    decoder_kind: str  # "sam", "modified" or "residual"
     trains_image_encoder: bool
     trains_prompt_encoder: bool
     description: str
@@ -36,6 +41,8 @@ SCENARIOS = {
         Scenario("ie_md", "sam", True, False, "image encoder + mask decoder; prompt encoder frozen (SAM^IE_MD)"),
         Scenario("whole", "sam", True, True, "the whole SAM (SAM^Whole)"),
         Scenario("modified", "modified", False, False, "the modified decoder (Kim et al.); encoders frozen"),
+        Scenario("residual", "residual", False, False,
+                 "SAM's decoder frozen + a trained correction of its logits; encoders frozen"),
     )
 }
 
@@ -48,8 +55,14 @@ def get_scenario(name: str) -> Scenario:
 
 def prepare_modules(sam: torch.nn.Module, scenario: Scenario) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
     """(the decoder to train, the trained modules by name); every other weight is frozen."""
-    decoder = (ModifiedMaskDecoder.from_sam_decoder(sam.mask_decoder) if scenario.decoder_kind == "modified"
-               else sam.mask_decoder)
+    if scenario.decoder_kind == "modified":
+        decoder = ModifiedMaskDecoder.from_sam_decoder(sam.mask_decoder)
+    elif scenario.decoder_kind == "residual":
+        decoder = ResidualMaskDecoder.from_sam_decoder(sam.mask_decoder)
+    elif scenario.trains_image_encoder:
+        decoder = sam.mask_decoder  # the whole SAM is trained and saved as one model
+    else:
+        decoder = copy.deepcopy(sam.mask_decoder)  # md: a later Predictor(model, "sam") stays SAM's
     trained = {"decoder": decoder}
     if scenario.trains_image_encoder:
         trained["image_encoder"] = sam.image_encoder
@@ -60,4 +73,7 @@ def prepare_modules(sam: torch.nn.Module, scenario: Scenario) -> tuple[torch.nn.
     for module in trained.values():
         for parameter in module.parameters():
             parameter.requires_grad_(True)
+    if isinstance(decoder, ResidualMaskDecoder):
+        for parameter in decoder.sam_decoder.parameters():
+            parameter.requires_grad_(False)
     return decoder, trained

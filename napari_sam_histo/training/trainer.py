@@ -43,7 +43,12 @@ class TrainConfig:
     scenario: str = "modified"
     model: str = "vit_t"
     extra_train: list[str] = field(default_factory=list)  # training only, never validated
+    components: list[str] = field(default_factory=list)  # training only, one object per connected region
     val: list[str] = field(default_factory=list)  # explicit validation datasets (no split)
+    stride: int = 1  # every stride-th pair of each dataset (a spread-out subset)
+    min_object_px: int = 64  # smaller connected regions of ``components`` datasets are left out
+    embedding_store: str | None = None  # on-disk float16 embedding cache shared with later runs
+    validate_start: bool = False  # validate the untrained weights first (epoch 0; residual = SAM)
     val_fraction: float = 0.2
     group_by: str | None = "case_id"  # manifest column that keeps one slide's patches together
     epochs: int = 30
@@ -75,6 +80,25 @@ class TrainResult:
     steps: int
 
 
+def runtime_info(device: torch.device, precision: str) -> dict:
+    """Where and how a run computed: recorded with every checkpoint and history."""
+    import platform
+
+    from .. import __version__
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name() or platform.machine()
+    return {"device": device.type, "device_name": name, "precision": precision, "torch": str(torch.__version__),
+            "napari_sam_histo": __version__, "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as stream:
+            return next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def lr_for_epoch(config: TrainConfig, epoch: int) -> float:
     """The paper's step schedule (epochs 0-based: x0.1 from epoch 20 and again from 25)."""
     return config.lr * config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones)
@@ -104,7 +128,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the modified decoder's new layers start the same every run
         self.decoder, self.trained = prepare_modules(self.model.sam, self.scenario)
         self.forward = PromptedForward(self.model.sam, self.decoder, self.scenario.decoder_kind)
-        self.parameters = [p for m in self.trained.values() for p in m.parameters()]
+        self.parameters = [p for m in self.trained.values() for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
         self.amp = config.amp == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.train_patches, self.val_patches = self._load_data()
@@ -118,13 +142,16 @@ class Trainer:
         c = self.config
         patches: list[TrainingPatch] = []
         for dataset in c.datasets:
-            patches += load_patches(dataset, c.group_by, c.limit)[0]
+            patches += load_patches(dataset, c.group_by, c.limit, c.stride)[0]
         if c.val:
             train, val = patches, [p for d in c.val for p in load_patches(d, c.group_by, c.limit)[0]]
         else:
             train, val = split_by_group(patches, c.val_fraction, c.seed)
         for dataset in c.extra_train:
-            train += load_patches(dataset, c.group_by, c.limit)[0]
+            train += load_patches(dataset, c.group_by, c.limit, c.stride)[0]
+        for dataset in c.components:
+            train += load_patches(dataset, c.group_by, c.limit, c.stride, components=True,
+                                  min_object_px=c.min_object_px)[0]
         write_manifest(self.out_dir / "train_manifest.csv", [p.sample.pair for p in train],
                        {"group": [p.group for p in train]})
         if val:
@@ -134,6 +161,11 @@ class Trainer:
                  f"validation: {len(val)} patches in {len({p.group for p in val})} groups")
         return train, val
 
+    def _embedding_cache(self):
+        from ..engine.embedding_cache import EmbeddingCache
+
+        return EmbeddingCache(max_bytes=1 << 26, store_dir=self.config.embedding_store, store_dtype="float16")
+
     def _predictor(self, cache=None):
         from ..engine.predictor import Predictor
         from ..models.decoders import DecoderChoice
@@ -142,22 +174,27 @@ class Trainer:
         return Predictor(self.model, choice, cache=cache, precision="fp32", encoder_precision="fp32")
 
     def precompute_embeddings(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Frozen encoder: each training patch is embedded once, kept on the device."""
+        """Frozen encoder: each training image is embedded once (objects of one image share it)
+        and kept in memory in float16 (2 MiB each); with ``embedding_store`` also on disk, keyed
+        like the annotator's cache, so later runs and the benchmark skip the encoder."""
         if not self.scenario.frozen_encoder:
             return
-        predictor = self._predictor()
-        todo = [p for p in self.train_patches if p.sample.identity not in self._features]
+        predictor = self._predictor(self._embedding_cache() if self.config.embedding_store else None)
+        todo = list({p.sample.identity: p for p in self.train_patches
+                     if p.sample.identity not in self._features}.values())
         for done, patch in enumerate(todo):
-            embedding = predictor.embed(patch.sample.image)
+            embedding = (predictor.embedding_for_array(patch.sample.image, patch.sample.identity)
+                         if self.config.embedding_store else predictor.embed(patch.sample.image))
             self._features[patch.sample.identity] = (
-                embedding.features, ImageGeometry(embedding.input_size, embedding.original_size))
+                embedding.features.to(self.device, torch.float16),
+                ImageGeometry(embedding.input_size, embedding.original_size))
             if progress is not None:
                 progress(done + 1, len(todo))
 
     def _batch_features(self, batch: list[TrainingPatch]) -> tuple[torch.Tensor, list[ImageGeometry]]:
         if self.scenario.frozen_encoder:
             entries = [self._features[p.sample.identity] for p in batch]
-            return torch.cat([e[0] for e in entries]), [e[1] for e in entries]
+            return torch.cat([e[0] for e in entries]).float(), [e[1] for e in entries]
         if self._preprocessor is None:
             self._preprocessor = self._predictor()
         pixels, geometry = [], []
@@ -274,6 +311,10 @@ class Trainer:
             config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}
             metadata = decoder_metadata(self.scenario.decoder_kind, self.model.name, self.model.weights_hash,
                                         self.scenario.name, True, metrics, config)
+            # what the first click runs at inference: md trains token 0 alone (models/decoders.py
+            # then answers the first click with it too); residual ranks SAM's three candidates
+            metadata["mask_outputs"] = {"md": "single", "residual": "multimask-first"}.get(self.scenario.name, "single")
+            metadata["runtime"] = runtime_info(self.device, "bf16" if self.amp else "fp32")
             return save_decoder_checkpoint(self.out_dir / "decoder-best.pt", self.decoder, metadata)
         path = self.out_dir / "model-best.pt"
         state = {k: v.detach().float().cpu() for k, v in self.model.sam.state_dict().items()}
@@ -300,7 +341,9 @@ class Trainer:
             bar.close()
         from ..engine.embedding_cache import EmbeddingCache
 
-        val_cache = EmbeddingCache(max_bytes=1 << 40)
+        val_cache = EmbeddingCache(max_bytes=1 << 40, store_dir=c.embedding_store, store_dtype="float16")
+        if c.validate_start and self.epoch == 0 and not self.history:
+            self._validate_untrained(val_cache, on_epoch)
         epochs_run = 0
         while self.epoch < c.epochs and (stop_after_epochs is None or epochs_run < stop_after_epochs):
             started = time.perf_counter()
@@ -337,6 +380,23 @@ class Trainer:
             self.save_best({})
         return TrainResult(self.out_dir, self.best_path, self.best, self.history, self.step)
 
+    def _validate_untrained(self, val_cache, on_epoch) -> None:
+        """Epoch 0: the starting weights (for ``residual``, exactly zero-shot SAM) are a candidate
+        like any epoch, so a run that never beats them on the validation sources keeps them."""
+        started = time.perf_counter()
+        metrics = self.validate(val_cache)
+        record = {"epoch": 0, "step": 0, "lr": 0.0, "loss": None, "train_s": 0.0,
+                  "val_s": round(time.perf_counter() - started, 2), **{f"val_{k}": v for k, v in metrics.items()}}
+        self.history.append(record)
+        if self._is_better(metrics):
+            self.best = {"epoch": 0, **metrics}
+            self.save_best(metrics)
+        self.save_state()
+        self._write_history()
+        self.log(self._format_record(record))
+        if on_epoch is not None:
+            on_epoch(record)
+
     def _is_better(self, metrics: dict) -> bool:
         if not metrics:
             return False
@@ -347,10 +407,14 @@ class Trainer:
     def _write_history(self) -> None:
         with atomic_path(self.out_dir / "history.json") as tmp:
             Path(tmp).write_text(json.dumps({"config": asdict(self.config), "best": self.best,
+                                             "runtime": runtime_info(self.device, "bf16" if self.amp else "fp32"),
                                              "history": self.history}, indent=1))
 
     def _format_record(self, r: dict) -> str:
-        text = f"epoch {r['epoch']}: loss {r['loss']:.4f}, lr {r['lr']:.1e}, {r['train_s']:.0f} s"
+        if r["loss"] is None:
+            text = f"epoch {r['epoch']}: the starting weights, untrained"
+        else:
+            text = f"epoch {r['epoch']}: loss {r['loss']:.4f}, lr {r['lr']:.1e}, {r['train_s']:.0f} s"
         if "val_noc" in r:
             text += (f"; val NoC@{round(self.config.val_iou * 100)} {r['val_noc']:.2f}, NoF {r['val_nof']}, "
                      f"mIoU@1 {r['val_miou@1']:.3f}, @5 {r['val_miou@5']:.3f} ({r['val_s']:.0f} s)")
