@@ -71,6 +71,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         ignore_value=args.ignore_value,
         mask_suffix=args.mask_suffix, limit=args.limit, stride=args.stride, device=args.device,
         mask_prompts={"on": (True,), "off": (False,), "both": (True, False)}[args.mask_prompt],
+        precision=args.precision, embedding_store=args.embedding_store,
+        embedding_store_dtype=args.embedding_store_dtype,
     )
     existing = "resume" if args.resume else "overwrite" if args.overwrite else "refuse"
     bar = tqdm(total=None, unit="image", desc="benchmark", disable=args.quiet)
@@ -87,7 +89,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-    print(format_table(summary))
+    print(format_table(summary))  # its first line: the precision, device and versions that ran
+    store = summary.get("config", {}).get("embedding_store")
+    if store:
+        loaded = sum(m.get("embeddings_from_store") or 0 for m in summary["methods"].values())
+        print(f"embedding store {store}: {loaded} embedding{'s' if loaded != 1 else ''} read from it "
+              f"(SPCe2e charges each at the encoder seconds recorded when it was computed)")
     skipped = format_skipped(summary)
     if skipped:
         print(skipped)
@@ -204,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="feed the previous logits back as SAM's mask prompt (on), points only (off), or both")
     bench.add_argument("--stride", type=int, default=1, help="only every K-th image (sorted by name)")
     bench.add_argument("--device", default="auto")
+    bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="the decoder's: auto is bf16 where it is native (Ampere+ GPUs, CPUs with "
+                            "AVX512-BF16/AMX), fp32 elsewhere; the report records what ran")
+    bench.add_argument("--embedding-store", default=None, metavar="DIR",
+                       help="keep the image embeddings in DIR, so later runs on the same images (same model "
+                            "and device) encode nothing again; SPCe2e still charges the recorded encoder time")
+    bench.add_argument("--embedding-store-dtype", choices=("float32", "float16"), default="float32",
+                       help="float16 halves the store, at slightly different masks (default float32: exact)")
     bench.add_argument("--out", required=True, help="report folder")
     existing = bench.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",

@@ -97,7 +97,9 @@ def test_report_files_and_summary_fields(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "r" / "samples.csv")))
     assert len(rows) == 6 and {r["method"] for r in rows} == {"oracle", "stuck"}
     table = (tmp_path / "r" / "table.txt").read_text()
-    assert table.splitlines()[0].split()[:4] == ["Method", "NoC@80", "NoC@85", "NoC@90"]
+    assert table.splitlines()[0].startswith("runtime: torch ")  # what ran: precision, device, versions
+    assert table.splitlines()[1].split()[:4] == ["Method", "NoC@80", "NoC@85", "NoC@90"]
+    assert summary["runtime"]["methods"] == {}  # neither oracle nor stuck runs a predictor
     assert iio.imread(tmp_path / "r" / "miou.png").shape[2] in (3, 4)
 
 

@@ -8,6 +8,12 @@ partial report.
 A report folder that already holds a report is refused unless the run resumes it (``existing=
 "resume"``: the samples already in ``samples.csv`` for a method are not run again) or overwrites
 it (``existing="overwrite"``), so an earlier report is never lost by running into the same folder.
+A resume must run on the runtime the report records (precision, device, versions: ``runtime``).
+
+``embedding_store`` keeps the embeddings on disk (``EmbeddingCache(store_dir=...)``), so another
+run on the same images, in another process, encodes nothing again; an embedding read from the
+store is charged in SPCe2e at the encoder seconds recorded when it was computed, and store entries
+are tagged with the device, so they are reused only on the device (model) that computed them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .dataset import Skipped, find_pairs, load_samples
 from .metrics import DEFAULT_THRESHOLDS
 from .report import ReportWriter, refuse_existing
 from .runner import InteractiveModel, SamClickModel, SampleResult, run_sample
+from .runtime import benchmark_runtime
 
 
 @dataclass
@@ -42,6 +49,9 @@ class BenchmarkConfig:
     mask_prompts: tuple[bool, ...] = (True,)  # True: previous logits as mask prompt; False: points only
     stride: int = 1  # every stride-th image (sorted by name): a spread-out subset of a big dataset
     device: str = "auto"
+    precision: str = "auto"  # the decoder's: auto (bf16 where native), fp32 or bf16
+    embedding_store: str | None = None  # a folder: embeddings kept on disk across runs
+    embedding_store_dtype: str = "float32"  # float16 halves the store; embeddings then differ slightly
 
     @property
     def stop_iou(self) -> float | None:
@@ -53,17 +63,23 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
     from ..engine.embedding_cache import EmbeddingCache
     from ..engine.predictor import Predictor
     from ..models.registry import load_model
+    from .runtime import device_name
 
+    store = config.embedding_store
     methods = []
     for model_name in config.models:
         model = load_model(model_name, config.device)
-        cache = EmbeddingCache()
+        if store is None:
+            cache, key_tag = EmbeddingCache(), ""
+        else:
+            cache = EmbeddingCache(store_dir=Path(store).expanduser(), store_dtype=config.embedding_store_dtype)
+            key_tag = f"|benchmark:{model.device.type}:{device_name(model.device)}:{config.embedding_store_dtype}"
         for decoder in config.decoders:
             label = decoder if decoder in ("sam", "modified", "md") else Path(decoder).stem
-            predictor = Predictor(model, decoder, cache=cache)
+            predictor = Predictor(model, decoder, cache=cache, precision=config.precision)
             for mask_prompt in config.mask_prompts:
                 name = f"{model.name}+{label}" + ("" if mask_prompt else "/points")
-                methods.append(SamClickModel(predictor, name, mask_prompt))
+                methods.append(SamClickModel(predictor, name, mask_prompt, key_tag=key_tag))
     return methods
 
 
@@ -92,7 +108,7 @@ def iter_benchmark(
     methods = methods if methods is not None else build_methods(config)
     writer = ReportWriter(config.out_dir, [m.name for m in methods], config.thresholds, config.max_clicks,
                           config.ritm_nof, config={**asdict(config), "thresholds": list(config.thresholds)},
-                          existing=existing)
+                          existing=existing, runtime=benchmark_runtime(methods))
     writer.write(partial=True, figures=False)  # the folder says at once what it holds, and how it was made
     whole_images = not (config.instances or config.components)  # sample id == stem: known before loading
     try:
@@ -113,7 +129,7 @@ def iter_benchmark(
                             writer.skip(method.name, sample.sample_id, sample.reason)
                             continue
                         result = run_sample(method, sample, config.max_clicks, config.stop_iou, load_s)
-                        writer.add(result, method.encoder_calls)
+                        writer.add(result, method.encoder_calls, getattr(method, "store_loads", None))
                         results.append(result)
                     load_s = 0.0  # loading is counted once per image, with its first sample
             last = done + 1 == len(pairs)

@@ -7,7 +7,9 @@ A folder that already holds a report is never truncated by accident: ``existing=
 default) raises an ``InputError``; ``"resume"`` carries over the samples already in ``samples.csv``
 (the tallies are rebuilt from it, so the summary is that of an uninterrupted run) and appends the
 rest; ``"overwrite"`` starts again. IoUs are written at full precision so that a resumed summary is
-exactly the uninterrupted one.
+exactly the uninterrupted one. A resume is refused when the report was made with another protocol
+(``RESUME_KEYS``) or on another runtime (decoder/encoder precision, device, torch or
+napari-sam-histo version: one report, one runtime, the one its ``runtime`` records).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..atomic import atomic_path
 from ..errors import InputError
 from .metrics import DEFAULT_THRESHOLDS, summarize
 from .runner import SampleResult
+from .runtime import describe
 
 
 REPORT_FILES = ("samples.csv", "summary.json")
@@ -83,13 +86,15 @@ class MethodTally:
     clicks: int = 0
     encoder_calls: int = 0
     encoder_calls_before: int = 0  # counted by the run that a resumed report continues
+    store_loads: int | None = None  # embeddings read from the on-disk store (None: not counted)
+    store_loads_before: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
 
 
 class ReportWriter:
     def __init__(self, out_dir: str | Path, methods: list[str], thresholds=DEFAULT_THRESHOLDS,
                  max_clicks: int = 20, ritm_nof: bool = False, config: dict | None = None,
-                 existing: str = "refuse") -> None:
+                 existing: str = "refuse", runtime: dict | None = None) -> None:
         if existing not in EXISTING_CHOICES:
             raise ValueError(f"existing must be one of {EXISTING_CHOICES}, not {existing!r}")
         self.out_dir = Path(out_dir)
@@ -101,6 +106,7 @@ class ReportWriter:
         self.max_clicks = max_clicks
         self.ritm_nof = ritm_nof
         self.config = dict(config or {})
+        self.runtime = dict(runtime) if runtime is not None else None
         self.tallies = {m: MethodTally() for m in self.methods}
         self._csv_path = self.out_dir / "samples.csv"
         self._columns = (["method", "sample", "status", "clicks"] + [f"noc@{threshold_label(t)}" for t in self.thresholds]
@@ -131,6 +137,7 @@ class ReportWriter:
             if key in made_with and key in self.config and _comparable(key, old) != _comparable(key, new):
                 raise InputError(f"Cannot resume the report in {self.out_dir}: it was made with {key} = {old!r}, "
                                  f"this run has {key} = {new!r}. Use the same settings, or choose another folder.")
+        self._check_runtime(previous.get("runtime"))
         with open(self._csv_path, newline="") as stream:
             reader = csv.reader(stream)
             header = next(reader, None)
@@ -147,9 +154,31 @@ class ReportWriter:
             self.done.add(key)
             rows.append(row)
         for name, tally in self.tallies.items():
-            calls = previous.get("methods", {}).get(name, {}).get("encoder_calls") or 0
-            tally.encoder_calls = tally.encoder_calls_before = int(calls)
+            entry = previous.get("methods", {}).get(name, {})
+            tally.encoder_calls = tally.encoder_calls_before = int(entry.get("encoder_calls") or 0)
+            loads = entry.get("embeddings_from_store")
+            if loads is not None:
+                tally.store_loads = tally.store_loads_before = int(loads)
         return rows
+
+    def _check_runtime(self, previous: dict | None) -> None:
+        """Refuse to resume a report made with another precision, device or version: its numbers
+        and seconds would mix two runtimes under one label. A report from before runtimes were
+        recorded (no ``runtime``) cannot be checked and is resumed."""
+        if not previous or self.runtime is None:
+            return
+        mismatches = [key for key in ("torch", "napari_sam_histo")
+                      if key in previous and key in self.runtime and previous[key] != self.runtime[key]]
+        old_methods, new_methods = previous.get("methods") or {}, self.runtime.get("methods") or {}
+        mismatches += [name for name in self.methods
+                       if name in old_methods and name in new_methods and old_methods[name] != new_methods[name]]
+        if mismatches:
+            made = "\n".join("  " + line for line in describe(previous))
+            now = "\n".join("  " + line for line in describe(self.runtime))
+            raise InputError(f"Cannot resume the report in {self.out_dir}: it was made on another runtime "
+                             f"(it differs in {', '.join(mismatches)}).\nThe report:\n{made}\nThis run:\n{now}\n"
+                             f"Resume with the same --precision and --device (and the same torch), or choose "
+                             f"another folder, or pass --overwrite.")
 
     def _restore(self, row: dict) -> bool:
         """Count one previous row into its method's tally; False for a row that cannot be used."""
@@ -176,7 +205,9 @@ class ReportWriter:
         with open(self._csv_path, "a", newline="") as stream:
             csv.writer(stream).writerow([row.get(c, "") for c in self._columns])
 
-    def add(self, result: SampleResult, encoder_calls: int | None = None) -> None:
+    def add(self, result: SampleResult, encoder_calls: int | None = None, store_loads: int | None = None) -> None:
+        """``encoder_calls``/``store_loads``: the method's counts so far in this run (the encoder
+        runs, the embeddings read from the on-disk store), added to those of a resumed report."""
         from .metrics import noc
 
         tally = self.tallies[result.method]
@@ -186,6 +217,8 @@ class ReportWriter:
         tally.clicks += len(result.ious)
         if encoder_calls is not None:
             tally.encoder_calls = tally.encoder_calls_before + encoder_calls
+        if store_loads is not None:
+            tally.store_loads = tally.store_loads_before + store_loads
         row = {"method": result.method, "sample": result.sample_id, "status": "ok", "clicks": len(result.ious),
                "final_iou": f"{result.ious[-1]:.4f}" if result.ious else "",
                "decoder_s_per_click": f"{np.mean(result.decoder_s):.5f}" if result.decoder_s else "",
@@ -213,10 +246,15 @@ class ReportWriter:
                 "n_skipped": len(tally.skipped),
                 "skipped": tally.skipped,
             })
+            if tally.store_loads is not None:
+                entry["embeddings_from_store"] = tally.store_loads
             methods[name] = entry
-        return {"partial": partial, "thresholds": list(self.thresholds), "max_clicks": self.max_clicks,
-                "nof_variant": "ritm (noc == max_clicks)" if self.ritm_nof else "never reached",
-                "config": self.config, "methods": methods}
+        summary = {"partial": partial, "thresholds": list(self.thresholds), "max_clicks": self.max_clicks,
+                   "nof_variant": "ritm (noc == max_clicks)" if self.ritm_nof else "never reached",
+                   "config": self.config, "methods": methods}
+        if self.runtime is not None:
+            summary["runtime"] = self.runtime
+        return summary
 
     def write(self, partial: bool = False, figures: bool = True) -> dict:
         """Rewrite summary.json (cheap: after every image, so a resume knows the encoder calls) and,
@@ -283,13 +321,13 @@ def format_table(summary: dict) -> str:
     """The paper's layout: Method | NoC@80 85 90 | SPC | NoF/n@85 90, plus end-to-end SPC and n.
 
     SPC(s) is decoder-only seconds per click; SPCe2e(s) includes loading and the encoder, as RITM
-    times it (total time / total clicks)."""
+    times it (total time / total clicks). The first line says what ran: precision, device, versions."""
     thresholds = summary["thresholds"]
     nof_thresholds = [t for t in thresholds if t >= 0.85] or list(thresholds)
     head = (f"{'Method':28}" + "".join(f"{'NoC@' + threshold_label(t):>9}" for t in thresholds)
             + f"{'SPC(s)':>9}{'SPCe2e(s)':>11}" + "".join(f"{'NoF/n@' + threshold_label(t):>11}" for t in nof_thresholds)
             + f"{'n':>6}")
-    lines = [head, "-" * len(head)]
+    lines = describe(summary.get("runtime")) + [head, "-" * len(head)]
 
     def fmt(value, spec):
         return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))

@@ -49,14 +49,26 @@ class SampleResult:
 class SamClickModel:
     """A predictor (model + decoder) as an ``InteractiveModel``."""
 
-    def __init__(self, predictor, name: str | None = None, mask_prompt: bool = True) -> None:
+    def __init__(self, predictor, name: str | None = None, mask_prompt: bool = True, key_tag: str = "") -> None:
+        """``key_tag`` is added to every image identity of the cache keys: the benchmark's on-disk
+        embedding store tags its entries with the device (and stored dtype), so an embedding, and
+        the encoder seconds recorded with it, are only reused where they were computed."""
         self.predictor = predictor
         self.mask_prompt = mask_prompt
+        self.key_tag = key_tag
         self.name = name or f"{predictor.model.name}+{predictor.decoder.kind}" + ("" if mask_prompt else "/points")
+        self.store_loads = 0  # embeddings this method read from the on-disk store (not encoded, not in memory)
 
     @property
     def encoder_calls(self) -> int:
         return self.predictor.encoder_calls
+
+    @property
+    def runtime(self) -> dict:
+        """The precision that really runs and where (see ``evaluation.runtime``)."""
+        from .runtime import predictor_runtime
+
+        return predictor_runtime(self.predictor)
 
     def begin(self, sample: Sample) -> "_SamObject":
         from ..engine.session import ClickSession
@@ -64,7 +76,10 @@ class SamClickModel:
 
         height, width = sample.target.shape
         calls = self.predictor.encoder_calls
-        embedding = self.predictor.embedding_for_array(sample.image, sample.identity)
+        disk_hits = self.predictor.cache.disk_hits
+        embedding = self.predictor.embedding_for_array(sample.image, sample.identity + self.key_tag)
+        self.store_loads += self.predictor.cache.disk_hits - disk_hits
+        # Cached in memory or read from the store: charged at the encode_s recorded when it was computed.
         reused = self.predictor.encoder_calls == calls
         session = ClickSession(self.predictor, TileBox(0, 0, 0, width, height), embedding,
                                threshold=LOGIT_THRESHOLD, mask_prompt=self.mask_prompt)
@@ -75,8 +90,8 @@ class _SamObject:
     def __init__(self, session, charged_encoder_s: float) -> None:
         self.session = session
         # An embedding reused from the cache (another instance of the same image, another decoder
-        # of the same model) is charged at what computing it cost, so end-to-end SPC counts the
-        # encoder once per sample, as RITM's timing does.
+        # of the same model, an earlier run through the on-disk store) is charged at what computing
+        # it cost, so end-to-end SPC counts the encoder once per sample, as RITM's timing does.
         self.charged_encoder_s = charged_encoder_s
 
     @property

@@ -28,12 +28,27 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """True where bfloat16 matrix work runs natively (CUDA, or a CPU with AVX512-BF16/AMX)."""
+    """True where bfloat16 matrix work runs natively: a CUDA GPU of compute capability 8.0 or
+    newer (Ampere+), or a CPU whose oneDNN has AVX512-BF16/AMX. Pre-Ampere GPUs emulate bf16
+    (``torch.cuda.is_bf16_supported()`` says True there by default), which is slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return _cuda_bf16_is_native(device)
     if device.type == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):
             return False
     return False
+
+
+def _cuda_bf16_is_native(device: torch.device) -> bool:
+    try:
+        major, _minor = torch.cuda.get_device_capability(device)
+    except (AssertionError, RuntimeError):  # no CUDA here after all
+        return False
+    if major < 8:
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch has no ``including_emulation``; the capability check above suffices
+        return bool(torch.cuda.is_bf16_supported())
