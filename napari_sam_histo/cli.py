@@ -151,12 +151,21 @@ def _cmd_gui_stalls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .training.synthetic import run_from_args
+
+    return run_from_args(args)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import TrainConfig, train
 
     config = TrainConfig(
         datasets=args.dataset, out_dir=args.out, scenario=args.scenario, model=args.model,
-        extra_train=args.extra_train or [], val=args.val or [], val_fraction=args.val_fraction,
+        extra_train=args.extra_train or [], components=args.components or [], val=args.val or [],
+        val_fraction=args.val_fraction, hold_out=args.hold_out, stride=args.stride,
+        min_object_px=args.min_object_px, embedding_store=args.embedding_store,
+        validate_start=args.validate_start,
         group_by=args.group_by or None, epochs=args.epochs, lr=args.lr, lr_milestones=tuple(args.lr_milestones),
         lr_gamma=args.lr_gamma, batch_size=args.batch_size, max_extra_clicks=args.max_extra_clicks,
         mask_prompt_prob=args.mask_prompt_prob, nfl_alpha=args.nfl_alpha, nfl_gamma=args.nfl_gamma,
@@ -265,14 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
     stalls.add_argument("--explain", action="store_true",
                         help="also say where each longest stall went (the GUI thread's stack, sampled every 5 ms)")
     stalls.set_defaults(func=_cmd_gui_stalls)
+    from .training.synthetic import add_arguments as add_synth_arguments
+
+    synth = sub.add_parser("synth", help="write synthetic training pairs (texture composites, random crops)")
+    add_synth_arguments(synth)
+    synth.set_defaults(func=_cmd_synth)
     tr = sub.add_parser("train", help="fine-tune a decoder (or SAM) with simulated clicks (Kim et al. scenarios)")
     tr.add_argument("dataset", nargs="+", help="dataset folder(s) or manifest(s), split into train/val by --group-by")
     tr.add_argument("--out", required=True, help="run folder: best weights, resumable state, history, manifests")
-    tr.add_argument("--scenario", choices=("md", "ie_md", "whole", "modified"), default="modified",
-                    help="md: SAM's decoder; ie_md: image encoder + decoder; whole: all; modified: Kim et al.'s decoder")
+    tr.add_argument("--scenario", choices=("md", "ie_md", "whole", "modified", "residual"), default="modified",
+                    help="md: SAM's decoder; ie_md: image encoder + decoder; whole: all; modified: Kim et al.'s "
+                         "decoder; residual: SAM's decoder frozen + a trained correction (untrained = SAM)")
     tr.add_argument("--model", default="vit_t", help="base model name or checkpoint")
     tr.add_argument("--extra-train", action="append", help="dataset used for training only (repeatable)")
-    tr.add_argument("--val", action="append", help="validation dataset (repeatable); default: split the datasets")
+    tr.add_argument("--components", action="append",
+                    help="dataset for training only whose connected regions are separate objects (repeatable)")
+    tr.add_argument("--min-object-px", type=int, default=64, help="smallest region of a --components dataset")
+    tr.add_argument("--stride", type=int, default=1, help="every N-th pair of each training dataset")
+    tr.add_argument("--val", action="append",
+                    help="validation dataset (repeatable), e.g. sources left out of training; default: split the datasets")
+    tr.add_argument("--hold-out", type=float, default=0.0,
+                    help="fraction of the datasets' groups kept out of training and validation (holdout_manifest.csv)")
+    tr.add_argument("--validate-start", action="store_true",
+                    help="validate the starting weights as epoch 0, a candidate like any epoch")
+    tr.add_argument("--embedding-store", default=None,
+                    help="folder of float16 embeddings reused across runs (computed once per image)")
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--group-by", default="case_id",
                     help="manifest.csv column keeping one slide's patches on one side of the split ('' for none)")

@@ -63,6 +63,7 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
     from ..engine.embedding_cache import EmbeddingCache
     from ..engine.predictor import Predictor
     from ..models.registry import load_model
+    from ..models.decoders import DECODER_NAMES
     from .runtime import device_name
 
     store = config.embedding_store
@@ -75,7 +76,7 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
             cache = EmbeddingCache(store_dir=Path(store).expanduser(), store_dtype=config.embedding_store_dtype)
             key_tag = f"|benchmark:{model.device.type}:{device_name(model.device)}:{config.embedding_store_dtype}"
         for decoder in config.decoders:
-            label = decoder if decoder in ("sam", "modified", "md") else Path(decoder).stem
+            label = decoder if decoder in DECODER_NAMES else Path(decoder).stem
             predictor = Predictor(model, decoder, cache=cache, precision=config.precision)
             for mask_prompt in config.mask_prompts:
                 name = f"{model.name}+{label}" + ("" if mask_prompt else "/points")

@@ -579,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="napari-sam-histo synth",
         description="Write synthetic click-segmentation pairs (texture composites and random crops) "
                     "made from dataset folders and slides, in the layout benchmark and train read.")
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``napari-sam-histo synth`` (also ``python -m napari_sam_histo.training.synthetic``)."""
     parser.add_argument("--out", required=True, help="output folder (images/, masks/, manifest.csv)")
     parser.add_argument("--n", type=int, default=100, help="number of pairs (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same pairs")
@@ -590,11 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kinds of pair, taken in turn (default: composite crop)")
     parser.add_argument("--stain", type=float, default=1.0, help="stain/colour jitter strength, 0 for none")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_from_args(build_parser().parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     if args.min_side > args.max_side:
         print(f"Error: --min-side {args.min_side} is larger than --max-side {args.max_side}.", file=sys.stderr)
         return 2

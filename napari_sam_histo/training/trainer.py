@@ -50,6 +50,8 @@ class TrainConfig:
     embedding_store: str | None = None  # on-disk float16 embedding cache shared with later runs
     validate_start: bool = False  # validate the untrained weights first (epoch 0; residual = SAM)
     val_fraction: float = 0.2
+    hold_out: float = 0.0  # this fraction of the datasets' groups is kept out of training and
+    # validation altogether (holdout_manifest.csv: cases to test on that the decoder never saw)
     group_by: str | None = "case_id"  # manifest column that keeps one slide's patches together
     epochs: int = 30
     lr: float = 5e-4
@@ -143,6 +145,10 @@ class Trainer:
         patches: list[TrainingPatch] = []
         for dataset in c.datasets:
             patches += load_patches(dataset, c.group_by, c.limit, c.stride)[0]
+        if c.hold_out > 0:
+            patches, held = split_by_group(patches, c.hold_out, c.seed)
+            write_manifest(self.out_dir / "holdout_manifest.csv", [p.sample.pair for p in held],
+                           {"group": [p.group for p in held]})
         if c.val:
             train, val = patches, [p for d in c.val for p in load_patches(d, c.group_by, c.limit)[0]]
         else:
