@@ -230,3 +230,18 @@ def test_main_writes_a_dataset_and_reports_a_bad_source(tmp_path, capsys):
     assert "gone.svs" in capsys.readouterr().err
     assert sy.main(["--out", str(tmp_path / "x"), "--sources", str(slide), "--min-side", "500",
                     "--max-side", "100"]) == 2
+
+
+def test_cli_synth_writes_the_same_dataset_as_the_module(tmp_path):
+    from napari_sam_histo.cli import main as cli_main
+
+    slide = tmp_path / "slide.png"
+    _save(slide, _tissue((200, 240), 0))
+    common = ["--n", "2", "--seed", "4", "--sources", str(slide), "--min-side", "64", "--max-side", "96"]
+    assert cli_main(["synth", "--out", str(tmp_path / "a"), *common]) == 0
+    assert sy.main(["--out", str(tmp_path / "b"), *common]) == 0
+    for name in ("images", "masks"):
+        a = sorted((tmp_path / "a" / name).iterdir())
+        b = sorted((tmp_path / "b" / name).iterdir())
+        assert [p.name for p in a] == [p.name for p in b] and len(a) == 2
+        assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))

@@ -104,7 +104,10 @@ class AnnotatorSettings(QWidget):
         self.model_combo.addItem("vit_t")
         self.decoder_combo = QComboBox()
         self.decoder_combo.setEditable(True)
-        self.decoder_combo.addItems(["sam", "modified", "md"])  # md: fine-tuned SAM decoder
+        # SAM's own, then the decoders shipped for MobileSAM; any decoder checkpoint path can be typed
+        from ..models.decoders import SHIPPED_DECODERS, shipped_decoder_path
+
+        self.decoder_combo.addItems(["sam"] + [d for d in SHIPPED_DECODERS if shipped_decoder_path("vit_t", d)])
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.level_combo = QComboBox()
