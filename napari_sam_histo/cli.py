@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--components", action="append",
                     help="dataset for training only whose connected regions are separate objects (repeatable)")
     tr.add_argument("--min-object-px", type=int, default=64, help="smallest region of a --components dataset")
-    tr.add_argument("--stride", type=int, default=1, help="every N-th pair of each training dataset")
+    tr.add_argument("--stride", type=int, default=1, help="every N-th pair of each dataset, before the --val-fraction/--hold-out splits")
     tr.add_argument("--val", action="append",
                     help="validation dataset (repeatable), e.g. sources left out of training; default: split the datasets")
     tr.add_argument("--hold-out", type=float, default=0.0,

@@ -116,3 +116,34 @@ def test_residual_run_with_embedding_store_validates_sam_first_and_reuses_embedd
     assert sorted(store.glob("*.zarr")) == entries  # nothing new was computed
     predictor = Predictor(random_model("tiny", "cpu"), str(result.best_path), precision="fp32")
     assert predictor.decoder.kind == "residual" and predictor.decoder.trained
+
+
+def test_a_float16_store_gives_the_same_embedding_computed_or_read_back(tmp_path):
+    from napari_sam_histo.engine.embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
+
+    key = EmbeddingKey("img", "whole:8x8", "tiny", "h", "p")
+    features = torch.randn(1, 4, 8, 8) * 3.1415926
+    computed = EmbeddingCache(store_dir=tmp_path, store_dtype="float16").get_or_compute(
+        key, lambda: Embedding(features.clone(), (8, 8), (8, 8), 0.5))
+    read_back = EmbeddingCache(store_dir=tmp_path, store_dtype="float16").get_or_compute(
+        key, lambda: pytest.fail("the store should have held it"))
+    assert not torch.equal(computed.features, features)  # rounded to float16 on the way in
+    torch.testing.assert_close(read_back.features, computed.features, rtol=0, atol=0)
+    assert read_back.encode_s == 0.5
+
+
+def test_md_is_validated_as_its_checkpoint_runs_and_a_random_start_is_not_called_trained(
+        patches_dir, tmp_path):  # noqa: F811
+    from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint
+
+    md = Trainer(_config(patches_dir, tmp_path / "md", scenario="md", epochs=0), random_model("tiny", "cpu"),
+                 log=lambda _: None)
+    assert isinstance(md._predictor().decoder.module, SingleMaskDecoder)
+    modified = Trainer(_config(patches_dir, tmp_path / "mod", scenario="modified", epochs=0),
+                       random_model("tiny", "cpu"), log=lambda _: None)
+    metadata, _ = read_decoder_checkpoint(modified.save_best({"noc": 1.0}))
+    assert metadata["trained"] is False  # epoch 0 of a modified run: random new layers
+    residual = Trainer(_config(patches_dir, tmp_path / "res", scenario="residual", epochs=0),
+                       random_model("tiny", "cpu"), log=lambda _: None)
+    metadata, _ = read_decoder_checkpoint(residual.save_best({"noc": 1.0}))
+    assert metadata["trained"] is True  # untrained residual == SAM: a usable decoder

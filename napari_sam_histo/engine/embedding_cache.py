@@ -123,6 +123,11 @@ class EmbeddingCache:
             else:
                 self.misses += 1
                 entry = compute()
+                if self.store_dir is not None and self.store_dtype == "float16":
+                    # the same values as a later read-back, so a run does not depend on whether
+                    # the store already held the entry
+                    entry = Embedding(entry.features.half().float(), entry.input_size, entry.original_size,
+                                      entry.encode_s)
                 self._save(key, entry)
             self.put(key, entry)
         with self._lock:

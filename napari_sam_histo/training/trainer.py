@@ -132,7 +132,9 @@ class Trainer:
         self.forward = PromptedForward(self.model.sam, self.decoder, self.scenario.decoder_kind)
         self.parameters = [p for m in self.trained.values() for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-        self.amp = config.amp == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        from ..models.device import bf16_is_fast
+
+        self.amp = config.amp == "auto" and self.device.type == "cuda" and bf16_is_fast(self.device)
         self.train_patches, self.val_patches = self._load_data()
         self._features: dict[str, tuple[torch.Tensor, ImageGeometry]] = {}
         self._preprocessor = None  # a Predictor, used only for its preprocess() (encoder scenarios)
@@ -176,13 +178,18 @@ class Trainer:
         from ..engine.predictor import Predictor
         from ..models.decoders import DecoderChoice
 
-        choice = DecoderChoice(self.scenario.decoder_kind, self.decoder, "training", True)
+        from ..models.decoders import SingleMaskDecoder
+
+        # validate what inference will run: an md checkpoint answers every click with token 0
+        module = SingleMaskDecoder(self.decoder) if self.scenario.name == "md" else self.decoder
+        choice = DecoderChoice(self.scenario.decoder_kind, module, "training", True)
         return Predictor(self.model, choice, cache=cache, precision="fp32", encoder_precision="fp32")
 
     def precompute_embeddings(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Frozen encoder: each training image is embedded once (objects of one image share it)
-        and kept in memory in float16 (2 MiB each); with ``embedding_store`` also on disk, keyed
-        like the annotator's cache, so later runs and the benchmark skip the encoder."""
+        and kept in memory in float16 (2 MiB each); with ``embedding_store`` also on disk (keyed by
+        image, model, weights and preprocessing), so later training runs skip the encoder. The
+        benchmark's store keys also name the device, so it keeps entries of its own."""
         if not self.scenario.frozen_encoder:
             return
         predictor = self._predictor(self._embedding_cache() if self.config.embedding_store else None)
@@ -315,8 +322,11 @@ class Trainer:
 
         if self.scenario.frozen_encoder:
             config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}
+            # epoch 0 of --validate-start: md and residual start as SAM itself (a usable decoder);
+            # the modified decoder's new layers are random until a step has been taken
+            trained = self.step > 0 or self.scenario.name in ("md", "residual")
             metadata = decoder_metadata(self.scenario.decoder_kind, self.model.name, self.model.weights_hash,
-                                        self.scenario.name, True, metrics, config)
+                                        self.scenario.name, trained, metrics, config)
             # what the first click runs at inference: md trains token 0 alone (models/decoders.py
             # then answers the first click with it too); residual ranks SAM's three candidates
             metadata["mask_outputs"] = {"md": "single", "residual": "multimask-first"}.get(self.scenario.name, "single")
@@ -342,7 +352,8 @@ class Trainer:
             self.load_state()
             self.log(f"resumed after epoch {self.epoch} (step {self.step})")
         if self.scenario.frozen_encoder:
-            bar = tqdm(total=len(self.train_patches), desc="embedding", unit="patch", disable=not show_progress)
+            images = len({p.sample.identity for p in self.train_patches})
+            bar = tqdm(total=images, desc="embedding", unit="image", disable=not show_progress)
             self.precompute_embeddings(lambda done, total: bar.update(done - bar.n))
             bar.close()
         from ..engine.embedding_cache import EmbeddingCache
