@@ -147,3 +147,17 @@ def test_md_is_validated_as_its_checkpoint_runs_and_a_random_start_is_not_called
                        random_model("tiny", "cpu"), log=lambda _: None)
     metadata, _ = read_decoder_checkpoint(residual.save_best({"noc": 1.0}))
     assert metadata["trained"] is True  # untrained residual == SAM: a usable decoder
+
+
+def test_a_residual_checkpoint_keeps_sams_part_from_the_model_not_the_file(patches_dir, tmp_path):  # noqa: F811
+    from napari_sam_histo.engine.predictor import Predictor
+    from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint, save_decoder_checkpoint
+
+    trainer = Trainer(_config(patches_dir, tmp_path / "run", scenario="residual", epochs=0),
+                      random_model("tiny", "cpu"), log=lambda _: None)
+    metadata, state = read_decoder_checkpoint(trainer.save_best({"noc": 1.0}))
+    shipped = save_decoder_checkpoint(tmp_path / "half.pt", state, metadata, torch.float16)  # as shipped
+    model = random_model("tiny", "cpu")
+    module = Predictor(model, str(shipped), precision="fp32").decoder.module
+    for key, value in module.sam_decoder.state_dict().items():  # float32, exactly the model's
+        torch.testing.assert_close(value, model.sam.mask_decoder.state_dict()[key], rtol=0, atol=0)

@@ -103,8 +103,14 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> Decod
         import copy
 
         module = copy.deepcopy(model.sam.mask_decoder)
+    target = module
+    if isinstance(module, ResidualMaskDecoder):
+        # only the correction is trained: SAM's part is always the loaded model's own decoder in
+        # float32 (a float16-stored copy would no longer be exactly SAM plus the correction)
+        state = {k[len("correction."):]: v for k, v in state.items() if k.startswith("correction.")}
+        target = module.correction
     try:
-        module.load_state_dict(state, strict=True)
+        target.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit a {metadata['decoder_kind']} decoder "
                               f"for {model.arch} ({str(err)[:300]}).") from err
