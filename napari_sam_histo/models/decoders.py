@@ -126,17 +126,12 @@ def choose_decoder(model: LoadedModel, decoder: str = "sam", allow_untrained: bo
     decoder = resolve_decoder_name(decoder)
     if decoder == "sam":
         return DecoderChoice("sam", model.sam.mask_decoder, "checkpoint", True)
-    if decoder == "residual":
-        shipped = shipped_decoder_path(model.name, "residual")
+    if decoder in ("residual", "md"):
+        shipped = shipped_decoder_path(model.name, decoder)
         if shipped is None:
-            raise CheckpointError(f"No trained residual decoder is shipped for model {model.name!r}; train one "
-                                  f"(napari-sam-histo train --scenario residual) and choose its file.")
-        choice = build_decoder_from_checkpoint(model, shipped)
-    elif decoder == "md":
-        shipped = shipped_decoder_path(model.name, "md")
-        if shipped is None:
-            raise CheckpointError(f"No fine-tuned SAM decoder (md) is shipped for model {model.name!r}; "
-                                  f"train one (napari-sam-histo train --scenario md) and choose its file.")
+            what = "trained residual decoder" if decoder == "residual" else "fine-tuned SAM decoder (md)"
+            raise CheckpointError(f"No {what} is shipped for model {model.name!r}; train one "
+                                  f"(napari-sam-histo train --scenario {decoder}) and choose its file.")
         choice = build_decoder_from_checkpoint(model, shipped)
     elif decoder == "modified":
         shipped = shipped_decoder_path(model.name)

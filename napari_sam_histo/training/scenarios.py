@@ -11,9 +11,8 @@ step, which wants a GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
+from dataclasses import dataclass
 
 import torch
 
@@ -63,7 +62,8 @@ def prepare_modules(sam: torch.nn.Module, scenario: Scenario) -> tuple[torch.nn.
         decoder = sam.mask_decoder  # the whole SAM is trained and saved as one model
     else:
         decoder = copy.deepcopy(sam.mask_decoder)  # md: a later Predictor(model, "sam") stays SAM's
-    trained = {"decoder": decoder}
+    # residual: only the correction trains; SAM's copy inside it stays frozen (and in eval mode)
+    trained = {"decoder": decoder.correction if isinstance(decoder, ResidualMaskDecoder) else decoder}
     if scenario.trains_image_encoder:
         trained["image_encoder"] = sam.image_encoder
     if scenario.trains_prompt_encoder:
@@ -73,7 +73,4 @@ def prepare_modules(sam: torch.nn.Module, scenario: Scenario) -> tuple[torch.nn.
     for module in trained.values():
         for parameter in module.parameters():
             parameter.requires_grad_(True)
-    if isinstance(decoder, ResidualMaskDecoder):
-        for parameter in decoder.sam_decoder.parameters():
-            parameter.requires_grad_(False)
     return decoder, trained

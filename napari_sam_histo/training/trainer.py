@@ -83,22 +83,12 @@ class TrainResult:
 
 
 def runtime_info(device: torch.device, precision: str) -> dict:
-    """Where and how a run computed: recorded with every checkpoint and history."""
-    import platform
+    """Where and how a run computed: recorded with every checkpoint and history (the same device
+    name and versions as a benchmark report's runtime)."""
+    from ..evaluation.runtime import device_name, versions
 
-    from .. import __version__
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name() or platform.machine()
-    return {"device": device.type, "device_name": name, "precision": precision, "torch": str(torch.__version__),
-            "napari_sam_histo": __version__, "threads": torch.get_num_threads()}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as stream:
-            return next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), "")
-    except OSError:
-        return ""
+    return {"device": device.type, "device_name": device_name(device), "precision": precision,
+            **{key: str(value) for key, value in versions().items()}, "threads": torch.get_num_threads()}
 
 
 def lr_for_epoch(config: TrainConfig, epoch: int) -> float:
@@ -130,7 +120,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the modified decoder's new layers start the same every run
         self.decoder, self.trained = prepare_modules(self.model.sam, self.scenario)
         self.forward = PromptedForward(self.model.sam, self.decoder, self.scenario.decoder_kind)
-        self.parameters = [p for m in self.trained.values() for p in m.parameters() if p.requires_grad]
+        self.parameters = [p for m in self.trained.values() for p in m.parameters()]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
         from ..models.device import bf16_is_fast
 
@@ -192,12 +182,11 @@ class Trainer:
         benchmark's store keys also name the device, so it keeps entries of its own."""
         if not self.scenario.frozen_encoder:
             return
-        predictor = self._predictor(self._embedding_cache() if self.config.embedding_store else None)
+        predictor = self._predictor(self._embedding_cache())
         todo = list({p.sample.identity: p for p in self.train_patches
                      if p.sample.identity not in self._features}.values())
         for done, patch in enumerate(todo):
-            embedding = (predictor.embedding_for_array(patch.sample.image, patch.sample.identity)
-                         if self.config.embedding_store else predictor.embed(patch.sample.image))
+            embedding = predictor.embedding_for_array(patch.sample.image, patch.sample.identity)
             self._features[patch.sample.identity] = (
                 embedding.features.to(self.device, torch.float16),
                 ImageGeometry(embedding.input_size, embedding.original_size))
@@ -383,15 +372,7 @@ class Trainer:
             record = {"epoch": self.epoch, "step": self.step, "lr": lr, "loss": float(np.mean(losses)) if losses else None,
                       "train_s": round(train_s, 2), "val_s": round(time.perf_counter() - started - train_s, 2),
                       **{f"val_{k}": v for k, v in metrics.items()}}
-            self.history.append(record)
-            if self._is_better(metrics):
-                self.best = {"epoch": self.epoch, **metrics}
-                self.save_best(metrics)
-            self.save_state()
-            self._write_history()
-            self.log(self._format_record(record))
-            if on_epoch is not None:
-                on_epoch(record)
+            self._end_epoch(record, metrics, on_epoch)
         if not self.best_path.is_file():  # no validation data: keep the last weights
             self.best = {"epoch": self.epoch}
             self.save_best({})
@@ -404,9 +385,13 @@ class Trainer:
         metrics = self.validate(val_cache)
         record = {"epoch": 0, "step": 0, "lr": 0.0, "loss": None, "train_s": 0.0,
                   "val_s": round(time.perf_counter() - started, 2), **{f"val_{k}": v for k, v in metrics.items()}}
+        self._end_epoch(record, metrics, on_epoch)
+
+    def _end_epoch(self, record: dict, metrics: dict, on_epoch) -> None:
+        """Keep the epoch's weights if they validate best, save the resumable state, report."""
         self.history.append(record)
         if self._is_better(metrics):
-            self.best = {"epoch": 0, **metrics}
+            self.best = {"epoch": record["epoch"], **metrics}
             self.save_best(metrics)
         self.save_state()
         self._write_history()
