@@ -25,3 +25,29 @@ def test_model_loads_after_napari_opened_its_window(mobile_sam):
                             timeout=300)
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     assert "loaded vit_t" in result.stdout
+
+
+DOCK_CODE = """
+import sys
+import napari
+viewer = napari.Viewer(show=True)
+from napari_sam_histo._napari.annotator_dock import AnnotatorDock
+from napari_sam_histo._napari.benchmark_dock import BenchmarkDock
+annotator, benchmark = AnnotatorDock(viewer), BenchmarkDock(viewer)
+print("decoders", [annotator.decoder_combo.itemText(i) for i in range(annotator.decoder_combo.count())])
+print("torch imported on the GUI thread:", "torch" in sys.modules)
+viewer.close()
+"""
+
+
+@pytest.mark.gui
+def test_opening_the_docks_imports_no_torch_on_the_gui_thread():
+    # importing torch costs seconds; the docks open while napari waits, so they must not (the
+    # decoder list is read from models.shipped, torch is warmed up later on a worker)
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs the X server that pytest-xvfb provides")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", DOCK_CODE], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert "decoders ['sam'" in result.stdout
+    assert "torch imported on the GUI thread: False" in result.stdout

@@ -23,8 +23,8 @@ OUR_READER = "File > Open File(s) with Plugin… > SAM Histo"
 
 
 def warm_up() -> list[str]:
-    """Import torch, dask, SciPy and scikit-image and compile napari's numba label colouring (when
-    numba is installed), off the GUI thread: they cost seconds on it otherwise (``gui-stalls``).
+    """Import torch, dask, SciPy and scikit-image, compile napari's numba label colouring (when
+    numba is installed) and build vispy's line dash patterns, off the GUI thread: they cost seconds on it otherwise (``gui-stalls``).
     Returns the models whose weights are on disk."""
     import dask.array  # noqa: F401
     import scipy.ndimage  # noqa: F401
@@ -43,6 +43,11 @@ def warm_up() -> list[str]:
         colormap.map(np.zeros(4, np.uint8))  # numba's typed dict, compiled on first use
         Labels(np.zeros((4, 4), np.uint8)).colormap = colormap  # layer models only: no Qt, no GL
         Shapes([np.array([[0, 0], [0, 8], [8, 8], [8, 0]], float)], shape_type="polygon")
+        # vispy's line dash patterns (about 100 ms of pure numpy, cached for the process): the
+        # first Labels layer's polygon overlay builds them on the GUI thread otherwise
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
     except Exception:  # napari's private helpers moved: the first Start pays instead
         pass
     return available_models()
@@ -105,9 +110,10 @@ class AnnotatorSettings(QWidget):
         self.decoder_combo = QComboBox()
         self.decoder_combo.setEditable(True)
         # SAM's own, then the decoders shipped for MobileSAM; any decoder checkpoint path can be typed
-        from ..models.decoders import SHIPPED_DECODERS, shipped_decoder_path
+        # (models.shipped: no torch import on the GUI thread)
+        from ..models.shipped import shipped_decoders
 
-        self.decoder_combo.addItems(["sam"] + [d for d in SHIPPED_DECODERS if shipped_decoder_path("vit_t", d)])
+        self.decoder_combo.addItems(shipped_decoders("vit_t"))
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.level_combo = QComboBox()

@@ -63,7 +63,7 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
     from ..engine.embedding_cache import EmbeddingCache
     from ..engine.predictor import Predictor
     from ..models.registry import load_model
-    from ..models.decoders import DECODER_NAMES
+    from ..models.shipped import DECODER_NAMES
     from .runtime import device_name
 
     store = config.embedding_store

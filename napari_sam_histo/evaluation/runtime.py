@@ -10,7 +10,8 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-import torch
+# torch is imported inside the functions that need it: ``describe`` is read by the report, which
+# the Benchmark dock imports on napari's GUI thread (importing torch there froze napari seconds)
 
 # Per method: what decides its masks and its seconds per click.
 METHOD_KEYS = ("decoder_precision", "encoder_precision", "device_type", "device_name")
@@ -28,8 +29,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def device_name(device: torch.device) -> str:
-    """A human name for ``device``: the GPU's name, or the CPU's model."""
+def device_name(device) -> str:
+    """A human name for ``device`` (a ``torch.device``): the GPU's name, or the CPU's model."""
+    import torch
+
     if device.type == "cuda":
         try:
             return torch.cuda.get_device_name(device)
@@ -42,6 +45,8 @@ def device_name(device: torch.device) -> str:
 
 def predictor_runtime(predictor) -> dict:
     """What one ``Predictor`` runs: the precision it resolved ("auto" made concrete) and where."""
+    import torch
+
     device = torch.device(predictor.device)
     entry = {
         "decoder_precision": "bf16" if predictor.decoder_bf16 else "fp32",
@@ -55,6 +60,8 @@ def predictor_runtime(predictor) -> dict:
 
 
 def versions() -> dict:
+    import torch
+
     from .. import __version__
 
     return {"torch": torch.__version__, "napari_sam_histo": __version__}

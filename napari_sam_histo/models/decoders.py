@@ -18,8 +18,9 @@ from .decoder_checkpoint import check_base_model, read_decoder_checkpoint
 from .modified_decoder import ModifiedMaskDecoder
 from .registry import LoadedModel
 from .residual_decoder import ResidualMaskDecoder
-
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+from .shipped import (  # noqa: F401 (imported from here by callers)
+    DECODER_NAMES, RESOURCES, SHIPPED_DECODERS, VALID_DECODERS, shipped_decoder_path,
+)
 
 
 @dataclass
@@ -30,12 +31,6 @@ class DecoderChoice:
     module: torch.nn.Module
     source: str  # "checkpoint", a file path, or "untrained"
     trained: bool
-
-
-SHIPPED_DECODERS = ("residual", "modified", "md")
-DECODER_NAMES = ("sam", "residual", "modified", "md")
-VALID_DECODERS = ("'sam' (SAM's own), 'residual' (SAM's decoder + a trained correction), 'modified' "
-                  "(Kim et al.), 'md' (SAM's decoder fine-tuned) or the path of a decoder checkpoint file")
 
 
 class SingleMaskDecoder(torch.nn.Module):
@@ -83,13 +78,6 @@ def resolve_decoder_name(decoder) -> str:
     if _looks_like_path(decoder):
         raise InputError(f"Decoder checkpoint not found: {path}. Choose {VALID_DECODERS}.")
     raise InputError(f"Unknown decoder {decoder!r}; choose {VALID_DECODERS}.")
-
-
-def shipped_decoder_path(base_model: str, kind: str = "modified") -> Path | None:
-    """The trained decoder shipped for ``base_model``, if there is one: ``modified`` (Kim et al.'s
-    decoder) or ``md`` (SAM's decoder fine-tuned, the paper's SAM^MD)."""
-    path = RESOURCES / f"decoder-{kind}-{base_model}.pt"
-    return path if path.is_file() else None
 
 
 def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> DecoderChoice:
