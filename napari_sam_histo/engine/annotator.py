@@ -3,7 +3,11 @@ a worker thread that runs clicks in order, and background prefetching. Accepted 
 handed to the caller (the dock keeps them in its Shapes layer); the slide source is the caller's
 too: ``close`` stops the threads and leaves the source open for reuse.
 
-Clicks are given in level-0 pixels; the model works on tiles of the working level.
+Clicks are given in level-0 pixels; the model works on tiles of a working level
+(``working_levels``: the pyramid's levels and virtual ones). The working level is fixed
+(``level=N``) or follows the view (``level="auto"``: a UI passes each click's level, chosen by
+``level_for_view``), so one object may have tiles at several levels: a coarse outline refined at
+a higher magnification.
 
 Which tile a click uses:
 
@@ -25,8 +29,18 @@ Which tile a click uses:
   every click inside it. A negative click outside the object's tiles is only recorded: nothing of
   the object is there to remove, and it becomes a prompt of any tile opened over it later.
 
-The object's shape is the union of its tiles' masks, vectorised once over their joint extent, so it
-is not cut at tile borders and keeps its holes. Undo/redo follow the clicks across tiles.
+Across levels: a click goes to the object's tiles of its own level that hold it (and opens one
+there by the rules above) and to every *finer* tile that holds it; coarser tiles do not take it,
+so refining a border at a high magnification changes the object only there. A finer tile opened
+over a coarser one starts from the clicks inside it and, as its mask prompt, the object's logits
+there (``blending.sample_field``), so the first fine click refines instead of starting again. A
+negative click opens a tile too when a coarser tile of the object holds it (removing a bit of a
+coarse outline).
+
+The object's shape is its tiles' logits blended (``blending``: overlapping tiles averaged with
+weights that fall at inner borders, finer levels over coarser), thresholded and vectorised once over
+their joint extent, so it is not cut at tile borders and keeps its holes. Undo/redo follow the
+clicks across tiles and levels.
 
 Threads: clicks and the other actions run in order on one worker thread (a click made while its
 tile's embedding is computing waits for it, later clicks wait their turn), so a UI never blocks.
@@ -52,9 +66,11 @@ from ..annotations.geometry import Polygon
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color  # noqa: F401 (re-exported)
 from ..errors import InputError
 from ..slides.reader import ImageSource
+from .blending import Blend, TileLogits, blend, sample_field
 from .predictor import Predictor
 from .session import ClickSession
 from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
+from .working_levels import WorkingLevel, auto_level, level_with_downsample, working_levels
 
 REUSE_MARGIN = 0.25  # a reused tile must hold the click at least a quarter tile from its inner borders
 MAX_CUT_TILES = 4  # continuation tiles prefetched where the current object is cut by a tile border
@@ -76,8 +92,9 @@ class AnnotatorState:
     without touching the annotator's live state."""
 
     clicks: tuple[tuple[float, float, bool], ...]  # level-0 (x, y, positive), in order
-    mask: tuple[tuple[int, int], np.ndarray] | None  # (top-left in level pixels, mask over the tiles' extent)
+    mask: tuple[tuple[int, int], np.ndarray] | None  # (top-left, mask over the tiles' extent), in pixels of:
     boxes: tuple[TileBox, ...]  # the tiles the object uses
+    downsample: float = 1.0  # level-0 pixels per pixel of ``mask`` (the finest level clicked, see blending)
 
 
 EMPTY_STATE = AnnotatorState((), None, ())
@@ -103,18 +120,25 @@ class _Step:
 
 
 class Annotator:
-    def __init__(self, predictor: Predictor, source: ImageSource, level: int = 0,
+    def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
                  prefetch_radius: int = 1) -> None:
-        if not 0 <= level < source.level_count:
-            raise InputError(f"{source.name} has levels 0..{source.level_count - 1}; level {level} was chosen.")
+        """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
+        ``level_for_view``; level 0 until one does)."""
+        self.auto = level == "auto"
+        if not self.auto and not (isinstance(level, (int, np.integer)) and 0 <= level < source.level_count):
+            raise InputError(f"{source.name} has levels 0..{source.level_count - 1}; level {level!r} was chosen "
+                             f"(or 'auto').")
         if not 0 <= reuse_margin <= 0.5:
             raise InputError(f"reuse_margin {reuse_margin} must lie in [0, 0.5] (a fraction of the tile).")
         self.predictor = predictor
         self.source = source
-        self.level = level
-        width, height = source.level_dimensions[level]
-        self.grid = TileGrid(level, width, height, tile_size, source.level_downsamples[level])
+        self.tile_size = int(tile_size)
+        self.levels = working_levels(source, self.tile_size)
+        self.working = (self.levels[0] if self.auto else
+                        WorkingLevel(float(source.level_downsamples[level]), int(level), False))
+        self._grids: dict[float, TileGrid] = {}
+        self.grid_for(self.working)  # checks the tile size
         self.reuse_margin = float(reuse_margin)
         self.prefetch_radius = int(prefetch_radius)
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
@@ -137,11 +161,43 @@ class Annotator:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-clicks")
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-prefetch")
 
+    # -- working levels --------------------------------------------------------------------------
+    @property
+    def level(self) -> int:
+        """The pyramid level the current working level reads."""
+        return self.working.read_level
+
+    @property
+    def grid(self) -> TileGrid:
+        """The tile grid of the current working level (the last click's)."""
+        return self.grid_for(self.working)
+
+    def grid_for(self, working: WorkingLevel) -> TileGrid:
+        grid = self._grids.get(working.downsample)
+        if grid is None:
+            grid = self._grids[working.downsample] = working.grid(self.source, self.tile_size)
+        return grid
+
+    def level_for_view(self, width0: float, height0: float) -> WorkingLevel:
+        """The working level a click made in a view ``width0 x height0`` level-0 pixels wide uses:
+        ``auto_level`` with ``level="auto"``, the fixed level otherwise."""
+        return auto_level(self.levels, width0, height0, self.tile_size) if self.auto else self.working
+
+    def _working_for(self, downsample: float | None) -> WorkingLevel:
+        if downsample is None or not self.auto:
+            return self.working
+        return level_with_downsample(self.levels, downsample)
+
     # -- where a click goes ----------------------------------------------------------------------
-    def _level_point(self, x0: float, y0: float) -> tuple[float, float]:
-        d = self.grid.downsample
-        x, y = float(x0) / d, float(y0) / d
-        self.grid.check_point(x, y)
+    def _level_point(self, x0: float, y0: float, grid: TileGrid | None = None) -> tuple[float, float]:
+        grid = grid or self.grid
+        width0, height0 = self.source.level_dimensions[0]
+        x0, y0 = float(x0), float(y0)
+        if np.isfinite(x0) and np.isfinite(y0) and 0 <= x0 < width0 and 0 <= y0 < height0:
+            # a coarser level keeps whole pixels only: the slide's last level-0 pixels belong to its last
+            x0, y0 = min(x0, grid.width * grid.downsample - 1e-3), min(y0, grid.height * grid.downsample - 1e-3)
+        x, y = x0 / grid.downsample, y0 / grid.downsample
+        grid.check_point(x, y)
         return x, y
 
     def check_click(self, x0: float, y0: float) -> None:
@@ -153,36 +209,52 @@ class Annotator:
         return key in self._fetching or key in self._sessions or \
             self.predictor.key_for(self.source.identity, key) in self.predictor.cache
 
-    def _box_for_point(self, x: float, y: float) -> TileBox:
-        """A new tile for level point (x, y): a tile already computed (or being computed) that holds
-        the point ``reuse_margin`` away from its inner borders, nearest centre first; else a tile
-        centred on the point."""
+    def _box_for_point(self, x: float, y: float, grid: TileGrid | None = None) -> TileBox:
+        """A new tile for point (x, y) of ``grid``'s level: a tile already computed (or being
+        computed) that holds the point ``reuse_margin`` away from its inner borders, nearest centre
+        first; else a tile centred on the point."""
+        grid = grid or self.grid
         reusable = [b for b in self._known.values()
-                    if self.grid.holds_well(b, x, y, self.reuse_margin) and self._available(b)]
+                    if b.downsample == grid.downsample and grid.holds_well(b, x, y, self.reuse_margin)
+                    and self._available(b)]
         if reusable:
             return min(reusable, key=lambda b: max(abs(b.x + b.width / 2 - x), abs(b.y + b.height / 2 - y)))
-        return self.grid.centred_at(x, y)
+        return grid.centred_at(x, y)
 
-    def tile_for(self, x0: float, y0: float) -> TileBox:
+    def tile_for(self, x0: float, y0: float, downsample: float | None = None) -> TileBox:
         """The tile a new object's first click at level-0 (x0, y0) would use now."""
-        x, y = self._level_point(x0, y0)
+        grid = self.grid_for(self._working_for(downsample))
+        x, y = self._level_point(x0, y0, grid)
         with self._lock:
-            return self._box_for_point(x, y)
+            return self._box_for_point(x, y, grid)
 
-    def _route(self, x: float, y: float, positive: bool) -> tuple[list[ClickSession], TileBox | None]:
-        """The object's tiles that take the click, and the new tile it opens (or None)."""
-        holders = [s for s in self._sessions.values() if s.clicks and s.box.contains(x, y)]
-        if not positive or any(self.grid.holds_well(s.box, x, y, self.reuse_margin) for s in holders):
-            return holders, None
-        box = self._box_for_point(x, y)
-        return [s for s in holders if s.box != box], box
+    def _route(self, grid: TileGrid, x0: float, y0: float, positive: bool) -> tuple[list[ClickSession], TileBox | None]:
+        """The object's tiles that take the level-0 click, and the new tile it opens (or None)."""
+        d = grid.downsample
+        x, y = x0 / d, y0 / d
+        active = self._active()
+        same = [s for s in active if s.box.downsample == d and s.box.contains(x, y)]
+        finer = [s for s in active if s.box.downsample < d
+                 and s.box.contains(x0 / s.box.downsample, y0 / s.box.downsample)]
+        coarser = [s for s in active if s.box.downsample > d
+                   and s.box.contains(x0 / s.box.downsample, y0 / s.box.downsample)]
+        opens = positive or bool(coarser)  # a negative click outside the object is only recorded
+        if not opens or any(grid.holds_well(s.box, x, y, self.reuse_margin) for s in same):
+            return same + finer, None
+        box = self._box_for_point(x, y, grid)
+        return [s for s in same + finer if s.box != box], box
 
     # -- actions (run on the worker; call ``submit_*`` from a UI) --------------------------------
-    def click(self, x0: float, y0: float, positive: bool = True) -> AnnotatorState:
-        """Add a click at level-0 (x0, y0); returns the new state."""
-        x, y = self._level_point(x0, y0)
+    def click(self, x0: float, y0: float, positive: bool = True, downsample: float | None = None) -> AnnotatorState:
+        """Add a click at level-0 (x0, y0), at the working level of ``downsample`` (with
+        ``level="auto"``; the fixed level otherwise); returns the new state."""
+        working = self._working_for(downsample)
+        grid = self.grid_for(working)
+        x, y = self._level_point(x0, y0, grid)
+        x0, y0 = x * grid.downsample, y * grid.downsample
         with self._lock:
-            holders, box = self._route(x, y, positive)
+            self.working = working
+            holders, box = self._route(grid, x0, y0, positive)
             session = self._sessions.get(box.key()) if box is not None else None
             if box is not None:
                 self._known[box.key()] = box
@@ -192,14 +264,16 @@ class Annotator:
         with self._lock:
             keys = []
             if session is not None:
-                d = self.grid.downsample
+                d = box.downsample
                 earlier = [(cx / d - box.x, cy / d - box.y, p) for cx, cy, p in (s.click for s in self._history)
                            if box.contains(cx / d, cy / d)]
-                session.add_clicks(earlier + [(x - box.x, y - box.y, positive)])
+                prompt = self._mask_prompt(session) if not session.clicks else None
+                session.add_clicks(earlier + [(x - box.x, y - box.y, positive)], mask_prompt=prompt)
                 self._sessions[box.key()] = session
                 keys.append(box.key())
             for holder in holders:
-                holder.add_click(x - holder.box.x, y - holder.box.y, positive)
+                hd = holder.box.downsample
+                holder.add_click(x0 / hd - holder.box.x, y0 / hd - holder.box.y, positive)
                 keys.append(holder.box.key())
             self._history.append(_Step((float(x0), float(y0), bool(positive)), tuple(keys)))
             self._redo.clear()
@@ -252,22 +326,33 @@ class Annotator:
         return self.classes[name]
 
     def accept(self, class_name: str = "Tumor", min_area: float = 0.0, tolerance: float = DEFAULT_TOLERANCE,
-               edited: tuple[tuple[int, int], np.ndarray] | None = None) -> AnnotatedObject | None:
+               edited: tuple | None = None) -> AnnotatedObject | None:
         """The current object as an annotation (None when it is empty), and a fresh object to click.
 
-        ``min_area`` (level-0 px²) and ``tolerance`` (level px) clean it (``annotations.cleaning``).
-        ``edited`` is a mask corrected by hand, (top-left in level pixels, mask), that replaces
-        SAM's. The annotator keeps no list of accepted objects: a UI's layer is their one home."""
+        ``min_area`` (level-0 px²) and ``tolerance`` (pixels of the mask) clean it
+        (``annotations.cleaning``). ``edited`` is a mask corrected by hand, (top-left, mask) or
+        (top-left, mask, downsample) in the pixels of the state a UI drew (``AnnotatorState``), that
+        replaces SAM's. The annotator keeps no list of accepted objects: a UI's layer is their one home."""
         with self._lock:
-            (x, y), mask = edited if edited is not None else (self.current_mask() or ((0, 0), None))
-            d = self.grid.downsample
+            result = self._blend()
+            d = result.downsample if result is not None else self.grid.downsample
+            if edited is not None:
+                (x, y), mask = edited[0], edited[1]
+                d = float(edited[2]) if len(edited) > 2 else d
+            elif result is not None:
+                (x, y), mask = (result.x, result.y), result.mask()
+            else:
+                (x, y), mask = (0, 0), None
             polygons = [] if mask is None else clean_polygons(mask, (x * d, y * d), d, min_area, tolerance)
             if not polygons:
                 self.clear()
                 return None
+            finest = min((s.box for s in self._active()), key=lambda b: b.downsample, default=None)
             obj = AnnotatedObject(polygons, class_name, self.add_class(class_name), self.predictor.model.name,
                                   len(self._history),
-                                  {"decoder": self.predictor.decoder.kind, "level": self.level,
+                                  {"decoder": self.predictor.decoder.kind,
+                                   "level": finest.level if finest is not None else self.level,
+                                   "downsample": finest.downsample if finest is not None else d,
                                    "edited": edited is not None})
             self.clear()
             return obj
@@ -296,30 +381,56 @@ class Annotator:
     def _active(self) -> list[ClickSession]:
         return [s for s in self._sessions.values() if s.clicks]
 
-    def current_mask(self) -> tuple[tuple[int, int], np.ndarray] | None:
-        """The current object's mask over its tiles' joint extent (level pixels), or None."""
+    def _blend(self) -> Blend | None:
         with self._lock:
-            active = self._active()
-            if not active:
-                return None
-            return combine_tile_masks([s.box for s in active], [s.mask() for s in active])
+            tiles = [TileLogits(s.box, s.logits, self._level_size(s.box)) for s in self._active()]
+        return blend(tiles)
+
+    def _level_size(self, box: TileBox) -> tuple[int, int]:
+        grid = self._grids.get(box.downsample)
+        if grid is not None:
+            return grid.width, grid.height
+        return self.source.size_at(box.downsample, box.level) if box.virtual else \
+            tuple(self.source.level_dimensions[box.level])
+
+    def _mask_prompt(self, session: ClickSession):
+        """A new tile's mask prompt: the object's blended logits under it, in SAM's low-resolution
+        frame, when a coarser tile of the object covers it (refinement); else None."""
+        box = session.box
+        coarser = [s for s in self._active() if s.box.downsample > box.downsample]
+        if not coarser:
+            return None
+        result = self._blend()
+        embedding = session.embedding
+        side = self.predictor.image_size // 4  # SAM's low-resolution frame (256 for a 1024 input)
+        frame = (4 * embedding.original_size[1] / embedding.input_size[1],
+                 4 * embedding.original_size[0] / embedding.input_size[0])
+        return sample_field(result, box, (side, side), frame).to(self.predictor.device)
+
+    def current_mask(self) -> tuple[tuple[int, int], np.ndarray] | None:
+        """The current object's mask over its tiles' joint extent, or None; in pixels of
+        ``state().downsample`` (the working level's when the object has one level)."""
+        result = self._blend()
+        return None if result is None else ((result.x, result.y), result.mask())
 
     def _state(self) -> AnnotatorState:
         with self._lock:
-            return AnnotatorState(tuple(step.click for step in self._history), self.current_mask(),
-                                  tuple(s.box for s in self._active()))
+            result = self._blend()
+            mask = None if result is None else ((result.x, result.y), result.mask())
+            return AnnotatorState(tuple(step.click for step in self._history), mask,
+                                  tuple(s.box for s in self._active()),
+                                  result.downsample if result is not None else self.grid.downsample)
 
     def state(self) -> AnnotatorState:
         return self._state()
 
     def current_polygons(self, min_area: float = 0.0, tolerance: float = DEFAULT_TOLERANCE) -> list[Polygon]:
         """The current object as the polygons ``accept`` would give (level-0 pixels)."""
-        combined = self.current_mask()
-        if combined is None:
+        result = self._blend()
+        if result is None:
             return []
-        (x, y), mask = combined
-        d = self.grid.downsample
-        return clean_polygons(mask, (x * d, y * d), d, min_area, tolerance)
+        d = result.downsample
+        return clean_polygons(result.mask(), (result.x * d, result.y * d), d, min_area, tolerance)
 
     def cut_points(self) -> list[tuple[float, float]]:
         """Level points where the current object's mask reaches an inner border of its tiles, largest
@@ -327,7 +438,7 @@ class Annotator:
         from scipy import ndimage
 
         with self._lock:
-            active = self._active()
+            active = [s for s in self._active() if s.box.downsample == self.grid.downsample]
             if not active:
                 return []
             (x0, y0), mask = combine_tile_masks([s.box for s in active], [s.mask() for s in active])
@@ -396,9 +507,10 @@ class Annotator:
 
         return self._worker.submit(run)
 
-    def submit_click(self, x0: float, y0: float, positive: bool = True) -> Future:
-        """Queue a click; the future's result is the ``AnnotatorState`` after it."""
-        return self._submit(self.click, x0, y0, positive)
+    def submit_click(self, x0: float, y0: float, positive: bool = True, downsample: float | None = None) -> Future:
+        """Queue a click (``downsample``: its working level, see ``click``); the future's result is
+        the ``AnnotatorState`` after it."""
+        return self._submit(self.click, x0, y0, positive, downsample)
 
     def submit(self, action: str, *args) -> Future:
         """Queue "undo", "redo", "clear", "restore" (result: the state after it), "accept" (result:

@@ -106,9 +106,12 @@ class ClickSession:
         """Add a click at tile pixel (x, y) and re-predict."""
         return self.add_clicks([(x, y, positive)])
 
-    def add_clicks(self, clicks) -> SessionResult:
+    def add_clicks(self, clicks, mask_prompt: torch.Tensor | None = None) -> SessionResult:
         """Add several clicks ``(x, y, positive)`` at once and predict once (one undo step): a tile
-        that joins an object late starts from the object's earlier clicks that fall inside it."""
+        that joins an object late starts from the object's earlier clicks that fall inside it, and
+        ``mask_prompt`` (SAM's (256, 256) low-resolution frame), when given for a tile's first
+        decode, from the object's logits there (a finer tile refining a coarser one). With a mask
+        prompt the first decode asks for one mask: the prompt already says which object."""
         new = []
         for x, y, positive in clicks:
             self._check_click(x, y)
@@ -118,9 +121,10 @@ class ClickSession:
         clicks = self.clicks + tuple(new)
         points = np.array([[c.x, c.y] for c in clicks], dtype=np.float32)
         labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
-        first = len(clicks) == 1
+        previous = self.low_res_logits if self.low_res_logits is not None else mask_prompt
+        first = len(clicks) == 1 and (previous is None or not self.mask_prompt)
         prediction = self.predictor.decode(
-            self.embedding, points, labels, mask_input=self.low_res_logits if self.mask_prompt else None,
+            self.embedding, points, labels, mask_input=previous if self.mask_prompt else None,
             multimask=first
         )
         best = int(torch.argmax(prediction.iou_predictions)) if first else 0

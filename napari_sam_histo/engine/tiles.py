@@ -11,6 +11,11 @@ gets half a tile of context on every side) and tiles on the half-tile lattice (`
 origins at multiples of half a tile, so every point lies in the central half of one of them; these
 are the tiles prefetched around the view). Every box has its own key, so the embedding cache keeps
 them apart whatever the placement.
+
+A box may be on a **virtual level** (``virtual=True``): a downsample the slide has no pyramid level
+for (a slide with one level, or a gap between levels). Its pixels are read from pyramid level
+``level`` (finer) and resized; its coordinates are in pixels of the virtual level (level-0 pixels
+divided by ``downsample``), and its key names the downsample, not the level.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class TileBox:
     width: int
     height: int
     downsample: float = 1.0  # level-0 pixels per pixel of this level
+    virtual: bool = False  # read from pyramid level ``level`` and resized to ``downsample``
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -57,18 +63,21 @@ class TileBox:
         return (self.x * d, self.y * d, self.width * d, self.height * d)
 
     def key(self) -> str:
-        return f"L{self.level}:{self.x},{self.y},{self.width}x{self.height}"
+        where = f"D{self.downsample:.6g}" if self.virtual else f"L{self.level}"
+        return f"{where}:{self.x},{self.y},{self.width}x{self.height}"
 
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Non-overlapping tiles over one level of size ``(width, height)``."""
+    """Non-overlapping tiles over one level of size ``(width, height)`` (a virtual level when
+    ``virtual``: see the module's docstring)."""
 
     level: int
     width: int
     height: int
     tile_size: int = DEFAULT_TILE_SIZE
     downsample: float = 1.0
+    virtual: bool = False
 
     def __post_init__(self):
         if self.tile_size < 8:
@@ -90,7 +99,7 @@ class TileGrid:
         x = min(column * self.tile_size, max(self.width - self.tile_size, 0))
         y = min(row * self.tile_size, max(self.height - self.tile_size, 0))
         return TileBox(self.level, x, y, min(self.tile_size, self.width), min(self.tile_size, self.height),
-                       self.downsample)
+                       self.downsample, self.virtual)
 
     def check_point(self, x: float, y: float) -> None:
         """``InputError`` unless the level point (x, y) is finite and inside the level."""
@@ -110,7 +119,7 @@ class TileGrid:
         x = int(min(max(x, 0), max(self.width - self.tile_size, 0)))
         y = int(min(max(y, 0), max(self.height - self.tile_size, 0)))
         return TileBox(self.level, x, y, min(self.tile_size, self.width), min(self.tile_size, self.height),
-                       self.downsample)
+                       self.downsample, self.virtual)
 
     def centred_at(self, x: float, y: float) -> TileBox:
         """The full-size tile centred on the level point (x, y), shifted inward at the level's borders."""

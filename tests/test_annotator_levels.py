@@ -1,0 +1,64 @@
+"""One object across working levels: auto level per click, refinement at a finer level, undo."""
+
+import pytest
+
+from napari_sam_histo.engine.annotator import Annotator
+from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.predictor import Predictor
+from napari_sam_histo.errors import InputError
+
+from .test_working_levels import _pyramid_source
+
+
+@pytest.fixture
+def auto(tiny_model):
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    annotator = Annotator(predictor, _pyramid_source(), level="auto", tile_size=512)
+    yield annotator
+    annotator.close(wait=True)
+
+
+def test_auto_follows_the_view_a_ui_passes_with_each_click(auto):
+    assert auto.level_for_view(4096, 3000).downsample == 8.0
+    state = auto.click(3000, 2000, downsample=8.0)
+    (box,) = state.boxes
+    assert box.downsample == 8.0 and box.virtual and state.downsample == 8.0
+    assert auto.grid.downsample == 8.0  # the working level is the last click's
+
+
+def test_a_finer_click_refines_the_coarse_object_as_one_object_and_undo_steps_back(auto, monkeypatch):
+    coarse = auto.click(3000, 2000, downsample=8.0).boxes[0]
+    prompts = []
+    decode = auto.predictor.decode
+    monkeypatch.setattr(auto.predictor, "decode",
+                        lambda *a, **k: prompts.append(k.get("mask_input")) or decode(*a, **k))
+    state = auto.click(3100, 2050, positive=False, downsample=1.0)  # zoomed in: a negative click on the border
+    fine = next(b for b in state.boxes if b.downsample == 1.0)
+    assert set(state.boxes) == {coarse, fine}  # one object, two levels
+    assert prompts and prompts[0] is not None and tuple(prompts[0].shape[-2:]) == (auto.predictor.image_size // 4,) * 2  # SAM's low-res frame
+    assert len(auto._sessions[coarse.key()].clicks) == 1  # the coarse tile did not take the fine click
+    assert state.downsample == 1.0
+    (x, y), mask = state.mask
+    assert x * 1.0 <= coarse.x * 8 and (x + mask.shape[1]) >= (coarse.x + coarse.width) * 8  # the whole object
+    back = auto.undo()
+    assert back.boxes == (coarse,) and back.downsample == 8.0
+    again = auto.redo()
+    assert set(again.boxes) == {coarse, fine}
+
+
+def test_a_coarse_click_reaches_the_finer_tiles_that_hold_it(auto):
+    auto.click(3000, 2000, downsample=8.0)
+    fine = next(b for b in auto.click(3100, 2050, downsample=1.0).boxes if b.downsample == 1.0)
+    auto.click(3120, 2060, positive=False, downsample=8.0)
+    assert len(auto._sessions[fine.key()].clicks) == 3  # its own start (2 clicks) and the coarse click
+
+
+def test_the_accepted_object_records_the_finest_level_and_a_fixed_level_refuses_bad_input(auto, tiny_model):
+    auto.click(3000, 2000, downsample=8.0)
+    auto.click(3010, 2010, downsample=2.0)
+    obj = auto.accept("Tumor")
+    if obj is not None:  # a random-init model may predict nothing
+        assert obj.properties["downsample"] == 2.0
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    with pytest.raises(InputError, match="or 'auto'"):
+        Annotator(predictor, _pyramid_source(), level="coarse")
