@@ -136,6 +136,26 @@ def _cmd_slide_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
+    from .evaluation.slide_benchmark import MODES, format_table, run_benchmark
+    from .errors import InputError
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise InputError(f"--modes {args.modes!r}: choose from {', '.join(MODES)} (comma-separated).")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = run_benchmark(args.regions, args.out, model=args.model, decoder=args.decoder, device=args.device,
+                            modes=modes, max_clicks=args.max_clicks, tile_size=args.tile_size, limit=args.limit,
+                            stride=args.stride, upscale=args.upscale)
+    print(format_table(summary["modes"]))
+    print(f"-> {args.out}/summary.json, runs.csv, table.md")
+    return 0
+
+
 def _cmd_gui_stalls(args: argparse.Namespace) -> int:
     import os
 
@@ -265,6 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--out", default=None, help="folder for the synthetic slide (default: a temporary folder)")
     mem.add_argument("--keep", action="store_true", help="keep the synthetic slide afterwards")
     mem.set_defaults(func=_cmd_slide_memory)
+    sb = sub.add_parser("slide-benchmark", help="whole regions at slide scale through the Annotator: level 0 vs "
+                                                "auto level vs auto + refinement (NoC, mIoU per click, seams)")
+    sb.add_argument("regions", help="a region dataset (images/ + masks/, or a manifest), e.g. bcss-breast-40x")
+    sb.add_argument("--out", required=True, help="report folder (pyramids under slides/)")
+    sb.add_argument("--modes", default="level0,auto,refine")
+    sb.add_argument("--max-clicks", type=int, default=50)
+    sb.add_argument("--upscale", type=float, default=1.0,
+                    help="enlarge each region this many times (a composed region spanning many tiles)")
+    sb.add_argument("--stride", type=int, default=1, help="every N-th region")
+    sb.add_argument("--limit", type=int, default=None)
+    sb.add_argument("--tile-size", type=int, default=1024)
+    sb.add_argument("--model", default="vit_t")
+    sb.add_argument("--decoder", default="sam")
+    sb.add_argument("--device", default="cpu")
+    sb.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    sb.set_defaults(func=_cmd_slide_benchmark)
     stalls = sub.add_parser("gui-stalls", help="longest napari GUI-thread stall per Annotator action (scripted, real viewer)")
     stalls.add_argument("--slide", default=None, help="slide to annotate (default: the CC0 sample)")
     stalls.add_argument("--mosaic", type=int, default=1,

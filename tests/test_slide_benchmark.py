@@ -1,0 +1,55 @@
+"""The slide-scale benchmark's mechanics (tiny random model): pyramids, modes, levels, report."""
+
+import csv
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_sam_histo.engine.annotator import AnnotatorState
+from napari_sam_histo.engine.tiles import TileBox
+from napari_sam_histo.evaluation.slide_benchmark import level0_mask, run_benchmark, seam_band
+
+
+@pytest.fixture
+def regions(tmp_path):
+    folder = tmp_path / "regions"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)
+    mask = np.zeros((400, 600), np.uint8)
+    mask[100:300, 150:450] = 255
+    iio.imwrite(folder / "images" / "r1.png", image)
+    iio.imwrite(folder / "masks" / "r1.png", mask)
+    return folder
+
+
+def test_every_mode_runs_through_the_annotator_and_writes_its_report(regions, tmp_path, tiny_model):
+    out = tmp_path / "report"
+    summary = run_benchmark(regions, out, model=tiny_model, modes=("level0", "auto", "refine"), max_clicks=3,
+                            tile_size=256, log=lambda line: None)
+    with tifffile.TiffFile(out / "slides" / "r1.ome.tif") as tif:  # a real pyramid, read by our reader
+        assert [page.shape[:2] for page in tif.series[0].levels] == [(400, 600), (100, 150)]
+    assert set(summary["modes"]) == {"level0", "auto", "refine"}
+    for entry in summary["modes"].values():
+        assert len(entry["miou_per_click"]) == 3 and 1 <= entry["noc@85"] <= 3
+        assert entry["encoder_calls"] >= 1
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    levels = {mode: {float(r["downsample"]) for r in rows if r["mode"] == mode} for mode in ("level0", "auto")}
+    assert levels["level0"] == {1.0} and levels["auto"] == {2.0}  # a 600 px region, 256 px tiles: one tile at 1/2
+    assert json.loads((out / "summary.json").read_text())["tile_size"] == 256
+    assert "| auto |" in (out / "table.md").read_text()
+
+
+def test_the_state_is_rasterised_at_level_0_and_the_seam_band_follows_inner_borders():
+    mask = np.zeros((10, 10), bool)
+    mask[2:4, 5:8] = True
+    state = AnnotatorState((), ((1, 2), mask), (), downsample=4.0)  # mask pixel (0, 0) is level-0 (4, 8)
+    level0 = level0_mask(state, (60, 60))
+    rows, cols = np.nonzero(level0)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (16, 23, 24, 35)
+    band = seam_band([TileBox(0, 0, 0, 30, 60)], (60, 60), tile=100)  # inner border at x = 30 only
+    assert band[:, 28:32].all() and not band[:, :27].any() and not band[:, 33:].any()
