@@ -62,3 +62,35 @@ def test_the_accepted_object_records_the_finest_level_and_a_fixed_level_refuses_
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     with pytest.raises(InputError, match="or 'auto'"):
         Annotator(predictor, _pyramid_source(), level="coarse")
+
+
+def test_continuation_grows_the_object_into_the_tile_beyond_a_cut_border_and_undo_removes_it(tiny_model,
+                                                                                            monkeypatch):
+    from napari_sam_histo.engine import annotator as annotator_module
+    from napari_sam_histo.slides.reader import from_array
+
+    import numpy as np
+
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    image = np.random.default_rng(1).integers(0, 255, (600, 1400, 3), dtype=np.uint8)
+    annotator = Annotator(predictor, from_array(image, "wide.png"), level=0, tile_size=512, continuation=True)
+    events = []
+    annotator.listeners.append(lambda event, box, purpose: events.append((event, purpose)))
+    try:
+        # the object reaches the first tile's right border at x = 956 (a random model cuts nothing
+        # reliably, so the border point is given)
+        cuts = iter([[(950.5, 300.5)], [(950.5, 300.5)], [], []])
+        monkeypatch.setattr(annotator, "cut_points", lambda: next(cuts, []))
+        first = annotator.submit_click(700, 300).result()
+        annotator.wait_continuation(60)
+        state = annotator.state()
+        assert len(first.boxes) == 1 and len(state.boxes) == 2  # grown by itself, no click there
+        grown = next(b for b in state.boxes if b not in first.boxes)
+        assert grown.x < 950.5 < grown.x + grown.width and ("extended", "continuation") in events
+        session = annotator._sessions[grown.key()]
+        assert [(c.x + grown.x, c.positive) for c in session.clicks] == [(700.0, True), (950.5, True)]
+        assert annotator.undo().boxes == ()  # the click and the tile it grew into go together
+        assert len(annotator.redo().boxes) == 2
+    finally:
+        annotator.close(wait=True)
+    assert annotator_module.MAX_CONTINUATION_TILES == 8

@@ -102,7 +102,7 @@ class AnnotatorDock(QWidget):
         self._undo: list[tuple] = []  # ("click",) | ("accept", obj, snapshot) | ("clear", snapshot) | ("delete", objs)
         self._redo: list[tuple] = []
         self._internal = 0  # >0 while the dock itself changes the annotations layer
-        self._drawn: tuple[tuple[int, int], np.ndarray] | None = None  # SAM's mask as last drawn
+        self._drawn: tuple[tuple[int, int], np.ndarray, float] | None = None  # SAM's mask as last drawn, its downsample
         self._drawn_boxes: tuple = ()  # the tiles outlined in the tiles layer
         self._progress: dict[str, object] = {}  # tile key -> open napari progress
         self._pressing = False
@@ -147,8 +147,9 @@ class AnnotatorDock(QWidget):
         self.settings = AnnotatorSettings(self.viewer)
         layout.addWidget(self.settings)
         for name in ("layer_combo", "model_combo", "decoder_combo", "device_combo", "level_combo", "tile_spin",
-                     "min_area_spin", "simplify_spin", "prefetch_check", "disk_check"):
+                     "min_area_spin", "simplify_spin", "prefetch_check", "grow_check", "disk_check"):
             setattr(self, name, getattr(self.settings, name))  # the dock's own names for its settings
+        self.grow_check.toggled.connect(self._set_growing)
 
         class_row = QHBoxLayout()
         self.class_combo = QComboBox()
@@ -273,7 +274,7 @@ class AnnotatorDock(QWidget):
         level = self.level_combo.currentData() or 0
         model, decoder, device, tile = (self.model_combo.currentText(), self.decoder_combo.currentText(),
                                         self.device_combo.currentText(), self.tile_spin.value())
-        on_disk, reused = self.disk_check.isChecked(), self.source
+        on_disk, reused, grow = self.disk_check.isChecked(), self.source, self.grow_check.isChecked()
 
         def build():
             from ..engine.annotator import Annotator
@@ -287,7 +288,7 @@ class AnnotatorDock(QWidget):
             try:
                 cache = EmbeddingCache(store_dir=embedding_store(source.identity)) if on_disk else None
                 predictor = Predictor(load_model(model, device), decoder, cache=cache)
-                return Annotator(predictor, source, level=level, tile_size=tile), source
+                return Annotator(predictor, source, level=level, tile_size=tile, continuation=grow), source
             except BaseException:
                 if source is not reused:
                     source.close()
@@ -428,16 +429,18 @@ class AnnotatorDock(QWidget):
         scene = getattr(self.viewer, "scene", None)  # napari 0.9 moved the camera to viewer.scene
         return scene.camera if scene is not None else self.viewer.camera
 
-    def _level_text(self) -> str:
-        """The working level as a user reads it: magnification (or downsample) and µm per pixel."""
-        d, mpp = self.annotator.grid.downsample, self.source.mpp
-        if mpp:
-            return f"~{10 / (mpp[0] * d):.1f}x ({mpp[0] * d:.2f} µm/px)"
-        return f"1/{d:g} of full resolution" if d != 1 else "full resolution"
+    def _level_text(self, downsample: float | None = None) -> str:
+        """A working level as a user reads it: magnification (or downsample) and µm per pixel; with
+        "auto", that the level follows the view."""
+        from ..engine.working_levels import WorkingLevel
+
+        d = self.annotator.grid.downsample if downsample is None else downsample
+        text = WorkingLevel(d, 0, False).describe(self.source.mpp)
+        return f"{text}, following the view (auto)" if self.annotator.auto and downsample is None else text
 
     def _tile_text(self, box) -> str:
-        mpp, d = self.source.mpp, self.annotator.grid.downsample
-        size = f"{box.width}×{box.height} px tile at {self._level_text()}"
+        mpp, d = self.source.mpp, box.downsample
+        size = f"{box.width}×{box.height} px tile at {self._level_text(d)}"
         return size + (f", {box.width * d * mpp[0]:.0f}×{box.height * d * mpp[1]:.0f} µm" if mpp else "")
 
     def _connect(self, emitter, callback) -> None:
@@ -597,7 +600,22 @@ class AnnotatorDock(QWidget):
         self._undo.append(("click",))
         self._redo.clear()
         self.status.setText("Clicked…" if self.pending == 1 else f"{self.pending} clicks queued…")
-        self._relay_action(self.annotator.submit_click(x0, y0, positive), self._show_state)
+        level = self._view_level()
+        self._relay_action(self.annotator.submit_click(x0, y0, positive, level.downsample), self._show_state)
+
+    def _view_extent(self) -> tuple[float, float]:
+        """The view's (width, height) in level-0 pixels of the slide being annotated."""
+        canvas = getattr(self.viewer, "canvas", None)  # napari 0.9; older: the viewer's _canvas_size
+        size = getattr(canvas, "size", None) if canvas is not None else None
+        height, width = size if size is not None else getattr(self.viewer, "_canvas_size", (1000, 1000))
+        zoom = max(float(self._camera().zoom), 1e-9)  # screen pixels per world unit
+        sy, sx = (float(v) for v in self.image_layer.scale[-2:])  # world units per level-0 pixel
+        return width / (zoom * sx), height / (zoom * sy)
+
+    def _view_level(self):
+        """The working level for what is on screen now (``Annotator.level_for_view``; the fixed level
+        when one is pinned)."""
+        return self.annotator.level_for_view(*self._view_extent())
 
     # -- undo, redo, clear, accept ------------------------------------------------------------
     def undo(self) -> None:
@@ -687,11 +705,11 @@ class AnnotatorDock(QWidget):
         current = self.viewer.layers[CURRENT] if CURRENT in self.viewer.layers else None
         if current is None or self._drawn is None:
             return None
-        (x, y), drawn = self._drawn
+        (x, y), drawn, d = self._drawn
         data = np.asarray(current.data)
         if data.shape != drawn.shape or np.array_equal(data > 0, drawn):
             return None
-        return (x, y), data > 0
+        return (x, y), data > 0, d
 
     def _accepted(self, obj) -> None:
         """Draw an accepted object in steps (clear the current object, add the shapes, say so), one
@@ -726,11 +744,13 @@ class AnnotatorDock(QWidget):
         annotator = self.annotator
         self.threads.relay(future, lambda result: callback(result) if self.annotator is annotator else None)
 
-    def _show_state(self, state) -> None:
-        """Draw an ``AnnotatorState`` (or show an error) when an action has run."""
+    def _show_state(self, state, action: bool = True) -> None:
+        """Draw an ``AnnotatorState`` (or show an error) when an action has run (``action=False``:
+        a state the annotator reached by itself, such as continuation)."""
         from ..engine.annotator import EMPTY_STATE, AnnotatorState
 
-        self.pending = max(self.pending - 1, 0)
+        if action:
+            self.pending = max(self.pending - 1, 0)
         if self.annotator is None:
             return
         if isinstance(state, Exception):
@@ -740,7 +760,7 @@ class AnnotatorDock(QWidget):
             state = EMPTY_STATE
         self._draw_clicks(state.clicks)
         current = self.viewer.layers[CURRENT]
-        d = self.annotator.grid.downsample
+        d = state.downsample  # the object's finest level (its tiles may be at several)
         if state.mask is None:
             if current.data.shape != (1, 1) or current.data.any():
                 current.data = np.zeros((1, 1), np.uint8)
@@ -754,10 +774,10 @@ class AnnotatorDock(QWidget):
             if not np.allclose(current.translate, translate):
                 current.translate = translate
             current.data = mask.astype(np.uint8)
-            self._drawn = ((x, y), mask.copy())
+            self._drawn = ((x, y), mask.copy(), d)
         if state.boxes != self._drawn_boxes:
             self._drawn_boxes = state.boxes
-            QTimer.singleShot(0, lambda: self._draw_tiles(state.boxes, d))  # in the next turn: napari repaints first
+            QTimer.singleShot(0, lambda: self._draw_tiles(state.boxes))  # in the next turn: napari repaints first
         if not self.pending and not isinstance(state, Exception):
             if state.clicks:
                 clicks, n = len(state.clicks), len(state.boxes)
@@ -765,14 +785,15 @@ class AnnotatorDock(QWidget):
                                     + f". Enter accepts as {self.class_name}, Escape cancels.")
             self._schedule_prefetch()
 
-    def _draw_tiles(self, boxes, d: float) -> None:
+    def _draw_tiles(self, boxes) -> None:
         if self.annotator is None or boxes != self._drawn_boxes:
             return  # stopped, or other tiles were drawn meanwhile
         tiles = self.viewer.layers[TILES]
         tiles.data = []
         if boxes:
-            tiles.add_rectangles([np.array([[b.y, b.x], [b.y + b.height, b.x + b.width]], float) * d for b in boxes],
-                                 edge_color="yellow", face_color="transparent")
+            tiles.add_rectangles([np.array([[b.y, b.x], [b.y + b.height, b.x + b.width]], float) * b.downsample
+                                  for b in boxes], edge_color="yellow", face_color="transparent",
+                                 edge_width=2 * min(b.downsample for b in boxes))
 
     def _draw_clicks(self, clicks) -> None:
         """The clicks layer shows ``clicks`` (already drawn at click time: only fix what differs)."""
@@ -1011,15 +1032,38 @@ class AnnotatorDock(QWidget):
         event, box, purpose, annotator = item
         key = box.key()
         self.progress_log.append((event, key, purpose))
+        if event == "extended":  # the object grew into a tile by itself: draw it (unless clicks are queued)
+            if annotator is self.annotator and annotator is not None:
+                self.threads.run(annotator.state, lambda state: self._show_grown(annotator, state))
+            return
         if event == "started" and annotator is self.annotator and annotator is not None:  # not a stopped one
-            what = "prefetching" if purpose == "prefetch" else "computing"
+            what = {"prefetch": "prefetching", "continuation": "continuing the object into"}.get(purpose, "computing")
             self._progress[key] = progress(total=0, desc=f"SAM: {what} the embedding of a {self._tile_text(box)}")
             if purpose == "click":
                 self.status.setText(f"Computing the SAM embedding around the click ({self._tile_text(box)})…")
+            elif purpose == "continuation":
+                self.status.setText(f"The object reaches a tile border: continuing it in the next tile "
+                                    f"({self._tile_text(box)})…")
         else:
             bar = self._progress.pop(key, None)
             if bar is not None:
                 bar.close()
+
+    def _set_growing(self, on: bool) -> None:
+        """Switch continuation past tile borders on or off for the running annotator (off stops it
+        before its next tile)."""
+        if self.annotator is not None:
+            self.annotator.continuation = bool(on)
+            if not on:
+                self.annotator.stop_continuation()
+
+    def _show_grown(self, annotator, state) -> None:
+        if annotator is not self.annotator or self.pending or isinstance(state, Exception):
+            return  # restarted, or a queued click will draw a newer state
+        self._show_state(state, action=False)
+        tiles = len(state.boxes)
+        self.status.setText(f"The object continues past the tile border ({tiles} tiles). Enter accepts as "
+                            f"{self.class_name}, Escape cancels.")
 
     def _schedule_prefetch(self, *_) -> None:
         if self.annotator is not None and self.prefetch_check.isChecked():
@@ -1032,7 +1076,7 @@ class AnnotatorDock(QWidget):
             return
         center = self._camera().center[-2:]
         row, col = self.image_layer.world_to_data(center)[-2:]
-        self.prefetch_future = self.annotator.prefetch_around(float(col), float(row))
+        self.prefetch_future = self.annotator.prefetch_around(float(col), float(row), self._view_level().downsample)
 
     # -- export / import ----------------------------------------------------------------------
     def _layer_tuple(self):

@@ -133,13 +133,17 @@ class AnnotatorSettings(QWidget):
         self.simplify_spin.setToolTip("outlines are simplified within this distance (working-level pixels)")
         self.prefetch_check = QCheckBox("prefetch tiles around the view when idle")
         self.prefetch_check.setChecked(True)
+        self.grow_check = QCheckBox("grow objects past tile borders (up to 8 tiles)")
+        self.grow_check.setChecked(True)
+        self.grow_check.setToolTip("where an object reaches a tile's border, the next tile is computed and decoded "
+                                   "in the background, so the object continues without a click there")
         self.disk_check = QCheckBox("keep embeddings on disk (per slide)")
         self.disk_check.setToolTip("reopening the slide later skips the encoder; stored in the user cache folder")
         for label, widget in (("Image", self.layer_combo), ("Model", self.model_combo),
                               ("Decoder", self.decoder_combo), ("Device", self.device_combo),
                               ("Working level", self.level_combo), ("Tile size", self.tile_spin),
                               ("Min. area", self.min_area_spin), ("Simplify", self.simplify_spin),
-                              ("", self.prefetch_check), ("", self.disk_check)):
+                              ("", self.prefetch_check), ("", self.grow_check), ("", self.disk_check)):
             form.addRow(label, widget)
         layout.addWidget(self.form)
         self.layer_combo.currentTextChanged.connect(self.fill_levels)
@@ -202,8 +206,11 @@ class AnnotatorSettings(QWidget):
         downsamples = layer.metadata.get("level_downsamples") or [1.0]
         mpp = layer.metadata.get("mpp")
         self.show_min_area_unit(mpp)  # µm² as soon as a slide with a pixel size is picked
+        # "auto" (the default): each object's clicks use the level closest to what is on screen,
+        # pyramid or virtual (engine.working_levels); a level can still be pinned
+        self.level_combo.addItem("auto: follows the view", "auto")
         for i, d in enumerate(downsamples):
-            text = f"level {i}: 1/{d:g}"
+            text = f"level {i}: 1/{d:.3g}"
             if mpp:
                 text += f" ({mpp[0] * d:.2f} µm/px, ~{10 / (mpp[0] * d):.1f}x)"
             self.level_combo.addItem(text, i)

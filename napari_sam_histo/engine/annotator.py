@@ -37,6 +37,14 @@ there (``blending.sample_field``), so the first fine click refines instead of st
 negative click opens a tile too when a coarser tile of the object holds it (removing a bit of a
 coarse outline).
 
+Continuation (``continue_object``; in the background after each click when ``continuation=True``,
+as the dock runs it): where the object reaches a border of its tiles that is not the slide's, the
+neighbouring tile (centred on that point, at the last click's level) is computed and decoded from
+the object's clicks inside it, a positive point where the object was cut, and the object's logits
+over the overlap as mask prompt (unknown beyond it), so the object grows past the border without a
+click there. At most ``MAX_CONTINUATION_TILES`` per object; a new click, Clear or Accept stops it;
+the tiles it adds belong to the click that caused them (undo removes them with it).
+
 The object's shape is its tiles' logits blended (``blending``: overlapping tiles averaged with
 weights that fall at inner borders, finer levels over coarser), thresholded and vectorised once over
 their joint extent, so it is not cut at tile borders and keeps its holes. Undo/redo follow the
@@ -74,6 +82,8 @@ from .working_levels import WorkingLevel, auto_level, level_with_downsample, wor
 
 REUSE_MARGIN = 0.25  # a reused tile must hold the click at least a quarter tile from its inner borders
 MAX_CUT_TILES = 4  # continuation tiles prefetched where the current object is cut by a tile border
+MAX_CONTINUATION_TILES = 8  # tiles one object may grow into by itself
+UNKNOWN_LOGIT = 0.0  # a continuation tile's mask prompt beyond the object's tiles: neither in nor out
 
 def combine_tile_masks(boxes: list[TileBox], masks: list[np.ndarray]) -> tuple[tuple[int, int], np.ndarray]:
     """Place tile masks (same level) into one array over their joint extent (OR where tiles
@@ -122,9 +132,10 @@ class _Step:
 class Annotator:
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
-                 prefetch_radius: int = 1) -> None:
+                 prefetch_radius: int = 1, continuation: bool = False) -> None:
         """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
-        ``level_for_view``; level 0 until one does)."""
+        ``level_for_view``; level 0 until one does). ``continuation``: grow the object into
+        neighbouring tiles in the background after each click (see the module)."""
         self.auto = level == "auto"
         if not self.auto and not (isinstance(level, (int, np.integer)) and 0 <= level < source.level_count):
             raise InputError(f"{source.name} has levels 0..{source.level_count - 1}; level {level!r} was chosen "
@@ -141,6 +152,10 @@ class Annotator:
         self.grid_for(self.working)  # checks the tile size
         self.reuse_margin = float(reuse_margin)
         self.prefetch_radius = int(prefetch_radius)
+        self.continuation = bool(continuation)
+        self._continued: set[str] = set()  # the current object's tiles opened by continuation
+        self._continuation_generation = 0  # a newer request (after a newer click) stops an older one
+        self._continuation_futures: list[Future] = []
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
         # Called as listener(event, box, purpose) with event "started"/"finished" and purpose
         # "click"/"prefetch", from worker threads, when an embedding is really being computed.
@@ -160,6 +175,7 @@ class Annotator:
         self._closed = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-clicks")
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-prefetch")
+        self._continuer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-continuation")
 
     # -- working levels --------------------------------------------------------------------------
     @property
@@ -277,7 +293,10 @@ class Annotator:
                 keys.append(holder.box.key())
             self._history.append(_Step((float(x0), float(y0), bool(positive)), tuple(keys)))
             self._redo.clear()
-            return self._state()
+            state = self._state()
+        if self.continuation:
+            self._schedule_continuation()
+        return state
 
     def undo(self) -> AnnotatorState:
         with self._lock:
@@ -302,6 +321,7 @@ class Annotator:
         before brings it back."""
         with self._lock:
             self._sessions, self._history, self._redo = {}, [], []  # new containers: a snapshot keeps the old
+            self._continued = set()
             return self._state()
 
     def snapshot(self) -> "ObjectSnapshot":
@@ -316,6 +336,7 @@ class Annotator:
                                                          list(snapshot.redo))
             for session in self._sessions.values():
                 self._known[session.box.key()] = session.box
+            self._continued = set()
             return self._state()
 
     def add_class(self, name: str, color=None) -> tuple[int, int, int]:
@@ -466,6 +487,99 @@ class Annotator:
         found.sort(key=lambda item: -item[0])
         return [(x, y) for size, x, y in found[:MAX_CUT_TILES] if size >= 4]  # smaller: a corner, not a cut
 
+    # -- continuation ----------------------------------------------------------------------------
+    def continue_object(self, generation: int | None = None) -> list[TileBox]:
+        """Grow the object into the tiles beyond its cut borders (see the module), one at a time,
+        until none is left, the budget is spent, or the object changes (a click, undo, Clear,
+        Accept, or a newer ``generation`` of background continuation); returns the tiles added."""
+        added = []
+        while True:
+            with self._lock:
+                if self._closed or not self._history or len(self._continued) >= MAX_CONTINUATION_TILES:
+                    return added
+                if generation is not None and generation != self._continuation_generation:
+                    return added
+                history = self._history
+                steps = len(history)
+                found = None
+                for px, py in self.cut_points():
+                    box = self._box_for_point(px, py)
+                    session = self._sessions.get(box.key())
+                    if (session is None or not session.clicks) and box.key() not in self._continued:
+                        found = (px, py, box)
+                        break
+                if found is None:
+                    return added
+                px, py, box = found
+                self._known[box.key()] = box
+            embedding = self._embedding(box, "continuation")  # outside the lock: seconds
+            with self._lock:
+                if self._history is not history or len(self._history) != steps or self._closed:
+                    return added  # the object changed meanwhile: the next click asks again
+                if generation is not None and generation != self._continuation_generation:
+                    return added
+                session = self._sessions.get(box.key()) or ClickSession(self.predictor, box, embedding)
+                d = box.downsample
+                earlier = [(cx / d - box.x, cy / d - box.y, p) for cx, cy, p in (s.click for s in self._history)
+                           if box.contains(cx / d, cy / d)]
+                seed = (px - box.x, py - box.y, True)  # inside the object, where a border cut it
+                session.add_clicks(earlier + [seed], mask_prompt=self._overlap_prompt(session))
+                self._sessions[box.key()] = session
+                self._continued.add(box.key())
+                last = self._history[-1]
+                self._history[-1] = _Step(last.click, last.keys + (box.key(),))
+                added.append(box)
+            self._notify("extended", box, "continuation")
+
+    def _overlap_prompt(self, session: ClickSession):
+        """The object's logits over a continuation tile, unknown beyond its tiles (mask prompt)."""
+        result = self._blend()
+        if result is None:
+            return None
+        embedding = session.embedding
+        side = self.predictor.image_size // 4
+        frame = (4 * embedding.original_size[1] / embedding.input_size[1],
+                 4 * embedding.original_size[0] / embedding.input_size[0])
+        return sample_field(result, session.box, (side, side), frame, outside=UNKNOWN_LOGIT).to(self.predictor.device)
+
+    def _schedule_continuation(self) -> None:
+        """``continue_object`` on its own thread (prefetching must not delay it), after the queued
+        clicks; a newer click's request supersedes it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._continuation_generation += 1
+            for future in self._continuation_futures:
+                future.cancel()
+            generation = self._continuation_generation
+
+            def run():
+                while not self._idle.wait(0.05):  # clicks first
+                    if generation != self._continuation_generation or self._closed:
+                        return []
+                return self.continue_object(generation)
+
+            self._continuation_futures = [self._continuer.submit(run)]
+
+    def stop_continuation(self) -> None:
+        """Stop the background continuation before its next tile (a UI's switch)."""
+        with self._lock:
+            self._continuation_generation += 1
+            for future in self._continuation_futures:
+                future.cancel()
+
+    def wait_continuation(self, timeout: float | None = None) -> None:
+        """Until the background continuation requested so far is done (tests, the benchmark)."""
+        with self._lock:
+            futures = list(self._continuation_futures)
+        from concurrent.futures import CancelledError
+
+        for future in futures:
+            try:
+                future.result(timeout)
+            except CancelledError:
+                pass
+
     # -- background work -----------------------------------------------------------------------
     def _embedding(self, box: TileBox, purpose: str):
         @contextmanager
@@ -525,19 +639,21 @@ class Annotator:
         """No click or action is queued or running."""
         return self._idle.is_set()
 
-    def prefetch_boxes(self, x0: float, y0: float) -> list[TileBox]:
+    def prefetch_boxes(self, x0: float, y0: float, downsample: float | None = None) -> list[TileBox]:
         """What ``prefetch_around(x0, y0)`` computes, in order: the tiles the current object's next
-        clicks would open where a tile border cuts it, then the half-tile lattice around level-0
-        (x0, y0) (clamped into the slide), where a new object's first click reuses a tile."""
-        d = self.grid.downsample
-        x = min(max(float(x0) / d, 0.0), self.grid.width - 1e-3)
-        y = min(max(float(y0) / d, 0.0), self.grid.height - 1e-3)
+        clicks would open where a tile border cuts it (at its last click's level), then the half-tile
+        lattice around level-0 (x0, y0) (clamped into the slide) at the level of ``downsample``
+        (the view's, with ``level="auto"``), where a new object's first click reuses a tile."""
+        grid = self.grid_for(self._working_for(downsample))
+        d = grid.downsample
+        x = min(max(float(x0) / d, 0.0), grid.width - 1e-3)
+        y = min(max(float(y0) / d, 0.0), grid.height - 1e-3)
         with self._lock:
             boxes = [self._box_for_point(px, py) for px, py in self.cut_points()]
-        boxes += self.grid.lattice_around(x, y, self.prefetch_radius)
+        boxes += grid.lattice_around(x, y, self.prefetch_radius)
         return list({box.key(): box for box in reversed(boxes)}.values())[::-1]  # unique, first kept
 
-    def prefetch_around(self, x0: float, y0: float) -> Future:
+    def prefetch_around(self, x0: float, y0: float, downsample: float | None = None) -> Future:
         """Compute ``prefetch_boxes(x0, y0)`` in the background, one embedding at a time, each after
         any queued click. A later call supersedes this one: it stops before its next tile. The
         future's result is the list of tiles it computed or found cached."""
@@ -549,12 +665,12 @@ class Annotator:
             self._generation += 1
             for future in self._prefetch_futures:
                 future.cancel()
-            future = self._prefetcher.submit(self._prefetch, x0, y0, self._generation)
+            future = self._prefetcher.submit(self._prefetch, x0, y0, self._generation, downsample)
             self._prefetch_futures = [future]
             return future
 
-    def _prefetch(self, x0: float, y0: float, generation: int) -> list[TileBox]:
-        boxes = self.prefetch_boxes(x0, y0)
+    def _prefetch(self, x0: float, y0: float, generation: int, downsample: float | None = None) -> list[TileBox]:
+        boxes = self.prefetch_boxes(x0, y0, downsample)
         with self._lock:
             for box in boxes:
                 self._known[box.key()] = box
@@ -573,8 +689,10 @@ class Annotator:
         with self._lock:
             self._closed = True
             self._generation += 1
-            for future in self._prefetch_futures:
+            self._continuation_generation += 1
+            for future in self._prefetch_futures + self._continuation_futures:
                 future.cancel()
         self._worker.shutdown(wait=wait, cancel_futures=True)
         self._prefetcher.shutdown(wait=wait, cancel_futures=True)
+        self._continuer.shutdown(wait=wait, cancel_futures=True)
         self.listeners.clear()

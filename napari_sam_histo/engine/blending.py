@@ -47,6 +47,7 @@ class Blend:
     x: int  # top-left of ``logits`` in pixels of that downsample
     y: int
     logits: np.ndarray  # (H, W) float32
+    covered: np.ndarray | None = None  # (H, W) bool: some tile of the object reaches the pixel
 
     def mask(self, threshold: float = 0.0) -> np.ndarray:
         return self.logits > threshold
@@ -137,13 +138,15 @@ def blend(tiles: list[TileLogits], max_pixels: int = MAX_OBJECT_PIXELS) -> Blend
         alpha = torch.where(covered, weight.clamp(0, 1), here.float())  # nothing coarser below: take it
         field = torch.where(here, (1 - alpha) * field + alpha * level_logits, field)
         covered |= here
-    return Blend(d, gx, gy, field.numpy())
+    return Blend(d, gx, gy, field.numpy(), covered.numpy())
 
 
-def sample_field(result: Blend, box: TileBox, shape: tuple[int, int], frame: tuple[float, float]) -> torch.Tensor:
+def sample_field(result: Blend, box: TileBox, shape: tuple[int, int], frame: tuple[float, float],
+                 outside: float = BACKGROUND_LOGIT) -> torch.Tensor:
     """The blended logits resampled onto an (h, w) grid laid over ``box`` scaled by ``frame``:
-    grid pixel (i, j) sits at box pixel ((i + 0.5) * frame[0], (j + 0.5) * frame[1]). A new tile's
-    mask prompt (SAM's 256² low-resolution frame) is taken this way from the object so far."""
+    grid pixel (i, j) sits at box pixel ((i + 0.5) * frame[0], (j + 0.5) * frame[1]); ``outside``
+    where no tile of the object reaches. A new tile's mask prompt (SAM's 256² low-resolution frame)
+    is taken this way from the object so far."""
     h, w = shape
     fx, fy = frame
     bd = box.downsample
@@ -154,6 +157,6 @@ def sample_field(result: Blend, box: TileBox, shape: tuple[int, int], frame: tup
     grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
     field = torch.from_numpy(result.logits)[None, None]
     sampled = F.grid_sample(field, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
-    inside = F.grid_sample(torch.ones_like(field), grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)[0, 0]
-    return torch.where(inside > 0, sampled, torch.full_like(sampled, BACKGROUND_LOGIT))
+    reached = torch.ones_like(field) if result.covered is None else torch.from_numpy(result.covered)[None, None].float()
+    inside = F.grid_sample(reached, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
+    return torch.where(inside > 0, sampled, torch.full_like(sampled, float(outside)))

@@ -43,7 +43,7 @@ class WorkingLevel:
         d = self.downsample
         if mpp:
             return f"~{10 / (mpp[0] * d):.1f}x ({mpp[0] * d:.2f} µm/px)"
-        return "full resolution" if d == 1 else f"1/{d:g} of full resolution"
+        return "full resolution" if d == 1 else f"1/{d:.3g} of full resolution"
 
 
 def working_levels(source, tile_size: int = DEFAULT_TILE_SIZE) -> list[WorkingLevel]:

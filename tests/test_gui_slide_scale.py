@@ -1,0 +1,131 @@
+"""Slide scale in the real dock (Xvfb, real MobileSAM): the working level follows the view on a
+slide without a pixel size, a coarse outline refined at a higher magnification stays one object,
+and an object across a tile border has no straight cut there."""
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+pytest.importorskip("napari")
+
+from napari_sam_histo._napari.annotator_dock import ANNOTATIONS, CURRENT, AnnotatorDock  # noqa: E402
+from napari_sam_histo._napari.sample_data import cmu1_region  # noqa: E402
+from napari_sam_histo.evaluation.slide_benchmark import write_pyramid  # noqa: E402
+
+from .annotator_gui import FRAGMENT, _mouse, _wait, dock, slide  # noqa: E402,F401
+
+
+@pytest.fixture
+def no_mpp_slide(tmp_path):
+    """The CC0 region as a two-level pyramid (1, 1/4) that states no pixel size."""
+    [(pixels, _, _)] = cmu1_region()
+    return write_pyramid(tmp_path / "no-pixel-size.ome.tif", np.asarray(pixels), None, downsamples=(1, 4))
+
+
+def _click(dock, x0, y0, button=1):
+    """A user's click at level-0 (x0, y0) of the annotated image, whatever its scale."""
+    position = tuple(dock.image_layer.data_to_world((y0, x0)))
+    for kind in ("mouse_press", "mouse_release"):
+        _mouse(dock.viewer, kind, position=position, pos=np.array([100.0, 100.0]), button=button)
+
+
+@pytest.mark.gui
+def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines_as_one_object(
+        make_napari_viewer, qtbot, mobile_sam, no_mpp_slide):
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(no_mpp_slide), plugin="napari-sam-histo")
+    dock = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    levels = [dock.level_combo.itemText(i) for i in range(dock.level_combo.count())]
+    assert levels[0].startswith("auto") and levels[1:] == ["level 0: 1/1", "level 1: 1/4"]  # no pixel size needed
+    dock.device_combo.setCurrentText("cpu")
+    dock.prefetch_check.setChecked(False)
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    assert "following the view" in dock.status.text()
+    try:
+        viewer.reset_view()  # the whole slide on screen
+        _click(dock, *FRAGMENT)
+        _wait(dock, qtbot)
+        state = dock.annotator.state()
+        (coarse,) = state.boxes
+        assert coarse.downsample >= 2  # not level 0: the tile holds what is on screen
+        current = viewer.layers[CURRENT]
+        assert np.allclose(current.scale[-2:], coarse.downsample) and current.data.any()
+        (x, y), mask = state.mask
+        ys, xs = np.nonzero(mask)
+        border = (int(xs.max()) + x, int(ys[xs.argmax()]) + y)  # the mask's rightmost pixel (its downsample)
+        # zoom in on the object's right border (about 600 level-0 px on screen) and correct it there
+        viewer.camera.center = tuple(dock.image_layer.data_to_world((border[1] * coarse.downsample,
+                                                                     border[0] * coarse.downsample)))
+        height, width = viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size
+        viewer.camera.zoom = max(width, height) / 600 / float(dock.image_layer.scale[-1])
+        assert dock._view_level().downsample == 1.0
+        _click(dock, (border[0] - 3) * coarse.downsample, border[1] * coarse.downsample, button=2)  # negative
+        _wait(dock, qtbot)
+        refined = dock.annotator.state()
+        assert {b.downsample for b in refined.boxes} == {coarse.downsample, 1.0}  # one object, two levels
+        assert refined.downsample == 1.0 and np.allclose(current.scale[-2:], 1.0)
+        (rx, ry), rmask = refined.mask  # still covers the whole coarse object
+        assert rx <= x * coarse.downsample and rx + rmask.shape[1] >= (x + mask.shape[1]) * coarse.downsample
+        assert rmask.sum() > 0.5 * mask.sum() * coarse.downsample ** 2
+        dock.accept()
+        qtbot.waitUntil(lambda: dock.pending == 0 and len(dock.object_list.ids) == 1, timeout=60_000)
+        [obj] = dock.objects()
+        assert obj.clicks == 2
+        dock.undo()  # the Accept
+        qtbot.waitUntil(lambda: dock.pending == 0 and not dock.object_list.ids, timeout=60_000)
+        dock.undo()  # the fine click: back to the coarse outline
+        _wait(dock, qtbot)
+        assert dock.annotator.state().boxes == (coarse,)
+    finally:
+        dock.close_session(wait=True)
+
+
+def _border_runs(polygons, boxes, axis):
+    """The longest polygon edge lying on a border line of one of ``boxes`` (x when ``axis`` is 0,
+    y when 1) where another of ``boxes`` covers both sides of that line: a straight cut between
+    two tiles of the object."""
+    lines = {v for b in boxes for v in ((b.x, b.x + b.width) if axis == 0 else (b.y, b.y + b.height))}
+    longest = 0.0
+    for polygon in polygons:
+        ring = np.asarray(polygon.exterior, float)
+        for a, b in zip(ring, np.roll(ring, -1, axis=0)):
+            for line in lines:
+                if abs(a[axis] - line) < 0.75 and abs(b[axis] - line) < 0.75:
+                    middle = (a + b) / 2
+                    across = any(c.x < middle[0] < c.x + c.width and c.y < middle[1] < c.y + c.height
+                                 if axis == 0 else c.y < middle[1] < c.y + c.height and c.x < middle[0] < c.x + c.width
+                                 for c in boxes if (c.x < line < c.x + c.width if axis == 0 else c.y < line < c.y + c.height))
+                    if across:
+                        longest = max(longest, float(abs(a[1 - axis] - b[1 - axis])))
+    return longest
+
+
+@pytest.mark.gui
+def test_an_object_across_a_tile_border_has_no_straight_cut_there(make_napari_viewer, qtbot, mobile_sam, slide):
+    viewer = make_napari_viewer()
+    viewer.open(str(slide), plugin="napari-sam-histo")
+    dock = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.device_combo.setCurrentText("cpu")
+    dock.prefetch_check.setChecked(False)
+    dock.level_combo.setCurrentIndex(dock.level_combo.findData(0))
+    dock.tile_spin.setValue(256)  # the tissue fragment is larger than one tile
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    try:
+        _click(dock, *FRAGMENT)
+        _click(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # beyond the first tile's left border
+        _click(dock, FRAGMENT[0], FRAGMENT[1] + 200)  # and below it
+        _wait(dock, qtbot)
+        dock.annotator.wait_continuation(300)  # where the object reached a border, it grew on by itself
+        boxes = dock.annotator.state().boxes
+        assert len(boxes) >= 2 and len(dock.annotator.clicks) == 3
+        dock.accept()
+        qtbot.waitUntil(lambda: dock.pending == 0 and len(dock.object_list.ids) == 1, timeout=60_000)
+        [obj] = dock.objects()
+        assert _border_runs(obj.polygons, boxes, 0) < 16 and _border_runs(obj.polygons, boxes, 1) < 16
+        assert len(viewer.layers[ANNOTATIONS].data) >= 1
+    finally:
+        dock.close_session(wait=True)
