@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "auto level vs auto + refinement (NoC, mIoU per click, seams)")
     sb.add_argument("regions", help="a region dataset (images/ + masks/, or a manifest), e.g. bcss-breast-40x")
     sb.add_argument("--out", required=True, help="report folder (pyramids under slides/)")
-    sb.add_argument("--modes", default="level0,auto,refine")
+    sb.add_argument("--modes", default="level0,auto,refine", help="comma-separated: level0, auto, refine, level0+grow")
     sb.add_argument("--max-clicks", type=int, default=50)
     sb.add_argument("--upscale", type=float, default=1.0,
                     help="enlarge each region this many times (a composed region spanning many tiles)")
