@@ -129,3 +129,48 @@ def test_an_object_across_a_tile_border_has_no_straight_cut_there(make_napari_vi
         assert len(viewer.layers[ANNOTATIONS].data) >= 1
     finally:
         dock.close_session(wait=True)
+
+
+def _world_bounds(layer, rows, cols):
+    """World (row, col) bounds of data positions of ``layer``."""
+    corners = np.array([layer.data_to_world((r, c)) for r in rows for c in cols])
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+@pytest.mark.gui
+def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make_napari_viewer, qtbot,
+                                                                            mobile_sam, no_mpp_slide):
+    # one pixel convention (napari_sam_histo.coordinates): at 1/4 the live mask and the accepted
+    # shape used to be 1.5 level-0 pixels apart
+    viewer = make_napari_viewer()
+    viewer.open(str(no_mpp_slide), plugin="napari-sam-histo")
+    dock = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.device_combo.setCurrentText("cpu")
+    dock.prefetch_check.setChecked(False)
+    dock.grow_check.setChecked(False)
+    dock.level_combo.setCurrentIndex(dock.level_combo.findData(1))  # 1/4
+    dock.min_area_spin.setValue(0)
+    dock.simplify_spin.setValue(0)
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    try:
+        _click(dock, *FRAGMENT)
+        _wait(dock, qtbot)
+        current = viewer.layers[CURRENT]
+        assert np.allclose(current.scale[-2:], 4.0, atol=0.01)
+        rows, cols = np.nonzero(np.asarray(current.data))
+        # napari draws data pixel i over [i - 0.5, i + 0.5]
+        shown_min, shown_max = _world_bounds(current, (rows.min() - 0.5, rows.max() + 0.5),
+                                             (cols.min() - 0.5, cols.max() + 0.5))
+        dock.accept()
+        qtbot.waitUntil(lambda: dock.pending == 0 and len(dock.object_list.ids) == 1, timeout=60_000)
+        shapes = viewer.layers[ANNOTATIONS]
+        vertices = np.concatenate([np.asarray(s) for s in shapes.data])
+        accepted = np.array([shapes.data_to_world(v) for v in vertices])
+        assert np.abs(accepted.min(axis=0) - shown_min).max() <= 0.5
+        assert np.abs(accepted.max(axis=0) - shown_max).max() <= 0.5
+        # and the image under it: the click's level-0 pixel is inside both
+        assert shown_min[1] <= FRAGMENT[0] <= shown_max[1] and shown_min[0] <= FRAGMENT[1] <= shown_max[0]
+    finally:
+        dock.close_session(wait=True)

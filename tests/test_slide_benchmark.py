@@ -42,6 +42,7 @@ def test_every_mode_runs_through_the_annotator_and_writes_its_report(regions, tm
     assert levels["level0"] == {1.0} and levels["auto"] == {2.0}  # a 600 px region, 256 px tiles: one tile at 1/2
     assert json.loads((out / "summary.json").read_text())["tile_size"] == 256
     assert "| auto |" in (out / "table.md").read_text()
+    assert (out / "figure-r1.png").stat().st_size > 1000  # the picture of the first region
 
 
 def test_the_state_is_rasterised_at_level_0_and_the_seam_band_follows_inner_borders():

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..annotations.bridged import to_bridged_ring
 from ..annotations.objects import AnnotatedObject
+from ..coordinates import corner_translate
 
 ANNOTATIONS = "SAM annotations"
 FACE_ALPHA = 0.3
@@ -45,7 +46,8 @@ def layer_for(viewer, image_layer, identity: str, edge_width: float = 3.0):
         mine.name = ANNOTATIONS
         return mine
     metadata = dict(image_layer.metadata, annotations_of=identity, slide_name=name)
-    layer = viewer.add_shapes(name=ANNOTATIONS, scale=tuple(image_layer.scale[-2:]),
+    scale = tuple(image_layer.scale[-2:])
+    layer = viewer.add_shapes(name=ANNOTATIONS, scale=scale, translate=corner_translate(scale),  # see coordinates
                               units=tuple(image_layer.units[-2:]), edge_width=edge_width, opacity=1.0,
                               features=_empty_features(), metadata=metadata)
     layer.feature_defaults = {"class": "", "id": "", "clicks": 0, "model": "", "decoder": ""}

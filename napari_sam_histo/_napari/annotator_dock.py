@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..annotations.cleaning import min_area_px
+from ..coordinates import corner_translate, mask_translate, napari_to_level0
 from ..annotations.objects import DEFAULT_CLASSES, next_class_color, not_yet_in
 from ..errors import InputError, SamHistoError
 from . import annotation_layer
@@ -421,9 +422,11 @@ class AnnotatorDock(QWidget):
         current.data = np.zeros((1, 1), np.uint8)
         tiles.data, tiles.edge_width = [], 2 * d
         points.data = np.zeros((0, 2))
-        for layer in (tiles, points):
+        for layer in (tiles, points):  # level-0 corner coordinates (``coordinates``)
             if not np.allclose(layer.scale[-2:], scale):
                 layer.scale = scale
+            if not np.allclose(layer.translate[-2:], corner_translate(scale)):
+                layer.translate = corner_translate(scale)
 
     def _camera(self):
         scene = getattr(self.viewer, "scene", None)  # napari 0.9 moved the camera to viewer.scene
@@ -580,7 +583,7 @@ class AnnotatorDock(QWidget):
 
     def _click_at(self, world_position, negative: bool) -> None:
         row, col = self.image_layer.world_to_data(world_position)[-2:]
-        self.add_click(float(col), float(row), positive=not negative)
+        self.add_click(*napari_to_level0(col, row), positive=not negative)
 
     def add_click(self, x0: float, y0: float, positive: bool = True) -> None:
         """A click at level-0 pixel (x0, y0); the mask is drawn when the decoder has run."""
@@ -768,7 +771,7 @@ class AnnotatorDock(QWidget):
         else:
             (x, y), mask = state.mask
             sy, sx = self.image_layer.scale[-2:]
-            scale, translate = (d * sy, d * sx), (y * d * sy, x * d * sx)
+            scale, translate = (d * sy, d * sx), mask_translate(x, y, d, (sy, sx))
             if not np.allclose(current.scale, scale):  # each transform change redraws the layer
                 current.scale = scale
             if not np.allclose(current.translate, translate):
@@ -1076,7 +1079,8 @@ class AnnotatorDock(QWidget):
             return
         center = self._camera().center[-2:]
         row, col = self.image_layer.world_to_data(center)[-2:]
-        self.prefetch_future = self.annotator.prefetch_around(float(col), float(row), self._view_level().downsample)
+        self.prefetch_future = self.annotator.prefetch_around(*napari_to_level0(col, row),
+                                                              self._view_level().downsample)
 
     # -- export / import ----------------------------------------------------------------------
     def _layer_tuple(self):

@@ -71,6 +71,8 @@ class RegionRun:
     seconds: float = 0.0
     encoder_calls: int = 0
     seam: dict = field(default_factory=dict)  # band / rest intersections and unions
+    final_mask: np.ndarray | None = None  # level-0 prediction after the last click (for the figure)
+    final_boxes: tuple = ()
 
 
 def find_regions(folder: str | Path, stride: int = 1) -> list[Region]:
@@ -208,7 +210,8 @@ def run_region(annotator, target: np.ndarray, mode: str, max_clicks: int = 50,
             break
     run.seconds = time.perf_counter() - started
     run.encoder_calls = annotator.predictor.encoder_calls - calls
-    band = seam_band(state.boxes if state is not None else (), shape, annotator.tile_size)
+    run.final_mask, run.final_boxes = prediction, tuple(state.boxes) if state is not None else ()
+    band = seam_band(run.final_boxes, shape, annotator.tile_size)
     for name, where in (("band", band), ("rest", ~band)):
         run.seam[f"{name}_intersection"] = int((prediction & target & where).sum())
         run.seam[f"{name}_union"] = int(((prediction | target) & where).sum())
@@ -275,6 +278,35 @@ def load_region(region: Region, upscale: float = 1.0) -> tuple[np.ndarray, np.nd
     return rgb.astype(np.uint8), target, mpp
 
 
+def write_figure(path: Path, rgb: np.ndarray, target: np.ndarray, runs: list[RegionRun]) -> Path:
+    """One panel per mode: the region (downsampled), the true outline (green), the object after
+    the last click (yellow) and its tiles (cyan, thicker for coarser levels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    step = max(1, max(rgb.shape[:2]) // 1000)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.2 * rgb.shape[0] / rgb.shape[1] + 0.6))
+    for ax, run in zip(np.atleast_1d(axes), runs):
+        ax.imshow(rgb[::step, ::step])
+        ax.contour(target[::step, ::step], levels=[0.5], colors="lime", linewidths=1.0)
+        if run.final_mask is not None:
+            ax.contour(run.final_mask[::step, ::step], levels=[0.5], colors="yellow", linewidths=1.2)
+        for box in run.final_boxes:
+            d = box.downsample
+            ax.add_patch(Rectangle((box.x * d / step, box.y * d / step), box.width * d / step, box.height * d / step,
+                                   fill=False, edgecolor="cyan", linewidth=0.6 + 0.4 * np.log2(max(d, 1))))
+        ax.set_title(f"{run.mode}: IoU {run.ious[-1]:.2f} after {len(run.ious)} clicks", fontsize=9)
+        ax.set_axis_off()
+    fig.tight_layout()
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vit_t", decoder: str = "sam",
                   device: str = "cpu", modes=DEFAULT_MODES, max_clicks: int = 50, tile_size: int = 1024,
                   limit: int | None = None, stride: int = 1, upscale: float = 1.0, log=print) -> dict:
@@ -307,6 +339,10 @@ def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vi
                 source.close()
             run.stem = region.stem
             runs.append(run)
+        if region is regions[0]:  # a picture of the first region, every mode
+            write_figure(out / f"figure-{region.stem}.png", rgb, target, [r for r in runs if r.stem == region.stem])
+        for r in runs:
+            r.final_mask = None  # a region's masks are large: keep only the figures
             reached = next((i + 1 for i, v in enumerate(run.ious) if v >= 0.85), None)
             log(f"{region.stem} {mode}: {len(run.ious)} clicks, IoU {run.ious[-1]:.3f}, NoC@85 "
                 f"{reached or max_clicks}, levels {sorted(set(run.downsamples))}, {run.encoder_calls} encoder calls, "
