@@ -94,3 +94,48 @@ def test_continuation_grows_the_object_into_the_tile_beyond_a_cut_border_and_und
     finally:
         annotator.close(wait=True)
     assert annotator_module.MAX_CONTINUATION_TILES == 8
+
+
+def _growing(tiny_model, cuts):
+    from napari_sam_histo.slides.reader import from_array
+
+    import numpy as np
+
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    image = np.random.default_rng(1).integers(0, 255, (600, 1400, 3), dtype=np.uint8)
+    annotator = Annotator(predictor, from_array(image, "wide.png"), level=0, tile_size=512, continuation=True)
+    annotator.cut_points = cuts
+    return annotator
+
+
+def test_an_undo_right_after_a_click_stops_its_continuation_and_redo_brings_the_click_back_whole(tiny_model):
+    cuts = iter([[], [(1000.5, 300.5)]])
+    annotator = _growing(tiny_model, lambda: next(cuts, []))
+    try:
+        annotator.submit_click(700, 300).result()
+        annotator.wait_continuation(30)
+        second = annotator.submit_click(1000, 300)  # schedules a continuation (it waits for idle)
+        undone = annotator.submit("undo")  # Ctrl-Z at once
+        second.result(), undone.result()
+        annotator.wait_continuation(30)
+        assert [len(step.keys) for step in annotator._history] == [1]  # nothing grew into the undone state
+        state = annotator.redo()
+        box = next(b for b in state.boxes if b.x > 600)
+        assert len(annotator._sessions[box.key()].clicks) == 1  # click B is still in its tile
+        assert annotator.undo().boxes == state.boxes[:1]
+    finally:
+        annotator.close(wait=True)
+
+
+def test_undone_growth_frees_its_budget(tiny_model):
+    annotator = _growing(tiny_model, lambda: [(950.5, 300.5)])
+    try:
+        annotator.submit_click(700, 300).result()
+        annotator.wait_continuation(30)
+        assert len(annotator.state().boxes) == 2
+        annotator.undo()
+        annotator.submit_click(700, 300).result()
+        annotator.wait_continuation(30)
+        assert len(annotator.state().boxes) == 2  # grown again, not counted twice
+    finally:
+        annotator.close(wait=True)

@@ -52,3 +52,18 @@ def test_wheel_carries_the_manifest_and_the_sample(tmp_path):
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "napari-sam-histo = napari_sam_histo:napari.yaml" in entry_points
+
+
+def test_slides_import_nothing_of_the_engine():
+    # one direction: the engine reads slides; slides know nothing of tiles, sessions or models
+    import ast
+    from pathlib import Path
+
+    import napari_sam_histo.slides as slides
+
+    offenders = []
+    for path in Path(slides.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and "engine" in node.module.split("."):
+                offenders.append(f"{path.name}: from {'.' * node.level}{node.module}")
+    assert offenders == []

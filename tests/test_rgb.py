@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_sam_histo.engine.rgb import to_rgb_uint8
+from napari_sam_histo.slides.rgb import to_rgb_uint8
 from napari_sam_histo.errors import InputError
 
 

@@ -52,5 +52,9 @@ def test_the_state_is_rasterised_at_level_0_and_the_seam_band_follows_inner_bord
     level0 = level0_mask(state, (60, 60))
     rows, cols = np.nonzero(level0)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (16, 23, 24, 35)
+    edge = np.zeros((5, 5), bool)
+    edge[0, 0] = True  # the mask's first pixel: level-0 40..43 only, nothing before it
+    rows, cols = np.nonzero(level0_mask(AnnotatorState((), ((10, 10), edge), (), downsample=4.0), (80, 80)))
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (40, 43, 40, 43)
     band = seam_band([TileBox(0, 0, 0, 30, 60)], (60, 60), tile=100)  # inner border at x = 30 only
     assert band[:, 28:32].all() and not band[:, :27].any() and not band[:, 33:].any()

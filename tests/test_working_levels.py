@@ -63,3 +63,8 @@ def test_a_virtual_tile_is_read_from_the_finer_level_and_resized():
     assert box.key() == "D2:100,200,256x128"  # not confused with level 0's or level 1's tiles
     with pytest.raises(Exception, match="reaches outside"):
         source.read_region(TileBox(0, 4000, 0, 256, 128, downsample=2.0, virtual=True))
+
+
+def test_a_wide_gap_between_levels_does_not_end_the_list():
+    levels = working_levels(_pyramid_source(100_000, 80_000, (1.0, 16.0, 64.0)), tile_size=1024)
+    assert [lv.downsample for lv in levels] == [1.0, 2.0, 4.0, 16.0, 32.0, 64.0, 128.0]

@@ -1063,6 +1063,10 @@ class AnnotatorDock(QWidget):
     def _show_grown(self, annotator, state) -> None:
         if annotator is not self.annotator or self.pending or isinstance(state, Exception):
             return  # restarted, or a queued click will draw a newer state
+        if self._edited_mask() is not None:  # painted by hand meanwhile: the user's mask stays
+            self.status.setText("The object also continues past the tile border; a new click shows it "
+                                "(Enter accepts what you painted).")
+            return
         self._show_state(state, action=False)
         tiles = len(state.boxes)
         self.status.setText(f"The object continues past the tile border ({tiles} tiles). Enter accepts as "

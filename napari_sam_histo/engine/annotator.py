@@ -127,6 +127,7 @@ class ObjectSnapshot:
 class _Step:
     click: tuple[float, float, bool]  # level-0 (x, y, positive)
     keys: tuple[str, ...]  # the tiles whose sessions took the click (one session state each)
+    grown: int = 0  # how many of ``keys`` continuation added after the click
 
 
 class Annotator:
@@ -153,7 +154,6 @@ class Annotator:
         self.reuse_margin = float(reuse_margin)
         self.prefetch_radius = int(prefetch_radius)
         self.continuation = bool(continuation)
-        self._continued: set[str] = set()  # the current object's tiles opened by continuation
         self._continuation_generation = 0  # a newer request (after a newer click) stops an older one
         self._continuation_futures: list[Future] = []
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
@@ -300,6 +300,7 @@ class Annotator:
 
     def undo(self) -> AnnotatorState:
         with self._lock:
+            self._continuation_generation += 1  # a continuation of the undone click must not land
             if self._history:
                 step = self._history.pop()
                 for key in step.keys:
@@ -309,6 +310,7 @@ class Annotator:
 
     def redo(self) -> AnnotatorState:
         with self._lock:
+            self._continuation_generation += 1
             if self._redo:
                 step = self._redo.pop()
                 for key in step.keys:
@@ -321,7 +323,7 @@ class Annotator:
         before brings it back."""
         with self._lock:
             self._sessions, self._history, self._redo = {}, [], []  # new containers: a snapshot keeps the old
-            self._continued = set()
+            self._continuation_generation += 1
             return self._state()
 
     def snapshot(self) -> "ObjectSnapshot":
@@ -336,7 +338,7 @@ class Annotator:
                                                          list(snapshot.redo))
             for session in self._sessions.values():
                 self._known[session.box.key()] = session.box
-            self._continued = set()
+            self._continuation_generation += 1
             return self._state()
 
     def add_class(self, name: str, color=None) -> tuple[int, int, int]:
@@ -418,15 +420,21 @@ class Annotator:
         """A new tile's mask prompt: the object's blended logits under it, in SAM's low-resolution
         frame, when a coarser tile of the object covers it (refinement); else None."""
         box = session.box
-        coarser = [s for s in self._active() if s.box.downsample > box.downsample]
-        if not coarser:
+        bx, by, bw, bh = box.level0_box
+
+        def overlaps(other):
+            ox, oy, ow, oh = other.level0_box
+            return ox < bx + bw and bx < ox + ow and oy < by + bh and by < oy + oh
+
+        if not any(s.box.downsample > box.downsample and overlaps(s.box) for s in self._active()):
             return None
         result = self._blend()
         embedding = session.embedding
         side = self.predictor.image_size // 4  # SAM's low-resolution frame (256 for a 1024 input)
         frame = (4 * embedding.original_size[1] / embedding.input_size[1],
                  4 * embedding.original_size[0] / embedding.input_size[0])
-        return sample_field(result, box, (side, side), frame).to(self.predictor.device)
+        # unknown (neither in nor out) where no tile of the object reaches
+        return sample_field(result, box, (side, side), frame, outside=UNKNOWN_LOGIT).to(self.predictor.device)
 
     def current_mask(self) -> tuple[tuple[int, int], np.ndarray] | None:
         """The current object's mask over its tiles' joint extent, or None; in pixels of
@@ -459,12 +467,20 @@ class Annotator:
         from scipy import ndimage
 
         with self._lock:
-            active = [s for s in self._active() if s.box.downsample == self.grid.downsample]
+            d = self.grid.downsample
+            active = [s for s in self._active() if s.box.downsample == d]
             if not active:
                 return []
+            others = [s.box for s in self._active() if s.box.downsample != d]
             (x0, y0), mask = combine_tile_masks([s.box for s in active], [s.mask() for s in active])
             covered = combine_tile_masks([s.box for s in active], [np.ones(s.box.shape, bool) for s in active])[1]
         height, width = mask.shape
+        for box in others:  # the object's tiles at other levels cover it there too (no growth over them)
+            bx0, by0, bw, bh = box.level0_box
+            c0, r0 = max(int(np.ceil(bx0 / d)) - x0, 0), max(int(np.ceil(by0 / d)) - y0, 0)
+            c1, r1 = min(int(np.floor((bx0 + bw) / d)) - x0, width), min(int(np.floor((by0 + bh) / d)) - y0, height)
+            if c1 > c0 and r1 > r0:
+                covered[r0:r1, c0:c1] = True
         closed = np.ones((height + 2, width + 2), bool)  # True: covered by a tile, or outside the level
         closed[1:-1, 1:-1] = covered
         closed[0, 1:-1] = y0 <= 0
@@ -495,8 +511,9 @@ class Annotator:
         added = []
         while True:
             with self._lock:
-                if self._closed or not self._history or len(self._continued) >= MAX_CONTINUATION_TILES:
-                    return added
+                grown = sum(step.grown for step in self._history)  # undone growth frees its budget
+                if self._closed or not self._history or self._redo or grown >= MAX_CONTINUATION_TILES:
+                    return added  # (with a redo pending, growing would rewrite what redo brings back)
                 if generation is not None and generation != self._continuation_generation:
                     return added
                 history = self._history
@@ -505,7 +522,7 @@ class Annotator:
                 for px, py in self.cut_points():
                     box = self._box_for_point(px, py)
                     session = self._sessions.get(box.key())
-                    if (session is None or not session.clicks) and box.key() not in self._continued:
+                    if session is None or not session.clicks:  # (no redo is pending: checked above)
                         found = (px, py, box)
                         break
                 if found is None:
@@ -514,8 +531,9 @@ class Annotator:
                 self._known[box.key()] = box
             embedding = self._embedding(box, "continuation")  # outside the lock: seconds
             with self._lock:
-                if self._history is not history or len(self._history) != steps or self._closed:
-                    return added  # the object changed meanwhile: the next click asks again
+                if (self._history is not history or len(self._history) != steps or self._closed or self._redo
+                        or self._queued_actions()):
+                    return added  # the object changed (or a click is queued) meanwhile: the next click asks again
                 if generation is not None and generation != self._continuation_generation:
                     return added
                 session = self._sessions.get(box.key()) or ClickSession(self.predictor, box, embedding)
@@ -525,9 +543,8 @@ class Annotator:
                 seed = (px - box.x, py - box.y, True)  # inside the object, where a border cut it
                 session.add_clicks(earlier + [seed], mask_prompt=self._overlap_prompt(session))
                 self._sessions[box.key()] = session
-                self._continued.add(box.key())
                 last = self._history[-1]
-                self._history[-1] = _Step(last.click, last.keys + (box.key(),))
+                self._history[-1] = _Step(last.click, last.keys + (box.key(),), last.grown + 1)
                 added.append(box)
             self._notify("extended", box, "continuation")
 
@@ -605,10 +622,15 @@ class Annotator:
             except Exception:  # a listener's failure must not stop the work
                 pass
 
-    def _submit(self, function, *args) -> Future:
+    def _queued_actions(self) -> int:
         with self._count_lock:
+            return self._queued
+
+    def _submit(self, function, *args) -> Future:
+        with self._count_lock:  # (not self._lock: a UI thread must never wait for a running decode)
             self._queued += 1
             self._idle.clear()
+            self._continuation_generation += 1  # a queued click or action stops continuation now
 
         def run():
             try:

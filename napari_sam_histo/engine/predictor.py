@@ -21,8 +21,8 @@ from ..models.decoders import DecoderChoice, choose_decoder
 from ..models.device import bf16_is_fast
 from ..models.registry import LoadedModel
 from ..slides.reader import ImageSource
+from ..slides.rgb import PREPROCESSING_ID, to_rgb_uint8
 from .embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
-from .rgb import PREPROCESSING_ID, to_rgb_uint8
 from .tiles import TileBox
 
 PRECISIONS = ("auto", "fp32", "bf16")

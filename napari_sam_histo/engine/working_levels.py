@@ -56,17 +56,16 @@ def working_levels(source, tile_size: int = DEFAULT_TILE_SIZE) -> list[WorkingLe
             levels[round(d, 6)] = WorkingLevel(float(d), i, False)
     coarsest_useful = max(width0, height0) / tile_size  # the whole slide fits one tile there
     power = 1.0
-    while True:
+    while power < coarsest_useful:
         power *= 2
         read = source.reading_level(power)
-        factor = power / source.level_downsamples[read]
         width, height = source.size_at(power, read)
-        if factor > MAX_VIRTUAL_FACTOR or min(width, height) < MIN_LEVEL_SIDE:
+        if min(width, height) < MIN_LEVEL_SIDE:
             break
+        if power / source.level_downsamples[read] > MAX_VIRTUAL_FACTOR:
+            continue  # too far from the level it would be read from: a coarser real level may follow
         if not any(abs(math.log2(power / d)) < 0.25 for d in levels):  # a real level is (almost) there
             levels[power] = WorkingLevel(power, read, True)
-        if power >= coarsest_useful:
-            break
     ordered = sorted(levels.values(), key=lambda level: level.downsample)
     beyond = [level for level in ordered if level.downsample >= coarsest_useful]
     return [level for level in ordered if level.downsample < coarsest_useful] + beyond[:1]

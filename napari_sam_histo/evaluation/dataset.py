@@ -119,7 +119,7 @@ def _why_unreadable(path: Path, err: Exception) -> str:
 def load_samples(pair: PairSpec, instances: bool = False, ignore_value: int | None = None,
                  components: bool = False) -> Iterator[Sample | Skipped]:
     """The samples of one pair (one, or one per instance), or a ``Skipped`` with the reason."""
-    from ..engine.rgb import to_rgb_uint8
+    from ..slides.rgb import to_rgb_uint8
 
     if pair.mask_path is None:
         yield Skipped(pair.stem, pair, f"no mask was found for the image {pair.image_path}")

@@ -119,8 +119,8 @@ def level0_mask(state, shape: tuple[int, int]) -> np.ndarray:
     (x, y), mask = state.mask
     d = state.downsample
     height, width = shape
-    rows = ((np.arange(height) + 0.5) / d - y).astype(np.int64)
-    cols = ((np.arange(width) + 0.5) / d - x).astype(np.int64)
+    rows = np.floor((np.arange(height) + 0.5) / d - y).astype(np.int64)
+    cols = np.floor((np.arange(width) + 0.5) / d - x).astype(np.int64)
     row_ok = (rows >= 0) & (rows < mask.shape[0])
     col_ok = (cols >= 0) & (cols < mask.shape[1])
     out[np.ix_(row_ok, col_ok)] = mask[np.ix_(rows[row_ok], cols[col_ok])]
@@ -208,6 +208,8 @@ def run_region(annotator, target: np.ndarray, mode: str, max_clicks: int = 50,
         run.downsamples.append(float(downsample) if downsample is not None else annotator.grid.downsample)
         if stop_iou is not None and run.ious[-1] >= stop_iou:
             break
+    if not run.ious:  # nothing to click (an empty or too thin target): as the prediction stands
+        run.ious.append(iou(prediction, target))
     run.seconds = time.perf_counter() - started
     run.encoder_calls = annotator.predictor.encoder_calls - calls
     run.final_mask, run.final_boxes = prediction, tuple(state.boxes) if state is not None else ()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.rgb import MIN_SIDE
-from ..engine.tiles import TileBox
+from .boxes import TileBox
+from .rgb import MIN_SIDE
 from .reader import ImageSource
 
 CHUNK = 512

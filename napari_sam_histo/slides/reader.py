@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.rgb import to_rgb_uint8
-from ..engine.tiles import TileBox
+from .boxes import TileBox
+from .rgb import to_rgb_uint8
 from ..errors import InputError
 from .identity import array_identity, file_identity
 

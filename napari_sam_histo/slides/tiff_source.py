@@ -6,7 +6,7 @@ stripped or non-RGB layouts. tifffile understands SubIFD and multi-page pyramids
 ``levels``) and the OME metadata. Each level is wrapped as a zarr array over tifffile's store, so a
 region read decodes only the tiles (or strips) it touches; the level-0 array is never built.
 
-Pixels go through the same conversion as every other source (``engine.rgb``), with one difference:
+Pixels go through the same conversion as every other source (``slides.rgb``), with one difference:
 an image that is not 8-bit is stretched with one global min..max (taken from the coarsest level),
 not per region, so neighbouring tiles of a 16-bit image match.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.tiles import TileBox
+from .boxes import TileBox
 from ..errors import InputError
 from .identity import file_identity
 from .reader import ImageSource, is_tiff, tiff_damage, truncated_message
@@ -179,7 +179,7 @@ def _value_range(source: TiffSource, dtype) -> tuple[float, float] | None:
         raise InputError(f"{source.name} contains NaN or infinite pixel values.")
     low, high = float(values.min()), float(values.max())
     if np.issubdtype(dtype, np.floating) and low >= 0.0 and high <= 1.0:
-        return (0.0, 1.0)  # as engine.rgb: floats in [0, 1] are scaled by 255
+        return (0.0, 1.0)  # as slides.rgb: floats in [0, 1] are scaled by 255
     return (low, high)
 
 
