@@ -154,7 +154,9 @@ def test_prefetch_runs_in_the_background_with_progress(dock, qtbot):
 @pytest.mark.gui
 def test_mouse_clicks_drags_and_keys(dock, qtbot, monkeypatch):
     viewer, seen = dock.viewer, []
-    monkeypatch.setattr(dock, "add_click", lambda x, y, positive=True: seen.append((round(x), round(y), positive)))
+    # napari's pixel centre (col 2091) is level-0 2091.5 in the corner convention (coordinates.py)
+    monkeypatch.setattr(dock, "add_click",
+                        lambda x, y, positive=True: seen.append((round(x - 0.5), round(y - 0.5), positive)))
     world = tuple(np.array([FRAGMENT[1], FRAGMENT[0]]) * 0.499)  # (row, col) in µm
     at = np.array([100.0, 100.0])
     _mouse(viewer, "mouse_press", position=world, pos=at)
