@@ -58,6 +58,16 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_masks(text: str) -> list[str]:
+    from .engine.session import FIRST_MASK_RULES
+    from .errors import InputError
+
+    rules = [r.strip() for r in text.split(",") if r.strip()]
+    if not rules or any(r not in FIRST_MASK_RULES for r in rules):
+        raise InputError(f"--first-mask {text!r}: choose from {', '.join(FIRST_MASK_RULES)} (comma-separated).")
+    return rules
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -71,6 +81,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         ignore_value=args.ignore_value,
         mask_suffix=args.mask_suffix, limit=args.limit, stride=args.stride, device=args.device,
         mask_prompts={"on": (True,), "off": (False,), "both": (True, False)}[args.mask_prompt],
+        first_masks=tuple(_first_masks(args.first_mask)),
         precision=args.precision, embedding_store=args.embedding_store,
         embedding_store_dtype=args.embedding_store_dtype,
     )
@@ -236,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ignore-value", type=int, default=None, help="mask value to ignore in clicks and IoU")
     bench.add_argument("--mask-suffix", default=None, help="flat folder: the mask of X.png is X<suffix>.png")
     bench.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
+    bench.add_argument("--first-mask", default="iou",
+                       help="how the first click's mask is chosen among SAM's three: iou (SAM's highest predicted "
+                            "IoU), unflooded (the same among masks under 90%% of the tile), single (SAM's single "
+                            "output); comma-separated to compare")
     bench.add_argument("--mask-prompt", choices=("on", "off", "both"), default="on",
                        help="feed the previous logits back as SAM's mask prompt (on), points only (off), or both")
     bench.add_argument("--stride", type=int, default=1, help="only every K-th image (sorted by name)")

@@ -264,3 +264,13 @@ def test_reused_embeddings_are_charged_to_every_sample(tmp_path, tiny_model):
     encode_s = model.predictor.embedding_for_array(sample.image, sample.identity).encode_s  # a cache hit
     assert model.encoder_calls == 1 and encode_s > 0
     assert all(r.total_s >= encode_s for r in results)  # the second instance pays for the encoder too
+
+
+def test_first_mask_rules_are_methods_of_their_own(mobile_sam):
+    from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, build_methods
+
+    config = BenchmarkConfig(dataset="unused", out_dir="unused", models=["vit_t"], decoders=["sam"],
+                             first_masks=("iou", "unflooded"), device="cpu")
+    methods = build_methods(config)
+    assert [m.name for m in methods] == ["vit_t+sam", "vit_t+sam/first=unflooded"]
+    assert [m.first_mask for m in methods] == ["iou", "unflooded"]

@@ -131,3 +131,27 @@ def test_add_clicks_predicts_once_with_all_of_them_as_one_undo_step(setup, monke
     with pytest.raises(InputError):
         session.add_clicks([(10, 20, True), (2000, 5, True)])
     assert session.clicks == ()
+
+
+def test_the_first_mask_rule_can_refuse_a_candidate_that_floods_the_tile(setup, monkeypatch):
+    import torch
+
+    from napari_sam_histo.engine.predictor import Prediction
+
+    source, _, predictor = setup
+    box = TileBox(0, 0, 0, 256, 256)
+    embedding = predictor.embedding_for(source, box)
+    side = predictor.image_size // 4  # a square tile fills SAM's low-resolution frame
+    flood, small, medium = torch.full((side, side), 5.0), torch.full((side, side), -5.0), torch.full((side, side), -5.0)
+    small[:20, :20] = 5.0
+    medium[:60, :60] = 5.0
+    fake = Prediction(torch.stack([flood, small, medium]), torch.tensor([0.95, 0.60, 0.80]))
+    monkeypatch.setattr(predictor, "decode", lambda *a, **k: fake)
+    picks = {}
+    for rule in ("iou", "unflooded"):
+        session = ClickSession(predictor, box, embedding, first_mask=rule)
+        session.add_click(10, 10)
+        picks[rule] = float(session.mask().mean())
+    assert picks["iou"] > 0.99 and picks["unflooded"] < 0.2  # the flood refused, the best-rated other kept
+    with pytest.raises(InputError, match="first_mask"):
+        ClickSession(predictor, box, embedding, first_mask="largest")

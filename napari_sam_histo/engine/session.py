@@ -2,8 +2,8 @@
 
 Every click re-runs the decoder with all clicks so far and the previous low-resolution logits as
 the mask prompt (Kim et al. §2.2, Fig. 2a). The first click asks SAM for its three candidate masks
-and keeps the one with the highest predicted IoU; later clicks ask for a single mask, as SAM's
-authors recommend once the prompt is unambiguous.
+and keeps one of them (``FIRST_MASK_RULES``: by default the highest predicted IoU); later clicks ask
+for a single mask, as SAM's authors recommend once the prompt is unambiguous.
 """
 
 from __future__ import annotations
@@ -18,6 +18,13 @@ from ..errors import InputError
 from .embedding_cache import Embedding
 from .predictor import Predictor
 from .tiles import TileBox
+
+# How the first click's mask is chosen among SAM's three candidates:
+# "iou": the highest predicted IoU (SAM's own choice); "unflooded": the same among candidates that
+# cover less than FLOOD of the tile (the smallest when all do), so a click on a small object does
+# not take the whole tile; "single": SAM's single-mask output instead of three candidates.
+FIRST_MASK_RULES = ("iou", "unflooded", "single")
+FLOOD = 0.9
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,14 @@ class ClickSession:
     """Clicks on one tile. ``embedding`` is computed by the predictor (once) when not given."""
 
     def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding, threshold: float = 0.0,
-                 mask_prompt: bool = True) -> None:
+                 mask_prompt: bool = True, first_mask: str = "iou") -> None:
         """``threshold`` is the logit above which a pixel is in the mask (SAM's 0.0; the benchmark
         uses RITM's probability 0.49). ``mask_prompt=False`` leaves out the previous logits (points
-        only): zero-shot SAM is steadier that way, see the README's benchmark figures."""
+        only): zero-shot SAM is steadier that way, see the README's benchmark figures.
+        ``first_mask``: one of ``FIRST_MASK_RULES``."""
+        if first_mask not in FIRST_MASK_RULES:
+            raise InputError(f"first_mask {first_mask!r}: choose one of {', '.join(FIRST_MASK_RULES)}.")
+        self.first_mask = first_mask
         if tuple(embedding.original_size) != box.shape:
             raise InputError(f"The embedding is of a {embedding.original_size} image, not of tile {box.key()}.")
         self.predictor = predictor
@@ -122,17 +133,29 @@ class ClickSession:
         points = np.array([[c.x, c.y] for c in clicks], dtype=np.float32)
         labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
         previous = self.low_res_logits if self.low_res_logits is not None else mask_prompt
-        first = len(clicks) == 1 and (previous is None or not self.mask_prompt)
+        first = len(clicks) == 1 and (previous is None or not self.mask_prompt) and self.first_mask != "single"
         prediction = self.predictor.decode(
             self.embedding, points, labels, mask_input=previous if self.mask_prompt else None,
             multimask=first
         )
-        best = int(torch.argmax(prediction.iou_predictions)) if first else 0
+        best = self._choose_first(prediction) if first else 0
         low_res = prediction.low_res_logits[best]
         logits = self.predictor.upscale(self.embedding, low_res)
         self._history.append(_State(clicks, low_res, logits, float(prediction.iou_predictions[best])))
         self._redo.clear()
         return self.result()
+
+    def _choose_first(self, prediction) -> int:
+        iou = prediction.iou_predictions
+        if self.first_mask == "iou":
+            return int(torch.argmax(iou))
+        cover = (prediction.low_res_logits > self.threshold).float().flatten(1).mean(1)  # of the 256² frame
+        inside = self.embedding.input_size[0] * self.embedding.input_size[1] / self.predictor.image_size ** 2
+        fraction = cover / max(inside, 1e-6)  # of the tile (the frame also holds SAM's padding)
+        unflooded = fraction < FLOOD
+        if not bool(unflooded.any()):
+            return int(torch.argmin(fraction))
+        return int(torch.argmax(torch.where(unflooded, iou, torch.full_like(iou, -1.0))))
 
     def undo(self) -> SessionResult:
         if self.can_undo:

@@ -47,6 +47,7 @@ class BenchmarkConfig:
     mask_suffix: str | None = None
     limit: int | None = None
     mask_prompts: tuple[bool, ...] = (True,)  # True: previous logits as mask prompt; False: points only
+    first_masks: tuple[str, ...] = ("iou",)  # how the first click's candidate is chosen (engine.session)
     stride: int = 1  # every stride-th image (sorted by name): a spread-out subset of a big dataset
     device: str = "auto"
     precision: str = "auto"  # the decoder's: auto (bf16 where native), fp32 or bf16
@@ -79,8 +80,10 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
             label = decoder if decoder in DECODER_NAMES else Path(decoder).stem
             predictor = Predictor(model, decoder, cache=cache, precision=config.precision)
             for mask_prompt in config.mask_prompts:
-                name = f"{model.name}+{label}" + ("" if mask_prompt else "/points")
-                methods.append(SamClickModel(predictor, name, mask_prompt, key_tag=key_tag))
+                for first_mask in config.first_masks:
+                    name = (f"{model.name}+{label}" + ("" if mask_prompt else "/points")
+                            + ("" if first_mask == "iou" else f"/first={first_mask}"))
+                    methods.append(SamClickModel(predictor, name, mask_prompt, key_tag=key_tag, first_mask=first_mask))
     return methods
 
 

@@ -49,12 +49,14 @@ class SampleResult:
 class SamClickModel:
     """A predictor (model + decoder) as an ``InteractiveModel``."""
 
-    def __init__(self, predictor, name: str | None = None, mask_prompt: bool = True, key_tag: str = "") -> None:
+    def __init__(self, predictor, name: str | None = None, mask_prompt: bool = True, key_tag: str = "",
+                 first_mask: str = "iou") -> None:
         """``key_tag`` is added to every image identity of the cache keys: the benchmark's on-disk
         embedding store tags its entries with the device (and stored dtype), so an embedding, and
         the encoder seconds recorded with it, are only reused where they were computed."""
         self.predictor = predictor
         self.mask_prompt = mask_prompt
+        self.first_mask = first_mask  # engine.session.FIRST_MASK_RULES
         self.key_tag = key_tag
         self.name = name or f"{predictor.model.name}+{predictor.decoder.kind}" + ("" if mask_prompt else "/points")
         self.store_loads = 0  # embeddings this method read from the on-disk store (not encoded, not in memory)
@@ -82,7 +84,8 @@ class SamClickModel:
         # Cached in memory or read from the store: charged at the encode_s recorded when it was computed.
         reused = self.predictor.encoder_calls == calls
         session = ClickSession(self.predictor, TileBox(0, 0, 0, width, height), embedding,
-                               threshold=LOGIT_THRESHOLD, mask_prompt=self.mask_prompt)
+                               threshold=LOGIT_THRESHOLD, mask_prompt=self.mask_prompt,
+                               first_mask=self.first_mask)
         return _SamObject(session, embedding.encode_s if reused else 0.0)
 
 
