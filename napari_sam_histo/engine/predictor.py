@@ -90,13 +90,13 @@ class Predictor:
             with computing() if computing is not None else nullcontext():
                 return self.embed(source.read_region(box))
 
-        return self.cache.get_or_compute(key, compute)
+        return self.cache.get_or_compute(key, compute, device=self.device)
 
     def embedding_for_array(self, image, identity: str) -> Embedding:
         """The cached embedding of a whole in-memory image (benchmark samples)."""
         rgb = to_rgb_uint8(image)
         key = self.key_for(identity, f"whole:{rgb.shape[1]}x{rgb.shape[0]}")
-        return self.cache.get_or_compute(key, lambda: self.embed(rgb))
+        return self.cache.get_or_compute(key, lambda: self.embed(rgb), device=self.device)
 
     def _autocast(self, enabled: bool):
         if not enabled:
