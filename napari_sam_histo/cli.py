@@ -161,7 +161,7 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     summary = run_benchmark(args.regions, args.out, model=args.model, decoder=args.decoder, device=args.device,
                             modes=modes, max_clicks=args.max_clicks, tile_size=args.tile_size, limit=args.limit,
-                            stride=args.stride, upscale=args.upscale)
+                            stride=args.stride, upscale=args.upscale, log=lambda line: print(line, flush=True))
     print(format_table(summary["modes"]))
     print(f"-> {args.out}/summary.json, runs.csv, table.md")
     return 0

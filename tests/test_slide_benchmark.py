@@ -29,8 +29,10 @@ def regions(tmp_path):
 
 def test_every_mode_runs_through_the_annotator_and_writes_its_report(regions, tmp_path, tiny_model):
     out = tmp_path / "report"
+    said = []
     summary = run_benchmark(regions, out, model=tiny_model, modes=("level0", "auto", "refine"), max_clicks=3,
-                            tile_size=256, log=lambda line: None)
+                            tile_size=256, log=said.append)
+    assert [line.split(":")[0] for line in said] == ["r1 level0", "r1 auto", "r1 refine"]  # one line per run
     with tifffile.TiffFile(out / "slides" / "r1.ome.tif") as tif:  # a real pyramid, read by our reader
         assert [page.shape[:2] for page in tif.series[0].levels] == [(400, 600), (100, 150)]
     assert set(summary["modes"]) == {"level0", "auto", "refine"}

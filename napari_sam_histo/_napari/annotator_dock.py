@@ -784,7 +784,10 @@ class AnnotatorDock(QWidget):
         if not self.pending and not isinstance(state, Exception):
             if state.clicks:
                 clicks, n = len(state.clicks), len(state.boxes)
+                levels = sorted({b.downsample for b in state.boxes}, reverse=True)
+                where = " and ".join(self._level_text(d) for d in levels)  # coarse to fine
                 self.status.setText(f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
+                                    + (f" at {where}" if where else "")
                                     + f". Enter accepts as {self.class_name}, Escape cancels.")
             self._schedule_prefetch()
 

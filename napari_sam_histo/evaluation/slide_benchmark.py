@@ -341,16 +341,17 @@ def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vi
                 source.close()
             run.stem = region.stem
             runs.append(run)
-        if region is regions[0]:  # a picture of the first region, every mode
-            write_figure(out / f"figure-{region.stem}.png", rgb, target, [r for r in runs if r.stem == region.stem])
-        for r in runs:
-            r.final_mask = None  # a region's masks are large: keep only the figures
             reached = next((i + 1 for i, v in enumerate(run.ious) if v >= 0.85), None)
             log(f"{region.stem} {mode}: {len(run.ious)} clicks, IoU {run.ious[-1]:.3f}, NoC@85 "
                 f"{reached or max_clicks}, levels {sorted(set(run.downsamples))}, {run.encoder_calls} encoder calls, "
                 f"{run.seconds:.0f} s")
+        if region is regions[0]:  # a picture of the first region, every mode
+            write_figure(out / f"figure-{region.stem}.png", rgb, target, [r for r in runs if r.stem == region.stem])
+        for r in runs:
+            r.final_mask = None  # a region's masks are large: keep only the figures
     summary = {"regions": [r.stem for r in regions], "source": str(regions_dir), "upscale": upscale,
-               "model": loaded.name, "decoder": decoder, "tile_size": tile_size, "max_clicks": max_clicks, "modes": summarize_runs(runs, max_clicks)}
+               "model": loaded.name, "decoder": decoder, "tile_size": tile_size, "max_clicks": max_clicks,
+               "modes": summarize_runs(runs, max_clicks)}
     with atomic_path(out / "summary.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     with atomic_path(out / "runs.csv", overwrite=True) as tmp:
