@@ -177,7 +177,8 @@ def _cmd_gui_stalls(args: argparse.Namespace) -> int:
                          "under Xvfb: xvfb-run -a -s '-screen 0 1920x1080x24' napari-sam-histo gui-stalls")
     from ._napari.stall_benchmark import format_table, run
 
-    results = run(slide=args.slide, model=args.model, device=args.device, repeat=args.mosaic, explain=args.explain)
+    results = run(slide=args.slide, model=args.model, device=args.device, repeat=args.mosaic, explain=args.explain,
+                  level=args.level)
     print(format_table(results))
     return 0
 
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="without --slide: the sample repeated N x N times as a pyramidal TIFF (a larger slide)")
     stalls.add_argument("--model", default="vit_t")
     stalls.add_argument("--device", default="cpu")
+    stalls.add_argument("--level", default="auto", help="the dock's working level: auto (default) or a pyramid level")
     stalls.add_argument("--explain", action="store_true",
                         help="also say where each longest stall went (the GUI thread's stack, sampled every 5 ms)")
     stalls.set_defaults(func=_cmd_gui_stalls)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
 HEARTBEAT_MS = 20
 TRAILING_S = 0.3  # after an action's result is on screen, its stall window stays open this long
 SAMPLE = Path(__file__).resolve().parent.parent / "resources" / "cmu-1-small-region.svs"
@@ -117,9 +119,10 @@ def mosaic_slide(folder: Path, repeat: int) -> Path:
 
 
 def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
-        timeout: float = 300.0, explain: bool = False) -> list[Stall]:
+        timeout: float = 300.0, explain: bool = False, level: str | int = "auto") -> list[Stall]:
     """Run the scripted session; returns one ``Stall`` per action (``explain``: with where the
-    longest stall of each went, from a stack sampler)."""
+    longest stall of each went, from a stack sampler; ``level``: the dock's working level, "auto"
+    or a pyramid level)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -170,6 +173,10 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
           lambda: dock.layer_combo.count() > 0)
     dock.model_combo.setCurrentText(model)
     dock.device_combo.setCurrentText(device)
+    index = dock.level_combo.findData(level if level == "auto" else int(level))
+    if index < 0:
+        raise InputError(f"The slide has no working level {level!r}; use auto or 0..{dock.level_combo.count() - 2}.")
+    dock.level_combo.setCurrentIndex(index)
     dock.prefetch_check.setChecked(False)  # the clicks below are timed alone
     dock.confirm = lambda question: True
     timed("Start", dock.start_button.click, lambda: dock.annotator is not None and dock.autosave_path is not None)
