@@ -174,3 +174,36 @@ def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make
         assert shown_min[1] <= FRAGMENT[0] <= shown_max[1] and shown_min[0] <= FRAGMENT[1] <= shown_max[0]
     finally:
         dock.close_session(wait=True)
+
+
+@pytest.mark.gui
+def test_the_object_grows_past_a_tile_border_without_a_click_there(make_napari_viewer, qtbot, mobile_sam, slide):
+    viewer = make_napari_viewer()
+    viewer.open(str(slide), plugin="napari-sam-histo")
+    dock = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.device_combo.setCurrentText("cpu")
+    dock.prefetch_check.setChecked(False)
+    dock.level_combo.setCurrentIndex(dock.level_combo.findData(0))
+    dock.tile_spin.setValue(256)  # the tissue fragment is larger than one tile
+    assert dock.grow_check.isChecked()  # on by default
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    try:
+        _click(dock, *FRAGMENT)
+        _click(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # the second click's tissue reaches its tiles' borders
+        _wait(dock, qtbot)
+        # two clicks open at most two tiles; the next tiles are computed and decoded by themselves
+        qtbot.waitUntil(lambda: len(dock.annotator.state().boxes) > 2 and "continues past" in dock.status.text(),
+                        timeout=180_000)
+        assert len(dock.annotator.clicks) == 2
+        assert any(purpose == "continuation" for _, _, purpose in dock.progress_log)  # with its progress bar
+        qtbot.waitUntil(lambda: len(viewer.layers["SAM tiles"].data) > 1, timeout=10_000)  # outlined on screen
+        current = viewer.layers[CURRENT]
+        assert np.asarray(current.data).shape[1] > 256 or np.asarray(current.data).shape[0] > 256  # drawn whole
+        dock.grow_check.setChecked(False)  # the switch stops it
+        dock.undo()  # the click and what it grew go together
+        _wait(dock, qtbot)
+        assert len(dock.annotator.state().boxes) == 1 and len(dock.annotator.clicks) == 1
+    finally:
+        dock.close_session(wait=True)
