@@ -17,13 +17,18 @@ viewer.close()
 """
 
 
-@pytest.mark.gui
-def test_model_loads_after_napari_opened_its_window(mobile_sam):
+def _run_in_a_fresh_napari(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a new Python process (this one has long imported torch and napari); it must exit 0."""
     if not os.environ.get("DISPLAY"):
         pytest.skip("needs the X server that pytest-xvfb provides")
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", CODE], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    return result
+
+
+@pytest.mark.gui
+def test_model_loads_after_napari_opened_its_window(mobile_sam):
+    result = _run_in_a_fresh_napari(CODE)
     assert "loaded vit_t" in result.stdout
 
 
@@ -44,10 +49,6 @@ viewer.close()
 def test_opening_the_docks_imports_no_torch_on_the_gui_thread():
     # importing torch costs seconds; the docks open while napari waits, so they must not (the
     # decoder list is read from models.shipped, torch is warmed up later on a worker)
-    if not os.environ.get("DISPLAY"):
-        pytest.skip("needs the X server that pytest-xvfb provides")
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", DOCK_CODE], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    result = _run_in_a_fresh_napari(DOCK_CODE)
     assert "decoders ['sam'" in result.stdout
     assert "torch imported on the GUI thread: False" in result.stdout

@@ -22,6 +22,29 @@ def no_mpp_slide(tmp_path):
     return write_pyramid(tmp_path / "no-pixel-size.ome.tif", np.asarray(pixels), None, downsamples=(1, 4))
 
 
+def _started(make_napari_viewer, qtbot, path, level=None, tile=None, grow=None, show=False, before_start=None):
+    """A viewer with ``path`` open and the Annotator dock started on it: CPU, no prefetching, the
+    working level ``level`` pinned (None: auto), ``tile`` px tiles, continuation ``grow`` (None:
+    the default). ``before_start(dock)`` checks or sets more before Start is pressed."""
+    viewer = make_napari_viewer(show=show)
+    viewer.open(str(path), plugin="napari-sam-histo")
+    dock = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.device_combo.setCurrentText("cpu")
+    dock.prefetch_check.setChecked(False)
+    if level is not None:
+        dock.level_combo.setCurrentIndex(dock.level_combo.findData(level))
+    if tile is not None:
+        dock.tile_spin.setValue(tile)
+    if grow is not None:
+        dock.grow_check.setChecked(grow)
+    if before_start is not None:
+        before_start(dock)
+    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    return viewer, dock
+
+
 def _click(dock, x0, y0, button=1):
     """A user's click at level-0 (x0, y0) of the annotated image, whatever its scale."""
     position = tuple(dock.image_layer.data_to_world((y0, x0)))
@@ -32,16 +55,10 @@ def _click(dock, x0, y0, button=1):
 @pytest.mark.gui
 def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines_as_one_object(
         make_napari_viewer, qtbot, mobile_sam, no_mpp_slide):
-    viewer = make_napari_viewer(show=True)
-    viewer.open(str(no_mpp_slide), plugin="napari-sam-histo")
-    dock = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(dock)
-    levels = [dock.level_combo.itemText(i) for i in range(dock.level_combo.count())]
+    levels = []
+    viewer, dock = _started(make_napari_viewer, qtbot, no_mpp_slide, show=True, before_start=lambda dock: levels.extend(
+        dock.level_combo.itemText(i) for i in range(dock.level_combo.count())))
     assert levels[0].startswith("auto") and levels[1:] == ["level 0: 1/1", "level 1: 1/4"]  # no pixel size needed
-    dock.device_combo.setCurrentText("cpu")
-    dock.prefetch_check.setChecked(False)
-    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
     assert "following the view" in dock.status.text()
     try:
         viewer.reset_view()  # the whole slide on screen
@@ -93,9 +110,8 @@ def _border_runs(polygons, boxes, axis):
         for a, b in zip(ring, np.roll(ring, -1, axis=0)):
             for line in lines:
                 if abs(a[axis] - line) < 0.75 and abs(b[axis] - line) < 0.75:
-                    middle = (a + b) / 2
+                    middle = (a + b) / 2  # inside a tile that spans the line: covered on both sides of it
                     across = any(c.x < middle[0] < c.x + c.width and c.y < middle[1] < c.y + c.height
-                                 if axis == 0 else c.y < middle[1] < c.y + c.height and c.x < middle[0] < c.x + c.width
                                  for c in boxes if (c.x < line < c.x + c.width if axis == 0 else c.y < line < c.y + c.height))
                     if across:
                         longest = max(longest, float(abs(a[1 - axis] - b[1 - axis])))
@@ -104,17 +120,8 @@ def _border_runs(polygons, boxes, axis):
 
 @pytest.mark.gui
 def test_an_object_across_a_tile_border_has_no_straight_cut_there(make_napari_viewer, qtbot, mobile_sam, slide):
-    viewer = make_napari_viewer()
-    viewer.open(str(slide), plugin="napari-sam-histo")
-    dock = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(dock)
-    dock.device_combo.setCurrentText("cpu")
-    dock.prefetch_check.setChecked(False)
-    dock.level_combo.setCurrentIndex(dock.level_combo.findData(0))
-    dock.tile_spin.setValue(256)  # the tissue fragment is larger than one tile
-    dock.grow_check.setChecked(False)  # the tiles are the clicks' own (continuation: test_annotator_levels)
-    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    # 256-px tiles: the tissue fragment is larger than one; the tiles are the clicks' own (no growth)
+    viewer, dock = _started(make_napari_viewer, qtbot, slide, level=0, tile=256, grow=False)
     try:
         _click(dock, *FRAGMENT)
         _click(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # beyond the first tile's left border
@@ -142,18 +149,12 @@ def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make
                                                                             mobile_sam, no_mpp_slide):
     # one pixel convention (napari_sam_histo.coordinates): at 1/4 the live mask and the accepted
     # shape used to be 1.5 level-0 pixels apart
-    viewer = make_napari_viewer()
-    viewer.open(str(no_mpp_slide), plugin="napari-sam-histo")
-    dock = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(dock)
-    dock.device_combo.setCurrentText("cpu")
-    dock.prefetch_check.setChecked(False)
-    dock.grow_check.setChecked(False)
-    dock.level_combo.setCurrentIndex(dock.level_combo.findData(1))  # 1/4
-    dock.min_area_spin.setValue(0)
-    dock.simplify_spin.setValue(0)
-    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    def no_cleaning(dock):
+        dock.min_area_spin.setValue(0)
+        dock.simplify_spin.setValue(0)
+
+    viewer, dock = _started(make_napari_viewer, qtbot, no_mpp_slide, level=1, grow=False,  # level 1: 1/4
+                            before_start=no_cleaning)
     try:
         _click(dock, *FRAGMENT)
         _wait(dock, qtbot)
@@ -178,17 +179,11 @@ def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make
 
 @pytest.mark.gui
 def test_the_object_grows_past_a_tile_border_without_a_click_there(make_napari_viewer, qtbot, mobile_sam, slide):
-    viewer = make_napari_viewer()
-    viewer.open(str(slide), plugin="napari-sam-histo")
-    dock = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(dock)
-    dock.device_combo.setCurrentText("cpu")
-    dock.prefetch_check.setChecked(False)
-    dock.level_combo.setCurrentIndex(dock.level_combo.findData(0))
-    dock.tile_spin.setValue(256)  # the tissue fragment is larger than one tile
-    assert dock.grow_check.isChecked()  # on by default
-    qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dock.annotator is not None, timeout=120_000)
+    growing = []
+    # 256-px tiles: the tissue fragment is larger than one
+    viewer, dock = _started(make_napari_viewer, qtbot, slide, level=0, tile=256,
+                            before_start=lambda dock: growing.append(dock.grow_check.isChecked()))
+    assert growing == [True]  # on by default
     try:
         _click(dock, *FRAGMENT)
         _click(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # the second click's tissue reaches its tiles' borders

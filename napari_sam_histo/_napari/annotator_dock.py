@@ -435,10 +435,10 @@ class AnnotatorDock(QWidget):
     def _level_text(self, downsample: float | None = None) -> str:
         """A working level as a user reads it: magnification (or downsample) and µm per pixel; with
         "auto", that the level follows the view."""
-        from ..engine.working_levels import WorkingLevel
+        from ..engine.working_levels import describe_downsample
 
         d = self.annotator.grid.downsample if downsample is None else downsample
-        text = WorkingLevel(d, 0, False).describe(self.source.mpp)
+        text = describe_downsample(d, self.source.mpp)
         return f"{text}, following the view (auto)" if self.annotator.auto and downsample is None else text
 
     def _tile_text(self, box) -> str:

@@ -121,14 +121,12 @@ class Annotator(ObjectTiles):
         with self._lock:
             if self._closed:
                 return
-            self._continuation_generation += 1
-            for future in self._continuation_futures:
-                future.cancel()
+            self.stop_continuation()  # the previous request gives way
             generation = self._continuation_generation
 
             def run():
                 while not self._idle.wait(0.05):  # clicks first
-                    if generation != self._continuation_generation or self._closed:
+                    if self._superseded(generation) or self._closed:
                         return []
                 return self.continue_object(generation)
 

@@ -83,6 +83,11 @@ def _ramp(u: torch.Tensor, length: int, inner_low: bool, inner_high: bool, margi
     return weight.clamp(MIN_WEIGHT, 1.0)
 
 
+def _sample_grid(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``grid_sample``'s (1, h, w, 2) grid for normalised x positions ``u`` and y positions ``v``."""
+    return torch.stack(torch.meshgrid(v, u, indexing="ij")[::-1], dim=-1)[None]
+
+
 def _place(tile: TileLogits, d: float, gx: int, gy: int, width: int, height: int):
     """The tile's logits and weights on the part of the output grid it covers:
     (rows slice, cols slice, logits, weights)."""
@@ -103,9 +108,8 @@ def _place(tile: TileLogits, d: float, gx: int, gy: int, width: int, height: int
         i0, j0 = int(math.floor(u[0])), int(math.floor(v[0]))
         values = logits[j0: j0 + (r1 - r0), i0: i0 + (c1 - c0)]
     else:
-        gu = (u / box.width) * 2 - 1  # grid_sample's normalised coordinates (align_corners=False)
-        gv = (v / box.height) * 2 - 1
-        grid = torch.stack(torch.meshgrid(gv, gu, indexing="ij")[::-1], dim=-1)[None]
+        # grid_sample's normalised coordinates (align_corners=False)
+        grid = _sample_grid((u / box.width) * 2 - 1, (v / box.height) * 2 - 1)
         values = F.grid_sample(logits[None, None], grid.to(logits.device), mode="bilinear",
                                padding_mode="border", align_corners=False)[0, 0]
     level_width, level_height = tile.level_size
@@ -154,7 +158,7 @@ def sample_field(result: Blend, box: TileBox, shape: tuple[int, int], frame: tup
     v = (torch.arange(h, dtype=torch.float32) + 0.5) * fy
     gx = ((box.x + u) * bd / result.downsample - result.x) / result.logits.shape[1] * 2 - 1
     gy = ((box.y + v) * bd / result.downsample - result.y) / result.logits.shape[0] * 2 - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
+    grid = _sample_grid(gx, gy)
     field = torch.from_numpy(result.logits)[None, None]
     sampled = F.grid_sample(field, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
     reached = torch.ones_like(field) if result.covered is None else torch.from_numpy(result.covered)[None, None].float()

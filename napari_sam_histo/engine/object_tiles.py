@@ -381,11 +381,8 @@ class ObjectTiles:
         return blend(tiles)
 
     def _level_size(self, box: TileBox) -> tuple[int, int]:
-        grid = self._grids.get(box.downsample)
-        if grid is not None:
-            return grid.width, grid.height
-        return self.source.size_at(box.downsample, box.level) if box.virtual else \
-            tuple(self.source.level_dimensions[box.level])
+        """(width, height) of ``box``'s working level (a real level's own size, as its grid's)."""
+        return self.source.size_at(box.downsample, box.level)
 
     def _mask_prompt(self, session: ClickSession):
         """A new tile's mask prompt: the object's blended logits under it, in SAM's low-resolution

@@ -39,11 +39,16 @@ class WorkingLevel:
         return TileGrid(self.read_level, width, height, tile_size, self.downsample, self.virtual)
 
     def describe(self, mpp=None) -> str:
-        """As a user reads it: magnification and µm/px when the pixel size is known, else 1/downsample."""
-        d = self.downsample
-        if mpp:
-            return f"~{10 / (mpp[0] * d):.1f}x ({mpp[0] * d:.2f} µm/px)"
-        return "full resolution" if d == 1 else f"1/{d:.3g} of full resolution"
+        return describe_downsample(self.downsample, mpp)
+
+
+def describe_downsample(downsample: float, mpp=None) -> str:
+    """A downsample as a user reads it: magnification and µm/px when the pixel size is known, else
+    1/downsample."""
+    d = downsample
+    if mpp:
+        return f"~{10 / (mpp[0] * d):.1f}x ({mpp[0] * d:.2f} µm/px)"
+    return "full resolution" if d == 1 else f"1/{d:.3g} of full resolution"
 
 
 def working_levels(source, tile_size: int = DEFAULT_TILE_SIZE) -> list[WorkingLevel]:

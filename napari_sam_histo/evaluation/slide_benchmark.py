@@ -146,13 +146,9 @@ def seam_band(boxes, shape: tuple[int, int], tile: int) -> np.ndarray:
     return band
 
 
-def _view_of(extent: float, aspect: tuple[int, int] = VIEW) -> tuple[float, float]:
-    """A view (level-0 width, height) of the canvas' aspect that shows ``extent`` x ``extent``."""
-    scale = extent * VIEW_MARGIN / min(aspect)
-    return aspect[0] * scale, aspect[1] * scale
-
-
 def _region_view(shape: tuple[int, int]) -> tuple[float, float]:
+    """A view (level-0 width, height) of the canvas' aspect that shows a ``shape`` (height, width)
+    area with a margin."""
     height, width = shape
     scale = max(width / VIEW[0], height / VIEW[1]) * VIEW_MARGIN
     return VIEW[0] * scale, VIEW[1] * scale
@@ -195,7 +191,7 @@ def run_region(annotator, target: np.ndarray, mode: str, max_clicks: int = 50,
         downsample = overview
         if mode == "refine" and index > 0:
             extent = _error_extent(target, prediction, row, col, coarse.positive)
-            zoomed = annotator.level_for_view(*_view_of(2 * extent)).downsample
+            zoomed = annotator.level_for_view(*_region_view((2 * extent, 2 * extent))).downsample
             downsample = min(zoomed, overview)
         t0 = time.perf_counter()
         state = annotator.click(col + 0.5, row + 0.5, coarse.positive, downsample=downsample)
