@@ -248,3 +248,20 @@ def test_clicks_outside_the_slide_are_refused(annotator):
 def test_working_level_must_exist(tiny_model):
     with pytest.raises(InputError, match="levels 0..0"):
         Annotator(Predictor(tiny_model, "sam"), from_array(np.zeros((64, 64, 3), np.uint8)), level=2)
+
+
+def test_a_precomputed_lattice_tile_on_disk_is_reused_and_no_encoder_runs(tiny_model, tmp_path):
+    from napari_sam_histo.engine.object_tiles import ObjectTiles
+
+    source = from_array(IMAGE, "big.png")
+    writer = Predictor(tiny_model, "sam", cache=EmbeddingCache(store_dir=tmp_path), precision="fp32")
+    grid_tiles = ObjectTiles(writer, source, level=0, tile_size=1024).grid
+    stored = grid_tiles.lattice_around(1300, 700, 0)[0]  # the lattice tile holding (1300, 700) well: (1024, 0)
+    writer.cache.store(writer.key_for(source.identity, stored.key()), writer.embed(source.read_region(stored)))
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(store_dir=tmp_path), precision="fp32")
+    tiles = ObjectTiles(predictor, source, level=0, tile_size=1024)
+    state = tiles.click(1300, 700)
+    assert state.boxes == (stored,) and predictor.encoder_calls == 0 and predictor.cache.disk_hits == 1
+    tiles.clear()
+    tiles.click(2300, 1300)  # no stored tile holds it: a tile centred on it is computed
+    assert predictor.encoder_calls == 1 and tiles.state().boxes[0] == tiles.grid.centred_at(2300, 1300)

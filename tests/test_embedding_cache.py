@@ -212,3 +212,37 @@ def test_disk_store_evicts_least_recently_used_entries(tmp_path):
     assert fresh.disk_hits == 1
     assert EmbeddingCache().max_disk_bytes == 20 << 30
     assert EmbeddingCache(max_disk_bytes=None).max_disk_bytes is None
+
+
+def test_stored_is_one_stat_and_verify_reads_the_recorded_key(tmp_path):
+    cache = EmbeddingCache(store_dir=tmp_path)
+    assert not cache.stored(_key()) and not EmbeddingCache().stored(_key())
+    assert cache.store(_key(), _emb(5.0)) and len(cache) == 0  # written, not kept in memory
+    assert cache.stored(_key()) and cache.stored(_key(), verify=True)
+    cache._path(_key()).rename(cache._path(_key(weights="other")))  # a foreign entry under that name
+    assert cache.stored(_key(weights="other")) and not cache.stored(_key(weights="other"), verify=True)
+    got = EmbeddingCache(store_dir=tmp_path).get_or_compute(_key(), lambda: _emb(6.0))
+    assert torch.all(got.features == 6.0)
+
+
+def test_a_writer_that_loses_the_rename_race_keeps_the_winners_entry_quietly(tmp_path, monkeypatch):
+    import os
+    import warnings
+
+    import napari_sam_histo.engine.embedding_cache as module
+
+    winner, real_replace = EmbeddingCache(store_dir=tmp_path), os.replace
+
+    def racing(src, dst):
+        if str(src).endswith(".tmp") and ".old." not in str(src):
+            monkeypatch.setattr(module.os, "replace", real_replace)
+            winner.store(_key(), _emb(3.0))  # another process renames its entry in first
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", racing)
+    loser = EmbeddingCache(store_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loser.store(_key(), _emb(1.0))
+    assert loser.save_failures == 0 and sorted(p.name for p in tmp_path.iterdir()) == [loser._path(_key()).name]
+    assert torch.all(EmbeddingCache(store_dir=tmp_path)._load(_key()).features == 3.0)

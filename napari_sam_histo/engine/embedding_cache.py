@@ -168,6 +168,27 @@ class EmbeddingCache:
     def _path(self, key: EmbeddingKey) -> Path:
         return self.store_dir / f"{key.digest()}.zarr"
 
+    def stored(self, key: EmbeddingKey, verify: bool = False) -> bool:
+        """Whether the store holds an entry for ``key``: one stat (entries appear only whole, by
+        rename, and are named by the key's digest), cheap enough for every click. ``verify`` also
+        reads the entry's recorded key (a resume that must not trust a foreign entry)."""
+        if self.store_dir is None:
+            return False
+        path = self._path(key)
+        if not verify:
+            return path.is_dir()
+        try:
+            import zarr
+
+            return dict(zarr.open_array(str(path), mode="r").attrs).get("key") == asdict(key)
+        except Exception:  # missing, vanished (evicted) or unreadable: not stored
+            return False
+
+    def store(self, key: EmbeddingKey, embedding: Embedding) -> bool:
+        """Write ``embedding`` to the store (atomically, as ``get_or_compute`` does) without keeping
+        it in memory: for a batch writer (``cohort.embed``). True when the entry is on disk."""
+        return self._save(key, embedding)
+
     def _load(self, key: EmbeddingKey) -> Embedding | None:
         if self.store_dir is None:
             return None
@@ -189,12 +210,14 @@ class EmbeddingCache:
         self._touch(path)
         return entry
 
-    def _save(self, key: EmbeddingKey, embedding: Embedding) -> None:
+    def _save(self, key: EmbeddingKey, embedding: Embedding) -> bool:
         """Write to a temporary folder, then rename: a crash or a failed write never leaves a
         half-written entry readable. Any failure (zarr, codec, full or read-only disk) is warned
-        about once per cache and otherwise only costs a recompute next session."""
+        about once per cache and otherwise only costs a recompute next session. Another process
+        writing the same key at the same moment is no failure: its entry is as good as ours.
+        Returns whether the entry is on disk."""
         if self.store_dir is None:
-            return
+            return False
         final = self._path(key)
         tmp = self.store_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
         trash = self.store_dir / f".{final.name}.{uuid.uuid4().hex}.old.tmp"
@@ -213,10 +236,15 @@ class EmbeddingCache:
             })
             if final.exists():  # a stale or foreign entry: move it aside whole (a reader of a
                 os.replace(final, trash)  # half-deleted zarr would get fill values), then replace
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                return True  # another writer's rename came first (a folder cannot replace a full one)
         except Exception as err:
             self._save_failed(err)
-            return
+            return False
         finally:
             for leftover in (tmp, trash):
                 if leftover.exists():
@@ -226,6 +254,7 @@ class EmbeddingCache:
             self._account(final.name, _folder_bytes(final))
         except Exception as err:  # measuring or evicting failed: the entry itself is fine
             self._save_failed(err)
+        return True
 
     def _save_failed(self, err: Exception) -> None:
         self.save_failures += 1

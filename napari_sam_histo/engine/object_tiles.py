@@ -16,8 +16,11 @@ Which tile a click uses:
   so it stays full-size): half a tile of context on every side, so an object near a grid line is
   not cut there. Exception, to save the encoder (about 2 s per tile for MobileSAM on a CPU): a tile
   whose embedding is already computed or being computed (prefetched, or used by an earlier object)
-  is reused when the click lies at least ``reuse_margin`` of a tile (a quarter by default) from
-  each of its inner borders. ``reuse_margin=0.5`` always centres.
+  or is in the cache's disk store (a half-tile lattice tile around the click, as
+  ``napari-sam-histo embed`` precomputes them) is reused when the click lies at least
+  ``reuse_margin`` of a tile (a quarter by default) from each of its inner borders. With the
+  default margin some lattice tile always qualifies, so on a precomputed slide no click waits for
+  the encoder. ``reuse_margin=0.5`` always centres.
 * Later clicks of the same object go to **every** tile of the object that holds them, so a
   negative click in the overlap of two tiles removes the area from both, and the union below
   honours it.
@@ -192,18 +195,25 @@ class ObjectTiles:
         self._level_point(x0, y0)
 
     def _available(self, box: TileBox) -> bool:
-        """Whether ``box``'s embedding costs nothing more (clicked on, or cached)."""
+        """Whether ``box``'s embedding costs nothing more (clicked on, cached in memory, or in the
+        cache's disk store: one stat)."""
         key = box.key()
-        return key in self._sessions or self.predictor.key_for(self.source.identity, key) in self.predictor.cache
+        if key in self._sessions:
+            return True
+        cache_key = self.predictor.key_for(self.source.identity, key)
+        return cache_key in self.predictor.cache or self.predictor.cache.stored(cache_key)
 
     def _box_for_point(self, x: float, y: float, grid: TileGrid | None = None) -> TileBox:
         """A new tile for point (x, y) of ``grid``'s level: a tile already computed (or being
-        computed) that holds the point ``reuse_margin`` away from its inner borders, nearest centre
-        first; else a tile centred on the point."""
+        computed, or precomputed on disk: the half-tile lattice tiles around the point, which
+        ``napari-sam-histo embed`` writes) that holds the point ``reuse_margin`` away from its inner
+        borders, nearest centre first; else a tile centred on the point."""
         grid = grid or self.grid
-        reusable = [b for b in self._known.values()
-                    if b.downsample == grid.downsample and grid.holds_well(b, x, y, self.reuse_margin)
-                    and self._available(b)]
+        candidates = {b.key(): b for b in self._known.values() if b.downsample == grid.downsample}
+        if self.predictor.cache.store_dir is not None:
+            candidates.update((b.key(), b) for b in grid.lattice_around(x, y, 1))
+        reusable = [b for b in candidates.values()
+                    if grid.holds_well(b, x, y, self.reuse_margin) and self._available(b)]
         if reusable:
             return min(reusable, key=lambda b: max(abs(b.x + b.width / 2 - x), abs(b.y + b.height / 2 - y)))
         return grid.centred_at(x, y)
