@@ -1,4 +1,4 @@
-"""The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark, train, slide-memory.
+"""The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark, train, slide-memory, embed.
 
 Thin: parse arguments, call the core, print. A ``SamHistoError`` (bad file, bad value, missing
 weights) is printed as one line and exits with status 2, never as a traceback.
@@ -111,6 +111,28 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         print(skipped)
     print(f"report: {args.out} (samples.csv, summary.json, table.txt, miou.png)")
     return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .cohort.embed import run_embed
+    from .errors import InputError
+
+    level = args.level
+    if level != "auto":
+        try:
+            level = int(level)
+        except ValueError:
+            raise InputError(f"--level {args.level!r}: give 'auto' or a pyramid level number.") from None
+    summary = run_embed(args.slides, out=args.out, model=args.model, device=args.device, level=level,
+                        magnification=args.magnification, tissue_only=args.tissue_only, tile_size=args.tile_size,
+                        scheduler=args.scheduler, workers=args.workers, batch_size=args.batch_size,
+                        random_weights=args.random_weights, progress=not args.quiet)
+    print(summary.text())
+    for error in summary.errors[:20]:
+        print(f"  {error}", file=sys.stderr)
+    if len(summary.errors) > 20:
+        print(f"  ... and {len(summary.errors) - 20} more", file=sys.stderr)
+    return 130 if summary.interrupted else 0 if summary.ok else 1
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -271,6 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_cmd_benchmark)
+
+    emb = sub.add_parser("embed", help="precompute the embeddings of slides (files or folders) on a dask cluster, "
+                                       "into the store the annotator reads")
+    emb.add_argument("slides", nargs="+", metavar="SLIDE_OR_FOLDER", help="slide files, or folders searched for them")
+    emb.add_argument("--model", default="vit_t", help="model name or checkpoint (the annotator's)")
+    where = emb.add_mutually_exclusive_group()
+    where.add_argument("--level", default="auto",
+                       help="auto (every working level the annotator's auto level can pick; default) or a pyramid level")
+    where.add_argument("--magnification", type=float, default=None,
+                       help="the working level nearest this magnification (the slide must state its pixel size)")
+    emb.add_argument("--tissue-only", action="store_true",
+                     help="skip tiles of glass (Otsu on the saturation of an overview; <5%% tissue is skipped)")
+    emb.add_argument("--out", default=None, metavar="STORE",
+                     help="store root (default: $NAPARI_SAM_HISTO_EMBEDDINGS, else the cache's embeddings folder, "
+                          "which the annotator dock reads)")
+    emb.add_argument("--scheduler", default="local",
+                     help="local (a LocalCluster on this machine) or a running scheduler's address, tcp://host:8786")
+    emb.add_argument("--workers", type=int, default=None, help="LocalCluster processes (default: one per core or GPU)")
+    emb.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda tasks ask for the worker resource GPU=1)")
+    emb.add_argument("--tile-size", type=int, default=1024, help="the annotator's tile size (default 1024)")
+    emb.add_argument("--batch-size", type=int, default=None, help="tiles per task (default 4 on CPU, 16 on GPU)")
+    emb.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # tests and timing only
+    emb.add_argument("--quiet", action="store_true", help="no progress bar")
+    emb.set_defaults(func=_cmd_embed)
 
     prep = sub.add_parser("prepare", help="cut benchmark patches from a WSI and its tumor annotation")
     prep.add_argument("slide", help="the WSI (.svs, .ndpi, .mrxs, .tif, ...)")
