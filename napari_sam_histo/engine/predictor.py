@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..models import fast_encoder
 from ..models.decoders import DecoderChoice, choose_decoder
-from ..models.device import bf16_is_fast
+from ..models.device import bf16_is_fast, optimized_encoder_is_fast
 from ..models.registry import LoadedModel
 from ..slides.reader import ImageSource
 from ..slides.rgb import PREPROCESSING_ID, to_rgb_uint8
@@ -26,6 +27,10 @@ from .embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
 from .tiles import TileBox
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# How the image encoder runs: "optimized" is a traced, frozen float32 copy (models.fast_encoder),
+# "eager" the module itself; "auto" picks optimized where it is measured faster (CPU, MobileSAM)
+# and the encoder runs in float32 (a bf16 encoder stays eager, under autocast).
+ENCODER_MODES = ("auto", "eager", "optimized")
 
 
 @dataclass
@@ -47,9 +52,12 @@ class Predictor:
         precision: str = "auto",
         encoder_precision: str = "fp32",
         allow_untrained: bool = False,
+        encoder_mode: str = "auto",
     ) -> None:
         if precision not in PRECISIONS or encoder_precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
+        if encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"encoder_mode must be one of {ENCODER_MODES}")
         self.model = model
         self.sam = model.sam
         self.device = model.device
@@ -58,6 +66,15 @@ class Predictor:
         fast_bf16 = bf16_is_fast(self.device)
         self.decoder_bf16 = precision == "bf16" or (precision == "auto" and fast_bf16)
         self.encoder_bf16 = encoder_precision == "bf16" or (encoder_precision == "auto" and fast_bf16)
+        if encoder_mode == "optimized" and self.encoder_bf16:
+            raise ValueError("encoder_mode='optimized' runs the encoder in float32; use encoder_precision='fp32'")
+        # "auto" is resolved here, once: what was chosen is ``encoder_mode`` ("optimized"/"eager");
+        # what really ran for the last tile (eager when the copy failed or went stale) is
+        # ``last_encoder_path``.
+        optimized = encoder_mode == "optimized" or (
+            encoder_mode == "auto" and not self.encoder_bf16 and optimized_encoder_is_fast(self.device, model.arch))
+        self.encoder_mode = "optimized" if optimized else "eager"
+        self.last_encoder_path: str | None = None
         # bf16 inference runs on a bf16 copy of the decoder: autocast would re-cast every weight
         # at every click (measured: 55 ms vs 43 ms per SAM-decoder click on 2 CPU cores, with
         # masks matching fp32 at IoU > 0.99). Weights changed later (training) need a new Predictor.
@@ -75,7 +92,29 @@ class Predictor:
     # -- encoder ------------------------------------------------------------------------------
     @property
     def preprocessing_id(self) -> str:
+        # The optimized encoder shares the fp32 key: it is the same float32 math in another order
+        # (relative error ~2e-6, refused above 1e-4), as eager itself is across thread counts and
+        # CPUs, and far below the float16 store's rounding; a stored eager embedding stays valid.
         return f"{PREPROCESSING_ID}:{'bf16' if self.encoder_bf16 else 'fp32'}:{self.image_size}"
+
+    def prepare_encoder(self, background: bool = True) -> None:
+        """Build the optimized encoder now (in a background thread by default), so that the first
+        tile does not wait for it (a few seconds: ``fast_encoder.status``). No-op when eager."""
+        if self.encoder_mode != "optimized":
+            return
+        if background:
+            fast_encoder.prepare(self.sam.image_encoder, self.image_size, self.device)
+        else:
+            with torch.inference_mode():
+                fast_encoder.optimized_encoder(self.sam.image_encoder, self.image_size, self.device)
+
+    def _encoder_for(self, pixels: torch.Tensor):
+        """The module to run on ``pixels``: the optimized copy when chosen and valid, else eager."""
+        if self.encoder_mode == "optimized" and pixels.dtype == torch.float32:
+            optimized = fast_encoder.optimized_encoder(self.sam.image_encoder, self.image_size, self.device)
+            if optimized is not None and tuple(pixels.shape) == (1, 3, self.image_size, self.image_size):
+                return optimized, "optimized"
+        return self.sam.image_encoder, "eager"
 
     def key_for(self, image_identity: str, tile_key: str) -> EmbeddingKey:
         return EmbeddingKey(image_identity, tile_key, self.model.name, self.model.weights_hash, self.preprocessing_id)
@@ -124,9 +163,11 @@ class Predictor:
         started = time.perf_counter()
         with torch.inference_mode():
             pixels, input_size, original_size = self.preprocess(image)
+            encoder, path = self._encoder_for(pixels)
             with self._encoder_lock, self._autocast(self.encoder_bf16):
                 self.encoder_calls += 1
-                features = self.sam.image_encoder(pixels).float()
+                self.last_encoder_path = path
+                features = encoder(pixels).float()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         return Embedding(features, input_size, original_size, time.perf_counter() - started)

@@ -1,6 +1,9 @@
-"""Pick the torch device: CUDA when present, then Apple MPS, else CPU; always overridable."""
+"""Pick the torch device: CUDA when present, then Apple MPS, else CPU; always overridable. And
+what runs fast on it: bf16 (native or not), the optimized float32 image encoder."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -52,3 +55,20 @@ def _cuda_bf16_is_native(device: torch.device) -> bool:
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     except TypeError:  # older torch has no ``including_emulation``; the capability check above suffices
         return bool(torch.cuda.is_bf16_supported())
+
+
+# Architectures whose optimized (traced + frozen) float32 encoder was measured faster than eager
+# on a CPU: MobileSAM (conv stages whose BatchNorms fold away) ~2x on 2 AVX2 cores. ViT-B/L/H are
+# not measured (12-60 s per tile here, mostly plain matmuls), and a frozen copy of ViT-H would hold
+# another 2.5 GB of weights: they stay eager unless asked (encoder_mode="optimized").
+OPTIMIZED_ENCODER_ARCHS = ("vit_t",)
+FAST_ENCODER_ENV = "NAPARI_SAM_HISTO_FAST_ENCODER"
+
+
+def optimized_encoder_is_fast(device: torch.device, arch: str) -> bool:
+    """Whether ``encoder_mode="auto"`` picks the optimized float32 encoder: on a CPU, for the
+    architectures measured faster. ``NAPARI_SAM_HISTO_FAST_ENCODER=0`` turns it off (eager);
+    on a GPU the eager encoder (cuDNN, bf16 where native) is kept."""
+    if os.environ.get(FAST_ENCODER_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return torch.device(device).type == "cpu" and arch in OPTIMIZED_ENCODER_ARCHS
