@@ -1,0 +1,332 @@
+"""The decoder learns from the pathologist while they work: a per-slide copy of the active decoder,
+fine-tuned in short bounded bursts on the objects they accept, used only when it is not worse.
+
+An accepted object is a training example that costs no encoder call: the tile embedding the
+annotator already holds, the accepted mask on that tile, and the user's own clicks. Each new
+example owes ``steps_per_object`` optimisation steps, run with the training code's click
+simulation (a random first click, 0..3 rounds of error clicks with the mask prompt fed back) and
+its Normalized Focal Loss, on a copy of the decoder (the base decoder is never changed).
+
+The never-worse gate: every ``hold_out_every``-th example is held out of training; after its steps
+the copy and the base decoder re-click the held-out examples with the benchmark's clicker, and the
+copy is offered (``active_predictor``) only when its mean NoC@85 is lower, or equal with a mean IoU
+over the clicks at least as high. Until an example is held out, the base decoder stays in use.
+
+Works with every decoder choice: SAM's own decoder and SAM-kind checkpoints train their
+single-mask output (token 0; the adapted copy then answers with it, as ``md`` checkpoints do), the
+modified decoder trains whole, the residual decoder its correction. Deterministic under ``seed``.
+``DecoderAdapter`` holds no thread; ``AdaptationWorker`` runs it in the background.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..engine.embedding_cache import Embedding
+from ..evaluation.clicker import next_click
+from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
+from ..models.decoders import DecoderChoice, SingleMaskDecoder
+from .click_simulation import error_click, first_click
+from .nfl_loss import normalized_focal_loss
+from .prompted_forward import ImageGeometry, PromptedForward
+
+STEPS_PER_OBJECT = 16
+BATCH_SIZE = 4
+LEARNING_RATE = 1e-4  # a fifth of the offline recipe's: a few examples, many steps on each
+HOLD_OUT_EVERY = 3  # examples 3, 6, 9, ... (counting from 1) judge the copy, never train it
+GATE_IOU = 0.85
+GATE_MAX_CLICKS = 10
+MAX_EXTRA_CLICKS = 3
+MASK_PROMPT_PROB = 0.8
+
+
+@dataclass(frozen=True)
+class AdaptationExample:
+    """One accepted object on one tile."""
+
+    embedding: Embedding  # the tile's (features on the CPU)
+    target: np.ndarray  # (h, w) bool at the tile's resolution: the accepted mask there
+    clicks: tuple = ()  # the user's clicks on the tile, (x, y, positive) in its pixels (provenance)
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        return ImageGeometry(tuple(self.embedding.input_size), tuple(self.embedding.original_size))
+
+
+@dataclass(frozen=True)
+class AdaptationState:
+    """What a UI shows."""
+
+    examples: int
+    held_out: int
+    steps: int
+    owed: int  # steps still to run for the examples so far
+    in_use: bool  # the adapted copy decodes the next object's clicks
+    base_noc: float | None  # mean NoC@85 on the held-out examples (None: none held out yet)
+    adapted_noc: float | None
+    enabled: bool = True
+
+
+class DecoderAdapter:
+    def __init__(self, predictor, steps_per_object: int = STEPS_PER_OBJECT, lr: float = LEARNING_RATE,
+                 batch_size: int = BATCH_SIZE, hold_out_every: int = HOLD_OUT_EVERY, seed: int = 0) -> None:
+        """``predictor``: the annotator's (its decoder is the base; its model, cache and precision
+        are shared by the adapted predictor)."""
+        self.base = predictor
+        choice: DecoderChoice = predictor.decoder
+        self.kind = choice.kind
+        module = choice.module
+        self.single_mask = self.kind == "sam"  # token 0 trains; inference must use what trained
+        if isinstance(module, SingleMaskDecoder):
+            module = module.decoder
+        self.decoder = copy.deepcopy(module).float()
+        trained = self.decoder.correction if self.kind == "residual" else self.decoder
+        for parameter in self.decoder.parameters():
+            parameter.requires_grad_(False)
+        for parameter in trained.parameters():
+            parameter.requires_grad_(True)
+        self._parameters = [p for p in trained.parameters()]
+        self.optimizer = torch.optim.Adam(self._parameters, lr=lr)
+        self.forward = PromptedForward(predictor.sam, self.decoder, self.kind)
+        self.lr = float(lr)
+        self.steps_per_object = int(steps_per_object)
+        self.batch_size = int(batch_size)
+        self.hold_out_every = max(int(hold_out_every), 2)
+        self.seed = int(seed)
+        self.examples: list[AdaptationExample] = []
+        self.held_out: list[AdaptationExample] = []
+        self.steps = 0
+        self.owed = 0
+        self.enabled = True
+        self.step_seconds: list[float] = []
+        self._adapted = None  # the Predictor of the last copy that passed the gate
+        self._scores: tuple | None = None  # (base NoC, adapted NoC) of the last gate
+        self._lock = threading.RLock()  # examples, the copy's weights and the gate's result
+
+    # -- examples -------------------------------------------------------------------------------
+    def add_example(self, example: AdaptationExample) -> None:
+        """Keep an accepted object; a training example owes ``steps_per_object`` steps."""
+        if not np.any(example.target):
+            return  # nothing to learn from an empty mask
+        with self._lock:
+            if (len(self.examples) + len(self.held_out) + 1) % self.hold_out_every == 0:
+                self.held_out.append(example)
+            else:
+                self.examples.append(example)
+                self.owed += self.steps_per_object
+
+    def reset(self) -> None:
+        """Back to the base decoder, with no examples."""
+        with self._lock:
+            enabled = self.enabled
+            self.__init__(self.base, self.steps_per_object, self.lr, self.batch_size, self.hold_out_every, self.seed)
+            self.enabled = enabled
+
+    # -- training -------------------------------------------------------------------------------
+    def step(self) -> float | None:
+        """One optimisation step on a batch of the training examples; None when none is owed."""
+        with self._lock:
+            if self.owed <= 0 or not self.examples:
+                return None
+            started = time.perf_counter()
+            rng = np.random.default_rng([self.seed, self.steps])
+            picks = rng.choice(len(self.examples), size=min(self.batch_size, len(self.examples)), replace=False)
+            batch = [self.examples[int(i)] for i in picks]
+            loss = self._train_step(batch, rng)
+            self.steps += 1
+            self.owed -= 1
+            self.step_seconds.append(time.perf_counter() - started)
+            return loss
+
+    def _train_step(self, batch: list[AdaptationExample], rng: np.random.Generator) -> float:
+        """The training loop's step (``training.trainer.Trainer.train_step``) on cached features."""
+        device = self.base.device
+        self.decoder.to(device)
+        self.decoder.train()
+        if self.kind == "residual":
+            self.decoder.sam_decoder.eval()  # SAM's frozen copy inside it stays as it is
+        features = torch.cat([e.embedding.features.float().to(device) for e in batch])
+        geometry = [e.geometry for e in batch]
+        targets = [np.asarray(e.target, bool) for e in batch]
+        clicks = [[first_click(t, rng)] for t in targets]
+        prompts, use_mask = None, None
+        with torch.no_grad():
+            for _ in range(int(rng.integers(0, MAX_EXTRA_CLICKS + 1))):
+                low_res = self.forward(features, clicks, geometry, prompts, use_mask).float()
+                for i, logits in enumerate(self.forward.restore(low_res, geometry)):
+                    click = error_click(targets[i], (logits > LOGIT_THRESHOLD).cpu().numpy(), rng)
+                    if click is not None:
+                        clicks[i].append(click)
+                prompts, use_mask = low_res, rng.random(len(batch)) < MASK_PROMPT_PROB
+        low_res = self.forward(features, clicks, geometry, prompts, use_mask)
+        losses = [normalized_focal_loss(logits[None], torch.as_tensor(target, device=device)[None])
+                  for logits, target in zip(self.forward.restore(low_res.float(), geometry), targets)]
+        loss = torch.cat(losses).mean()
+        if not torch.isfinite(loss):  # a diverged copy is dropped, the base decoder stays
+            self._scores, self._adapted = None, None
+            raise FloatingPointError(f"adaptation loss became {loss.item()} at step {self.steps}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        for parameter in self.base.sam.prompt_encoder.parameters():
+            parameter.grad = None  # the shared prompt encoder is frozen; drop what backward left
+        self.decoder.eval()
+        return float(loss.item())
+
+    # -- the gate -------------------------------------------------------------------------------
+    def _snapshot_predictor(self):
+        """A Predictor with a frozen copy of the adapted decoder (the copy trains on)."""
+        from ..engine.predictor import Predictor
+
+        module = copy.deepcopy(self.decoder).eval()
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        if self.single_mask:
+            module = SingleMaskDecoder(module)
+        choice = DecoderChoice(self.kind, module, "adapted", True)
+        precision = "bf16" if self.base.decoder_bf16 else "fp32"
+        return Predictor(self.base.model, choice, cache=self.base.cache, precision=precision)
+
+    def update_gate(self, may_run: Callable[[], bool] | None = None) -> bool | None:
+        """Judge the copy against the base decoder on the held-out examples; True when the copy is
+        now in use. ``may_run`` is asked between examples (a UI's click goes first); when it says
+        no, the gate is left as it was and None is returned."""
+        with self._lock:
+            if not self.held_out or self.steps == 0:
+                return self.in_use
+            candidate = self._snapshot_predictor()
+            held_out = list(self.held_out)
+        base_scores, adapted_scores = [], []
+        for example in held_out:
+            if may_run is not None and not may_run():
+                return None
+            base_scores.append(reclick(self.base, example))
+            adapted_scores.append(reclick(candidate, example))
+        base = (float(np.mean([s[0] for s in base_scores])), float(np.mean([s[1] for s in base_scores])))
+        adapted = (float(np.mean([s[0] for s in adapted_scores])), float(np.mean([s[1] for s in adapted_scores])))
+        better = adapted[0] < base[0] or (adapted[0] == base[0] and adapted[1] >= base[1])
+        with self._lock:
+            self._scores = (base[0], adapted[0])
+            self._adapted = candidate if better else None
+        return better
+
+    @property
+    def in_use(self) -> bool:
+        return self.enabled and self._adapted is not None
+
+    def active_predictor(self):
+        """The predictor the next object should use: the adapted copy when it passed the gate.
+        Takes no lock (a step may hold it for a few hundred ms): one attribute read."""
+        adapted = self._adapted
+        return adapted if self.enabled and adapted is not None else self.base
+
+    def state(self) -> AdaptationState:
+        with self._lock:
+            base, adapted = self._scores if self._scores is not None else (None, None)
+            return AdaptationState(len(self.examples), len(self.held_out), self.steps, self.owed, self.in_use,
+                                   base, adapted, self.enabled)
+
+    # -- keeping it -----------------------------------------------------------------------------
+    def save(self, path, slide: str = "") -> "Path":
+        """The adapted decoder as a decoder checkpoint (our format), with what it was adapted on."""
+        from ..models.decoder_checkpoint import decoder_metadata, save_decoder_checkpoint
+
+        with self._lock:
+            state = {k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
+            metadata = decoder_metadata(
+                self.kind, self.base.model.name, self.base.model.weights_hash, "adapted", True,
+                metrics={"held_out_noc85_base": None if self._scores is None else self._scores[0],
+                         "held_out_noc85_adapted": None if self._scores is None else self._scores[1]},
+                config={"adapted_on": slide, "base_decoder": self.base.decoder.source,
+                        "examples": len(self.examples), "held_out": len(self.held_out), "steps": self.steps,
+                        "steps_per_object": self.steps_per_object, "seed": self.seed})
+            if self.kind == "sam":
+                metadata["mask_outputs"] = "single"
+        return save_decoder_checkpoint(path, state, metadata)
+
+
+def reclick(predictor, example: AdaptationExample, max_clicks: int = GATE_MAX_CLICKS) -> tuple[int, float]:
+    """(NoC@``GATE_IOU``, mean IoU over the clicks) of ``predictor`` re-clicking ``example`` with the
+    benchmark's clicker (clicks until the IoU is reached or ``max_clicks``)."""
+    from ..engine.session import ClickSession
+    from ..engine.tiles import TileBox
+
+    target = np.asarray(example.target, bool)
+    height, width = target.shape
+    embedding = example.embedding
+    session = ClickSession(predictor, TileBox(0, 0, 0, width, height), embedding, threshold=LOGIT_THRESHOLD)
+    prediction = np.zeros_like(target)
+    clicked = np.zeros_like(target)
+    ious = []
+    for _ in range(max_clicks):
+        click = next_click(target, prediction, clicked)
+        if click is None:
+            break
+        clicked[click.row, click.col] = True
+        prediction = session.add_click(*click.xy, click.positive).mask
+        ious.append(iou(prediction, target))
+        if ious[-1] >= GATE_IOU:
+            break
+    if not ious:
+        ious = [iou(prediction, target)]
+    return noc(ious, GATE_IOU, max_clicks), float(np.mean(ious))
+
+
+class AdaptationWorker:
+    """Runs a ``DecoderAdapter`` on a background thread at low priority: before every step (and
+    between the gate's examples) it waits until ``may_run()`` says no click or embedding is
+    running, so a click waits for at most one step already under way. ``on_change(state)`` is
+    called from the thread after each burst (a UI re-reads the state)."""
+
+    def __init__(self, adapter: DecoderAdapter, may_run: Callable[[], bool],
+                 on_change: Callable[[AdaptationState], None] | None = None) -> None:
+        self.adapter = adapter
+        self.may_run = may_run
+        self.on_change = on_change
+        self.error: str | None = None
+        self._wake = threading.Event()
+        self._stop = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="napari-sam-histo-adaptation", daemon=True)
+        self._thread.start()
+
+    def add_example(self, example: AdaptationExample) -> None:
+        self.adapter.add_example(example)
+        self._idle.clear()
+        self._wake.set()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until the owed steps and the gate are done (tests, the sequential benchmark)."""
+        return self._idle.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                while not self._stop and self.adapter.enabled and self.adapter.owed > 0:
+                    if not self.may_run():
+                        time.sleep(0.02)
+                        continue
+                    self.adapter.step()
+                while not self._stop and self.adapter.enabled and self.adapter.update_gate(self.may_run) is None:
+                    time.sleep(0.02)  # a click came first: judge again when it is done
+            except Exception as err:  # adaptation is a bonus: it never takes the annotator down
+                self.error = f"{type(err).__name__}: {err}"
+            if self.on_change is not None:
+                self.on_change(self.adapter.state())
+            if not self._wake.is_set():
+                self._idle.set()

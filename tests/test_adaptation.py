@@ -1,0 +1,199 @@
+"""Background decoder adaptation: the example store, determinism, the never-worse gate, the worker
+yielding to clicks, saving, and every decoder kind (tiny random SAM for mechanics, MobileSAM for
+the gate's behaviour)."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.predictor import Predictor
+from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
+from napari_sam_histo.training.adaptation import (AdaptationExample, AdaptationWorker, DecoderAdapter, reclick)
+
+
+def _disc_image(size=128, centre=(60, 70), radius=30, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    target = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2
+    image = np.where(target[..., None], [120, 50, 150], [235, 200, 220]) + rng.normal(0, 8, (size, size, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), target
+
+
+def _examples(predictor, n, seed=0):
+    out = []
+    for i in range(n):
+        image, target = _disc_image(centre=(50 + 3 * i, 60 + 2 * i), radius=20 + i, seed=seed + i)
+        out.append(AdaptationExample(predictor.embed(image), target))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_model):
+    return Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+
+
+def test_every_third_example_is_held_out_and_training_examples_owe_steps(tiny_predictor):
+    adapter = DecoderAdapter(tiny_predictor, steps_per_object=5)
+    examples = _examples(tiny_predictor, 6)
+    for example in examples:
+        adapter.add_example(example)
+    adapter.add_example(AdaptationExample(examples[0].embedding, np.zeros((128, 128), bool)))  # empty: ignored
+    state = adapter.state()
+    assert (state.examples, state.held_out, state.owed, state.steps) == (4, 2, 20, 0)
+    assert adapter.held_out == [examples[2], examples[5]]
+    assert adapter.active_predictor() is tiny_predictor  # nothing judged yet
+
+
+@pytest.mark.parametrize("decoder", ["sam", "modified", "residual"])
+def test_every_decoder_kind_adapts_a_copy_and_never_the_base(tiny_model, decoder):
+    if decoder == "residual":
+        from napari_sam_histo.models.decoders import DecoderChoice
+        from napari_sam_histo.models.residual_decoder import ResidualMaskDecoder
+
+        choice = DecoderChoice("residual", ResidualMaskDecoder.from_sam_decoder(tiny_model.sam.mask_decoder).eval(),
+                               "untrained", False)
+    else:
+        choice = choose_decoder(tiny_model, decoder, allow_untrained=True)
+    predictor = Predictor(tiny_model, choice, cache=EmbeddingCache(), precision="fp32")
+    base_before = {k: v.clone() for k, v in choice.module.state_dict().items()}
+    adapter = DecoderAdapter(predictor, steps_per_object=3, lr=1e-3)
+    for example in _examples(predictor, 2):
+        adapter.add_example(example)
+    losses = [adapter.step() for _ in range(6)]
+    assert all(np.isfinite(loss) for loss in losses) and adapter.step() is None  # 6 owed, then none
+    trained = adapter.decoder.correction if decoder == "residual" else adapter.decoder
+    changed = any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(),
+                                                         (base_before[k] for k in base_before)))
+    if decoder == "residual":
+        changed = any(not torch.equal(v, base_before[f"correction.{k}"])
+                      for k, v in adapter.decoder.correction.state_dict().items())
+    assert changed
+    for key, value in choice.module.state_dict().items():
+        assert torch.equal(value, base_before[key]), key  # the base decoder never trains
+    assert all(p.grad is None for p in tiny_model.sam.prompt_encoder.parameters())
+
+
+def test_adaptation_is_deterministic_under_a_seed(tiny_predictor):
+    weights = []
+    for _ in range(2):
+        adapter = DecoderAdapter(tiny_predictor, steps_per_object=3, lr=1e-3, seed=7)
+        for example in _examples(tiny_predictor, 2):
+            adapter.add_example(example)
+        while adapter.step() is not None:
+            pass
+        weights.append(adapter.decoder.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_worker_pauses_while_a_click_runs_and_resumes_after(tiny_predictor):
+    adapter = DecoderAdapter(tiny_predictor, steps_per_object=4, lr=1e-3)
+    busy = threading.Event()
+    busy.set()  # a click is running
+    worker = AdaptationWorker(adapter, may_run=lambda: not busy.is_set())
+    try:
+        for example in _examples(tiny_predictor, 2):
+            worker.add_example(example)
+        time.sleep(0.5)
+        assert adapter.steps == 0 and adapter.owed == 8  # nothing ran while the click did
+        busy.clear()
+        assert worker.wait_idle(60)
+        assert adapter.steps == 8 and adapter.owed == 0 and worker.error is None
+    finally:
+        worker.stop()
+
+
+def test_a_click_queued_during_adaptation_runs_before_the_next_step(tiny_model):
+    from napari_sam_histo.engine.annotator import Annotator
+    from napari_sam_histo.slides.reader import from_array
+
+    image, _ = _disc_image(size=256)
+    source = from_array(image, "disc.png")
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    annotator = Annotator(predictor, source, level=0, tile_size=256)
+    adapter = DecoderAdapter(predictor, steps_per_object=40, lr=1e-3)
+    steps_at_click = []
+    original_step = adapter.step
+
+    def step():
+        # records, for every step, whether a click was queued when it started
+        steps_at_click.append(not annotator.idle)
+        return original_step()
+
+    adapter.step = step
+    worker = AdaptationWorker(adapter, may_run=lambda: annotator.idle)
+    try:
+        for example in _examples(predictor, 2):
+            worker.add_example(example)
+        time.sleep(0.2)
+        future = annotator.submit_click(100, 100, True)
+        future.result(timeout=60)
+        assert worker.wait_idle(120)
+    finally:
+        worker.stop()
+        annotator.close(wait=True)
+    assert len(steps_at_click) == 80
+    # at most the one step already running when the click came started with a click queued
+    assert sum(steps_at_click) <= 1
+
+
+def test_the_gate_keeps_the_base_decoder_when_the_copy_is_worse(mobile_sam):
+    predictor = Predictor(mobile_sam, "sam", cache=EmbeddingCache(), precision="fp32")
+    adapter = DecoderAdapter(predictor, steps_per_object=1, lr=1e-6)
+    for example in _examples(predictor, 3):
+        adapter.add_example(example)
+    adapter.step()
+    with torch.no_grad():  # sabotage the copy: its masks become the complement
+        for mlp in adapter.decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(-1)
+            mlp.layers[-1].bias.mul_(-1)
+    assert adapter.update_gate() is False
+    state = adapter.state()
+    assert not state.in_use and state.adapted_noc > state.base_noc
+    assert adapter.active_predictor() is predictor
+
+
+def test_the_gate_takes_a_copy_that_is_as_good_and_it_can_be_switched_off(mobile_sam):
+    predictor = Predictor(mobile_sam, "sam", cache=EmbeddingCache(), precision="fp32")
+    adapter = DecoderAdapter(predictor, steps_per_object=2, lr=1e-6)  # barely moves: as good as SAM
+    for example in _examples(predictor, 3):
+        adapter.add_example(example)
+    while adapter.step() is not None:
+        pass
+    base_noc = reclick(predictor, adapter.held_out[0])[0]
+    assert adapter.update_gate() is True
+    assert adapter.state().adapted_noc <= base_noc
+    adapted = adapter.active_predictor()
+    assert adapted is not predictor and adapted.decoder.source == "adapted"
+    adapter.enabled = False
+    assert adapter.active_predictor() is predictor
+    adapter.enabled = True
+    adapter.reset()
+    assert adapter.active_predictor() is predictor and adapter.state().examples == 0
+
+
+def test_a_saved_adapted_decoder_loads_back_as_a_checkpoint(tiny_model, tmp_path):
+    predictor = Predictor(tiny_model, choose_decoder(tiny_model, "modified", allow_untrained=True),
+                          cache=EmbeddingCache(), precision="fp32")
+    adapter = DecoderAdapter(predictor, steps_per_object=2, lr=1e-3)
+    examples = _examples(predictor, 2)
+    for example in examples:
+        adapter.add_example(example)
+    while adapter.step() is not None:
+        pass
+    path = adapter.save(tmp_path / "adapted.pt", slide="slide-1.svs")
+    loaded = build_decoder_from_checkpoint(tiny_model, path)
+    assert loaded.kind == "modified" and loaded.trained
+    reloaded = Predictor(tiny_model, loaded, cache=EmbeddingCache(), precision="fp32")
+    snapshot = adapter._snapshot_predictor()
+    points, labels = np.array([[60.0, 50.0]]), np.array([1])
+    a = reloaded.decode(examples[0].embedding, points, labels).low_res_logits
+    b = snapshot.decode(examples[0].embedding, points, labels).low_res_logits
+    assert torch.allclose(a, b, atol=1e-5)
+    from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint
+
+    metadata, _ = read_decoder_checkpoint(path)
+    assert metadata["training_scenario"] == "adapted" and metadata["config"]["adapted_on"] == "slide-1.svs"
