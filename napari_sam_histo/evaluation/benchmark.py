@@ -2,6 +2,8 @@
 
 Used by ``napari-sam-histo benchmark`` (``run_benchmark``, with callbacks) and by the Benchmark dock
 (``iter_benchmark``, a generator that a napari thread worker runs, yielding after every image).
+With ``config.scheduler`` set, the images run as tasks on a dask.distributed cluster
+(``distributed_benchmark``), and the report is the one this process would have written.
 Setting ``cancel`` (a ``threading.Event``) or Ctrl-C stops it between images and leaves a valid
 partial report.
 
@@ -53,6 +55,10 @@ class BenchmarkConfig:
     precision: str = "auto"  # the decoder's: auto (bf16 where native), fp32 or bf16
     embedding_store: str | None = None  # a folder: embeddings kept on disk across runs
     embedding_store_dtype: str = "float32"  # float16 halves the store; embeddings then differ slightly
+    # dask.distributed: "local" (a LocalCluster of ``workers`` processes) or a scheduler's address;
+    # None runs in this process. Either way the same report (``distributed_benchmark``).
+    scheduler: str | None = None
+    workers: int | None = None  # a LocalCluster's processes (None: one per core, or per GPU)
 
     @property
     def stop_iou(self) -> float | None:
@@ -105,7 +111,13 @@ def iter_benchmark(
 ) -> Iterator[BenchmarkEvent]:
     """Run image by image, yielding after each; the last event's summary is the final one
     (``partial`` when cancelled). Ctrl-C writes the partial report before it propagates.
-    ``existing``: what to do when ``config.out_dir`` holds a report (refuse, resume, overwrite)."""
+    ``existing``: what to do when ``config.out_dir`` holds a report (refuse, resume, overwrite).
+    With ``config.scheduler`` the images run on a dask cluster (``distributed_benchmark``)."""
+    if config.scheduler:
+        from .distributed_benchmark import iter_distributed_benchmark
+
+        yield from iter_distributed_benchmark(config, methods, cancel, existing)
+        return
     pairs = find_pairs(config.dataset, config.mask_suffix, config.limit, config.stride)
     if existing == "refuse":
         refuse_existing(config.out_dir)  # before any model is loaded

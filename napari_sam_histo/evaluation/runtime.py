@@ -86,6 +86,10 @@ def describe(runtime: dict | None) -> list[str]:
     if not runtime:
         return ["runtime: not recorded"]
     tail = f"torch {runtime.get('torch', '?')}, napari-sam-histo {runtime.get('napari_sam_histo', '?')}"
+    spread = runtime.get("distributed")  # a run on a dask cluster (distributed_benchmark)
+    if spread:
+        count = spread.get("workers", "?")
+        tail += f"; {count} dask worker{'' if count == 1 else 's'} ({spread.get('scheduler', '?')})"
 
     def ran(entry: dict) -> str:
         threads = f", {entry['cpu_threads']} threads" if entry.get("cpu_threads") else ""

@@ -1,0 +1,291 @@
+"""The benchmark on a dask.distributed cluster: one task per image, the same report as one process.
+
+``iter_distributed_benchmark`` is ``iter_benchmark`` with the images (pairs) spread over the
+workers of a ``LocalCluster`` (``scheduler="local"``) or of a running scheduler (an address);
+``iter_benchmark``/``run_benchmark`` come here when ``config.scheduler`` is set.
+
+* Each worker builds its methods once, from the (picklable) config, in a ``WorkerPlugin`` that
+  this run registers and removes at its end (the models leave the workers' memory with it).
+* A task gets the pair's file paths, not pixels: the worker reads the image and mask itself, so
+  **on a remote cluster the dataset (and an embedding store) must be on a filesystem that every
+  worker sees at the same path**.
+* The driver writes the results into the same ``ReportWriter`` in the single-process order (pair,
+  then sample, then method), whatever order the tasks finish in, with the encoder calls and store
+  loads counted as one process counts them: ``samples.csv`` and the summary are those of the
+  single-process run, apart from the seconds. Resume skips what ``samples.csv`` holds, as
+  ``iter_benchmark`` does; ``cancel`` and Ctrl-C cancel the pending tasks and leave a valid
+  partial report; a task that fails raises ``BenchmarkWorkerError`` naming the image, after the
+  report of the images before it is written.
+* The runtime recorded is the workers' (built on them; all must agree), with how many workers
+  ran and on which scheduler (``runtime["distributed"]``).
+* With CUDA, a task asks for the worker resource ``GPU=1``; a worker runs one pair at a time (its
+  methods are not shared by two threads), so start remote workers with ``--nthreads 1``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from distributed import WorkerPlugin
+
+from ..cohort.cluster import GPU_RESOURCE, cluster_client, is_local
+from ..errors import InputError
+from .benchmark import BenchmarkConfig, BenchmarkEvent, build_methods
+from .dataset import PairSpec, Skipped, find_pairs, load_samples
+from .report import ReportWriter, refuse_existing
+from .runner import InteractiveModel, SampleResult, run_sample
+from .runtime import benchmark_runtime
+
+POLL_S = 0.2  # how often the driver looks at ``cancel`` while it waits for tasks
+
+
+class BenchmarkWorkerError(RuntimeError):
+    """A task failed on a worker (an exception in it, or the worker died): names the image."""
+
+
+class _BenchmarkMethods(WorkerPlugin):
+    """The worker plugin holding this run's methods, built on first use (in a task, not in the
+    worker's event loop: loading a model takes seconds) and dropped when the plugin is removed."""
+
+    def __init__(self, config: BenchmarkConfig, name: str) -> None:
+        self.config = config
+        self.name = name
+
+    def setup(self, worker) -> None:
+        self._lock = threading.Lock()
+        self._methods: list[InteractiveModel] | None = None
+        self.runtime: dict | None = None
+
+    def teardown(self, worker) -> None:
+        self._methods = None
+
+    def methods(self) -> list[InteractiveModel]:
+        if self._methods is None:
+            self._methods = build_methods(self.config)
+            self.runtime = benchmark_runtime(self._methods)
+        return self._methods
+
+
+def _plugin(name: str) -> _BenchmarkMethods:
+    from distributed import get_worker
+
+    return get_worker().plugins[name]
+
+
+def _probe(name: str) -> tuple[str, dict, list[str]]:
+    """On one worker: build the methods; its address, runtime and method names."""
+    from distributed import get_worker
+
+    plugin = _plugin(name)
+    with plugin._lock:
+        methods = plugin.methods()
+    return get_worker().address, plugin.runtime, [m.name for m in methods]
+
+
+@dataclass
+class PairOutcome:
+    """What a worker sends back for one pair: entries in the single-process order, each a skip
+    ``(method, sample, reason)`` or a result with the method's encoder calls and store loads
+    since the pair began; the whole pair's counts; where it ran and on what."""
+
+    entries: list[tuple] = field(default_factory=list)
+    encoder_calls: dict[str, int] = field(default_factory=dict)
+    store_loads: dict[str, int | None] = field(default_factory=dict)
+    worker: str = ""
+    runtime: dict | None = None
+
+
+def _run_pair(name: str, config: BenchmarkConfig, pair: PairSpec, done: frozenset) -> PairOutcome:
+    """On a worker: ``iter_benchmark``'s loop body for one pair (``done``: (method, sample) in the
+    report already)."""
+    from distributed import get_worker
+
+    plugin = _plugin(name)
+    with plugin._lock:  # one pair at a time per worker: the counts below are this pair's alone
+        methods = plugin.methods()
+        calls0 = {m.name: m.encoder_calls for m in methods}
+        loads0 = {m.name: getattr(m, "store_loads", None) for m in methods}
+
+        def counts(method):
+            loads = getattr(method, "store_loads", None)
+            return (method.encoder_calls - calls0[method.name],
+                    None if loads is None else loads - loads0[method.name])
+
+        outcome = PairOutcome(worker=get_worker().address, runtime=plugin.runtime)
+        started = time.perf_counter()
+        samples = list(load_samples(pair, config.instances, config.ignore_value, config.components))
+        load_s = time.perf_counter() - started
+        for sample in samples:
+            for method in methods:
+                if (method.name, sample.sample_id) in done:
+                    continue
+                if isinstance(sample, Skipped):
+                    outcome.entries.append(("skip", method.name, sample.sample_id, sample.reason))
+                    continue
+                result = run_sample(method, sample, config.max_clicks, config.stop_iou, load_s)
+                outcome.entries.append(("ok", result, *counts(method)))
+            load_s = 0.0
+        for method in methods:
+            outcome.encoder_calls[method.name], outcome.store_loads[method.name] = counts(method)
+        return outcome
+
+
+def _done_in(pair: PairSpec, done: set[tuple[str, str]]) -> frozenset:
+    """The (method, sample) of ``pair`` that the report holds: its stem, or its instances."""
+    return frozenset((m, s) for m, s in done if s == pair.stem or s.startswith(pair.stem + "#"))
+
+
+def _worker_resources(client) -> dict[str, dict]:
+    info = client.scheduler_info(n_workers=-1)
+    return {address: dict(w.get("resources") or {}) for address, w in info.get("workers", {}).items()}
+
+
+def iter_distributed_benchmark(
+    config: BenchmarkConfig,
+    methods: list[InteractiveModel] | None = None,
+    cancel: threading.Event | None = None,
+    existing: str = "refuse",
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> Iterator[BenchmarkEvent]:
+    """``iter_benchmark`` on a cluster (``scheduler``/``workers``: ``config``'s when None); the
+    events are the single-process ones (one per image, in order). ``methods`` must be None: the
+    workers build theirs from ``config``."""
+    if methods is not None:
+        raise ValueError("a distributed benchmark builds its methods on the workers, from the config; "
+                         "pass methods=None (or run without a scheduler)")
+    scheduler = scheduler if scheduler is not None else config.scheduler
+    workers = workers if workers is not None else config.workers
+    pairs = find_pairs(config.dataset, config.mask_suffix, config.limit, config.stride)
+    if existing == "refuse":
+        refuse_existing(config.out_dir)  # before a cluster is started
+    with cluster_client(scheduler or "local", workers) as client:
+        yield from _run_on(client, config, pairs, cancel, existing, "local" if is_local(scheduler) else scheduler)
+
+
+def _run_on(client, config, pairs, cancel, existing, scheduler) -> Iterator[BenchmarkEvent]:
+    if not is_local(scheduler):
+        try:
+            client.wait_for_workers(1, timeout=60)
+        except TimeoutError as err:
+            raise InputError(f"The dask scheduler at {scheduler} has no workers (none joined within 60 s).") from err
+    resources = _worker_resources(client)
+    gpu = config.device.startswith("cuda") or (config.device == "auto"
+                                               and any(GPU_RESOURCE in r for r in resources.values()))
+    if gpu:
+        resources = {a: r for a, r in resources.items() if GPU_RESOURCE in r}
+        if not resources:
+            raise InputError(f"--device {config.device}: no dask worker offers a GPU (start GPU workers with "
+                             f"--resources {GPU_RESOURCE}=1).")
+    task_resources = {GPU_RESOURCE: 1} if gpu else None
+    name = f"napari-sam-histo-benchmark-{uuid.uuid4().hex[:12]}"
+    plugin = _BenchmarkMethods(config, name)
+    client.register_plugin(plugin, name=name)
+    pending: dict = {}  # future -> pair index, while it runs
+    try:
+        # Every worker builds its methods now (in parallel) and says what it runs: one report, one runtime.
+        probes = client.gather([client.submit(_probe, name, workers=[address], allow_other_workers=False,
+                                              resources=task_resources, pure=False)
+                                for address in resources])
+        runtimes = {address: runtime for address, runtime, _ in probes}
+        names = probes[0][2]
+        first = probes[0][1]
+        differ = [address for address, runtime in runtimes.items() if runtime != first]
+        if differ:
+            raise InputError(f"The dask workers run on different runtimes ({probes[0][0]}: {first}; "
+                             f"{differ[0]}: {runtimes[differ[0]]}); one report needs one runtime.")
+        runtime = {**first, "distributed": {"scheduler": scheduler, "workers": len(runtimes)}}
+        writer = ReportWriter(config.out_dir, names, config.thresholds, config.max_clicks, config.ritm_nof,
+                              config={**asdict(config), "thresholds": list(config.thresholds)},
+                              existing=existing, runtime=runtime)
+        writer.write(partial=True, figures=False)
+        yield from _drive(client, config, pairs, cancel, writer, name, task_resources, len(runtimes),
+                          first, pending)
+    except KeyboardInterrupt:
+        client.cancel(list(pending))
+        if "writer" in locals():
+            writer.write(partial=True)
+        raise
+    finally:
+        client.cancel(list(pending))
+        try:
+            client.unregister_worker_plugin(name)
+        except Exception:  # a worker gone, a closing cluster: the plugin goes with it
+            pass
+
+
+def _drive(client, config, pairs, cancel, writer, name, task_resources, n_workers, runtime,
+           pending) -> Iterator[BenchmarkEvent]:
+    """Keep up to two pairs per worker running; write finished pairs in pair order."""
+    whole_images = not (config.instances or config.components)
+    needed = [not (whole_images and all((m, pair.stem) in writer.done for m in writer.methods)) for pair in pairs]
+    done_keys = [_done_in(pair, writer.done) if need else frozenset() for pair, need in zip(pairs, needed)]
+    finished: dict[int, PairOutcome | BaseException] = {}
+    base_calls = {m: 0 for m in writer.methods}  # this run's encoder calls and store loads, as one process counts
+    base_loads: dict[str, int | None] = {m: None for m in writer.methods}
+    window, submitted, failed = 2 * max(n_workers, 1), 0, False
+    signal = threading.Event()  # set by the client's thread when a task finishes
+
+    def stop() -> None:
+        client.cancel(list(pending))
+        pending.clear()
+
+    for head, pair in enumerate(pairs):
+        while needed[head] and head not in finished:
+            if cancel is not None and cancel.is_set():
+                break
+            while not failed and len(pending) < window and submitted < len(pairs):
+                if needed[submitted]:
+                    future = client.submit(_run_pair, name, config, pairs[submitted], done_keys[submitted],
+                                           resources=task_resources, pure=False)
+                    future.add_done_callback(lambda _: signal.set())
+                    pending[future] = submitted
+                submitted += 1
+            signal.wait(POLL_S)  # a task finished, or time to look at ``cancel`` again
+            signal.clear()
+            for future in [f for f in pending if f.done()]:
+                index = pending.pop(future)
+                try:
+                    finished[index] = future.result()
+                except Exception as err:  # the task's exception, re-raised here, or the worker died
+                    finished[index] = err
+                    failed = True
+        if cancel is not None and cancel.is_set():
+            stop()
+            yield BenchmarkEvent(head, len(pairs), [], writer.write(partial=True))
+            return
+        results: list[SampleResult] = []
+        if needed[head]:
+            outcome = finished.pop(head)
+            if isinstance(outcome, BaseException):
+                stop()
+                writer.write(partial=True)
+                raise BenchmarkWorkerError(
+                    f"The benchmark failed on the image {pair.image_path} ({type(outcome).__name__}: {outcome}); "
+                    f"the partial report of the {head} images before it is in {config.out_dir}.") from outcome
+            if outcome.runtime != runtime:
+                stop()
+                writer.write(partial=True)
+                raise BenchmarkWorkerError(f"The worker {outcome.worker} that ran {pair.image_path} runs on another "
+                                           f"runtime than the report's ({outcome.runtime} vs {runtime}).")
+            for entry in outcome.entries:
+                if entry[0] == "skip":
+                    writer.skip(*entry[1:])
+                    continue
+                result, calls, loads = entry[1:]
+                method = result.method
+                writer.add(result, base_calls[method] + calls,
+                           None if loads is None else (base_loads[method] or 0) + loads)
+                results.append(result)
+            for method, calls in outcome.encoder_calls.items():
+                base_calls[method] += calls
+                loads = outcome.store_loads.get(method)
+                if loads is not None:
+                    base_loads[method] = (base_loads[method] or 0) + loads
+        last = head + 1 == len(pairs)
+        summary = writer.write(partial=not last, figures=last or head % 10 == 9)
+        yield BenchmarkEvent(head + 1, len(pairs), results, summary)
