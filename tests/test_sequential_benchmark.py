@@ -1,0 +1,62 @@
+"""The sequential benchmark: objects of one case clicked in order, with and without adaptation
+(tiny random SAM: mechanics only; what adaptation gains is measured by the CLI, not asserted)."""
+
+import csv
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from napari_sam_histo.errors import InputError
+from napari_sam_histo.evaluation.sequential_benchmark import WARM_UP, group_samples, run_benchmark
+
+
+def _dataset(root, cases):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = []
+    rng = np.random.default_rng(0)
+    for case, n in cases.items():
+        for i in range(n):
+            stem = f"{case}-{i:02d}"
+            mask = np.zeros((64, 64), np.uint8)
+            mask[10 + i: 40 + i, 12: 44] = 255
+            image = np.where(mask[..., None] > 0, 90, 220) + rng.integers(0, 20, (64, 64, 3))
+            iio.imwrite(root / "images" / f"{stem}.png", image.astype(np.uint8))
+            iio.imwrite(root / "masks" / f"{stem}.png", mask)
+            rows.append({"stem": stem, "image": f"images/{stem}.png", "mask": f"masks/{stem}.png", "case_id": case})
+    with open(root / "manifest.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_objects_are_grouped_by_case_in_name_order_and_small_cases_left_out(tmp_path):
+    root = _dataset(tmp_path / "d", {"caseA": 7, "caseB": 3})
+    groups = group_samples(root)
+    assert list(groups) == ["caseA"]  # caseB has fewer than WARM_UP + 1 objects
+    assert [s.sample_id for s in groups["caseA"]] == [f"caseA-{i:02d}" for i in range(7)]
+
+
+def test_both_runs_click_every_object_and_score_those_after_the_warm_up(tmp_path, tiny_model):
+    root = _dataset(tmp_path / "d", {"caseA": WARM_UP + 2})
+    out = tmp_path / "out"
+    summary = run_benchmark(root, out, model=tiny_model, decoder="sam", max_clicks=3, steps_per_object=1,
+                            log=lambda message: None)
+    for run in ("base", "adapted"):
+        assert summary[run]["n_objects"] == 2 and summary[run]["n_groups"] == 1
+        assert sorted(int(i) for i in summary[run]["noc85_by_index"]) == list(range(1, WARM_UP + 3))
+    assert summary["base"]["adapt_s_per_object"] == 0.0 and summary["adapted"]["adapt_s_per_object"] > 0
+    rows = list(csv.DictReader(open(out / "objects.csv")))
+    assert len(rows) == 2 * (WARM_UP + 2)
+    assert all(r["copy_in_use"] == "0" for r in rows if r["run"] == "base")
+    assert json.loads((out / "summary.json").read_text())["warm_up"] == WARM_UP
+    assert (out / "noc-by-object.png").stat().st_size > 1000 and "| adapted |" in (out / "table.md").read_text()
+
+
+def test_a_dataset_without_a_long_enough_case_is_refused_with_a_message(tmp_path, tiny_model):
+    root = _dataset(tmp_path / "d", {"caseA": 3})
+    with pytest.raises(InputError, match="at least"):
+        run_benchmark(root, tmp_path / "out", model=tiny_model, log=lambda message: None)
