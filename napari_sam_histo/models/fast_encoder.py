@@ -9,8 +9,9 @@ in the same float32 math (relative error of the embedding ~2e-6). ``torch.compil
 there: 282 s to compile MobileSAM's encoder on 2 cores, and it then ran slower than eager; int8
 dynamic quantisation was x1.25 at a relative error of 0.11, channels_last alone gained nothing.
 
-Building takes about as long as two or three eager forwards (~3-6 s for MobileSAM on 2 busy
-cores; ``build_s`` says how long it really took). It happens once per encoder module, in whichever
+Building costs about two eager forwards (MobileSAM, measured on 2 cores: tracing ~1.1x an eager
+forward, freeze + optimize ~0.5x, the check one optimized forward ~0.6x; ``status()["build_s"]``
+says how long it really took), so it pays for itself from the third tile on. It happens once per encoder module, in whichever
 thread asks first (``optimized_encoder``; the others wait for it), or ahead of time in a background
 thread (``prepare``). Every copy is checked against the eager encoder's output on the tracing input
 before it is used; a failing build or check warns once and the encoder stays eager: a click never
@@ -184,7 +185,8 @@ def build_optimized(encoder: torch.nn.Module, image_size: int, device: torch.dev
         traced = torch.jit.trace(recording, example, check_trace=False)
         reference = recording.seen[-1]
         optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        for _ in range(2):  # TorchScript's profiling executor specialises on its first runs
-            out = optimized(example)
+        # the check's run is also the warm-up: TorchScript's profiling executor specialises the
+        # graph on its first run (~15 % slower); from the second on, i.e. the first tile, it is fast
+        out = optimized(example)
     relative_error = float((out.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
     return optimized, relative_error
