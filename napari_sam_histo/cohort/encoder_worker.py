@@ -81,7 +81,9 @@ class EncoderPlugin(WorkerPlugin):
         with self._lock:
             if recipe not in self._predictors:
                 # the decoder is never run here; an untrained one (random weights) is fine
-                self._predictors[recipe] = Predictor(recipe.load(), "sam", allow_untrained=True)
+                predictor = Predictor(recipe.load(), "sam", allow_untrained=True)
+                predictor.prepare_encoder(background=False)  # before the first batch, not during it
+                self._predictors[recipe] = predictor
             return self._predictors[recipe]
 
     def source(self, path: str):
