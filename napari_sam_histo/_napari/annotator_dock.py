@@ -64,12 +64,11 @@ BINDINGS = ("Left click: positive point · right click or Alt+click: negative ·
 NOT_STARTED = "⚠ Press Start annotating first (pick the slide under Image)."
 
 def embedding_store(identity: str) -> Path:
-    """The folder that keeps one slide's embeddings on disk (all models; the keys tell them apart)."""
-    import hashlib
+    """The folder that keeps one slide's embeddings on disk (all models; the keys tell them apart):
+    the one ``napari-sam-histo embed`` fills (``cohort.store``; ``NAPARI_SAM_HISTO_EMBEDDINGS``)."""
+    from ..cohort.store import slide_store
 
-    from ..models.weights import cache_dir
-
-    return cache_dir() / "embeddings" / hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return slide_store(identity)
 
 
 def _with_suffix(path: str, suffix: str) -> str:
@@ -278,6 +277,7 @@ class AnnotatorDock(QWidget):
         on_disk, reused, grow = self.disk_check.isChecked(), self.source, self.grow_check.isChecked()
 
         def build():
+            from ..cohort.store import is_precomputed
             from ..engine.annotator import Annotator
             from ..engine.embedding_cache import EmbeddingCache
             from ..engine.predictor import Predictor
@@ -287,7 +287,10 @@ class AnnotatorDock(QWidget):
             source = reused if spec is None else (open_image(spec[1]) if spec[0] == "path" else
                                                   from_array(np.asarray(spec[1]), layer.name))
             try:
-                cache = EmbeddingCache(store_dir=embedding_store(source.identity)) if on_disk else None
+                store = embedding_store(source.identity)
+                # a precomputed store is kept whole: its size limit is for stores that grow by clicking
+                cache = EmbeddingCache(store_dir=store, **({"max_disk_bytes": None} if is_precomputed(store) else {})) \
+                    if on_disk else None
                 predictor = Predictor(load_model(model, device), decoder, cache=cache)
                 return Annotator(predictor, source, level=level, tile_size=tile, continuation=grow), source
             except BaseException:

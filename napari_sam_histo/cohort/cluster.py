@@ -5,8 +5,10 @@ dask.distributed is the engine (scheduling, worker processes, retries, progress)
 chooses its size. On a CPU machine each worker is one process with one thread, and torch in it
 uses that one core: SAM's encoder is a few large matrix products, so N processes with 1 thread
 each keep N cores busy with no oversubscription, and the GIL never serialises two encoders.
-With CUDA, one worker per GPU, which it owns (``CUDA_VISIBLE_DEVICES``), advertising the worker
-resource ``GPU=1``.
+With CUDA, one worker advertising the worker resource ``GPU=1`` (tasks that need the GPU ask for
+it): a ``LocalCluster`` gives every worker the same environment, so it cannot hand each its own GPU.
+On a machine with several GPUs start one worker per GPU with ``CUDA_VISIBLE_DEVICES`` set (or
+dask-cuda's ``LocalCUDACluster``) and pass the scheduler's address.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ GPU_RESOURCE = "GPU"  # the worker resource a GPU task asks for (start GPU worke
 
 
 def default_workers() -> int:
-    """Processes a ``LocalCluster`` starts here: one per GPU when there are GPUs, else one per core
-    this process may use."""
-    gpus = _cuda_devices()
-    if gpus:
-        return gpus
+    """Processes a ``LocalCluster`` starts here: one when there is a GPU (see the module), else one
+    per core this process may use."""
+    if _cuda_devices():
+        return 1
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not on Linux
@@ -46,11 +47,11 @@ def is_local(scheduler: str | None) -> bool:
 
 
 @contextmanager
-def cluster_client(scheduler: str | None = "local", workers: int | None = None) -> Iterator["distributed.Client"]:
+def cluster_client(scheduler: str | None = "local", workers: int | None = None) -> Iterator:
     """A connected ``distributed.Client``, closed (with its ``LocalCluster``, if it made one) on exit.
 
     ``scheduler``: "local" (or None) starts a ``LocalCluster`` of ``workers`` processes (default:
-    ``default_workers()``), one thread each; an address (``tcp://host:8786``) connects to a running
+    ``default_workers()``), one thread each, without a dashboard; an address (``tcp://host:8786``) connects to a running
     scheduler, whose workers were started by whoever runs that cluster.
     """
     try:

@@ -37,7 +37,7 @@ from .cluster import GPU_RESOURCE, cluster_client
 from .embed_plan import SlidePlan, describe, plan_slide
 from .encoder_worker import PLUGIN_NAME, BatchResult, EncoderPlugin, ModelRecipe, embed_batch, key_template
 from .slide_files import find_slides
-from .store import embeddings_root, slide_store
+from .store import embeddings_root, mark_precomputed, slide_store
 
 CPU_BATCH, GPU_BATCH = 4, 16  # tiles per task: a few seconds of work either way
 
@@ -184,6 +184,8 @@ def _run(client, plans, root, model, device, batch_size, random_weights, progres
     batches = []
     for plan in plans:
         store = slide_store(plan.identity, root)
+        mark_precomputed(store, {"slide": plan.path, "model": model, "tiles": len(plan.tiles),
+                                 "downsamples": [level.downsample for level in plan.levels]})
         stored = EmbeddingCache(max_bytes=0, store_dir=store, max_disk_bytes=None)
         todo = [box for box in plan.tiles if not stored.stored(replace(template, image=plan.identity, tile=box.key()))]
         summary.already += len(plan.tiles) - len(todo)

@@ -30,3 +30,24 @@ def slide_store(identity: str, root: str | Path | None = None) -> Path:
     (default ``embeddings_root()``)."""
     base = Path(root).expanduser() if root is not None else embeddings_root()
     return base / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+PRECOMPUTED_MARKER = "precomputed.json"  # written by ``embed`` into each slide store it fills
+
+
+def mark_precomputed(store: str | Path, info: dict) -> None:
+    """Record in ``store`` that ``embed`` filled it (what, when): the annotator then never evicts
+    from it (its size limit is for stores that grow by clicking, not for a planned precompute)."""
+    import json
+    import time
+
+    from ..atomic import atomic_path
+
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    with atomic_path(store / PRECOMPUTED_MARKER, overwrite=True) as tmp:
+        Path(tmp).write_text(json.dumps({**info, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+
+
+def is_precomputed(store: str | Path) -> bool:
+    return (Path(store) / PRECOMPUTED_MARKER).is_file()
