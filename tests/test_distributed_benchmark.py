@@ -85,13 +85,31 @@ def cluster(mobile_sam):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cluster):
+def single_methods(mobile_sam):
+    """``build_methods`` of ``config_for``, built once for this module's single-process runs (the
+    optimized encoder takes seconds to build); ``fresh`` empties their embedding cache and zeroes
+    their counts, so that each run is that of a new process."""
+    from napari_sam_histo.evaluation.benchmark import build_methods
+
+    methods = build_methods(config_for("unused", "unused"))
+
+    def fresh():
+        for method in methods:
+            method.predictor.cache.clear()
+            method.predictor.encoder_calls = method.store_loads = 0
+        return methods
+
+    return fresh
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cluster, single_methods):
     """One dataset (4 images and an unreadable one) benchmarked in this process and on the cluster."""
     root = tmp_path_factory.mktemp("distributed")
     data = make_hard_dataset(root / "data", broken_after=1)
     single, spread, events = [], [], []
     with one_torch_thread():
-        single_summary = run_benchmark(config_for(data, root / "single"), on_result=single.append)
+        single_summary = run_benchmark(config_for(data, root / "single"), single_methods(), on_result=single.append)
     spread_summary = run_benchmark(config_for(data, root / "spread", scheduler=cluster, workers=2),
                                    on_result=spread.append, progress=lambda done, total: events.append((done, total)))
     return dict(root=root, data=data, single=single, spread=spread, events=events, scheduler=cluster,
@@ -133,7 +151,7 @@ def test_an_unreadable_image_is_skipped_as_in_one_process(runs):
     assert rows(runs["root"] / "spread")[2]["status"] == "skipped"
 
 
-def test_a_cancelled_cluster_run_resumes_in_one_process_and_then_on_the_cluster(runs, cluster):
+def test_a_cancelled_cluster_run_resumes_in_one_process_and_then_on_the_cluster(runs, cluster, single_methods):
     """Cancel, resume in this process for one more image and the unreadable one, resume on the
     cluster: the report of the uninterrupted run (another scheduler, the same runtime: accepted)."""
     root, data = runs["root"], runs["data"]
@@ -146,7 +164,7 @@ def test_a_cancelled_cluster_run_resumes_in_one_process_and_then_on_the_cluster(
     assert [r["sample"] for r in rows(out)] == ["img0"]
     ran = []
     with one_torch_thread():
-        run_benchmark(config_for(data, out, limit=3), existing="resume", on_result=ran.append)
+        run_benchmark(config_for(data, out, limit=3), single_methods(), existing="resume", on_result=ran.append)
     assert [r.sample_id for r in ran] == ["img1"] and [r["sample"] for r in rows(out)] == ["img0", "img1", "img1x"]
     ran = []
     summary = run_benchmark(config_for(data, out, scheduler=cluster), existing="resume", on_result=ran.append)

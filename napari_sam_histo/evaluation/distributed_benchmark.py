@@ -4,8 +4,10 @@
 workers of a ``LocalCluster`` (``scheduler="local"``) or of a running scheduler (an address);
 ``iter_benchmark``/``run_benchmark`` come here when ``config.scheduler`` is set.
 
-* Each worker builds its methods once, from the (picklable) config, in a ``WorkerPlugin`` that
-  this run registers and removes at its end (the models leave the workers' memory with it).
+* Each worker builds its methods once, from the (picklable) config, on its first task, and keeps
+  them for the next run with the same models (``methods_key``), one set per worker: a second
+  benchmark on a running cluster loads no model and builds no encoder again. Each run starts
+  with empty in-memory embedding caches, so it counts the encoder calls one process counts.
 * A task gets the pair's file paths, not pixels: the worker reads the image and mask itself, so
   **on a remote cluster the dataset (and an embedding store) must be on a filesystem that every
   worker sees at the same path**.
@@ -30,8 +32,6 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from distributed import WorkerPlugin
-
 from ..cohort.cluster import GPU_RESOURCE, cluster_client, is_local
 from ..errors import InputError
 from .benchmark import BenchmarkConfig, BenchmarkEvent, build_methods
@@ -47,43 +47,79 @@ class BenchmarkWorkerError(RuntimeError):
     """A task failed on a worker (an exception in it, or the worker died): names the image."""
 
 
-class _BenchmarkMethods(WorkerPlugin):
-    """The worker plugin holding this run's methods, built on first use (in a task, not in the
-    worker's event loop: loading a model takes seconds) and dropped when the plugin is removed."""
-
-    def __init__(self, config: BenchmarkConfig, name: str) -> None:
-        self.config = config
-        self.name = name
-
-    def setup(self, worker) -> None:
-        self._lock = threading.Lock()
-        self._methods: list[InteractiveModel] | None = None
-        self.runtime: dict | None = None
-
-    def teardown(self, worker) -> None:
-        self._methods = None
-
-    def methods(self) -> list[InteractiveModel]:
-        if self._methods is None:
-            self._methods = build_methods(self.config)
-            self.runtime = benchmark_runtime(self._methods)
-        return self._methods
+# BenchmarkConfig fields that do not change the methods a worker builds: a run that differs only
+# in these reuses the worker's methods (any other field, one added later included, rebuilds them).
+PROTOCOL_FIELDS = ("dataset", "out_dir", "thresholds", "max_clicks", "full_curve", "ritm_nof", "instances",
+                   "components", "ignore_value", "mask_suffix", "limit", "stride", "scheduler", "workers")
 
 
-def _plugin(name: str) -> _BenchmarkMethods:
+def methods_key(config: BenchmarkConfig) -> str:
+    """What the methods built from ``config`` depend on (models, decoders, device, precision, store...)."""
+    return repr(sorted((k, v) for k, v in asdict(config).items() if k not in PROTOCOL_FIELDS))
+
+
+@dataclass
+class _WorkerMethods:
+    key: str
+    methods: list[InteractiveModel]
+    runtime: dict
+    run: str = ""  # the run whose pairs it serves now: a new run starts with empty embedding caches
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one pair at a time on this worker
+
+
+_HELD: dict[str, _WorkerMethods] = {}  # worker address -> its methods, in the worker's process
+_HELD_LOCK = threading.Lock()
+
+
+def _worker_methods(config: BenchmarkConfig) -> _WorkerMethods:
+    """This worker's methods for ``config``, built on its first task (in a task thread, not the
+    worker's event loop: loading a model and building its encoder take seconds) and kept for the
+    next run with the same models, so a second benchmark on a running cluster loads nothing; one
+    set per worker: a run with other models replaces them."""
     from distributed import get_worker
 
-    return get_worker().plugins[name]
+    address, key = get_worker().address, methods_key(config)
+    with _HELD_LOCK:
+        held = _HELD.get(address)
+        if held is not None and held.key != key:
+            del _HELD[address]
+            held = None  # the old models go before the new ones are loaded
+            _free_device_memory()
+        if held is None:
+            methods = build_methods(config)
+            held = _HELD[address] = _WorkerMethods(key, methods, benchmark_runtime(methods))
+        return held
 
 
-def _probe(name: str) -> tuple[str, dict, list[str]]:
-    """On one worker: build the methods; its address, runtime and method names."""
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _start_run(held: _WorkerMethods, run: str) -> None:
+    """A new run sees no embedding of the last one (held lock): it counts the encoder calls one
+    process would count (an on-disk store, if any, is still read: it is part of the config)."""
+    if held.run != run:
+        for method in held.methods:
+            cache = getattr(getattr(method, "predictor", None), "cache", None)
+            if cache is not None:
+                cache.clear()
+        held.run = run
+
+
+def _probe(config: BenchmarkConfig, run: str) -> tuple[str, dict, list[str]]:
+    """On one worker: build (or find) the methods; the worker's address, runtime, method names."""
     from distributed import get_worker
 
-    plugin = _plugin(name)
-    with plugin._lock:
-        methods = plugin.methods()
-    return get_worker().address, plugin.runtime, [m.name for m in methods]
+    held = _worker_methods(config)
+    with held.lock:
+        _start_run(held, run)
+    return get_worker().address, held.runtime, [m.name for m in held.methods]
 
 
 @dataclass
@@ -99,14 +135,15 @@ class PairOutcome:
     runtime: dict | None = None
 
 
-def _run_pair(name: str, config: BenchmarkConfig, pair: PairSpec, done: frozenset) -> PairOutcome:
+def _run_pair(config: BenchmarkConfig, run: str, pair: PairSpec, done: frozenset) -> PairOutcome:
     """On a worker: ``iter_benchmark``'s loop body for one pair (``done``: (method, sample) in the
     report already)."""
     from distributed import get_worker
 
-    plugin = _plugin(name)
-    with plugin._lock:  # one pair at a time per worker: the counts below are this pair's alone
-        methods = plugin.methods()
+    held = _worker_methods(config)
+    with held.lock:  # one pair at a time per worker: the counts below are this pair's alone
+        _start_run(held, run)
+        methods = held.methods
         calls0 = {m.name: m.encoder_calls for m in methods}
         loads0 = {m.name: getattr(m, "store_loads", None) for m in methods}
 
@@ -115,7 +152,7 @@ def _run_pair(name: str, config: BenchmarkConfig, pair: PairSpec, done: frozense
             return (method.encoder_calls - calls0[method.name],
                     None if loads is None else loads - loads0[method.name])
 
-        outcome = PairOutcome(worker=get_worker().address, runtime=plugin.runtime)
+        outcome = PairOutcome(worker=get_worker().address, runtime=held.runtime)
         started = time.perf_counter()
         samples = list(load_samples(pair, config.instances, config.ignore_value, config.components))
         load_s = time.perf_counter() - started
@@ -182,13 +219,11 @@ def _run_on(client, config, pairs, cancel, existing, scheduler) -> Iterator[Benc
             raise InputError(f"--device {config.device}: no dask worker offers a GPU (start GPU workers with "
                              f"--resources {GPU_RESOURCE}=1).")
     task_resources = {GPU_RESOURCE: 1} if gpu else None
-    name = f"napari-sam-histo-benchmark-{uuid.uuid4().hex[:12]}"
-    plugin = _BenchmarkMethods(config, name)
-    client.register_plugin(plugin, name=name)
+    run = uuid.uuid4().hex
     pending: dict = {}  # future -> pair index, while it runs
     try:
         # Every worker builds its methods now (in parallel) and says what it runs: one report, one runtime.
-        probes = client.gather([client.submit(_probe, name, workers=[address], allow_other_workers=False,
+        probes = client.gather([client.submit(_probe, config, run, workers=[address], allow_other_workers=False,
                                               resources=task_resources, pure=False)
                                 for address in resources])
         runtimes = {address: runtime for address, runtime, _ in probes}
@@ -203,7 +238,7 @@ def _run_on(client, config, pairs, cancel, existing, scheduler) -> Iterator[Benc
                               config={**asdict(config), "thresholds": list(config.thresholds)},
                               existing=existing, runtime=runtime)
         writer.write(partial=True, figures=False)
-        yield from _drive(client, config, pairs, cancel, writer, name, task_resources, len(runtimes),
+        yield from _drive(client, config, pairs, cancel, writer, run, task_resources, len(runtimes),
                           first, pending)
     except KeyboardInterrupt:
         client.cancel(list(pending))
@@ -212,13 +247,9 @@ def _run_on(client, config, pairs, cancel, existing, scheduler) -> Iterator[Benc
         raise
     finally:
         client.cancel(list(pending))
-        try:
-            client.unregister_worker_plugin(name)
-        except Exception:  # a worker gone, a closing cluster: the plugin goes with it
-            pass
 
 
-def _drive(client, config, pairs, cancel, writer, name, task_resources, n_workers, runtime,
+def _drive(client, config, pairs, cancel, writer, run, task_resources, n_workers, runtime,
            pending) -> Iterator[BenchmarkEvent]:
     """Keep up to two pairs per worker running; write finished pairs in pair order."""
     whole_images = not (config.instances or config.components)
@@ -240,7 +271,7 @@ def _drive(client, config, pairs, cancel, writer, name, task_resources, n_worker
                 break
             while not failed and len(pending) < window and submitted < len(pairs):
                 if needed[submitted]:
-                    future = client.submit(_run_pair, name, config, pairs[submitted], done_keys[submitted],
+                    future = client.submit(_run_pair, config, run, pairs[submitted], done_keys[submitted],
                                            resources=task_resources, pure=False)
                     future.add_done_callback(lambda _: signal.set())
                     pending[future] = submitted
