@@ -84,6 +84,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         first_masks=tuple(_first_masks(args.first_mask)),
         precision=args.precision, embedding_store=args.embedding_store,
         embedding_store_dtype=args.embedding_store_dtype,
+        scheduler=args.scheduler, workers=args.workers,
     )
     existing = "resume" if args.resume else "overwrite" if args.overwrite else "refuse"
     bar = tqdm(total=None, unit="image", desc="benchmark", disable=args.quiet)
@@ -92,8 +93,14 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    from .evaluation.distributed_benchmark import BenchmarkWorkerError
+
     try:
         summary = run_benchmark(config, progress=progress, existing=existing)
+    except BenchmarkWorkerError as err:  # names the image and the partial report
+        bar.close()
+        print(f"napari-sam-histo: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         bar.close()  # before the message, so the bar does not overwrite it
         print(f"interrupted: a partial report is in {args.out}; continue it with --resume", file=sys.stderr)
@@ -281,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="the decoder's: auto is bf16 where it is native (Ampere+ GPUs, CPUs with "
                             "AVX512-BF16/AMX), fp32 elsewhere; the report records what ran")
+    bench.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
+                       help="run the images on dask.distributed: 'local' starts a LocalCluster (one 1-thread "
+                            "process per core, or one GPU worker); an address (tcp://host:8786) uses a running "
+                            "scheduler, whose workers must see the dataset at the same path")
+    bench.add_argument("--workers", type=int, default=None,
+                       help="processes of the local cluster (default: one per core); with --scheduler local")
     bench.add_argument("--embedding-store", default=None, metavar="DIR",
                        help="keep the image embeddings in DIR, so later runs on the same images (same model "
                             "and device) encode nothing again; SPCe2e still charges the recorded encoder time")
