@@ -1,4 +1,5 @@
-"""The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark, train, slide-memory, embed.
+"""The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark, train, slide-memory, embed,
+slide-benchmark, sequential-benchmark, gui-stalls.
 
 Thin: parse arguments, call the core, print. A ``SamHistoError`` (bad file, bad value, missing
 weights) is printed as one line and exits with status 2, never as a traceback.
@@ -196,6 +197,24 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
+    from .evaluation.sequential_benchmark import format_table, run_benchmark
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = run_benchmark(args.dataset, args.out, model=args.model, decoder=args.decoder, device=args.device,
+                            group_by=None if args.group_by == "none" else args.group_by,
+                            components=args.components, stride=args.stride, max_objects=args.max_objects,
+                            max_groups=args.max_groups, max_clicks=args.max_clicks,
+                            steps_per_object=args.steps_per_object, seed=args.seed,
+                            log=None if args.quiet else (lambda line: print(line, flush=True)))
+    print(format_table(summary["source"], summary["base"], summary["adapted"]))
+    print(f"-> {args.out}/summary.json, objects.csv, table.md, noc-by-object.png")
+    return 0
+
+
 def _cmd_gui_stalls(args: argparse.Namespace) -> int:
     import os
 
@@ -376,6 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--device", default="cpu")
     sb.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     sb.set_defaults(func=_cmd_slide_benchmark)
+    seq = sub.add_parser("sequential-benchmark", help="one case's objects clicked in order, with the decoder "
+                                                      "adapting to the accepted ones and without (NoC after the fifth)")
+    seq.add_argument("dataset", help="image/mask pairs with a manifest column that groups them by slide or case")
+    seq.add_argument("--out", required=True, help="report folder")
+    seq.add_argument("--group-by", default="case_id", help="manifest column of the slide/case ('none': one group)")
+    seq.add_argument("--components", action="store_true", help="each connected region of a mask is an object")
+    seq.add_argument("--stride", type=int, default=1, help="every N-th group")
+    seq.add_argument("--max-groups", type=int, default=None)
+    seq.add_argument("--max-objects", type=int, default=None, help="the first N objects of each group")
+    seq.add_argument("--max-clicks", type=int, default=20)
+    seq.add_argument("--steps-per-object", type=int, default=None, help="adaptation steps per accepted object")
+    seq.add_argument("--seed", type=int, default=0)
+    seq.add_argument("--model", default="vit_t")
+    seq.add_argument("--decoder", default="sam")
+    seq.add_argument("--device", default="cpu")
+    seq.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    seq.add_argument("--quiet", action="store_true")
+    seq.set_defaults(func=_cmd_sequential_benchmark)
     stalls = sub.add_parser("gui-stalls", help="longest napari GUI-thread stall per Annotator action (scripted, real viewer)")
     stalls.add_argument("--slide", default=None, help="slide to annotate (default: the CC0 sample)")
     stalls.add_argument("--mosaic", type=int, default=1,
