@@ -4,16 +4,19 @@ Why we do this ourselves: the encoder is what a user waits for on every new tile
 predictor always feeds it one padded (1, 3, 1024, 1024) float32 input, so a copy specialised to
 that shape is valid for every tile. TorchScript ``trace`` + ``freeze`` + ``optimize_for_inference``
 folds BatchNorm into the convolutions, inlines the weights as constants and runs the convolutions
-through oneDNN with pre-packed weights: MobileSAM's encoder runs ~2x faster on a 2-core AVX2 CPU,
-in the same float32 math (relative error of the embedding ~2e-6). ``torch.compile`` is no option
-there: 282 s to compile MobileSAM's encoder on 2 cores, and it then ran slower than eager; int8
-dynamic quantisation was x1.25 at a relative error of 0.11, channels_last alone gained nothing.
+through oneDNN with pre-packed weights: MobileSAM's encoder runs 1.2-2x faster on a shared 2-core
+AVX2 CPU (2.0x in a quiet moment, 1.5x at load 4-5, 1.1-1.2x at load 7-14), in the same float32
+math (relative error of the embedding ~2e-6). ``torch.compile`` is no option there: 282 s to
+compile MobileSAM's encoder on 2 cores, and it then ran slower than eager; int8 dynamic
+quantisation was x1.25 at a relative error of 0.11, channels_last alone gained nothing.
 
-Building costs about two eager forwards (MobileSAM, measured on 2 cores: tracing ~1.1x an eager
-forward, freeze + optimize ~0.5x, the check one optimized forward ~0.6x; ``status()["build_s"]``
-says how long it really took), so it pays for itself from the third tile on. It happens once per encoder module, in whichever
-thread asks first (``optimized_encoder``; the others wait for it), or ahead of time in a background
-thread (``prepare``). Every copy is checked against the eager encoder's output on the tracing input
+Building costs 2-4.5 eager forwards (MobileSAM on 2 shared cores: tracing ~1.1x an eager forward,
+freeze + optimize 0.5x or more, as they are single-threaded graph passes, the check one optimized
+forward; 13.6 s at load 4-5, where an eager forward took 3.0 s; ``status()["build_s"]`` says how
+long it took), so built on the first tile it pays off after ~5-10 tiles: a UI should build it
+ahead of time, when the model is loaded. It is built once per encoder module, in whichever thread
+asks first (``optimized_encoder``; the others wait for it), or in a background thread (``prepare``,
+``Predictor.prepare_encoder``). Every copy is checked against the eager encoder's output on the tracing input
 before it is used; a failing build or check warns once and the encoder stays eager: a click never
 fails because of this.
 
