@@ -78,7 +78,8 @@ def test_the_device_is_named_gpu_or_cpu_model(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert runtime_module.predictor_runtime(FakePredictor()) == {
-        "decoder_precision": "bf16", "encoder_precision": "fp32", "device_type": "cuda", "device_name": "NVIDIA H200"}
+        "decoder_precision": "bf16", "encoder_precision": "fp32", "encoder_mode": "eager", "device_type": "cuda",
+        "device_name": "NVIDIA H200"}
     assert runtime_module.cpu_model() and runtime_module.device_name(torch.device("cpu")) == runtime_module.cpu_model()
 
 

@@ -162,6 +162,29 @@ def test_prepare_builds_in_the_background(tiny):
     assert fast.last_encoder_path == "optimized"
 
 
+def test_a_predictor_that_does_not_wait_runs_eager_while_the_copy_builds(tiny, monkeypatch):
+    release = threading.Event()
+    real_build = fast_encoder.build_optimized
+
+    def slow(*args):
+        release.wait(30)  # the build is in flight until the test lets it finish
+        return real_build(*args)
+
+    monkeypatch.setattr(fast_encoder, "build_optimized", slow)
+    fast = Predictor(tiny, "sam", precision="fp32", encoder_mode="optimized")
+    fast.wait_for_optimized_encoder = False  # as the dock sets it
+    reference = Predictor(tiny, "sam", precision="fp32", encoder_mode="eager").embed(_tile()).features
+    _close(fast.embed(_tile()).features, reference)  # no wait: the build started in the background
+    assert fast.last_encoder_path == "eager" and fast_encoder.status(tiny.sam.image_encoder)["state"] == "building"
+    release.set()
+    for _ in range(300):
+        if fast_encoder.status(tiny.sam.image_encoder)["state"] == "built":
+            break
+        threading.Event().wait(0.1)
+    fast.embed(_tile())
+    assert fast.last_encoder_path == "optimized"
+
+
 def test_perf_times_raw_and_end_to_end_encoder_in_one_run(tiny):
     from napari_sam_histo.perf import _synthetic_tile, _time_encoder, format_report
     from napari_sam_histo.slides.reader import from_array

@@ -292,6 +292,8 @@ class AnnotatorDock(QWidget):
                 cache = EmbeddingCache(store_dir=store, **({"max_disk_bytes": None} if is_precomputed(store) else {})) \
                     if on_disk else None
                 predictor = Predictor(load_model(model, device), decoder, cache=cache)
+                predictor.wait_for_optimized_encoder = False  # tiles run eager until it is built:
+                predictor.prepare_encoder()  # the optimized encoder builds in the background now
                 return Annotator(predictor, source, level=level, tile_size=tile, continuation=grow), source
             except BaseException:
                 if source is not reused:

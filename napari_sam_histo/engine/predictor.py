@@ -77,6 +77,9 @@ class Predictor:
         optimized = encoder_mode == "optimized" or (
             encoder_mode == "auto" and not self.encoder_bf16 and optimized_encoder_is_fast(self.device, model.arch))
         self.encoder_mode = "optimized" if optimized else "eager"
+        # False (the dock): a tile is encoded eagerly while the optimized copy is still being built,
+        # so no click waits for the build; True (benchmarks): every tile runs the same path
+        self.wait_for_optimized_encoder = True
         self.last_encoder_path: str | None = None
         # bf16 inference runs on a bf16 copy of the decoder: autocast would re-cast every weight
         # at every click (measured: 55 ms vs 43 ms per SAM-decoder click on 2 CPU cores, with
@@ -114,7 +117,8 @@ class Predictor:
     def _encoder_for(self, pixels: torch.Tensor):
         """The module to run on ``pixels``: the optimized copy when chosen and valid, else eager."""
         if self.encoder_mode == "optimized" and pixels.dtype == torch.float32:
-            optimized = fast_encoder.optimized_encoder(self.sam.image_encoder, self.image_size, self.device)
+            optimized = fast_encoder.optimized_encoder(self.sam.image_encoder, self.image_size, self.device,
+                                                       wait=self.wait_for_optimized_encoder)
             if optimized is not None and tuple(pixels.shape) == (1, 3, self.image_size, self.image_size):
                 return optimized, "optimized"
         return self.sam.image_encoder, "eager"

@@ -51,6 +51,7 @@ def predictor_runtime(predictor) -> dict:
     entry = {
         "decoder_precision": "bf16" if predictor.decoder_bf16 else "fp32",
         "encoder_precision": "bf16" if predictor.encoder_bf16 else "fp32",
+        "encoder_mode": getattr(predictor, "encoder_mode", "eager"),  # optimized: models.fast_encoder
         "device_type": device.type,
         "device_name": device_name(device),
     }
@@ -93,7 +94,8 @@ def describe(runtime: dict | None) -> list[str]:
 
     def ran(entry: dict) -> str:
         threads = f", {entry['cpu_threads']} threads" if entry.get("cpu_threads") else ""
-        return (f"decoder {entry.get('decoder_precision', '?')}, encoder {entry.get('encoder_precision', '?')} "
+        optimized = " optimized" if entry.get("encoder_mode") == "optimized" else ""
+        return (f"decoder {entry.get('decoder_precision', '?')}, encoder {entry.get('encoder_precision', '?')}{optimized} "
                 f"on {entry.get('device_type', '?')} ({entry.get('device_name', '?')}{threads})")
 
     methods = runtime.get("methods") or {}

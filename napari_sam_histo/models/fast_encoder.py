@@ -80,12 +80,23 @@ def weights_fingerprint(module: torch.nn.Module) -> tuple:
     return tuple(parts)
 
 
-def optimized_encoder(encoder: torch.nn.Module, image_size: int, device: torch.device):
+def optimized_encoder(encoder: torch.nn.Module, image_size: int, device: torch.device, wait: bool = True):
     """The optimized copy of ``encoder`` for input (1, 3, image_size, image_size) on ``device``,
     built now if needed (once per module; concurrent callers wait for the one build), or None
-    where it must not or cannot be used (training mode, weights changed since, build failed)."""
+    where it must not or cannot be used (training mode, weights changed since, build failed).
+    ``wait=False``: never wait for a build; start it in the background if none has started and
+    return None until it is done (the caller runs eager meanwhile: a UI's tile never waits)."""
     if encoder.training:
         return None
+    if not wait:
+        with _lock:
+            entry = _entries.get(encoder)
+        if entry is None:
+            prepare(encoder, image_size, device)
+            return None
+        if not entry.done.is_set():
+            return None
+        return _usable(encoder, entry, (1, 3, image_size, image_size))
     entry, build = _claim(encoder)
     if build:
         _build(encoder, entry, image_size, device)

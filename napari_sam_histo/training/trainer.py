@@ -173,7 +173,10 @@ class Trainer:
         # validate what inference will run: an md checkpoint answers every click with token 0
         module = SingleMaskDecoder(self.decoder) if self.scenario.name == "md" else self.decoder
         choice = DecoderChoice(self.scenario.decoder_kind, module, "training", True)
-        return Predictor(self.model, choice, cache=cache, precision="fp32", encoder_precision="fp32")
+        # a trained encoder changes under the optimized copy (which would then be dropped): eager
+        mode = "eager" if self.scenario.trains_image_encoder else "auto"
+        return Predictor(self.model, choice, cache=cache, precision="fp32", encoder_precision="fp32",
+                         encoder_mode=mode)
 
     def precompute_embeddings(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Frozen encoder: each training image is embedded once (objects of one image share it)
