@@ -197,3 +197,29 @@ def test_a_saved_adapted_decoder_loads_back_as_a_checkpoint(tiny_model, tmp_path
 
     metadata, _ = read_decoder_checkpoint(path)
     assert metadata["training_scenario"] == "adapted" and metadata["config"]["adapted_on"] == "slide-1.svs"
+
+
+def test_a_reset_during_a_gate_keeps_the_old_copy_out(tiny_predictor):
+    adapter = DecoderAdapter(tiny_predictor, steps_per_object=1, lr=1e-3)
+    for example in _examples(tiny_predictor, 3):
+        adapter.add_example(example)
+    adapter.step()
+    calls = []
+
+    def may_run():
+        calls.append(1)
+        if len(calls) == 1:
+            adapter.reset()  # the user presses Reset while the gate re-clicks
+        return True
+
+    assert adapter.update_gate(may_run) is None
+    assert adapter.active_predictor() is tiny_predictor and adapter.state().examples == 0
+
+
+def test_the_adapted_predictor_keeps_the_base_encoder_settings_and_cache(tiny_model):
+    base = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32", encoder_mode="eager")
+    base.wait_for_optimized_encoder = False
+    adapter = DecoderAdapter(base, steps_per_object=1)
+    copy = adapter._snapshot_predictor()
+    assert copy.cache is base.cache and copy.preprocessing_id == base.preprocessing_id
+    assert (copy.encoder_mode, copy.wait_for_optimized_encoder) == ("eager", False)

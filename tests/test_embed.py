@@ -51,7 +51,7 @@ def _predictor(model, store):
 
 
 def _entries(store):
-    return sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) if store.exists() else []
+    return sorted(p.name for p in store.iterdir() if p.name.endswith(".zarr")) if store.exists() else []
 
 
 def test_the_store_folder_is_the_docks_and_an_environment_variable_moves_it(tmp_path, monkeypatch):
@@ -176,3 +176,25 @@ def test_local_workers_run_one_thread_each_with_glibcs_own_malloc_settings(clien
     # dask's MALLOC_TRIM_THRESHOLD_=65536 made every MobileSAM tile ~1.8x slower (cohort.cluster)
     assert set(client.run(_worker_environment).values()) == {(None, "1")}
     assert len(client.scheduler_info()["workers"]) == 2
+
+
+def test_bad_numbers_an_unwritable_store_and_a_missing_gpu_are_named_before_any_work(client, slide, tmp_path):
+    from napari_sam_histo.errors import InputError
+
+    for bad, match in (({"batch_size": 0}, "--batch-size"), ({"tile_size": 0}, "--tile-size"),
+                       ({"workers": 0}, "--workers")):
+        with pytest.raises(InputError, match=match):
+            run_embed([slide], out=tmp_path / "s", client=client, **{**TINY, **bad})
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(InputError, match="Cannot write embeddings"):
+        run_embed([slide], out=blocked / "store", client=client, **TINY)
+    with pytest.raises(InputError, match="offers a GPU"):  # this cluster has none: no hang
+        run_embed([slide], out=tmp_path / "s", client=client, **{**TINY, "device": "cuda"})
+
+
+def test_embed_marks_the_store_precomputed(client, slide, tmp_path):
+    from napari_sam_histo.cohort.store import is_precomputed
+
+    run_embed([slide], out=tmp_path / "store", tissue_only=True, client=client, **TINY)
+    assert is_precomputed(slide_store(open_image(slide).identity, tmp_path / "store"))

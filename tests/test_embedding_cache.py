@@ -246,3 +246,26 @@ def test_a_writer_that_loses_the_rename_race_keeps_the_winners_entry_quietly(tmp
         assert loser.store(_key(), _emb(1.0))
     assert loser.save_failures == 0 and sorted(p.name for p in tmp_path.iterdir()) == [loser._path(_key()).name]
     assert torch.all(EmbeddingCache(store_dir=tmp_path)._load(_key()).features == 3.0)
+
+
+def test_an_entry_whose_chunk_vanished_is_recomputed_not_read_as_blank(tmp_path):
+    # another writer moved the entry aside between its metadata and its chunk being read: zarr
+    # would answer with the fill value; a blank embedding must never reach a click
+    cache = EmbeddingCache(store_dir=tmp_path)
+    cache.get_or_compute(_key(), lambda: _emb(1.0))
+    chunks = [f for f in cache._path(_key()).rglob("*") if f.is_file() and f.name != "zarr.json"]
+    assert chunks
+    for f in chunks:
+        f.unlink()
+    fresh = EmbeddingCache(store_dir=tmp_path)
+    got = fresh.get_or_compute(_key(), lambda: _emb(3.0))
+    assert fresh.misses == 1 and torch.all(got.features == 3.0)
+
+
+def test_saving_an_entry_another_writer_already_stored_leaves_it_in_place(tmp_path):
+    first = EmbeddingCache(store_dir=tmp_path)
+    first.store(_key(), _emb(1.0))
+    path = first._path(_key())
+    inode = path.stat().st_ino
+    assert EmbeddingCache(store_dir=tmp_path).store(_key(), _emb(1.0)) is True
+    assert path.stat().st_ino == inode  # not replaced under its readers

@@ -28,6 +28,7 @@ workers take them, one at a time each.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from .encoder_worker import PLUGIN_NAME, BatchResult, EncoderPlugin, ModelRecipe
 from .slide_files import find_slides
 from .store import embeddings_root, mark_precomputed, slide_store
 
+WAIT_FOR_WORKERS_S = 60.0
 CPU_BATCH, GPU_BATCH = 4, 16  # tiles per task: a few seconds of work either way
 
 
@@ -151,7 +153,14 @@ def run_embed(paths, out: str | Path | None = None, model: str = "vit_t", device
     ``embeddings_root()``); ``client``: an existing ``distributed.Client`` (else one is made from
     ``scheduler`` and ``workers``). A Ctrl-C stops the run and returns what was done."""
     started = time.perf_counter()
-    root = Path(out).expanduser() if out is not None else embeddings_root()
+    if int(tile_size) < 8:
+        raise InputError(f"--tile-size {tile_size}: use at least 8 pixels (SAM's default is 1024).")
+    if batch_size is not None and int(batch_size) < 1:
+        raise InputError(f"--batch-size {batch_size}: use at least 1 tile per task.")
+    if workers is not None and int(workers) < 1:
+        raise InputError(f"--workers {workers}: use at least 1 worker.")
+    root = (Path(out).expanduser() if out is not None else embeddings_root()).absolute()  # workers resolve it too
+    _check_writable(root)  # before a cluster starts and models load
     summary = EmbedSummary(store=str(root))
     plans = plan_cohort(paths, level, magnification, tile_size, tissue_only, summary, log)
     try:
@@ -167,13 +176,34 @@ def run_embed(paths, out: str | Path | None = None, model: str = "vit_t", device
     return summary
 
 
+def _check_writable(root: Path) -> None:
+    """``InputError`` naming ``root`` unless a store can be made in it."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"Cannot write embeddings into {root}: {err.strerror or err}. "
+                         "Choose another --out folder.") from err
+
+
 def _run(client, plans, root, model, device, batch_size, random_weights, progress, summary) -> None:
     from distributed import as_completed
     from tqdm import tqdm
 
     from ..engine.embedding_cache import EmbeddingCache
 
-    gpu = device == "cuda" or (device == "auto" and _gpu_workers(client) > 0)
+    try:
+        client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
+    except (TimeoutError, OSError) as err:
+        raise InputError(f"The dask cluster has no worker (waited {WAIT_FOR_WORKERS_S:.0f} s): start workers "
+                         "for its scheduler, or use --scheduler local.") from err
+    gpu = str(device).startswith("cuda") or (device == "auto" and _gpu_workers(client) > 0)
+    if gpu and _gpu_workers(client) == 0:
+        raise InputError(f"--device {device}: no worker of this dask cluster offers a GPU (the worker "
+                         f"resource {GPU_RESOURCE}=1); use --device cpu, or start GPU workers with "
+                         f"--resources {GPU_RESOURCE}=1.")
     recipe = ModelRecipe(model, "cuda" if gpu else ("cpu" if device == "auto" else device), random_weights)
     resources = {GPU_RESOURCE: 1} if gpu else None
     size = batch_size or (GPU_BATCH if gpu else CPU_BATCH)

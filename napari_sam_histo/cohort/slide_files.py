@@ -25,5 +25,5 @@ def find_slides(paths) -> tuple[list[Path], list[str]]:
             found.append(path)
         else:
             problems.append(f"{path}: no such file or folder")
-    unique = list({p.resolve(): p for p in found}.values())
+    unique = list({p.resolve(): p.absolute() for p in found}.values())  # absolute: workers open them too
     return unique, problems

@@ -43,10 +43,15 @@ def mark_precomputed(store: str | Path, info: dict) -> None:
 
     from ..atomic import atomic_path
 
+    from ..errors import InputError
+
     store = Path(store)
-    store.mkdir(parents=True, exist_ok=True)
-    with atomic_path(store / PRECOMPUTED_MARKER, overwrite=True) as tmp:
-        Path(tmp).write_text(json.dumps({**info, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        with atomic_path(store / PRECOMPUTED_MARKER, overwrite=True) as tmp:
+            Path(tmp).write_text(json.dumps({**info, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    except OSError as err:
+        raise InputError(f"Cannot write into the embedding store {store}: {err.strerror or err}.") from err
 
 
 def is_precomputed(store: str | Path) -> bool:

@@ -203,6 +203,11 @@ class EmbeddingCache:
             if attrs.get("key") != asdict(key):
                 return None  # another model, weights or preprocessing wrote here: recompute
             features = torch.from_numpy(np.asarray(array[...], dtype=np.float32))
+            if not features.isfinite().all() or not features.any():
+                # the entry was moved aside (replaced, evicted) between reading its metadata and its
+                # chunk: zarr then answers with the fill value (NaN; 0 in older entries), which no
+                # encoder produces. Recompute rather than hand out a blank embedding.
+                return None
             entry = Embedding(features, tuple(attrs["input_size"]), tuple(attrs["original_size"]),
                               float(attrs.get("encode_s", 0.0)))
         except Exception:  # an unreadable entry (truncated, foreign) is recomputed, never used
@@ -226,7 +231,10 @@ class EmbeddingCache:
 
             self.store_dir.mkdir(parents=True, exist_ok=True)
             data = embedding.features.detach().float().cpu().numpy().astype(self.store_dtype)
-            array = zarr.open_array(str(tmp), mode="w", shape=data.shape, dtype=self.store_dtype, chunks=data.shape)
+            if final.exists() and self._recorded_key(final) == asdict(key):
+                return True  # another writer stored this very entry: replacing it would only race its readers
+            array = zarr.open_array(str(tmp), mode="w", shape=data.shape, dtype=self.store_dtype, chunks=data.shape,
+                                    fill_value=np.nan)  # a missing chunk reads as NaN: refused by _load
             array[...] = data
             array.attrs.update({
                 "key": asdict(key),
@@ -255,6 +263,15 @@ class EmbeddingCache:
         except Exception as err:  # measuring or evicting failed: the entry itself is fine
             self._save_failed(err)
         return True
+
+    @staticmethod
+    def _recorded_key(path: Path) -> dict | None:
+        try:
+            import zarr
+
+            return dict(zarr.open_array(str(path), mode="r").attrs).get("key")
+        except Exception:  # unreadable or vanished: not a valid entry
+            return None
 
     def _save_failed(self, err: Exception) -> None:
         self.save_failures += 1

@@ -24,6 +24,7 @@ import copy
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -86,29 +87,38 @@ class DecoderAdapter:
         self.single_mask = self.kind == "sam"  # token 0 trains; inference must use what trained
         if isinstance(module, SingleMaskDecoder):
             module = module.decoder
-        self.decoder = copy.deepcopy(module).float()
+        self._base_module = module
+        self.lr = float(lr)
+        # the shared prompt encoder is frozen: backward then stops at the decoder's inputs
+        for parameter in predictor.sam.prompt_encoder.parameters():
+            parameter.requires_grad_(False)
+        self.steps_per_object = int(steps_per_object)
+        self.batch_size = int(batch_size)
+        self.hold_out_every = max(int(hold_out_every), 2)
+        self.seed = int(seed)
+        self.enabled = True
+        self._generation = 0  # bumped by reset: a gate result of an older copy is dropped
+        self._lock = threading.RLock()  # examples, the copy's weights and the gate's result
+        self._start()
+
+    def _start(self) -> None:
+        """A fresh copy of the base decoder, no examples (construction and ``reset``)."""
+        self.decoder = copy.deepcopy(self._base_module).float()
         trained = self.decoder.correction if self.kind == "residual" else self.decoder
         for parameter in self.decoder.parameters():
             parameter.requires_grad_(False)
         for parameter in trained.parameters():
             parameter.requires_grad_(True)
-        self._parameters = [p for p in trained.parameters()]
-        self.optimizer = torch.optim.Adam(self._parameters, lr=lr)
-        self.forward = PromptedForward(predictor.sam, self.decoder, self.kind)
-        self.lr = float(lr)
-        self.steps_per_object = int(steps_per_object)
-        self.batch_size = int(batch_size)
-        self.hold_out_every = max(int(hold_out_every), 2)
-        self.seed = int(seed)
+        self.optimizer = torch.optim.Adam(list(trained.parameters()), lr=self.lr)
+        self.forward = PromptedForward(self.base.sam, self.decoder, self.kind)
         self.examples: list[AdaptationExample] = []
         self.held_out: list[AdaptationExample] = []
         self.steps = 0
         self.owed = 0
-        self.enabled = True
         self.step_seconds: list[float] = []
         self._adapted = None  # the Predictor of the last copy that passed the gate
         self._scores: tuple | None = None  # (base NoC, adapted NoC) of the last gate
-        self._lock = threading.RLock()  # examples, the copy's weights and the gate's result
+        self._base_scores: dict[int, tuple] = {}  # held-out example id -> the base decoder's re-click (fixed)
 
     # -- examples -------------------------------------------------------------------------------
     def add_example(self, example: AdaptationExample) -> None:
@@ -123,11 +133,11 @@ class DecoderAdapter:
                 self.owed += self.steps_per_object
 
     def reset(self) -> None:
-        """Back to the base decoder, with no examples."""
+        """Back to the base decoder, with no examples (a gate running now cannot bring the old copy
+        back: it sees the generation change)."""
         with self._lock:
-            enabled = self.enabled
-            self.__init__(self.base, self.steps_per_object, self.lr, self.batch_size, self.hold_out_every, self.seed)
-            self.enabled = enabled
+            self._generation += 1
+            self._start()
 
     # -- training -------------------------------------------------------------------------------
     def step(self) -> float | None:
@@ -139,9 +149,9 @@ class DecoderAdapter:
             rng = np.random.default_rng([self.seed, self.steps])
             picks = rng.choice(len(self.examples), size=min(self.batch_size, len(self.examples)), replace=False)
             batch = [self.examples[int(i)] for i in picks]
-            loss = self._train_step(batch, rng)
-            self.steps += 1
+            self.steps += 1  # counted first: a failing step is not retried with the same draw for ever
             self.owed -= 1
+            loss = self._train_step(batch, rng)
             self.step_seconds.append(time.perf_counter() - started)
             return loss
 
@@ -169,9 +179,10 @@ class DecoderAdapter:
         losses = [normalized_focal_loss(logits[None], torch.as_tensor(target, device=device)[None])
                   for logits, target in zip(self.forward.restore(low_res.float(), geometry), targets)]
         loss = torch.cat(losses).mean()
-        if not torch.isfinite(loss):  # a diverged copy is dropped, the base decoder stays
-            self._scores, self._adapted = None, None
-            raise FloatingPointError(f"adaptation loss became {loss.item()} at step {self.steps}")
+        if not torch.isfinite(loss):  # a diverged copy is dropped: back to a fresh copy of the base
+            value = loss.item()
+            self._start()
+            raise FloatingPointError(f"adaptation loss became {value}; the copy was reset to the base decoder")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -191,8 +202,12 @@ class DecoderAdapter:
         if self.single_mask:
             module = SingleMaskDecoder(module)
         choice = DecoderChoice(self.kind, module, "adapted", True)
-        precision = "bf16" if self.base.decoder_bf16 else "fp32"
-        return Predictor(self.base.model, choice, cache=self.base.cache, precision=precision)
+        base = self.base
+        predictor = Predictor(base.model, choice, cache=base.cache, precision="bf16" if base.decoder_bf16 else "fp32",
+                              encoder_precision="bf16" if base.encoder_bf16 else "fp32",
+                              encoder_mode=base.encoder_mode)  # the same embeddings, from the same cache keys
+        predictor.wait_for_optimized_encoder = base.wait_for_optimized_encoder
+        return predictor
 
     def update_gate(self, may_run: Callable[[], bool] | None = None) -> bool | None:
         """Judge the copy against the base decoder on the held-out examples; True when the copy is
@@ -203,16 +218,21 @@ class DecoderAdapter:
                 return self.in_use
             candidate = self._snapshot_predictor()
             held_out = list(self.held_out)
+            generation = self._generation
         base_scores, adapted_scores = [], []
         for example in held_out:
             if may_run is not None and not may_run():
                 return None
-            base_scores.append(reclick(self.base, example))
+            if id(example) not in self._base_scores:  # the base decoder never changes: once per example
+                self._base_scores[id(example)] = reclick(self.base, example)
+            base_scores.append(self._base_scores[id(example)])
             adapted_scores.append(reclick(candidate, example))
         base = (float(np.mean([s[0] for s in base_scores])), float(np.mean([s[1] for s in base_scores])))
         adapted = (float(np.mean([s[0] for s in adapted_scores])), float(np.mean([s[1] for s in adapted_scores])))
         better = adapted[0] < base[0] or (adapted[0] == base[0] and adapted[1] >= base[1])
         with self._lock:
+            if generation != self._generation:
+                return None  # reset meanwhile: this judged a copy that no longer exists
             self._scores = (base[0], adapted[0])
             self._adapted = candidate if better else None
         return better
@@ -234,7 +254,7 @@ class DecoderAdapter:
                                    base, adapted, self.enabled)
 
     # -- keeping it -----------------------------------------------------------------------------
-    def save(self, path, slide: str = "") -> "Path":
+    def save(self, path, slide: str = "") -> Path:
         """The adapted decoder as a decoder checkpoint (our format), with what it was adapted on."""
         from ..models.decoder_checkpoint import decoder_metadata, save_decoder_checkpoint
 
@@ -295,16 +315,22 @@ class AdaptationWorker:
         self._stop = False
         self._idle = threading.Event()
         self._idle.set()
+        self._state_lock = threading.Lock()  # _wake and _idle change together (no lost wake-up)
         self._thread = threading.Thread(target=self._run, name="napari-sam-histo-adaptation", daemon=True)
         self._thread.start()
 
     def add_example(self, example: AdaptationExample) -> None:
         self.adapter.add_example(example)
-        self._idle.clear()
-        self._wake.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Run what is owed (after ``add_example``, or after switching adaptation back on)."""
+        with self._state_lock:
+            self._idle.clear()
+            self._wake.set()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until the owed steps and the gate are done (tests, the sequential benchmark)."""
+        """Block until the owed steps and the gate are done (a UI closing, tests)."""
         return self._idle.wait(timeout)
 
     def stop(self) -> None:
@@ -328,5 +354,6 @@ class AdaptationWorker:
                 self.error = f"{type(err).__name__}: {err}"
             if self.on_change is not None:
                 self.on_change(self.adapter.state())
-            if not self._wake.is_set():
-                self._idle.set()
+            with self._state_lock:
+                if not self._wake.is_set():
+                    self._idle.set()
