@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "process per core, or one GPU worker); an address (tcp://host:8786) uses a running "
                             "scheduler, whose workers must see the dataset at the same path")
     bench.add_argument("--workers", type=int, default=None,
-                       help="processes of the local cluster (default: one per core); with --scheduler local")
+                       help="processes of the local cluster (default: one per core; one when there is a GPU); with --scheduler local")
     bench.add_argument("--embedding-store", default=None, metavar="DIR",
                        help="keep the image embeddings in DIR, so later runs on the same images (same model "
                             "and device) encode nothing again; SPCe2e still charges the recorded encoder time")
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "which the annotator dock reads)")
     emb.add_argument("--scheduler", default="local",
                      help="local (a LocalCluster on this machine) or a running scheduler's address, tcp://host:8786")
-    emb.add_argument("--workers", type=int, default=None, help="LocalCluster processes (default: one per core or GPU)")
+    emb.add_argument("--workers", type=int, default=None, help="LocalCluster processes (default: one per core; one when there is a GPU)")
     emb.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda tasks ask for the worker resource GPU=1)")
     emb.add_argument("--tile-size", type=int, default=1024, help="the annotator's tile size (default 1024)")
     emb.add_argument("--batch-size", type=int, default=None, help="tiles per task (default 4 on CPU, 16 on GPU)")

@@ -156,16 +156,24 @@ def test_the_gate_keeps_the_base_decoder_when_the_copy_is_worse(mobile_sam):
     assert adapter.active_predictor() is predictor
 
 
-def test_the_gate_takes_a_copy_that_is_as_good_and_it_can_be_switched_off(mobile_sam):
-    predictor = Predictor(mobile_sam, "sam", cache=EmbeddingCache(), precision="fp32")
-    adapter = DecoderAdapter(predictor, steps_per_object=2, lr=1e-6)  # barely moves: as good as SAM
-    for example in _examples(predictor, 3):
+def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(tiny_model, monkeypatch):
+    from napari_sam_histo.training import adaptation
+
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    adapter = DecoderAdapter(predictor, steps_per_object=1)
+    for example in _examples(predictor, 3):  # one held out: too few
         adapter.add_example(example)
-    while adapter.step() is not None:
-        pass
-    base_noc = reclick(predictor, adapter.held_out[0])[0]
-    assert adapter.update_gate() is True
-    assert adapter.state().adapted_noc <= base_noc
+    adapter.step()
+    scores = {"base": (5, 0.5), "adapted": (3, 0.6)}
+    monkeypatch.setattr(adaptation, "reclick",
+                        lambda p, example: scores["base" if p is predictor else "adapted"])
+    assert adapter.update_gate() is False
+    for example in _examples(predictor, 3, seed=10):  # a second one held out
+        adapter.add_example(example)
+    scores["adapted"] = (5, 0.9)  # a tie in clicks is not enough, whatever the IoU
+    assert adapter.update_gate() is False
+    scores["adapted"] = (4, 0.1)
+    assert adapter.update_gate() is True and adapter.state().adapted_noc == 4
     adapted = adapter.active_predictor()
     assert adapted is not predictor and adapted.decoder.source == "adapted"
     adapter.enabled = False

@@ -8,7 +8,7 @@ one slide's tiles to the workers (``encoder_worker``), with a progress bar and a
 Store safety: every entry is written whole to a temporary name and renamed, so any number of
 writers (this run's workers, an annotator clicking on the same slide, a second run) and readers
 share a store with no lock; an interrupted run leaves complete entries and invisible temporary
-folders (removed after an hour by the next writer that measures the store), and running it
+folders (the next run removes those older than an hour, ``_remove_stale``), and running it
 again computes only what is missing.
 
 Cluster (``cluster.cluster_client``): a ``LocalCluster`` sized to this machine by default;
@@ -176,6 +176,21 @@ def run_embed(paths, out: str | Path | None = None, model: str = "vit_t", device
     return summary
 
 
+def _remove_stale(store: Path, age_s: float = 3600.0) -> None:
+    """Temporary folders of killed writers (hidden ``.*.tmp``) older than ``age_s``: one scandir."""
+    import shutil
+
+    if not store.is_dir():
+        return
+    now = time.time()
+    for item in os.scandir(store):
+        try:
+            if item.name.startswith(".") and item.name.endswith(".tmp") and now - item.stat().st_mtime > age_s:
+                shutil.rmtree(item.path, ignore_errors=True)
+        except OSError:
+            continue  # vanished meanwhile
+
+
 def _check_writable(root: Path) -> None:
     """``InputError`` naming ``root`` unless a store can be made in it."""
     try:
@@ -214,6 +229,7 @@ def _run(client, plans, root, model, device, batch_size, random_weights, progres
     batches = []
     for plan in plans:
         store = slide_store(plan.identity, root)
+        _remove_stale(store)
         mark_precomputed(store, {"slide": plan.path, "model": model, "tiles": len(plan.tiles),
                                  "downsamples": [level.downsample for level in plan.levels]})
         stored = EmbeddingCache(max_bytes=0, store_dir=store, max_disk_bytes=None)

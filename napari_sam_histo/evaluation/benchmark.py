@@ -58,7 +58,7 @@ class BenchmarkConfig:
     # dask.distributed: "local" (a LocalCluster of ``workers`` processes) or a scheduler's address;
     # None runs in this process. Either way the same report (``distributed_benchmark``).
     scheduler: str | None = None
-    workers: int | None = None  # a LocalCluster's processes (None: one per core, or per GPU)
+    workers: int | None = None  # a LocalCluster's processes (None: one per core; one with a GPU)
 
     @property
     def stop_iou(self) -> float | None:
