@@ -146,6 +146,7 @@ def test_prefetch_runs_in_the_background_with_progress(dock, qtbot):
     qtbot.waitUntil(lambda: ("finished", box.key(), "prefetch") in dock.progress_log, timeout=10_000)
     assert ("started", box.key(), "prefetch") in dock.progress_log and not dock._progress
     calls = dock.annotator.predictor.encoder_calls
+    dock.grow_check.setChecked(False)  # (growing past the tile's border would add a tile of its own)
     dock.add_click(1000, 1500)  # a first click well inside the prefetched tile reuses it
     _wait(dock, qtbot)
     assert dock.annotator.state().boxes == (box,) and dock.annotator.predictor.encoder_calls == calls
