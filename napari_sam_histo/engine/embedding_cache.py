@@ -177,12 +177,7 @@ class EmbeddingCache:
         path = self._path(key)
         if not verify:
             return path.is_dir()
-        try:
-            import zarr
-
-            return dict(zarr.open_array(str(path), mode="r").attrs).get("key") == asdict(key)
-        except Exception:  # missing, vanished (evicted) or unreadable: not stored
-            return False
+        return self._recorded_key(path) == asdict(key)  # None when missing, vanished or unreadable
 
     def store(self, key: EmbeddingKey, embedding: Embedding) -> bool:
         """Write ``embedding`` to the store (atomically, as ``get_or_compute`` does) without keeping
