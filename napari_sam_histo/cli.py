@@ -208,7 +208,8 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
                             group_by=None if args.group_by == "none" else args.group_by,
                             components=args.components, stride=args.stride, max_objects=args.max_objects,
                             max_groups=args.max_groups, max_clicks=args.max_clicks,
-                            steps_per_object=args.steps_per_object, seed=args.seed,
+                            steps_per_object=args.steps_per_object, lr=args.lr, seed=args.seed,
+                            embedding_store=args.embedding_store,
                             log=None if args.quiet else (lambda line: print(line, flush=True)))
     print(format_table(summary["source"], summary["base"], summary["adapted"]))
     print(f"-> {args.out}/summary.json, objects.csv, table.md, noc-by-object.png")
@@ -406,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--max-objects", type=int, default=None, help="the first N objects of each group")
     seq.add_argument("--max-clicks", type=int, default=20)
     seq.add_argument("--steps-per-object", type=int, default=None, help="adaptation steps per accepted object")
+    seq.add_argument("--lr", type=float, default=None,
+                     help="adaptation learning rate (default: 1e-3 for a correction, 1e-4 for a whole decoder)")
+    seq.add_argument("--embedding-store", default=None,
+                     help="folder that keeps every image's embedding (float16) so later runs skip the encoder")
     seq.add_argument("--seed", type=int, default=0)
     seq.add_argument("--model", default="vit_t")
     seq.add_argument("--decoder", default="sam")

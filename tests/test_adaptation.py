@@ -65,12 +65,14 @@ def test_every_decoder_kind_adapts_a_copy_and_never_the_base(tiny_model, decoder
         adapter.add_example(example)
     losses = [adapter.step() for _ in range(6)]
     assert all(np.isfinite(loss) for loss in losses) and adapter.step() is None  # 6 owed, then none
-    trained = adapter.decoder.correction if decoder == "residual" else adapter.decoder
-    changed = any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(),
-                                                         (base_before[k] for k in base_before)))
-    if decoder == "residual":
+    if decoder == "sam":  # SAM's own decoder adapts through a correction that starts at zero
+        assert adapter.kind == "residual"
+        changed = any(v.abs().sum() > 0 for v in adapter.decoder.correction.out.state_dict().values())
+    elif decoder == "residual":
         changed = any(not torch.equal(v, base_before[f"correction.{k}"])
                       for k, v in adapter.decoder.correction.state_dict().items())
+    else:
+        changed = any(not torch.equal(v, base_before[k]) for k, v in adapter.decoder.state_dict().items())
     assert changed
     for key, value in choice.module.state_dict().items():
         assert torch.equal(value, base_before[key]), key  # the base decoder never trains
@@ -146,10 +148,8 @@ def test_the_gate_keeps_the_base_decoder_when_the_copy_is_worse(mobile_sam):
     for example in _examples(predictor, 3):
         adapter.add_example(example)
     adapter.step()
-    with torch.no_grad():  # sabotage the copy: its masks become the complement
-        for mlp in adapter.decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(-1)
-            mlp.layers[-1].bias.mul_(-1)
+    with torch.no_grad():  # sabotage the copy: its correction erases every mask
+        adapter.decoder.correction.out.bias.fill_(-100.0)
     assert adapter.update_gate() is False
     state = adapter.state()
     assert not state.in_use and state.adapted_noc > state.base_noc
@@ -173,6 +173,8 @@ def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(t
     scores["adapted"] = (5, 0.9)  # a tie in clicks is not enough, whatever the IoU
     assert adapter.update_gate() is False
     scores["adapted"] = (4, 0.1)
+    assert adapter.update_gate() is False  # the same copy is not judged twice
+    adapter.step()
     assert adapter.update_gate() is True and adapter.state().adapted_noc == 4
     adapted = adapter.active_predictor()
     assert adapted is not predictor and adapted.decoder.source == "adapted"
@@ -231,3 +233,21 @@ def test_the_adapted_predictor_keeps_the_base_encoder_settings_and_cache(tiny_mo
     copy = adapter._snapshot_predictor()
     assert copy.cache is base.cache and copy.preprocessing_id == base.preprocessing_id
     assert (copy.encoder_mode, copy.wait_for_optimized_encoder) == ("eager", False)
+
+
+def test_an_untrained_copy_of_sams_decoder_answers_exactly_as_sam_with_its_three_candidates(tiny_model, tmp_path):
+    """SAM's own decoder adapts through a zero-initialised correction: before any step the copy is
+    SAM (first click: three candidates ranked by SAM's IoU head; later clicks single mask), and a
+    saved copy loads back as a residual decoder checkpoint."""
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    adapter = DecoderAdapter(predictor, steps_per_object=1)
+    copy = adapter._snapshot_predictor()
+    assert copy.decoder.kind == "residual"
+    embedding = _examples(predictor, 1)[0].embedding
+    for multimask in (True, False):
+        a = predictor.decode(embedding, np.array([[60.0, 50.0]]), np.array([1]), multimask=multimask)
+        b = copy.decode(embedding, np.array([[60.0, 50.0]]), np.array([1]), multimask=multimask)
+        assert torch.allclose(a.low_res_logits, b.low_res_logits, atol=1e-5)
+    metadata_path = adapter.save(tmp_path / "adapted.pt", slide="s.svs")
+    loaded = build_decoder_from_checkpoint(tiny_model, metadata_path)
+    assert loaded.kind == "residual"

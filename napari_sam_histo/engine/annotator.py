@@ -215,6 +215,12 @@ class Annotator(ObjectTiles):
         """No click or action is queued or running."""
         return self._idle.is_set()
 
+    def quiet(self) -> bool:
+        """No click or action is queued or running and no embedding is being computed: when
+        background learning (``adaptation``) may take the CPU."""
+        # no lock: a click holds it while it decodes, and one read of the set's size is atomic
+        return self._idle.is_set() and not self._fetching and not self._closed
+
     def prefetch_boxes(self, x0: float, y0: float, downsample: float | None = None) -> list[TileBox]:
         """What ``prefetch_around(x0, y0)`` computes, in order: the tiles the current object's next
         clicks would open where a tile border cuts it (at its last click's level), then the half-tile
@@ -271,4 +277,6 @@ class Annotator(ObjectTiles):
         self._worker.shutdown(wait=wait, cancel_futures=True)
         self._prefetcher.shutdown(wait=wait, cancel_futures=True)
         self._continuer.shutdown(wait=wait, cancel_futures=True)
+        if self.adaptation is not None:
+            self.adaptation.close(wait=wait)
         self.listeners.clear()

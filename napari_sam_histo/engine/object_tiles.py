@@ -128,6 +128,11 @@ class ObjectTiles:
         if not 0 <= reuse_margin <= 0.5:
             raise InputError(f"reuse_margin {reuse_margin} must lie in [0, 0.5] (a fraction of the tile).")
         self.predictor = predictor
+        # what the current object's tiles decode with: ``predictor``, or the decoder adapted to this
+        # slide (``adaptation``, set by a UI: ``training.slide_adaptation``), chosen at the object's
+        # first click and kept for all its tiles
+        self.adaptation = None
+        self._decoding = predictor
         self.source = source
         self.tile_size = int(tile_size)
         self.levels = working_levels(source, self.tile_size)
@@ -256,6 +261,8 @@ class ObjectTiles:
         x, y = self._level_point(x0, y0, grid)
         x0, y0 = x * grid.downsample, y * grid.downsample
         with self._lock:
+            if not self._history and not self._active():
+                self._decoding = self.adaptation.predictor() if self.adaptation is not None else self.predictor
             self.working = working
             holders, box = self._route(grid, x0, y0, positive)
             session = self._sessions.get(box.key()) if box is not None else None
@@ -263,7 +270,7 @@ class ObjectTiles:
                 self._known[box.key()] = box
         if box is not None and session is None:
             # Outside the lock: the embedding may take seconds, and readers must not wait for it.
-            session = ClickSession(self.predictor, box, self._embedding(box, "click"))
+            session = ClickSession(self._decoding, box, self._embedding(box, "click"))
         with self._lock:
             keys = []
             if session is not None:
@@ -319,6 +326,7 @@ class ObjectTiles:
                                                          list(snapshot.redo))
             for session in self._sessions.values():
                 self._known[session.box.key()] = session.box
+                self._decoding = session.predictor  # the restored object goes on with its own decoder
             self._changed()
             return self._state()
 
@@ -352,12 +360,16 @@ class ObjectTiles:
                 self.clear()
                 return None
             finest = min((s.box for s in self._active()), key=lambda b: b.downsample, default=None)
+            decoding = self._decoding if self._active() else self.predictor
             obj = AnnotatedObject(polygons, class_name, self.add_class(class_name), self.predictor.model.name,
                                   len(self._history),
-                                  {"decoder": self.predictor.decoder.kind,
+                                  {"decoder": decoding.decoder.kind,
+                                   "adapted": decoding is not self.predictor,
                                    "level": finest.level if finest is not None else self.level,
                                    "downsample": finest.downsample if finest is not None else d,
                                    "edited": edited is not None})
+            if self.adaptation is not None:  # examples for the slide's adapter (queued; no waiting)
+                self.adaptation.add_object(self._active(), result, edited)
             self.clear()
             return obj
 
@@ -514,7 +526,7 @@ class ObjectTiles:
         clicks inside it, a positive seed at level (px, py) where a border cut the object, and the
         object's logits over the overlap as mask prompt. It belongs to the last click (undone with it)."""
         with self._lock:
-            session = self._sessions.get(box.key()) or ClickSession(self.predictor, box, embedding)
+            session = self._sessions.get(box.key()) or ClickSession(self._decoding, box, embedding)
             seed = (px - box.x, py - box.y, True)  # inside the object, where a border cut it
             session.add_clicks(self._clicks_in(box) + [seed], mask_prompt=self._overlap_prompt(session))
             self._sessions[box.key()] = session

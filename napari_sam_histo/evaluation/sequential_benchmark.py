@@ -69,12 +69,12 @@ def group_samples(dataset: str | Path, group_by: str | None = "case_id", compone
 
 def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks: int = 20,
               stop_iou: float | None = max(DEFAULT_THRESHOLDS), steps_per_object: int | None = None,
-              seed: int = 0, log=None) -> list[ObjectRun]:
+              seed: int = 0, log=None, lr: float | None = None) -> list[ObjectRun]:
     """Click the objects of one group in order (see the module)."""
     from ..training.adaptation import STEPS_PER_OBJECT, AdaptationExample, DecoderAdapter
     from .runner import SamClickModel, run_sample
 
-    adapter = DecoderAdapter(predictor, steps_per_object or STEPS_PER_OBJECT, seed=seed) if adapt else None
+    adapter = DecoderAdapter(predictor, steps_per_object or STEPS_PER_OBJECT, lr=lr, seed=seed) if adapt else None
     runs = []
     for index, sample in enumerate(samples, start=1):
         active = adapter.active_predictor() if adapter is not None else predictor
@@ -154,7 +154,8 @@ def write_figure(path: Path, source: str, base: dict, adapted: dict) -> Path:
 def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decoder: str = "sam",
                   device: str = "cpu", group_by: str | None = "case_id", components: bool = False,
                   stride: int = 1, max_objects: int | None = None, max_groups: int | None = None,
-                  max_clicks: int = 20, steps_per_object: int | None = None, seed: int = 0, log=print) -> dict:
+                  max_clicks: int = 20, steps_per_object: int | None = None, seed: int = 0, log=print,
+                  lr: float | None = None, embedding_store: str | Path | None = None) -> dict:
     """Both runs on every group; ``summary.json``, ``objects.csv``, ``table.md`` and
     ``noc-by-object.png`` in ``out_dir``; returns the summary."""
     from ..engine.embedding_cache import EmbeddingCache
@@ -166,15 +167,19 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
     if not groups:
         raise InputError(f"{dataset} has no slide or case with at least {WARM_UP + 1} objects to click in order.")
     loaded = load_model(model, device) if isinstance(model, str) else model
-    predictor = Predictor(loaded, decoder, cache=EmbeddingCache(max_bytes=1 << 34))  # both runs share embeddings
+    # both runs share embeddings: in memory, and on disk with ``embedding_store`` (a rerun with
+    # another recipe then skips the encoder)
+    cache = EmbeddingCache(max_bytes=1 << 34, store_dir=embedding_store, store_dtype="float16",
+                           max_disk_bytes=None)
+    predictor = Predictor(loaded, decoder, cache=cache)
     runs = {"base": [], "adapted": []}
     for group, samples in groups.items():
         for name in runs:
             runs[name] += run_group(predictor, samples, name == "adapted", group, max_clicks,
-                                    steps_per_object=steps_per_object, seed=seed, log=log)
+                                    steps_per_object=steps_per_object, seed=seed, log=log, lr=lr)
     source = Path(dataset).name
     summary = {"source": str(dataset), "model": loaded.name, "decoder": decoder, "max_clicks": max_clicks,
-               "warm_up": WARM_UP, "steps_per_object": steps_per_object,
+               "warm_up": WARM_UP, "steps_per_object": steps_per_object, "lr": lr,
                **{name: summarize(r, max_clicks) for name, r in runs.items()}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

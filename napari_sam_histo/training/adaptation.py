@@ -12,10 +12,15 @@ the copy and the base decoder re-click the held-out examples with the benchmark'
 copy is offered (``active_predictor``) only when at least ``MIN_HELD_OUT`` examples are held out and
 its mean NoC@85 on them is strictly lower. Until then the base decoder stays in use.
 
-Works with every decoder choice: SAM's own decoder and SAM-kind checkpoints train their
-single-mask output (token 0; the adapted copy then answers with it, as ``md`` checkpoints do), the
-modified decoder trains whole, the residual decoder its correction. Deterministic under ``seed``.
-``DecoderAdapter`` holds no thread; ``AdaptationWorker`` runs it in the background.
+Works with every decoder choice. SAM's own decoder (and SAM-kind checkpoints with all three
+mask outputs) adapts through a zero-initialised correction added to its logits (the residual
+decoder of ``models.residual_decoder`` over a frozen copy): the untrained copy is exactly the base
+decoder, the first click keeps SAM's three candidates and their ranking, and a few steps can only
+move it as far as the examples pay for. (Training SAM's token 0 instead, tried first, gave up
+those candidates and made RINGS objects need more clicks.) ``md`` checkpoints (single-mask) train
+their token 0, as they were trained; the modified decoder trains whole, the residual decoder its
+correction. Deterministic under ``seed``. ``DecoderAdapter`` holds no thread;
+``AdaptationWorker`` runs it in the background.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +41,7 @@ from ..engine.embedding_cache import Embedding
 from ..evaluation.clicker import next_click
 from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
 from ..models.decoders import DecoderChoice, SingleMaskDecoder
+from ..models.residual_decoder import ResidualMaskDecoder
 from .click_simulation import error_click, first_click
 from .nfl_loss import normalized_focal_loss
 from .prompted_forward import ImageGeometry, PromptedForward
@@ -41,6 +49,8 @@ from .prompted_forward import ImageGeometry, PromptedForward
 STEPS_PER_OBJECT = 16
 BATCH_SIZE = 4
 LEARNING_RATE = 1e-4  # a fifth of the offline recipe's: a few examples, many steps on each
+# a correction that starts at zero has to grow from nothing: its rate is set apart
+CORRECTION_LEARNING_RATE = 1e-3
 HOLD_OUT_EVERY = 3  # examples 3, 6, 9, ... (counting from 1) judge the copy, never train it
 GATE_IOU = 0.85
 GATE_MAX_CLICKS = 10
@@ -77,19 +87,24 @@ class AdaptationState:
 
 
 class DecoderAdapter:
-    def __init__(self, predictor, steps_per_object: int = STEPS_PER_OBJECT, lr: float = LEARNING_RATE,
-                 batch_size: int = BATCH_SIZE, hold_out_every: int = HOLD_OUT_EVERY, seed: int = 0) -> None:
+    def __init__(self, predictor, steps_per_object: int = STEPS_PER_OBJECT, lr: float | None = None,
+                 batch_size: int = BATCH_SIZE, hold_out_every: int = HOLD_OUT_EVERY, seed: int = 0,
+                 max_examples: int | None = None) -> None:
         """``predictor``: the annotator's (its decoder is the base; its model, cache and precision
-        are shared by the adapted predictor)."""
+        are shared by the adapted predictor). ``lr``: None for the kind's default (a correction
+        ``CORRECTION_LEARNING_RATE``, whole decoders ``LEARNING_RATE``)."""
         self.base = predictor
         choice: DecoderChoice = predictor.decoder
-        self.kind = choice.kind
         module = choice.module
-        self.single_mask = self.kind == "sam"  # token 0 trains; inference must use what trained
-        if isinstance(module, SingleMaskDecoder):
+        # an md checkpoint trained and infers token 0 alone: adapting it keeps to that
+        self.single_mask = isinstance(module, SingleMaskDecoder)
+        if self.single_mask:
             module = module.decoder
+        self.base_kind = choice.kind
+        self.kind = "residual" if choice.kind == "sam" and not self.single_mask else choice.kind
         self._base_module = module
-        self.lr = float(lr)
+        self.lr = float(lr) if lr is not None else (
+            CORRECTION_LEARNING_RATE if self.kind == "residual" else LEARNING_RATE)
         # the shared prompt encoder is frozen: backward then stops at the decoder's inputs
         for parameter in predictor.sam.prompt_encoder.parameters():
             parameter.requires_grad_(False)
@@ -97,6 +112,7 @@ class DecoderAdapter:
         self.batch_size = int(batch_size)
         self.hold_out_every = max(int(hold_out_every), 2)
         self.seed = int(seed)
+        self.max_examples = None if max_examples is None else max(int(max_examples), 2)
         self.enabled = True
         self._generation = 0  # bumped by reset: a gate result of an older copy is dropped
         self._lock = threading.RLock()  # examples, the copy's weights and the gate's result
@@ -104,7 +120,12 @@ class DecoderAdapter:
 
     def _start(self) -> None:
         """A fresh copy of the base decoder, no examples (construction and ``reset``)."""
-        self.decoder = copy.deepcopy(self._base_module).float()
+        if self.kind == "residual" and self.base_kind == "sam":
+            with torch.random.fork_rng(devices=[]):  # the correction's random layers: seeded, global RNG untouched
+                torch.manual_seed(self.seed)
+                self.decoder = ResidualMaskDecoder.from_sam_decoder(self._base_module).float()
+        else:
+            self.decoder = copy.deepcopy(self._base_module).float()
         trained = self.decoder.correction if self.kind == "residual" else self.decoder
         for parameter in self.decoder.parameters():
             parameter.requires_grad_(False)
@@ -114,12 +135,14 @@ class DecoderAdapter:
         self.forward = PromptedForward(self.base.sam, self.decoder, self.kind)
         self.examples: list[AdaptationExample] = []
         self.held_out: list[AdaptationExample] = []
+        self.added = 0  # examples ever added (every ``hold_out_every``-th of them is held out)
         self.steps = 0
         self.owed = 0
         self.step_seconds: list[float] = []
         self._adapted = None  # the Predictor of the last copy that passed the gate
         self._scores: tuple | None = None  # (base NoC, adapted NoC) of the last gate
         self._base_scores: dict[int, tuple] = {}  # held-out example id -> the base decoder's re-click (fixed)
+        self._judged: tuple | None = None  # (generation, steps, held out) the last gate judged
 
     # -- examples -------------------------------------------------------------------------------
     def add_example(self, example: AdaptationExample) -> None:
@@ -127,11 +150,19 @@ class DecoderAdapter:
         if not np.any(example.target):
             return  # nothing to learn from an empty mask
         with self._lock:
-            if (len(self.examples) + len(self.held_out) + 1) % self.hold_out_every == 0:
+            self.added += 1
+            if self.added % self.hold_out_every == 0:
                 self.held_out.append(example)
             else:
                 self.examples.append(example)
                 self.owed += self.steps_per_object
+            if self.max_examples is not None and len(self.examples) + len(self.held_out) > self.max_examples:
+                # memory is bounded (each example holds a tile embedding): the oldest training
+                # example goes; held-out ones stay, the gate's judgement rests on them
+                if len(self.examples) > 1:
+                    self.examples.pop(0)
+                else:
+                    self._base_scores.pop(id(self.held_out.pop(0)), None)
 
     def reset(self) -> None:
         """Back to the base decoder, with no examples (a gate running now cannot bring the old copy
@@ -217,6 +248,9 @@ class DecoderAdapter:
         with self._lock:
             if not self.held_out or self.steps == 0:
                 return self.in_use
+            judged = (self._generation, self.steps, len(self.held_out))
+            if judged == self._judged:
+                return self.in_use  # nothing changed since the last judgement
             candidate = self._snapshot_predictor()
             held_out = list(self.held_out)
             generation = self._generation
@@ -238,6 +272,7 @@ class DecoderAdapter:
                 return None  # reset meanwhile: this judged a copy that no longer exists
             self._scores = (base[0], adapted[0])
             self._adapted = candidate if better else None
+            self._judged = judged
         return better
 
     @property
@@ -252,9 +287,15 @@ class DecoderAdapter:
 
     def state(self) -> AdaptationState:
         with self._lock:
-            base, adapted = self._scores if self._scores is not None else (None, None)
-            return AdaptationState(len(self.examples), len(self.held_out), self.steps, self.owed, self.in_use,
-                                   base, adapted, self.enabled)
+            return self.state_nowait()
+
+    def state_nowait(self) -> AdaptationState:
+        """``state`` without the lock (a step may hold it for a second): for a UI thread; the
+        numbers may be one step apart from each other."""
+        scores = self._scores
+        base, adapted = scores if scores is not None else (None, None)
+        return AdaptationState(len(self.examples), len(self.held_out), self.steps, self.owed, self.in_use,
+                               base, adapted, self.enabled)
 
     # -- keeping it -----------------------------------------------------------------------------
     def save(self, path, slide: str = "") -> Path:
@@ -267,10 +308,10 @@ class DecoderAdapter:
                 self.kind, self.base.model.name, self.base.model.weights_hash, "adapted", True,
                 metrics={"held_out_noc85_base": None if self._scores is None else self._scores[0],
                          "held_out_noc85_adapted": None if self._scores is None else self._scores[1]},
-                config={"adapted_on": slide, "base_decoder": self.base.decoder.source,
+                config={"adapted_on": slide, "base_decoder": self.base.decoder.source, "lr": self.lr,
                         "examples": len(self.examples), "held_out": len(self.held_out), "steps": self.steps,
                         "steps_per_object": self.steps_per_object, "seed": self.seed})
-            if self.kind == "sam":
+            if self.single_mask:
                 metadata["mask_outputs"] = "single"
         return save_decoder_checkpoint(path, state, metadata)
 
@@ -314,6 +355,9 @@ class AdaptationWorker:
         self.may_run = may_run
         self.on_change = on_change
         self.error: str | None = None
+        # work handed over by other threads (examples, reset, save), done by this thread between
+        # steps: the adapter's lock is then never waited for by a UI or click thread
+        self._tasks: deque = deque()
         self._wake = threading.Event()
         self._stop = False
         self._idle = threading.Event()
@@ -323,8 +367,25 @@ class AdaptationWorker:
         self._thread.start()
 
     def add_example(self, example: AdaptationExample) -> None:
-        self.adapter.add_example(example)
+        """Queue an example (returns at once; the worker adds it between steps)."""
+        self.submit(lambda: self.adapter.add_example(example))
+
+    def submit(self, function: Callable) -> Future:
+        """``function()`` on the worker thread between steps; its result or exception in the future."""
+        future: Future = Future()
+        self._tasks.append((function, future))
         self.wake()
+        return future
+
+    def _run_tasks(self) -> None:
+        while self._tasks:
+            function, future = self._tasks.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function())
+            except Exception as err:
+                future.set_exception(err)
 
     def wake(self) -> None:
         """Run what is owed (after ``add_example``, or after switching adaptation back on)."""
@@ -336,27 +397,44 @@ class AdaptationWorker:
         """Block until the owed steps and the gate are done (a UI closing, tests)."""
         return self._idle.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop after the step under way (``wait``: until then, at most 10 s)."""
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout=10)
+        if wait:
+            self._thread.join(timeout=10)
+        for _, future in list(self._tasks):
+            future.cancel()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self.adapter.state())
+            except Exception:  # a UI's failure must not stop the adaptation
+                pass
 
     def _run(self) -> None:
         while not self._stop:
             self._wake.wait()
             self._wake.clear()
             try:
+                self._run_tasks()
                 while not self._stop and self.adapter.enabled and self.adapter.owed > 0:
+                    self._run_tasks()
                     if not self.may_run():
                         time.sleep(0.02)
                         continue
                     self.adapter.step()
+                    self._changed()
+                self._run_tasks()
                 while not self._stop and self.adapter.enabled and self.adapter.update_gate(self.may_run) is None:
                     time.sleep(0.02)  # a click came first: judge again when it is done
+                self._run_tasks()
             except Exception as err:  # adaptation is a bonus: it never takes the annotator down
                 self.error = f"{type(err).__name__}: {err}"
-            if self.on_change is not None:
-                self.on_change(self.adapter.state())
+            self._changed()
             with self._state_lock:
-                if not self._wake.is_set():
+                if not self._wake.is_set() and not self._tasks:
                     self._idle.set()
+                elif not self._wake.is_set():
+                    self._wake.set()

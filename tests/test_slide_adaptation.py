@@ -1,0 +1,121 @@
+"""The annotator learning from accepted objects (training.slide_adaptation): examples cut from an
+accepted object's tiles, the next object decoding with what the adapter offers, Accept never
+waiting for a step, switch off and reset (tiny random SAM: mechanics)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_sam_histo.engine.annotator import Annotator
+from napari_sam_histo.engine.blending import Blend
+from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.predictor import Predictor
+from napari_sam_histo.engine.tiles import TileBox
+from napari_sam_histo.slides.reader import from_array
+from napari_sam_histo.training.slide_adaptation import SlideAdaptation, tile_examples
+
+
+class _Session:
+    def __init__(self, box, clicks=()):
+        from napari_sam_histo.engine.session import Click
+
+        self.box = box
+        self.embedding = object()
+        self.clicks = tuple(Click(*c) for c in clicks)
+
+
+def test_examples_are_the_accepted_mask_cut_to_each_tile_at_the_finest_level():
+    fine_a, fine_b = TileBox(0, 0, 0, 100, 100, 1.0), TileBox(0, 50, 0, 100, 100, 1.0)
+    coarse = TileBox(1, 0, 0, 100, 100, 4.0)
+    mask = np.zeros((100, 150), bool)
+    mask[10:30, 40:120] = True  # crosses the border of the two fine tiles
+    blended = Blend(1.0, 0, 0, np.where(mask, 5.0, -5.0).astype(np.float32))
+    sessions = [_Session(fine_a, [(45, 20, True)]), _Session(fine_b), _Session(coarse, [(3, 3, True)])]
+    examples = tile_examples(sessions, blended)
+    assert len(examples) == 2  # the coarse tile gives none
+    assert examples[0].target.shape == (100, 100) and examples[0].target.sum() == 20 * 60
+    assert examples[1].target[10:30, 0:70].all() and examples[1].target.sum() == 20 * 70
+    assert examples[0].clicks == ((45, 20, True),)
+    edited = np.zeros((10, 10), bool)
+    edited[2:5, 2:5] = True  # a hand-corrected mask replaces SAM's
+    by_hand = tile_examples(sessions[:1], blended, ((60, 60), edited, 1.0))
+    assert by_hand[0].target.sum() == 9 and by_hand[0].target[62:65, 62:65].all()
+    assert tile_examples(sessions, None) == [] and tile_examples([], blended) == []
+
+
+def _disc(size=256):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    inside = (yy - 120) ** 2 + (xx - 130) ** 2 < 40 ** 2
+    image = np.where(inside[..., None], [120, 50, 150], [235, 200, 220]) + rng.normal(0, 8, (size, size, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def annotator(tiny_model):
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    annotator = Annotator(predictor, from_array(_disc(), "disc.png"), level=0, tile_size=256)
+    yield annotator
+    annotator.close(wait=True)
+
+
+def test_accepted_objects_teach_the_adapter_and_the_next_object_uses_what_it_offers(annotator):
+    adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=2)
+    annotator.adaptation = adaptation
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    obj = annotator.submit("accept").result(timeout=60)
+    assert obj is not None and obj.properties["adapted"] is False
+    assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
+    state = adaptation.state()
+    assert state.examples == 1 and state.steps == 2 and state.owed == 0
+    example = adaptation.adapter.examples[0]
+    assert example.target.shape == (256, 256) and example.target.any()
+    assert tuple(example.embedding.original_size) == (256, 256)  # the tile's own embedding, no new encoder call
+
+    offered = Predictor(annotator.predictor.model, "sam", cache=annotator.predictor.cache, precision="fp32")
+    adaptation.predictor = lambda: offered  # as if the copy had passed the gate
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    assert all(s.predictor is offered for s in annotator._active())
+    assert annotator.submit("accept").result(timeout=60).properties["adapted"] is True
+
+
+def test_accept_never_waits_for_a_step_under_way(annotator):
+    adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=3)
+    annotator.adaptation = adaptation
+    running, release = threading.Event(), threading.Event()
+    original = adaptation.adapter.step
+
+    def slow_step():
+        with adaptation.adapter._lock:  # holds the adapter's lock, as a real step does
+            running.set()
+            release.wait(60)
+            return original()
+
+    adaptation.adapter.step = slow_step
+    try:
+        annotator.submit_click(130, 120, True).result(timeout=120)
+        annotator.submit("accept").result(timeout=60)
+        assert running.wait(60)  # a step holds the lock now
+        annotator.submit_click(60, 60, True).result(timeout=120)
+        accepted = annotator.submit("accept").result(timeout=60)  # done while the step still holds the lock
+        assert accepted is not None
+        assert adaptation.state().examples == 1  # read without the lock meanwhile
+    finally:
+        release.set()
+    assert adaptation.worker.wait_idle(120)
+    assert adaptation.state().examples == 2
+
+
+def test_switched_off_it_keeps_no_examples_and_reset_forgets_them(annotator):
+    adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, enabled=False, steps_per_object=1)
+    annotator.adaptation = adaptation
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    annotator.submit("accept").result(timeout=60)
+    assert adaptation.worker.wait_idle(60) and adaptation.state().examples == 0
+    adaptation.enabled = True
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    annotator.submit("accept").result(timeout=60)
+    assert adaptation.worker.wait_idle(120) and adaptation.state().examples == 1
+    adaptation.reset().result(timeout=60)
+    assert adaptation.state().examples == 0 and adaptation.predictor() is annotator.predictor
