@@ -47,6 +47,7 @@ from ..coordinates import corner_translate, mask_translate, napari_to_level0
 from ..annotations.objects import DEFAULT_CLASSES, next_class_color, not_yet_in
 from ..errors import InputError, SamHistoError
 from . import annotation_layer
+from .adaptation_panel import AdaptationPanel
 from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba  # noqa: F401 (the tests import them from here)
 from .annotator_settings import AnnotatorSettings, source_spec, warm_up
 from .gui_threads import GuiThreads
@@ -190,6 +191,8 @@ class AnnotatorDock(QWidget):
         self.object_list.class_requested.connect(self.set_object_class)
         objects_layout.addWidget(self.object_list)
         layout.addWidget(objects)
+        self.adaptation_panel = AdaptationPanel(self.threads)
+        layout.addWidget(self.adaptation_panel)
         help_label = QLabel(BINDINGS)
         help_label.setWordWrap(True)
         help_label.setStyleSheet("color: gray")
@@ -275,6 +278,7 @@ class AnnotatorDock(QWidget):
         model, decoder, device, tile = (self.model_combo.currentText(), self.decoder_combo.currentText(),
                                         self.device_combo.currentText(), self.tile_spin.value())
         on_disk, reused, grow = self.disk_check.isChecked(), self.source, self.grow_check.isChecked()
+        adapt, panel = self.adaptation_panel.wanted, self.adaptation_panel
 
         def build():
             from ..cohort.store import is_precomputed
@@ -294,7 +298,14 @@ class AnnotatorDock(QWidget):
                 predictor = Predictor(load_model(model, device), decoder, cache=cache)
                 predictor.wait_for_optimized_encoder = False  # tiles run eager until it is built:
                 predictor.prepare_encoder()  # the optimized encoder builds in the background now
-                return Annotator(predictor, source, level=level, tile_size=tile, continuation=grow), source
+                annotator = Annotator(predictor, source, level=level, tile_size=tile, continuation=grow)
+                from ..training.slide_adaptation import SlideAdaptation
+
+                # learning from accepted objects: off unless switched on; built now so switching it
+                # on later starts at once
+                annotator.adaptation = SlideAdaptation(predictor, annotator.quiet, enabled=adapt,
+                                                       on_change=panel.relay)
+                return annotator, source
             except BaseException:
                 if source is not reused:
                     source.close()
@@ -400,6 +411,7 @@ class AnnotatorDock(QWidget):
         self._connect(self._camera().events.center, self._schedule_prefetch)
         self._connect(self._camera().events.zoom, self._schedule_prefetch)
         self.annotator = annotator
+        self.adaptation_panel.attach(annotator.adaptation, source.name, self._suggested("-adapted-decoder.pt"))
         self._starting = False
         self.start_button.setEnabled(True)
         self.status.setText(f"{annotator.predictor.model.name} ({annotator.predictor.decoder.kind} decoder) ready at "
@@ -472,6 +484,7 @@ class AnnotatorDock(QWidget):
         key binding it added to napari (the dock can start again). The slide stays open for the next
         Start; ``closeEvent`` closes it."""
         self._prefetch_timer.stop()
+        self.adaptation_panel.attach(None)
         if self.annotator is not None:
             self.annotator.close(wait=wait)
             self._stopped, self.annotator = self.annotator, None

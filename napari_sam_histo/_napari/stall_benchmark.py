@@ -119,10 +119,12 @@ def mosaic_slide(folder: Path, repeat: int) -> Path:
 
 
 def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
-        timeout: float = 300.0, explain: bool = False, level: str | int = "auto") -> list[Stall]:
+        timeout: float = 300.0, explain: bool = False, level: str | int = "auto",
+        adapt: bool = False) -> list[Stall]:
     """Run the scripted session; returns one ``Stall`` per action (``explain``: with where the
     longest stall of each went, from a stack sampler; ``level``: the dock's working level, "auto"
-    or a pyramid level)."""
+    or a pyramid level; ``adapt``: "Learn from this slide" on, and the second object is clicked
+    while the adaptation of the first is running)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -178,6 +180,7 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
         raise InputError(f"The slide has no working level {level!r}; use auto or 0..{dock.level_combo.count() - 2}.")
     dock.level_combo.setCurrentIndex(index)
     dock.prefetch_check.setChecked(False)  # the clicks below are timed alone
+    dock.adaptation_panel.check.setChecked(adapt)
     dock.confirm = lambda question: True
     timed("Start", dock.start_button.click, lambda: dock.annotator is not None and dock.autosave_path is not None)
     width, height = dock.source.level_dimensions[0]
@@ -188,7 +191,16 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
         timed(name, lambda x=x, y=y: dock.add_click(x, y), lambda: dock.pending == 0)
     timed("Accept", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 1)
     strip = (min(500, width - 1), min(1040, height - 1))  # a second object, on another tile
-    timed("first click on a second object", lambda: dock.add_click(*strip), lambda: dock.pending == 0)
+    second = "first click on a second object"
+    if adapt:  # the first object's adaptation steps are under way when the user clicks
+        adaptation = dock.annotator.adaptation
+        end = time.perf_counter() + timeout
+        while adaptation.state().steps < 1 and time.perf_counter() < end:
+            spin(0.05)
+        if adaptation.state().owed == 0:
+            raise TimeoutError("the adaptation finished (or never started) before the second object's click")
+        second += " (adaptation running)"
+    timed(second, lambda: dock.add_click(*strip), lambda: dock.pending == 0)
     timed("Accept (second object)", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 2)
     geojson, tiff = work / "objects.geojson", work / "labels.ome.tif"
     timed("export GeoJSON", lambda: state.update(f=dock.export_geojson(geojson, overwrite=True)),

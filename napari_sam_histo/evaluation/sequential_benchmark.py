@@ -93,8 +93,12 @@ def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks
             run.adapt_s = time.perf_counter() - started
         runs.append(run)
         if log is not None:
+            gate = ""
+            if adapter is not None and adapter.state().base_noc is not None:
+                st = adapter.state()
+                gate = f", gate: adapted {st.adapted_noc:.2f} vs base {st.base_noc:.2f} on {st.held_out} held out"
             log(f"{group} #{index} {'adapted' if adapt else 'base'}{' (copy in use)' if run.adapted else ''}: "
-                f"{len(run.ious)} clicks, IoU {run.ious[-1] if run.ious else 0:.3f}, adapt {run.adapt_s:.1f} s")
+                f"{len(run.ious)} clicks, IoU {run.ious[-1] if run.ious else 0:.3f}, adapt {run.adapt_s:.1f} s{gate}")
     return runs
 
 

@@ -1,0 +1,138 @@
+"""The Annotator dock's view of the decoder learning from this slide (``training.slide_adaptation``):
+a switch, what it has learned and whether the adapted copy is in use, Reset and Save.
+
+Thin on purpose: the adaptation runs on its own thread and reports its state through
+``on_change``; the panel relays that to the GUI thread and only ever reads state without a lock,
+so nothing here waits for a training step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+
+OFF_TEXT = "Off: every object is decoded by the decoder chosen above."
+
+
+def describe(state) -> str:
+    """One line a pathologist can read (``training.adaptation.AdaptationState``)."""
+    if not state.enabled:
+        return OFF_TEXT
+    learned = state.examples + state.held_out
+    if learned == 0:
+        return "On: accepted objects teach a copy of the decoder in the background (none yet)."
+    work = f"{state.steps} steps" + (f", {state.owed} to go" if state.owed else "")
+    text = f"Learned from {learned} tile(s) of accepted objects ({state.held_out} kept aside to judge it), {work}."
+    if state.base_noc is None:
+        return text + " In use: the chosen decoder (the copy is judged once 2 tiles are kept aside)."
+    judged = f"clicks to 85 % on the kept-aside tiles: adapted {state.adapted_noc:.1f}, chosen {state.base_noc:.1f}"
+    if state.in_use:
+        return text + f" In use: the ADAPTED copy ({judged})."
+    return text + f" In use: the chosen decoder, the copy is not better yet ({judged})."
+
+
+class AdaptationPanel(QGroupBox):
+    def __init__(self, threads, parent=None) -> None:
+        super().__init__("Learn from this slide", parent)
+        self.threads = threads
+        self.adaptation = None
+        self.slide = self.suggested = ""
+        self.last_saved: Path | None = None
+        layout = QVBoxLayout(self)
+        self.check = QCheckBox("Adapt the decoder to the objects I accept")
+        self.check.setToolTip("A copy of the decoder fine-tunes on accepted objects while you work (never while a "
+                              "click runs) and replaces it only when it needs fewer clicks on objects kept aside.")
+        self.check.toggled.connect(self._toggled)
+        layout.addWidget(self.check)
+        self.state_label = QLabel(OFF_TEXT)
+        self.state_label.setWordWrap(True)
+        layout.addWidget(self.state_label)
+        self.note_label = QLabel("")  # what Save or Reset did (the state line keeps changing)
+        self.note_label.setWordWrap(True)
+        layout.addWidget(self.note_label)
+        row = QHBoxLayout()
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip("Forget what was learned: back to the chosen decoder (annotations stay)")
+        self.reset_button.clicked.connect(self.reset)
+        self.save_button = QPushButton("Save decoder…")
+        self.save_button.setToolTip("Save the adapted copy as a decoder checkpoint, to choose on the next slides")
+        self.save_button.clicked.connect(self._save_clicked)
+        row.addWidget(self.reset_button)
+        row.addWidget(self.save_button)
+        layout.addLayout(row)
+        self.attach(None)
+
+    @property
+    def wanted(self) -> bool:
+        return self.check.isChecked()
+
+    def relay(self, state) -> None:
+        """``on_change`` for the adaptation (any thread): shown on the GUI thread."""
+        self.threads.emit(self._show_if_current, (self.adaptation, state))
+
+    def _show_if_current(self, item) -> None:
+        adaptation, state = item
+        if adaptation is self.adaptation and adaptation is not None:
+            self.show_state(state)
+
+    def attach(self, adaptation, slide: str = "", suggested: str = "") -> None:
+        """The annotator's adaptation (None: not started); ``slide`` goes into a saved checkpoint's
+        metadata, ``suggested`` is the save dialog's first answer."""
+        self.adaptation, self.slide, self.suggested = adaptation, slide, suggested
+        self.note_label.setText("")
+        for button in (self.reset_button, self.save_button):
+            button.setEnabled(adaptation is not None)
+        if adaptation is None:
+            self.state_label.setText("Starts with the annotator." if self.wanted else OFF_TEXT)
+        else:
+            self.show_state(adaptation.state())
+
+    def show_state(self, state) -> None:
+        text = describe(state)
+        if self.adaptation is not None and self.adaptation.worker.error:
+            text += f" ⚠ Stopped learning: {self.adaptation.worker.error}"
+        self.state_label.setText(text)
+        self.save_button.setEnabled(self.adaptation is not None and state.steps > 0)
+
+    def _toggled(self, on: bool) -> None:
+        if self.adaptation is not None:
+            self.adaptation.enabled = on  # reports its state through relay
+        else:
+            self.attach(None)
+
+    def reset(self) -> None:
+        if self.adaptation is None:
+            return
+        adaptation = self.adaptation
+        self.note_label.setText("Resetting…")
+
+        def reset_done(result):
+            self.note_label.setText(f"⚠ Reset failed: {result}" if isinstance(result, Exception) else
+                                    "Reset: back to the chosen decoder, nothing learned.")
+            self._show_if_current((adaptation, adaptation.state()))
+
+        self.threads.relay(adaptation.reset(), reset_done)
+
+    def save_to(self, path: str | Path) -> None:
+        """Write the adapted decoder (our checkpoint format) to ``path``; the label says where."""
+        if self.adaptation is None:
+            return
+        path = Path(path)
+        if path.suffix.lower() not in (".pt", ".pth"):
+            path = path.with_suffix(".pt")
+        self.threads.relay(self.adaptation.save(path, slide=self.slide), self._saved)
+
+    def _saved(self, result) -> None:
+        if isinstance(result, Exception):
+            self.note_label.setText(f"⚠ The adapted decoder was not saved: {result}")
+            return
+        self.last_saved = Path(result)
+        self.note_label.setText(f"Saved the adapted decoder to {result}: choose it as the decoder on the next "
+                                "slides.")
+
+    def _save_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the adapted decoder", self.suggested,
+                                              "Decoder checkpoint (*.pt)")
+        if path:
+            self.save_to(path)

@@ -1,0 +1,73 @@
+"""The Annotator dock's "Learn from this slide" panel (Xvfb, real MobileSAM, real slide): switched on
+with the mouse, an accepted object teaches the copy in the background (the panel says so), the
+adapted decoder is saved through the dialog and loads back as a decoder, Reset forgets, and
+switched off the chosen decoder decodes again."""
+
+import pytest
+from app_model.types import KeyCode
+
+pytest.importorskip("napari")
+
+from qtpy.QtCore import Qt  # noqa: E402
+from qtpy.QtWidgets import QFileDialog  # noqa: E402
+
+from napari_sam_histo._napari.adaptation_panel import OFF_TEXT  # noqa: E402
+
+from .annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
+
+
+def _toggle(qtbot, check) -> None:
+    """A mouse click on the check box's own square."""
+    from qtpy.QtCore import QPoint
+
+    qtbot.mouseClick(check, Qt.MouseButton.LeftButton, pos=QPoint(8, check.height() // 2))
+
+
+def test_the_panel_learns_from_accepted_objects_saves_resets_and_switches_off(dock, qtbot, tmp_path, monkeypatch):
+    panel = dock.adaptation_panel
+    adaptation = dock.annotator.adaptation
+    assert panel.state_label.text() == OFF_TEXT and not adaptation.enabled  # off until the user wants it
+    assert not panel.save_button.isEnabled()
+    _toggle(qtbot, panel.check)
+    assert panel.check.isChecked() and adaptation.enabled
+    qtbot.waitUntil(lambda: "none yet" in panel.state_label.text(), timeout=10_000)
+    adaptation.adapter.steps_per_object = 2  # mechanics: two steps per object keep the test short
+
+    n = len(dock.object_list.ids)
+    click(dock.viewer, *FRAGMENT)
+    _wait(dock, qtbot)
+    press(dock.viewer, KeyCode.Enter)
+    qtbot.waitUntil(lambda: len(dock.object_list.ids) == n + 1, timeout=60_000)
+    qtbot.waitUntil(lambda: "2 steps." in panel.state_label.text(), timeout=180_000)
+    assert "Learned from 1 tile(s)" in panel.state_label.text()
+    assert "In use: the chosen decoder" in panel.state_label.text()  # nothing kept aside yet to judge it
+    assert adaptation.state().examples == 1 and adaptation.worker.error is None
+
+    target = tmp_path / "my-study-decoder.pt"
+    seen = {}
+
+    def dialog(parent, caption, suggested, filter_):
+        seen["suggested"] = suggested
+        return str(target), filter_
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", dialog)
+    qtbot.waitUntil(panel.save_button.isEnabled, timeout=10_000)
+    qtbot.mouseClick(panel.save_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: panel.last_saved == target, timeout=60_000)
+    assert seen["suggested"].endswith("-adapted-decoder.pt") and str(target) in panel.note_label.text()
+    from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint
+    from napari_sam_histo.models.decoders import build_decoder_from_checkpoint
+
+    metadata, _ = read_decoder_checkpoint(target)
+    assert metadata["training_scenario"] == "adapted" and metadata["config"]["adapted_on"] == dock.source.name
+    assert build_decoder_from_checkpoint(dock.annotator.predictor.model, target).kind == "residual"
+
+    qtbot.mouseClick(panel.reset_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "none yet" in panel.state_label.text(), timeout=60_000)
+    assert "Reset" in panel.note_label.text()
+    assert adaptation.state().examples == 0 and adaptation.predictor() is dock.annotator.predictor
+
+    _toggle(qtbot, panel.check)
+    assert not panel.check.isChecked() and not adaptation.enabled
+    qtbot.waitUntil(lambda: panel.state_label.text() == OFF_TEXT, timeout=10_000)
+    assert len(dock.object_list.ids) == n + 1  # the annotations are untouched by all of it
