@@ -343,6 +343,21 @@ def reclick(predictor, example: AdaptationExample, max_clicks: int = GATE_MAX_CL
     return noc(ious, GATE_IOU, max_clicks), float(np.mean(ious))
 
 
+def lower_priority(niceness: int = 19) -> bool:
+    """Give the calling thread the lowest CPU priority (Linux: threads have their own nice value,
+    and the OpenMP threads torch starts for this thread inherit it). A step that is under way when
+    a click comes then gets the CPU only when the click leaves it idle, so the click runs at full
+    speed instead of sharing the cores with it. False where the system does not allow it."""
+    import os
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+        return True
+    except (AttributeError, OSError):  # not on Linux, or not permitted
+        return False
+
+
 class AdaptationWorker:
     """Runs a ``DecoderAdapter`` on a background thread at low priority: before every step (and
     between the gate's examples) it waits until ``may_run()`` says no click or embedding is
@@ -350,8 +365,10 @@ class AdaptationWorker:
     called from the thread after each burst (a UI re-reads the state)."""
 
     def __init__(self, adapter: DecoderAdapter, may_run: Callable[[], bool],
-                 on_change: Callable[[AdaptationState], None] | None = None) -> None:
+                 on_change: Callable[[AdaptationState], None] | None = None, low_priority: bool = True) -> None:
+        """``low_priority``: the thread runs at the lowest CPU priority (``lower_priority``)."""
         self.adapter = adapter
+        self.low_priority = low_priority
         self.may_run = may_run
         self.on_change = on_change
         self.error: str | None = None
@@ -414,6 +431,8 @@ class AdaptationWorker:
                 pass
 
     def _run(self) -> None:
+        if self.low_priority:
+            lower_priority()
         while not self._stop:
             self._wake.wait()
             self._wake.clear()
