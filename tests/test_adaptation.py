@@ -251,3 +251,24 @@ def test_an_untrained_copy_of_sams_decoder_answers_exactly_as_sam_with_its_three
     metadata_path = adapter.save(tmp_path / "adapted.pt", slide="s.svs")
     loaded = build_decoder_from_checkpoint(tiny_model, metadata_path)
     assert loaded.kind == "residual"
+
+
+def test_an_objects_tiles_stay_on_one_side_and_memory_stays_bounded(tiny_predictor):
+    adapter = DecoderAdapter(tiny_predictor, steps_per_object=1, max_examples=6)
+    tiles = _examples(tiny_predictor, 2)
+    for i in range(1, 7):  # six objects of two tiles each: objects 3 and 6 are held out whole
+        adapter.add_object(tiles, key=f"object-{i}")
+        if i == 3:
+            assert adapter.state().held_out == 2 and adapter.state().held_out_objects == 1
+    state = adapter.state()
+    assert state.examples + state.held_out <= 6 and state.held_out <= 2 and state.examples >= 2
+    assert {t[1] for t in adapter._held} == {"object-6"}  # the newest held-out object, both its tiles
+    assert adapter.remove_object("object-6") == 2 and adapter.state().held_out == 0
+    assert adapter.remove_object("no such object") == 0
+
+
+def test_a_stopped_worker_cancels_what_is_handed_to_it(tiny_predictor):
+    adapter = DecoderAdapter(tiny_predictor, steps_per_object=1)
+    worker = AdaptationWorker(adapter, may_run=lambda: True)
+    worker.stop(release=True)
+    assert worker.submit(lambda: 1).cancelled() and worker.wait_idle(5)

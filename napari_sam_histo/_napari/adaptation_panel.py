@@ -12,6 +12,8 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
+MIN_HELD_OUT = 2  # training.adaptation.MIN_HELD_OUT (not imported: that would import torch on the GUI thread)
+
 OFF_TEXT = "Off: every object is decoded by the decoder chosen above."
 
 
@@ -23,9 +25,10 @@ def describe(state) -> str:
     if learned == 0:
         return "On: accepted objects teach a copy of the decoder in the background (none yet)."
     work = f"{state.steps} steps" + (f", {state.owed} to go" if state.owed else "")
-    text = f"Learned from {learned} tile(s) of accepted objects ({state.held_out} kept aside to judge it), {work}."
-    if state.base_noc is None:
-        return text + " In use: the chosen decoder (the copy is judged once 2 tiles are kept aside)."
+    text = (f"Learned from {learned} tile(s) of accepted objects ({state.held_out_objects} object(s) kept aside "
+            f"to judge it), {work}.")
+    if state.base_noc is None or state.held_out_objects < MIN_HELD_OUT:
+        return text + f" In use: the chosen decoder (the copy is judged once {MIN_HELD_OUT} objects are kept aside)."
     judged = f"clicks to 85 % on the kept-aside tiles: adapted {state.adapted_noc:.1f}, chosen {state.base_noc:.1f}"
     if state.in_use:
         return text + f" In use: the ADAPTED copy ({judged})."
@@ -67,9 +70,10 @@ class AdaptationPanel(QGroupBox):
     def wanted(self) -> bool:
         return self.check.isChecked()
 
-    def relay(self, state) -> None:
-        """``on_change`` for the adaptation (any thread): shown on the GUI thread."""
-        self.threads.emit(self._show_if_current, (self.adaptation, state))
+    def relay(self, adaptation, state) -> None:
+        """``on_change`` for the adaptation (any thread): shown on the GUI thread if ``adaptation``
+        (the sender) is still the one attached."""
+        self.threads.emit(self._show_if_current, (adaptation, state))
 
     def _show_if_current(self, item) -> None:
         adaptation, state = item
@@ -86,12 +90,14 @@ class AdaptationPanel(QGroupBox):
         if adaptation is None:
             self.state_label.setText("Starts with the annotator." if self.wanted else OFF_TEXT)
         else:
+            if adaptation.enabled != self.wanted:  # the switch was changed while the annotator started
+                adaptation.enabled = self.wanted
             self.show_state(adaptation.state())
 
     def show_state(self, state) -> None:
         text = describe(state)
         if self.adaptation is not None and self.adaptation.worker.error:
-            text += f" ⚠ Stopped learning: {self.adaptation.worker.error}"
+            text += f" ⚠ The last learning step failed ({self.adaptation.worker.error}); the chosen decoder is safe."
         self.state_label.setText(text)
         self.save_button.setEnabled(self.adaptation is not None and state.steps > 0)
 

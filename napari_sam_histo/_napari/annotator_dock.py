@@ -664,6 +664,7 @@ class AnnotatorDock(QWidget):
                 with self._changing():
                     if undo:
                         annotation_layer.remove_object(self.layer, obj.id)
+                        self._unlearn([obj.id])  # an undone Accept teaches nothing
                     else:
                         annotation_layer.add_objects(self.layer, [obj], self.class_color)
                 self._changed()
@@ -949,12 +950,20 @@ class AnnotatorDock(QWidget):
         with self._changing():
             for obj in removed:
                 annotation_layer.remove_object(self.layer, obj.id)
+        self._unlearn([obj.id for obj in removed])
         if removed:
             self._undo.append(("delete", removed))
             self._redo.clear()
         self._changed()
         self.status.setText(f"Deleted {len(removed)} object{'s' * (len(removed) != 1)} (Ctrl-Z brings "
                             f"{'them' if len(removed) != 1 else 'it'} back). {self._count_text()}")
+
+    def _unlearn(self, ids) -> None:
+        """The slide's adaptation forgets these objects (queued for its thread: returns at once)."""
+        adaptation = getattr(self.annotator, "adaptation", None)
+        if adaptation is not None:
+            for object_id in ids:
+                adaptation.forget(object_id)
 
     def set_object_class(self, ids: list[str]) -> None:
         name = self.class_name

@@ -261,7 +261,7 @@ class ObjectTiles:
         x, y = self._level_point(x0, y0, grid)
         x0, y0 = x * grid.downsample, y * grid.downsample
         with self._lock:
-            if not self._history and not self._active():
+            if not self._sessions:  # a new object (not one whose clicks were all undone: it keeps its decoder)
                 self._decoding = self.adaptation.predictor() if self.adaptation is not None else self.predictor
             self.working = working
             holders, box = self._route(grid, x0, y0, positive)
@@ -369,7 +369,10 @@ class ObjectTiles:
                                    "downsample": finest.downsample if finest is not None else d,
                                    "edited": edited is not None})
             if self.adaptation is not None:  # examples for the slide's adapter (queued; no waiting)
-                self.adaptation.add_object(self._active(), result, edited)
+                try:
+                    self.adaptation.add_object(self._active(), result, edited, key=obj.id)
+                except Exception:  # learning is a bonus: the object is accepted whatever happens there
+                    pass
             self.clear()
             return obj
 

@@ -84,6 +84,7 @@ class AdaptationState:
     base_noc: float | None  # mean NoC@85 on the held-out examples (None: none held out yet)
     adapted_noc: float | None
     enabled: bool = True
+    held_out_objects: int = 0  # the gate judges only once ``MIN_HELD_OUT`` objects are held out
 
 
 class DecoderAdapter:
@@ -133,36 +134,78 @@ class DecoderAdapter:
             parameter.requires_grad_(True)
         self.optimizer = torch.optim.Adam(list(trained.parameters()), lr=self.lr)
         self.forward = PromptedForward(self.base.sam, self.decoder, self.kind)
-        self.examples: list[AdaptationExample] = []
-        self.held_out: list[AdaptationExample] = []
-        self.added = 0  # examples ever added (every ``hold_out_every``-th of them is held out)
+        # (object serial, object key, example): the serial tells objects apart, the key is the caller's
+        self._training: list[tuple] = []
+        self._held: list[tuple] = []
+        self.added = 0  # objects ever added (every ``hold_out_every``-th of them is held out)
         self.steps = 0
         self.owed = 0
         self.step_seconds: list[float] = []
         self._adapted = None  # the Predictor of the last copy that passed the gate
         self._scores: tuple | None = None  # (base NoC, adapted NoC) of the last gate
-        self._base_scores: dict[int, tuple] = {}  # held-out example id -> the base decoder's re-click (fixed)
-        self._judged: tuple | None = None  # (generation, steps, held out) the last gate judged
+        self._base_scores: dict[tuple, tuple] = {}  # (serial, tile) -> the base decoder's re-click (fixed)
+        self._judged: tuple | None = None  # (generation, steps, held-out examples) the last gate judged
 
     # -- examples -------------------------------------------------------------------------------
     def add_example(self, example: AdaptationExample) -> None:
-        """Keep an accepted object; a training example owes ``steps_per_object`` steps."""
-        if not np.any(example.target):
-            return  # nothing to learn from an empty mask
+        """Keep an accepted object that lies on one tile (``add_object`` with one example)."""
+        self.add_object([example])
+
+    def add_object(self, examples: list[AdaptationExample], key=None) -> None:
+        """Keep an accepted object: its examples (one per tile) all go to one side, so the gate
+        never judges the copy on a tile of an object it trained on; every ``hold_out_every``-th
+        object is held out, each other one owes ``steps_per_object`` steps. ``key`` (the object's
+        id) lets ``remove_object`` take it back."""
+        examples = [e for e in examples if np.any(e.target)]  # nothing to learn from an empty mask
+        if not examples:
+            return
         with self._lock:
             self.added += 1
+            tagged = [(self.added, key, e) for e in examples]
             if self.added % self.hold_out_every == 0:
-                self.held_out.append(example)
+                self._held.extend(tagged)
             else:
-                self.examples.append(example)
+                self._training.extend(tagged)
                 self.owed += self.steps_per_object
-            if self.max_examples is not None and len(self.examples) + len(self.held_out) > self.max_examples:
-                # memory is bounded (each example holds a tile embedding): the oldest training
-                # example goes; held-out ones stay, the gate's judgement rests on them
-                if len(self.examples) > 1:
-                    self.examples.pop(0)
-                else:
-                    self._base_scores.pop(id(self.held_out.pop(0)), None)
+            self._bound()
+
+    def _bound(self) -> None:
+        """Memory is bounded (each example holds a tile embedding): beyond ``max_examples`` the
+        oldest examples go, held-out ones kept to a third of the total."""
+        if self.max_examples is None:
+            return
+        held_cap = max(self.max_examples // 3, MIN_HELD_OUT)
+        while len(self._held) > held_cap:
+            self._held.pop(0)
+        while len(self._training) + len(self._held) > self.max_examples and len(self._training) > 1:
+            self._training.pop(0)
+
+    def remove_object(self, key) -> int:
+        """Forget the examples of object ``key`` (its Accept was undone, or it was deleted);
+        returns how many went."""
+        if key is None:
+            return 0
+        with self._lock:
+            before = len(self._training) + len(self._held)
+            self._training = [t for t in self._training if t[1] != key]
+            self._held = [t for t in self._held if t[1] != key]
+            removed = before - len(self._training) - len(self._held)
+            if removed:
+                self._judged = None  # judged on a different set: judge again
+            return removed
+
+    @property
+    def examples(self) -> list[AdaptationExample]:
+        """The training examples, oldest first."""
+        return [t[2] for t in self._training]
+
+    @property
+    def held_out(self) -> list[AdaptationExample]:
+        """The held-out examples the gate re-clicks, oldest first."""
+        return [t[2] for t in self._held]
+
+    def held_out_objects(self) -> int:
+        return len({t[0] for t in self._held})
 
     def reset(self) -> None:
         """Back to the base decoder, with no examples (a gate running now cannot bring the old copy
@@ -246,27 +289,29 @@ class DecoderAdapter:
         now in use. ``may_run`` is asked between examples (a UI's click goes first); when it says
         no, the gate is left as it was and None is returned."""
         with self._lock:
-            if not self.held_out or self.steps == 0:
+            if not self._held or self.steps == 0:
                 return self.in_use
-            judged = (self._generation, self.steps, len(self.held_out))
+            judged = (self._generation, self.steps, tuple((t[0], id(t[2])) for t in self._held))
             if judged == self._judged:
                 return self.in_use  # nothing changed since the last judgement
             candidate = self._snapshot_predictor()
-            held_out = list(self.held_out)
+            held_out = [((t[0], i), t[2]) for i, t in enumerate(self._held)]
+            objects = self.held_out_objects()
             generation = self._generation
         base_scores, adapted_scores = [], []
-        for example in held_out:
+        for tag, example in held_out:
             if may_run is not None and not may_run():
                 return None
-            if id(example) not in self._base_scores:  # the base decoder never changes: once per example
-                self._base_scores[id(example)] = reclick(self.base, example)
-            base_scores.append(self._base_scores[id(example)])
+            key = (tag[0], id(example))
+            if key not in self._base_scores:  # the base decoder never changes: once per example
+                self._base_scores[key] = reclick(self.base, example)
+            base_scores.append(self._base_scores[key])
             adapted_scores.append(reclick(candidate, example))
         base = (float(np.mean([s[0] for s in base_scores])), float(np.mean([s[1] for s in base_scores])))
         adapted = (float(np.mean([s[0] for s in adapted_scores])), float(np.mean([s[1] for s in adapted_scores])))
         # strictly fewer clicks: on RINGS a copy that tied (both failing at GATE_MAX_CLICKS) with a
         # higher mean IoU passed and then needed more clicks on later objects
-        better = len(held_out) >= MIN_HELD_OUT and adapted[0] < base[0]
+        better = objects >= MIN_HELD_OUT and adapted[0] < base[0]
         with self._lock:
             if generation != self._generation:
                 return None  # reset meanwhile: this judged a copy that no longer exists
@@ -294,8 +339,9 @@ class DecoderAdapter:
         numbers may be one step apart from each other."""
         scores = self._scores
         base, adapted = scores if scores is not None else (None, None)
-        return AdaptationState(len(self.examples), len(self.held_out), self.steps, self.owed, self.in_use,
-                               base, adapted, self.enabled)
+        training, held = self._training, self._held  # (one read each: lists are replaced, not changed in place
+        return AdaptationState(len(training), len(held), self.steps, self.owed, self.in_use,  # by remove_object)
+                               base, adapted, self.enabled, len({t[0] for t in held}))
 
     # -- keeping it -----------------------------------------------------------------------------
     def save(self, path, slide: str = "") -> Path:
@@ -359,10 +405,13 @@ def lower_priority(niceness: int = 19) -> bool:
 
 
 class AdaptationWorker:
-    """Runs a ``DecoderAdapter`` on a background thread at low priority: before every step (and
-    between the gate's examples) it waits until ``may_run()`` says no click or embedding is
-    running, so a click waits for at most one step already under way. ``on_change(state)`` is
-    called from the thread after each burst (a UI re-reads the state)."""
+    """Runs a ``DecoderAdapter`` on a background thread at the lowest priority: before every step
+    (and between the gate's examples) it waits until ``may_run()`` says no click or embedding is
+    running, and a step already under way yields the CPU to a click (``lower_priority``). Work from
+    other threads (examples, reset, save) is queued and done by this thread between steps, so no
+    UI or click thread ever waits for the adapter's lock. The gate judges the copy after every
+    ``steps_per_object`` steps and when the owed steps are done. ``on_change(state)`` is called
+    from the thread after every step and gate."""
 
     def __init__(self, adapter: DecoderAdapter, may_run: Callable[[], bool],
                  on_change: Callable[[AdaptationState], None] | None = None, low_priority: bool = True) -> None:
@@ -371,15 +420,13 @@ class AdaptationWorker:
         self.low_priority = low_priority
         self.may_run = may_run
         self.on_change = on_change
-        self.error: str | None = None
-        # work handed over by other threads (examples, reset, save), done by this thread between
-        # steps: the adapter's lock is then never waited for by a UI or click thread
+        self.error: str | None = None  # the last failure (cleared by the next step that succeeds)
         self._tasks: deque = deque()
         self._wake = threading.Event()
-        self._stop = False
+        self._stop = self._release = False
         self._idle = threading.Event()
         self._idle.set()
-        self._state_lock = threading.Lock()  # _wake and _idle change together (no lost wake-up)
+        self._state_lock = threading.Lock()  # _wake, _idle and _tasks change together (no lost wake-up)
         self._thread = threading.Thread(target=self._run, name="napari-sam-histo-adaptation", daemon=True)
         self._thread.start()
 
@@ -388,15 +435,24 @@ class AdaptationWorker:
         self.submit(lambda: self.adapter.add_example(example))
 
     def submit(self, function: Callable) -> Future:
-        """``function()`` on the worker thread between steps; its result or exception in the future."""
+        """``function()`` on the worker thread between steps; its result or exception in the
+        future (cancelled at once when the worker has stopped)."""
         future: Future = Future()
-        self._tasks.append((function, future))
-        self.wake()
+        with self._state_lock:
+            if self._stop:
+                future.cancel()
+                return future
+            self._tasks.append((function, future))
+            self._idle.clear()
+            self._wake.set()
         return future
 
     def _run_tasks(self) -> None:
-        while self._tasks:
-            function, future = self._tasks.popleft()
+        while True:
+            with self._state_lock:
+                if not self._tasks:
+                    return
+                function, future = self._tasks.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -405,23 +461,30 @@ class AdaptationWorker:
                 future.set_exception(err)
 
     def wake(self) -> None:
-        """Run what is owed (after ``add_example``, or after switching adaptation back on)."""
+        """Run what is owed (after switching adaptation back on)."""
         with self._state_lock:
             self._idle.clear()
             self._wake.set()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until the owed steps and the gate are done (a UI closing, tests)."""
+        """Block until the queued work, the owed steps (unless adaptation is switched off) and the
+        gate are done, or the worker has stopped (a UI closing, tests)."""
         return self._idle.wait(timeout)
 
-    def stop(self, wait: bool = True) -> None:
-        """Stop after the step under way (``wait``: until then, at most 10 s)."""
-        self._stop = True
-        self._wake.set()
+    def stop(self, wait: bool = True, release: bool = False) -> None:
+        """Stop after the step under way (``wait``: until then, at most 10 s); queued work is
+        cancelled. ``release``: the adapter's examples (tile embeddings) are dropped when the
+        thread ends (the annotator is gone; its memory need not wait for the next one)."""
+        with self._state_lock:
+            self._stop = True
+            self._release = release
+            tasks = list(self._tasks)
+            self._tasks.clear()
+            self._wake.set()
+        for _, future in tasks:
+            future.cancel()
         if wait:
             self._thread.join(timeout=10)
-        for _, future in list(self._tasks):
-            future.cancel()
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -429,6 +492,15 @@ class AdaptationWorker:
                 self.on_change(self.adapter.state())
             except Exception:  # a UI's failure must not stop the adaptation
                 pass
+
+    def _judge(self) -> None:
+        """The gate, yielding to clicks: a click that comes first makes it try again after it
+        (queued work is done meanwhile, so a Reset never waits for a long gate)."""
+        while not self._stop and self.adapter.enabled:
+            self._run_tasks()
+            if self.adapter.update_gate(self.may_run) is not None:
+                return
+            time.sleep(0.02)
 
     def _run(self) -> None:
         if self.low_priority:
@@ -443,17 +515,23 @@ class AdaptationWorker:
                     if not self.may_run():
                         time.sleep(0.02)
                         continue
-                    self.adapter.step()
+                    if self.adapter.step() is not None:
+                        self.error = None
                     self._changed()
-                self._run_tasks()
-                while not self._stop and self.adapter.enabled and self.adapter.update_gate(self.may_run) is None:
-                    time.sleep(0.02)  # a click came first: judge again when it is done
+                    if self.adapter.steps % self.adapter.steps_per_object == 0 and self.adapter.owed > 0:
+                        self._judge()  # a user faster than the steps still gets a judged copy
+                        self._changed()
+                self._judge()
                 self._run_tasks()
             except Exception as err:  # adaptation is a bonus: it never takes the annotator down
                 self.error = f"{type(err).__name__}: {err}"
             self._changed()
             with self._state_lock:
-                if not self._wake.is_set() and not self._tasks:
+                if self._stop or (not self._wake.is_set() and not self._tasks):
                     self._idle.set()
                 elif not self._wake.is_set():
                     self._wake.set()
+        if self._release:
+            with self.adapter._lock:
+                self.adapter._training, self.adapter._held = [], []
+        self._idle.set()

@@ -58,8 +58,10 @@ def tile_examples(sessions, blended: Blend | None, edited: tuple | None = None) 
 
 class SlideAdaptation:
     """A ``DecoderAdapter`` on the annotator's predictor, run by an ``AdaptationWorker`` that steps
-    only while ``may_run()`` (no click, action or embedding under way). ``on_change(state)`` is called
-    from the worker after every step and gate (a UI relays it to its thread)."""
+    only while ``may_run()`` (no click, action or embedding under way). ``on_change(adaptation,
+    state)`` is called after every step and gate (from the worker) and when switched on or off (from
+    the caller's thread); a UI relays it to its own thread, and the adaptation that sent it tells
+    a stale report of a replaced annotator from the current one."""
 
     def __init__(self, predictor, may_run: Callable[[], bool], enabled: bool = True,
                  steps_per_object: int | None = None, seed: int = 0,
@@ -74,7 +76,7 @@ class SlideAdaptation:
 
     def _changed(self, state) -> None:
         if self.on_change is not None:
-            self.on_change(state)
+            self.on_change(self, state)
 
     @property
     def enabled(self) -> bool:
@@ -89,14 +91,18 @@ class SlideAdaptation:
             self.worker.wake()
         self._changed(self.adapter.state_nowait())
 
-    def add_object(self, sessions, blended: Blend | None, edited: tuple | None = None) -> int:
-        """Hand over an accepted object (its tiles' sessions, its blended logits, a hand-edited mask):
-        its examples are cut now (numpy only) and queued for the worker; returns at once with how
-        many there were."""
+    def add_object(self, sessions, blended: Blend | None, edited: tuple | None = None, key=None) -> int:
+        """Hand over an accepted object (its tiles' sessions, its blended logits, a hand-edited mask;
+        ``key``: its id, for ``forget``): its examples are cut now (numpy only) and queued for the
+        worker; returns at once with how many there were."""
         examples = tile_examples(sessions, blended, edited) if self.adapter.enabled else []
-        for example in examples:
-            self.worker.add_example(example)
+        if examples:
+            self.worker.submit(lambda: self.adapter.add_object(examples, key))
         return len(examples)
+
+    def forget(self, key) -> Future:
+        """Take back the examples of object ``key`` (its Accept was undone, or it was deleted)."""
+        return self.worker.submit(lambda: self.adapter.remove_object(key))
 
     def predictor(self):
         """The predictor a new object decodes with (no lock taken)."""
@@ -114,4 +120,5 @@ class SlideAdaptation:
         return self.adapter.state_nowait()
 
     def close(self, wait: bool = True) -> None:
-        self.worker.stop(wait)
+        """Stop the worker; its examples (tile embeddings) are let go once the step under way ends."""
+        self.worker.stop(wait, release=True)
