@@ -448,11 +448,16 @@ class AdaptationWorker:
         return future
 
     def _run_tasks(self) -> None:
+        """Do the queued work; tell ``on_change`` when there was some (an example just added shows)."""
+        ran = False
         while True:
             with self._state_lock:
                 if not self._tasks:
+                    if ran:
+                        self._changed()
                     return
                 function, future = self._tasks.popleft()
+            ran = True
             if not future.set_running_or_notify_cancel():
                 continue
             try:
