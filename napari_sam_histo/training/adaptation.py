@@ -19,7 +19,8 @@ decoder, the first click keeps SAM's three candidates and their ranking, and a f
 move it as far as the examples pay for. (Training SAM's token 0 instead, tried first, gave up
 those candidates and made RINGS objects need more clicks.) ``md`` checkpoints (single-mask) train
 their token 0, as they were trained; the modified decoder trains whole, the residual decoder its
-correction. Deterministic under ``seed``. ``DecoderAdapter`` holds no thread;
+correction. Deterministic under ``seed`` for the same examples arriving between the same steps (the
+sequential benchmark; in the dock the user's pace decides that). ``DecoderAdapter`` holds no thread;
 ``AdaptationWorker`` runs it in the background.
 """
 
