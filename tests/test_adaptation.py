@@ -168,8 +168,12 @@ def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(t
     monkeypatch.setattr(adaptation, "reclick",
                         lambda p, example: scores["base" if p is predictor else "adapted"])
     assert adapter.update_gate() is False
-    for example in _examples(predictor, 3, seed=10):  # a second one held out
+    for example in _examples(predictor, 3, seed=10):  # a second one held out: still too few
         adapter.add_example(example)
+    assert adapter.update_gate() is False
+    for example in _examples(predictor, 3, seed=20):  # a third one
+        adapter.add_example(example)
+    adapter.step()
     scores["adapted"] = (5, 0.9)  # a tie in clicks is not enough, whatever the IoU
     assert adapter.update_gate() is False
     scores["adapted"] = (4, 0.1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-MIN_HELD_OUT = 2  # training.adaptation.MIN_HELD_OUT (not imported: that would import torch on the GUI thread)
+MIN_HELD_OUT = 3  # training.adaptation.MIN_HELD_OUT (not imported: that would import torch on the GUI thread)
 
 OFF_TEXT = "Off: every object is decoded by the decoder chosen above."
 
