@@ -209,6 +209,7 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
                             components=args.components, stride=args.stride, max_objects=args.max_objects,
                             max_groups=args.max_groups, max_clicks=args.max_clicks,
                             steps_per_object=args.steps_per_object, lr=args.lr, seed=args.seed,
+                            prior_weight=args.prior_weight, gated=not args.no_gate,
                             embedding_store=args.embedding_store,
                             log=None if args.quiet else (lambda line: print(line, flush=True)))
     print(format_table(summary["source"], summary["base"], summary["adapted"]))
@@ -406,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--max-groups", type=int, default=None)
     seq.add_argument("--max-objects", type=int, default=None, help="the first N objects of each group")
     seq.add_argument("--max-clicks", type=int, default=20)
-    seq.add_argument("--steps-per-object", type=int, default=None, help="adaptation steps per accepted object")
+    seq.add_argument("--steps-per-object", type=int, default=None,
+                     help="adaptation steps per accepted object (default 16; 0: the slide prior alone)")
+    seq.add_argument("--prior-weight", type=float, default=None,
+                     help="weight of the slide prior added to the decoder's logits (default 0.25; 0: none)")
+    seq.add_argument("--no-gate", action="store_true",
+                     help="diagnostic: click with the adapted copy whatever the never-worse gate says")
     seq.add_argument("--lr", type=float, default=None,
                      help="adaptation learning rate (default: 1e-3 for a correction, 1e-4 for a whole decoder)")
     seq.add_argument("--embedding-store", default=None,

@@ -69,15 +69,23 @@ def group_samples(dataset: str | Path, group_by: str | None = "case_id", compone
 
 def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks: int = 20,
               stop_iou: float | None = max(DEFAULT_THRESHOLDS), steps_per_object: int | None = None,
-              seed: int = 0, log=None, lr: float | None = None) -> list[ObjectRun]:
-    """Click the objects of one group in order (see the module)."""
+              seed: int = 0, log=None, lr: float | None = None, prior_weight: float | None = None,
+              gated: bool = True) -> list[ObjectRun]:
+    """Click the objects of one group in order (see the module). ``gated=False`` (a diagnostic,
+    never the dock's behaviour) clicks with the adapted copy as soon as it has trained on an
+    object, whatever the gate says: what adaptation would do if the gate let it."""
+    from ..models.slide_prior import PRIOR_WEIGHT
     from ..training.adaptation import STEPS_PER_OBJECT, AdaptationExample, DecoderAdapter
     from .runner import SamClickModel, run_sample
 
-    adapter = DecoderAdapter(predictor, steps_per_object or STEPS_PER_OBJECT, lr=lr, seed=seed) if adapt else None
+    steps = STEPS_PER_OBJECT if steps_per_object is None else steps_per_object
+    weight = PRIOR_WEIGHT if prior_weight is None else prior_weight
+    adapter = DecoderAdapter(predictor, steps, lr=lr, seed=seed, prior_weight=weight) if adapt else None
     runs = []
     for index, sample in enumerate(samples, start=1):
-        active = adapter.active_predictor() if adapter is not None else predictor
+        active = predictor
+        if adapter is not None:
+            active = adapter.active_predictor() if gated or not adapter.examples else adapter._snapshot_predictor()
         method = SamClickModel(active, "sequential")
         result = run_sample(method, sample, max_clicks, stop_iou, keep_masks=True)
         run = ObjectRun(group, index, sample.sample_id, list(result.ious), active is not predictor)
@@ -159,7 +167,8 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
                   device: str = "cpu", group_by: str | None = "case_id", components: bool = False,
                   stride: int = 1, max_objects: int | None = None, max_groups: int | None = None,
                   max_clicks: int = 20, steps_per_object: int | None = None, seed: int = 0, log=print,
-                  lr: float | None = None, embedding_store: str | Path | None = None) -> dict:
+                  lr: float | None = None, embedding_store: str | Path | None = None,
+                  prior_weight: float | None = None, gated: bool = True) -> dict:
     """Both runs on every group; ``summary.json``, ``objects.csv``, ``table.md`` and
     ``noc-by-object.png`` in ``out_dir``; returns the summary."""
     from ..engine.embedding_cache import EmbeddingCache
@@ -180,10 +189,12 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
     for group, samples in groups.items():
         for name in runs:
             runs[name] += run_group(predictor, samples, name == "adapted", group, max_clicks,
-                                    steps_per_object=steps_per_object, seed=seed, log=log, lr=lr)
+                                    steps_per_object=steps_per_object, seed=seed, log=log, lr=lr,
+                                    prior_weight=prior_weight, gated=gated)
     source = Path(dataset).name
     summary = {"source": str(dataset), "model": loaded.name, "decoder": decoder, "max_clicks": max_clicks,
                "warm_up": WARM_UP, "steps_per_object": steps_per_object, "lr": lr,
+               "prior_weight": prior_weight, "gated": gated,
                **{name: summarize(r, max_clicks) for name, r in runs.items()}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

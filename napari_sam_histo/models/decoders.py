@@ -83,6 +83,9 @@ def resolve_decoder_name(decoder) -> str:
 def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> DecoderChoice:
     metadata, state = read_decoder_checkpoint(path)
     check_base_model(metadata, model.name, model.weights_hash, str(path))
+    # a decoder adapted to a slide may carry its slide prior (``models.slide_prior``)
+    prior_state = {k[len("slide_prior."):]: v for k, v in state.items() if k.startswith("slide_prior.")}
+    state = {k: v for k, v in state.items() if not k.startswith("slide_prior.")}
     if metadata["decoder_kind"] == "modified":
         module = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder)
     elif metadata["decoder_kind"] == "residual":
@@ -105,7 +108,26 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> Decod
     module = module.to(model.device).eval()
     if trained_single_mask(metadata):
         module = SingleMaskDecoder(module)
+    if metadata.get("slide_prior"):
+        module = _with_slide_prior(module, metadata["slide_prior"], prior_state, path, model.device)
     return DecoderChoice(metadata["decoder_kind"], module, str(path), bool(metadata["trained"]))
+
+
+def _with_slide_prior(module: torch.nn.Module, settings, state: dict, path, device) -> torch.nn.Module:
+    from .slide_prior import CONTEXT, SlidePrior, SlidePriorDecoder
+
+    if not isinstance(settings, dict) or list(settings.get("context", [])) != list(CONTEXT):
+        raise CheckpointError(f"{path}: its slide prior was made with context {settings!r}; this version "
+                              f"reads context {list(CONTEXT)}.")
+    try:
+        prior = SlidePrior(int(state["linear.weight"].shape[1]) // len(CONTEXT))
+        prior.load_state_dict(state, strict=True)
+        weight = float(settings["weight"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its slide prior does not load ({str(err)[:300]}).") from err
+    for parameter in prior.parameters():
+        parameter.requires_grad_(False)
+    return SlidePriorDecoder(module, prior.to(device).eval(), weight)
 
 
 def choose_decoder(model: LoadedModel, decoder: str = "sam", allow_untrained: bool = False) -> DecoderChoice:

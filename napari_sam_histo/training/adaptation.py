@@ -19,7 +19,10 @@ decoder, the first click keeps SAM's three candidates and their ranking, and a f
 move it as far as the examples pay for. (Training SAM's token 0 instead, tried first, gave up
 those candidates and made RINGS objects need more clicks.) ``md`` checkpoints (single-mask) train
 their token 0, as they were trained; the modified decoder trains whole, the residual decoder its
-correction. Deterministic under ``seed`` for the same examples arriving between the same steps (the
+correction. On top of the copy a *slide prior* (``models.slide_prior``: a logistic read-out of
+the embedding, fitted on the training examples, its logit added to the masks at weight
+``prior_weight``) carries what the accepted objects look like to the next object; the gate judges
+copy and prior together. Deterministic under ``seed`` for the same examples arriving between the same steps (the
 sequential benchmark; in the dock the user's pace decides that). ``DecoderAdapter`` holds no thread;
 ``AdaptationWorker`` runs it in the background.
 """
@@ -43,6 +46,7 @@ from ..evaluation.clicker import next_click
 from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
 from ..models.decoders import DecoderChoice, SingleMaskDecoder
 from ..models.residual_decoder import ResidualMaskDecoder
+from ..models.slide_prior import CONTEXT, PRIOR_WEIGHT, SlidePrior, SlidePriorDecoder, example_cells, fit_slide_prior
 from .click_simulation import error_click, first_click
 from .nfl_loss import normalized_focal_loss
 from .prompted_forward import ImageGeometry, PromptedForward
@@ -92,13 +96,16 @@ class AdaptationState:
 class DecoderAdapter:
     def __init__(self, predictor, steps_per_object: int = STEPS_PER_OBJECT, lr: float | None = None,
                  batch_size: int = BATCH_SIZE, hold_out_every: int = HOLD_OUT_EVERY, seed: int = 0,
-                 max_examples: int | None = None) -> None:
+                 max_examples: int | None = None, prior_weight: float = PRIOR_WEIGHT) -> None:
         """``predictor``: the annotator's (its decoder is the base; its model, cache and precision
         are shared by the adapted predictor). ``lr``: None for the kind's default (a correction
-        ``CORRECTION_LEARNING_RATE``, whole decoders ``LEARNING_RATE``)."""
+        ``CORRECTION_LEARNING_RATE``, whole decoders ``LEARNING_RATE``). ``prior_weight``: the slide
+        prior's weight (0: no prior, the copy alone)."""
         self.base = predictor
         choice: DecoderChoice = predictor.decoder
         module = choice.module
+        if isinstance(module, SlidePriorDecoder):  # a decoder saved on another slide: this slide fits its own prior
+            module = module.decoder
         # an md checkpoint trained and infers token 0 alone: adapting it keeps to that
         self.single_mask = isinstance(module, SingleMaskDecoder)
         if self.single_mask:
@@ -116,6 +123,7 @@ class DecoderAdapter:
         self.hold_out_every = max(int(hold_out_every), 2)
         self.seed = int(seed)
         self.max_examples = None if max_examples is None else max(int(max_examples), 2)
+        self.prior_weight = float(prior_weight)
         self.enabled = True
         self._generation = 0  # bumped by reset: a gate result of an older copy is dropped
         self._lock = threading.RLock()  # examples, the copy's weights and the gate's result
@@ -146,7 +154,9 @@ class DecoderAdapter:
         self._adapted = None  # the Predictor of the last copy that passed the gate
         self._scores: tuple | None = None  # (base NoC, adapted NoC) of the last gate
         self._base_scores: dict[tuple, tuple] = {}  # (serial, tile) -> the base decoder's re-click (fixed)
-        self._judged: tuple | None = None  # (generation, steps, held-out examples) the last gate judged
+        self._judged: tuple | None = None  # (generation, steps, examples) the last gate judged
+        self._prior: SlidePrior | None = None  # the slide prior of the last snapshot
+        self._prior_cells: dict[int, tuple] = {}  # id(example) -> its (cells, labels): drawn once
 
     # -- examples -------------------------------------------------------------------------------
     def add_example(self, example: AdaptationExample) -> None:
@@ -284,6 +294,9 @@ class DecoderAdapter:
             parameter.requires_grad_(False)
         if self.single_mask:
             module = SingleMaskDecoder(module)
+        self._prior = self._fit_prior()
+        if self._prior is not None:
+            module = SlidePriorDecoder(module, self._prior, self.prior_weight)
         choice = DecoderChoice(self.kind, module, "adapted", True)
         base = self.base
         predictor = Predictor(base.model, choice, cache=base.cache, precision="bf16" if base.decoder_bf16 else "fp32",
@@ -292,14 +305,36 @@ class DecoderAdapter:
         predictor.wait_for_optimized_encoder = base.wait_for_optimized_encoder
         return predictor
 
+    def _fit_prior(self) -> SlidePrior | None:
+        """The slide prior fitted on the training examples (never the held-out ones); None without
+        a weight or when the examples hold one class only."""
+        if self.prior_weight == 0 or not self._training:
+            return None
+        cells, labels = [], []
+        live, tile_of = set(), {}
+        for serial, _, example in self._training:
+            live.add(id(example))
+            tile_of[serial] = tile_of.get(serial, -1) + 1  # the example's place within its object
+            if id(example) not in self._prior_cells:
+                rng = np.random.default_rng([self.seed, serial, tile_of[serial]])
+                x, y = example_cells(example.embedding.features, example.target, example.embedding.input_size,
+                                     example.embedding.original_size, rng)
+                self._prior_cells[id(example)] = (x.half(), y)  # half the memory; fitted in float32
+            cells.append(self._prior_cells[id(example)][0].float())
+            labels.append(self._prior_cells[id(example)][1])
+        self._prior_cells = {k: v for k, v in self._prior_cells.items() if k in live}
+        return fit_slide_prior(torch.cat(cells), torch.cat(labels))
+
     def update_gate(self, may_run: Callable[[], bool] | None = None) -> bool | None:
         """Judge the copy against the base decoder on the held-out examples; True when the copy is
         now in use. ``may_run`` is asked between examples (a UI's click goes first); when it says
         no, the gate is left as it was and None is returned."""
         with self._lock:
-            if not self._held or self.steps == 0:
+            if not self._held or (self.steps == 0 and (self.prior_weight == 0 or not self._training)):
                 return self.in_use
-            judged = (self._generation, self.steps, tuple((t[0], id(t[2])) for t in self._held))
+            # the prior is fitted on the training examples: a change there is a new candidate too
+            judged = (self._generation, self.steps, tuple((t[0], id(t[2])) for t in self._held),
+                      tuple((t[0], id(t[2])) for t in self._training) if self.prior_weight else ())
             if judged == self._judged:
                 return self.in_use  # nothing changed since the last judgement
             candidate = self._snapshot_predictor()
@@ -367,6 +402,10 @@ class DecoderAdapter:
                         "steps_per_object": self.steps_per_object, "seed": self.seed})
             if self.single_mask:
                 metadata["mask_outputs"] = "single"
+            prior = self._fit_prior()  # on the examples so far, as the next snapshot would be
+            if prior is not None:
+                state.update({f"slide_prior.{k}": v.detach().clone() for k, v in prior.state_dict().items()})
+                metadata["slide_prior"] = {"weight": self.prior_weight, "context": list(CONTEXT)}
         return save_decoder_checkpoint(path, state, metadata)
 
 
