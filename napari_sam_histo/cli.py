@@ -200,6 +200,12 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
 def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
     from .evaluation.sequential_benchmark import format_table, run_benchmark
 
+    if args.prior_weight is not None and not (0 <= args.prior_weight < float("inf")):
+        print(f"--prior-weight {args.prior_weight} must be a finite number >= 0 (0: no slide prior).", file=sys.stderr)
+        return 2
+    if args.steps_per_object is not None and args.steps_per_object < 0:
+        print(f"--steps-per-object {args.steps_per_object} must be >= 0.", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 

@@ -112,13 +112,25 @@ def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatc
     assert isinstance(module, SlidePriorDecoder) and module.weight == 0.25
 
 
-def test_a_saved_prior_loads_back_and_a_foreign_one_is_refused(tiny_model, tmp_path):
-    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+def _gated_adapter(predictor, monkeypatch, passes=True, n=9):
+    """An adapter whose gate (re-clicks mocked) has judged ``n`` examples: a third held out."""
+    from napari_sam_histo.training import adaptation
+
     adapter = DecoderAdapter(predictor, steps_per_object=1, lr=1e-3)
-    examples = _disc_examples(predictor, 2)
+    monkeypatch.setattr(adaptation, "reclick",
+                        lambda p, example: (5, 0.5) if p is predictor or not passes else (3, 0.6))
+    examples = _disc_examples(predictor, n)
     for example in examples:
         adapter.add_example(example)
-    adapter.step()
+    while adapter.step() is not None:
+        pass
+    assert adapter.update_gate() is passes
+    return adapter, examples
+
+
+def test_a_saved_prior_loads_back_and_a_foreign_one_is_refused(tiny_model, tmp_path, monkeypatch):
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    adapter, examples = _gated_adapter(predictor, monkeypatch)
     path = adapter.save(tmp_path / "adapted.pt", slide="s.svs")
     metadata, state = read_decoder_checkpoint(path)
     assert metadata["slide_prior"]["weight"] == 0.25 and "slide_prior.linear.weight" in state
@@ -127,15 +139,45 @@ def test_a_saved_prior_loads_back_and_a_foreign_one_is_refused(tiny_model, tmp_p
     points, labels = np.array([[60.0, 50.0]]), np.array([1])
     a = Predictor(tiny_model, loaded, cache=EmbeddingCache(), precision="fp32").decode(
         examples[0].embedding, points, labels).low_res_logits
-    b = adapter._snapshot_predictor().decode(examples[0].embedding, points, labels).low_res_logits
+    b = adapter.active_predictor().decode(examples[0].embedding, points, labels).low_res_logits
     assert torch.allclose(a, b, atol=1e-5)
     # adapting the saved decoder on the next slide fits that slide's own prior over its decoder
     again = DecoderAdapter(Predictor(tiny_model, loaded, cache=EmbeddingCache(), precision="fp32"), steps_per_object=1)
     assert not isinstance(again.decoder, SlidePriorDecoder)
-    metadata["slide_prior"]["context"] = [1, 5]
-    save_decoder_checkpoint(tmp_path / "foreign.pt", state, metadata)
-    with pytest.raises(CheckpointError, match="foreign.pt.*context"):
-        build_decoder_from_checkpoint(tiny_model, tmp_path / "foreign.pt")
+    for name, change in (("foreign.pt", {"context": [1, 5]}), ("negative.pt", {"weight": -1.0}),
+                         ("nan.pt", {"weight": float("nan")})):
+        bad = {**metadata, "slide_prior": {**metadata["slide_prior"], **change}}
+        save_decoder_checkpoint(tmp_path / name, state, bad)
+        with pytest.raises(CheckpointError, match=name):
+            build_decoder_from_checkpoint(tiny_model, tmp_path / name)
+
+
+def test_a_prior_the_gate_turned_down_is_not_saved(tiny_model, tmp_path, monkeypatch):
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    adapter, _ = _gated_adapter(predictor, monkeypatch, passes=False)
+    metadata, state = read_decoder_checkpoint(adapter.save(tmp_path / "adapted.pt"))
+    assert "slide_prior" not in metadata and not any(k.startswith("slide_prior.") for k in state)
+
+
+def test_another_accepted_object_on_the_tile_is_no_negative_and_held_out_cells_are_left_out(tiny_model):
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    image = np.full((128, 128, 3), 200, np.uint8)
+    embedding = predictor.embed(image)
+    left, right, middle = (np.zeros((128, 128), bool) for _ in range(3))
+    left[:, :40] = True
+    right[:, 88:] = True
+    middle[:, 56:72] = True
+    adapter = DecoderAdapter(predictor, steps_per_object=0, hold_out_every=3)
+    for target in (left, right, middle):  # the third (middle) is held out
+        adapter.add_example(AdaptationExample(embedding, target))
+    adapter._fit_prior()
+    (cells, labels), = adapter._prior_cells.values()
+    # one set of 1,024 cells drawn from the tile's 64 x 56 kept (the middle's 8 columns left out):
+    # left (20 columns) and right (20) positive: 40/56 of them, not 20/56 as one object alone
+    assert labels.shape == (1024,) and 0.64 < float(labels.mean()) < 0.79
+    cells, labels = example_cells(embedding.features, left | right, embedding.input_size, embedding.original_size,
+                                  np.random.default_rng(0), limit=10 ** 6, ignore=middle)
+    assert labels.shape == (64 * 56,) and int(labels.sum()) == 64 * 40
 
 
 def test_a_prior_fitted_on_real_embeddings_finds_the_next_object(mobile_sam):

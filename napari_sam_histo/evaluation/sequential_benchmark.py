@@ -175,6 +175,8 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
     from ..engine.predictor import Predictor
     from ..errors import InputError
     from ..models.registry import load_model
+    from ..models.slide_prior import PRIOR_WEIGHT
+    from ..training.adaptation import STEPS_PER_OBJECT
 
     groups = group_samples(dataset, group_by, components, stride, max_objects=max_objects, max_groups=max_groups)
     if not groups:
@@ -193,8 +195,8 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
                                     prior_weight=prior_weight, gated=gated)
     source = Path(dataset).name
     summary = {"source": str(dataset), "model": loaded.name, "decoder": decoder, "max_clicks": max_clicks,
-               "warm_up": WARM_UP, "steps_per_object": steps_per_object, "lr": lr,
-               "prior_weight": prior_weight, "gated": gated,
+               "warm_up": WARM_UP, "steps_per_object": STEPS_PER_OBJECT if steps_per_object is None else steps_per_object,
+               "lr": lr, "prior_weight": PRIOR_WEIGHT if prior_weight is None else prior_weight, "gated": gated,
                **{name: summarize(r, max_clicks) for name, r in runs.items()}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -116,15 +116,18 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> Decod
 def _with_slide_prior(module: torch.nn.Module, settings, state: dict, path, device) -> torch.nn.Module:
     from .slide_prior import CONTEXT, SlidePrior, SlidePriorDecoder
 
-    if not isinstance(settings, dict) or list(settings.get("context", [])) != list(CONTEXT):
-        raise CheckpointError(f"{path}: its slide prior was made with context {settings!r}; this version "
+    context = settings.get("context") if isinstance(settings, dict) else None
+    if not isinstance(context, (list, tuple)) or list(context) != list(CONTEXT):
+        raise CheckpointError(f"{path}: its slide prior was made with context {context!r}; this version "
                               f"reads context {list(CONTEXT)}.")
     try:
         prior = SlidePrior(int(state["linear.weight"].shape[1]) // len(CONTEXT))
         prior.load_state_dict(state, strict=True)
         weight = float(settings["weight"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise CheckpointError(f"{path}: its slide prior does not load ({str(err)[:300]}).") from err
+    if not (weight >= 0 and weight < float("inf")):
+        raise CheckpointError(f"{path}: its slide prior's weight {weight!r} is not a finite number >= 0.")
     for parameter in prior.parameters():
         parameter.requires_grad_(False)
     return SlidePriorDecoder(module, prior.to(device).eval(), weight)

@@ -6,10 +6,9 @@ texture of what the pathologist accepts is consistent. A logistic regression ove
 cell's 256 channels (and their 3x3 and 7x7 neighbourhood means: the texture around the cell)
 says how much a cell looks like the accepted objects; its logit, times a small weight, is added to
 every mask the decoder returns, so the clicks still decide where the object is and the prior
-tips the uncertain cells. It has 769 parameters and is fitted in closed form-like fashion
-(L-BFGS, a second or two on a CPU) from the examples the adaptation already keeps; measured on
-RINGS offline it cut NoC@85 by about a fifth where fine-tuning the decoder's correction did not
-(README, issue 13). The adaptation's gate decides whether it is used.
+tips the uncertain cells. It has 769 parameters and is fitted by L-BFGS (a second or two on a
+CPU) from the examples the adaptation already keeps; the adaptation's gate decides whether it is
+used (README, issue 13, has what it does on RINGS and EBHI-Seg).
 """
 
 from __future__ import annotations
@@ -48,12 +47,12 @@ class SlidePrior(nn.Module):
         channel, so each part of the weight is applied to the cells first and the one-channel maps
         are pooled after: a few ms a click instead of pooling all channels (130 ms on one core)."""
         parts = self.linear.weight[0].float().reshape(len(CONTEXT), -1)  # (len(CONTEXT), C)
-        maps = torch.einsum("kc,bchw->bkhw", parts, image_embeddings.float())
+        maps = torch.einsum("kc,bchw->bkhw", parts.to(image_embeddings.device), image_embeddings.float())
         out = torch.zeros_like(maps[:, :1])
         for i, k in enumerate(CONTEXT):
             m = maps[:, i: i + 1]
             out = out + (m if k == 1 else F.avg_pool2d(m, k, 1, k // 2, count_include_pad=False))
-        return out + self.linear.bias.float()
+        return out + self.linear.bias.float().to(out.device)
 
 
 class SlidePriorDecoder(nn.Module):
@@ -78,22 +77,32 @@ class SlidePriorDecoder(nn.Module):
         return masks + (self.weight * prior).to(masks.dtype), iou
 
 
-def example_cells(features: torch.Tensor, target: np.ndarray, input_size, original_size,
-                  rng: np.random.Generator, limit: int = CELLS_PER_EXAMPLE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cells, labels) of one example: context features of embedding cells lying wholly inside the
-    image (not SAM's padding), labelled by whether most of the cell is in the accepted mask; at
-    most ``limit`` cells, drawn with ``rng``."""
-    x = context_features(features[0] if features.dim() == 4 else features)  # (C', h, w)
-    grid_h, grid_w = x.shape[-2:]
+def _cell_fraction(mask: np.ndarray, input_size, grid: tuple[int, int]) -> torch.Tensor:
+    """The share of each embedding cell inside ``mask`` (resized as SAM resizes the image)."""
     in_h, in_w = int(input_size[0]), int(input_size[1])
-    mask = torch.as_tensor(np.asarray(target, dtype=np.float32))[None, None]
-    resized = F.interpolate(mask, (in_h, in_w), mode="area") if tuple(mask.shape[-2:]) != (in_h, in_w) else mask
-    canvas = torch.zeros(1, 1, grid_h * CELL, grid_w * CELL)
-    canvas[..., :in_h, :in_w] = resized[..., : grid_h * CELL, : grid_w * CELL]
-    fraction = F.avg_pool2d(canvas, CELL)[0, 0]
-    rows, cols = in_h // CELL, in_w // CELL  # cells wholly inside the image
+    m = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+    resized = F.interpolate(m, (in_h, in_w), mode="area") if tuple(m.shape[-2:]) != (in_h, in_w) else m
+    canvas = torch.zeros(1, 1, grid[0] * CELL, grid[1] * CELL)
+    canvas[..., :in_h, :in_w] = resized[..., : grid[0] * CELL, : grid[1] * CELL]
+    return F.avg_pool2d(canvas, CELL)[0, 0]
+
+
+def example_cells(features: torch.Tensor, target: np.ndarray, input_size, original_size,
+                  rng: np.random.Generator, limit: int = CELLS_PER_EXAMPLE,
+                  ignore: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cells, labels) of one tile on the CPU: context features of embedding cells lying wholly
+    inside the image (not SAM's padding), labelled by whether most of the cell is in the accepted
+    mask; cells mostly in ``ignore`` left out; at most ``limit`` cells, drawn with ``rng``."""
+    features = features.detach().float().cpu()
+    x = context_features(features[0] if features.dim() == 4 else features)  # (C', h, w)
+    grid = tuple(x.shape[-2:])
+    fraction = _cell_fraction(target, input_size, grid)
+    rows, cols = int(input_size[0]) // CELL, int(input_size[1]) // CELL  # cells wholly inside the image
     cells = x[:, :rows, :cols].reshape(x.shape[0], -1).T
     labels = (fraction[:rows, :cols] > 0.5).reshape(-1).float()
+    if ignore is not None and np.any(ignore):
+        kept = (_cell_fraction(ignore, input_size, grid)[:rows, :cols] <= 0.5).reshape(-1)
+        cells, labels = cells[kept], labels[kept]
     if len(labels) > limit:
         keep = torch.as_tensor(np.sort(rng.choice(len(labels), limit, replace=False)))
         cells, labels = cells[keep], labels[keep]

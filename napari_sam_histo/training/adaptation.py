@@ -156,7 +156,8 @@ class DecoderAdapter:
         self._base_scores: dict[tuple, tuple] = {}  # (serial, tile) -> the base decoder's re-click (fixed)
         self._judged: tuple | None = None  # (generation, steps, examples) the last gate judged
         self._prior: SlidePrior | None = None  # the slide prior of the last snapshot
-        self._prior_cells: dict[int, tuple] = {}  # id(example) -> its (cells, labels): drawn once
+        self._prior_cells: dict[tuple, tuple] = {}  # a tile's (serial, id) of examples -> (cells, labels)
+        self._prior_fit: tuple | None = None  # (training examples' key, the prior fitted on them)
 
     # -- examples -------------------------------------------------------------------------------
     def add_example(self, example: AdaptationExample) -> None:
@@ -295,8 +296,8 @@ class DecoderAdapter:
         if self.single_mask:
             module = SingleMaskDecoder(module)
         self._prior = self._fit_prior()
-        if self._prior is not None:
-            module = SlidePriorDecoder(module, self._prior, self.prior_weight)
+        if self._prior is not None:  # fitted on the CPU; it runs where the decoder runs
+            module = SlidePriorDecoder(module, copy.deepcopy(self._prior).to(self.base.device), self.prior_weight)
         choice = DecoderChoice(self.kind, module, "adapted", True)
         base = self.base
         predictor = Predictor(base.model, choice, cache=base.cache, precision="bf16" if base.decoder_bf16 else "fp32",
@@ -307,28 +308,53 @@ class DecoderAdapter:
 
     def _fit_prior(self) -> SlidePrior | None:
         """The slide prior fitted on the training examples (never the held-out ones); None without
-        a weight or when the examples hold one class only."""
+        a weight or when the examples hold one class only. Refitted only when the training
+        examples change (a gate after more steps reuses it)."""
         if self.prior_weight == 0 or not self._training:
             return None
-        cells, labels = [], []
-        live, tile_of = set(), {}
-        for serial, _, example in self._training:
-            live.add(id(example))
-            tile_of[serial] = tile_of.get(serial, -1) + 1  # the example's place within its object
-            if id(example) not in self._prior_cells:
-                rng = np.random.default_rng([self.seed, serial, tile_of[serial]])
-                x, y = example_cells(example.embedding.features, example.target, example.embedding.input_size,
-                                     example.embedding.original_size, rng)
-                self._prior_cells[id(example)] = (x.half(), y)  # half the memory; fitted in float32
-            cells.append(self._prior_cells[id(example)][0].float())
-            labels.append(self._prior_cells[id(example)][1])
-        self._prior_cells = {k: v for k, v in self._prior_cells.items() if k in live}
-        return fit_slide_prior(torch.cat(cells), torch.cat(labels))
+        key = tuple((t[0], id(t[2])) for t in self._training)
+        if self._prior_fit is not None and self._prior_fit[0] == key:
+            return self._prior_fit[1]
+        # one set of cells per tile: positive inside any accepted object on it (another accepted
+        # object on the same tile is no negative); cells of a held-out object are left out
+        tiles: dict[int, list] = {}
+        for side, tagged in (("train", self._training), ("held", self._held)):
+            for serial, _, example in tagged:
+                entry = tiles.setdefault(id(example.embedding), [example.embedding, [], []])
+                entry[1 if side == "train" else 2].append((serial, example))
+        cells, labels, cache = [], [], {}
+        for embedding, training, held in tiles.values():
+            if not training:
+                continue
+            tile_key = tuple((serial, id(example)) for serial, example in training + held)
+            if tile_key not in self._prior_cells:
+                shape = np.asarray(training[0][1].target).shape
+                union = np.zeros(shape, bool)
+                for _, example in training:
+                    if np.shape(example.target) == shape:
+                        union |= np.asarray(example.target, bool)
+                ignore = np.zeros(shape, bool)
+                for _, example in held:
+                    if np.shape(example.target) == shape:
+                        ignore |= np.asarray(example.target, bool)
+                rng = np.random.default_rng([self.seed, training[0][0], len(training)])
+                x, y = example_cells(embedding.features, union, embedding.input_size, embedding.original_size,
+                                     rng, ignore=ignore & ~union)
+                self._prior_cells[tile_key] = (x.half(), y)  # half the memory; fitted in float32
+            cache[tile_key] = self._prior_cells[tile_key]
+            cells.append(cache[tile_key][0].float())
+            labels.append(cache[tile_key][1])
+        self._prior_cells = cache  # what no longer describes a tile goes
+        prior = fit_slide_prior(torch.cat(cells), torch.cat(labels)) if cells else None
+        self._prior_fit = (key, prior)
+        return prior
 
     def update_gate(self, may_run: Callable[[], bool] | None = None) -> bool | None:
         """Judge the copy against the base decoder on the held-out examples; True when the copy is
         now in use. ``may_run`` is asked between examples (a UI's click goes first); when it says
         no, the gate is left as it was and None is returned."""
+        if may_run is not None and not may_run():
+            return None  # (before the candidate is built: a click goes first)
         with self._lock:
             if not self._held or (self.steps == 0 and (self.prior_weight == 0 or not self._training)):
                 return self.in_use
@@ -402,10 +428,12 @@ class DecoderAdapter:
                         "steps_per_object": self.steps_per_object, "seed": self.seed})
             if self.single_mask:
                 metadata["mask_outputs"] = "single"
-            prior = self._fit_prior()  # on the examples so far, as the next snapshot would be
-            if prior is not None:
-                state.update({f"slide_prior.{k}": v.detach().clone() for k, v in prior.state_dict().items()})
-                metadata["slide_prior"] = {"weight": self.prior_weight, "context": list(CONTEXT)}
+            # the prior goes with the file only when the gate let it in (it then decodes this slide's
+            # objects); a prior the gate turned down is not handed on to the next slides
+            module = self._adapted.decoder.module if self._adapted is not None else None
+            if isinstance(module, SlidePriorDecoder):
+                state.update({f"slide_prior.{k}": v.detach().cpu().clone() for k, v in module.prior.state_dict().items()})
+                metadata["slide_prior"] = {"weight": module.weight, "context": list(CONTEXT)}
         return save_decoder_checkpoint(path, state, metadata)
 
 
@@ -586,4 +614,5 @@ class AdaptationWorker:
         if self._release:
             with self.adapter._lock:
                 self.adapter._training, self.adapter._held = [], []
+                self.adapter._prior_cells, self.adapter._prior_fit, self.adapter._prior = {}, None, None
         self._idle.set()
