@@ -14,8 +14,8 @@ its mean NoC@85 on them is strictly lower. Until then the base decoder stays in 
 
 Works with every decoder choice. SAM's own decoder (and SAM-kind checkpoints with all three
 mask outputs) adapts through a zero-initialised correction added to its logits (the residual
-decoder of ``models.residual_decoder`` over a frozen copy): the untrained copy is exactly the base
-decoder, the first click keeps SAM's three candidates and their ranking, and a few steps can only
+decoder of ``models.residual_decoder`` over a frozen copy): the untrained copy (before any
+example, so without a prior) is exactly the base decoder, the first click keeps SAM's three candidates and their ranking, and a few steps can only
 move it as far as the examples pay for. (Training SAM's token 0 instead, tried first, gave up
 those candidates and made RINGS objects need more clicks.) ``md`` checkpoints (single-mask) train
 their token 0, as they were trained; the modified decoder trains whole, the residual decoder its
