@@ -207,3 +207,21 @@ def test_the_prior_applies_its_weight_to_the_context_features():
     features = torch.randn(2, 8, 16, 16)
     direct = torch.stack([torch.einsum("c,chw->hw", prior.linear.weight[0], context_features(f)) for f in features])
     assert torch.allclose(prior(features)[:, 0], direct + 0.3, atol=1e-4)
+
+
+def test_the_prior_is_deterministic_under_a_seed_and_refitted_only_for_new_examples(tiny_model):
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    examples = _disc_examples(predictor, 4)
+    priors = []
+    for _ in range(2):
+        adapter = DecoderAdapter(predictor, steps_per_object=0, seed=3)
+        for example in examples[:2]:
+            adapter.add_example(example)
+        first = adapter._fit_prior()
+        assert adapter._fit_prior() is first  # the same training examples: not refitted
+        adapter.add_example(examples[2])  # the third object is held out, on a tile of its own: the same fit
+        assert torch.equal(adapter._fit_prior().linear.weight, first.linear.weight)
+        adapter.add_example(examples[3])
+        priors.append(adapter._fit_prior())
+        assert priors[-1] is not first
+    assert torch.equal(priors[0].linear.weight, priors[1].linear.weight)

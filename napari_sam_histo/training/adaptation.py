@@ -312,7 +312,8 @@ class DecoderAdapter:
         examples change (a gate after more steps reuses it)."""
         if self.prior_weight == 0 or not self._training:
             return None
-        key = tuple((t[0], id(t[2])) for t in self._training)
+        # (held-out objects count too: on a tile they share with training objects their cells are left out)
+        key = tuple((t[0], id(t[2])) for t in self._training + self._held)
         if self._prior_fit is not None and self._prior_fit[0] == key:
             return self._prior_fit[1]
         # one set of cells per tile: positive inside any accepted object on it (another accepted
