@@ -15,14 +15,15 @@ its mean NoC@85 on them is strictly lower. Until then the base decoder stays in 
 Works with every decoder choice. SAM's own decoder (and SAM-kind checkpoints with all three
 mask outputs) adapts through a zero-initialised correction added to its logits (the residual
 decoder of ``models.residual_decoder`` over a frozen copy): the untrained copy (before any
-example, so without a prior) is exactly the base decoder, the first click keeps SAM's three candidates and their ranking, and a few steps can only
-move it as far as the examples pay for. (Training SAM's token 0 instead, tried first, gave up
+example, so without a prior) is exactly the base decoder, the first click keeps SAM's three
+candidates and their ranking, and a few steps can only move it as far as the examples pay for. (Training SAM's token 0 instead, tried first, gave up
 those candidates and made RINGS objects need more clicks.) ``md`` checkpoints (single-mask) train
 their token 0, as they were trained; the modified decoder trains whole, the residual decoder its
 correction. On top of the copy a *slide prior* (``models.slide_prior``: a logistic read-out of
 the embedding, fitted on the training examples, its logit added to the masks at weight
 ``prior_weight``) carries what the accepted objects look like to the next object; the gate judges
-copy and prior together. Deterministic under ``seed`` for the same examples arriving between the same steps (the
+copy and prior together. Deterministic under ``seed`` for the same examples arriving between the
+same steps (the
 sequential benchmark; in the dock the user's pace decides that). ``DecoderAdapter`` holds no thread;
 ``AdaptationWorker`` runs it in the background.
 """
@@ -155,7 +156,6 @@ class DecoderAdapter:
         self._scores: tuple | None = None  # (base NoC, adapted NoC) of the last gate
         self._base_scores: dict[tuple, tuple] = {}  # (serial, tile) -> the base decoder's re-click (fixed)
         self._judged: tuple | None = None  # (generation, steps, examples) the last gate judged
-        self._prior: SlidePrior | None = None  # the slide prior of the last snapshot
         self._prior_cells: dict[tuple, tuple] = {}  # a tile's (serial, id) of examples -> (cells, labels)
         self._prior_fit: tuple | None = None  # (training examples' key, the prior fitted on them)
 
@@ -295,9 +295,9 @@ class DecoderAdapter:
             parameter.requires_grad_(False)
         if self.single_mask:
             module = SingleMaskDecoder(module)
-        self._prior = self._fit_prior()
-        if self._prior is not None:  # fitted on the CPU; it runs where the decoder runs
-            module = SlidePriorDecoder(module, copy.deepcopy(self._prior).to(self.base.device), self.prior_weight)
+        prior = self._fit_prior()
+        if prior is not None:  # fitted on the CPU; it runs where the decoder runs
+            module = SlidePriorDecoder(module, copy.deepcopy(prior).to(self.base.device), self.prior_weight)
         choice = DecoderChoice(self.kind, module, "adapted", True)
         base = self.base
         predictor = Predictor(base.model, choice, cache=base.cache, precision="bf16" if base.decoder_bf16 else "fp32",
@@ -329,15 +329,8 @@ class DecoderAdapter:
                 continue
             tile_key = tuple((serial, id(example)) for serial, example in training + held)
             if tile_key not in self._prior_cells:
-                shape = np.asarray(training[0][1].target).shape
-                union = np.zeros(shape, bool)
-                for _, example in training:
-                    if np.shape(example.target) == shape:
-                        union |= np.asarray(example.target, bool)
-                ignore = np.zeros(shape, bool)
-                for _, example in held:
-                    if np.shape(example.target) == shape:
-                        ignore |= np.asarray(example.target, bool)
+                shape = np.shape(training[0][1].target)
+                union, ignore = _union_of(training, shape), _union_of(held, shape)
                 rng = np.random.default_rng([self.seed, training[0][0], len(training)])
                 x, y = example_cells(embedding.features, union, embedding.input_size, embedding.original_size,
                                      rng, ignore=ignore & ~union)
@@ -436,6 +429,15 @@ class DecoderAdapter:
                 state.update({f"slide_prior.{k}": v.detach().cpu().clone() for k, v in module.prior.state_dict().items()})
                 metadata["slide_prior"] = {"weight": module.weight, "context": list(CONTEXT)}
         return save_decoder_checkpoint(path, state, metadata)
+
+
+def _union_of(tagged: list[tuple], shape: tuple) -> np.ndarray:
+    """The union of the (serial, example) targets that have ``shape`` (one tile's)."""
+    union = np.zeros(shape, bool)
+    for _, example in tagged:
+        if np.shape(example.target) == shape:
+            union |= np.asarray(example.target, bool)
+    return union
 
 
 def reclick(predictor, example: AdaptationExample, max_clicks: int = GATE_MAX_CLICKS) -> tuple[int, float]:
@@ -615,5 +617,5 @@ class AdaptationWorker:
         if self._release:
             with self.adapter._lock:
                 self.adapter._training, self.adapter._held = [], []
-                self.adapter._prior_cells, self.adapter._prior_fit, self.adapter._prior = {}, None, None
+                self.adapter._prior_cells, self.adapter._prior_fit = {}, None
         self._idle.set()
