@@ -1,0 +1,152 @@
+"""A slide refiner: a per-slide pixel classifier that moves SAM's mask border to where this slide's
+accepted objects put it, switched on or off per object by the object's own clicks.
+
+Why: on a slide, what the pathologist counts as the object's border is consistent (on RINGS glands:
+the outer epithelial rim, which SAM's mask misses on some glands and overshoots on others), and it
+is visible in colour at the pixel level, finer than SAM's 16-px embedding cells (a prior on the
+embedding did not help there). A logistic regression over SAM's logit, the pixel's colour at three
+scales and their products (19 numbers a pixel) is fitted on the logits SAM gave while the slide's
+accepted objects were clicked, labelled by their accepted masks: where SAM is sure the logit wins,
+near its border the colour decides. It is wrong on an object unlike the accepted ones (a tumour
+tile after benign glands), so each object keeps a running score of SAM's and the refiner's masks
+at every new click (the click says what the pixel under it should have been, ``ClickEvidence``),
+and the object is shown with whichever has erred less. SAM's own logits stay the mask prompt.
+Offline figures and the command: README, issue 13 (``scripts/slide-refiner-offline-check``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+SCALES = (0.0, 2.0, 6.0)  # Gaussian sigmas (tile pixels) of the colour features; 0: the pixel itself
+LOGIT_SCALE = 10.0  # SAM's logits are clipped to +-2 x this and divided by it (features near 1)
+REGULARIZATION = 1.0  # inverse L2 strength, as scikit-learn's ``C``
+PIXELS_PER_SNAPSHOT = 3000  # drawn from the whole tile, and as many again near SAM's border
+NEAR_BORDER = 10.0  # |logit| under this is "near SAM's border"
+FEATURES = 1 + 6 * len(SCALES)  # logit, colour at each scale, colour x logit at each scale
+
+
+def _gaussian(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(C, H, W) -> the same blurred by a separable Gaussian (edges replicated)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = image.shape[0]
+    out = F.pad(image[None], (radius, radius, 0, 0), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)[0]
+
+
+def colour_features(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3+) uint8 tile -> (3 * len(SCALES), H, W) float32: RGB in [0, 1] at each scale."""
+    rgb = torch.as_tensor(np.ascontiguousarray(np.asarray(image)[..., :3]), dtype=torch.float32).permute(2, 0, 1) / 255.0
+    return torch.cat([rgb if sigma == 0 else _gaussian(rgb, sigma) for sigma in SCALES])
+
+
+def pixel_features(logits: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """SAM's (H, W) logits and a tile's ``colour_features`` -> (FEATURES, H, W)."""
+    z = (torch.as_tensor(logits, dtype=torch.float32).clamp(-2 * LOGIT_SCALE, 2 * LOGIT_SCALE) / LOGIT_SCALE)[None]
+    return torch.cat([z, colour, colour * z])
+
+
+class SlideRefiner:
+    """Refined logit per pixel: ``weight . pixel_features + bias`` (a mask is refined > 0)."""
+
+    def __init__(self, weight: torch.Tensor, bias: float) -> None:
+        self.weight = torch.as_tensor(weight, dtype=torch.float32).reshape(FEATURES)
+        self.bias = float(bias)
+
+    def on_tile(self, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slope, offset) maps of one tile: the refined logit is linear in SAM's scaled logit
+        ``z``, ``slope * z + offset``, so a click costs two operations a pixel once these are made."""
+        n = colour.shape[0]
+        w_colour, w_product = self.weight[1: 1 + n], self.weight[1 + n:]
+        slope = self.weight[0] + torch.einsum("c,chw->hw", w_product, colour)
+        offset = self.bias + torch.einsum("c,chw->hw", w_colour, colour)
+        return slope, offset
+
+    @staticmethod
+    def apply(logits: torch.Tensor, tile: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Refined logits from SAM's and a tile's ``on_tile`` maps."""
+        slope, offset = tile
+        z = torch.as_tensor(logits, dtype=torch.float32).clamp(-2 * LOGIT_SCALE, 2 * LOGIT_SCALE) / LOGIT_SCALE
+        return slope * z + offset
+
+    def __call__(self, logits: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        return self.apply(logits, self.on_tile(colour))
+
+
+def refiner_samples(snapshots, colour: torch.Tensor, target: np.ndarray, rng: np.random.Generator,
+                    per_snapshot: int = PIXELS_PER_SNAPSHOT) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) from one accepted object on one tile: for each of SAM's logit maps taken
+    while it was clicked (``snapshots``), ``per_snapshot`` pixels drawn from the tile and as many
+    from near SAM's border (where the refiner has something to say), labelled by ``target``."""
+    labels_all = torch.as_tensor(np.asarray(target, bool).reshape(-1), dtype=torch.float32)
+    xs, ys = [], []
+    for logits in snapshots:
+        logits = torch.as_tensor(logits, dtype=torch.float32)
+        features = pixel_features(logits, colour).reshape(FEATURES, -1)
+        near = np.flatnonzero((logits.abs() < NEAR_BORDER).reshape(-1).numpy())
+        index = rng.choice(features.shape[1], per_snapshot)
+        if len(near):
+            index = np.concatenate([index, rng.choice(near, min(per_snapshot, len(near)))])
+        index = torch.as_tensor(index)
+        xs.append(features[:, index].T)
+        ys.append(labels_all[index])
+    if not xs:
+        return torch.zeros(0, FEATURES), torch.zeros(0)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def fit_slide_refiner(features: torch.Tensor, labels: torch.Tensor, regularization: float = REGULARIZATION,
+                      max_iter: int = 200) -> SlideRefiner | None:
+    """L2-regularised logistic regression by L-BFGS (scikit-learn's objective with ``C``); None when
+    the labels are all one class."""
+    labels = torch.as_tensor(labels, dtype=torch.float32)
+    if len(labels) == 0 or bool((labels == labels[0]).all()):
+        return None
+    features = torch.as_tensor(features, dtype=torch.float32)
+    weight = torch.zeros(features.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+    penalty = 1.0 / (2.0 * regularization * len(labels))
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(features @ weight + bias, labels) + penalty * (weight @ weight)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return SlideRefiner(weight.detach(), float(bias.detach()))
+
+
+class ClickEvidence:
+    """Which of SAM's mask and the refined one an object is shown with. Each new click is placed on
+    an error of what was shown; before it is added, both masks' log-loss at the clicked pixel (the
+    click's label as truth) is added to their scores, and the one with the lower total is shown.
+    ``start``: what the object's first mask uses ("refined" or "sam")."""
+
+    def __init__(self, threshold: float, start: str = "refined") -> None:
+        if start not in ("refined", "sam"):
+            raise ValueError(f"start {start!r}: choose 'refined' or 'sam'.")
+        self.threshold = float(threshold)
+        self.loss = {"sam": 0.0, "refined": 0.0}
+        self.use_refined = start == "refined"
+
+    def add_click(self, row: int, col: int, positive: bool, sam_logits, refined_logits) -> bool:
+        """Score the previous masks at the new click (None before the object's first mask);
+        returns whether the refined mask is shown next."""
+        if sam_logits is None or refined_logits is None:
+            return self.use_refined
+        sign = 1.0 if positive else -1.0
+        margins = {"sam": float(sam_logits[row, col]) - self.threshold, "refined": float(refined_logits[row, col])}
+        for name, margin in margins.items():
+            self.loss[name] += float(np.logaddexp(0.0, -sign * margin))
+        self.use_refined = self.loss["refined"] < self.loss["sam"]
+        return self.use_refined
