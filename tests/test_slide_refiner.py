@@ -79,7 +79,7 @@ def test_one_class_fits_nothing():
 def test_click_evidence_shows_whichever_mask_the_clicks_favour():
     sam = torch.tensor([[5.0, -5.0]])
     refined = torch.tensor([[-5.0, -5.0]])
-    evidence = ClickEvidence(threshold=0.0)
+    evidence = ClickEvidence(threshold=0.0, lead=0.0)
     assert evidence.use_refined  # the first mask: the refiner
     assert evidence.add_click(0, 0, True, None, None)  # nothing shown yet: nothing to score
     assert not evidence.add_click(0, 0, True, sam, refined)  # SAM was right there, the refiner wrong
@@ -88,6 +88,9 @@ def test_click_evidence_shows_whichever_mask_the_clicks_favour():
     assert evidence.add_click(0, 1, True, sam, refined_right)  # SAM wrong, the refiner right and surer
     assert not evidence.add_click(0, 0, True, sam, refined_right)  # and back
     assert ClickEvidence(0.0, start="sam").use_refined is False
+    lenient = ClickEvidence(0.0, lead=6.0)  # SAM must lead by 6 nats
+    assert lenient.add_click(0, 0, True, sam, refined)  # it leads by 5: still the refiner
+    assert not lenient.add_click(0, 0, True, sam, refined)  # by 10
     with pytest.raises(ValueError, match="start"):
         ClickEvidence(0.0, start="prior")
 

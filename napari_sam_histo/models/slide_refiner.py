@@ -26,6 +26,10 @@ REGULARIZATION = 1.0  # inverse L2 strength, as scikit-learn's ``C``
 PIXELS_PER_SNAPSHOT = 3000  # drawn from the whole tile, and as many again near SAM's border
 NEAR_BORDER = 10.0  # |logit| under this is "near SAM's border"
 FEATURES = 1 + 6 * len(SCALES)  # logit, colour at each scale, colour x logit at each scale
+# Nats by which SAM must lead at an object's clicks before it is shown instead of the refiner: a
+# click sits on an error of what was shown, which counts against the shown mask more often than its
+# true error rate (chosen among 0, 1, 2, 4 on EBHI-Seg cases; README, issue 13).
+REFINED_LEAD = 1.0
 
 
 def _gaussian(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -129,13 +133,15 @@ def fit_slide_refiner(features: torch.Tensor, labels: torch.Tensor, regularizati
 class ClickEvidence:
     """Which of SAM's mask and the refined one an object is shown with. Each new click is placed on
     an error of what was shown; before it is added, both masks' log-loss at the clicked pixel (the
-    click's label as truth) is added to their scores, and the one with the lower total is shown.
-    ``start``: what the object's first mask uses ("refined" or "sam")."""
+    click's label as truth) is added to their scores, and the refined mask is shown unless SAM's
+    total is lower by more than ``lead`` (nats). ``start``: what the object's first mask uses
+    ("refined" or "sam")."""
 
-    def __init__(self, threshold: float, start: str = "refined") -> None:
+    def __init__(self, threshold: float, start: str = "refined", lead: float = REFINED_LEAD) -> None:
         if start not in ("refined", "sam"):
             raise ValueError(f"start {start!r}: choose 'refined' or 'sam'.")
         self.threshold = float(threshold)
+        self.lead = float(lead)
         self.loss = {"sam": 0.0, "refined": 0.0}
         self.use_refined = start == "refined"
 
@@ -148,5 +154,5 @@ class ClickEvidence:
         margins = {"sam": float(sam_logits[row, col]) - self.threshold, "refined": float(refined_logits[row, col])}
         for name, margin in margins.items():
             self.loss[name] += float(np.logaddexp(0.0, -sign * margin))
-        self.use_refined = self.loss["refined"] < self.loss["sam"]
+        self.use_refined = self.loss["refined"] < self.loss["sam"] + self.lead
         return self.use_refined
