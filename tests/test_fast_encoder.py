@@ -162,6 +162,25 @@ def test_prepare_builds_in_the_background(tiny):
     assert fast.last_encoder_path == "optimized"
 
 
+def test_exit_waits_for_a_background_build(tiny, monkeypatch):
+    """napari quit while the copy builds must not abort the process (a daemon thread inside
+    TorchScript at interpreter teardown): the atexit hook waits for the build, within a bound."""
+    release = threading.Event()
+    real_build = fast_encoder.build_optimized
+
+    def slow(*args):
+        release.wait(30)
+        return real_build(*args)
+
+    monkeypatch.setattr(fast_encoder, "build_optimized", slow)
+    thread = fast_encoder.prepare(tiny.sam.image_encoder, 64, torch.device("cpu"))
+    fast_encoder._wait_for_builds(timeout=0.2)  # bounded: returns although the build goes on
+    assert thread.is_alive()
+    threading.Timer(0.3, release.set).start()
+    fast_encoder._wait_for_builds(timeout=60)
+    assert not thread.is_alive() and fast_encoder.status(tiny.sam.image_encoder)["state"] in ("built", "failed")
+
+
 def test_a_predictor_that_does_not_wait_runs_eager_while_the_copy_builds(tiny, monkeypatch):
     release = threading.Event()
     real_build = fast_encoder.build_optimized

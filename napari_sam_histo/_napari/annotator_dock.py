@@ -488,6 +488,8 @@ class AnnotatorDock(QWidget):
         if self.annotator is not None:
             self.annotator.close(wait=wait)
             self._stopped, self.annotator = self.annotator, None
+        elif wait and self._stopped is not None:
+            self._stopped.close(wait=True)  # stopped earlier without waiting: its threads end now
         self.pending = 0  # the stopped annotator's results are dropped: nothing is pending any more
         for bar in self._progress.values():
             bar.close()

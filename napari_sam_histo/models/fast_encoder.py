@@ -28,6 +28,7 @@ training mode: an encoder that is being trained never runs a stale copy.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import threading
 import time
@@ -41,6 +42,7 @@ import torch
 # Relative (L2) error of the copy's output against eager above which it is refused. The measured
 # error is ~2e-6 (conv+BN folding and oneDNN's summation order); bf16 would be ~1e-2.
 MAX_RELATIVE_ERROR = 1e-4
+EXIT_WAIT_S = 60.0  # at exit, how long to wait for a build still running (builds take 6-14 s here)
 
 # Filters set once here, not ``catch_warnings`` around the build: that swaps the process-wide filter
 # list and is not thread-safe, and the build may run in a background thread. PyTorch 2.14 marks
@@ -65,6 +67,21 @@ class _Entry:
 
 _lock = threading.Lock()
 _entries: "weakref.WeakKeyDictionary[torch.nn.Module, _Entry]" = weakref.WeakKeyDictionary()
+_builds: list[threading.Thread] = []  # background builds started by ``prepare`` (guarded by _lock)
+
+
+@atexit.register
+def _wait_for_builds(timeout: float = EXIT_WAIT_S) -> None:
+    """At interpreter exit, let a background build finish first. Its thread is a daemon (a build
+    never keeps napari open by itself), but one still inside TorchScript while the interpreter
+    tears torch down aborts the process ("terminate called without an active exception"): napari
+    quit a few seconds after Start used to end that way. atexit runs after the non-daemon threads
+    are joined and while daemon threads still run."""
+    deadline = time.monotonic() + timeout
+    with _lock:
+        running = [thread for thread in _builds if thread.is_alive()]
+    for thread in running:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def weights_fingerprint(module: torch.nn.Module) -> tuple:
@@ -115,6 +132,8 @@ def prepare(encoder: torch.nn.Module, image_size: int, device: torch.device) -> 
         return None
     thread = threading.Thread(target=_build, args=(encoder, entry, image_size, device),
                               name="fast-encoder-build", daemon=True)
+    with _lock:
+        _builds[:] = [t for t in _builds if t.is_alive()] + [thread]
     thread.start()
     return thread
 
