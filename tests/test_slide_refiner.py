@@ -68,7 +68,20 @@ def test_refiner_samples_draw_near_sams_border_too():
     assert features.shape == (200, FEATURES) and labels.shape == (200,)
     near = features[100:, 0].abs() * 10 < 10  # the logit feature is the clipped logit / 10
     assert bool(near.all())
-    assert set(labels.unique().tolist()) <= {0.0, 1.0}
+    inside = torch.as_tensor(target)  # each label is the target at its pixel: found by its colour
+    colour = colour_features(image)
+    for feature, label in zip(features[:20], labels[:20]):
+        pixel = (colour[0] == feature[1]) & (colour[3] == feature[4]) & (colour[6] == feature[7])
+        assert bool((inside[pixel] == bool(label)).all()) and bool(pixel.any())
+    with pytest.raises(ValueError, match="target of shape"):
+        refiner_samples([logits], colour, target.reshape(-1, 48), rng)
+
+
+def test_colour_features_take_grey_and_rgba_tiles():
+    grey = np.random.default_rng(4).integers(0, 256, (12, 10), dtype=np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    assert torch.equal(colour_features(grey), colour_features(rgba))
+    assert colour_features(grey).shape == (9, 12, 10)
 
 
 def test_one_class_fits_nothing():

@@ -10,7 +10,8 @@ accepted objects were clicked, labelled by their accepted masks: where SAM is su
 near its border the colour decides. It is wrong on an object unlike the accepted ones (a tumour
 tile after benign glands), so each object keeps a running score of SAM's and the refiner's masks
 at every new click (the click says what the pixel under it should have been, ``ClickEvidence``),
-and the object is shown with whichever has erred less. SAM's own logits stay the mask prompt.
+and the object is shown refined unless SAM has erred less by ``REFINED_LEAD`` or more. SAM's own
+logits stay the mask prompt.
 Offline figures and the command: README, issue 13 (``scripts/slide-refiner-offline-check``).
 """
 
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..slides.rgb import to_rgb_uint8
+
 SCALES = (0.0, 2.0, 6.0)  # Gaussian sigmas (tile pixels) of the colour features; 0: the pixel itself
 LOGIT_SCALE = 10.0  # SAM's logits are clipped to +-2 x this and divided by it (features near 1)
 REGULARIZATION = 1.0  # inverse L2 strength, as scikit-learn's ``C``
@@ -28,7 +31,8 @@ NEAR_BORDER = 10.0  # |logit| under this is "near SAM's border"
 FEATURES = 1 + 6 * len(SCALES)  # logit, colour at each scale, colour x logit at each scale
 # Nats by which SAM must lead at an object's clicks before it is shown instead of the refiner: a
 # click sits on an error of what was shown, which counts against the shown mask more often than its
-# true error rate (chosen among 0, 1, 2, 4 on EBHI-Seg cases; README, issue 13).
+# true error rate (chosen among 0, 1, 2, 4 on six EBHI-Seg cases, two of them also in the README's
+# figures; the differences there were within a click or two: README, issue 13).
 REFINED_LEAD = 1.0
 
 
@@ -46,8 +50,10 @@ def _gaussian(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def colour_features(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3+) uint8 tile -> (3 * len(SCALES), H, W) float32: RGB in [0, 1] at each scale."""
-    rgb = torch.as_tensor(np.ascontiguousarray(np.asarray(image)[..., :3]), dtype=torch.float32).permute(2, 0, 1) / 255.0
+    """A tile (grey, RGB or RGBA, any dtype ``to_rgb_uint8`` takes) -> (3 * len(SCALES), H, W)
+    float32: RGB in [0, 1] at each scale. About 0.45 s for a 1024-px tile on one core (the blurs):
+    made once per tile."""
+    rgb = torch.as_tensor(to_rgb_uint8(image, "tile"), dtype=torch.float32).permute(2, 0, 1) / 255.0
     return torch.cat([rgb if sigma == 0 else _gaussian(rgb, sigma) for sigma in SCALES])
 
 
@@ -68,6 +74,8 @@ class SlideRefiner:
         """(slope, offset) maps of one tile: the refined logit is linear in SAM's scaled logit
         ``z``, ``slope * z + offset``, so a click costs two operations a pixel once these are made."""
         n = colour.shape[0]
+        if 1 + 2 * n != FEATURES:
+            raise ValueError(f"colour has {n} channels; colour_features gives {(FEATURES - 1) // 2}.")
         w_colour, w_product = self.weight[1: 1 + n], self.weight[1 + n:]
         slope = self.weight[0] + torch.einsum("c,chw->hw", w_product, colour)
         offset = self.bias + torch.einsum("c,chw->hw", w_colour, colour)
@@ -77,8 +85,11 @@ class SlideRefiner:
     def apply(logits: torch.Tensor, tile: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Refined logits from SAM's and a tile's ``on_tile`` maps."""
         slope, offset = tile
-        z = torch.as_tensor(logits, dtype=torch.float32).clamp(-2 * LOGIT_SCALE, 2 * LOGIT_SCALE) / LOGIT_SCALE
-        return slope * z + offset
+        z = torch.as_tensor(logits, dtype=torch.float32)
+        if z.shape != slope.shape:
+            raise ValueError(f"logits of shape {tuple(z.shape)} for a tile of {tuple(slope.shape)}.")
+        z = z.clamp(-2 * LOGIT_SCALE, 2 * LOGIT_SCALE) / LOGIT_SCALE
+        return slope.to(z.device) * z + offset.to(z.device)
 
     def __call__(self, logits: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         return self.apply(logits, self.on_tile(colour))
@@ -89,10 +100,15 @@ def refiner_samples(snapshots, colour: torch.Tensor, target: np.ndarray, rng: np
     """(features, labels) from one accepted object on one tile: for each of SAM's logit maps taken
     while it was clicked (``snapshots``), ``per_snapshot`` pixels drawn from the tile and as many
     from near SAM's border (where the refiner has something to say), labelled by ``target``."""
-    labels_all = torch.as_tensor(np.asarray(target, bool).reshape(-1), dtype=torch.float32)
+    target = np.asarray(target, bool)
+    if target.shape != tuple(colour.shape[1:]):
+        raise ValueError(f"target of shape {target.shape} for a tile of {tuple(colour.shape[1:])}.")
+    labels_all = torch.as_tensor(target.reshape(-1), dtype=torch.float32)
     xs, ys = [], []
     for logits in snapshots:
-        logits = torch.as_tensor(logits, dtype=torch.float32)
+        logits = torch.as_tensor(logits, dtype=torch.float32).cpu()
+        if logits.shape != target.shape:
+            raise ValueError(f"logits of shape {tuple(logits.shape)} for a tile of {target.shape}.")
         features = pixel_features(logits, colour).reshape(FEATURES, -1)
         near = np.flatnonzero((logits.abs() < NEAR_BORDER).reshape(-1).numpy())
         index = rng.choice(features.shape[1], per_snapshot)
@@ -134,7 +150,7 @@ class ClickEvidence:
     """Which of SAM's mask and the refined one an object is shown with. Each new click is placed on
     an error of what was shown; before it is added, both masks' log-loss at the clicked pixel (the
     click's label as truth) is added to their scores, and the refined mask is shown unless SAM's
-    total is lower by more than ``lead`` (nats). ``start``: what the object's first mask uses
+    total is lower by ``lead`` (nats) or more. ``start``: what the object's first mask uses
     ("refined" or "sam")."""
 
     def __init__(self, threshold: float, start: str = "refined", lead: float = REFINED_LEAD) -> None:
