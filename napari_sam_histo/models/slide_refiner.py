@@ -29,11 +29,11 @@ REGULARIZATION = 1.0  # inverse L2 strength, as scikit-learn's ``C``
 PIXELS_PER_SNAPSHOT = 3000  # drawn from the whole tile, and as many again near SAM's border
 NEAR_BORDER = 10.0  # |logit| under this is "near SAM's border"
 FEATURES = 1 + 6 * len(SCALES)  # logit, colour at each scale, colour x logit at each scale
-# Nats by which SAM must lead at an object's clicks before it is shown instead of the refiner: a
-# click sits on an error of what was shown, which counts against the shown mask more often than its
-# true error rate (chosen among 0, 1, 2, 4 on six EBHI-Seg cases, two of them also in the README's
-# figures; the differences there were within a click or two: README, issue 13).
-REFINED_LEAD = 1.0
+# Nats by which SAM must lead at an object's clicks to be shown instead of the refiner. A click sits
+# on an error of what was shown, which might count against the shown mask too often, so a lead was
+# tried: 0, 1, 2, 4 on six EBHI-Seg cases (two of them also in the README's figures) gave 9.72,
+# 9.92, 9.96, 10.04 clicks (SAM 10.96): none (README, issue 13).
+REFINED_LEAD = 0.0
 
 
 def _gaussian(image: torch.Tensor, sigma: float) -> torch.Tensor:
