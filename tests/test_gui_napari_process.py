@@ -52,3 +52,40 @@ def test_opening_the_docks_imports_no_torch_on_the_gui_thread():
     result = _run_in_a_fresh_napari(DOCK_CODE)
     assert "decoders ['sam'" in result.stdout
     assert "torch imported on the GUI thread: False" in result.stdout
+
+
+QUIT_CODE = """
+import napari
+from qtpy.QtCore import QTimer
+from napari_sam_histo._napari.annotator_dock import AnnotatorDock
+from napari_sam_histo.models import fast_encoder
+viewer = napari.Viewer(show=True)
+viewer.open(SLIDE, plugin="napari-sam-histo")
+dock = AnnotatorDock(viewer)
+viewer.window.add_dock_widget(dock)
+dock.model_combo.setCurrentText("vit_t")
+dock.device_combo.setCurrentText("cpu")
+dock.start()
+
+def quit_once_started():
+    if dock.annotator is None:
+        QTimer.singleShot(100, quit_once_started)
+        return
+    print("encoder build running at quit:", any(t.is_alive() for t in fast_encoder._builds), flush=True)
+    viewer.close()
+
+QTimer.singleShot(100, quit_once_started)
+napari.run()
+"""
+
+
+@pytest.mark.gui
+def test_quitting_napari_right_after_start_exits_cleanly(mobile_sam):
+    # the optimized encoder builds for 6-14 s in a daemon thread after Start; quitting during the
+    # build used to abort the process at exit ("terminate called without an active exception")
+    from pathlib import Path
+
+    slide = Path(__file__).resolve().parent.parent / "resources" / "cmu-1-small-region.svs"
+    result = _run_in_a_fresh_napari(f"SLIDE = {str(slide)!r}\n" + QUIT_CODE)
+    assert "encoder build running at quit:" in result.stdout
+    assert "terminate called" not in result.stderr
