@@ -109,30 +109,41 @@ def example_cells(features: torch.Tensor, target: np.ndarray, input_size, origin
     return cells, labels
 
 
-def fit_slide_prior(cells: torch.Tensor, labels: torch.Tensor, regularization: float = REGULARIZATION,
-                    max_iter: int = 100) -> SlidePrior | None:
-    """L2-regularised logistic regression (scikit-learn's objective with ``C`` = ``regularization``)
-    by L-BFGS; None when the labels are all one class (nothing to tell apart)."""
-    labels = labels.float()
+def fit_logistic(features: torch.Tensor, labels: torch.Tensor, regularization: float,
+                 max_iter: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight, bias) of an L2-regularised logistic regression (scikit-learn's objective with
+    ``C`` = ``regularization``) by L-BFGS; None when the labels are all one class (nothing to tell
+    apart). The slide prior and the slide refiner both fit this way."""
+    labels = torch.as_tensor(labels, dtype=torch.float32)
     if len(labels) == 0 or bool((labels == labels[0]).all()):
         return None
-    prior = SlidePrior(cells.shape[1] // len(CONTEXT))
-    weight = torch.zeros(cells.shape[1], requires_grad=True)
+    features = torch.as_tensor(features, dtype=torch.float32)
+    weight = torch.zeros(features.shape[1], requires_grad=True)
     bias = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
     penalty = 1.0 / (2.0 * regularization * len(labels))
 
     def closure():
         optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(cells @ weight + bias, labels) + penalty * (weight @ weight)
+        loss = F.binary_cross_entropy_with_logits(features @ weight + bias, labels) + penalty * (weight @ weight)
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def fit_slide_prior(cells: torch.Tensor, labels: torch.Tensor, regularization: float = REGULARIZATION,
+                    max_iter: int = 100) -> SlidePrior | None:
+    """``fit_logistic`` on embedding cells, as a ``SlidePrior``; None when the labels are one class."""
+    fitted = fit_logistic(cells, labels, regularization, max_iter)
+    if fitted is None:
+        return None
+    prior = SlidePrior(cells.shape[1] // len(CONTEXT))
     with torch.no_grad():
-        prior.linear.weight.copy_(weight.detach()[None])
-        prior.linear.bias.copy_(bias.detach())
+        prior.linear.weight.copy_(fitted[0][None])
+        prior.linear.bias.copy_(fitted[1])
     for parameter in prior.parameters():
         parameter.requires_grad_(False)
     return prior.eval()

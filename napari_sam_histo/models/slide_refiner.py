@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from ..slides.rgb import to_rgb_uint8
+from .slide_prior import fit_logistic
 
 SCALES = (0.0, 2.0, 6.0)  # Gaussian sigmas (tile pixels) of the colour features; 0: the pixel itself
 LOGIT_SCALE = 10.0  # SAM's logits are clipped to +-2 x this and divided by it (features near 1)
@@ -124,26 +125,9 @@ def refiner_samples(snapshots, colour: torch.Tensor, target: np.ndarray, rng: np
 
 def fit_slide_refiner(features: torch.Tensor, labels: torch.Tensor, regularization: float = REGULARIZATION,
                       max_iter: int = 200) -> SlideRefiner | None:
-    """L2-regularised logistic regression by L-BFGS (scikit-learn's objective with ``C``); None when
-    the labels are all one class."""
-    labels = torch.as_tensor(labels, dtype=torch.float32)
-    if len(labels) == 0 or bool((labels == labels[0]).all()):
-        return None
-    features = torch.as_tensor(features, dtype=torch.float32)
-    weight = torch.zeros(features.shape[1], requires_grad=True)
-    bias = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
-    penalty = 1.0 / (2.0 * regularization * len(labels))
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(features @ weight + bias, labels) + penalty * (weight @ weight)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return SlideRefiner(weight.detach(), float(bias.detach()))
+    """``fit_logistic`` on pixels, as a ``SlideRefiner``; None when the labels are all one class."""
+    fitted = fit_logistic(features, labels, regularization, max_iter)
+    return None if fitted is None else SlideRefiner(fitted[0], float(fitted[1]))
 
 
 class ClickEvidence:
