@@ -216,7 +216,7 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
                             max_groups=args.max_groups, max_clicks=args.max_clicks,
                             steps_per_object=args.steps_per_object, lr=args.lr, seed=args.seed,
                             prior_weight=args.prior_weight, gated=not args.no_gate,
-                            embedding_store=args.embedding_store,
+                            refiner=not args.no_refiner, accepted=args.accepted, embedding_store=args.embedding_store,
                             log=None if args.quiet else (lambda line: print(line, flush=True)))
     print(format_table(summary["source"], summary["base"], summary["adapted"]))
     print(f"-> {args.out}/summary.json, objects.csv, table.md, noc-by-object.png")
@@ -418,7 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--prior-weight", type=float, default=None,
                      help="weight of the slide prior added to the decoder's logits (default 0.25; 0: none)")
     seq.add_argument("--no-gate", action="store_true",
-                     help="diagnostic: click with the adapted copy whatever the never-worse gate says")
+                     help="diagnostic: click with the adapted copy and the slide refiner whatever the "
+                          "never-worse gates say")
+    seq.add_argument("--no-refiner", action="store_true", help="adapt without the slide refiner")
+    seq.add_argument("--accepted", choices=("clicked", "reference"), default="clicked",
+                     help="an object is accepted as its last mask once the clicks reach 0.85 IoU, else "
+                          "finished by hand to the reference (clicked), or always finished to the reference")
     seq.add_argument("--lr", type=float, default=None,
                      help="adaptation learning rate (default: 1e-3 for a correction, 1e-4 for a whole decoder)")
     seq.add_argument("--embedding-store", default=None,

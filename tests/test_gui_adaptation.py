@@ -11,6 +11,7 @@ pytest.importorskip("napari")
 from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QFileDialog  # noqa: E402
 
+from napari_sam_histo._napari import adaptation_panel  # noqa: E402
 from napari_sam_histo._napari.adaptation_panel import OFF_TEXT  # noqa: E402
 
 from .annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
@@ -42,6 +43,11 @@ def test_the_panel_learns_from_accepted_objects_saves_resets_and_switches_off(do
     assert "Learned from 1 tile(s)" in panel.state_label.text()
     assert "In use: the chosen decoder" in panel.state_label.text()  # nothing kept aside yet to judge it
     assert adaptation.state().examples == 1 and adaptation.worker.error is None
+    # the border refiner learnt from the object (its tile's pixels read in the background) and says
+    # it waits to be judged; the first object judges nothing
+    qtbot.waitUntil(lambda: adaptation.state().refiner_pending == 0, timeout=120_000)
+    assert adaptation.adapter.refinement.refiner is not None and adaptation.refiner() is None
+    qtbot.waitUntil(lambda: "Border refiner: learning." in panel.state_label.text(), timeout=10_000)
 
     target = tmp_path / "my-study-decoder.pt"
     seen = {}
@@ -71,3 +77,10 @@ def test_the_panel_learns_from_accepted_objects_saves_resets_and_switches_off(do
     assert not panel.check.isChecked() and not adaptation.enabled
     qtbot.waitUntil(lambda: panel.state_label.text() == OFF_TEXT, timeout=10_000)
     assert len(dock.object_list.ids) == n + 1  # the annotations are untouched by all of it
+
+
+def test_the_panels_gate_sizes_are_the_adapters():
+    from napari_sam_histo.training import adaptation, slide_refinement
+
+    assert adaptation_panel.MIN_HELD_OUT == adaptation.MIN_HELD_OUT
+    assert adaptation_panel.MIN_JUDGED == slide_refinement.MIN_JUDGED

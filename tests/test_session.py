@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
@@ -155,3 +156,35 @@ def test_the_first_mask_rule_can_refuse_a_candidate_that_floods_the_tile(setup, 
     assert picks["iou"] > 0.99 and picks["unflooded"] < 0.2  # the flood refused, the best-rated other kept
     with pytest.raises(InputError, match="first_mask"):
         ClickSession(predictor, box, embedding, first_mask="largest")
+
+
+def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_prompt(setup):
+    """With ``refine`` the session shows the refined mask until SAM's masks have erred less at the
+    object's clicks (each click scores the masks shown before it); SAM's own logits are what the
+    next click's mask prompt and ``sam_logits`` hold, and undo brings the evidence back."""
+    source, grid, predictor = setup
+    box = grid.tile(0, 0)
+    plain = ClickSession.on_tile(predictor, source, box)
+    refine = lambda z: -z  # noqa: E731  (a refiner that disagrees with SAM everywhere)
+    refined = ClickSession(predictor, box, plain.embedding, refine=refine)
+    clicks = [(500, 500, True), (100, 900, False), (700, 200, True), (300, 300, False)]
+    loss = {"sam": 0.0, "refined": 0.0}
+    for i, (x, y, positive) in enumerate(clicks):
+        if i:  # score what each showed at this click, by hand
+            sam = float(plain.logits[y, x])
+            sign = 1.0 if positive else -1.0
+            loss["sam"] += math.log1p(math.exp(-sign * sam))
+            loss["refined"] += math.log1p(math.exp(sign * sam))
+        plain.add_click(x, y, positive)
+        refined.add_click(x, y, positive)
+        assert torch.equal(refined.low_res_logits, plain.low_res_logits)  # SAM's prompt, whatever is shown
+        assert torch.equal(refined.sam_logits, plain.logits)
+        expect_refined = i == 0 or loss["refined"] < loss["sam"]
+        assert refined.refined is expect_refined
+        shown = -plain.logits if expect_refined else plain.logits
+        assert np.array_equal(refined.mask(), (shown > 0).numpy())
+    assert loss["sam"] != loss["refined"]
+    before = refined.refined
+    refined.undo()
+    refined.redo()
+    assert refined.refined is before and refined._state.evidence.loss["sam"] == pytest.approx(loss["sam"])

@@ -119,3 +119,31 @@ def test_switched_off_it_keeps_no_examples_and_reset_forgets_them(annotator):
     assert adaptation.worker.wait_idle(120) and adaptation.state().examples == 1
     adaptation.reset().result(timeout=60)
     assert adaptation.state().examples == 0 and adaptation.predictor() is annotator.predictor
+
+
+def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects_tiles(annotator):
+    """Accept hands over the tile's pixels as a function the adaptation's thread calls; the
+    refiner it offers refines every tile of the next object (and the object says so)."""
+    import torch
+
+    from napari_sam_histo.models.slide_refiner import FEATURES, SlideRefiner, TileRefiner
+
+    adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
+    annotator.adaptation = adaptation
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    annotator.submit("accept").result(timeout=60)
+    assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
+    example = adaptation.adapter.examples[0]
+    assert callable(example.image) and np.array_equal(example.image(), _disc())  # read from the slide
+    assert adaptation.state().refiner_pending == 0 and adaptation.adapter.refinement.refiner is not None
+    assert adaptation.refiner() is None  # not judged yet: not offered
+
+    weight = torch.zeros(FEATURES)
+    weight[0] = -1.0  # the opposite of SAM: a refiner no one would keep, but easy to recognise
+    offered = SlideRefiner(weight, 0.0)
+    adaptation.refiner = lambda: offered  # as if its gate had passed
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    sessions = annotator._active()
+    assert sessions and all(isinstance(s.refine, TileRefiner) and s.refine.refiner is offered for s in sessions)
+    assert sessions[0].refined  # an object's first mask is the refined one
+    assert annotator.submit("accept").result(timeout=60).properties["refined"] is True

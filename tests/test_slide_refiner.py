@@ -115,3 +115,21 @@ def test_the_per_tile_maps_give_the_refiner_of_all_features():
     logits = torch.as_tensor(rng.normal(0, 15, (20, 24)), dtype=torch.float32)
     full = torch.einsum("f,fhw->hw", refiner.weight, pixel_features(logits, colour)) + refiner.bias
     assert torch.allclose(refiner.apply(logits, refiner.on_tile(colour)), full, atol=1e-5)
+
+
+def test_a_tile_refiner_makes_its_maps_once_from_the_pixels():
+    """``on_image`` (a click's path: channels combined before the blurs) equals ``on_tile`` of the
+    colour features; a ``TileRefiner`` reads its tile once, at its first call."""
+    from napari_sam_histo.models.slide_refiner import TileRefiner
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (30, 26, 3), dtype=np.uint8)
+    refiner = SlideRefiner(torch.as_tensor(rng.normal(size=FEATURES), dtype=torch.float32), -0.2)
+    for a, b in zip(refiner.on_image(image), refiner.on_tile(colour_features(image))):
+        assert torch.allclose(a, b, atol=1e-5)
+    reads = []
+    tile = TileRefiner(refiner, lambda: reads.append(1) or image)
+    logits = torch.as_tensor(rng.normal(0, 10, (30, 26)), dtype=torch.float32)
+    assert torch.allclose(tile(logits), refiner(logits, colour_features(image)), atol=1e-5)
+    tile(logits)
+    assert reads == [1]

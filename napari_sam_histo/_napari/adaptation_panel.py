@@ -13,6 +13,7 @@ from pathlib import Path
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 MIN_HELD_OUT = 3  # training.adaptation.MIN_HELD_OUT (not imported: that would import torch on the GUI thread)
+MIN_JUDGED = 3  # training.slide_refinement.MIN_JUDGED (the same)
 
 OFF_TEXT = "Off: every object is decoded by the decoder chosen above."
 
@@ -28,11 +29,28 @@ def describe(state) -> str:
     text = (f"Learned from {learned} tile(s) of accepted objects ({state.held_out_objects} object(s) kept aside "
             f"to judge it), {work}.")
     if state.base_noc is None or state.held_out_objects < MIN_HELD_OUT:
-        return text + f" In use: the chosen decoder (the copy is judged once {MIN_HELD_OUT} objects are kept aside)."
-    judged = f"clicks to 85 % on the kept-aside tiles: adapted {state.adapted_noc:.1f}, chosen {state.base_noc:.1f}"
-    if state.in_use:
-        return text + f" In use: the ADAPTED copy ({judged})."
-    return text + f" In use: the chosen decoder, the copy is not better yet ({judged})."
+        text += f" In use: the chosen decoder (the copy is judged once {MIN_HELD_OUT} objects are kept aside)."
+    else:
+        judged = f"clicks to 85 % on the kept-aside tiles: adapted {state.adapted_noc:.1f}, chosen {state.base_noc:.1f}"
+        if state.in_use:
+            text += f" In use: the ADAPTED copy ({judged})."
+        else:
+            text += f" In use: the chosen decoder, the copy is not better yet ({judged})."
+    return text + " " + describe_refiner(state)
+
+
+def describe_refiner(state) -> str:
+    """The slide refiner's part of the line."""
+    pending = f", {state.refiner_pending} object(s) to learn from" if state.refiner_pending else ""
+    if not state.refiner_judged:
+        return f"Border refiner: learning{pending}."
+    judged = (f"clicks to 85 % on {state.refiner_judged} accepted object(s): refined {state.refiner_noc:.1f}, "
+              f"without {state.refiner_base_noc:.1f}")
+    if state.refiner_in_use:
+        return f"Border refiner: ON where an object's clicks favour it ({judged}{pending})."
+    if state.refiner_judged < MIN_JUDGED:
+        return f"Border refiner: off until judged on {MIN_JUDGED} objects ({judged}{pending})."
+    return f"Border refiner: off, not better yet ({judged}{pending})."
 
 
 class AdaptationPanel(QGroupBox):

@@ -133,6 +133,7 @@ class ObjectTiles:
         # first click and kept for all its tiles
         self.adaptation = None
         self._decoding = predictor
+        self._refining = None  # the slide refiner the object's tiles use (``adaptation.refiner()``), or None
         self.source = source
         self.tile_size = int(tile_size)
         self.levels = working_levels(source, self.tile_size)
@@ -147,6 +148,14 @@ class ObjectTiles:
         self._history: list[_Step] = []
         self._redo: list[_Step] = []
         self._known: dict[str, TileBox] = {}  # every tile this annotator clicked on or prefetched
+
+    def _refine_for(self, box: TileBox):
+        """The object's slide refiner on tile ``box`` (its maps made at the tile's first click), or None."""
+        if self._refining is None:
+            return None
+        from ..models.slide_refiner import TileRefiner
+
+        return TileRefiner(self._refining, lambda: self.source.read_region(box))
 
     # -- hooks for ``Annotator`` -----------------------------------------------------------------
     def _embedding(self, box: TileBox, purpose: str):
@@ -263,6 +272,7 @@ class ObjectTiles:
         with self._lock:
             if not self._sessions:  # a new object (not one whose clicks were all undone: it keeps its decoder)
                 self._decoding = self.adaptation.predictor() if self.adaptation is not None else self.predictor
+                self._refining = self.adaptation.refiner() if self.adaptation is not None else None
             self.working = working
             holders, box = self._route(grid, x0, y0, positive)
             session = self._sessions.get(box.key()) if box is not None else None
@@ -270,7 +280,7 @@ class ObjectTiles:
                 self._known[box.key()] = box
         if box is not None and session is None:
             # Outside the lock: the embedding may take seconds, and readers must not wait for it.
-            session = ClickSession(self._decoding, box, self._embedding(box, "click"))
+            session = ClickSession(self._decoding, box, self._embedding(box, "click"), refine=self._refine_for(box))
         with self._lock:
             keys = []
             if session is not None:
@@ -327,6 +337,7 @@ class ObjectTiles:
             for session in self._sessions.values():
                 self._known[session.box.key()] = session.box
                 self._decoding = session.predictor  # the restored object goes on with its own decoder
+                self._refining = session.refine.refiner if session.refine is not None else None
             self._changed()
             return self._state()
 
@@ -365,12 +376,14 @@ class ObjectTiles:
                                   len(self._history),
                                   {"decoder": decoding.decoder.kind,
                                    "adapted": decoding is not self.predictor,
+                                   "refined": any(s.refined for s in self._active()),
                                    "level": finest.level if finest is not None else self.level,
                                    "downsample": finest.downsample if finest is not None else d,
                                    "edited": edited is not None})
             if self.adaptation is not None:  # examples for the slide's adapter (queued; no waiting)
                 try:
-                    self.adaptation.add_object(self._active(), result, edited, key=obj.id)
+                    self.adaptation.add_object(self._active(), result, edited, key=obj.id,
+                                               read_tile=self.source.read_region)
                 except Exception:  # learning is a bonus: the object is accepted whatever happens there
                     pass
             self.clear()
@@ -529,7 +542,8 @@ class ObjectTiles:
         clicks inside it, a positive seed at level (px, py) where a border cut the object, and the
         object's logits over the overlap as mask prompt. It belongs to the last click (undone with it)."""
         with self._lock:
-            session = self._sessions.get(box.key()) or ClickSession(self._decoding, box, embedding)
+            session = self._sessions.get(box.key()) or ClickSession(self._decoding, box, embedding,
+                                                                    refine=self._refine_for(box))
             seed = (px - box.x, py - box.y, True)  # inside the object, where a border cut it
             session.add_clicks(self._clicks_in(box) + [seed], mask_prompt=self._overlap_prompt(session))
             self._sessions[box.key()] = session

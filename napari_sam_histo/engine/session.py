@@ -4,6 +4,10 @@ Every click re-runs the decoder with all clicks so far and the previous low-reso
 the mask prompt (Kim et al. §2.2, Fig. 2a). The first click asks SAM for its three candidate masks
 and keeps one of them (``FIRST_MASK_RULES``: by default the highest predicted IoU); later clicks ask
 for a single mask, as SAM's authors recommend once the prompt is unambiguous.
+
+With a slide refiner (``refine``: issue 13, ``models.slide_refiner``) every decode is also
+refined, and the object's clicks decide which of the two is shown (``ClickEvidence``); SAM's own
+low-resolution logits stay the mask prompt, and the evidence is part of each undo step.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..models.slide_refiner import REFINED_LEAD, ClickEvidence
 from .embedding_cache import Embedding
 from .predictor import Predictor
 from .tiles import TileBox
@@ -40,8 +45,14 @@ class Click:
 class _State:
     clicks: tuple[Click, ...]
     low_res_logits: torch.Tensor | None
-    logits: torch.Tensor | None  # at the tile's resolution
+    logits: torch.Tensor | None  # at the tile's resolution: what is shown (SAM's, or refined + threshold)
     iou_prediction: float | None
+    sam_logits: torch.Tensor | None = None  # SAM's own at the tile's resolution (None: ``logits`` are SAM's)
+    evidence: ClickEvidence | None = None  # with a refiner: the scores after this step's clicks
+
+    @property
+    def refined(self) -> bool:
+        return self.evidence is not None and self.evidence.use_refined
 
 
 @dataclass
@@ -56,11 +67,12 @@ class ClickSession:
     """Clicks on one tile. ``embedding`` is computed by the predictor (once) when not given."""
 
     def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding, threshold: float = 0.0,
-                 mask_prompt: bool = True, first_mask: str = "iou") -> None:
+                 mask_prompt: bool = True, first_mask: str = "iou", refine=None) -> None:
         """``threshold`` is the logit above which a pixel is in the mask (SAM's 0.0; the benchmark
         uses RITM's probability 0.49). ``mask_prompt=False`` leaves out the previous logits (points
         only): zero-shot SAM is steadier that way, see the README's benchmark figures.
-        ``first_mask``: one of ``FIRST_MASK_RULES``."""
+        ``first_mask``: one of ``FIRST_MASK_RULES``. ``refine``: SAM's logits -> refined logits
+        (positive inside; a ``models.slide_refiner.TileRefiner``), or None."""
         if first_mask not in FIRST_MASK_RULES:
             raise InputError(f"first_mask {first_mask!r}: choose one of {', '.join(FIRST_MASK_RULES)}.")
         self.first_mask = first_mask
@@ -71,6 +83,7 @@ class ClickSession:
         self.embedding = embedding
         self.threshold = float(threshold)
         self.mask_prompt = bool(mask_prompt)
+        self.refine = refine
         self._history: list[_State] = [_State((), None, None, None)]
         self._redo: list[_State] = []
 
@@ -93,7 +106,19 @@ class ClickSession:
 
     @property
     def logits(self) -> torch.Tensor | None:
+        """What is shown, at the tile's resolution (``mask`` is these above ``threshold``)."""
         return self._state.logits
+
+    @property
+    def sam_logits(self) -> torch.Tensor | None:
+        """SAM's own logits (the same as ``logits`` unless the refined mask is shown)."""
+        state = self._state
+        return state.sam_logits if state.sam_logits is not None else state.logits
+
+    @property
+    def refined(self) -> bool:
+        """Whether the refined mask is shown."""
+        return self._state.refined
 
     def mask(self) -> np.ndarray:
         """The current mask (logits > ``self.threshold``); empty before the first click."""
@@ -138,12 +163,33 @@ class ClickSession:
             self.embedding, points, labels, mask_input=previous if self.mask_prompt else None,
             multimask=first
         )
+        evidence = self._scored(new) if self.refine is not None else None
         best = self._choose_first(prediction) if first else 0
         low_res = prediction.low_res_logits[best]
         logits = self.predictor.upscale(self.embedding, low_res)
-        self._history.append(_State(clicks, low_res, logits, float(prediction.iou_predictions[best])))
+        shown = logits
+        if evidence is not None and evidence.use_refined:
+            shown = self.refine(logits) + self.threshold
+        self._history.append(_State(clicks, low_res, shown, float(prediction.iou_predictions[best]),
+                                    logits if shown is not logits else None, evidence))
         self._redo.clear()
         return self.result()
+
+    def _scored(self, new: list[Click]) -> ClickEvidence:
+        """The evidence after ``new`` clicks: each scores the masks shown before it (SAM's and the
+        refined one) at its pixel."""
+        state = self._state
+        evidence = state.evidence.copy() if state.evidence is not None else ClickEvidence(
+            self.threshold, getattr(self.refine, "start", "refined"), getattr(self.refine, "lead", REFINED_LEAD))
+        sam = self.sam_logits
+        if sam is None:
+            return evidence
+        refined = state.logits - self.threshold if state.refined else self.refine(sam)
+        height, width = self.box.shape
+        for click in new:
+            row, col = min(int(click.y), height - 1), min(int(click.x), width - 1)
+            evidence.add_click(row, col, click.positive, sam, refined)
+        return evidence
 
     def _choose_first(self, prediction) -> int:
         iou = prediction.iou_predictions

@@ -50,14 +50,16 @@ class SamClickModel:
     """A predictor (model + decoder) as an ``InteractiveModel``."""
 
     def __init__(self, predictor, name: str | None = None, mask_prompt: bool = True, key_tag: str = "",
-                 first_mask: str = "iou") -> None:
-        """``key_tag`` is added to every image identity of the cache keys: the benchmark's on-disk
+                 first_mask: str = "iou", refiner=None) -> None:
+        """``refiner``: a slide refiner every object's tile is refined with (``models.slide_refiner``;
+        shown by the object's click evidence, as the annotator does). ``key_tag`` is added to every image identity of the cache keys: the benchmark's on-disk
         embedding store tags its entries with the device (and stored dtype), so an embedding, and
         the encoder seconds recorded with it, are only reused where they were computed."""
         self.predictor = predictor
         self.mask_prompt = mask_prompt
         self.first_mask = first_mask  # engine.session.FIRST_MASK_RULES
         self.key_tag = key_tag
+        self.refiner = refiner
         self.name = name or f"{predictor.model.name}+{predictor.decoder.kind}" + ("" if mask_prompt else "/points")
         self.store_loads = 0  # embeddings this method read from the on-disk store (not encoded, not in memory)
 
@@ -83,9 +85,14 @@ class SamClickModel:
         self.store_loads += self.predictor.cache.disk_hits - disk_hits
         # Cached in memory or read from the store: charged at the encode_s recorded when it was computed.
         reused = self.predictor.encoder_calls == calls
+        refine = None
+        if self.refiner is not None:
+            from ..models.slide_refiner import TileRefiner
+
+            refine = TileRefiner(self.refiner, lambda: sample.image)
         session = ClickSession(self.predictor, TileBox(0, 0, 0, width, height), embedding,
                                threshold=LOGIT_THRESHOLD, mask_prompt=self.mask_prompt,
-                               first_mask=self.first_mask)
+                               first_mask=self.first_mask, refine=refine)
         return _SamObject(session, embedding.encode_s if reused else 0.0)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..slides.rgb import to_rgb_uint8
 from .slide_prior import fit_logistic
@@ -38,22 +37,19 @@ REFINED_LEAD = 0.0
 
 
 def _gaussian(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(C, H, W) -> the same blurred by a separable Gaussian (edges replicated)."""
-    radius = max(1, int(3 * sigma + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = image.shape[0]
-    out = F.pad(image[None], (radius, radius, 0, 0), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)[0]
+    """(C, H, W) -> the same blurred by a separable Gaussian (radius 3 sigma, edges replicated).
+    scipy's filter, five times faster here than torch's grouped convolution, gives the same numbers."""
+    from scipy import ndimage
+
+    blurred = np.asarray(image, dtype=np.float32)
+    for axis in (1, 2):
+        blurred = ndimage.gaussian_filter1d(blurred, sigma, axis=axis, mode="nearest", truncate=3.0)
+    return torch.from_numpy(blurred)
 
 
 def colour_features(image: np.ndarray) -> torch.Tensor:
     """A tile (grey, RGB or RGBA, any dtype ``to_rgb_uint8`` takes) -> (3 * len(SCALES), H, W)
-    float32: RGB in [0, 1] at each scale. About 0.45 s for a 1024-px tile on one core (the blurs):
-    made once per tile."""
+    float32: RGB in [0, 1] at each scale (about 0.2 s for a 1024-px tile here: the blurs)."""
     rgb = torch.as_tensor(to_rgb_uint8(image, "tile"), dtype=torch.float32).permute(2, 0, 1) / 255.0
     return torch.cat([rgb if sigma == 0 else _gaussian(rgb, sigma) for sigma in SCALES])
 
@@ -80,6 +76,22 @@ class SlideRefiner:
         w_colour, w_product = self.weight[1: 1 + n], self.weight[1 + n:]
         slope = self.weight[0] + torch.einsum("c,chw->hw", w_product, colour)
         offset = self.bias + torch.einsum("c,chw->hw", w_colour, colour)
+        return slope, offset
+
+    def on_image(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``on_tile`` straight from a tile's pixels, as a click needs it: a blur is linear, so each
+        scale's colour channels are first combined into the two maps' parts and only those two are
+        blurred (four blurs instead of six three-channel ones: ~0.15 s for a 1024-px tile here)."""
+        rgb = torch.as_tensor(to_rgb_uint8(image, "tile"), dtype=torch.float32).permute(2, 0, 1) / 255.0
+        w_colour, w_product = self.weight[1: 1 + 3 * len(SCALES)], self.weight[1 + 3 * len(SCALES):]
+        slope = torch.full(rgb.shape[1:], float(self.weight[0]))
+        offset = torch.full(rgb.shape[1:], self.bias)
+        for i, sigma in enumerate(SCALES):
+            parts = torch.einsum("kc,chw->khw", torch.stack([w_product[3 * i: 3 * i + 3], w_colour[3 * i: 3 * i + 3]]), rgb)
+            if sigma:
+                parts = _gaussian(parts, sigma)
+            slope += parts[0]
+            offset += parts[1]
         return slope, offset
 
     @staticmethod
@@ -145,6 +157,11 @@ class ClickEvidence:
         self.loss = {"sam": 0.0, "refined": 0.0}
         self.use_refined = start == "refined"
 
+    def copy(self) -> "ClickEvidence":
+        other = ClickEvidence(self.threshold, "refined" if self.use_refined else "sam", self.lead)
+        other.loss = dict(self.loss)
+        return other
+
     def add_click(self, row: int, col: int, positive: bool, sam_logits, refined_logits) -> bool:
         """Score the previous masks at the new click (None before the object's first mask);
         returns whether the refined mask is shown next."""
@@ -156,3 +173,25 @@ class ClickEvidence:
             self.loss[name] += float(np.logaddexp(0.0, -sign * margin))
         self.use_refined = self.loss["refined"] < self.loss["sam"] + self.lead
         return self.use_refined
+
+
+class TileRefiner:
+    """A ``SlideRefiner`` on one tile, as a click session uses it: SAM's logits in, refined logits
+    out (a pixel is in the mask above 0). The tile's maps are made at the first call, from
+    ``read_tile()`` (its pixels), and kept on the logits' device. ``start`` and ``lead``: the
+    session's ``ClickEvidence``."""
+
+    def __init__(self, refiner: SlideRefiner, read_tile, start: str = "refined", lead: float = REFINED_LEAD) -> None:
+        self.refiner = refiner
+        self.start = start
+        self.lead = float(lead)
+        self._read_tile = read_tile
+        self._maps: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._maps is None:
+            self._maps = self.refiner.on_image(self._read_tile())
+            self._read_tile = None  # (a closure over a tile's pixels need not live on)
+        if self._maps[0].device != logits.device:
+            self._maps = tuple(m.to(logits.device) for m in self._maps)
+        return self.refiner.apply(logits, self._maps)

@@ -22,7 +22,10 @@ their token 0, as they were trained; the modified decoder trains whole, the resi
 correction. On top of the copy a *slide prior* (``models.slide_prior``: a logistic read-out of
 the embedding, fitted on the training examples, its logit added to the masks at weight
 ``prior_weight``) carries what the accepted objects look like to the next object; the gate judges
-copy and prior together. Deterministic under ``seed`` for the same examples arriving between the
+copy and prior together. A *slide refiner* (``training.slide_refinement``: a pixel classifier
+over SAM's logit and the tile's colour, shown per object where its clicks favour it) learns from
+every accepted object with pixels, judged by a gate of its own (each object re-clicked with the
+refiner fitted before it); it works over whichever decoder decodes the object. Deterministic under ``seed`` for the same examples arriving between the
 same steps (the
 sequential benchmark; in the dock the user's pace decides that). ``DecoderAdapter`` holds no thread;
 ``AdaptationWorker`` runs it in the background.
@@ -43,14 +46,14 @@ import numpy as np
 import torch
 
 from ..engine.embedding_cache import Embedding
-from ..evaluation.clicker import next_click
-from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
+from ..evaluation.metrics import LOGIT_THRESHOLD, noc
 from ..models.decoders import DecoderChoice, SingleMaskDecoder
 from ..models.residual_decoder import ResidualMaskDecoder
 from ..models.slide_prior import CONTEXT, PRIOR_WEIGHT, SlidePrior, SlidePriorDecoder, example_cells, fit_slide_prior
 from .click_simulation import error_click, first_click
 from .nfl_loss import normalized_focal_loss
 from .prompted_forward import ImageGeometry, PromptedForward
+from .slide_refinement import SlideRefinement, click_example
 
 STEPS_PER_OBJECT = 16
 BATCH_SIZE = 4
@@ -73,6 +76,9 @@ class AdaptationExample:
     embedding: Embedding  # the tile's (features on the CPU)
     target: np.ndarray  # (h, w) bool at the tile's resolution: the accepted mask there
     clicks: tuple = ()  # the user's clicks on the tile, (x, y, positive) in its pixels (provenance)
+    # the tile's (H, W, 3) pixels, or a function that reads them (the slide refiner's colour; the
+    # adapter's thread reads them when it comes to the object), or None
+    image: object = None
 
     @property
     def geometry(self) -> ImageGeometry:
@@ -92,16 +98,21 @@ class AdaptationState:
     adapted_noc: float | None
     enabled: bool = True
     held_out_objects: int = 0  # the gate judges only once ``MIN_HELD_OUT`` objects are held out
+    refiner_in_use: bool = False  # the slide refiner refines the next object
+    refiner_judged: int = 0  # objects its gate has judged it on
+    refiner_base_noc: float | None = None  # their mean NoC@85 with the base decoder
+    refiner_noc: float | None = None  # and with the refiner fitted before each
+    refiner_pending: int = 0  # accepted objects it has still to learn from
 
 
 class DecoderAdapter:
     def __init__(self, predictor, steps_per_object: int = STEPS_PER_OBJECT, lr: float | None = None,
                  batch_size: int = BATCH_SIZE, hold_out_every: int = HOLD_OUT_EVERY, seed: int = 0,
-                 max_examples: int | None = None, prior_weight: float = PRIOR_WEIGHT) -> None:
+                 max_examples: int | None = None, prior_weight: float = PRIOR_WEIGHT, refiner: bool = True) -> None:
         """``predictor``: the annotator's (its decoder is the base; its model, cache and precision
         are shared by the adapted predictor). ``lr``: None for the kind's default (a correction
         ``CORRECTION_LEARNING_RATE``, whole decoders ``LEARNING_RATE``). ``prior_weight``: the slide
-        prior's weight (0: no prior, the copy alone)."""
+        prior's weight (0: no prior, the copy alone). ``refiner``: learn a slide refiner too."""
         self.base = predictor
         choice: DecoderChoice = predictor.decoder
         module = choice.module
@@ -125,6 +136,7 @@ class DecoderAdapter:
         self.seed = int(seed)
         self.max_examples = None if max_examples is None else max(int(max_examples), 2)
         self.prior_weight = float(prior_weight)
+        self.use_refiner = bool(refiner)
         self.enabled = True
         self._generation = 0  # bumped by reset: a gate result of an older copy is dropped
         self._lock = threading.RLock()  # examples, the copy's weights and the gate's result
@@ -158,6 +170,7 @@ class DecoderAdapter:
         self._judged: tuple | None = None  # (generation, steps, examples) the last gate judged
         self._prior_cells: dict[tuple, tuple] = {}  # a tile's (serial, id) of examples -> (cells, labels)
         self._prior_fit: tuple | None = None  # (training examples' key, the prior fitted on them)
+        self.refinement = SlideRefinement(self.seed, self.max_examples) if self.use_refiner else None
 
     # -- examples -------------------------------------------------------------------------------
     def add_example(self, example: AdaptationExample) -> None:
@@ -175,6 +188,8 @@ class DecoderAdapter:
         with self._lock:
             self.added += 1
             tagged = [(self.added, key, e) for e in examples]
+            if self.refinement is not None:  # every object teaches (and judges) the refiner
+                self.refinement.add_object(self.added, key, examples)
             if self.added % self.hold_out_every == 0:
                 self._held.extend(tagged)
             else:
@@ -209,6 +224,8 @@ class DecoderAdapter:
             self._training = [t for t in self._training if t[1] != key]
             self._held = [t for t in self._held if t[1] != key]
             removed = before - len(self._training) - len(self._held)
+            if self.refinement is not None:
+                self.refinement.remove_object(key)
             if removed:
                 self._judged = None  # judged on a different set: judge again
             return removed
@@ -387,6 +404,25 @@ class DecoderAdapter:
     def in_use(self) -> bool:
         return self.enabled and self._adapted is not None
 
+    # -- the slide refiner ------------------------------------------------------------------------
+    def refiner_pending(self) -> int:
+        return self.refinement.pending if self.refinement is not None else 0
+
+    def update_refiner(self, may_run: Callable[[], bool] | None = None) -> bool | None:
+        """Judge and learn from the oldest accepted object the refiner has not seen (re-clicked with
+        the base decoder: ``SlideRefinement.process_next``); False when there is none, None when
+        ``may_run`` said no (a click goes first)."""
+        refinement = self.refinement
+        if refinement is None:
+            return False
+        return refinement.process_next(self.base, may_run)
+
+    def active_refiner(self):
+        """The slide refiner a new object uses, or None (switched off, not fitted, or its gate does
+        not pass). No lock taken."""
+        refinement = self.refinement
+        return refinement.active() if self.enabled and refinement is not None else None
+
     def active_predictor(self):
         """The predictor the next object should use: the adapted copy when it passed the gate.
         Takes no lock (a step may hold it for a few hundred ms): one attribute read."""
@@ -403,8 +439,11 @@ class DecoderAdapter:
         scores = self._scores
         base, adapted = scores if scores is not None else (None, None)
         training, held = self._training, self._held  # (one read each: lists are replaced, not changed in place
-        return AdaptationState(len(training), len(held), self.steps, self.owed, self.in_use,  # by remove_object)
-                               base, adapted, self.enabled, len({t[0] for t in held}))
+        refinement = self.refinement  # by remove_object)
+        r_base, r_noc, r_judged = refinement.scores() if refinement is not None else (None, None, 0)
+        return AdaptationState(len(training), len(held), self.steps, self.owed, self.in_use,
+                               base, adapted, self.enabled, len({t[0] for t in held}),
+                               self.active_refiner() is not None, r_judged, r_base, r_noc, self.refiner_pending())
 
     # -- keeping it -----------------------------------------------------------------------------
     def save(self, path, slide: str = "") -> Path:
@@ -443,27 +482,7 @@ def _union_of(tagged: list[tuple], shape: tuple) -> np.ndarray:
 def reclick(predictor, example: AdaptationExample, max_clicks: int = GATE_MAX_CLICKS) -> tuple[int, float]:
     """(NoC@``GATE_IOU``, mean IoU over the clicks) of ``predictor`` re-clicking ``example`` with the
     benchmark's clicker (clicks until the IoU is reached or ``max_clicks``)."""
-    from ..engine.session import ClickSession
-    from ..engine.tiles import TileBox
-
-    target = np.asarray(example.target, bool)
-    height, width = target.shape
-    embedding = example.embedding
-    session = ClickSession(predictor, TileBox(0, 0, 0, width, height), embedding, threshold=LOGIT_THRESHOLD)
-    prediction = np.zeros_like(target)
-    clicked = np.zeros_like(target)
-    ious = []
-    for _ in range(max_clicks):
-        click = next_click(target, prediction, clicked)
-        if click is None:
-            break
-        clicked[click.row, click.col] = True
-        prediction = session.add_click(*click.xy, click.positive).mask
-        ious.append(iou(prediction, target))
-        if ious[-1] >= GATE_IOU:
-            break
-    if not ious:
-        ious = [iou(prediction, target)]
+    ious, _ = click_example(predictor, example.embedding, example.target, max_clicks, GATE_IOU)
     return noc(ious, GATE_IOU, max_clicks), float(np.mean(ious))
 
 
@@ -585,6 +604,16 @@ class AdaptationWorker:
                 return
             time.sleep(0.02)
 
+    def _refine(self) -> None:
+        """The slide refiner's queued objects, oldest first, yielding to clicks (it comes before the
+        decoder's steps: it costs seconds, not minutes, and it is what helps most)."""
+        while not self._stop and self.adapter.enabled and self.adapter.refiner_pending():
+            self._run_tasks()
+            if self.adapter.update_refiner(self.may_run) is None:
+                time.sleep(0.02)
+                continue
+            self._changed()
+
     def _run(self) -> None:
         if self.low_priority:
             lower_priority()
@@ -593,8 +622,10 @@ class AdaptationWorker:
             self._wake.clear()
             try:
                 self._run_tasks()
+                self._refine()
                 while not self._stop and self.adapter.enabled and self.adapter.owed > 0:
                     self._run_tasks()
+                    self._refine()  # an object accepted meanwhile
                     if not self.may_run():
                         time.sleep(0.02)
                         continue
@@ -606,6 +637,7 @@ class AdaptationWorker:
                         self._changed()
                 self._judge()
                 self._run_tasks()
+                self._refine()
             except Exception as err:  # adaptation is a bonus: it never takes the annotator down
                 self.error = f"{type(err).__name__}: {err}"
             self._changed()
@@ -618,4 +650,6 @@ class AdaptationWorker:
             with self.adapter._lock:
                 self.adapter._training, self.adapter._held = [], []
                 self.adapter._prior_cells, self.adapter._prior_fit = {}, None
+                if self.adapter.refinement is not None:
+                    self.adapter.refinement = SlideRefinement(self.adapter.seed)
         self._idle.set()

@@ -2,7 +2,7 @@
 becomes training examples for a background adapter (``training.adaptation``), and every new object
 decodes with what the adapter offers (its copy only once the never-worse gate passed). The
 annotator (``engine``, which imports nothing of training) holds one as ``annotator.adaptation``
-and calls ``predictor()`` at an object's first click and ``add_object`` on Accept.
+and calls ``predictor()`` and ``refiner()`` at an object's first click and ``add_object`` on Accept.
 
 An example costs no encoder call: it is a tile the object was clicked on, with the embedding the
 annotator already holds, the accepted mask cut to that tile, and the user's clicks there. Only the
@@ -13,6 +13,7 @@ takes them in between its steps, so Accept never waits for a step under way.
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable
@@ -24,10 +25,12 @@ from ..engine.blending import Blend
 MAX_EXAMPLES = 32  # each keeps one tile embedding (4 MiB in float32): 128 MiB at most per slide
 
 
-def tile_examples(sessions, blended: Blend | None, edited: tuple | None = None) -> list:
+def tile_examples(sessions, blended: Blend | None, edited: tuple | None = None,
+                  read_tile: Callable | None = None) -> list:
     """``AdaptationExample``s of an accepted object: for each of ``sessions`` (the object's tiles
     with clicks) at its finest downsample, the accepted mask (``edited`` when corrected by hand:
-    (top-left, mask[, downsample]); else ``blended``) cut to the tile."""
+    (top-left, mask[, downsample]); else ``blended``) cut to the tile. ``read_tile(box)``: the
+    tile's pixels, read later by the adapter's thread (the slide refiner's colour)."""
     from ..training.adaptation import AdaptationExample
 
     if not sessions or (blended is None and edited is None):
@@ -52,7 +55,8 @@ def tile_examples(sessions, blended: Blend | None, edited: tuple | None = None) 
             target[y0 - box.y:y1 - box.y, x0 - box.x:x1 - box.x] = mask[y0 - my:y1 - my, x0 - mx:x1 - mx]
         if target.any():
             clicks = tuple((c.x, c.y, c.positive) for c in session.clicks)
-            out.append(AdaptationExample(session.embedding, target, clicks))
+            image = functools.partial(read_tile, box) if read_tile is not None else None
+            out.append(AdaptationExample(session.embedding, target, clicks, image))
     return out
 
 
@@ -91,11 +95,12 @@ class SlideAdaptation:
             self.worker.wake()
         self._changed(self.adapter.state_nowait())
 
-    def add_object(self, sessions, blended: Blend | None, edited: tuple | None = None, key=None) -> int:
+    def add_object(self, sessions, blended: Blend | None, edited: tuple | None = None, key=None,
+                   read_tile: Callable | None = None) -> int:
         """Hand over an accepted object (its tiles' sessions, its blended logits, a hand-edited mask;
-        ``key``: its id, for ``forget``): its examples are cut now (numpy only) and queued for the
-        worker; returns at once with how many there were."""
-        examples = tile_examples(sessions, blended, edited) if self.adapter.enabled else []
+        ``key``: its id, for ``forget``; ``read_tile(box)``: a tile's pixels): its examples are cut
+        now (numpy only) and queued for the worker; returns at once with how many there were."""
+        examples = tile_examples(sessions, blended, edited, read_tile) if self.adapter.enabled else []
         if examples:
             self.worker.submit(lambda: self.adapter.add_object(examples, key))
         return len(examples)
@@ -107,6 +112,10 @@ class SlideAdaptation:
     def predictor(self):
         """The predictor a new object decodes with (no lock taken)."""
         return self.adapter.active_predictor()
+
+    def refiner(self):
+        """The slide refiner a new object's tiles use, or None (no lock taken)."""
+        return self.adapter.active_refiner()
 
     def reset(self) -> Future:
         """Back to the base decoder with no examples, done by the worker between steps."""
