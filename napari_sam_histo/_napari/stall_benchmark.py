@@ -192,12 +192,14 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     timed("Accept", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 1)
     strip = (min(500, width - 1), min(1040, height - 1))  # a second object, on another tile
     second = "first click on a second object"
-    if adapt:  # the first object's adaptation steps are under way when the user clicks
+    if adapt:  # the first object's adaptation is under way when the user clicks: the slide
+        # refiner re-clicking it with the decoder (it comes first), then the decoder's steps
         adaptation = dock.annotator.adaptation
         end = time.perf_counter() + timeout
-        while adaptation.state().steps < 1 and time.perf_counter() < end:
+        while adaptation.state().examples + adaptation.state().held_out < 1 and time.perf_counter() < end:
             spin(0.05)
-        if adaptation.state().owed == 0:
+        state_now = adaptation.state()
+        if state_now.owed == 0 and state_now.refiner_pending == 0:
             raise TimeoutError("the adaptation finished (or never started) before the second object's click")
         second += " (adaptation running)"
     timed(second, lambda: dock.add_click(*strip), lambda: dock.pending == 0)
