@@ -72,6 +72,7 @@ def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_
     rows = [r for r in csv.DictReader(open(tmp_path / "out" / "objects.csv")) if r["run"] == "adapted"]
     offered = [r["refiner_offered"] == "1" for r in rows]
     assert not any(offered[:4])  # three objects judged before it can be offered
+    assert all(offered[4:])  # and then it wins on these colour-plain objects
     assert summary["accepted"] == "reference" and summary["refiner"] is True
     assert summary["adapted"]["refined_share"] == np.mean(offered[WARM_UP:])
     assert "refiner offered" in (tmp_path / "out" / "table.md").read_text()

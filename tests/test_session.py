@@ -158,22 +158,23 @@ def test_the_first_mask_rule_can_refuse_a_candidate_that_floods_the_tile(setup, 
         ClickSession(predictor, box, embedding, first_mask="largest")
 
 
-def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_prompt(setup):
+@pytest.mark.parametrize("threshold", [0.0, 0.7])
+def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_prompt(setup, threshold):
     """With ``refine`` the session shows the refined mask until SAM's masks have erred less at the
     object's clicks (each click scores the masks shown before it); SAM's own logits are what the
     next click's mask prompt and ``sam_logits`` hold, and undo brings the evidence back."""
     source, grid, predictor = setup
     box = grid.tile(0, 0)
-    plain = ClickSession.on_tile(predictor, source, box)
+    plain = ClickSession(predictor, box, predictor.embedding_for(source, box), threshold=threshold)
     refine = lambda z: -z  # noqa: E731  (a refiner that disagrees with SAM everywhere)
-    refined = ClickSession(predictor, box, plain.embedding, refine=refine)
+    refined = ClickSession(predictor, box, plain.embedding, threshold=threshold, refine=refine)
     clicks = [(500, 500, True), (100, 900, False), (700, 200, True), (300, 300, False)]
     loss = {"sam": 0.0, "refined": 0.0}
     for i, (x, y, positive) in enumerate(clicks):
         if i:  # score what each showed at this click, by hand
             sam = float(plain.logits[y, x])
             sign = 1.0 if positive else -1.0
-            loss["sam"] += math.log1p(math.exp(-sign * sam))
+            loss["sam"] += math.log1p(math.exp(-sign * (sam - threshold)))
             loss["refined"] += math.log1p(math.exp(sign * sam))
         plain.add_click(x, y, positive)
         refined.add_click(x, y, positive)
@@ -181,10 +182,24 @@ def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_
         assert torch.equal(refined.sam_logits, plain.logits)
         expect_refined = i == 0 or loss["refined"] < loss["sam"]
         assert refined.refined is expect_refined
-        shown = -plain.logits if expect_refined else plain.logits
-        assert np.array_equal(refined.mask(), (shown > 0).numpy())
+        shown = -plain.logits + threshold if expect_refined else plain.logits
+        assert np.array_equal(refined.mask(), (shown > threshold).numpy())
     assert loss["sam"] != loss["refined"]
     before = refined.refined
     refined.undo()
     refined.redo()
     assert refined.refined is before and refined._state.evidence.loss["sam"] == pytest.approx(loss["sam"])
+
+
+def test_a_refiner_that_fails_leaves_the_tile_to_sam(setup):
+    """A tile whose pixels cannot be read for the refiner still clicks: SAM's mask, no refiner."""
+    source, grid, predictor = setup
+    box = grid.tile(0, 0)
+
+    def broken(logits):
+        raise OSError("the slide was closed")
+
+    session = ClickSession(predictor, box, predictor.embedding_for(source, box), refine=broken)
+    session.add_click(500, 500, True)
+    assert session.refine is None and not session.refined
+    assert np.array_equal(session.mask(), (session.sam_logits > 0).numpy())

@@ -147,3 +147,37 @@ def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects
     assert sessions and all(isinstance(s.refine, TileRefiner) and s.refine.refiner is offered for s in sessions)
     assert sessions[0].refined  # an object's first mask is the refined one
     assert annotator.submit("accept").result(timeout=60).properties["refined"] is True
+
+
+def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
+    """The evidence is the object's: once its clicks favour SAM on one tile, a tile the object
+    opens later starts from that, not from the refined mask again."""
+    import torch
+
+    from napari_sam_histo.models.slide_refiner import ClickEvidence, FEATURES, SlideRefiner
+
+    weight = torch.zeros(FEATURES)
+    weight[0] = -1.0
+    offered = SlideRefiner(weight, 0.0)
+
+    class _Adaptation:
+        def predictor(self):
+            return annotator.predictor
+
+        def refiner(self):
+            return offered
+
+        def add_object(self, *args, **kwargs):
+            return 0
+
+        def close(self, wait=True):
+            pass
+
+    annotator.adaptation = _Adaptation()
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    first = annotator._active()[0]
+    favour_sam = ClickEvidence(0.0, start="sam")
+    favour_sam.loss = {"sam": 0.0, "refined": 50.0}
+    first._history[-1].evidence = favour_sam  # as if the object's clicks had gone against the refiner
+    tile = annotator._refine_for(first.box)
+    assert tile.evidence is not None and tile.evidence.loss == favour_sam.loss and not tile.evidence.use_refined

@@ -150,12 +150,18 @@ class ObjectTiles:
         self._known: dict[str, TileBox] = {}  # every tile this annotator clicked on or prefetched
 
     def _refine_for(self, box: TileBox):
-        """The object's slide refiner on tile ``box`` (its maps made at the tile's first click), or None."""
+        """The object's slide refiner on tile ``box`` (its maps made at the tile's first click), or
+        None. The click evidence is the object's: a tile opened later starts from the evidence of
+        the tile the object's last click went to."""
         if self._refining is None:
             return None
         from ..models.slide_refiner import TileRefiner
 
-        return TileRefiner(self._refining, lambda: self.source.read_region(box))
+        evidence = None
+        if self._history:
+            last = self._sessions.get(self._history[-1].keys[0]) if self._history[-1].keys else None
+            evidence = last.evidence if last is not None else None
+        return TileRefiner(self._refining, lambda: self.source.read_region(box), evidence=evidence)
 
     # -- hooks for ``Annotator`` -----------------------------------------------------------------
     def _embedding(self, box: TileBox, purpose: str):
@@ -413,9 +419,12 @@ class ObjectTiles:
     def _active(self) -> list[ClickSession]:
         return [s for s in self._sessions.values() if s.clicks]
 
-    def _blend(self) -> Blend | None:
+    def _blend(self, sam: bool = False) -> Blend | None:
+        """The object's tiles blended: what they show, or (``sam``) SAM's own logits, which a new
+        tile's mask prompt is made of (a refined tile's logits are on another scale)."""
         with self._lock:
-            tiles = [TileLogits(s.box, s.logits, self._level_size(s.box)) for s in self._active()]
+            tiles = [TileLogits(s.box, s.sam_logits if sam else s.logits, self._level_size(s.box))
+                     for s in self._active()]
         return blend(tiles)
 
     def _level_size(self, box: TileBox) -> tuple[int, int]:
@@ -438,7 +447,7 @@ class ObjectTiles:
 
     def _overlap_prompt(self, session: ClickSession):
         """The object's logits over ``session``'s tile, unknown beyond its tiles (mask prompt), or None."""
-        result = self._blend()
+        result = self._blend(sam=True)
         if result is None:
             return None
         embedding = session.embedding

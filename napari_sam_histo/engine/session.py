@@ -120,6 +120,11 @@ class ClickSession:
         """Whether the refined mask is shown."""
         return self._state.refined
 
+    @property
+    def evidence(self) -> ClickEvidence | None:
+        """The refiner's click evidence after the current step (None without a refiner)."""
+        return self._state.evidence
+
     def mask(self) -> np.ndarray:
         """The current mask (logits > ``self.threshold``); empty before the first click."""
         if self._state.logits is None:
@@ -163,13 +168,21 @@ class ClickSession:
             self.embedding, points, labels, mask_input=previous if self.mask_prompt else None,
             multimask=first
         )
-        evidence = self._scored(new) if self.refine is not None else None
+        evidence = None
+        if self.refine is not None:
+            try:
+                evidence = self._scored(new)
+            except Exception:  # the refiner cannot run on this tile: SAM's mask, as without one
+                self.refine = None
         best = self._choose_first(prediction) if first else 0
         low_res = prediction.low_res_logits[best]
         logits = self.predictor.upscale(self.embedding, low_res)
         shown = logits
         if evidence is not None and evidence.use_refined:
-            shown = self.refine(logits) + self.threshold
+            try:
+                shown = self.refine(logits) + self.threshold
+            except Exception:  # the tile's pixels cannot be read (or the maps made): SAM's mask, as without one
+                self.refine, evidence = None, None
         self._history.append(_State(clicks, low_res, shown, float(prediction.iou_predictions[best]),
                                     logits if shown is not logits else None, evidence))
         self._redo.clear()
@@ -179,8 +192,13 @@ class ClickSession:
         """The evidence after ``new`` clicks: each scores the masks shown before it (SAM's and the
         refined one) at its pixel."""
         state = self._state
-        evidence = state.evidence.copy() if state.evidence is not None else ClickEvidence(
-            self.threshold, getattr(self.refine, "start", "refined"), getattr(self.refine, "lead", REFINED_LEAD))
+        if state.evidence is not None:
+            evidence = state.evidence.copy()
+        elif getattr(self.refine, "evidence", None) is not None:  # the object's, from its other tiles
+            evidence = self.refine.evidence.copy()
+        else:
+            evidence = ClickEvidence(self.threshold, getattr(self.refine, "start", "refined"),
+                                     getattr(self.refine, "lead", REFINED_LEAD))
         sam = self.sam_logits
         if sam is None:
             return evidence

@@ -181,10 +181,13 @@ class TileRefiner:
     ``read_tile()`` (its pixels), and kept on the logits' device. ``start`` and ``lead``: the
     session's ``ClickEvidence``."""
 
-    def __init__(self, refiner: SlideRefiner, read_tile, start: str = "refined", lead: float = REFINED_LEAD) -> None:
+    def __init__(self, refiner: SlideRefiner, read_tile, start: str = "refined", lead: float = REFINED_LEAD,
+                 evidence: "ClickEvidence | None" = None) -> None:
+        """``evidence``: the object's evidence so far, that the tile starts from (a copy is taken)."""
         self.refiner = refiner
         self.start = start
         self.lead = float(lead)
+        self.evidence = evidence.copy() if evidence is not None else None
         self._read_tile = read_tile
         self._maps: tuple[torch.Tensor, torch.Tensor] | None = None
 

@@ -142,8 +142,9 @@ class DecoderAdapter:
         self._lock = threading.RLock()  # examples, the copy's weights and the gate's result
         self._start()
 
-    def _start(self) -> None:
-        """A fresh copy of the base decoder, no examples (construction and ``reset``)."""
+    def _start(self, keep_refinement: bool = False) -> None:
+        """A fresh copy of the base decoder, no examples (construction and ``reset``; a diverged
+        copy keeps the slide refiner, ``keep_refinement``: it does not depend on the copy)."""
         if self.kind == "residual" and self.base_kind == "sam":
             with torch.random.fork_rng(devices=[]):  # the correction's random layers: seeded, global RNG untouched
                 torch.manual_seed(self.seed)
@@ -170,7 +171,8 @@ class DecoderAdapter:
         self._judged: tuple | None = None  # (generation, steps, examples) the last gate judged
         self._prior_cells: dict[tuple, tuple] = {}  # a tile's (serial, id) of examples -> (cells, labels)
         self._prior_fit: tuple | None = None  # (training examples' key, the prior fitted on them)
-        self.refinement = SlideRefinement(self.seed, self.max_examples) if self.use_refiner else None
+        if not keep_refinement:
+            self.refinement = SlideRefinement(self.seed, self.max_examples) if self.use_refiner else None
 
     # -- examples -------------------------------------------------------------------------------
     def add_example(self, example: AdaptationExample) -> None:
@@ -292,7 +294,7 @@ class DecoderAdapter:
         loss = torch.cat(losses).mean()
         if not torch.isfinite(loss):  # a diverged copy is dropped: back to a fresh copy of the base
             value = loss.item()
-            self._start()
+            self._start(keep_refinement=True)
             raise FloatingPointError(f"adaptation loss became {value}; the copy was reset to the base decoder")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -77,8 +77,9 @@ class _Object:
 
 
 class SlideRefinement:
-    """The refiner's examples, its fit and its gate. Used from one thread (the adaptation's, or a
-    benchmark's); ``active`` is one attribute read, for any thread."""
+    """The refiner's examples, its fit and its gate. Changed from one thread (the adaptation's, or a
+    benchmark's); ``active`` (one attribute read) and ``scores`` (reads of lists that are replaced,
+    not changed in place, once an object is done) serve any thread."""
 
     def __init__(self, seed: int = 0, max_tiles: int | None = None, min_judged: int = MIN_JUDGED,
                  gate_iou: float = 0.85, gate_max_clicks: int = 10, snapshot_clicks: tuple = SNAPSHOT_CLICKS) -> None:
@@ -99,6 +100,9 @@ class SlideRefinement:
         examples = [e for e in examples if getattr(e, "image", None) is not None]
         if examples:
             self._pending.append(_Object(serial, key, list(examples)))
+            if self.max_tiles is not None:  # a queue the thread cannot keep up with: the oldest go
+                while len(self._pending) > 1 and sum(len(o.examples) for o in self._pending) > self.max_tiles:
+                    self._pending.pop(0)
 
     def remove_object(self, key) -> int:
         """Forget object ``key`` (an Accept undone, a deletion): its pixels, its score, and the fit."""
@@ -130,31 +134,39 @@ class SlideRefinement:
                 return None
             example = obj.examples.pop(0)
             try:
-                image = example.image() if callable(example.image) else example.image
-                colour = colour_features(image)
-            except Exception:  # the slide went away, or a tile cannot be read: nothing to learn here
+                self._learn_tile(obj, example, base, refiner)
+            except Exception:  # the slide went away, a tile cannot be read or does not fit: nothing to learn here
                 continue
-            target = np.asarray(example.target, bool)
-            if tuple(colour.shape[1:]) != target.shape:
-                continue
-            max_clicks = max(self.snapshot_clicks + (self.gate_max_clicks,))
-            ious, snapshots = click_example(base, example.embedding, target, max_clicks, self.gate_iou,
-                                            keep=self.snapshot_clicks, stop=False)
-            rng = np.random.default_rng([self.seed, obj.serial, len(obj.samples)])
-            x, y = refiner_samples(snapshots, colour, target, rng)
-            obj.samples.append((x.half(), y.bool()))  # half the memory; fitted in float32
-            if refiner is not None:
-                obj.base.append(noc(ious[: self.gate_max_clicks], self.gate_iou, self.gate_max_clicks))
-                refine = TileRefiner(refiner, lambda image=image: image)
-                refined, _ = click_example(base, example.embedding, target, self.gate_max_clicks, self.gate_iou,
-                                           refine=refine)
-                obj.refined.append(noc(refined, self.gate_iou, self.gate_max_clicks))
         self._pending.pop(0)
         if obj.samples:
             self._done.append(obj)
             self._bound()
             self._refit()
         return True
+
+    def _learn_tile(self, obj: _Object, example, base, refiner: SlideRefiner | None) -> None:
+        """One tile of ``obj``: judged (with ``refiner``, when there is one), then its training pixels."""
+        image = example.image() if callable(example.image) else example.image
+        colour = colour_features(image)
+        target = np.asarray(example.target, bool)
+        if tuple(colour.shape[1:]) != target.shape:
+            raise ValueError(f"a tile of {tuple(colour.shape[1:])} px for a mask of {target.shape}")
+        max_clicks = max(self.snapshot_clicks + (self.gate_max_clicks,))
+        ious, snapshots = click_example(base, example.embedding, target, max_clicks, self.gate_iou,
+                                        keep=self.snapshot_clicks, stop=False)
+        rng = np.random.default_rng([self.seed, obj.serial, len(obj.samples)])
+        x, y = refiner_samples(snapshots, colour, target, rng)
+        scores = None
+        if refiner is not None:
+            refine = TileRefiner(refiner, lambda: image)
+            refined, _ = click_example(base, example.embedding, target, self.gate_max_clicks, self.gate_iou,
+                                       refine=refine)
+            scores = (noc(ious[: self.gate_max_clicks], self.gate_iou, self.gate_max_clicks),
+                      noc(refined, self.gate_iou, self.gate_max_clicks))
+        obj.samples.append((x.half(), y.bool()))  # half the memory; fitted in float32
+        if scores is not None:  # both scores or neither
+            obj.base.append(scores[0])
+            obj.refined.append(scores[1])
 
     def _bound(self) -> None:
         """The oldest objects go (whole) beyond ``max_tiles`` tiles of pixels; their scores go with them."""
@@ -165,11 +177,11 @@ class SlideRefinement:
 
     def _refit(self) -> None:
         samples = [s for o in self._done for s in o.samples]
-        self.refiner = None
+        refiner = None
         if samples:
-            self.refiner = fit_slide_refiner(torch.cat([s[0].float() for s in samples]),
-                                             torch.cat([s[1].float() for s in samples]))
-        self._offered = self.refiner if self.passes() else None
+            refiner = fit_slide_refiner(torch.cat([s[0].float() for s in samples]),
+                                        torch.cat([s[1].float() for s in samples]))
+        self.refiner, self._offered = refiner, (refiner if self.passes() else None)
 
     # -- the gate --------------------------------------------------------------------------------
     def scores(self) -> tuple[float | None, float | None, int]:
