@@ -182,14 +182,15 @@ class TileRefiner:
     session's ``ClickEvidence``."""
 
     def __init__(self, refiner: SlideRefiner, read_tile, start: str = "refined", lead: float = REFINED_LEAD,
-                 evidence: "ClickEvidence | None" = None) -> None:
-        """``evidence``: the object's evidence so far, that the tile starts from (a copy is taken)."""
+                 evidence: "ClickEvidence | None" = None, maps: tuple | None = None) -> None:
+        """``evidence``: the object's evidence so far, that the tile starts from (a copy is taken);
+        ``maps``: the tile's ``on_tile`` maps when its colour features are already made."""
         self.refiner = refiner
         self.start = start
         self.lead = float(lead)
         self.evidence = evidence.copy() if evidence is not None else None
         self._read_tile = read_tile
-        self._maps: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._maps: tuple[torch.Tensor, torch.Tensor] | None = maps
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if self._maps is None:

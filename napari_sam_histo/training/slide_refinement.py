@@ -158,7 +158,7 @@ class SlideRefinement:
         x, y = refiner_samples(snapshots, colour, target, rng)
         scores = None
         if refiner is not None:
-            refine = TileRefiner(refiner, lambda: image)
+            refine = TileRefiner(refiner, lambda: image, maps=refiner.on_tile(colour))  # (no second pass of blurs)
             refined, _ = click_example(base, example.embedding, target, self.gate_max_clicks, self.gate_iou,
                                        refine=refine)
             scores = (noc(ious[: self.gate_max_clicks], self.gate_iou, self.gate_max_clicks),
