@@ -234,7 +234,7 @@ def _cmd_gui_stalls(args: argparse.Namespace) -> int:
     from ._napari.stall_benchmark import format_table, run
 
     results = run(slide=args.slide, model=args.model, device=args.device, repeat=args.mosaic, explain=args.explain,
-                  level=args.level, adapt=args.adapt)
+                  level=args.level, adapt=args.adapt or args.refiner_offered, refiner_offered=args.refiner_offered)
     print(format_table(results))
     return 0
 
@@ -444,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     stalls.add_argument("--level", default="auto", help="the dock's working level: auto (default) or a pyramid level")
     stalls.add_argument("--adapt", action="store_true",
                         help="'Learn from this slide' on: the second object is clicked while adaptation runs")
+    stalls.add_argument("--refiner-offered", action="store_true",
+                        help="with --adapt: the border refiner learnt from the first object refines the second "
+                             "(as if its gate had passed): its first click includes making the tile's maps")
     stalls.add_argument("--explain", action="store_true",
                         help="also say where each longest stall went (the GUI thread's stack, sampled every 5 ms)")
     stalls.set_defaults(func=_cmd_gui_stalls)

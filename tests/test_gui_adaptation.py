@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QFileDialog  # noqa: E402
 
 from napari_sam_histo._napari import adaptation_panel  # noqa: E402
 from napari_sam_histo._napari.adaptation_panel import OFF_TEXT  # noqa: E402
+from napari_sam_histo._napari.annotator_dock import CURRENT  # noqa: E402
 
 from .annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
 
@@ -48,6 +49,14 @@ def test_the_panel_learns_from_accepted_objects_saves_resets_and_switches_off(do
     qtbot.waitUntil(lambda: adaptation.state().refiner_pending == 0, timeout=120_000)
     assert adaptation.adapter.refinement.refiner is not None and adaptation.refiner() is None
     qtbot.waitUntil(lambda: "Border refiner: learning." in panel.state_label.text(), timeout=10_000)
+    # the refiner's own switch: off, nothing is refined and the line says it still learns; back on
+    assert panel.refiner_check.isEnabled() and panel.refiner_check.isChecked()
+    _toggle(qtbot, panel.refiner_check)
+    assert not adaptation.refine_borders
+    qtbot.waitUntil(lambda: "Border refiner: switched off" in panel.state_label.text(), timeout=30_000)
+    _toggle(qtbot, panel.refiner_check)
+    assert adaptation.refine_borders
+    qtbot.waitUntil(lambda: "Border refiner: learning." in panel.state_label.text(), timeout=10_000)
 
     target = tmp_path / "my-study-decoder.pt"
     seen = {}
@@ -75,6 +84,7 @@ def test_the_panel_learns_from_accepted_objects_saves_resets_and_switches_off(do
 
     _toggle(qtbot, panel.check)
     assert not panel.check.isChecked() and not adaptation.enabled
+    assert not panel.refiner_check.isEnabled()  # it goes with the switch
     qtbot.waitUntil(lambda: panel.state_label.text() == OFF_TEXT, timeout=10_000)
     assert len(dock.object_list.ids) == n + 1  # the annotations are untouched by all of it
 
@@ -84,3 +94,39 @@ def test_the_panels_gate_sizes_are_the_adapters():
 
     assert adaptation_panel.MIN_HELD_OUT == adaptation.MIN_HELD_OUT
     assert adaptation_panel.MIN_JUDGED == slide_refinement.MIN_JUDGED
+
+
+def test_an_object_the_refiner_shapes_says_so_and_its_switch_turns_it_off(dock, qtbot, monkeypatch):
+    """A refiner that passed its gate (here one that moves SAM's border outwards by a fixed margin)
+    refines the next object: the status line says so and the accepted object's properties too; with
+    the refiner's switch off the next object shows SAM's own mask."""
+    import torch
+
+    from napari_sam_histo.models.slide_refiner import FEATURES, SlideRefiner
+
+    panel = dock.adaptation_panel
+    adaptation = dock.annotator.adaptation
+    _toggle(qtbot, panel.check)
+    weight = torch.zeros(FEATURES)
+    weight[0] = 10.0  # refined logit = SAM's logit (while |logit| < 20) + 3: a wider mask
+    refiner = SlideRefiner(weight, 3.0)
+    monkeypatch.setattr(adaptation.adapter, "refinement", type("Fitted", (), {
+        "active": lambda self: refiner, "pending": 0, "scores": lambda self: (4.0, 2.0, 3)})())
+    qtbot.waitUntil(lambda: "Border refiner: ON" in panel.state_label.text() or adaptation.refiner() is refiner,
+                    timeout=10_000)
+    click(dock.viewer, *FRAGMENT)
+    _wait(dock, qtbot)
+    assert dock.annotator.state().refined
+    qtbot.waitUntil(lambda: "border refined" in dock.status.text(), timeout=10_000)
+    refined_area = int(dock.viewer.layers[CURRENT].data.sum())
+    press(dock.viewer, KeyCode.Escape)
+    _wait(dock, qtbot)
+
+    _toggle(qtbot, panel.refiner_check)
+    assert adaptation.refiner() is None
+    click(dock.viewer, *FRAGMENT)
+    _wait(dock, qtbot)
+    assert not dock.annotator.state().refined
+    qtbot.waitUntil(lambda: "click" in dock.status.text(), timeout=10_000)
+    assert "border refined" not in dock.status.text()
+    assert 0 < int(dock.viewer.layers[CURRENT].data.sum()) < refined_area  # the refined mask was the wider one

@@ -62,10 +62,14 @@ def test_a_dataset_without_a_long_enough_case_is_refused_with_a_message(tmp_path
         run_benchmark(root, tmp_path / "out", model=tiny_model, log=lambda message: None)
 
 
-def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_path, tiny_model):
+def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_path, tiny_model, monkeypatch):
     """The objects' colour tells them apart (dark square on pale), so a refiner can beat the tiny
     SAM: it learns from every object, is judged on objects 2-4 and offered from object 5 on (the
-    table's last column); ``--no-gate`` offers it from the second object; a bad ``accepted`` is refused."""
+    table's last column); ``--no-gate`` offers it from the second object; a bad ``accepted`` is refused.
+    (It wins by rewriting the tiny SAM's noise from the colour: the agreement rule is off here.)"""
+    from napari_sam_histo.models import slide_refiner
+
+    monkeypatch.setattr(slide_refiner, "MIN_AGREEMENT", 0.0)
     root = _dataset(tmp_path / "d", {"caseA": WARM_UP + 2})
     summary = run_benchmark(root, tmp_path / "out", model=tiny_model, decoder="sam", max_clicks=4,
                             steps_per_object=0, prior_weight=0, accepted="reference", log=lambda message: None)

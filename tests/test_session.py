@@ -159,10 +159,15 @@ def test_the_first_mask_rule_can_refuse_a_candidate_that_floods_the_tile(setup, 
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.7])
-def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_prompt(setup, threshold):
+def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_prompt(setup, threshold,
+                                                                                     monkeypatch):
     """With ``refine`` the session shows the refined mask until SAM's masks have erred less at the
     object's clicks (each click scores the masks shown before it); SAM's own logits are what the
-    next click's mask prompt and ``sam_logits`` hold, and undo brings the evidence back."""
+    next click's mask prompt and ``sam_logits`` hold, and undo brings the evidence back. (The
+    agreement rule is off here: this refiner disagrees with SAM everywhere, to be recognised.)"""
+    from napari_sam_histo.models import slide_refiner
+
+    monkeypatch.setattr(slide_refiner, "MIN_AGREEMENT", 0.0)
     source, grid, predictor = setup
     box = grid.tile(0, 0)
     plain = ClickSession(predictor, box, predictor.embedding_for(source, box), threshold=threshold)
@@ -189,6 +194,38 @@ def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_
     refined.undo()
     refined.redo()
     assert refined.refined is before and refined._state.evidence.loss["sam"] == pytest.approx(loss["sam"])
+
+
+def test_a_refined_mask_that_is_another_object_gives_way_to_sams(setup):
+    """The refiner moves SAM's border: a refined mask that overlaps SAM's by less than
+    ``MIN_AGREEMENT`` is shown as SAM's (and scored as SAM's at the next click); one that moves the
+    border a little is shown as refined."""
+    from napari_sam_histo.models.slide_refiner import MIN_AGREEMENT, refined_or_sam
+
+    source, grid, predictor = setup
+    box = grid.tile(0, 0)
+    embedding = predictor.embedding_for(source, box)
+    plain = ClickSession(predictor, box, embedding)
+    plain.add_click(500, 500, True)
+    sam = plain.logits
+    assert 0 < int((sam > 0).sum()) < sam.numel()
+    opposite = ClickSession(predictor, box, embedding, refine=lambda z: -z)
+    opposite.add_click(500, 500, True)
+    assert opposite.refined and np.array_equal(opposite.mask(), plain.mask())  # shown as SAM's
+    wider = ClickSession(predictor, box, embedding, refine=lambda z: z + 0.5)
+    wider.add_click(500, 500, True)
+    grown = (sam > -0.5).numpy()
+    assert wider.refined and np.array_equal(wider.mask(), grown) and grown.sum() > plain.mask().sum()
+    # the rule alone: IoU just under and at the agreement
+    a = torch.zeros(20, 10)
+    a[:5] = 1.0  # SAM's mask: 50 px
+    b = torch.where(a > 0, 1.0, -1.0)
+    k = int(np.floor(50 / MIN_AGREEMENT - 50))
+    b.view(-1)[50: 50 + k] = 1.0  # refined: SAM's and k px more
+    assert torch.equal(refined_or_sam(b, a, 0.0), b)  # IoU 50 / (50 + k) >= MIN_AGREEMENT
+    b.view(-1)[50 + k] = 1.0  # one more: under it
+    assert torch.equal(refined_or_sam(b, a, 0.0), a)
+    assert torch.equal(refined_or_sam(-a, a - 2, 0.0), -a)  # both empty: they agree
 
 
 def test_a_refiner_that_fails_leaves_the_tile_to_sam(setup):

@@ -146,7 +146,27 @@ def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects
     sessions = annotator._active()
     assert sessions and all(isinstance(s.refine, TileRefiner) and s.refine.refiner is offered for s in sessions)
     assert sessions[0].refined  # an object's first mask is the refined one
+    assert annotator.state().refined  # what a UI draws says so
     assert annotator.submit("accept").result(timeout=60).properties["refined"] is True
+
+
+def test_the_refiners_own_switch_offers_nothing_but_it_goes_on_learning(annotator):
+    adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
+    seen = []
+    adaptation.on_change = lambda sender, state: seen.append(state)
+    fitted = object()
+    adaptation.adapter.refinement.active = lambda: fitted  # as if fitted and judged better
+    assert adaptation.refine_borders and adaptation.refiner() is fitted
+    adaptation.refine_borders = False
+    assert adaptation.refiner() is None and not seen[-1].refiner_enabled and not seen[-1].refiner_in_use
+    adaptation.reset().result(timeout=60)  # Reset forgets what was learned, not the user's choice
+    assert not adaptation.refine_borders
+    adaptation.adapter.refinement.active = lambda: fitted
+    adaptation.refine_borders = True
+    assert adaptation.refiner() is fitted and seen[-1].refiner_enabled and seen[-1].refiner_in_use
+    adaptation.enabled = False  # the whole panel's switch wins
+    assert adaptation.refiner() is None
+    adaptation.close()
 
 
 def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
@@ -181,3 +201,65 @@ def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
     first._history[-1].evidence = favour_sam  # as if the object's clicks had gone against the refiner
     tile = annotator._refine_for(first.box)
     assert tile.evidence is not None and tile.evidence.loss == favour_sam.loss and not tile.evidence.use_refined
+
+
+def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_objects_clicks(annotator):
+    """The refiner's learning (background) makes the tile's colour features through the annotator,
+    which keeps them: the next object's refined click on that tile reads no pixels and blurs
+    nothing, and refines as the pixels would (float16 kept)."""
+    import torch
+
+    from napari_sam_histo.models.slide_refiner import FEATURES, SlideRefiner, TileRefiner, refined_or_sam
+
+    adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
+    annotator.adaptation = adaptation
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    box = annotator._active()[0].box
+    annotator.submit("accept").result(timeout=60)
+    assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
+    assert callable(adaptation.adapter.examples[0].colour)
+    assert box.key() in annotator._colours and adaptation.adapter.refinement.refiner is not None
+
+    reads = []
+    read_region = annotator.source.read_region
+    annotator.source.read_region = lambda b: reads.append(b) or read_region(b)
+    torch.manual_seed(0)
+    offered = SlideRefiner(torch.randn(FEATURES), 0.5)
+    adaptation.refiner = lambda: offered
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    session = annotator._active()[0]
+    assert session.refined and reads == []  # the kept colour, not the pixels
+    from_pixels = TileRefiner(offered, lambda: _disc())(session.sam_logits)
+    assert torch.allclose(session.logits, refined_or_sam(from_pixels, session.sam_logits, 0.0), atol=0.05)
+
+
+def test_kept_colours_are_bounded_and_the_prefetcher_makes_them_only_while_a_refiner_is_offered(annotator):
+    from napari_sam_histo.engine import object_tiles
+    from napari_sam_histo.models.slide_refiner import SlideRefiner
+
+    boxes = [TileBox(0, 10 * i, 0, 32, 32) for i in range(object_tiles.MAX_COLOUR_TILES + 2)]
+    for box in boxes:
+        annotator.tile_colour(box)
+    kept = list(annotator._colours)
+    assert kept == [b.key() for b in boxes[2:]]  # the oldest went
+    assert annotator.tile_colour(boxes[-1]) is annotator._colours[boxes[-1].key()]  # kept, not made again
+
+    class _Adaptation:
+        refiner_now = None
+
+        def predictor(self):
+            return annotator.predictor
+
+        def refiner(self):
+            return self.refiner_now
+
+        def close(self, wait=True):
+            pass
+
+    annotator._colours.clear()
+    annotator.adaptation = fake = _Adaptation()
+    done = annotator.prefetch_around(130, 120).result(timeout=120)
+    assert done and not annotator._colours  # no refiner offered: no colour made
+    fake.refiner_now = SlideRefiner(np.zeros(19, np.float32), 0.0)
+    done = annotator.prefetch_around(130, 120).result(timeout=120)
+    assert done and {b.key() for b in done} <= set(annotator._colours)

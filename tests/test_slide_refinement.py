@@ -23,6 +23,15 @@ def _object(seed, size=96):
     return np.clip(image, 0, 255).astype(np.uint8), target
 
 
+@pytest.fixture(autouse=True)
+def _whole_mask_refiners(monkeypatch):
+    """The tiny SAM's masks are noise, so a refiner here wins by rewriting the whole mask from the
+    colour, which the agreement rule (a refined mask must overlap SAM's) would refuse: off here."""
+    from napari_sam_histo.models import slide_refiner
+
+    monkeypatch.setattr(slide_refiner, "MIN_AGREEMENT", 0.0)
+
+
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
     return Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")

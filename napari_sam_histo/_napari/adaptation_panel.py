@@ -42,6 +42,8 @@ def describe(state) -> str:
 def describe_refiner(state) -> str:
     """The slide refiner's part of the line."""
     pending = f", {state.refiner_pending} object(s) to learn from" if state.refiner_pending else ""
+    if not getattr(state, "refiner_enabled", True):
+        return f"Border refiner: switched off (it goes on learning{pending})."
     if not state.refiner_judged:
         return f"Border refiner: learning{pending}."
     judged = (f"clicks to 85 % on {state.refiner_judged} accepted object(s): refined {state.refiner_noc:.1f}, "
@@ -66,6 +68,14 @@ class AdaptationPanel(QGroupBox):
                               "click runs) and replaces it only when it needs fewer clicks on objects kept aside.")
         self.check.toggled.connect(self._toggled)
         layout.addWidget(self.check)
+        self.refiner_check = QCheckBox("Refine borders as my accepted objects draw them")
+        self.refiner_check.setToolTip("The border refiner: once it needs fewer clicks on accepted objects, it moves "
+                                      "the mask's border of the next objects to where this slide's accepted objects "
+                                      "put it (where an object's own clicks favour it). Off: SAM's border.")
+        self.refiner_check.setChecked(True)
+        self.refiner_check.setEnabled(False)  # with the switch above
+        self.refiner_check.toggled.connect(self._refiner_toggled)
+        layout.addWidget(self.refiner_check)
         self.state_label = QLabel(OFF_TEXT)
         self.state_label.setWordWrap(True)
         layout.addWidget(self.state_label)
@@ -110,6 +120,8 @@ class AdaptationPanel(QGroupBox):
         else:
             if adaptation.enabled != self.wanted:  # the switch was changed while the annotator started
                 adaptation.enabled = self.wanted
+            if adaptation.refine_borders != self.refiner_check.isChecked():
+                adaptation.refine_borders = self.refiner_check.isChecked()
             self.show_state(adaptation.state())
 
     def show_state(self, state) -> None:
@@ -120,10 +132,15 @@ class AdaptationPanel(QGroupBox):
         self.save_button.setEnabled(self.adaptation is not None and state.steps > 0)
 
     def _toggled(self, on: bool) -> None:
+        self.refiner_check.setEnabled(on)
         if self.adaptation is not None:
             self.adaptation.enabled = on  # reports its state through relay
         else:
             self.attach(None)
+
+    def _refiner_toggled(self, on: bool) -> None:
+        if self.adaptation is not None:
+            self.adaptation.refine_borders = on  # reports its state through relay
 
     def reset(self) -> None:
         if self.adaptation is None:

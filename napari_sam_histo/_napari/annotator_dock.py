@@ -809,6 +809,7 @@ class AnnotatorDock(QWidget):
                 where = " and ".join(self._level_text(d) for d in levels)  # coarse to fine
                 self.status.setText(f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
                                     + (f" at {where}" if where else "")
+                                    + (", border refined as on this slide's accepted objects" if state.refined else "")
                                     + f". Enter accepts as {self.class_name}, Escape cancels.")
             self._schedule_prefetch()
 

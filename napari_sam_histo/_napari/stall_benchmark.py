@@ -120,11 +120,12 @@ def mosaic_slide(folder: Path, repeat: int) -> Path:
 
 def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
         timeout: float = 300.0, explain: bool = False, level: str | int = "auto",
-        adapt: bool = False) -> list[Stall]:
+        adapt: bool = False, refiner_offered: bool = False) -> list[Stall]:
     """Run the scripted session; returns one ``Stall`` per action (``explain``: with where the
     longest stall of each went, from a stack sampler; ``level``: the dock's working level, "auto"
     or a pyramid level; ``adapt``: "Learn from this slide" on, and the second object is clicked
-    while the adaptation of the first is running)."""
+    while the adaptation of the first is running; ``refiner_offered``: the border refiner learnt from
+    the first object refines the second, as if its gate had passed, which needs three objects)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -198,11 +199,26 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
         end = time.perf_counter() + timeout
         while adaptation.state().examples + adaptation.state().held_out < 1 and time.perf_counter() < end:
             spin(0.05)
+        if refiner_offered:  # wait for it to learn from the first object, then offer it (a diagnostic)
+            while (adaptation.state().refiner_pending or adaptation.adapter.refinement.refiner is None) \
+                    and time.perf_counter() < end:
+                spin(0.05)
+            learnt = adaptation.adapter.refinement.refiner
+            if learnt is None:
+                raise TimeoutError("the border refiner did not learn from the first object")
+            adaptation.refiner = lambda: learnt
+            second += " (refiner offered)"
         state_now = adaptation.state()
-        if state_now.owed == 0 and state_now.refiner_pending == 0:
+        if state_now.owed or state_now.refiner_pending:
+            second += " (adaptation running)"
+        elif not refiner_offered:
             raise TimeoutError("the adaptation finished (or never started) before the second object's click")
-        second += " (adaptation running)"
     timed(second, lambda: dock.add_click(*strip), lambda: dock.pending == 0)
+    if refiner_offered:
+        if not dock.annotator.state().refined:
+            raise RuntimeError("the second object was not refined")
+        timed("click 2 (second object, refined)", lambda: dock.add_click(strip[0] + 20, strip[1] + 10),
+              lambda: dock.pending == 0)
     timed("Accept (second object)", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 2)
     geojson, tiff = work / "objects.geojson", work / "labels.ome.tif"
     timed("export GeoJSON", lambda: state.update(f=dock.export_geojson(geojson, overwrite=True)),

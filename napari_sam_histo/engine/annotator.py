@@ -264,6 +264,11 @@ class Annotator(ObjectTiles):
             if generation != self._generation or self._closed:
                 return done
             self._embedding(box, "prefetch")
+            if self._refiner_offered():  # the slide refiner's colour of the tile too (0.2 s beside seconds)
+                try:
+                    self.tile_colour(box)
+                except Exception:  # its pixels cannot be read now: a click makes them or shows SAM's mask
+                    pass
             done.append(box)
         return done
 
@@ -277,6 +282,8 @@ class Annotator(ObjectTiles):
         self._worker.shutdown(wait=wait, cancel_futures=True)
         self._prefetcher.shutdown(wait=wait, cancel_futures=True)
         self._continuer.shutdown(wait=wait, cancel_futures=True)
+        with self._colour_lock:
+            self._colours.clear()
         if self.adaptation is not None:
             self.adaptation.close(wait=wait)
         self.listeners.clear()

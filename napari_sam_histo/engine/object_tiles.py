@@ -51,6 +51,7 @@ grows the object with.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,10 @@ from .working_levels import WorkingLevel, auto_level, level_with_downsample, wor
 REUSE_MARGIN = 0.25  # a reused tile must hold the click at least a quarter tile from its inner borders
 MAX_CUT_TILES = 4  # continuation tiles prefetched where the current object is cut by a tile border
 UNKNOWN_LOGIT = 0.0  # a continuation tile's mask prompt beyond the object's tiles: neither in nor out
+# tiles whose colour features the slide refiner's maps are made from are kept (float16: 18 MB for a
+# 1024-px tile, so 144 MB at most, and only while a refiner is offered): a tile's first refined click
+# then costs a multiply-add instead of the blurs (0.15 s alone, 0.5 s and more beside adaptation steps)
+MAX_COLOUR_TILES = 8
 
 
 def combine_tile_masks(boxes: list[TileBox], masks: list[np.ndarray]) -> tuple[tuple[int, int], np.ndarray]:
@@ -91,6 +96,7 @@ class AnnotatorState:
     mask: tuple[tuple[int, int], np.ndarray] | None  # (top-left, mask over the tiles' extent), in pixels of:
     boxes: tuple[TileBox, ...]  # the tiles the object uses
     downsample: float = 1.0  # level-0 pixels per pixel of ``mask`` (the finest level clicked, see blending)
+    refined: bool = False  # a tile of it shows the slide refiner's mask (not SAM's own)
 
 
 EMPTY_STATE = AnnotatorState((), None, ())
@@ -148,6 +154,8 @@ class ObjectTiles:
         self._history: list[_Step] = []
         self._redo: list[_Step] = []
         self._known: dict[str, TileBox] = {}  # every tile this annotator clicked on or prefetched
+        self._colours: OrderedDict = OrderedDict()  # tile key -> colour features (``tile_colour``), newest last
+        self._colour_lock = threading.Lock()
 
     def _refine_for(self, box: TileBox):
         """The object's slide refiner on tile ``box`` (its maps made at the tile's first click), or
@@ -161,7 +169,35 @@ class ObjectTiles:
         if self._history:
             last = self._sessions.get(self._history[-1].keys[0]) if self._history[-1].keys else None
             evidence = last.evidence if last is not None else None
-        return TileRefiner(self._refining, lambda: self.source.read_region(box), evidence=evidence)
+        return TileRefiner(self._refining, lambda: self.source.read_region(box), evidence=evidence,
+                           colour=lambda: self.tile_colour(box))
+
+    def tile_colour(self, box: TileBox):
+        """The slide refiner's colour features of ``box`` (``models.slide_refiner.colour_features``,
+        float16), made from its pixels once and kept for the last ``MAX_COLOUR_TILES`` tiles (the
+        prefetcher makes them beside the embeddings while a refiner is offered). Any thread."""
+        key = box.key()
+        with self._colour_lock:
+            colour = self._colours.get(key)
+            if colour is not None:
+                self._colours.move_to_end(key)
+                return colour
+        from ..models.slide_refiner import colour_features
+
+        colour = colour_features(self.source.read_region(box)).half()  # outside the lock: 0.2 s
+        with self._colour_lock:
+            self._colours[key] = colour
+            self._colours.move_to_end(key)
+            while len(self._colours) > MAX_COLOUR_TILES:
+                self._colours.popitem(last=False)
+        return colour
+
+    def _refiner_offered(self) -> bool:
+        """Whether a new object would be refined now (the prefetcher then makes tiles' colour too)."""
+        try:
+            return self.adaptation is not None and self.adaptation.refiner() is not None
+        except Exception:  # an adaptation that cannot say: nothing to prepare
+            return False
 
     # -- hooks for ``Annotator`` -----------------------------------------------------------------
     def _embedding(self, box: TileBox, purpose: str):
@@ -389,7 +425,7 @@ class ObjectTiles:
             if self.adaptation is not None:  # examples for the slide's adapter (queued; no waiting)
                 try:
                     self.adaptation.add_object(self._active(), result, edited, key=obj.id,
-                                               read_tile=self.source.read_region)
+                                               read_tile=self.source.read_region, tile_colour=self.tile_colour)
                 except Exception:  # learning is a bonus: the object is accepted whatever happens there
                     pass
             self.clear()
@@ -467,9 +503,11 @@ class ObjectTiles:
         with self._lock:
             result = self._blend()
             mask = None if result is None else ((result.x, result.y), result.mask())
+            active = self._active()
             return AnnotatorState(tuple(step.click for step in self._history), mask,
-                                  tuple(s.box for s in self._active()),
-                                  result.downsample if result is not None else self.grid.downsample)
+                                  tuple(s.box for s in active),
+                                  result.downsample if result is not None else self.grid.downsample,
+                                  any(s.refined for s in active))
 
     def state(self) -> AnnotatorState:
         return self._state()

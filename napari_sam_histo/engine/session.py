@@ -6,7 +6,8 @@ and keeps one of them (``FIRST_MASK_RULES``: by default the highest predicted Io
 for a single mask, as SAM's authors recommend once the prompt is unambiguous.
 
 With a slide refiner (``refine``: issue 13, ``models.slide_refiner``) every decode is also
-refined, and the object's clicks decide which of the two is shown (``ClickEvidence``); SAM's own
+refined (unless the refined mask overlaps SAM's by less than ``MIN_AGREEMENT``: then it is not a
+border correction), and the object's clicks decide which of the two is shown (``ClickEvidence``); SAM's own
 low-resolution logits stay the mask prompt, and the evidence is part of each undo step.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..models.slide_refiner import REFINED_LEAD, ClickEvidence
+from ..models.slide_refiner import REFINED_LEAD, ClickEvidence, refined_or_sam
 from .embedding_cache import Embedding
 from .predictor import Predictor
 from .tiles import TileBox
@@ -180,7 +181,7 @@ class ClickSession:
         shown = logits
         if evidence is not None and evidence.use_refined:
             try:
-                shown = self.refine(logits) + self.threshold
+                shown = self._refined(logits) + self.threshold
             except Exception:  # the tile's pixels cannot be read (or the maps made): SAM's mask, as without one
                 self.refine, evidence = None, None
         self._history.append(_State(clicks, low_res, shown, float(prediction.iou_predictions[best]),
@@ -202,12 +203,17 @@ class ClickSession:
         sam = self.sam_logits
         if sam is None:
             return evidence
-        refined = state.logits - self.threshold if state.refined else self.refine(sam)
+        refined = state.logits - self.threshold if state.refined else self._refined(sam)
         height, width = self.box.shape
         for click in new:
             row, col = min(int(click.y), height - 1), min(int(click.x), width - 1)
             evidence.add_click(row, col, click.positive, sam, refined)
         return evidence
+
+    def _refined(self, sam: torch.Tensor) -> torch.Tensor:
+        """The refiner's logits for SAM's (positive inside), or SAM's own shifted to that scale when
+        the refined mask is not a correction of SAM's border but another object (``refined_or_sam``)."""
+        return refined_or_sam(self.refine(sam), sam, self.threshold)
 
     def _choose_first(self, prediction) -> int:
         iou = prediction.iou_predictions

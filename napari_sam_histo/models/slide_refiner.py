@@ -34,6 +34,12 @@ FEATURES = 1 + 6 * len(SCALES)  # logit, colour at each scale, colour x logit at
 # tried: 0, 1, 2, 4 on six EBHI-Seg cases (two of them also in the README's figures) gave 9.72,
 # 9.92, 9.96, 10.04 clicks (SAM 10.96): none (README, issue 13).
 REFINED_LEAD = 0.0
+# The refiner moves SAM's border; a refined mask that overlaps SAM's by less than this (IoU) is not
+# a border moved but another object (on RINGS: a tumour tile refined by a refiner that learnt benign
+# glands, IoU 0.1-0.3 against SAM's 0.5-0.8 with the truth), and SAM's mask stands in for it. Set a
+# priori at one half (the refined mask must share more with SAM's than it changes) and not tuned:
+# README, issue 13.
+MIN_AGREEMENT = 0.5
 
 
 def _gaussian(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -58,6 +64,19 @@ def pixel_features(logits: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     """SAM's (H, W) logits and a tile's ``colour_features`` -> (FEATURES, H, W)."""
     z = (torch.as_tensor(logits, dtype=torch.float32).clamp(-2 * LOGIT_SCALE, 2 * LOGIT_SCALE) / LOGIT_SCALE)[None]
     return torch.cat([z, colour, colour * z])
+
+
+def refined_or_sam(refined: torch.Tensor, sam: torch.Tensor, threshold: float,
+                   min_agreement: float | None = None) -> torch.Tensor:
+    """``refined`` (positive inside), or SAM's logits shifted to that scale (``sam - threshold``) when
+    the two masks' IoU is below ``min_agreement`` (None: ``MIN_AGREEMENT``; two empty masks agree)."""
+    min_agreement = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
+    if min_agreement <= 0:
+        return refined
+    a, b = refined > 0, sam > threshold
+    union = int((a | b).sum())
+    agreement = int((a & b).sum()) / union if union else 1.0
+    return refined if agreement >= min_agreement else sam - threshold
 
 
 class SlideRefiner:
@@ -178,24 +197,30 @@ class ClickEvidence:
 class TileRefiner:
     """A ``SlideRefiner`` on one tile, as a click session uses it: SAM's logits in, refined logits
     out (a pixel is in the mask above 0). The tile's maps are made at the first call, from
-    ``read_tile()`` (its pixels), and kept on the logits' device. ``start`` and ``lead``: the
-    session's ``ClickEvidence``."""
+    ``colour()`` (the tile's ``colour_features``, kept by the annotator: a multiply-add) or else
+    from ``read_tile()`` (its pixels: the blurs), and kept on the logits' device. ``start`` and
+    ``lead``: the session's ``ClickEvidence``."""
 
     def __init__(self, refiner: SlideRefiner, read_tile, start: str = "refined", lead: float = REFINED_LEAD,
-                 evidence: "ClickEvidence | None" = None, maps: tuple | None = None) -> None:
+                 evidence: "ClickEvidence | None" = None, maps: tuple | None = None, colour=None) -> None:
         """``evidence``: the object's evidence so far, that the tile starts from (a copy is taken);
-        ``maps``: the tile's ``on_tile`` maps when its colour features are already made."""
+        ``maps``: the tile's ``on_tile`` maps when its colour features are already made;
+        ``colour``: a function giving them (any float dtype)."""
         self.refiner = refiner
         self.start = start
         self.lead = float(lead)
         self.evidence = evidence.copy() if evidence is not None else None
         self._read_tile = read_tile
+        self._colour = colour
         self._maps: tuple[torch.Tensor, torch.Tensor] | None = maps
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if self._maps is None:
-            self._maps = self.refiner.on_image(self._read_tile())
-            self._read_tile = None  # (a closure over a tile's pixels need not live on)
+            if self._colour is not None:
+                self._maps = self.refiner.on_tile(self._colour().float())
+            else:
+                self._maps = self.refiner.on_image(self._read_tile())
+            self._read_tile = self._colour = None  # (closures over a tile's pixels need not live on)
         if self._maps[0].device != logits.device:
             self._maps = tuple(m.to(logits.device) for m in self._maps)
         return self.refiner.apply(logits, self._maps)

@@ -79,6 +79,9 @@ class AdaptationExample:
     # the tile's (H, W, 3) pixels, or a function that reads them (the slide refiner's colour; the
     # adapter's thread reads them when it comes to the object), or None
     image: object = None
+    # a function giving the tile's ``colour_features`` (the annotator keeps them per tile, so the
+    # refiner's learning and the next object's clicks on the tile make them once), or None
+    colour: object = None
 
     @property
     def geometry(self) -> ImageGeometry:
@@ -103,6 +106,7 @@ class AdaptationState:
     refiner_base_noc: float | None = None  # their mean NoC@85 with the base decoder
     refiner_noc: float | None = None  # and with the refiner fitted before each
     refiner_pending: int = 0  # accepted objects it has still to learn from
+    refiner_enabled: bool = True  # the user's switch for the refiner alone (it learns either way)
 
 
 class DecoderAdapter:
@@ -138,6 +142,9 @@ class DecoderAdapter:
         self.prior_weight = float(prior_weight)
         self.use_refiner = bool(refiner)
         self.enabled = True
+        # the user's switch for the refiner alone: off, no object is refined, but it goes on learning
+        # and being judged (cheap), so switching it back on needs no wait
+        self.refiner_enabled = True
         self._generation = 0  # bumped by reset: a gate result of an older copy is dropped
         self._lock = threading.RLock()  # examples, the copy's weights and the gate's result
         self._start()
@@ -420,10 +427,11 @@ class DecoderAdapter:
         return refinement.process_next(self.base, may_run)
 
     def active_refiner(self):
-        """The slide refiner a new object uses, or None (switched off, not fitted, or its gate does
-        not pass). No lock taken."""
+        """The slide refiner a new object uses, or None (adaptation or the refiner switched off, not
+        fitted, or its gate does not pass). No lock taken."""
         refinement = self.refinement
-        return refinement.active() if self.enabled and refinement is not None else None
+        on = self.enabled and self.refiner_enabled and refinement is not None
+        return refinement.active() if on else None
 
     def active_predictor(self):
         """The predictor the next object should use: the adapted copy when it passed the gate.
@@ -445,7 +453,8 @@ class DecoderAdapter:
         r_base, r_noc, r_judged = refinement.scores() if refinement is not None else (None, None, 0)
         return AdaptationState(len(training), len(held), self.steps, self.owed, self.in_use,
                                base, adapted, self.enabled, len({t[0] for t in held}),
-                               self.active_refiner() is not None, r_judged, r_base, r_noc, self.refiner_pending())
+                               self.active_refiner() is not None, r_judged, r_base, r_noc, self.refiner_pending(),
+                               self.refiner_enabled)
 
     # -- keeping it -----------------------------------------------------------------------------
     def save(self, path, slide: str = "") -> Path:

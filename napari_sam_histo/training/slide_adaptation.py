@@ -26,11 +26,12 @@ MAX_EXAMPLES = 32  # each keeps one tile embedding (4 MiB in float32): 128 MiB a
 
 
 def tile_examples(sessions, blended: Blend | None, edited: tuple | None = None,
-                  read_tile: Callable | None = None) -> list:
+                  read_tile: Callable | None = None, tile_colour: Callable | None = None) -> list:
     """``AdaptationExample``s of an accepted object: for each of ``sessions`` (the object's tiles
     with clicks) at its finest downsample, the accepted mask (``edited`` when corrected by hand:
     (top-left, mask[, downsample]); else ``blended``) cut to the tile. ``read_tile(box)``: the
-    tile's pixels, read later by the adapter's thread (the slide refiner's colour)."""
+    tile's pixels, read later by the adapter's thread (the slide refiner's colour);
+    ``tile_colour(box)``: the tile's colour features, where the annotator keeps them."""
     from ..training.adaptation import AdaptationExample
 
     if not sessions or (blended is None and edited is None):
@@ -56,7 +57,8 @@ def tile_examples(sessions, blended: Blend | None, edited: tuple | None = None,
         if target.any():
             clicks = tuple((c.x, c.y, c.positive) for c in session.clicks)
             image = functools.partial(read_tile, box) if read_tile is not None else None
-            out.append(AdaptationExample(session.embedding, target, clicks, image))
+            colour = functools.partial(tile_colour, box) if tile_colour is not None else None
+            out.append(AdaptationExample(session.embedding, target, clicks, image, colour))
     return out
 
 
@@ -95,12 +97,24 @@ class SlideAdaptation:
             self.worker.wake()
         self._changed(self.adapter.state_nowait())
 
+    @property
+    def refine_borders(self) -> bool:
+        return self.adapter.refiner_enabled
+
+    @refine_borders.setter
+    def refine_borders(self, on: bool) -> None:
+        """The border refiner's own switch: off, the next objects are not refined (one being clicked
+        keeps what it started with); it still learns from accepted objects."""
+        self.adapter.refiner_enabled = bool(on)
+        self._changed(self.adapter.state_nowait())
+
     def add_object(self, sessions, blended: Blend | None, edited: tuple | None = None, key=None,
-                   read_tile: Callable | None = None) -> int:
+                   read_tile: Callable | None = None, tile_colour: Callable | None = None) -> int:
         """Hand over an accepted object (its tiles' sessions, its blended logits, a hand-edited mask;
-        ``key``: its id, for ``forget``; ``read_tile(box)``: a tile's pixels): its examples are cut
-        now (numpy only) and queued for the worker; returns at once with how many there were."""
-        examples = tile_examples(sessions, blended, edited, read_tile) if self.adapter.enabled else []
+        ``key``: its id, for ``forget``; ``read_tile(box)``: a tile's pixels; ``tile_colour(box)``:
+        its colour features, kept by the annotator): its examples are cut now (numpy only) and
+        queued for the worker; returns at once with how many there were."""
+        examples = tile_examples(sessions, blended, edited, read_tile, tile_colour) if self.adapter.enabled else []
         if examples:
             self.worker.submit(lambda: self.adapter.add_object(examples, key))
         return len(examples)

@@ -96,8 +96,9 @@ class SlideRefinement:
 
     # -- objects ---------------------------------------------------------------------------------
     def add_object(self, serial: int, key, examples: list) -> None:
-        """Queue an accepted object's examples (those with pixels: ``AdaptationExample.image``)."""
-        examples = [e for e in examples if getattr(e, "image", None) is not None]
+        """Queue an accepted object's examples (those with pixels or colour: ``AdaptationExample``)."""
+        examples = [e for e in examples if getattr(e, "image", None) is not None
+                    or getattr(e, "colour", None) is not None]
         if examples:
             self._pending.append(_Object(serial, key, list(examples)))
             if self.max_tiles is not None:  # a queue the thread cannot keep up with: the oldest go
@@ -146,8 +147,12 @@ class SlideRefinement:
 
     def _learn_tile(self, obj: _Object, example, base, refiner: SlideRefiner | None) -> None:
         """One tile of ``obj``: judged (with ``refiner``, when there is one), then its training pixels."""
-        image = example.image() if callable(example.image) else example.image
-        colour = colour_features(image)
+        if callable(getattr(example, "colour", None)):  # kept by the annotator (the next clicks there reuse them)
+            colour = example.colour().float()
+            image = None  # (the judge's re-click gets the maps from the colour)
+        else:
+            image = example.image() if callable(example.image) else example.image
+            colour = colour_features(image)
         target = np.asarray(example.target, bool)
         if tuple(colour.shape[1:]) != target.shape:
             raise ValueError(f"a tile of {tuple(colour.shape[1:])} px for a mask of {target.shape}")
