@@ -206,6 +206,13 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
     if args.steps_per_object is not None and args.steps_per_object < 0:
         print(f"--steps-per-object {args.steps_per_object} must be >= 0.", file=sys.stderr)
         return 2
+    if args.min_agreement is not None:
+        if not 0 <= args.min_agreement <= 1:
+            print(f"--min-agreement {args.min_agreement} must lie in [0, 1] (0: no agreement rule).", file=sys.stderr)
+            return 2
+        from .models import slide_refiner
+
+        slide_refiner.MIN_AGREEMENT = args.min_agreement  # this process only: a diagnostic
     if args.threads:
         import torch
 
@@ -421,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="diagnostic: click with the adapted copy and the slide refiner whatever the "
                           "never-worse gates say")
     seq.add_argument("--no-refiner", action="store_true", help="adapt without the slide refiner")
+    seq.add_argument("--min-agreement", type=float, default=None,
+                     help="a diagnostic: the IoU with SAM's mask below which a refined mask gives way to SAM's "
+                          "(default 0.5, the product's; 0: no such rule)")
     seq.add_argument("--accepted", choices=("clicked", "reference"), default="clicked",
                      help="an object is accepted as its last mask once the clicks reach 0.85 IoU, else "
                           "finished by hand to the reference (clicked), or always finished to the reference")

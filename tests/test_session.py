@@ -200,7 +200,7 @@ def test_a_refined_mask_that_is_another_object_gives_way_to_sams(setup):
     """The refiner moves SAM's border: a refined mask that overlaps SAM's by less than
     ``MIN_AGREEMENT`` is shown as SAM's (and scored as SAM's at the next click); one that moves the
     border a little is shown as refined."""
-    from napari_sam_histo.models.slide_refiner import MIN_AGREEMENT, refined_or_sam
+    from napari_sam_histo.models.slide_refiner import MIN_AGREEMENT, masks_agree
 
     source, grid, predictor = setup
     box = grid.tile(0, 0)
@@ -211,7 +211,11 @@ def test_a_refined_mask_that_is_another_object_gives_way_to_sams(setup):
     assert 0 < int((sam > 0).sum()) < sam.numel()
     opposite = ClickSession(predictor, box, embedding, refine=lambda z: -z)
     opposite.add_click(500, 500, True)
-    assert opposite.refined and np.array_equal(opposite.mask(), plain.mask())  # shown as SAM's
+    assert not opposite.refined and np.array_equal(opposite.mask(), plain.mask())  # SAM's is shown
+    assert opposite.evidence.use_refined and opposite.sam_logits is opposite.logits
+    opposite.add_click(100, 900, False)  # scored alike (the refined one stood aside): a tie keeps the choice
+    assert opposite.evidence.loss["sam"] == pytest.approx(opposite.evidence.loss["refined"])
+    assert opposite.evidence.use_refined
     wider = ClickSession(predictor, box, embedding, refine=lambda z: z + 0.5)
     wider.add_click(500, 500, True)
     grown = (sam > -0.5).numpy()
@@ -222,10 +226,11 @@ def test_a_refined_mask_that_is_another_object_gives_way_to_sams(setup):
     b = torch.where(a > 0, 1.0, -1.0)
     k = int(np.floor(50 / MIN_AGREEMENT - 50))
     b.view(-1)[50: 50 + k] = 1.0  # refined: SAM's and k px more
-    assert torch.equal(refined_or_sam(b, a, 0.0), b)  # IoU 50 / (50 + k) >= MIN_AGREEMENT
+    assert masks_agree(b, a, 0.0)  # IoU 50 / (50 + k) >= MIN_AGREEMENT
     b.view(-1)[50 + k] = 1.0  # one more: under it
-    assert torch.equal(refined_or_sam(b, a, 0.0), a)
-    assert torch.equal(refined_or_sam(-a, a - 2, 0.0), -a)  # both empty: they agree
+    assert not masks_agree(b, a, 0.0)
+    assert masks_agree(-a, a - 2, 0.0)  # both empty: they agree
+    assert not masks_agree(a, a - 2, 0.0)  # SAM's empty, the refined not: the refiner finds no object
 
 
 def test_a_refiner_that_fails_leaves_the_tile_to_sam(setup):

@@ -121,7 +121,16 @@ def test_switched_off_it_keeps_no_examples_and_reset_forgets_them(annotator):
     assert adaptation.state().examples == 0 and adaptation.predictor() is annotator.predictor
 
 
-def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects_tiles(annotator):
+@pytest.fixture
+def no_agreement(monkeypatch):
+    """The agreement rule off: these refiners are made unlike SAM (to be recognised), which the rule
+    would refuse; the rule itself: tests/test_session.py."""
+    from napari_sam_histo.models import slide_refiner
+
+    monkeypatch.setattr(slide_refiner, "MIN_AGREEMENT", 0.0)
+
+
+def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects_tiles(annotator, no_agreement):
     """Accept hands over the tile's pixels as a function the adaptation's thread calls; the
     refiner it offers refines every tile of the next object (and the object says so)."""
     import torch
@@ -203,13 +212,13 @@ def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
     assert tile.evidence is not None and tile.evidence.loss == favour_sam.loss and not tile.evidence.use_refined
 
 
-def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_objects_clicks(annotator):
+def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_objects_clicks(annotator, no_agreement):
     """The refiner's learning (background) makes the tile's colour features through the annotator,
     which keeps them: the next object's refined click on that tile reads no pixels and blurs
     nothing, and refines as the pixels would (float16 kept)."""
     import torch
 
-    from napari_sam_histo.models.slide_refiner import FEATURES, SlideRefiner, TileRefiner, refined_or_sam
+    from napari_sam_histo.models.slide_refiner import FEATURES, SlideRefiner, TileRefiner
 
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
     annotator.adaptation = adaptation
@@ -229,8 +238,11 @@ def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_obje
     annotator.submit_click(130, 120, True).result(timeout=120)
     session = annotator._active()[0]
     assert session.refined and reads == []  # the kept colour, not the pixels
-    from_pixels = TileRefiner(offered, lambda: _disc())(session.sam_logits)
-    assert torch.allclose(session.logits, refined_or_sam(from_pixels, session.sam_logits, 0.0), atol=0.05)
+    from_pixels = TileRefiner(offered, lambda: _disc())
+    from_pixels(session.sam_logits)
+    for kept, made in zip(session.refine._maps, from_pixels._maps):  # float16 colour, float32 pixels
+        assert torch.allclose(kept, made, atol=1e-2 * float(made.abs().max()))
+    assert torch.allclose(session.logits, from_pixels(session.sam_logits), atol=0.05)  # (the agreement rule is off)
 
 
 def test_kept_colours_are_bounded_and_the_prefetcher_makes_them_only_while_a_refiner_is_offered(annotator):
@@ -238,11 +250,18 @@ def test_kept_colours_are_bounded_and_the_prefetcher_makes_them_only_while_a_ref
     from napari_sam_histo.models.slide_refiner import SlideRefiner
 
     boxes = [TileBox(0, 10 * i, 0, 32, 32) for i in range(object_tiles.MAX_COLOUR_TILES + 2)]
+    annotator.tile_colour(boxes[0])
+    assert not annotator._colours  # no adaptation (nor its refiner): nothing is kept
+    annotator.adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
     for box in boxes:
         annotator.tile_colour(box)
     kept = list(annotator._colours)
     assert kept == [b.key() for b in boxes[2:]]  # the oldest went
     assert annotator.tile_colour(boxes[-1]) is annotator._colours[boxes[-1].key()]  # kept, not made again
+    annotator.adaptation.refine_borders = False  # the refiner switched off: the kept colour goes
+    annotator.tile_colour(boxes[0])
+    assert not annotator._colours
+    annotator.adaptation.close()
 
     class _Adaptation:
         refiner_now = None
@@ -263,3 +282,23 @@ def test_kept_colours_are_bounded_and_the_prefetcher_makes_them_only_while_a_ref
     fake.refiner_now = SlideRefiner(np.zeros(19, np.float32), 0.0)
     done = annotator.prefetch_around(130, 120).result(timeout=120)
     assert done and {b.key() for b in done} <= set(annotator._colours)
+
+
+def test_the_prefetcher_makes_colour_for_its_first_tiles_only_and_keeps_them(tiny_model):
+    """On a slide of 3 x 3 tiles the prefetcher's lattice has more tiles than are kept: it makes the
+    colour of its first ``COLOUR_PREFETCH`` (the view's centre first), which later tiles do not push out."""
+    from napari_sam_histo.engine import object_tiles
+    from napari_sam_histo.models.slide_refiner import SlideRefiner
+
+    predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+    big = np.tile(_disc(), (3, 3, 1))
+    annotator = Annotator(predictor, from_array(big, "discs.png"), level=0, tile_size=256)
+    try:
+        annotator.adaptation = SlideAdaptation(predictor, annotator.quiet, steps_per_object=0)
+        offered = SlideRefiner(np.zeros(19, np.float32), 0.0)
+        annotator.adaptation.refiner = lambda: offered
+        done = annotator.prefetch_around(384, 384).result(timeout=300)
+        assert len(done) > object_tiles.MAX_COLOUR_TILES
+        assert list(annotator._colours) == [b.key() for b in done[:object_tiles.COLOUR_PREFETCH]]
+    finally:
+        annotator.close(wait=True)

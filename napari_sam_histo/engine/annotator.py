@@ -31,8 +31,8 @@ from typing import Callable
 
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color
 from ..slides.reader import ImageSource
-from .object_tiles import (EMPTY_STATE, MAX_CUT_TILES, REUSE_MARGIN, UNKNOWN_LOGIT, AnnotatorState, ObjectSnapshot,
-                           ObjectTiles, combine_tile_masks)
+from .object_tiles import (COLOUR_PREFETCH, EMPTY_STATE, MAX_CUT_TILES, REUSE_MARGIN, UNKNOWN_LOGIT,
+                           AnnotatorState, ObjectSnapshot, ObjectTiles, combine_tile_masks)
 from .predictor import Predictor
 from .tiles import DEFAULT_TILE_SIZE, TileBox
 
@@ -257,14 +257,15 @@ class Annotator(ObjectTiles):
             for box in boxes:
                 self._known[box.key()] = box
         done = []
-        for box in boxes:
+        for i, box in enumerate(boxes):
             while not self._idle.wait(0.05):  # clicks first
                 if generation != self._generation or self._closed:
                     return done
             if generation != self._generation or self._closed:
                 return done
             self._embedding(box, "prefetch")
-            if self._refiner_offered():  # the slide refiner's colour of the tile too (0.2 s beside seconds)
+            if i < COLOUR_PREFETCH and not self._closed and self._refiner_offered():
+                # the slide refiner's colour of the tile too (0.2 s beside seconds)
                 try:
                     self.tile_colour(box)
                 except Exception:  # its pixels cannot be read now: a click makes them or shows SAM's mask
@@ -282,8 +283,8 @@ class Annotator(ObjectTiles):
         self._worker.shutdown(wait=wait, cancel_futures=True)
         self._prefetcher.shutdown(wait=wait, cancel_futures=True)
         self._continuer.shutdown(wait=wait, cancel_futures=True)
-        with self._colour_lock:
-            self._colours.clear()
         if self.adaptation is not None:
             self.adaptation.close(wait=wait)
+        with self._colour_lock:  # (``tile_colour`` keeps nothing once closed)
+            self._colours.clear()
         self.listeners.clear()

@@ -71,9 +71,13 @@ REUSE_MARGIN = 0.25  # a reused tile must hold the click at least a quarter tile
 MAX_CUT_TILES = 4  # continuation tiles prefetched where the current object is cut by a tile border
 UNKNOWN_LOGIT = 0.0  # a continuation tile's mask prompt beyond the object's tiles: neither in nor out
 # tiles whose colour features the slide refiner's maps are made from are kept (float16: 18 MB for a
-# 1024-px tile, so 144 MB at most, and only while a refiner is offered): a tile's first refined click
-# then costs a multiply-add instead of the blurs (0.15 s alone, 0.5 s and more beside adaptation steps)
+# 1024-px tile, so 144 MB at most, and only while the slide is learnt with its refiner on): a tile's
+# first refined click then costs a multiply-add instead of the blurs (0.2 s alone, 0.5 s and more
+# beside adaptation steps). The prefetcher makes them for its first COLOUR_PREFETCH tiles only (the
+# current object's cut tiles and the view's centre come first), so what it makes is not pushed out
+# by its own later tiles, and room is left for the tiles an accepted object taught the refiner.
 MAX_COLOUR_TILES = 8
+COLOUR_PREFETCH = 4
 
 
 def combine_tile_masks(boxes: list[TileBox], masks: list[np.ndarray]) -> tuple[tuple[int, int], np.ndarray]:
@@ -186,11 +190,20 @@ class ObjectTiles:
 
         colour = colour_features(self.source.read_region(box)).half()  # outside the lock: 0.2 s
         with self._colour_lock:
+            if not self._keeps_colour():  # learning or the refiner switched off, or closed: let them go
+                self._colours.clear()
+                return colour
             self._colours[key] = colour
             self._colours.move_to_end(key)
             while len(self._colours) > MAX_COLOUR_TILES:
                 self._colours.popitem(last=False)
         return colour
+
+    def _keeps_colour(self) -> bool:
+        """Whether tiles' colour features are worth keeping: the slide is learnt with its refiner on."""
+        adaptation = self.adaptation
+        return (not getattr(self, "_closed", False) and adaptation is not None
+                and bool(getattr(adaptation, "enabled", True)) and bool(getattr(adaptation, "refine_borders", True)))
 
     def _refiner_offered(self) -> bool:
         """Whether a new object would be refined now (the prefetcher then makes tiles' colour too)."""

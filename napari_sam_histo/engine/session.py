@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..models.slide_refiner import REFINED_LEAD, ClickEvidence, refined_or_sam
+from ..models.slide_refiner import REFINED_LEAD, ClickEvidence, masks_agree
 from .embedding_cache import Embedding
 from .predictor import Predictor
 from .tiles import TileBox
@@ -50,10 +50,7 @@ class _State:
     iou_prediction: float | None
     sam_logits: torch.Tensor | None = None  # SAM's own at the tile's resolution (None: ``logits`` are SAM's)
     evidence: ClickEvidence | None = None  # with a refiner: the scores after this step's clicks
-
-    @property
-    def refined(self) -> bool:
-        return self.evidence is not None and self.evidence.use_refined
+    refined: bool = False  # what is shown is the refiner's mask (the evidence chose it and it agreed)
 
 
 @dataclass
@@ -178,14 +175,16 @@ class ClickSession:
         best = self._choose_first(prediction) if first else 0
         low_res = prediction.low_res_logits[best]
         logits = self.predictor.upscale(self.embedding, low_res)
-        shown = logits
+        shown, refined = logits, False
         if evidence is not None and evidence.use_refined:
             try:
-                shown = self._refined(logits) + self.threshold
+                candidate, refined = self._refined(logits)
+                if refined:
+                    shown = candidate + self.threshold
             except Exception:  # the tile's pixels cannot be read (or the maps made): SAM's mask, as without one
                 self.refine, evidence = None, None
         self._history.append(_State(clicks, low_res, shown, float(prediction.iou_predictions[best]),
-                                    logits if shown is not logits else None, evidence))
+                                    logits if shown is not logits else None, evidence, refined))
         self._redo.clear()
         return self.result()
 
@@ -203,17 +202,20 @@ class ClickSession:
         sam = self.sam_logits
         if sam is None:
             return evidence
-        refined = state.logits - self.threshold if state.refined else self._refined(sam)
+        refined = state.logits - self.threshold if state.refined else self._refined(sam)[0]
         height, width = self.box.shape
         for click in new:
             row, col = min(int(click.y), height - 1), min(int(click.x), width - 1)
             evidence.add_click(row, col, click.positive, sam, refined)
         return evidence
 
-    def _refined(self, sam: torch.Tensor) -> torch.Tensor:
-        """The refiner's logits for SAM's (positive inside), or SAM's own shifted to that scale when
-        the refined mask is not a correction of SAM's border but another object (``refined_or_sam``)."""
-        return refined_or_sam(self.refine(sam), sam, self.threshold)
+    def _refined(self, sam: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The refiner's logits for SAM's (positive inside) and True, or SAM's own shifted to that
+        scale and False when the refined mask is not a correction of SAM's border (``masks_agree``)."""
+        refined = self.refine(sam)
+        if masks_agree(refined, sam, self.threshold):
+            return refined, True
+        return sam - self.threshold, False
 
     def _choose_first(self, prediction) -> int:
         iou = prediction.iou_predictions

@@ -40,6 +40,7 @@ REFINED_LEAD = 0.0
 # priori at one half (the refined mask must share more with SAM's than it changes) and not tuned:
 # README, issue 13.
 MIN_AGREEMENT = 0.5
+TIE = 1e-6  # nats: click evidence this close is a tie (the refined mask stood aside for SAM's there)
 
 
 def _gaussian(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -66,17 +67,17 @@ def pixel_features(logits: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     return torch.cat([z, colour, colour * z])
 
 
-def refined_or_sam(refined: torch.Tensor, sam: torch.Tensor, threshold: float,
-                   min_agreement: float | None = None) -> torch.Tensor:
-    """``refined`` (positive inside), or SAM's logits shifted to that scale (``sam - threshold``) when
-    the two masks' IoU is below ``min_agreement`` (None: ``MIN_AGREEMENT``; two empty masks agree)."""
+def masks_agree(refined: torch.Tensor, sam: torch.Tensor, threshold: float,
+                min_agreement: float | None = None) -> bool:
+    """Whether the refined mask (``refined`` > 0) is a correction of SAM's (``sam`` > ``threshold``):
+    their IoU is at least ``min_agreement`` (None: ``MIN_AGREEMENT``). Two empty masks agree; a
+    refined mask where SAM's is empty never does (the refiner moves a border, it finds no object)."""
     min_agreement = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
     if min_agreement <= 0:
-        return refined
+        return True
     a, b = refined > 0, sam > threshold
     union = int((a | b).sum())
-    agreement = int((a & b).sum()) / union if union else 1.0
-    return refined if agreement >= min_agreement else sam - threshold
+    return (int((a & b).sum()) / union if union else 1.0) >= min_agreement
 
 
 class SlideRefiner:
@@ -165,8 +166,8 @@ class ClickEvidence:
     """Which of SAM's mask and the refined one an object is shown with. Each new click is placed on
     an error of what was shown; before it is added, both masks' log-loss at the clicked pixel (the
     click's label as truth) is added to their scores, and the refined mask is shown unless SAM's
-    total is lower by ``lead`` (nats) or more. ``start``: what the object's first mask uses
-    ("refined" or "sam")."""
+    total is lower by ``lead`` (nats) or more (a tie keeps the choice). ``start``: what the object's
+    first mask uses ("refined" or "sam")."""
 
     def __init__(self, threshold: float, start: str = "refined", lead: float = REFINED_LEAD) -> None:
         if start not in ("refined", "sam"):
@@ -190,7 +191,9 @@ class ClickEvidence:
         margins = {"sam": float(sam_logits[row, col]) - self.threshold, "refined": float(refined_logits[row, col])}
         for name, margin in margins.items():
             self.loss[name] += float(np.logaddexp(0.0, -sign * margin))
-        self.use_refined = self.loss["refined"] < self.loss["sam"] + self.lead
+        difference = self.loss["refined"] - (self.loss["sam"] + self.lead)
+        if abs(difference) > TIE:  # a tie (the two masks alike at every click since) keeps the choice
+            self.use_refined = difference < 0
         return self.use_refined
 
 
