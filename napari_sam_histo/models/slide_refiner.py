@@ -10,8 +10,9 @@ accepted objects were clicked, labelled by their accepted masks: where SAM is su
 near its border the colour decides. It is wrong on an object unlike the accepted ones (a tumour
 tile after benign glands), so each object keeps a running score of SAM's and the refiner's masks
 at every new click (the click says what the pixel under it should have been, ``ClickEvidence``),
-and the object is shown refined unless SAM has erred less by ``REFINED_LEAD`` or more. SAM's own
-logits stay the mask prompt.
+and the object is shown refined unless SAM has erred less by ``REFINED_LEAD`` or more; and a
+refined mask that overlaps SAM's by less than ``MIN_AGREEMENT`` is not a border moved but another
+object, so SAM's is shown instead (``masks_agree``). SAM's own logits stay the mask prompt.
 Offline figures and the command: README, issue 13 (``scripts/slide-refiner-offline-check``).
 """
 
