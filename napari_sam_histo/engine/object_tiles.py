@@ -173,8 +173,7 @@ class ObjectTiles:
         if self._history:
             last = self._sessions.get(self._history[-1].keys[0]) if self._history[-1].keys else None
             evidence = last.evidence if last is not None else None
-        return TileRefiner(self._refining, lambda: self.source.read_region(box), evidence=evidence,
-                           colour=lambda: self.tile_colour(box))
+        return TileRefiner(self._refining, None, evidence=evidence, colour=lambda: self.tile_colour(box))
 
     def tile_colour(self, box: TileBox):
         """The slide refiner's colour features of ``box`` (``models.slide_refiner.colour_features``,

@@ -209,7 +209,7 @@ class TileRefiner:
                  evidence: "ClickEvidence | None" = None, maps: tuple | None = None, colour=None) -> None:
         """``evidence``: the object's evidence so far, that the tile starts from (a copy is taken);
         ``maps``: the tile's ``on_tile`` maps when its colour features are already made;
-        ``colour``: a function giving them (any float dtype)."""
+        ``colour``: a function giving them (any float dtype; ``read_tile`` is then not needed: None)."""
         self.refiner = refiner
         self.start = start
         self.lead = float(lead)
