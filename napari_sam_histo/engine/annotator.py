@@ -10,8 +10,11 @@ as the dock runs it): where the object reaches a border of its tiles that is not
 neighbouring tile (centred on that point, at the last click's level) is computed and decoded from
 the object's clicks inside it, a positive point where the object was cut, and the object's logits
 over the overlap as mask prompt (unknown beyond it), so the object grows past the border without a
-click there. At most ``MAX_CONTINUATION_TILES`` per object; a new click, Clear or Accept stops it;
-the tiles it adds belong to the click that caused them (undo removes them with it).
+click there. It grows only where the cut lies inside ``view`` (the box the user looks at, set by a
+UI): never past a border the user has not seen; an object whose first mask floods its tile does not
+grow. At most ``MAX_CONTINUATION_TILES`` grown tiles per object; a new click, Clear or Accept stops
+it; the tiles it adds belong to the click that caused them (undo removes them with it), and the next
+click empties them (in its own undo step) so that the object grows again from its corrected shape.
 
 Threads: clicks and the other actions run in order on one worker thread (a click made while its
 tile's embedding is computing waits for it, later clicks wait their turn), so a UI never blocks.
@@ -32,11 +35,11 @@ from typing import Callable
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color
 from ..slides.reader import ImageSource
 from .object_tiles import (COLOUR_PREFETCH, EMPTY_STATE, MAX_CUT_TILES, REUSE_MARGIN, UNKNOWN_LOGIT,
-                           AnnotatorState, ObjectSnapshot, ObjectTiles, combine_tile_masks)
+                           AnnotatorState, BeyondView, ObjectSnapshot, ObjectTiles, combine_tile_masks)
 from .predictor import Predictor
 from .tiles import DEFAULT_TILE_SIZE, TileBox
 
-__all__ = ["Annotator", "AnnotatorState", "EMPTY_STATE", "ObjectSnapshot", "combine_tile_masks",
+__all__ = ["Annotator", "AnnotatorState", "BeyondView", "EMPTY_STATE", "ObjectSnapshot", "combine_tile_masks",
            "MAX_CONTINUATION_TILES", "REUSE_MARGIN", "MAX_CUT_TILES", "UNKNOWN_LOGIT", "DEFAULT_CLASSES",
            "AnnotatedObject", "next_class_color"]
 
@@ -46,11 +49,11 @@ MAX_CONTINUATION_TILES = 8  # tiles one object may grow into by itself
 class Annotator(ObjectTiles):
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
-                 prefetch_radius: int = 1, continuation: bool = False) -> None:
+                 prefetch_radius: int = 1, continuation: bool = False, first_mask: str = "unflooded") -> None:
         """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
         ``level_for_view``; level 0 until one does). ``continuation``: grow the object into
-        neighbouring tiles in the background after each click (see the module)."""
-        super().__init__(predictor, source, level, tile_size, reuse_margin)
+        neighbouring tiles in the background after each click (see the module), inside ``view``."""
+        super().__init__(predictor, source, level, tile_size, reuse_margin, first_mask)
         self.prefetch_radius = int(prefetch_radius)
         self.continuation = bool(continuation)
         self._continuation_generation = 0  # a newer request (after a newer click) stops an older one

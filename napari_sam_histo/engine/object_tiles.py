@@ -45,7 +45,10 @@ The object's shape is its tiles' logits blended (``blending``: overlapping tiles
 weights that fall at inner borders, finer levels over coarser), thresholded and vectorised once over
 their joint extent, so it is not cut at tile borders and keeps its holes. Undo/redo follow the
 clicks across tiles and levels. ``cut_points`` and ``_grow`` are what continuation (``annotator``)
-grows the object with.
+grows the object with, only inside ``view``; a click empties the tiles the object grew into by
+itself (they were decoded from its shape before the click), so a correction applies to the whole
+object and growth starts again from the corrected shape. ``accept(view=...)`` refuses an object that
+reaches beyond the view (``BeyondView``): what is accepted is what the user saw.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ from ..errors import InputError
 from ..slides.reader import ImageSource
 from .blending import Blend, TileLogits, blend, sample_field
 from .predictor import Predictor
-from .session import ClickSession
+from .session import FIRST_MASK_RULES, FLOOD, ClickSession
 from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
 from .working_levels import WorkingLevel, auto_level, level_with_downsample, working_levels
 
@@ -89,6 +92,23 @@ def combine_tile_masks(boxes: list[TileBox], masks: list[np.ndarray]) -> tuple[t
     for box, mask in zip(boxes, masks):
         joint[box.y - y0: box.y - y0 + box.height, box.x - x0: box.x - x0 + box.width] |= mask
     return (x0, y0), joint
+
+
+def mask_extent(mask: np.ndarray, x: int, y: int, downsample: float) -> tuple[float, float, float, float] | None:
+    """The level-0 box (x0, y0, x1, y1) of a mask's pixels (top-left (x, y) in pixels of
+    ``downsample``), or None when it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    d = float(downsample)
+    return ((x + cols[0]) * d, (y + rows[0]) * d, (x + cols[-1] + 1) * d, (y + rows[-1] + 1) * d)
+
+
+def box_within(box, view, slack: float = 0.0) -> bool:
+    """Whether level-0 ``box`` (x0, y0, x1, y1) lies inside ``view`` (the same), give or take ``slack``
+    level-0 pixels (one pixel of the level the mask is held at)."""
+    return (box[0] >= view[0] - slack and box[1] >= view[1] - slack
+            and box[2] <= view[2] + slack and box[3] <= view[3] + slack)
 
 
 @dataclass(frozen=True)
@@ -122,15 +142,33 @@ class ObjectSnapshot:
 @dataclass(frozen=True)
 class _Step:
     click: tuple[float, float, bool]  # level-0 (x, y, positive)
-    keys: tuple[str, ...]  # the tiles whose sessions took the click (one session state each)
-    grown: int = 0  # how many of ``keys`` continuation added after the click
+    taken: tuple[str, ...]  # the tiles whose sessions took the click (one session state each)
+    dropped: tuple[str, ...] = ()  # grown tiles the click emptied: the object grows again from its new shape
+    grown: tuple[str, ...] = ()  # tiles continuation decoded after the click
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every tile whose session this step changed, once per state it added (undo pops each)."""
+        return self.taken + self.dropped + self.grown
+
+
+@dataclass(frozen=True)
+class BeyondView:
+    """Accept was not done: the object reaches beyond the view the user looks at. ``extent`` is its
+    level-0 box (x0, y0, x1, y1), so a UI can show it whole before the user accepts again."""
+
+    extent: tuple[float, float, float, float]
 
 
 class ObjectTiles:
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
-                 tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN) -> None:
+                 tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
+                 first_mask: str = "unflooded") -> None:
         """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
-        ``level_for_view``; level 0 until one does)."""
+        ``level_for_view``; level 0 until one does). ``first_mask``: how a new tile's first click
+        picks among SAM's candidates (``session.FIRST_MASK_RULES``)."""
+        if first_mask not in FIRST_MASK_RULES:
+            raise InputError(f"first_mask {first_mask!r}: choose one of {', '.join(FIRST_MASK_RULES)}.")
         self.auto = level == "auto"
         if not self.auto and not (isinstance(level, (int, np.integer)) and 0 <= level < source.level_count):
             raise InputError(f"{source.name} has levels 0..{source.level_count - 1}; level {level!r} was chosen "
@@ -152,6 +190,15 @@ class ObjectTiles:
         self._grids: dict[float, TileGrid] = {}
         self.grid_for(self.working)  # checks the tile size
         self.reuse_margin = float(reuse_margin)
+        # How a new object's first tile picks among SAM's candidates (``session.FIRST_MASK_RULES``):
+        # "unflooded" refuses a candidate that covers most of the tile (a click on a small nest at a
+        # coarse level otherwise takes the whole tissue core), and an object whose first mask still
+        # floods its tile does not grow by itself.
+        self.first_mask = first_mask
+        # The level-0 box (x0, y0, x1, y1) the user looks at, set by a UI (None: no bound). The object
+        # grows by itself only where a tile border cuts it inside this box: never past a border the
+        # user has not seen.
+        self.view: tuple[float, float, float, float] | None = None
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
         self._lock = threading.RLock()  # guards the state below; held by the worker while it changes it
         self._sessions: dict[str, ClickSession] = {}
@@ -171,7 +218,8 @@ class ObjectTiles:
 
         evidence = None
         if self._history:
-            last = self._sessions.get(self._history[-1].keys[0]) if self._history[-1].keys else None
+            taken = self._history[-1].taken
+            last = self._sessions.get(taken[0]) if taken else None
             evidence = last.evidence if last is not None else None
         return TileRefiner(self._refining, None, evidence=evidence, colour=lambda: self.tile_colour(box))
 
@@ -334,7 +382,8 @@ class ObjectTiles:
                 self._known[box.key()] = box
         if box is not None and session is None:
             # Outside the lock: the embedding may take seconds, and readers must not wait for it.
-            session = ClickSession(self._decoding, box, self._embedding(box, "click"), refine=self._refine_for(box))
+            session = ClickSession(self._decoding, box, self._embedding(box, "click"), refine=self._refine_for(box),
+                                   first_mask=self.first_mask)
         with self._lock:
             keys = []
             if session is not None:
@@ -346,7 +395,13 @@ class ObjectTiles:
                 hd = holder.box.downsample
                 holder.add_click(x0 / hd - holder.box.x, y0 / hd - holder.box.y, positive)
                 keys.append(holder.box.key())
-            self._history.append(_Step((float(x0), float(y0), bool(positive)), tuple(keys)))
+            # A click changes the whole object: tiles it grew into by itself were decoded from its shape
+            # before the click, so they are emptied (undoable, in this step) and continuation grows
+            # them again from the new shape, as far as the view allows.
+            dropped = tuple(sorted(self._grown_only() - set(keys)))
+            for key in dropped:
+                self._sessions[key].reset()
+            self._history.append(_Step((float(x0), float(y0), bool(positive)), tuple(keys), dropped))
             self._redo.clear()
             return self._state()
 
@@ -403,8 +458,13 @@ class ObjectTiles:
         return self.classes[name]
 
     def accept(self, class_name: str = "Tumor", min_area: float = 0.0, tolerance: float = DEFAULT_TOLERANCE,
-               edited: tuple | None = None) -> AnnotatedObject | None:
+               edited: tuple | None = None,
+               view: tuple[float, float, float, float] | None = None) -> AnnotatedObject | BeyondView | None:
         """The current object as an annotation (None when it is empty), and a fresh object to click.
+
+        ``view``: the level-0 box (x0, y0, x1, y1) the user sees. An object that reaches beyond it is
+        not accepted (``BeyondView``, with its extent, and the object stays as it is): the user must
+        have seen all of what they accept, so a UI shows it whole and the user accepts again.
 
         ``min_area`` (level-0 px²) and ``tolerance`` (pixels of the mask) clean it
         (``annotations.cleaning``). ``edited`` is a mask corrected by hand, (top-left, mask) or
@@ -420,6 +480,10 @@ class ObjectTiles:
                 (x, y), mask = (result.x, result.y), result.mask()
             else:
                 (x, y), mask = (0, 0), None
+            if mask is not None and view is not None:
+                extent = mask_extent(mask, x, y, d)
+                if extent is not None and not box_within(extent, view, d):
+                    return BeyondView(extent)
             polygons = [] if mask is None else clean_polygons(mask, (x * d, y * d), d, min_area, tolerance)
             if not polygons:
                 self.clear()
@@ -443,7 +507,7 @@ class ObjectTiles:
             self.clear()
             return obj
 
-    def accept_undoable(self, *args, **kwargs) -> tuple[AnnotatedObject | None, ObjectSnapshot]:
+    def accept_undoable(self, *args, **kwargs) -> tuple[AnnotatedObject | BeyondView | None, ObjectSnapshot]:
         """``accept``, and the snapshot that brings the object back, taken in the same step on the
         worker, after every click queued before it (a snapshot taken when the user pressed Enter
         would miss those)."""
@@ -577,18 +641,40 @@ class ObjectTiles:
 
     @property
     def grown(self) -> int:
-        """How many tiles the object grew into by itself (undone growth does not count)."""
+        """How many of the object's tiles it grew into by itself and holds now (undone or dropped
+        growth does not count)."""
         with self._lock:
-            return sum(step.grown for step in self._history)
+            return len(self._grown_only())
+
+    def _grown_only(self) -> set[str]:
+        """The object's tiles that continuation decoded and no click went to."""
+        taken = {key for step in self._history for key in step.taken}
+        return {key for step in self._history for key in step.grown
+                if key not in taken and key in self._sessions and self._sessions[key].clicks}
+
+    def _in_view(self, x0: float, y0: float) -> bool:
+        view = self.view
+        return view is None or (view[0] <= x0 <= view[2] and view[1] <= y0 <= view[3])
+
+    def _flooded(self) -> bool:
+        """The object is one tile whose mask covers most of it: a flood (SAM took the tissue around
+        the click), which must not spread into more tiles."""
+        active = self._active()
+        if len(active) != 1:
+            return False
+        return float(active[0].mask().mean()) >= FLOOD
 
     def _growth_tile(self) -> tuple[float, float, TileBox] | None:
         """Where the object would grow next: the first cut point (level x, level y) whose tile holds
         none of its clicks yet, and that tile (made known); None when the object is empty or a redo
         is pending (growing would rewrite what redo brings back)."""
         with self._lock:
-            if not self._history or self._redo:
+            if not self._history or self._redo or self._flooded():
                 return None
+            d = self.grid.downsample
             for px, py in self.cut_points():
+                if not self._in_view(px * d, py * d):
+                    continue  # a border the user has not seen: the object stops there
                 box = self._box_for_point(px, py)
                 session = self._sessions.get(box.key())
                 if session is None or not session.clicks:  # (no redo is pending: checked above)
@@ -602,9 +688,10 @@ class ObjectTiles:
         object's logits over the overlap as mask prompt. It belongs to the last click (undone with it)."""
         with self._lock:
             session = self._sessions.get(box.key()) or ClickSession(self._decoding, box, embedding,
-                                                                    refine=self._refine_for(box))
+                                                                    refine=self._refine_for(box),
+                                                                    first_mask=self.first_mask)
             seed = (px - box.x, py - box.y, True)  # inside the object, where a border cut it
             session.add_clicks(self._clicks_in(box) + [seed], mask_prompt=self._overlap_prompt(session))
             self._sessions[box.key()] = session
             last = self._history[-1]
-            self._history[-1] = _Step(last.click, last.keys + (box.key(),), last.grown + 1)
+            self._history[-1] = _Step(last.click, last.taken, last.dropped, last.grown + (box.key(),))
