@@ -97,3 +97,55 @@ def test_a_decoder_checkpoint_with_pickled_code_is_refused_as_code(tmp_path, tin
     torch.save({"format": "napari-sam-histo-decoder", "hook": _Code()}, path)
     with pytest.raises(CheckpointError, match=r"evil\.pt holds Python objects .* would run code .*_Code"):
         choose_decoder(tiny_model, str(path))
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.system``: the kind of file ``weights_only`` is there to refuse."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])  # torch.save's default (GLOBAL) and STACK_GLOBAL
+def test_a_checkpoint_whose_pickle_calls_a_function_is_refused_as_code_not_as_corrupt(tmp_path, tiny_model,
+                                                                                      protocol):
+    from napari_sam_histo.models.state_dict import read_checkpoint
+
+    marker = tmp_path / "it ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "napari-sam-histo-decoder", "weights": torch.zeros(2), "hook": _RunsCode(marker)},
+               path, pickle_protocol=protocol)
+    for load in (lambda: read_checkpoint(path), lambda: choose_decoder(tiny_model, str(path))):
+        with pytest.raises(CheckpointError) as caught:
+            load()
+        message = str(caught.value)
+        assert message.startswith(f"{path} holds Python objects other than tensors")
+        assert "loading it would run code from the file" in message and "system" in message
+        assert "corrupt" not in message and "Traceback" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", [lambda pkl: pkl[: len(pkl) // 2],  # torch: UnpicklingError
+                                    lambda pkl: pkl[: len(pkl) // 2] + b"\xff" * (len(pkl) - len(pkl) // 2)])
+def test_a_checkpoint_whose_pickle_is_damaged_inside_an_intact_zip_is_corrupt(tmp_path, damage):
+    import zipfile
+
+    from napari_sam_histo.models.state_dict import read_checkpoint
+
+    good = tmp_path / "good.pt"
+    torch.save({"weights": torch.zeros(2)}, good)
+    path = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = damage(data)
+            target.writestr(info, data)
+    with pytest.raises(CheckpointError, match=r"damaged\.pt: the file is truncated or corrupt") as caught:
+        read_checkpoint(path)
+    assert "run code" not in str(caught.value)

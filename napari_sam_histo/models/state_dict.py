@@ -5,11 +5,17 @@ at all (empty, text, an HTML error page saved as ``.pt``, random bytes, a plain 
 zip archive that ``torch.save`` did not write, a zip cut short) is reported as "<file> is not a
 PyTorch checkpoint (...)", and the ``weights_only`` refusal ("loading it would run code from the
 file") is kept for real checkpoints whose pickle asks for Python classes or functions.
+
+Which of the two a refusal by ``torch.load`` is does not rest on the wording of torch's message
+(it differs between torch versions and between a class and a blocked module such as ``os``): the
+pickle is read again with ``pickletools``, which decodes its opcodes and runs nothing. A pickle that
+decodes to its end was refused for what it asks for; one that does not is truncated or corrupt.
 """
 
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 import zipfile
 from collections import OrderedDict
@@ -73,6 +79,64 @@ def _not_a_checkpoint(path: Path, size: int) -> str | None:
     return _describe_head(head)
 
 
+# the names a plain checkpoint's pickle refers to: torch's tensor and storage rebuilders, the ordered
+# dict of a state_dict, the codec numpy's byte strings go through
+_TENSOR_MODULES = ("torch",)
+_TENSOR_GLOBALS = frozenset({"collections.OrderedDict", "_codecs.encode"})
+_LEGACY_PICKLES = 4  # magic number, protocol, system info, then the object itself
+
+
+def _is_tensor_global(name: str) -> bool:
+    return name in _TENSOR_GLOBALS or name.split(".")[0] in _TENSOR_MODULES
+
+
+def _scan_globals(stream, found: list[str]) -> None:
+    """Append the ``module.name`` globals of the one pickle at ``stream``'s position to ``found``;
+    ``pickletools.genops`` only decodes opcodes, it runs nothing. Raises on a damaged pickle."""
+    memo: dict[int, object] = {}
+    pushed: list[object] = []  # what the ops pushed, strings kept (enough for STACK_GLOBAL's two)
+    stopped = False
+    for opcode, arg, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name in ("GLOBAL", "INST"):
+            found.append(".".join(str(arg).split(" ", 1)))
+        elif name == "STACK_GLOBAL":
+            module, attribute = pushed[-2:] if len(pushed) >= 2 else (None, None)
+            found.append(f"{module}.{attribute}" if isinstance(module, str) and isinstance(attribute, str)
+                         else "a global named on the stack")
+        if name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else int(arg)] = pushed[-1] if pushed else None
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            pushed.append(memo.get(int(arg)))
+        elif isinstance(arg, (str, bytes)) and name not in ("GLOBAL", "INST"):
+            pushed.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+        elif name != "FRAME":
+            pushed.append(None)
+        del pushed[:-2]
+        stopped = name == "STOP"
+    if not stopped:
+        raise EOFError("the pickle ends before its STOP opcode")
+
+
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The Python globals that the checkpoint's pickle asks for, read without running anything;
+    ``None`` when the pickle does not decode to its end (truncated or corrupt)."""
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = min((n for n in archive.namelist() if n.endswith("data.pkl")), key=lambda n: n.count("/"))
+                with archive.open(name) as stream:
+                    _scan_globals(stream, found)
+        else:
+            with open(path, "rb") as stream:
+                for _ in range(_LEGACY_PICKLES):
+                    _scan_globals(stream, found)
+    except Exception:  # noqa: BLE001 - any failure to decode is a damaged pickle, nothing ran
+        return None
+    return found
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a ``.pt``/``.pth`` file with ``weights_only=True``; raise ``CheckpointError`` naming it."""
     path = Path(path)
@@ -90,15 +154,18 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
-        if found or "Unsupported global" in str(err):
-            needs = f"; it needs {found.group(1)}" if found else ""
-            raise CheckpointError(
-                f"{path} holds Python objects other than tensors and plain values; it is refused because "
-                f"loading it would run code from the file ({err.__class__.__name__}{needs})."
-            ) from err
-        raise CheckpointError(f"Cannot read checkpoint {path}: the file is truncated or corrupt "
-                              f"({_size_text(size)}; its pickle cannot be read).") from err
+        asks_for = _pickle_globals(path)
+        if asks_for is None:
+            raise CheckpointError(f"Cannot read checkpoint {path}: the file is truncated or corrupt "
+                                  f"({_size_text(size)}; its pickle cannot be read).") from err
+        named = [g for g in asks_for if not _is_tensor_global(g)]
+        if not named:  # torch refused one of its own names: say the one its message gives
+            named = re.findall(r"GLOBAL ([\w.]+)", str(err))[:1]
+        needs = f"; it needs {', '.join(dict.fromkeys(named))}" if named else ""
+        raise CheckpointError(
+            f"{path} holds Python objects other than tensors and plain values; it is refused because "
+            f"loading it would run code from the file ({err.__class__.__name__}{needs})."
+        ) from err
     except MemoryError:
         raise
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... for damaged contents
