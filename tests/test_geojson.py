@@ -59,3 +59,38 @@ def test_bad_files(tmp_path):
     (tmp_path / "b.geojson").write_text("{oops")
     with pytest.raises(InputError, match="not valid JSON"):
         read_geojson(tmp_path / "b.geojson")
+
+
+PROVENANCE = {"decoder": "md", "decoder_kind": "sam", "decoder_hash": "sha256:1a2b3c4d5e6f",
+              "model_hash": "sha256:6dbb90523a35"}
+
+
+def test_provenance_and_class_id_are_written_and_the_provenance_read_back(tmp_path):
+    obj = AnnotatedObject(mask_to_polygons(_mask()), "Stroma", (150, 200, 150), "vit_t", 2,
+                          dict(PROVENANCE, refined=True))
+    path = write_geojson(tmp_path / "p.geojson", [obj], class_ids={"Tumor": 1, "Stroma": 4})
+    props = json.loads(path.read_text())["features"][0]["properties"]
+    assert props["classification"] == {"name": "Stroma", "color": [150, 200, 150]}  # QuPath's, as it was
+    assert props["napari-sam-histo"] == {"model": "vit_t", "clicks": 2, **PROVENANCE, "refined": True, "class_id": 4}
+    [back] = read_geojson(path)
+    assert back.properties == {**PROVENANCE, "refined": True}  # the class id is the table's, not the object's
+    assert back.model == "vit_t" and back.id == obj.id
+    again = write_geojson(tmp_path / "again.geojson", [back], class_ids={"Stroma": 4})
+    assert json.loads(again.read_text())["features"][0]["properties"] == props
+    with pytest.raises(InputError, match=r"Cannot write .*x\.geojson: class 'Stroma' has no id in the class table"):
+        write_geojson(tmp_path / "x.geojson", [obj], class_ids={"Tumor": 1})
+    assert not (tmp_path / "x.geojson").exists()
+
+
+def test_files_without_provenance_still_read(tmp_path):
+    old = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "a", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]},
+                        "napari-sam-histo": {"model": "vit_t", "clicks": 3, "decoder": "sam"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [5, 0], [5, 5], [0, 0]]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}}},  # QuPath's own
+    ]}
+    (tmp_path / "old.geojson").write_text(json.dumps(old))
+    first, second = read_geojson(tmp_path / "old.geojson")
+    assert (first.model, first.clicks, first.properties) == ("vit_t", 3, {"decoder": "sam"})
+    assert (second.class_name, second.model, second.properties) == ("Stroma", "", {})

@@ -172,3 +172,29 @@ def test_label_image_is_sized_from_every_polygon_of_every_shape(tmp_path):
     labels = tifffile.imread(tif)
     assert labels.shape == (200, 300)
     assert labels[175, 275] == 1 and labels[25, 25] == 1 and labels[100, 100] == 0
+
+
+def test_each_objects_provenance_from_the_layer_reaches_both_exports(tmp_path):
+    from napari_sam_histo.annotations.label_tiff import read_label_tiff_metadata
+
+    provenance = {"decoder": ["md", "md", ""], "decoder_kind": ["sam", "sam", ""],
+                  "decoder_hash": ["sha256:1a2b3c4d5e6f", "sha256:1a2b3c4d5e6f", ""],
+                  "model_hash": ["sha256:6dbb90523a35", "sha256:6dbb90523a35", ""]}
+    features = pd.DataFrame({"class": ["Tumor", "Tumor", "Stroma"], "id": ["obj-1", "obj-1", ""],
+                             "clicks": [3, 3, 0], "model": ["vit_t", "vit_t", ""], **provenance})
+    data = [_square(0, 0, 10, 10), _square(20, 20, 30, 30), _square(40, 40, 50, 50)]  # two parts + a hand-drawn one
+    meta = {"features": features, "shape_type": ["polygon"] * 3, "metadata": {"level0_size": (60, 60)}}
+    [path] = write_shapes_geojson(str(tmp_path / "p.geojson"), data, meta)
+    drawn, by_hand = _features(path)
+    assert drawn["id"] == "obj-1" and drawn["geometry"]["type"] == "MultiPolygon"
+    assert drawn["properties"]["napari-sam-histo"] == {
+        "model": "vit_t", "clicks": 3, "shape_type": "polygon", "decoder": "md", "decoder_kind": "sam",
+        "decoder_hash": "sha256:1a2b3c4d5e6f", "model_hash": "sha256:6dbb90523a35", "class_id": 1}
+    assert by_hand["properties"]["napari-sam-histo"]["class_id"] == 2
+    assert not {"decoder", "decoder_hash"} & set(by_hand["properties"]["napari-sam-histo"])
+    [tif] = write_shapes_tiff(str(tmp_path / "p.ome.tif"), data, meta)
+    objects = read_label_tiff_metadata(tif)["objects"]
+    assert objects["obj-1"] == {"class": "Tumor", "class_id": 1, "model": "vit_t", "decoder": "md",
+                                "decoder_kind": "sam", "decoder_hash": "sha256:1a2b3c4d5e6f",
+                                "model_hash": "sha256:6dbb90523a35"}
+    assert [o["class"] for o in objects.values()] == ["Tumor", "Stroma"]

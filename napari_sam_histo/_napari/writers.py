@@ -19,15 +19,21 @@ the layer's attributes, of which these are read:
   has nothing else.
 * ``features``: the ``class`` column is each shape's class (``Tumor`` when absent or empty).
   Shapes that share a non-empty ``id`` (the parts of one Annotator object) are one object, written
-  as one (Multi)Polygon feature with that id; ``clicks``, ``model`` and ``decoder`` are kept.
+  as one (Multi)Polygon feature with that id; ``clicks``, ``model`` and the provenance are kept.
 * the classification colour of each shape (RGB 0..255): a colour feature (column ``color``,
   ``colour``, ``class_color`` or ``classification_color``: a hex string or colour name, an RGB(A)
   sequence of 0..1 floats or 0..255 integers, or a packed 0xRRGGBB integer) when present and
   readable, else the shape's ``edge_color`` (RGBA floats 0..1; the Annotator dock draws each shape's
   edge in its class colour), else the class's default colour.
-* ``metadata``: ``mpp`` (µm per level-0 pixel, for areas, lengths and the OME pixel size) and
-  ``level0_size`` ((width, height) of the slide, the label image's size). Without ``level0_size``
+* ``metadata``: ``mpp`` (µm per level-0 pixel, for areas, lengths and the OME pixel size),
+  ``level0_size`` ((width, height) of the slide, the label image's size) and ``class_table`` (the
+  path of the project's class table, ``annotations/class_table.py``). Without ``level0_size``
   the label image is sized to hold every region shape (all their polygons; holes do not matter).
+  Without ``class_table`` the table of the folder written to is used, so a class keeps its pixel
+  value (and its GeoJSON ``class_id``) in every file written there; classes new to the table are
+  added to it.
+* features named as ``objects.PROVENANCE_KEYS`` (``decoder``, ``decoder_kind``, ``decoder_hash``,
+  ``model_hash``) are each object's provenance, written per object in both formats.
 
 Files are written atomically; napari asks before overwriting, so these overwrite when called.
 """
@@ -37,13 +43,15 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 
 from ..annotations.bridged import from_bridged_ring
+from ..annotations.class_table import ClassTable
 from ..annotations.geometry import Polygon
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, group_parts
-from ..errors import InputError
+from ..errors import DiskFullError, InputError
 
 DEFAULT_CLASS = "Tumor"
 FALLBACK_COLOR = (255, 200, 0)
@@ -187,7 +195,7 @@ def _objects(data: list, meta: dict) -> list[AnnotatedObject]:
 layer_data_objects = _objects
 
 
-def _line_feature(obj: AnnotatedObject, mpp) -> dict:
+def _line_feature(obj: AnnotatedObject, mpp, class_id: int | None = None) -> dict:
     from ..annotations.geojson import feature_properties
 
     points = obj.polygons[0].exterior
@@ -196,12 +204,35 @@ def _line_feature(obj: AnnotatedObject, mpp) -> dict:
     if mpp:
         measurements["Length µm"] = round(float(np.hypot(steps[:, 0] * mpp[0], steps[:, 1] * mpp[1]).sum()), 2)
     geometry = {"type": "LineString", "coordinates": np.round(points, 3).tolist()}
-    return {"type": "Feature", "id": obj.id, "geometry": geometry, "properties": feature_properties(obj, measurements)}
+    return {"type": "Feature", "id": obj.id, "geometry": geometry,
+            "properties": feature_properties(obj, measurements, class_id)}
 
 
 def _mpp(meta: dict):
     mpp = (meta.get("metadata") or {}).get("mpp")
     return tuple(float(m) for m in mpp) if mpp else None
+
+
+def class_table_for(path: str, meta: dict) -> ClassTable:
+    """The class table named in the layer's metadata (``class_table``), else the table of the
+    folder ``path`` is written to. A table that cannot be read is an ``InputError`` naming it."""
+    named = (meta.get("metadata") or {}).get("class_table")
+    return ClassTable.load(named) if named else ClassTable.for_slide(Path(path))
+
+
+def _class_ids(table: ClassTable, objects: list[AnnotatedObject], path: str) -> dict[str, int]:
+    """Every class's id after adding the classes of ``objects``; a full disk while adding them is
+    reported for the file being written (which is then not written). A fallback of the table to the
+    user cache is a warning naming the file."""
+    try:
+        ids = table.ids_for(objects)
+    except DiskFullError as err:
+        kept = f"the existing {Path(path).name} was left as it was" if Path(path).exists() else "nothing was written"
+        raise DiskFullError(f"Cannot write {path}: the disk is full (no space left to add its new classes to the "
+                            f"class table {table.path}). Free some space and try again; {kept}.", err.errno) from err
+    if table.notice:
+        warnings.warn(f"{path}: {table.notice}", UserWarning, stacklevel=3)
+    return ids
 
 
 def write_shapes_geojson(path: str, data: list, meta: dict) -> list[str]:
@@ -210,7 +241,10 @@ def write_shapes_geojson(path: str, data: list, meta: dict) -> list[str]:
 
     regions, lines = _split(data, meta)
     mpp = _mpp(meta)
-    features = [object_to_feature(o, mpp=mpp) for o in regions] + [_line_feature(o, mpp) for o in lines]
+    table = class_table_for(path, meta)
+    ids = _class_ids(table, regions + lines, path)
+    features = ([object_to_feature(o, mpp=mpp, class_id=ids[o.class_name]) for o in regions]
+                + [_line_feature(o, mpp, ids[o.class_name]) for o in lines])
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return [path]
@@ -241,5 +275,8 @@ def write_shapes_tiff(path: str, data: list, meta: dict) -> list[str]:
         raise InputError(f"Nothing to write to {path}: the layer has no shapes, and its metadata gives "
                          "no level0_size for an empty label image.")
     size = tuple(int(s) for s in size) if size else label_image_size(regions)
-    write_label_tiff(path, regions, size, mpp=_mpp(meta), overwrite=True)
+    table = class_table_for(path, meta)
+    ids = _class_ids(table, regions, path)
+    write_label_tiff(path, regions, size, ids, mpp=_mpp(meta), overwrite=True, class_colours=table.colours(),
+                     class_table=table.path)
     return [path]

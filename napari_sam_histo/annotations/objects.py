@@ -11,6 +11,13 @@ DEFAULT_CLASSES = {"Tumor": (200, 0, 0), "Stroma": (150, 200, 150), "Necrosis": 
                    "Other": (255, 200, 0)}
 
 
+# What drew an object, kept in ``AnnotatedObject.properties`` (from ``Predictor.provenance.properties()``),
+# in the annotations layer's features and in every export: the decoder as the user chose it ("sam",
+# "md", "modified", "residual" or a checkpoint's file name), its architecture, the short sha256 of its
+# file (empty for SAM's own decoder) and the short hash of the model's weights.
+PROVENANCE_KEYS = ("decoder", "decoder_kind", "decoder_hash", "model_hash")
+
+
 # Colours given to new classes, in order (QuPath-like, distinct from the defaults).
 CLASS_PALETTE = [(0, 120, 255), (160, 0, 200), (0, 180, 180), (255, 120, 0), (120, 80, 40), (255, 0, 160),
                  (0, 150, 0), (120, 120, 255)]
@@ -46,30 +53,35 @@ class AnnotatedObject:
 def group_parts(parts: list[AnnotatedObject], features=None) -> list[AnnotatedObject]:
     """One object per id from per-shape objects (a napari Shapes layer holds one shape per part).
 
-    ``features`` is the layer's table (columns ``id``, ``clicks``, ``model``, ``decoder``; any may
-    be missing): shapes that share a non-empty id are the parts of one object, in first-seen order;
-    a shape without an id (drawn by hand) is an object of its own."""
+    ``features`` is the layer's table (columns ``id``, ``clicks``, ``model`` and the
+    ``PROVENANCE_KEYS``; any may be missing): shapes that share a non-empty id are the parts of one
+    object, in first-seen order; a shape without an id (drawn by hand) is an object of its own."""
 
     def column(name):
         if features is None or name not in getattr(features, "columns", features):
             return [None] * len(parts)
         return list(features[name])
 
-    ids, clicks, models, decoders = (column(n) for n in ("id", "clicks", "model", "decoder"))
+    def given(value) -> bool:
+        return value is not None and str(value) not in ("", "nan")
+
+    ids, clicks, models = (column(n) for n in ("id", "clicks", "model"))
+    provenance = {key: column(key) for key in PROVENANCE_KEYS}
     grouped: dict[str, AnnotatedObject] = {}
-    for part, key, n, model, decoder in zip(parts, ids, clicks, models, decoders):
-        key = str(key) if key is not None and str(key) not in ("", "nan") else str(uuid.uuid4())
+    for i, (part, key, n, model) in enumerate(zip(parts, ids, clicks, models)):
+        key = str(key) if given(key) else str(uuid.uuid4())
         if key in grouped:
             grouped[key].polygons.extend(part.polygons)
             continue
         obj = AnnotatedObject(list(part.polygons), part.class_name, tuple(part.color), part.model, part.clicks,
                               dict(part.properties), id=key)
-        if model is not None and str(model) not in ("", "nan"):
+        if given(model):
             obj.model = str(model)
-        if n is not None and str(n) not in ("", "nan"):
+        if given(n):
             obj.clicks = int(n)
-        if decoder is not None and str(decoder) not in ("", "nan"):
-            obj.properties["decoder"] = str(decoder)
+        for name, values in provenance.items():
+            if given(values[i]):
+                obj.properties[name] = str(values[i])
         grouped[key] = obj
     return list(grouped.values())
 
