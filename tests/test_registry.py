@@ -135,3 +135,57 @@ def test_architecture_detection():
         detect_architecture({"mask_decoder.iou_token.weight": torch.zeros(1, 256)})
     with pytest.raises(CheckpointError, match="does not look like a SAM"):
         detect_architecture({"fc.weight": torch.zeros(2, 2)})
+
+
+# --- provenance: what a predictor draws with ------------------------------------------------------
+
+def _md_checkpoint(folder, model):
+    """An md-style decoder (SAM's decoder, fine-tuned) saved for ``model``, as shipped decoders are."""
+    import hashlib
+
+    from napari_sam_histo.models.decoder_checkpoint import decoder_metadata, save_decoder_checkpoint
+
+    path = save_decoder_checkpoint(folder / f"decoder-md-{model.name}.pt", model.sam.mask_decoder,
+                                   decoder_metadata("sam", model.name, model.weights_hash, "md", True))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_provenance_of_md_says_md_with_its_architecture_and_file_hash(tmp_path, tiny_model, monkeypatch):
+    from napari_sam_histo.engine.predictor import Predictor
+    from napari_sam_histo.models import decoders
+
+    path, sha256 = _md_checkpoint(tmp_path, tiny_model)
+    monkeypatch.setattr(decoders, "shipped_decoder_path",
+                        lambda base, kind="modified": path if (base, kind) == (tiny_model.name, "md") else None)
+    predictor = Predictor(tiny_model, "md", precision="fp32", encoder_mode="eager")
+    provenance = predictor.provenance
+    assert predictor.decoder.kind == "sam"  # the architecture, which is what used to be reported
+    assert (provenance.decoder, provenance.decoder_kind) == ("md", "sam")
+    assert provenance.decoder_hash == f"sha256:{sha256[:12]}"
+    assert provenance.model == tiny_model.name and provenance.model_hash == tiny_model.weights_hash
+    assert provenance.text == f"{tiny_model.name} + md decoder ({path.name}, sha256 {sha256[:12]})"
+    assert provenance.properties() == {"decoder": "md", "decoder_kind": "sam",
+                                       "decoder_hash": f"sha256:{sha256[:12]}", "model_hash": tiny_model.weights_hash}
+    path.write_bytes(b"changed after loading")  # the hash was taken once, when the decoder was loaded
+    assert predictor.provenance.decoder_hash == f"sha256:{sha256[:12]}"
+
+
+def test_the_provenance_of_sam_a_checkpoint_and_an_untrained_decoder(tmp_path, tiny_model):
+    from napari_sam_histo.annotations.objects import PROVENANCE_KEYS
+    from napari_sam_histo.engine.predictor import Predictor
+    from napari_sam_histo.models.decoders import choose_decoder, provenance, short_hash
+
+    sam = Predictor(tiny_model, "sam", precision="fp32", encoder_mode="eager").provenance
+    assert (sam.decoder, sam.decoder_kind, sam.decoder_hash) == ("sam", "sam", "")
+    assert sam.text == f"{tiny_model.name} + SAM's own decoder (in the model's weights)"
+    assert tuple(sam.properties()) == PROVENANCE_KEYS
+    path, sha256 = _md_checkpoint(tmp_path, tiny_model)
+    mine = path.rename(tmp_path / "my-decoder.pt")
+    chosen = provenance(tiny_model, choose_decoder(tiny_model, str(mine)))
+    assert (chosen.decoder, chosen.decoder_kind) == ("my-decoder.pt", "sam")
+    assert chosen.text.endswith(f"+ my-decoder.pt decoder (sam architecture, sha256 {sha256[:12]})")
+    untrained = provenance(tiny_model, choose_decoder(tiny_model, "modified", allow_untrained=True))
+    assert (untrained.decoder, untrained.decoder_kind, untrained.decoder_hash) == ("modified", "modified", "")
+    assert "untrained" in untrained.text
+    assert short_hash("sha256:" + "AB" * 32) == "sha256:abababababab"
+    assert short_hash("random-init:tiny:seed0") == "random-init:tiny:seed0"

@@ -15,13 +15,14 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from ..models import fast_encoder
-from ..models.decoders import DecoderChoice, choose_decoder
+from ..models.decoders import DecoderChoice, Provenance, choose_decoder, provenance
 from ..models.device import bf16_is_fast, optimized_encoder_is_fast
 from ..models.registry import LoadedModel
 from ..slides.reader import ImageSource
@@ -94,6 +95,13 @@ class Predictor:
         self.image_size = int(self.sam.image_encoder.img_size)
         with torch.inference_mode():
             self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
+
+    @cached_property
+    def provenance(self) -> Provenance:
+        """What draws with this predictor: model and weights hash, the decoder as chosen, its
+        architecture and its file's hash (taken when the decoder was loaded; nothing is read here),
+        and one line of text for a status bar."""
+        return provenance(self.model, self.decoder)
 
     # -- encoder ------------------------------------------------------------------------------
     @property

@@ -8,6 +8,7 @@ explicitly (``allow_untrained=True``, used for timing and tests): its masks are 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +28,71 @@ from .shipped import (  # noqa: F401 (imported from here by callers)
 class DecoderChoice:
     """A decoder module and what it is, for reports and cache-free provenance."""
 
-    kind: str  # "sam", "modified" or "residual"
+    kind: str  # the architecture: "sam", "modified" or "residual"
     module: torch.nn.Module
-    source: str  # "checkpoint", a file path, or "untrained"
+    source: str  # "checkpoint", a file path, or "untrained" ("adapted", "training": built in memory)
     trained: bool
+    # the decoder as the user chose it: "sam", "md", "modified", "residual" or a checkpoint's file
+    # name; empty for a decoder built in memory (adapted, being trained)
+    name: str = ""
+    # "sha256:<hex>" of the file the weights were read from, hashed once when it was loaded; empty
+    # for SAM's own decoder (part of the model's weights) and for decoders built in memory
+    weights_sha256: str = ""
+
+
+def short_hash(digest: str, digits: int = 12) -> str:
+    """``"sha256:<first digits>"`` of an ``"<algorithm>:<hex>"`` digest; anything else as it is."""
+    algorithm, _, value = digest.partition(":")
+    if value and re.fullmatch(r"[0-9a-fA-F]+", value):
+        return f"{algorithm}:{value[:digits].lower()}"
+    return digest
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What drew an object: the model and its weights, the decoder as chosen and its weights."""
+
+    model: str  # the model's name ("vit_t", a checkpoint file's stem)
+    model_hash: str  # the model weights' hash, short ("sha256:6dbb90523a35")
+    decoder: str  # as the user chose it: "sam", "md", "modified", "residual" or a checkpoint's file name
+    decoder_kind: str  # the decoder's architecture: "sam", "modified" or "residual"
+    decoder_hash: str  # the decoder file's sha256, short; empty for SAM's own decoder
+    text: str  # one line for people: "MobileSAM vit_t + md decoder (decoder-md-vit_t.pt, sha256 1a2b3c4d5e6f)"
+
+    def properties(self) -> dict:
+        """The per-object properties (``annotations.objects.PROVENANCE_KEYS``) an accepted object
+        carries into the GeoJSON and label-image exports (its model name is ``AnnotatedObject.model``)."""
+        return {"decoder": self.decoder, "decoder_kind": self.decoder_kind, "decoder_hash": self.decoder_hash,
+                "model_hash": self.model_hash}
+
+
+def _model_label(model: LoadedModel) -> str:
+    if model.arch == "vit_t":
+        return f"MobileSAM {model.name}"
+    return model.name if model.arch in model.name else f"{model.name} ({model.arch})"
+
+
+def provenance(model: LoadedModel, choice: DecoderChoice) -> Provenance:
+    """The provenance of ``choice`` running on ``model`` (no file is read: hashes were taken at load)."""
+    if choice.name:
+        decoder = choice.name
+    elif choice.source in ("checkpoint", "untrained", "adapted", "training"):
+        decoder = choice.kind if choice.source == "checkpoint" else f"{choice.kind} ({choice.source})"
+    else:
+        decoder = Path(choice.source).name
+    decoder_hash = short_hash(choice.weights_sha256) if choice.weights_sha256 else ""
+    if decoder_hash:
+        parts = [Path(choice.source).name] if Path(choice.source).name != decoder else []
+        if decoder not in DECODER_NAMES:  # a checkpoint chosen by its file: say what it is
+            parts.append(f"{choice.kind} architecture")
+        detail = ", ".join(parts + [decoder_hash.replace(":", " ")])
+    elif choice.source == "checkpoint":
+        detail = "in the model's weights"
+    else:
+        detail = f"{choice.source}, not saved" if choice.source in ("adapted", "training") else choice.source
+    what = "SAM's own decoder" if decoder == "sam" and choice.source == "checkpoint" else f"{decoder} decoder"
+    text = f"{_model_label(model)} + {what} ({detail})"
+    return Provenance(model.name, short_hash(model.weights_hash), decoder, choice.kind, decoder_hash, text)
 
 
 class SingleMaskDecoder(torch.nn.Module):
@@ -80,8 +142,16 @@ def resolve_decoder_name(decoder) -> str:
     raise InputError(f"Unknown decoder {decoder!r}; choose {VALID_DECODERS}.")
 
 
-def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> DecoderChoice:
+def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path, name: str | None = None) -> DecoderChoice:
+    """The decoder in checkpoint ``path``; ``name`` is how the user chose it (the file's name when
+    not given). The file's sha256 is taken here, once, for the provenance of what it draws."""
+    from .weights import file_digest
+
     metadata, state = read_decoder_checkpoint(path)
+    try:
+        digest = file_digest(path, "sha256")
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read again to hash it ({err.strerror or err}).") from err
     check_base_model(metadata, model.name, model.weights_hash, str(path))
     # a decoder adapted to a slide may carry its slide prior (``models.slide_prior``)
     prior_state = {k[len("slide_prior."):]: v for k, v in state.items() if k.startswith("slide_prior.")}
@@ -110,7 +180,8 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path) -> Decod
         module = SingleMaskDecoder(module)
     if metadata.get("slide_prior"):
         module = _with_slide_prior(module, metadata["slide_prior"], prior_state, path, model.device)
-    return DecoderChoice(metadata["decoder_kind"], module, str(path), bool(metadata["trained"]))
+    return DecoderChoice(metadata["decoder_kind"], module, str(path), bool(metadata["trained"]),
+                         name=name or Path(path).name, weights_sha256=digest)
 
 
 def _with_slide_prior(module: torch.nn.Module, settings, state: dict, path, device) -> torch.nn.Module:
@@ -138,21 +209,21 @@ def choose_decoder(model: LoadedModel, decoder: str = "sam", allow_untrained: bo
     ``InputError`` that lists these."""
     decoder = resolve_decoder_name(decoder)
     if decoder == "sam":
-        return DecoderChoice("sam", model.sam.mask_decoder, "checkpoint", True)
+        return DecoderChoice("sam", model.sam.mask_decoder, "checkpoint", True, name="sam")
     if decoder in ("residual", "md"):
         shipped = shipped_decoder_path(model.name, decoder)
         if shipped is None:
             what = "trained residual decoder" if decoder == "residual" else "fine-tuned SAM decoder (md)"
             raise CheckpointError(f"No {what} is shipped for model {model.name!r}; train one "
                                   f"(napari-sam-histo train --scenario {decoder}) and choose its file.")
-        choice = build_decoder_from_checkpoint(model, shipped)
+        choice = build_decoder_from_checkpoint(model, shipped, name=decoder)
     elif decoder == "modified":
         shipped = shipped_decoder_path(model.name)
         if shipped is not None:
-            choice = build_decoder_from_checkpoint(model, shipped)
+            choice = build_decoder_from_checkpoint(model, shipped, name=decoder)
         elif allow_untrained:
             module = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder).eval()
-            choice = DecoderChoice("modified", module, "untrained", False)
+            choice = DecoderChoice("modified", module, "untrained", False, name="modified")
         else:
             raise CheckpointError(
                 f"No trained modified decoder is available for model {model.name!r}. Train one "
