@@ -66,13 +66,13 @@ def fallback_path(folder: str | Path) -> Path:
 
 def class_table_path(place: str | Path) -> Path:
     """The class table of a slide (or of a file being written: the table of its folder), or of a
-    folder given as such. ``<folder>/sam-histo-classes.json`` when it exists or the folder can be
-    written; else the user-cache copy (``fallback_path``) when one was made; else the folder's path
-    (a table that does not exist yet: its first addition falls back to the cache)."""
+    folder given as such: ``<folder>/sam-histo-classes.json`` when the folder can be written; else
+    the user-cache copy (``fallback_path``) when one was made; else the folder's own table (read
+    where it is; its first addition goes to the cache)."""
     place = Path(place).expanduser()
     folder = place if place.is_dir() else place.parent
     path = folder / TABLE_NAME
-    if _writable(folder) and (not path.exists() or os.access(path, os.W_OK)):
+    if _writable(folder):  # the table is replaced by a rename: the folder's permission is what counts
         return path
     fallback = fallback_path(folder)
     return fallback if fallback.exists() else path

@@ -7,10 +7,10 @@ and ``measurements`` (area in px and, when the slide's pixel size is known, ÂµmÂ
 count from the scanned area rather than the full image.
 
 Ours go in ``properties["napari-sam-histo"]``, beside QuPath's keys (``classification`` stays
-exactly ``{name, color}``): ``model``, ``clicks``, the object's properties (among them the provenance, ``objects.PROVENANCE_KEYS``)
-and, given ``class_ids`` (the project's class table, ``class_table.py``), ``class_id``: the class's
-pixel value in the label images. Reading keeps all of them but ``class_id`` (the table, not a file,
-says which id a class has).
+exactly ``{name, color}``): ``model``, ``clicks``, the object's properties (among them the
+provenance, ``objects.PROVENANCE_KEYS``) and, given ``class_ids`` (the project's class table,
+``class_table.py``), ``class_id``: the class's pixel value in the label images. Reading keeps all
+of them but ``class_id`` (the table, not a file, says which id a class has).
 """
 
 from __future__ import annotations
