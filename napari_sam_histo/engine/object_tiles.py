@@ -492,7 +492,8 @@ class ObjectTiles:
             decoding = self._decoding if self._active() else self.predictor
             obj = AnnotatedObject(polygons, class_name, self.add_class(class_name), self.predictor.model.name,
                                   len(self._history),
-                                  {"decoder": decoding.decoder.kind,
+                                  {**self.predictor.provenance.properties(),  # the decoder as chosen, its hash
+                                   "decoder_kind": decoding.decoder.kind,  # what ran (adapted: maybe "residual")
                                    "adapted": decoding is not self.predictor,
                                    "refined": any(s.refined for s in self._active()),
                                    "level": finest.level if finest is not None else self.level,
@@ -657,12 +658,20 @@ class ObjectTiles:
         return view is None or (view[0] <= x0 <= view[2] and view[1] <= y0 <= view[3])
 
     def _flooded(self) -> bool:
-        """The object is one tile whose mask covers most of it: a flood (SAM took the tissue around
-        the click), which must not spread into more tiles."""
+        """The object is one tile whose mask covers most of it, or reaches all of its borders that
+        are not the slide's: a flood (SAM took the tissue around the click), which must not spread
+        into more tiles."""
         active = self._active()
         if len(active) != 1:
             return False
-        return float(active[0].mask().mean()) >= FLOOD
+        mask, box = active[0].mask(), active[0].box
+        if float(mask.mean()) >= FLOOD:
+            return True
+        width, height = self._level_size(box)
+        sides = ((mask[0].any(), box.y > 0), (mask[-1].any(), box.y + box.height < height),
+                 (mask[:, 0].any(), box.x > 0), (mask[:, -1].any(), box.x + box.width < width))
+        inner = [touches for touches, is_inner in sides if is_inner]
+        return len(inner) >= 2 and all(inner)
 
     def _growth_tile(self) -> tuple[float, float, TileBox] | None:
         """Where the object would grow next: the first cut point (level x, level y) whose tile holds
