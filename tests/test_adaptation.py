@@ -277,3 +277,43 @@ def test_a_stopped_worker_cancels_what_is_handed_to_it(tiny_predictor):
     worker = AdaptationWorker(adapter, may_run=lambda: True)
     worker.stop(release=True)
     assert worker.submit(lambda: 1).cancelled() and worker.wait_idle(5)
+
+
+def test_a_thread_busy_with_its_own_background_work_lets_steps_run_between_its_units(tiny_predictor):
+    """A prefetcher computing embeddings back to back keeps ``may_run`` false all along: without
+    ``take_turn`` between its units no step runs; with it, steps run between them."""
+    for turns in (False, True):
+        adapter = DecoderAdapter(tiny_predictor, steps_per_object=50, refiner=False)
+        busy = threading.Event()
+        busy.set()
+        worker = AdaptationWorker(adapter, lambda: not busy.is_set(), low_priority=False)
+        try:
+            worker.submit(lambda: adapter.add_object(_examples(tiny_predictor, 1)[:1])).result(timeout=60)
+            for _ in range(8):  # eight "embeddings"
+                if turns:
+                    busy.clear()  # between two of them nothing runs: a turn for the worker
+                    worker.take_turn(timeout=10)
+                    busy.set()
+                time.sleep(0.1)
+            steps = adapter.steps
+        finally:
+            worker.stop()
+        assert steps >= 8 if turns else steps == 0
+
+
+def test_a_new_objects_first_steps_run_before_the_refiner_relearns_it(tiny_predictor):
+    adapter = DecoderAdapter(tiny_predictor, steps_per_object=3)
+    order = []
+    step, refine = adapter.step, adapter.update_refiner
+    adapter.step = lambda: (order.append("step"), step())[1]
+    adapter.update_refiner = lambda may_run=None: (order.append("refiner"), refine(may_run))[1]
+    examples = _examples(tiny_predictor, 1)
+    examples = [AdaptationExample(e.embedding, e.target, e.clicks, image=np.full((*e.target.shape, 3), 128, np.uint8))
+                for e in examples]
+    worker = AdaptationWorker(adapter, lambda: True, low_priority=False)
+    try:
+        worker.submit(lambda: adapter.add_object(examples[:1], key="a"))
+        assert worker.wait_idle(120)
+    finally:
+        worker.stop()
+    assert order[0] == "step" and "refiner" in order and adapter.steps == 3

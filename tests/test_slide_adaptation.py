@@ -302,3 +302,96 @@ def test_the_prefetcher_makes_colour_for_its_first_tiles_only_and_keeps_them(tin
         assert list(annotator._colours) == [b.key() for b in done[:object_tiles.COLOUR_PREFETCH]]
     finally:
         annotator.close(wait=True)
+
+
+def _object(centre, radius, downsample=None, id=None):
+    from napari_sam_histo.annotations.geometry import Polygon
+    from napari_sam_histo.annotations.objects import AnnotatedObject
+
+    angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    ring = np.stack([centre[0] + radius * np.cos(angles), centre[1] + radius * np.sin(angles)], axis=1)
+    properties = {} if downsample is None else {"level": 0, "downsample": downsample}
+    return AnnotatedObject([Polygon(ring)], properties=properties, **({"id": id} if id else {}))
+
+
+def test_objects_from_earlier_work_become_examples_on_the_worker_newest_first(annotator):
+    predictor = annotator.predictor
+    adaptation = SlideAdaptation(predictor, annotator.quiet, steps_per_object=1, slide=annotator.source.identity)
+    threads, boxes = [], []
+    original = predictor.embedding_for
+
+    def embedding_for(source, box, computing=None):
+        threads.append(threading.current_thread().name)
+        boxes.append(box)
+        return original(source, box, computing)
+
+    predictor.embedding_for = embedding_for
+    try:
+        old, new = _object((130, 120), 40, downsample=1.0, id="old"), _object((60, 60), 20, id="new")
+        tiny, huge = _object((200, 200), 3, id="tiny"), _object((128, 128), 400, downsample=1.0, id="huge")
+        states = []
+        adaptation.on_change = lambda a, s: states.append(s)
+        assert adaptation.add_resumed([huge, old, tiny, new], annotator.source, 256) == 4
+        assert states and states[0].resumed_pending == 4  # said at once, from the caller's thread
+        assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
+    finally:
+        del predictor.embedding_for
+    state = adaptation.state()
+    assert (state.resumed, state.resumed_too_large, state.resumed_too_small, state.resumed_pending) == (2, 1, 1, 0)
+    assert state.objects == 2 and state.steps == 2  # both train (every third object is held out)
+    assert threads and all(name == "napari-sam-histo-adaptation" for name in threads)  # never the caller's
+    # newest first: "new" (no level recorded: the finest where it fits) before "old"
+    training, held = adaptation.adapter._training, adaptation.adapter._held
+    keys = [t[1] for t in sorted(training + held, key=lambda t: t[0])]
+    assert keys == ["new", "old"]
+    example = next(t[2] for t in training + held if t[1] == "old")
+    assert example.target.shape == (256, 256) and abs(int(example.target.sum()) - np.pi * 40 ** 2) < 150
+    assert example.clicks and example.target[example.clicks[0][1], example.clicks[0][0]]
+    # handed over again (a second Start on the slide): nothing is added twice
+    assert adaptation.add_resumed([huge, old, tiny, new], annotator.source, 256) == 0
+    adaptation.close()
+
+
+def test_accepting_says_so_at_once_while_the_worker_is_busy(annotator):
+    adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=1)
+    annotator.adaptation = adaptation
+    release = threading.Event()
+    adaptation.worker.submit(lambda: release.wait(60))  # the worker is busy for as long as this waits
+    states = []
+    adaptation.on_change = lambda a, s: states.append(s)
+    try:
+        annotator.submit_click(130, 120, True).result(timeout=120)
+        assert annotator.submit("accept").result(timeout=60) is not None
+        assert states and states[-1].queued == 1 and states[-1].activity == ""  # before the worker took it in
+        assert adaptation.state().objects == 0
+    finally:
+        release.set()
+    assert adaptation.worker.wait_idle(120)
+    state = adaptation.state()
+    assert state.queued == 0 and state.objects == 1 and state.steps == 1
+
+
+def test_a_restarted_annotator_goes_on_with_what_was_learned_on_the_same_slide_and_model(annotator, tiny_model):
+    slide = annotator.source.identity
+    adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=1, slide=slide)
+    annotator.adaptation = adaptation
+    annotator.submit_click(130, 120, True).result(timeout=120)
+    annotator.submit("accept").result(timeout=60)
+    assert adaptation.worker.wait_idle(120) and adaptation.state().objects == 1
+
+    again = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")  # a new Start, same choices
+    assert adaptation.reusable_for(again, slide)
+    assert not adaptation.reusable_for(again, "another-slide")
+    assert not adaptation.reusable_for(Predictor(tiny_model, "modified", cache=EmbeddingCache(), precision="fp32",
+                                                 allow_untrained=True), slide)
+    quiet = []
+    adaptation.rebind(again, lambda: quiet.append(1) or True).result(timeout=60)
+    assert adaptation.adapter.base is again and adaptation.predictor() is again
+    assert adaptation.state().objects == 1  # what was learned stays
+    adaptation.worker.submit(lambda: adaptation.adapter.add_object(adaptation.adapter.examples[:1], "b"))
+    assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
+    assert quiet and adaptation.state().steps == 2  # the new annotator's may_run decides now
+    with pytest.raises(ValueError):
+        adaptation.rebind(Predictor(tiny_model, "modified", cache=EmbeddingCache(), precision="fp32",
+                                    allow_untrained=True), lambda: True)
+    adaptation.close()

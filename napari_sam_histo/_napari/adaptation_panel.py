@@ -19,19 +19,27 @@ OFF_TEXT = "Off: every object is decoded by the decoder chosen above."
 
 
 def describe(state) -> str:
-    """One line a pathologist can read (``training.adaptation.AdaptationState``)."""
+    """What the learning is doing and what it has learned, in words a pathologist can read
+    (``training.adaptation.AdaptationState``)."""
     if not state.enabled:
         return OFF_TEXT
-    learned = state.examples + state.held_out
-    if learned == 0:
-        return "On: accepted objects teach a copy of the decoder in the background (none yet)."
-    work = f"{state.steps} steps" + (f", {state.owed} to go" if state.owed else "")
-    text = (f"Learned from {learned} tile(s) of accepted objects ({state.held_out_objects} object(s) kept aside "
-            f"to judge it), {work}.")
+    objects = state.objects + state.queued
+    if objects == 0 and not state.resumed_pending:
+        return ("On: accepted objects teach a copy of the decoder in the background (none yet)."
+                + _skipped(state))
+    earlier = f", {state.resumed} of them from earlier work" if state.resumed else ""
+    text = f"Learning from {_count(objects, 'accepted object')}{earlier}: {_now(state)}."
+    if state.resumed_pending:
+        text += f" {_count(state.resumed_pending, 'earlier object')} still to learn from."
+    text += _skipped(state)
+    if state.steps or state.owed:
+        text += f" {state.steps} of {state.steps + state.owed} training steps done."
     if state.base_noc is None or state.held_out_objects < MIN_HELD_OUT:
-        text += f" In use: the chosen decoder (the copy is judged once {MIN_HELD_OUT} objects are kept aside)."
+        text += (f" In use: the chosen decoder (the copy is judged once {MIN_HELD_OUT} objects are kept aside; "
+                 f"{state.held_out_objects} so far).")
     else:
-        judged = f"clicks to 85 % on the kept-aside tiles: adapted {state.adapted_noc:.1f}, chosen {state.base_noc:.1f}"
+        judged = (f"clicks to 85 % on the objects kept aside: adapted {state.adapted_noc:.1f}, "
+                  f"chosen {state.base_noc:.1f}")
         if state.in_use:
             text += f" In use: the ADAPTED copy ({judged})."
         else:
@@ -39,10 +47,40 @@ def describe(state) -> str:
     return text + " " + describe_refiner(state)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _now(state) -> str:
+    """What the background thread is doing now."""
+    if state.activity == "waiting" or (not state.activity and (state.queued or state.owed or state.resumed_pending
+                                                               or state.refiner_pending)):
+        return "waiting for a quiet moment (no click or tile loading)"
+    if state.activity == "preparing":
+        return "loading the tile of an earlier object"
+    if state.activity == "refining":
+        return "the border refiner is re-clicking an accepted object"
+    if state.activity == "training" and state.owed:
+        return f"training step {state.steps + 1} of {state.steps + state.owed}"
+    if state.activity == "judging":
+        return f"judging the copy against the chosen decoder on {_count(state.held_out_objects, 'object')} kept aside"
+    return "done for now"
+
+
+def _skipped(state) -> str:
+    """Earlier objects that could not be learned from."""
+    parts = []
+    if state.resumed_too_large:
+        parts.append(f"{state.resumed_too_large} larger than a tile")
+    if state.resumed_too_small:
+        parts.append(f"{state.resumed_too_small} too small")
+    return f" Earlier objects skipped: {', '.join(parts)}." if parts else ""
+
+
 def describe_refiner(state) -> str:
     """The slide refiner's part of the line."""
     pending = f", {state.refiner_pending} object(s) to learn from" if state.refiner_pending else ""
-    if not getattr(state, "refiner_enabled", True):
+    if not state.refiner_enabled:
         return f"Border refiner: switched off (it goes on learning{pending})."
     if not state.refiner_judged:
         return f"Border refiner: learning{pending}."

@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -67,6 +67,10 @@ MIN_HELD_OUT = 3  # two held-out objects were too few: on an EBHI-Seg case a cop
 # (2.0 vs 2.5 clicks) then needed 9 clicks where SAM needed 7 on the next object
 MAX_EXTRA_CLICKS = 3
 MASK_PROMPT_PROB = 0.8
+# a newly accepted object's first steps run for this long (at least one step) before the slide
+# refiner re-clicks it, so the copy starts learning from it at once; the refiner then goes first
+FIRST_SLICE_S = 1.0
+TURN_TIMEOUT_S = 2.0  # ``AdaptationWorker.take_turn``: the longest another thread waits for a unit
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,16 @@ class AdaptationState:
     refiner_noc: float | None = None  # and with the refiner fitted before each
     refiner_pending: int = 0  # accepted objects it has still to learn from
     refiner_enabled: bool = True  # the user's switch for the refiner alone (it learns either way)
+    objects: int = 0  # accepted objects whose examples are kept (training and held out)
+    # what the worker is doing now: "" (nothing to do), "waiting" (work to do, but a click, action
+    # or embedding is under way), "preparing" (an earlier object's tile), "refining" (the border
+    # refiner re-clicks an accepted object), "training" (steps), "judging" (the gate)
+    activity: str = ""
+    queued: int = 0  # accepted objects handed over that the worker has not taken in yet
+    resumed: int = 0  # objects from earlier work (resumed or imported) turned into examples
+    resumed_pending: int = 0  # earlier objects still to be turned into examples
+    resumed_too_large: int = 0  # earlier objects skipped: larger than a tile at their level
+    resumed_too_small: int = 0  # earlier objects skipped: too few pixels at their level
 
 
 class DecoderAdapter:
@@ -119,13 +133,7 @@ class DecoderAdapter:
         prior's weight (0: no prior, the copy alone). ``refiner``: learn a slide refiner too."""
         self.base = predictor
         choice: DecoderChoice = predictor.decoder
-        module = choice.module
-        if isinstance(module, SlidePriorDecoder):  # a decoder saved on another slide: this slide fits its own prior
-            module = module.decoder
-        # an md checkpoint trained and infers token 0 alone: adapting it keeps to that
-        self.single_mask = isinstance(module, SingleMaskDecoder)
-        if self.single_mask:
-            module = module.decoder
+        module, self.single_mask = _trainable_module(choice)
         self.base_kind = choice.kind
         self.kind = "residual" if choice.kind == "sam" and not self.single_mask else choice.kind
         self._base_module = module
@@ -180,6 +188,23 @@ class DecoderAdapter:
         self._prior_fit: tuple | None = None  # (training examples' key, the prior fitted on them)
         if not keep_refinement:
             self.refinement = SlideRefinement(self.seed, self.max_examples) if self.use_refiner else None
+
+    def rebind(self, predictor) -> None:
+        """Go on with ``predictor`` in place of the base one: another ``Predictor`` of the same model,
+        weights, device and decoder (``model_key``), as a restarted annotator builds. What was learned
+        stays (the examples' embeddings are the same model's); the copy in use, if any, decodes
+        through the new predictor's model and cache. ``ValueError`` for another model or decoder."""
+        if model_key(predictor) != model_key(self.base):
+            raise ValueError(f"cannot go on learning with {model_key(predictor)}: this adapter learned "
+                             f"with {model_key(self.base)}")
+        with self._lock:
+            self.base = predictor
+            self._base_module, _ = _trainable_module(predictor.decoder)
+            for parameter in predictor.sam.prompt_encoder.parameters():
+                parameter.requires_grad_(False)
+            self.forward = PromptedForward(predictor.sam, self.decoder, self.kind)
+            if self._adapted is not None:  # the copy the gate let in, not the one training on since
+                self._adapted = self._predictor_with(self._adapted.decoder)
 
     # -- examples -------------------------------------------------------------------------------
     def add_example(self, example: AdaptationExample) -> None:
@@ -314,8 +339,6 @@ class DecoderAdapter:
     # -- the gate -------------------------------------------------------------------------------
     def _snapshot_predictor(self):
         """A Predictor with a frozen copy of the adapted decoder (the copy trains on)."""
-        from ..engine.predictor import Predictor
-
         module = copy.deepcopy(self.decoder).eval()
         for parameter in module.parameters():
             parameter.requires_grad_(False)
@@ -324,7 +347,12 @@ class DecoderAdapter:
         prior = self._fit_prior()
         if prior is not None:  # fitted on the CPU; it runs where the decoder runs
             module = SlidePriorDecoder(module, copy.deepcopy(prior).to(self.base.device), self.prior_weight)
-        choice = DecoderChoice(self.kind, module, "adapted", True)
+        return self._predictor_with(DecoderChoice(self.kind, module, "adapted", True))
+
+    def _predictor_with(self, choice: DecoderChoice):
+        """A Predictor decoding with ``choice`` over the base predictor's model, cache and precision."""
+        from ..engine.predictor import Predictor
+
         base = self.base
         predictor = Predictor(base.model, choice, cache=base.cache, precision="bf16" if base.decoder_bf16 else "fp32",
                               encoder_precision="bf16" if base.encoder_bf16 else "fp32",
@@ -454,7 +482,7 @@ class DecoderAdapter:
         return AdaptationState(len(training), len(held), self.steps, self.owed, self.in_use,
                                base, adapted, self.enabled, len({t[0] for t in held}),
                                self.active_refiner() is not None, r_judged, r_base, r_noc, self.refiner_pending(),
-                               self.refiner_enabled)
+                               self.refiner_enabled, objects=len({t[0] for t in training} | {t[0] for t in held}))
 
     # -- keeping it -----------------------------------------------------------------------------
     def save(self, path, slide: str = "") -> Path:
@@ -479,6 +507,25 @@ class DecoderAdapter:
                 state.update({f"slide_prior.{k}": v.detach().cpu().clone() for k, v in module.prior.state_dict().items()})
                 metadata["slide_prior"] = {"weight": module.weight, "context": list(CONTEXT)}
         return save_decoder_checkpoint(path, state, metadata)
+
+
+def _trainable_module(choice: DecoderChoice) -> tuple[torch.nn.Module, bool]:
+    """The module of ``choice`` that adapts, and whether it is an md checkpoint's single-mask one
+    (trained and inferring token 0 alone: adapting it keeps to that)."""
+    module = choice.module
+    if isinstance(module, SlidePriorDecoder):  # a decoder saved on another slide: this slide fits its own prior
+        module = module.decoder
+    single_mask = isinstance(module, SingleMaskDecoder)
+    return (module.decoder if single_mask else module), single_mask
+
+
+def model_key(predictor) -> tuple:
+    """What an adapter's learning depends on: the model (name, weights hash), the device and the
+    decoder as chosen (kind, name, file hash, source). Two predictors with the same key give the
+    same embeddings and the same base decoder."""
+    model, decoder = predictor.model, predictor.decoder
+    return (model.name, model.weights_hash, str(predictor.device), decoder.kind, decoder.name,
+            decoder.weights_sha256, decoder.source)
 
 
 def _union_of(tagged: list[tuple], shape: tuple) -> np.ndarray:
@@ -519,7 +566,14 @@ class AdaptationWorker:
     other threads (examples, reset, save) is queued and done by this thread between steps, so no
     UI or click thread ever waits for the adapter's lock. The gate judges the copy after every
     ``steps_per_object`` steps and when the owed steps are done. ``on_change(state)`` is called
-    from the thread after every step and gate."""
+    from the thread after every step and gate and whenever what it is doing (``activity``) changes.
+
+    Order of the work: queued tasks first, then background jobs (``add_job``: earlier objects'
+    examples), then for a newly accepted object ``FIRST_SLICE_S`` of the copy's steps (at least
+    one: the copy starts learning at once), then the slide refiner's objects (seconds, and what
+    helps most), then the remaining steps. Another thread that keeps ``may_run()`` false with
+    background work of its own (a prefetcher computing embeddings one after another) lets a step
+    run between its units by calling ``take_turn``."""
 
     def __init__(self, adapter: DecoderAdapter, may_run: Callable[[], bool],
                  on_change: Callable[[AdaptationState], None] | None = None, low_priority: bool = True) -> None:
@@ -529,11 +583,17 @@ class AdaptationWorker:
         self.may_run = may_run
         self.on_change = on_change
         self.error: str | None = None  # the last failure (cleared by the next step that succeeds)
+        self.activity = ""  # what the thread is doing now (``AdaptationState.activity``)
         self._tasks: deque = deque()
+        self._jobs: deque = deque()
         self._wake = threading.Event()
         self._stop = self._release = False
         self._idle = threading.Event()
         self._idle.set()
+        self._turn_wanted = threading.Event()  # ``take_turn``: a thread waits for one unit of work
+        self._turn_done = threading.Event()
+        self._first_slice = False  # an object was added: its first steps come before the refiner
+        self._sliced = 0.0  # seconds of steps run in that first slice
         self._state_lock = threading.Lock()  # _wake, _idle and _tasks change together (no lost wake-up)
         self._thread = threading.Thread(target=self._run, name="napari-sam-histo-adaptation", daemon=True)
         self._thread.start()
@@ -555,6 +615,49 @@ class AdaptationWorker:
             self._wake.set()
         return future
 
+    def add_job(self, job: Callable[[Callable[[], bool]], bool | None]) -> None:
+        """Background work in units, done by the thread while adaptation is on, before the steps:
+        ``job(may_run)`` does one unit and returns True (more may follow), False (it has nothing
+        left: it is dropped) or None (``may_run`` said no: asked again later)."""
+        with self._state_lock:
+            if self._stop:
+                return
+            self._jobs.append(job)
+            self._idle.clear()
+            self._wake.set()
+
+    def state_nowait(self) -> AdaptationState:
+        """The adapter's state (no lock) with what the thread is doing."""
+        return replace(self.adapter.state_nowait(), activity=self.activity)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop
+
+    def has_work(self) -> bool:
+        """Whether the thread has something to do once ``may_run()`` lets it."""
+        adapter = self.adapter
+        return adapter.enabled and bool(adapter.owed > 0 or adapter.refiner_pending() or self._jobs)
+
+    def take_turn(self, timeout: float = TURN_TIMEOUT_S) -> bool:
+        """Called by a thread between units of its own background work (a prefetcher between two
+        embeddings), which ``may_run()`` waits for: when there is work, that thread pauses until
+        one unit of it (a step, a refiner's object, an earlier object's tile) is done, at most
+        ``timeout`` seconds; True when one was. A click still goes first (``may_run``)."""
+        if self._stop or not self.has_work() or threading.current_thread() is self._thread:
+            return False
+        self._turn_done.clear()
+        self._turn_wanted.set()
+        self.wake()
+        try:
+            return self._turn_done.wait(timeout)
+        finally:
+            self._turn_wanted.clear()
+
+    def _unit_done(self) -> None:
+        if self._turn_wanted.is_set():
+            self._turn_done.set()
+
     def _run_tasks(self) -> None:
         """Do the queued work; tell ``on_change`` when there was some (an example just added shows)."""
         ran = False
@@ -566,12 +669,15 @@ class AdaptationWorker:
                     return
                 function, future = self._tasks.popleft()
             ran = True
+            owed = self.adapter.owed
             if not future.set_running_or_notify_cancel():
                 continue
             try:
                 future.set_result(function())
             except Exception as err:
                 future.set_exception(err)
+            if self.adapter.owed > owed:  # an object to train on: its first steps come soon
+                self._first_slice = True
 
     def wake(self) -> None:
         """Run what is owed (after switching adaptation back on)."""
@@ -593,36 +699,98 @@ class AdaptationWorker:
             self._release = release
             tasks = list(self._tasks)
             self._tasks.clear()
+            self._jobs.clear()
             self._wake.set()
         for _, future in tasks:
             future.cancel()
+        self._turn_done.set()  # a thread waiting for a turn goes on
         if wait:
             self._thread.join(timeout=10)
 
     def _changed(self) -> None:
         if self.on_change is not None:
             try:
-                self.on_change(self.adapter.state())
+                self.on_change(replace(self.adapter.state(), activity=self.activity))
             except Exception:  # a UI's failure must not stop the adaptation
                 pass
+
+    def _doing(self, activity: str) -> None:
+        """What the thread does now; ``on_change`` hears when that changes."""
+        if activity != self.activity:
+            self.activity = activity
+            self._changed()
+
+    def _may_run(self) -> bool:
+        """``may_run()``, and the activity says "waiting" while it says no."""
+        if self.may_run():
+            return True
+        self._doing("waiting")
+        return False
 
     def _judge(self) -> None:
         """The gate, yielding to clicks: a click that comes first makes it try again after it
         (queued work is done meanwhile, so a Reset never waits for a long gate)."""
         while not self._stop and self.adapter.enabled:
             self._run_tasks()
+            if not self._may_run():
+                time.sleep(0.02)
+                continue
+            self._doing("judging")
             if self.adapter.update_gate(self.may_run) is not None:
+                self._unit_done()
                 return
             time.sleep(0.02)
 
+    def _prepare(self) -> None:
+        """The background jobs' units, one after another, yielding to clicks."""
+        while not self._stop and self.adapter.enabled and self._jobs:
+            self._run_tasks()
+            if not self._may_run():
+                time.sleep(0.02)
+                continue
+            job = self._jobs[0]
+            self._doing("preparing")
+            done = job(self.may_run)
+            if done is None:
+                time.sleep(0.02)
+                continue
+            if not done:
+                with self._state_lock:
+                    if self._jobs and self._jobs[0] is job:
+                        self._jobs.popleft()
+            self._unit_done()
+            self._changed()
+
     def _refine(self) -> None:
-        """The slide refiner's queued objects, oldest first, yielding to clicks (it comes before the
-        decoder's steps: it costs seconds, not minutes, and it is what helps most)."""
+        """The slide refiner's queued objects, oldest first, yielding to clicks."""
         while not self._stop and self.adapter.enabled and self.adapter.refiner_pending():
             self._run_tasks()
+            if self._first_slice and self.adapter.owed > 0:
+                return  # a newly accepted object's first steps come first
+            if not self._may_run():
+                time.sleep(0.02)
+                continue
+            self._doing("refining")
             if self.adapter.update_refiner(self.may_run) is None:
                 time.sleep(0.02)
                 continue
+            self._unit_done()
+            self._changed()
+
+    def _step(self) -> None:
+        """One step, when ``may_run()`` lets it."""
+        if not self._may_run():
+            time.sleep(0.02)
+            return
+        self._doing("training")
+        started = time.perf_counter()
+        if self.adapter.step() is not None:
+            self.error = None
+        self._sliced += time.perf_counter() - started
+        self._unit_done()
+        self._changed()
+        if self.adapter.steps % self.adapter.steps_per_object == 0 and self.adapter.owed > 0:
+            self._judge()  # a user faster than the steps still gets a judged copy
             self._changed()
 
     def _run(self) -> None:
@@ -633,24 +801,30 @@ class AdaptationWorker:
             self._wake.clear()
             try:
                 self._run_tasks()
-                self._refine()
-                while not self._stop and self.adapter.enabled and self.adapter.owed > 0:
+                self._prepare()
+                self._sliced = 0.0
+                while not self._stop and self.adapter.enabled and (self.adapter.owed > 0
+                                                                   or self.adapter.refiner_pending() or self._jobs):
                     self._run_tasks()
-                    self._refine()  # an object accepted meanwhile
-                    if not self.may_run():
-                        time.sleep(0.02)
+                    self._prepare()
+                    if self._first_slice:  # a new object: FIRST_SLICE_S of steps (at least one) first
+                        if self.adapter.owed <= 0 or self._sliced >= FIRST_SLICE_S:
+                            self._first_slice, self._sliced = False, 0.0
+                        elif not self._stop and self.adapter.enabled:
+                            self._step()
+                            continue
+                    self._refine()
+                    if self._first_slice:
                         continue
-                    if self.adapter.step() is not None:
-                        self.error = None
-                    self._changed()
-                    if self.adapter.steps % self.adapter.steps_per_object == 0 and self.adapter.owed > 0:
-                        self._judge()  # a user faster than the steps still gets a judged copy
-                        self._changed()
+                    if not self._stop and self.adapter.enabled and self.adapter.owed > 0:
+                        self._step()
                 self._judge()
                 self._run_tasks()
                 self._refine()
             except Exception as err:  # adaptation is a bonus: it never takes the annotator down
                 self.error = f"{type(err).__name__}: {err}"
+            self._unit_done()
+            self.activity = ""
             self._changed()
             with self._state_lock:
                 if self._stop or (not self._wake.is_set() and not self._tasks):
