@@ -3,6 +3,8 @@ with the mouse, an accepted object teaches the copy in the background (the panel
 adapted decoder is saved through the dialog and loads back as a decoder, Reset forgets, and
 switched off the chosen decoder decodes again."""
 
+import time
+
 import pytest
 from app_model.types import KeyCode
 
@@ -40,8 +42,8 @@ def test_the_panel_learns_from_accepted_objects_saves_resets_and_switches_off(do
     _wait(dock, qtbot)
     press(dock.viewer, KeyCode.Enter)
     qtbot.waitUntil(lambda: len(dock.object_list.ids) == n + 1, timeout=60_000)
-    qtbot.waitUntil(lambda: "2 steps." in panel.state_label.text(), timeout=180_000)
-    assert "Learned from 1 tile(s)" in panel.state_label.text()
+    qtbot.waitUntil(lambda: "2 of 2 training steps done." in panel.state_label.text(), timeout=180_000)
+    assert "Learning from 1 accepted object:" in panel.state_label.text()
     assert "In use: the chosen decoder" in panel.state_label.text()  # nothing kept aside yet to judge it
     assert adaptation.state().examples == 1 and adaptation.worker.error is None
     # the border refiner learnt from the object (its tile's pixels read in the background) and says
@@ -87,6 +89,26 @@ def test_the_panel_learns_from_accepted_objects_saves_resets_and_switches_off(do
     assert not panel.refiner_check.isEnabled()  # it goes with the switch
     qtbot.waitUntil(lambda: panel.state_label.text() == OFF_TEXT, timeout=10_000)
     assert len(dock.object_list.ids) == n + 1  # the annotations are untouched by all of it
+
+
+def test_the_panel_says_what_it_does_within_a_second_of_an_accept(dock, qtbot):
+    """Each Accept shows in the panel within a second, also while the background thread is busy
+    with the object before (the border refiner re-clicking it), and the line says what it does."""
+    panel = dock.adaptation_panel
+    _toggle(qtbot, panel.check)
+    label = panel.state_label.text
+    for n in (1, 2):
+        click(dock.viewer, *FRAGMENT)
+        _wait(dock, qtbot)
+        press(dock.viewer, KeyCode.Enter)
+        _wait(dock, qtbot)  # accepted: the annotator has handed the object over
+        accepted = time.perf_counter()
+        wanted = f"Learning from {n} accepted object{'s' if n > 1 else ''}:"
+        qtbot.waitUntil(lambda: wanted in label(), timeout=5_000)
+        assert time.perf_counter() - accepted < 1.0, label()
+        if n == 1:  # the next Accept comes while the refiner re-clicks this object (seconds)
+            qtbot.waitUntil(lambda: "the border refiner is re-clicking" in label(), timeout=60_000)
+    assert "the border refiner is re-clicking" in label() or "waiting for a quiet moment" in label()
 
 
 def test_the_panels_gate_sizes_are_the_adapters():
