@@ -114,7 +114,7 @@ def test_points_only_mode_sends_no_mask_prompt(setup, monkeypatch):
                         seen.append(mask_input) or real(e, p, l, mask_input, multimask))
     session.add_click(10, 20)
     session.add_click(300, 400, positive=False)
-    assert seen == [None, None] and session.low_res_logits is not None
+    assert len(seen) >= 2 and all(m is None for m in seen) and session.low_res_logits is not None
 
 
 def test_add_clicks_predicts_once_with_all_of_them_as_one_undo_step(setup, monkeypatch):
@@ -245,3 +245,160 @@ def test_a_refiner_that_fails_leaves_the_tile_to_sam(setup):
     session.add_click(500, 500, True)
     assert session.refine is None and not session.refined
     assert np.array_equal(session.mask(), (session.sam_logits > 0).numpy())
+
+
+def _frame(side, *squares, inside=5.0):
+    """A low-resolution logit frame: ``inside`` in each (row0, row1, col0, col1) square, -5 elsewhere."""
+    frame = torch.full((side, side), -5.0)
+    for r0, r1, c0, c1 in squares:
+        frame[r0:r1, c0:c1] = inside
+    return frame
+
+
+class _ScriptedDecoder:
+    """Stands in for ``Predictor.decode``: ``answer(mask_prompt_given, multimask)`` gives the
+    (frames, predicted IoUs) to return; every call is recorded as (mask prompt or None, multimask)."""
+
+    def __init__(self, answer):
+        from napari_sam_histo.engine.predictor import Prediction
+
+        self.answer, self.calls, self.prediction = answer, [], Prediction
+
+    def __call__(self, embedding, points, labels, mask_input=None, multimask=False):
+        self.calls.append((None if mask_input is None else mask_input.clone(), multimask))
+        frames, ious = self.answer(mask_input is not None, multimask)
+        return self.prediction(torch.stack(frames), torch.tensor(ious))
+
+
+@pytest.fixture
+def square_tile(setup):
+    """A 256-px tile: it fills SAM's 256² low-resolution frame, so frame pixel = tile pixel."""
+    source, _, predictor = setup
+    box = TileBox(0, 0, 0, 256, 256)
+    return predictor, box, predictor.embedding_for(source, box), predictor.image_size // 4
+
+
+def test_a_decode_that_drops_the_object_gives_way_to_the_same_points_without_the_mask_prompt(square_tile,
+                                                                                            monkeypatch):
+    """The mask-prompted decode empties the mask (the first click, inside it before, is now
+    outside): the alternatives are decoded in order and SAM's points-only mask is shown; its logits
+    are the next mask prompt, undo and redo keep which decode was shown. Without the rule the
+    object is lost."""
+    predictor, box, embedding, side = square_tile
+    good, empty = _frame(side, (40, 120, 40, 120)), _frame(side)
+
+    def answer(prompted, multimask):
+        if prompted:
+            return [empty] * (3 if multimask else 1), [0.9] * (3 if multimask else 1)
+        return ([good] * 3, [0.8, 0.5, 0.4]) if multimask else ([good], [0.7])
+
+    shown = {}
+    for honour in (True, False):
+        decoder = _ScriptedDecoder(answer)
+        monkeypatch.setattr(predictor, "decode", decoder)
+        session = ClickSession(predictor, box, embedding, honour_clicks=honour)
+        session.add_click(60, 60)
+        session.add_click(100, 100)
+        shown[honour] = session.mask()
+        if not honour:
+            assert session.fallback is None and len(decoder.calls) == 2
+            continue
+        assert [(prompt is not None, multimask) for prompt, multimask in decoder.calls] == [
+            (False, True), (True, False), (True, True), (False, False), (False, True)]
+        # all five points-only masks are alike: a tie goes to the higher predicted IoU ("points-candidate 0")
+        assert session.fallback == "points-candidate 0" and session.fallbacks == 1
+        assert torch.equal(session.low_res_logits, good)
+        session.add_click(110, 110, positive=False)
+        assert torch.equal(decoder.calls[5][0], good)  # the next decode starts from the fallback's logits
+        session.undo()
+        assert session.fallback == "points-candidate 0"
+        session.undo()
+        assert session.fallback is None and session.fallbacks == 0
+        session.redo()
+        assert session.fallback == "points-candidate 0"
+    assert shown[True][60, 60] and shown[True][100, 100] and shown[True].sum() == 80 * 80
+    assert not shown[False].any()  # SAM's usual decode lost the object
+
+
+def test_a_decode_that_keeps_the_object_runs_no_alternative(square_tile, monkeypatch):
+    """The usual decode keeps most of the mask (here it even drops the first click, at a border):
+    one decoder run and one upscaling per click, as without the rule, and no fallback."""
+    predictor, box, embedding, side = square_tile
+    good, notched = _frame(side, (40, 120, 40, 120)), _frame(side, (70, 120, 40, 120))  # 5/8 of it kept
+    decoder = _ScriptedDecoder(lambda prompted, multimask: ([notched if prompted else good] * (3 if multimask else 1),
+                                                            [0.9] * (3 if multimask else 1)))
+    monkeypatch.setattr(predictor, "decode", decoder)
+    upscaled = []
+    real_upscale = predictor.upscale
+    monkeypatch.setattr(predictor, "upscale", lambda e, z: upscaled.append(z) or real_upscale(e, z))
+    session = ClickSession(predictor, box, embedding)
+    for x, y, positive in [(60, 60, True), (200, 200, False), (100, 100, True), (10, 250, False)]:
+        session.add_click(x, y, positive)
+    assert len(decoder.calls) == 4 and len(upscaled) == 4  # one decode and one upscaling per click
+    assert session.fallback is None and session.fallbacks == 0
+    assert not session.mask()[60, 60] and session.mask()[100, 100]
+
+
+def test_the_candidate_breaking_fewest_clicks_wins_and_a_tie_keeps_the_usual_decode(square_tile, monkeypatch):
+    """The usual decode drops the first click and its mask: SAM's second candidate for the same
+    prompt keeps both (though rated lowest) and is shown. When every alternative breaks as many
+    clicks, or the one that breaks fewer keeps too little of the mask (a sliver), the usual decode
+    stays (the alternatives were decoded, none is recorded)."""
+    predictor, box, embedding, side = square_tile
+    first, second = (30, 70, 30, 70), (130, 170, 130, 170)
+    around_both = _frame(side, first, second)
+
+    def answer(candidates):
+        def reply(prompted, multimask):
+            if not prompted:  # the first click, and the points-only alternatives
+                return [_frame(side, first)] * (3 if multimask else 1), [0.9] * (3 if multimask else 1)
+            if not multimask:
+                return [_frame(side, second)], [0.95]  # the usual decode: the first click dropped
+            return candidates, [0.9, 0.2, 0.5]
+        return reply
+
+    sliver = _frame(side, (45, 55, 45, 55), second)  # honours both clicks, keeps 1/16 of the first mask
+    for candidates, expected in [([_frame(side, first), around_both, _frame(side)], "candidate 1"),
+                                 ([_frame(side, first), _frame(side, first), _frame(side)], None),
+                                 ([sliver, _frame(side, first), _frame(side)], None)]:
+        decoder = _ScriptedDecoder(answer(candidates))
+        monkeypatch.setattr(predictor, "decode", decoder)
+        session = ClickSession(predictor, box, embedding)
+        session.add_click(50, 50)
+        session.add_click(150, 150)
+        assert len(decoder.calls) == 5 and session.fallback == expected
+        assert session.mask()[150, 150] and session.mask()[50, 50] == (expected is not None)
+
+
+def test_a_decode_that_keeps_little_of_the_mask_looks_for_alternatives(square_tile, monkeypatch):
+    """A positive click outside the mask whose decode keeps the earlier click but little of the
+    mask (and misses the new click): an alternative that keeps the mask and honours both is shown."""
+    predictor, box, embedding, side = square_tile
+    big, small = _frame(side, (20, 120, 20, 120)), _frame(side, (45, 55, 45, 55))
+    grown = _frame(side, (20, 160, 20, 160))
+
+    def answer(prompted, multimask):
+        if not prompted:  # the first click, and the points-only alternatives (they miss the new click)
+            return [big] * (3 if multimask else 1), [0.9] * (3 if multimask else 1)
+        return ([grown] * 3, [0.6] * 3) if multimask else ([small], [0.9])
+
+    decoder = _ScriptedDecoder(answer)
+    monkeypatch.setattr(predictor, "decode", decoder)
+    session = ClickSession(predictor, box, embedding)
+    session.add_click(50, 50)
+    session.add_click(140, 140)  # outside the first mask: no click it honoured is broken
+    assert session.fallback == "candidate 0" and session.mask()[140, 140] and session.mask()[50, 50]
+
+
+def test_a_tile_joining_late_checks_its_first_decode_against_the_mask_prompt_it_was_given(square_tile,
+                                                                                         monkeypatch):
+    """A tile's first decode, with the object's clicks there and its logits as mask prompt: when the
+    decode drops clicks that the prompt honoured, the points-only decode is shown."""
+    predictor, box, embedding, side = square_tile
+    good = _frame(side, (40, 120, 40, 120))
+    decoder = _ScriptedDecoder(lambda prompted, multimask: (
+        ([_frame(side)] if prompted else [good]) * (3 if multimask else 1), [0.9] * (3 if multimask else 1)))
+    monkeypatch.setattr(predictor, "decode", decoder)
+    session = ClickSession(predictor, box, embedding)
+    session.add_clicks([(60, 60, True), (100, 100, True)], mask_prompt=good)
+    assert session.fallback == "points" and session.mask()[60, 60] and session.mask()[100, 100]

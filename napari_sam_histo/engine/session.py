@@ -9,6 +9,18 @@ With a slide refiner (``refine``: issue 13, ``models.slide_refiner``) every deco
 refined (unless the refined mask overlaps SAM's by less than ``MIN_AGREEMENT``: then it is not a
 border correction), and the object's clicks decide which of the two is shown (``ClickEvidence``); SAM's own
 low-resolution logits stay the mask prompt, and the evidence is part of each undo step.
+
+A click never lets the object collapse where SAM can avoid it (``honour_clicks``, on by default).
+When the mask-prompted decode keeps less than ``SHRINK`` (half) of the mask it started from, or a
+positive click leaves the mask empty, the alternatives are decoded in a fixed order
+(``FALLBACKS``: SAM's three candidates for the same prompt, then the same points without the mask
+prompt, one mask and three). Among the usual decode and the alternatives that keep at least
+``SHRINK`` of that mask, the one violating the fewest of the tile's clicks is shown (a positive
+click outside the mask or a negative one inside it is violated; a tie keeps the usual decode, then
+the higher predicted IoU); its low-resolution logits are the next mask prompt, and ``fallback``
+says which one was shown. A decode is not replaced merely for breaking a click the previous mask
+honoured: after a few dozen clicks SAM's low-resolution mask cannot honour every border click, and
+a candidate that breaks one or two fewer is often a sliver of the object.
 """
 
 from __future__ import annotations
@@ -31,6 +43,12 @@ from .tiles import TileBox
 # not take the whole tile; "single": SAM's single-mask output instead of three candidates.
 FIRST_MASK_RULES = ("iou", "unflooded", "single")
 FLOOD = 0.9
+# The alternatives to a decode that breaks the clicks, in the order they are tried: SAM's three
+# candidates with the same prompt (points and previous logits), the same points without the mask
+# prompt (SAM's single mask), and their three candidates. A session without the mask prompt has
+# only the first kind (the others would be the same decode).
+FALLBACKS = ("candidate", "points", "points-candidate")
+SHRINK = 0.5  # a decode that keeps less than this fraction of the mask it started from looks for alternatives
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,10 @@ class _State:
     sam_logits: torch.Tensor | None = None  # SAM's own at the tile's resolution (None: ``logits`` are SAM's)
     evidence: ClickEvidence | None = None  # with a refiner: the scores after this step's clicks
     refined: bool = False  # what is shown is the refiner's mask (the evidence chose it and it agreed)
+    # which alternative replaced SAM's usual decode because it broke the clicks (``FALLBACKS``, with
+    # the candidate's number: "candidate 2", "points", "points-candidate 0"), or None
+    fallback: str | None = None
+    alternatives: int = 0  # decoder runs made to look for one (0: the usual decode honoured the clicks)
 
 
 @dataclass
@@ -65,12 +87,13 @@ class ClickSession:
     """Clicks on one tile. ``embedding`` is computed by the predictor (once) when not given."""
 
     def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding, threshold: float = 0.0,
-                 mask_prompt: bool = True, first_mask: str = "iou", refine=None) -> None:
+                 mask_prompt: bool = True, first_mask: str = "iou", refine=None, honour_clicks: bool = True) -> None:
         """``threshold`` is the logit above which a pixel is in the mask (SAM's 0.0; the benchmark
         uses RITM's probability 0.49). ``mask_prompt=False`` leaves out the previous logits (points
         only): zero-shot SAM is steadier that way, see the README's benchmark figures.
         ``first_mask``: one of ``FIRST_MASK_RULES``. ``refine``: SAM's logits -> refined logits
-        (positive inside; a ``models.slide_refiner.TileRefiner``), or None."""
+        (positive inside; a ``models.slide_refiner.TileRefiner``), or None. ``honour_clicks=False``
+        shows SAM's usual decode even where it breaks the clicks (see the module; for benchmarks)."""
         if first_mask not in FIRST_MASK_RULES:
             raise InputError(f"first_mask {first_mask!r}: choose one of {', '.join(FIRST_MASK_RULES)}.")
         self.first_mask = first_mask
@@ -82,6 +105,8 @@ class ClickSession:
         self.threshold = float(threshold)
         self.mask_prompt = bool(mask_prompt)
         self.refine = refine
+        self.honour_clicks = bool(honour_clicks)
+        self.last_decoder_s = 0.0  # the decoder's seconds in the last step (every decode it ran)
         self._history: list[_State] = [_State((), None, None, None)]
         self._redo: list[_State] = []
 
@@ -123,6 +148,17 @@ class ClickSession:
         """The refiner's click evidence after the current step (None without a refiner)."""
         return self._state.evidence
 
+    @property
+    def fallback(self) -> str | None:
+        """Which alternative the current step shows instead of SAM's usual decode, which broke the
+        clicks (see the module), or None."""
+        return self._state.fallback
+
+    @property
+    def fallbacks(self) -> int:
+        """The steps so far (undone ones left out) that show an alternative decode."""
+        return sum(state.fallback is not None for state in self._history)
+
     def mask(self) -> np.ndarray:
         """The current mask (logits > ``self.threshold``); empty before the first click."""
         if self._state.logits is None:
@@ -162,10 +198,9 @@ class ClickSession:
         labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
         previous = self.low_res_logits if self.low_res_logits is not None else mask_prompt
         first = len(clicks) == 1 and (previous is None or not self.mask_prompt) and self.first_mask != "single"
-        prediction = self.predictor.decode(
-            self.embedding, points, labels, mask_input=previous if self.mask_prompt else None,
-            multimask=first
-        )
+        prompt = previous if self.mask_prompt else None
+        prediction = self.predictor.decode(self.embedding, points, labels, mask_input=prompt, multimask=first)
+        decoder_s = self.predictor.last_decoder_s
         evidence = None
         if self.refine is not None:
             try:
@@ -173,8 +208,18 @@ class ClickSession:
             except Exception:  # the refiner cannot run on this tile: SAM's mask, as without one
                 self.refine = None
         best = self._choose_first(prediction) if first else 0
-        low_res = prediction.low_res_logits[best]
+        low_res, iou = prediction.low_res_logits[best], float(prediction.iou_predictions[best])
         logits = self.predictor.upscale(self.embedding, low_res)
+        fallback, alternatives = None, 0
+        before = self._started_from(previous) if self.honour_clicks and not first else None
+        if before is not None and self._loses_object(new, before, logits):
+            # Only here are alternatives decoded: three more decoder runs and seven upscalings,
+            # about 4 times a usual click (measured on 2 CPU cores, MobileSAM, a 1024-px tile);
+            # a click that keeps the mask pays one overlap count over the tile.
+            (low_res, logits, iou, fallback), alternatives, seconds = self._alternatives(
+                points, labels, prompt, (low_res, logits, iou, None), clicks, before)
+            decoder_s += seconds
+        self.last_decoder_s = decoder_s
         shown, refined = logits, False
         if evidence is not None and evidence.use_refined:
             try:
@@ -183,10 +228,67 @@ class ClickSession:
                     shown = candidate + self.threshold
             except Exception:  # the tile's pixels cannot be read (or the maps made): SAM's mask, as without one
                 self.refine, evidence = None, None
-        self._history.append(_State(clicks, low_res, shown, float(prediction.iou_predictions[best]),
-                                    logits if shown is not logits else None, evidence, refined))
+        self._history.append(_State(clicks, low_res, shown, iou, logits if shown is not logits else None,
+                                    evidence, refined, fallback, alternatives))
         self._redo.clear()
         return self.result()
+
+    def _started_from(self, previous: torch.Tensor | None) -> torch.Tensor | None:
+        """SAM's logits (tile resolution) of the mask this step's decode starts from: the session's
+        own, or a given mask prompt's for a tile's first decode; None when there is none."""
+        if self.sam_logits is not None:
+            return self.sam_logits
+        if previous is None or not self.mask_prompt:
+            return None
+        return self.predictor.upscale(self.embedding, previous)
+
+    def _honoured(self, clicks: tuple[Click, ...], logits: torch.Tensor) -> torch.Tensor:
+        """Per click, whether the mask (``logits`` above the threshold) honours it: a positive click
+        inside, a negative one outside; each click's pixel as ``_scored`` reads it."""
+        height, width = self.box.shape
+        rows = torch.tensor([min(int(c.y), height - 1) for c in clicks], device=logits.device)
+        cols = torch.tensor([min(int(c.x), width - 1) for c in clicks], device=logits.device)
+        positive = torch.tensor([c.positive for c in clicks], device=logits.device)
+        return (logits[rows, cols] > self.threshold) == positive
+
+    def _keeps(self, before: torch.Tensor, after: torch.Tensor) -> bool:
+        """Whether the mask of ``after`` keeps at least ``SHRINK`` of the mask of ``before`` (any
+        mask keeps an empty one)."""
+        was = before > self.threshold
+        return int((was & (after > self.threshold)).sum()) >= SHRINK * int(was.sum())
+
+    def _loses_object(self, new: list[Click], before: torch.Tensor, after: torch.Tensor) -> bool:
+        """Whether the decode ``after`` loses most of the mask of ``before`` (or is empty after a
+        positive click)."""
+        if not self._keeps(before, after):
+            return True
+        return any(c.positive for c in new) and not bool((after > self.threshold).any())
+
+    def _alternatives(self, points: np.ndarray, labels: np.ndarray, prompt: torch.Tensor | None,
+                      usual: tuple, clicks: tuple[Click, ...], before: torch.Tensor) -> tuple[tuple, int, float]:
+        """((low-res logits, logits, predicted IoU, fallback name) of the decode to show, the
+        decoder runs made, their seconds): of ``usual`` and the ``FALLBACKS`` that keep at least
+        ``SHRINK`` of ``before``'s mask, the one violating the fewest ``clicks`` (a tie keeps
+        ``usual``, then the higher predicted IoU, then the order)."""
+        runs = [("candidate", prompt, True)]
+        if prompt is not None:
+            runs += [("points", None, False), ("points-candidate", None, True)]
+        candidates, seconds = [usual], 0.0
+        for name, mask_input, multimask in runs:
+            prediction = self.predictor.decode(self.embedding, points, labels, mask_input=mask_input,
+                                               multimask=multimask)
+            seconds += self.predictor.last_decoder_s
+            for k, low_res in enumerate(prediction.low_res_logits):
+                logits = self.predictor.upscale(self.embedding, low_res)
+                if self._keeps(before, logits):  # one that loses the object too is no way out
+                    candidates.append((low_res, logits, float(prediction.iou_predictions[k]),
+                                       f"{name} {k}" if multimask else name))
+
+        def rank(index: int):
+            violated = int((~self._honoured(clicks, candidates[index][1])).sum())
+            return violated, index > 0, -candidates[index][2], index
+
+        return candidates[min(range(len(candidates)), key=rank)], len(runs), seconds
 
     def _scored(self, new: list[Click]) -> ClickEvidence:
         """The evidence after ``new`` clicks: each scores the masks shown before it (SAM's and the
