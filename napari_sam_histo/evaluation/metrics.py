@@ -8,6 +8,9 @@
   ``ritm_nof=True`` for that variant, so numbers can be compared with published tables.
 * mIoU per click: the mean IoU after click 1, 2, ..., max_clicks. A sample stopped early (it reached
   the stopping IoU) keeps its last IoU for the later clicks; run with a full curve for the exact one.
+* Collapses: clicks after which the IoU is below ``COLLAPSE`` (half) of the best IoU the object
+  had before that click (a click that threw away what earlier clicks had built), and the number of
+  samples with at least one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 DEFAULT_THRESHOLDS = (0.80, 0.85, 0.90)
 PROBABILITY_THRESHOLD = 0.49  # RITM's prediction threshold on probabilities
 LOGIT_THRESHOLD = math.log(PROBABILITY_THRESHOLD / (1 - PROBABILITY_THRESHOLD))  # the same on SAM's logits
+COLLAPSE = 0.5  # a click collapses the object when its IoU falls below this fraction of the best before it
 
 
 def iou(prediction: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None) -> float:
@@ -50,6 +54,16 @@ def failed(ious: list[float], threshold: float, max_clicks: int, ritm_nof: bool 
     return not any(value >= threshold for value in ious[:max_clicks])
 
 
+def collapses(ious: list[float], fraction: float = COLLAPSE) -> int:
+    """The clicks after which the IoU is below ``fraction`` of the best IoU before that click."""
+    count, best = 0, 0.0
+    for value in ious:
+        if value < fraction * best:
+            count += 1
+        best = max(best, value)
+    return count
+
+
 def miou_per_click(all_ious: list[list[float]], max_clicks: int) -> list[float]:
     """Mean IoU after each click 1..max_clicks, carrying each sample's last IoU forward."""
     if not all_ious:
@@ -64,7 +78,8 @@ def miou_per_click(all_ious: list[list[float]], max_clicks: int) -> list[float]:
 
 def summarize(all_ious: list[list[float]], thresholds=DEFAULT_THRESHOLDS, max_clicks: int = 20,
               ritm_nof: bool = False) -> dict:
-    """NoC@t, NoF@t and NoF/n for every threshold, and the mIoU curve."""
+    """NoC@t, NoF@t and NoF/n for every threshold, the mIoU curve, and the collapses (clicks, and
+    samples with at least one) within ``max_clicks``."""
     n = len(all_ious)
     out: dict = {"n_samples": n}
     for t in thresholds:
@@ -74,4 +89,7 @@ def summarize(all_ious: list[list[float]], thresholds=DEFAULT_THRESHOLDS, max_cl
         out[f"nof@{name}"] = int(fails)
         out[f"nof_per_n@{name}"] = fails / n if n else None
     out["miou_per_click"] = miou_per_click(all_ious, max_clicks)
+    counts = [collapses(x[:max_clicks]) for x in all_ious]
+    out["collapses"] = int(sum(counts))
+    out["collapsed_samples"] = sum(c > 0 for c in counts)
     return out
