@@ -23,6 +23,7 @@ class Oracle:
 
         class Clicks:
             last_decoder_s = 0.001
+            last_fallback = None
 
             def click(self, x, y, positive):
                 return sample.target.copy()
@@ -39,6 +40,7 @@ class Stuck:
     def begin(self, sample):
         class Clicks:
             last_decoder_s = 0.001
+            last_fallback = None
 
             def click(self, x, y, positive):
                 return np.zeros(sample.target.shape, bool)
@@ -128,6 +130,7 @@ def test_ignore_label_is_left_out_of_clicks_and_iou(tmp_path):
         def begin(self, s):
             class Clicks:
                 last_decoder_s = 0.0
+                last_fallback = None
 
                 def click(self, x, y, positive):
                     assert not s.ignore[int(y), int(x)]
@@ -274,3 +277,54 @@ def test_first_mask_rules_are_methods_of_their_own(mobile_sam):
     methods = build_methods(config)
     assert [m.name for m in methods] == ["vit_t+sam", "vit_t+sam/first=unflooded"]
     assert [m.first_mask for m in methods] == ["iou", "unflooded"]
+
+
+def test_the_fallback_can_be_switched_off_as_a_method_of_its_own(mobile_sam):
+    from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, build_methods
+
+    config = BenchmarkConfig(dataset="unused", out_dir="unused", models=["vit_t"], decoders=["sam"],
+                             honour_clicks=(True, False), device="cpu")
+    methods = build_methods(config)
+    assert [m.name for m in methods] == ["vit_t+sam", "vit_t+sam/no-fallback"]
+    assert [m.honour_clicks for m in methods] == [True, False]
+
+
+class Collapses:
+    """Finds the top half of the object at the first click and loses it at the next ones (the
+    second says it fell back: the count comes from the method, whatever the masks)."""
+
+    name, encoder_calls = "collapses", 0
+
+    def begin(self, sample):
+        class Clicks:
+            last_decoder_s, last_fallback, clicked = 0.001, None, 0
+
+            def click(self, x, y, positive):
+                self.clicked += 1
+                self.last_fallback = "points" if self.clicked == 2 else None
+                if self.clicked > 1:
+                    return np.zeros(sample.target.shape, bool)
+                rows = np.nonzero(sample.target.any(axis=1))[0]
+                top = sample.target.copy()
+                top[(rows[0] + rows[-1]) // 2:] = False
+                return top
+
+        return Clicks()
+
+
+def test_collapses_and_fallbacks_are_reported_and_survive_a_resume(tmp_path):
+    """Every sample reaches IoU ~0.5 at its first click and 0 after the three others (under half
+    the best): collapses, samples with one and fallbacks are in the summary, the table and
+    samples.csv, and a resumed report counts them as the uninterrupted one does."""
+    data = make_dataset(tmp_path / "d")
+    config = BenchmarkConfig(str(data), str(tmp_path / "r"), max_clicks=4, full_curve=True)
+    whole = run_benchmark(config, methods=[Collapses()])["methods"]["collapses"]
+    assert (whole["collapses"], whole["collapsed_samples"], whole["fallbacks"]) == (9, 3, 3)
+    assert [r["fallbacks"] for r in csv.DictReader(open(tmp_path / "r" / "samples.csv"))] == ["1"] * 3
+    table = (tmp_path / "r" / "table.txt").read_text().splitlines()
+    assert table[1].split()[-3:] == ["Collapses", "Fallbacks", "n"] and table[3].split()[-4:] == ["9", "(3)", "3", "3"]
+    cancel = threading.Event()
+    resumed_config = BenchmarkConfig(str(data), str(tmp_path / "resumed"), max_clicks=4, full_curve=True)
+    run_benchmark(resumed_config, methods=[Collapses()], cancel=cancel, progress=lambda done, total: cancel.set())
+    resumed = run_benchmark(resumed_config, methods=[Collapses()], existing="resume")["methods"]["collapses"]
+    assert (resumed["collapses"], resumed["collapsed_samples"], resumed["fallbacks"]) == (9, 3, 3)

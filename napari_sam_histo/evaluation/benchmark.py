@@ -50,6 +50,9 @@ class BenchmarkConfig:
     limit: int | None = None
     mask_prompts: tuple[bool, ...] = (True,)  # True: previous logits as mask prompt; False: points only
     first_masks: tuple[str, ...] = ("iou",)  # how the first click's candidate is chosen (engine.session)
+    # True: a decode that breaks the clicks gives way to an alternative (engine.session, the product's
+    # behaviour); False: SAM's usual decode whatever it does, as "/no-fallback" methods
+    honour_clicks: tuple[bool, ...] = (True,)
     stride: int = 1  # every stride-th image (sorted by name): a spread-out subset of a big dataset
     device: str = "auto"
     precision: str = "auto"  # the decoder's: auto (bf16 where native), fp32 or bf16
@@ -66,7 +69,8 @@ class BenchmarkConfig:
 
 
 def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
-    """One ``SamClickModel`` per (model, decoder); decoders of one model share its embeddings."""
+    """One ``SamClickModel`` per (model, decoder, mask prompt, first-mask rule, fallback);
+    decoders of one model share its embeddings."""
     from ..engine.embedding_cache import EmbeddingCache
     from ..engine.predictor import Predictor
     from ..models.registry import load_model
@@ -87,9 +91,12 @@ def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
             predictor = Predictor(model, decoder, cache=cache, precision=config.precision)
             for mask_prompt in config.mask_prompts:
                 for first_mask in config.first_masks:
-                    name = (f"{model.name}+{label}" + ("" if mask_prompt else "/points")
-                            + ("" if first_mask == "iou" else f"/first={first_mask}"))
-                    methods.append(SamClickModel(predictor, name, mask_prompt, key_tag=key_tag, first_mask=first_mask))
+                    for honour in config.honour_clicks:
+                        name = (f"{model.name}+{label}" + ("" if mask_prompt else "/points")
+                                + ("" if first_mask == "iou" else f"/first={first_mask}")
+                                + ("" if honour else "/no-fallback"))
+                        methods.append(SamClickModel(predictor, name, mask_prompt, key_tag=key_tag,
+                                                     first_mask=first_mask, honour_clicks=honour))
     return methods
 
 

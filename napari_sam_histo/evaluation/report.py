@@ -88,6 +88,7 @@ class MethodTally:
     encoder_calls_before: int = 0  # counted by the run that a resumed report continues
     store_loads: int | None = None  # embeddings read from the on-disk store (None: not counted)
     store_loads_before: int = 0
+    fallbacks: int = 0  # clicks that showed an alternative to the usual decode (``engine.session``)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -110,7 +111,7 @@ class ReportWriter:
         self.tallies = {m: MethodTally() for m in self.methods}
         self._csv_path = self.out_dir / "samples.csv"
         self._columns = (["method", "sample", "status", "clicks"] + [f"noc@{threshold_label(t)}" for t in self.thresholds]
-                         + ["final_iou", "decoder_s_per_click", "total_s", "reason"]
+                         + ["final_iou", "decoder_s_per_click", "total_s", "fallbacks", "reason"]
                          + [f"iou_{i}" for i in range(1, max_clicks + 1)])
         self.done: set[tuple[str, str]] = set()  # (method, sample) already in samples.csv
         rows = self._previous_rows() if existing == "resume" and self._csv_path.is_file() else []
@@ -144,7 +145,8 @@ class ReportWriter:
             lines = list(reader)
         if header != self._columns:
             raise InputError(f"Cannot resume: the columns of {self._csv_path} differ from this run's (another "
-                             f"--iou or --max-clicks?). Use the same settings, or choose another folder.")
+                             f"--iou or --max-clicks, or an older napari-sam-histo?). Use the same settings, or "
+                             f"choose another folder.")
         rows = []
         for line in lines:
             row = dict(zip(self._columns, line))
@@ -193,12 +195,14 @@ class ReportWriter:
             ious = [float(row[f"iou_{i}"]) for i in range(1, clicks + 1)]
             decoder_s = float(row["decoder_s_per_click"] or 0) * clicks
             total_s = float(row["total_s"])
+            fallbacks = int(row["fallbacks"])
         except (KeyError, ValueError):
             return False
         tally.ious.append(ious)
         tally.decoder_s += decoder_s
         tally.total_s += total_s
         tally.clicks += clicks
+        tally.fallbacks += fallbacks
         return True
 
     def _append(self, row: dict) -> None:
@@ -215,6 +219,7 @@ class ReportWriter:
         tally.decoder_s += sum(result.decoder_s)
         tally.total_s += result.total_s
         tally.clicks += len(result.ious)
+        tally.fallbacks += result.fallbacks
         if encoder_calls is not None:
             tally.encoder_calls = tally.encoder_calls_before + encoder_calls
         if store_loads is not None:
@@ -222,7 +227,7 @@ class ReportWriter:
         row = {"method": result.method, "sample": result.sample_id, "status": "ok", "clicks": len(result.ious),
                "final_iou": f"{result.ious[-1]:.4f}" if result.ious else "",
                "decoder_s_per_click": f"{np.mean(result.decoder_s):.5f}" if result.decoder_s else "",
-               "total_s": f"{result.total_s:.4f}"}
+               "total_s": f"{result.total_s:.4f}", "fallbacks": result.fallbacks}
         for t in self.thresholds:
             row[f"noc@{threshold_label(t)}"] = noc(result.ious, t, self.max_clicks)
         for i, value in enumerate(result.ious, start=1):
@@ -243,6 +248,7 @@ class ReportWriter:
                 "spc_decoder_s": tally.decoder_s / tally.clicks if tally.clicks else None,
                 "spc_total_s": tally.total_s / tally.clicks if tally.clicks else None,
                 "encoder_calls": tally.encoder_calls,
+                "fallbacks": tally.fallbacks,
                 "n_skipped": len(tally.skipped),
                 "skipped": tally.skipped,
             })
@@ -318,7 +324,9 @@ def format_skipped(summary: dict, first: int = 5) -> str:
 
 
 def format_table(summary: dict) -> str:
-    """The paper's layout: Method | NoC@80 85 90 | SPC | NoF/n@85 90, plus end-to-end SPC and n.
+    """The paper's layout: Method | NoC@80 85 90 | SPC | NoF/n@85 90, plus end-to-end SPC, the
+    collapses (clicks, and in brackets samples with one: ``metrics.collapses``), the clicks shown
+    with an alternative decode (``engine.session``) and n.
 
     SPC(s) is decoder-only seconds per click; SPCe2e(s) includes loading and the encoder, as RITM
     times it (total time / total clicks). The first line says what ran: precision, device, versions."""
@@ -326,7 +334,7 @@ def format_table(summary: dict) -> str:
     nof_thresholds = [t for t in thresholds if t >= 0.85] or list(thresholds)
     head = (f"{'Method':28}" + "".join(f"{'NoC@' + threshold_label(t):>9}" for t in thresholds)
             + f"{'SPC(s)':>9}{'SPCe2e(s)':>11}" + "".join(f"{'NoF/n@' + threshold_label(t):>11}" for t in nof_thresholds)
-            + f"{'n':>6}")
+            + f"{'Collapses':>11}{'Fallbacks':>10}{'n':>6}")
     lines = describe(summary.get("runtime")) + [head, "-" * len(head)]
 
     def fmt(value, spec):
@@ -337,6 +345,7 @@ def format_table(summary: dict) -> str:
             f"{name:28}" + "".join(fmt(m[f"noc@{threshold_label(t)}"], "9.2f") for t in thresholds)
             + fmt(m["spc_decoder_s"], "9.3f") + fmt(m["spc_total_s"], "11.3f")
             + "".join(fmt(m[f"nof_per_n@{threshold_label(t)}"], "11.2f") for t in nof_thresholds)
+            + f"{m['collapses']} ({m['collapsed_samples']})".rjust(11) + f"{m['fallbacks']:10d}"
             + f"{m['n_samples']:6d}")
     if summary.get("partial"):
         lines.append("(partial: the run was interrupted)")

@@ -4,8 +4,8 @@ target IoU is reached or the clicks run out.
 The SAM models run through the same ``Predictor`` and ``ClickSession`` as the annotator (what is
 measured is what the user runs); each image is encoded once per model (instances of one image
 share the embedding through the cache). Anything with ``begin(sample)`` returning an object with
-``click(x, y, positive) -> mask`` and ``last_decoder_s`` can be evaluated, which is how the tests
-run an oracle and a model that never changes its mask.
+``click(x, y, positive) -> mask``, ``last_decoder_s`` and ``last_fallback`` can be evaluated, which
+is how the tests run an oracle and a model that never changes its mask.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from .metrics import LOGIT_THRESHOLD, iou
 
 
 class ObjectClicks(Protocol):
-    last_decoder_s: float
+    last_decoder_s: float  # the decoder's seconds in the last click
+    last_fallback: str | None  # the last click showed an alternative to the usual decode (engine.session)
 
     def click(self, x: float, y: float, positive: bool) -> np.ndarray: ...
 
@@ -41,6 +42,7 @@ class SampleResult:
     ious: list[float] = field(default_factory=list)
     clicks: list[AutoClick] = field(default_factory=list)
     decoder_s: list[float] = field(default_factory=list)
+    fallbacks: int = 0  # clicks whose mask is an alternative to the usual decode, which broke the clicks
     begin_s: float = 0.0  # embedding (encoder, or cache hit) and session set-up
     total_s: float = 0.0  # loading + encoder + all clicks: RITM's end-to-end time
     masks: list[np.ndarray] | None = None  # kept only when asked (replay)
@@ -50,17 +52,22 @@ class SamClickModel:
     """A predictor (model + decoder) as an ``InteractiveModel``."""
 
     def __init__(self, predictor, name: str | None = None, mask_prompt: bool = True, key_tag: str = "",
-                 first_mask: str = "iou", refiner=None) -> None:
+                 first_mask: str = "iou", refiner=None, honour_clicks: bool = True) -> None:
         """``refiner``: a slide refiner every object's tile is refined with (``models.slide_refiner``;
-        shown by the object's click evidence, as the annotator does). ``key_tag`` is added to every image identity of the cache keys: the benchmark's on-disk
-        embedding store tags its entries with the device (and stored dtype), so an embedding, and
-        the encoder seconds recorded with it, are only reused where they were computed."""
+        shown by the object's click evidence, as the annotator does). ``honour_clicks``: the
+        session's alternative decode where the usual one breaks the clicks (``engine.session``; off
+        only to measure without it). ``key_tag`` is added to every image identity of the cache
+        keys: the benchmark's on-disk embedding store tags its entries with the device (and stored
+        dtype), so an embedding, and the encoder seconds recorded with it, are only reused where
+        they were computed."""
         self.predictor = predictor
         self.mask_prompt = mask_prompt
         self.first_mask = first_mask  # engine.session.FIRST_MASK_RULES
         self.key_tag = key_tag
         self.refiner = refiner
-        self.name = name or f"{predictor.model.name}+{predictor.decoder.kind}" + ("" if mask_prompt else "/points")
+        self.honour_clicks = honour_clicks
+        self.name = name or (f"{predictor.model.name}+{predictor.decoder.kind}" + ("" if mask_prompt else "/points")
+                             + ("" if honour_clicks else "/no-fallback"))
         self.store_loads = 0  # embeddings this method read from the on-disk store (not encoded, not in memory)
 
     @property
@@ -92,7 +99,7 @@ class SamClickModel:
             refine = TileRefiner(self.refiner, lambda: sample.image)
         session = ClickSession(self.predictor, TileBox(0, 0, 0, width, height), embedding,
                                threshold=LOGIT_THRESHOLD, mask_prompt=self.mask_prompt,
-                               first_mask=self.first_mask, refine=refine)
+                               first_mask=self.first_mask, refine=refine, honour_clicks=self.honour_clicks)
         return _SamObject(session, embedding.encode_s if reused else 0.0)
 
 
@@ -106,7 +113,11 @@ class _SamObject:
 
     @property
     def last_decoder_s(self) -> float:
-        return self.session.predictor.last_decoder_s
+        return self.session.last_decoder_s
+
+    @property
+    def last_fallback(self) -> str | None:
+        return self.session.fallback
 
     def click(self, x: float, y: float, positive: bool) -> np.ndarray:
         return self.session.add_click(x, y, positive).mask
@@ -130,6 +141,7 @@ def run_sample(model: InteractiveModel, sample: Sample, max_clicks: int = 20, st
         result.clicks.append(click)
         result.ious.append(iou(prediction, sample.target, sample.ignore))
         result.decoder_s.append(session.last_decoder_s)
+        result.fallbacks += session.last_fallback is not None
         if keep_masks:
             result.masks.append(prediction)
         if stop_iou is not None and result.ious[-1] >= stop_iou:
