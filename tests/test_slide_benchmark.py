@@ -10,7 +10,8 @@ import tifffile
 
 from napari_sam_histo.engine.annotator import AnnotatorState
 from napari_sam_histo.engine.tiles import TileBox
-from napari_sam_histo.evaluation.slide_benchmark import level0_mask, run_benchmark, seam_band
+from napari_sam_histo.evaluation.slide_benchmark import (RegionRun, format_table, level0_mask, run_benchmark,
+                                                        seam_band, summarize_runs)
 
 
 @pytest.fixture
@@ -39,6 +40,7 @@ def test_every_mode_runs_through_the_annotator_and_writes_its_report(regions, tm
     for entry in summary["modes"].values():
         assert len(entry["miou_per_click"]) == 3 and 1 <= entry["noc@85"] <= 3
         assert entry["encoder_calls"] >= 1
+        assert entry["collapses"] >= 0 and entry["fallbacks"] >= 0
     rows = list(csv.DictReader(open(out / "runs.csv")))
     levels = {mode: {float(r["downsample"]) for r in rows if r["mode"] == mode} for mode in ("level0", "auto")}
     assert levels["level0"] == {1.0} and levels["auto"] == {2.0}  # a 600 px region, 256 px tiles: one tile at 1/2
@@ -60,3 +62,17 @@ def test_the_state_is_rasterised_at_level_0_and_the_seam_band_follows_inner_bord
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (40, 43, 40, 43)
     band = seam_band([TileBox(0, 0, 0, 30, 60)], (60, 60), tile=100)  # inner border at x = 30 only
     assert band[:, 28:32].all() and not band[:, :27].any() and not band[:, 33:].any()
+
+
+def test_collapses_and_fallbacks_are_counted_per_mode():
+    """A collapse is a click after which IoU is below half the best before it (the issue's region:
+    0.49, then 0.00, then 0.03); the regions with one and the fallback decodes are reported too."""
+    seam = {f"{name}_{part}": 1 for name in ("band", "rest") for part in ("intersection", "union")}
+    runs = [RegionRun("a", "auto", ious=[0.17, 0.49, 0.0, 0.03], seam=seam, fallbacks=0),
+            RegionRun("b", "auto", ious=[0.5, 0.7, 0.9], seam=seam, fallbacks=2),
+            RegionRun("a", "refine", ious=[0.4, 0.6, 0.8], seam=seam, fallbacks=1)]
+    summary = summarize_runs(runs, max_clicks=4)
+    assert (summary["auto"]["collapses"], summary["auto"]["collapsed_regions"]) == (2, 1)
+    assert (summary["refine"]["collapses"], summary["refine"]["collapsed_regions"]) == (0, 0)
+    assert summary["auto"]["fallbacks"] == 1.0
+    assert "| 2 (1) | 1.0 |" in format_table(summary).splitlines()[2]

@@ -25,8 +25,11 @@ centre of a 4x4 block of level-0 pixels): on a 10-Mpx region its two distance tr
 per click at full resolution, 16 times less so; IoU is computed at full level-0 resolution.
 
 Reported per mode: NoC@80/85/90 (up to ``max_clicks``, 50), mIoU per click, seconds to the first
-mask (encoder included), encoder calls, and a seam measure: IoU inside a band around the inner
-borders of the final object's tiles against IoU elsewhere (pixels pooled over regions).
+mask (encoder included), encoder calls, a seam measure: IoU inside a band around the inner
+borders of the final object's tiles against IoU elsewhere (pixels pooled over regions), the
+collapses (clicks after which the IoU fell below half the best before it, ``metrics.collapses``,
+and the regions with one) and the tile decodes that showed an alternative to SAM's usual one
+because it broke the clicks (``engine.session``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..errors import InputError
 from .clicker import next_click
-from .metrics import DEFAULT_THRESHOLDS, iou, miou_per_click, noc
+from .metrics import DEFAULT_THRESHOLDS, collapses, iou, miou_per_click, noc
 
 MODES = ("level0", "auto", "refine", "level0+grow")
 DEFAULT_MODES = ("level0", "auto", "refine")
@@ -71,6 +74,7 @@ class RegionRun:
     seconds: float = 0.0
     encoder_calls: int = 0
     seam: dict = field(default_factory=dict)  # band / rest intersections and unions
+    fallbacks: int = 0  # the final object's tile decodes that show an alternative (``engine.session``)
     final_mask: np.ndarray | None = None  # level-0 prediction after the last click (for the figure)
     final_boxes: tuple = ()
 
@@ -208,6 +212,7 @@ def run_region(annotator, target: np.ndarray, mode: str, max_clicks: int = 50,
         run.ious.append(iou(prediction, target))
     run.seconds = time.perf_counter() - started
     run.encoder_calls = annotator.predictor.encoder_calls - calls
+    run.fallbacks = sum(session.fallbacks for session in annotator.snapshot().sessions.values())
     run.final_mask, run.final_boxes = prediction, tuple(state.boxes) if state is not None else ()
     band = seam_band(run.final_boxes, shape, annotator.tile_size)
     for name, where in (("band", band), ("rest", ~band)):
@@ -217,7 +222,8 @@ def run_region(annotator, target: np.ndarray, mode: str, max_clicks: int = 50,
 
 
 def summarize_runs(runs: list[RegionRun], max_clicks: int, thresholds=DEFAULT_THRESHOLDS) -> dict:
-    """Per mode: NoC@t, mIoU per click, first-mask seconds, encoder calls, seam IoUs."""
+    """Per mode: NoC@t, mIoU per click, first-mask seconds, encoder calls, seam IoUs, collapses
+    (clicks; regions with one) and fallbacks (tile decodes; mean per region)."""
     out = {}
     for mode in dict.fromkeys(r.mode for r in runs):
         mine = [r for r in runs if r.mode == mode]
@@ -228,6 +234,10 @@ def summarize_runs(runs: list[RegionRun], max_clicks: int, thresholds=DEFAULT_TH
         entry["first_mask_s"] = float(np.mean([r.first_mask_s for r in mine]))
         entry["encoder_calls"] = float(np.mean([r.encoder_calls for r in mine]))
         entry["seconds"] = float(np.mean([r.seconds for r in mine]))
+        counts = [collapses(r.ious[:max_clicks]) for r in mine]
+        entry["collapses"] = int(sum(counts))
+        entry["collapsed_regions"] = sum(c > 0 for c in counts)
+        entry["fallbacks"] = float(np.mean([r.fallbacks for r in mine]))
         for name in ("band", "rest"):
             union = sum(r.seam[f"{name}_union"] for r in mine)
             entry[f"iou_{name}"] = (sum(r.seam[f"{name}_intersection"] for r in mine) / union) if union else None
@@ -237,8 +247,8 @@ def summarize_runs(runs: list[RegionRun], max_clicks: int, thresholds=DEFAULT_TH
 
 def format_table(summary: dict) -> str:
     lines = ["| mode | n | NoC@80 | NoC@85 | NoC@90 | mIoU@1 | mIoU@5 | mIoU@10 | mIoU@20 | first mask (s) | "
-             "encoder calls | seam-band IoU | IoU elsewhere |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "encoder calls | seam-band IoU | IoU elsewhere | collapses (regions) | fallbacks |",
+             "| --- " + "| ---: " * 14 + "|"]
     for mode, e in summary.items():
         curve = e["miou_per_click"]
 
@@ -250,7 +260,8 @@ def format_table(summary: dict) -> str:
 
         lines.append(f"| {mode} | {e['n_regions']} | {e['noc@80']:.1f} | {e['noc@85']:.1f} | {e['noc@90']:.1f} | "
                      f"{at(1)} | {at(5)} | {at(10)} | {at(20)} | {e['first_mask_s']:.1f} | "
-                     f"{e['encoder_calls']:.1f} | {ratio(e['iou_band'])} | {ratio(e['iou_rest'])} |")
+                     f"{e['encoder_calls']:.1f} | {ratio(e['iou_band'])} | {ratio(e['iou_rest'])} | "
+                     f"{e['collapses']} ({e['collapsed_regions']}) | {e['fallbacks']:.1f} |")
     return "\n".join(lines)
 
 
@@ -340,7 +351,7 @@ def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vi
             reached = next((i + 1 for i, v in enumerate(run.ious) if v >= 0.85), None)
             log(f"{region.stem} {mode}: {len(run.ious)} clicks, IoU {run.ious[-1]:.3f}, NoC@85 "
                 f"{reached or max_clicks}, levels {sorted(set(run.downsamples))}, {run.encoder_calls} encoder calls, "
-                f"{run.seconds:.0f} s")
+                f"{collapses(run.ious)} collapses, {run.fallbacks} fallbacks, {run.seconds:.0f} s")
         if region is regions[0]:  # a picture of the first region, every mode
             write_figure(out / f"figure-{region.stem}.png", rgb, target, [r for r in runs if r.stem == region.stem])
         for r in runs:
