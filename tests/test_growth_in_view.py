@@ -52,6 +52,7 @@ def test_a_click_empties_the_grown_tiles_and_growth_starts_again_from_the_new_sh
 
 
 def test_a_flooded_first_tile_does_not_grow(growing):
+    growing.view = (0, 0, 1000, 600)  # the 512-px tile spans about the view (as auto's levels do)
     state = growing.click(700, 300)
     [session] = [growing._sessions[b.key()] for b in state.boxes]
     assert session.first_mask == "unflooded"  # SAM's smaller candidate when the best one takes the tile
@@ -88,6 +89,7 @@ def test_an_unknown_first_mask_rule_is_refused(tiny_model):
 
 
 def test_a_first_tile_reaching_all_its_inner_borders_is_a_flood_and_does_not_grow(growing):
+    growing.view = (0, 0, 1000, 600)
     state = growing.click(700, 300)
     [session] = [growing._sessions[b.key()] for b in state.boxes]
     del growing._flooded
@@ -95,6 +97,8 @@ def test_a_first_tile_reaching_all_its_inner_borders_is_a_flood_and_does_not_gro
     ring[:, :3] = ring[:, -3:] = True  # left and right: the tile's inner borders (top and bottom are the slide's)
     session.mask = lambda: ring
     assert growing.continue_object() == []
+    growing.view = (0, 0, 1300, 2000)  # a view much larger than the tile: a large object, not a flood
+    assert growing._flooded() is False
 
 
 def test_an_accepted_object_names_the_decoder_as_chosen(tiny_model, growing):
@@ -105,3 +109,9 @@ def test_an_accepted_object_names_the_decoder_as_chosen(tiny_model, growing):
     provenance = growing.predictor.provenance
     assert obj.properties["decoder"] == provenance.decoder and obj.properties["decoder_kind"] == "sam"
     assert obj.properties["model_hash"] == provenance.model_hash
+
+
+def test_a_tile_much_smaller_than_the_view_takes_sams_own_first_mask(growing):
+    growing.view = (0, 0, 1400, 1400)  # a 512-px tile in a 1400-px view: a finer level pinned
+    state = growing.click(700, 300)
+    assert growing._sessions[state.boxes[0].key()].first_mask == "iou"

@@ -269,6 +269,9 @@ def test_kept_colours_are_bounded_and_the_prefetcher_makes_them_only_while_a_ref
         def predictor(self):
             return annotator.predictor
 
+        def take_turn(self, timeout=None):
+            return False
+
         def refiner(self):
             return self.refiner_now
 

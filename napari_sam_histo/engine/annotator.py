@@ -135,6 +135,12 @@ class Annotator(ObjectTiles):
 
             self._continuation_futures = [self._continuer.submit(run)]
 
+    @property
+    def continuing(self) -> bool:
+        """Whether the object is still growing by itself in the background."""
+        with self._lock:
+            return any(not future.done() for future in self._continuation_futures)
+
     def stop_continuation(self) -> None:
         """Stop the background continuation before its next tile (a UI's switch)."""
         with self._lock:
@@ -266,6 +272,14 @@ class Annotator(ObjectTiles):
                     return done
             if generation != self._generation or self._closed:
                 return done
+            if self.adaptation is not None and i:
+                # Between two embeddings the annotator is never quiet for long: the slide's learning
+                # gets one unit of work here, or it would wait for the whole lattice
+                self.adaptation.take_turn()
+                if not self._idle.is_set() or generation != self._generation or self._closed:
+                    while not self._idle.wait(0.05):  # a click came meanwhile: it goes first
+                        if generation != self._generation or self._closed:
+                            return done
             self._embedding(box, "prefetch")
             if i < COLOUR_PREFETCH and not self._closed and self._refiner_offered():
                 # the slide refiner's colour of the tile too (0.2 s beside seconds)

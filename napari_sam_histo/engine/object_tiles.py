@@ -56,6 +56,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -160,6 +161,21 @@ class BeyondView:
     extent: tuple[float, float, float, float]
 
 
+class SlideLearning(Protocol):
+    """What the annotator needs of the slide's learning (``training.slide_adaptation``, set by a UI
+    as ``adaptation``; the engine imports nothing of training)."""
+
+    def predictor(self) -> Predictor: ...  # what a new object decodes with
+
+    def refiner(self): ...  # the slide refiner a new object's tiles use, or None
+
+    def add_object(self, sessions, blended, edited=None, key=None, read_tile=None, tile_colour=None) -> int: ...
+
+    def take_turn(self, timeout: float | None = None) -> bool: ...  # one unit of learning, now
+
+    def close(self, wait: bool = True) -> None: ...
+
+
 class ObjectTiles:
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
@@ -179,7 +195,7 @@ class ObjectTiles:
         # what the current object's tiles decode with: ``predictor``, or the decoder adapted to this
         # slide (``adaptation``, set by a UI: ``training.slide_adaptation``), chosen at the object's
         # first click and kept for all its tiles
-        self.adaptation = None
+        self.adaptation: SlideLearning | None = None
         self._decoding = predictor
         self._refining = None  # the slide refiner the object's tiles use (``adaptation.refiner()``), or None
         self.source = source
@@ -190,10 +206,12 @@ class ObjectTiles:
         self._grids: dict[float, TileGrid] = {}
         self.grid_for(self.working)  # checks the tile size
         self.reuse_margin = float(reuse_margin)
-        # How a new object's first tile picks among SAM's candidates (``session.FIRST_MASK_RULES``):
-        # "unflooded" refuses a candidate that covers most of the tile (a click on a small nest at a
-        # coarse level otherwise takes the whole tissue core), and an object whose first mask still
-        # floods its tile does not grow by itself.
+        # How a new object's first tile picks among SAM's candidates (``session.FIRST_MASK_RULES``)
+        # when the tile spans the view (``_spans_view``: auto's levels do): "unflooded" refuses a
+        # candidate that covers most of the tile (a click on a small nest at a coarse level otherwise
+        # takes the whole tissue core), and an object whose first mask still floods its tile does not
+        # grow by itself. A tile much smaller than the view (a finer level pinned) takes SAM's own
+        # choice and grows: an object larger than such a tile is what the user sees.
         self.first_mask = first_mask
         # The level-0 box (x0, y0, x1, y1) the user looks at, set by a UI (None: no bound). The object
         # grows by itself only where a tile border cuts it inside this box: never past a border the
@@ -383,7 +401,7 @@ class ObjectTiles:
         if box is not None and session is None:
             # Outside the lock: the embedding may take seconds, and readers must not wait for it.
             session = ClickSession(self._decoding, box, self._embedding(box, "click"), refine=self._refine_for(box),
-                                   first_mask=self.first_mask)
+                                   first_mask=self.first_mask if self._spans_view(box) else "iou")
         with self._lock:
             keys = []
             if session is not None:
@@ -653,6 +671,15 @@ class ObjectTiles:
         return {key for step in self._history for key in step.grown
                 if key not in taken and key in self._sessions and self._sessions[key].clicks}
 
+    def _spans_view(self, box: TileBox) -> bool:
+        """Whether tile ``box`` spans at least half the view's longer side (as auto's levels do), so
+        that a mask filling it fills what the user sees: a flood rather than a large object."""
+        view = self.view
+        if view is None:
+            return False
+        side = max(view[2] - view[0], view[3] - view[1])
+        return max(box.width, box.height) * box.downsample >= 0.5 * side
+
     def _in_view(self, x0: float, y0: float) -> bool:
         view = self.view
         return view is None or (view[0] <= x0 <= view[2] and view[1] <= y0 <= view[3])
@@ -662,7 +689,7 @@ class ObjectTiles:
         are not the slide's: a flood (SAM took the tissue around the click), which must not spread
         into more tiles."""
         active = self._active()
-        if len(active) != 1:
+        if len(active) != 1 or not self._spans_view(active[0].box):
             return False
         mask, box = active[0].mask(), active[0].box
         if float(mask.mean()) >= FLOOD:
@@ -697,8 +724,7 @@ class ObjectTiles:
         object's logits over the overlap as mask prompt. It belongs to the last click (undone with it)."""
         with self._lock:
             session = self._sessions.get(box.key()) or ClickSession(self._decoding, box, embedding,
-                                                                    refine=self._refine_for(box),
-                                                                    first_mask=self.first_mask)
+                                                                    refine=self._refine_for(box))
             seed = (px - box.x, py - box.y, True)  # inside the object, where a border cut it
             session.add_clicks(self._clicks_in(box) + [seed], mask_prompt=self._overlap_prompt(session))
             self._sessions[box.key()] = session
