@@ -339,35 +339,38 @@ def test_a_decode_that_keeps_the_object_runs_no_alternative(square_tile, monkeyp
     assert not session.mask()[60, 60] and session.mask()[100, 100]
 
 
-def test_the_candidate_breaking_fewest_clicks_wins_and_a_tie_keeps_the_usual_decode(square_tile, monkeypatch):
-    """The usual decode drops the first click and its mask: SAM's second candidate for the same
-    prompt keeps both (though rated lowest) and is shown. When every alternative breaks as many
-    clicks, or the one that breaks fewer keeps too little of the mask (a sliver), the usual decode
-    stays (the alternatives were decoded, none is recorded)."""
+def test_the_candidate_breaking_fewest_clicks_wins_and_a_tie_keeps_the_object(square_tile, monkeypatch):
+    """The usual decode loses the first click's mask: SAM's second candidate for the same prompt
+    keeps it and honours both clicks (though rated lowest) and is shown. When the alternatives that
+    keep the mask break as many clicks as the usual decode, the best rated of them is shown (a
+    sliver that honours both clicks keeps too little of the mask to count); when they break more,
+    the usual decode stays (the alternatives were decoded, none is recorded)."""
     predictor, box, embedding, side = square_tile
     first, second = (30, 70, 30, 70), (130, 170, 130, 170)
-    around_both = _frame(side, first, second)
+    dropped, around_both = _frame(side, second), _frame(side, first, second)
+    sliver = _frame(side, (45, 55, 45, 55), second)  # honours both clicks, keeps 1/16 of the first mask
 
-    def answer(candidates):
+    def answer(usual, candidates):
         def reply(prompted, multimask):
             if not prompted:  # the first click, and the points-only alternatives
                 return [_frame(side, first)] * (3 if multimask else 1), [0.9] * (3 if multimask else 1)
             if not multimask:
-                return [_frame(side, second)], [0.95]  # the usual decode: the first click dropped
+                return [usual], [0.95]
             return candidates, [0.9, 0.2, 0.5]
         return reply
 
-    sliver = _frame(side, (45, 55, 45, 55), second)  # honours both clicks, keeps 1/16 of the first mask
-    for candidates, expected in [([_frame(side, first), around_both, _frame(side)], "candidate 1"),
-                                 ([_frame(side, first), _frame(side, first), _frame(side)], None),
-                                 ([sliver, _frame(side, first), _frame(side)], None)]:
-        decoder = _ScriptedDecoder(answer(candidates))
+    for usual, candidates, expected, shown in [
+            (dropped, [_frame(side, first), around_both, _frame(side)], "candidate 1", around_both),
+            (dropped, [_frame(side, first), _frame(side, first), _frame(side)], "candidate 0", _frame(side, first)),
+            (dropped, [sliver, _frame(side, first), _frame(side)], "points", _frame(side, first)),
+            (sliver, [_frame(side, first), _frame(side, first), _frame(side)], None, sliver)]:
+        decoder = _ScriptedDecoder(answer(usual, candidates))
         monkeypatch.setattr(predictor, "decode", decoder)
         session = ClickSession(predictor, box, embedding)
         session.add_click(50, 50)
         session.add_click(150, 150)
         assert len(decoder.calls) == 5 and session.fallback == expected
-        assert session.mask()[150, 150] and session.mask()[50, 50] == (expected is not None)
+        assert torch.equal(session.low_res_logits, shown)
 
 
 def test_a_decode_that_keeps_little_of_the_mask_looks_for_alternatives(square_tile, monkeypatch):

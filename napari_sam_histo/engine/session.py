@@ -16,9 +16,10 @@ positive click leaves the mask empty, the alternatives are decoded in a fixed or
 (``FALLBACKS``: SAM's three candidates for the same prompt, then the same points without the mask
 prompt, one mask and three). Among the usual decode and the alternatives that keep at least
 ``SHRINK`` of that mask, the one violating the fewest of the tile's clicks is shown (a positive
-click outside the mask or a negative one inside it is violated; a tie keeps the usual decode, then
-the higher predicted IoU); its low-resolution logits are the next mask prompt, and ``fallback``
-says which one was shown. A decode is not replaced merely for breaking a click the previous mask
+click outside the mask or a negative one inside it is violated; a tie goes to an alternative, which
+keeps the object, with the higher predicted IoU, then to the first); its low-resolution logits are
+the next mask prompt, and ``fallback`` says which one was shown. A decode is not replaced merely
+for breaking a click the previous mask
 honoured: after a few dozen clicks SAM's low-resolution mask cannot honour every border click, and
 a candidate that breaks one or two fewer is often a sliver of the object.
 """
@@ -268,8 +269,9 @@ class ClickSession:
                       usual: tuple, clicks: tuple[Click, ...], before: torch.Tensor) -> tuple[tuple, int, float]:
         """((low-res logits, logits, predicted IoU, fallback name) of the decode to show, the
         decoder runs made, their seconds): of ``usual`` and the ``FALLBACKS`` that keep at least
-        ``SHRINK`` of ``before``'s mask, the one violating the fewest ``clicks`` (a tie keeps
-        ``usual``, then the higher predicted IoU, then the order)."""
+        ``SHRINK`` of ``before``'s mask, the one violating the fewest ``clicks`` (a tie goes to an
+        alternative, which keeps the mask that ``usual`` lost, the higher predicted IoU first, then
+        the first in order)."""
         runs = [("candidate", prompt, True)]
         if prompt is not None:
             runs += [("points", None, False), ("points-candidate", None, True)]
@@ -286,7 +288,7 @@ class ClickSession:
 
         def rank(index: int):
             violated = int((~self._honoured(clicks, candidates[index][1])).sum())
-            return violated, index > 0, -candidates[index][2], index
+            return violated, index == 0, -candidates[index][2], index
 
         return candidates[min(range(len(candidates)), key=rank)], len(runs), seconds
 
