@@ -72,7 +72,7 @@ def test_start_again_keeps_accepted_objects_and_asks_before_dropping_clicks(dock
     source = dock.source
     qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: dock.annotator is not old and dock.annotator is not None, timeout=120_000)
-    assert asked and "1 clicks" in asked[0]
+    assert asked and "(1 click)" in asked[0]
     assert dock.source is source  # the slide is reused, not opened again
     qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=5_000)
     assert len(dock.viewer.layers[ANNOTATIONS].data) >= 1
@@ -337,7 +337,7 @@ def test_status_speaks_in_magnification_and_save_dialogs_suggest_a_name(dock, qt
     seen = []
     _answer_save_dialog(monkeypatch, tmp_path / "labels", seen)
     qtbot.mouseClick(dock.buttons["Export TIFF…"], Qt.MouseButton.LeftButton)
-    assert seen == [str(slide.with_name("cmu-1-small-region.ome.tif"))]
+    assert seen == [str(slide.with_name("cmu-1-small-region-labels.ome.tif"))]  # never the slide's own name
     qtbot.waitUntil(lambda: (tmp_path / "labels.ome.tif").exists(), timeout=30_000)  # the extension is added
 
 

@@ -185,6 +185,7 @@ def test_the_object_grows_past_a_tile_border_without_a_click_there(make_napari_v
                             before_start=lambda dock: growing.append(dock.grow_check.isChecked()))
     assert growing == [True]  # on by default
     try:
+        viewer.reset_view()  # the whole slide on screen: the object grows only inside the view
         _click(dock, *FRAGMENT)
         _click(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # the second click's tissue reaches its tiles' borders
         _wait(dock, qtbot)

@@ -51,7 +51,9 @@ from .adaptation_panel import AdaptationPanel
 from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba  # noqa: F401 (the tests import them from here)
 from .annotator_settings import AnnotatorSettings, source_spec, warm_up
 from .gui_threads import GuiThreads
+from .live_object import LiveObjectKeeper
 from .object_list import ObjectList, area_text
+from .wording import count
 
 CLICKS, CURRENT, TILES = "SAM clicks", "SAM current object", "SAM tiles"
 CLICK_SLOP = 4  # screen pixels a press may move and still be a click, not a drag
@@ -72,6 +74,12 @@ def embedding_store(identity: str) -> Path:
     return slide_store(identity)
 
 
+def slide_stem(name: str) -> str:
+    """A slide's file name without its extensions: ``a.ome.tif`` -> ``a``, ``b.svs`` -> ``b``."""
+    stem = Path(name).stem
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
 def _with_suffix(path: str, suffix: str) -> str:
     """The user's file name, with ``suffix`` added when they typed no extension."""
     return path if Path(path).suffix else path + suffix
@@ -88,6 +96,7 @@ class AnnotatorDock(QWidget):
         self._source_of = None  # the image layer ``source`` was opened for
         self.pending = 0
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
+        self.class_table = None  # the slide folder's class table (``annotations.class_table``): ids and colours
         self.progress_log: list[tuple[str, str, str]] = []  # (started|finished, tile key, click|prefetch)
         self.prefetch_future = None
         self.autosave_path: Path | None = None
@@ -111,6 +120,8 @@ class AnnotatorDock(QWidget):
         self._bound: list[tuple[object, object, object]] = []  # (target, key, napari's own binding)
         self._connections: list[tuple[object, object]] = []  # (event emitter, callback) to disconnect
         self.threads = GuiThreads(self)
+        self.live = LiveObjectKeeper(self.threads, self._show_error, self)  # the object being clicked, on disk
+        self._live_settings = ("Tumor", (200, 0, 0), 0.0, 0.0, None)  # class, colour, min area, tolerance, mpp
         self._prefetch_timer = self._timer(PREFETCH_DELAY_MS, self.prefetch_now)
         self._autosave_timer = self._timer(AUTOSAVE_DELAY_MS, self.autosave_now)
         self._refresh_timer = self._timer(0, self._refresh_objects)  # one list refresh per burst of edits
@@ -192,6 +203,7 @@ class AnnotatorDock(QWidget):
         objects_layout.addWidget(self.object_list)
         layout.addWidget(objects)
         self.adaptation_panel = AdaptationPanel(self.threads)
+        self.adaptation_panel.check.toggled.connect(lambda on: self._learn_from_layer() if on else None)
         layout.addWidget(self.adaptation_panel)
         help_label = QLabel(BINDINGS)
         help_label.setWordWrap(True)
@@ -214,12 +226,50 @@ class AnnotatorDock(QWidget):
         return self.class_combo.currentText().strip() or "Tumor"
 
     def class_color(self, name: str) -> tuple[int, int, int]:
-        """The colour of class ``name``, adding the class to the list if it is new."""
+        """The colour of class ``name``, adding the class to the list (and to the slide folder's
+        class table, which gives it its id in every export) if it is new."""
         if name not in self.classes:
             self.classes[name] = next_class_color(self.classes.values())
         if self.class_combo.findText(name) < 0:
             self.class_combo.addItem(name)
+        if self.class_table is not None and name not in self.class_table:
+            self._in_class_table(lambda table: table.add(name, self.classes[name]))
         return self.classes[name]
+
+    def _in_class_table(self, change) -> None:
+        """Change the class table; a table that cannot be written is said, not raised (the objects
+        stay; an export names the problem again)."""
+        try:
+            change(self.class_table)
+        except (SamHistoError, OSError) as err:
+            self._show_error(err)
+            return
+        if self.class_table.notice:
+            self.status.setText(self.class_table.notice)
+        if self.layer is not None and self.class_table.path is not None:
+            self.layer.metadata["class_table"] = str(self.class_table.path)
+
+    def _load_class_table(self, image_layer) -> None:
+        """The class table of the slide's folder: its classes, with their colours, join the list."""
+        from ..annotations.class_table import ClassTable
+
+        path = image_layer.metadata.get("slide_path")
+        try:
+            self.class_table = ClassTable.for_slide(path) if path else ClassTable()
+        except SamHistoError as err:  # unreadable: said now; exports into that folder refuse too
+            self.class_table = None
+            self._show_error(err)
+            return
+        for name, color in self.class_table.colours().items():
+            self.classes[name] = color
+            if self.class_combo.findText(name) < 0:
+                self.class_combo.addItem(name)
+        for name, color in list(self.classes.items()):  # the dock's own classes get their ids too
+            if name not in self.class_table:
+                self._in_class_table(lambda table: table.add(name, color))
+        if self.class_table.path is not None:
+            self.layer.metadata["class_table"] = str(self.class_table.path)
+        self._show_class_color()
 
     def _show_class_color(self) -> None:
         name = self.class_name
@@ -239,6 +289,8 @@ class AnnotatorDock(QWidget):
         """Give class ``name`` a colour: the accepted objects of that class follow."""
         self.classes[name] = tuple(int(c) for c in color[:3])
         self.class_color(name)
+        if self.class_table is not None:
+            self._in_class_table(lambda table: table.set_colour(name, self.classes[name]))
         if self.layer is not None:
             with self._changing():
                 annotation_layer.recolor(self.layer, self.class_color)
@@ -262,11 +314,12 @@ class AnnotatorDock(QWidget):
         if self._starting:
             return
         if self.pending:
-            self.status.setText(f"⚠ Wait until the {self.pending} clicks and actions under way have run, then press "
+            self.status.setText(f"⚠ Wait until the {count(self.pending, 'click or action', 'clicks and actions')} under way "
+                                f"{'has' if self.pending == 1 else 'have'} run, then press "
                                 "Start again.")
             return
         if self.annotator is not None and self.annotator.clicks and not self.confirm(
-                f"Starting again drops the object being clicked ({len(self.annotator.clicks)} clicks). Drop it?"):
+                f"Starting again drops the object being clicked ({count(len(self.annotator.clicks), 'click')}). Drop it?"):
             self.status.setText("Start cancelled: the object being clicked is kept. Press Enter to accept it first.")
             return
         try:
@@ -279,6 +332,8 @@ class AnnotatorDock(QWidget):
                                         self.device_combo.currentText(), self.tile_spin.value())
         on_disk, reused, grow = self.disk_check.isChecked(), self.source, self.grow_check.isChecked()
         adapt, panel = self.adaptation_panel.wanted, self.adaptation_panel
+        old = self.annotator or self._stopped
+        learnt = old.adaptation if old is not None else None  # what the slide taught so far
 
         def build():
             from ..cohort.store import is_precomputed
@@ -302,9 +357,11 @@ class AnnotatorDock(QWidget):
                 from ..training.slide_adaptation import SlideAdaptation
 
                 # learning from accepted objects: off unless switched on; built now so switching it
-                # on later starts at once
-                annotator.adaptation = SlideAdaptation(predictor, annotator.quiet, enabled=adapt,
-                                                       on_change=panel.relay)
+                # on later starts at once. Start again on the same slide with the same model and
+                # decoder goes on with what was learned (handed over in ``_started``)
+                if not (learnt is not None and learnt.reusable_for(predictor, source.identity)):
+                    annotator.adaptation = SlideAdaptation(predictor, annotator.quiet, enabled=adapt,
+                                                           on_change=panel.relay, slide=source.identity)
                 return annotator, source
             except BaseException:
                 if source is not reused:
@@ -329,6 +386,18 @@ class AnnotatorDock(QWidget):
                 source.close()
             return
         old = self.annotator or self._stopped
+        if annotator.adaptation is None:  # the same slide, model and decoder: what was learned goes on
+            from ..training.slide_adaptation import SlideAdaptation
+
+            learnt = old.adaptation if old is not None else None
+            if learnt is not None and learnt.reusable_for(annotator.predictor, source.identity):
+                old.adaptation = None  # handed on: closing the old annotator must not stop it
+                learnt.rebind(annotator.predictor, annotator.quiet)
+                annotator.adaptation = learnt
+            else:  # stopped meanwhile: start afresh
+                annotator.adaptation = SlideAdaptation(annotator.predictor, annotator.quiet,
+                                                       enabled=self.adaptation_panel.wanted,
+                                                       on_change=self.adaptation_panel.relay, slide=source.identity)
         self.shutdown()
         self.threads.steps(self._set_up(layer, annotator, source, old),  # napari repaints between layers
                            lambda err: self._set_up_failed(err, annotator, source))
@@ -371,6 +440,7 @@ class AnnotatorDock(QWidget):
         if new_layer is not self.layer:
             self._flush_autosave()  # the previous slide's last edits, with its own pixel size
             self.layer, self.autosave_path, self._resuming = new_layer, None, False
+            self._load_class_table(layer)
         if source is not self.source:
             previous = self.source
             if previous is not None:  # closed once the old annotator's threads have stopped reading it
@@ -410,15 +480,22 @@ class AnnotatorDock(QWidget):
         self._bind_keys([self.viewer, current, points])
         self._connect(self._camera().events.center, self._schedule_prefetch)
         self._connect(self._camera().events.zoom, self._schedule_prefetch)
+        self._connect(self.viewer.layers.events.inserted, self._image_added)
+        self._connect(self._camera().events.center, self._view_moved)
+        self._connect(self._camera().events.zoom, self._view_moved)
         self.annotator = annotator
+        self._view_moved()
         self.adaptation_panel.attach(annotator.adaptation, source.name, self._suggested("-adapted-decoder.pt"))
         self._starting = False
         self.start_button.setEnabled(True)
-        self.status.setText(f"{annotator.predictor.model.name} ({annotator.predictor.decoder.kind} decoder) ready at "
-                            f"{self._level_text()}. Click on the image. {self._count_text()}")
+        level = self._level_text(self._view_level().downsample) + (", following the view" if annotator.auto else "")
+        self.status.setText(f"{annotator.predictor.provenance.text} ready at {level}. Click on the image. "
+                            f"{self._count_text()}")
         self._refresh_objects()
         if self.autosave_path is None and not self._resuming:
             self._offer_resume()
+        self._offer_live_object(annotator)
+        self._learn_from_layer()
         self._schedule_prefetch()
 
     def _working_layers(self, scale, units, d):
@@ -519,6 +596,7 @@ class AnnotatorDock(QWidget):
             return
         self._closing = True
         old = self.annotator or self._stopped
+        self.live.close()  # the object being clicked stays on disk: the next Start offers it back
         self.shutdown(wait=wait)
         self._flush_autosave()  # the last edits, before autosave stops for good
         self._closed = True
@@ -622,6 +700,7 @@ class AnnotatorDock(QWidget):
         self.pending += 1
         self._undo.append(("click",))
         self._redo.clear()
+        self._view_moved()
         self.status.setText("Clicked…" if self.pending == 1 else f"{self.pending} clicks queued…")
         level = self._view_level()
         self._relay_action(self.annotator.submit_click(x0, y0, positive, level.downsample), self._show_state)
@@ -634,6 +713,39 @@ class AnnotatorDock(QWidget):
         zoom = max(float(self._camera().zoom), 1e-9)  # screen pixels per world unit
         sy, sx = (float(v) for v in self.image_layer.scale[-2:])  # world units per level-0 pixel
         return width / (zoom * sx), height / (zoom * sy)
+
+    def view_box(self) -> tuple[float, float, float, float]:
+        """The level-0 box (x0, y0, x1, y1) on screen now."""
+        width, height = self._view_extent()
+        row, col = self.image_layer.world_to_data(self._camera().center[-2:])[-2:]
+        x, y = napari_to_level0(col, row)
+        return x - width / 2, y - height / 2, x + width / 2, y + height / 2
+
+    def _image_added(self, event=None) -> None:
+        """An image opened while annotating goes below the annotator's layers (after napari has
+        inserted it), so the clicks, the object being clicked and the accepted objects stay visible."""
+        QTimer.singleShot(0, self.keep_layers_on_top)
+
+    def keep_layers_on_top(self) -> None:
+        """Move every image layer that lies above one of the annotator's layers just below them."""
+        from napari.layers import Image
+
+        layers = self.viewer.layers
+        ours = [layer for layer in (self.layer, *(layers[n] for n in (CURRENT, TILES, CLICKS) if n in layers))
+                if layer is not None and layer in layers]
+        if self.annotator is None or not ours:
+            return
+        while True:
+            lowest = min(layers.index(layer) for layer in ours)
+            above = [i for i, layer in enumerate(layers) if i > lowest and isinstance(layer, Image)]
+            if not above:
+                return
+            layers.move(above[0], lowest)
+
+    def _view_moved(self, *_) -> None:
+        """The annotator grows objects only inside what the user sees (``ObjectTiles.view``)."""
+        if self.annotator is not None and self.image_layer is not None:
+            self.annotator.view = self.view_box()
 
     def _view_level(self):
         """The working level for what is on screen now (``Annotator.level_for_view``; the fixed level
@@ -716,13 +828,25 @@ class AnnotatorDock(QWidget):
         min_area = min_area_px(self.min_area_spin.value(), self.source.mpp)
 
         def accepted(result):
+            from ..engine.annotator import BeyondView
+
             obj = result if isinstance(result, Exception) else result[0]
+            if isinstance(obj, BeyondView):
+                self._show_beyond_view(obj)
+                return
             if obj is not None and not isinstance(obj, Exception):
                 self._undo.append(("accept", obj, result[1]))  # the snapshot taken on the worker
                 self._redo.clear()
             self._accepted(obj)
 
-        self._queue(accepted, "accept_undoable", name, min_area, self.simplify_spin.value(), edited)
+        self._queue(accepted, "accept_undoable", name, min_area, self.simplify_spin.value(), edited, self.view_box())
+
+    def _show_beyond_view(self, beyond) -> None:
+        """Accept found the object reaching beyond the view: show it whole; the user accepts again."""
+        self.pending = max(self.pending - 1, 0)
+        self.fit_view(*beyond.extent)
+        self.status.setText("Not accepted yet: the object reaches beyond the view. The view now shows all of it; "
+                            "check it (a negative click removes what does not belong) and press Enter again.")
 
     def _edited_mask(self):
         """The *SAM current object* labels when painted by hand since SAM drew them, else None."""
@@ -754,7 +878,7 @@ class AnnotatorDock(QWidget):
             annotation_layer.add_objects(self.layer, [obj], self.class_color)
         self._changed()
         self.status.setText(f"Accepted {obj.class_name}{' (corrected by hand)' * bool(obj.properties.get('edited'))}: "
-                            f"{area_text(obj, self.source.mpp)}, {obj.clicks} clicks, {obj.model}. {self._count_text()}")
+                            f"{area_text(obj, self.source.mpp)}, {count(obj.clicks, 'click')}, {obj.model}. {self._count_text()}")
 
     def _queue(self, callback, action: str, *args) -> None:
         """Run an annotator action behind the queued clicks; ``callback`` gets its result."""
@@ -803,6 +927,7 @@ class AnnotatorDock(QWidget):
             self._drawn_boxes = state.boxes
             QTimer.singleShot(0, lambda: self._draw_tiles(state.boxes))  # in the next turn: napari repaints first
         if not self.pending and not isinstance(state, Exception):
+            self._live_changed(state)
             if state.clicks:
                 clicks, n = len(state.clicks), len(state.boxes)
                 levels = sorted({b.downsample for b in state.boxes}, reverse=True)
@@ -934,7 +1059,11 @@ class AnnotatorDock(QWidget):
             return
         bounds = np.array([p.bounds() for p in obj.polygons])
         (x0, y0), (x1, y1) = bounds[:, :2].min(axis=0), bounds[:, 2:].max(axis=0)
-        sy, sx = self.layer.scale[-2:]
+        self.fit_view(x0, y0, x1, y1)
+
+    def fit_view(self, x0: float, y0: float, x1: float, y1: float, fill: float = 0.8) -> None:
+        """Centre the view on a level-0 box and zoom so that it fills ``fill`` of the canvas."""
+        sy, sx = self.image_layer.scale[-2:]
         self._camera().center = ((y0 + y1) / 2 * sy, (x0 + x1) / 2 * sx)
         extent = np.array([max((y1 - y0) * sy, 1e-6), max((x1 - x0) * sx, 1e-6)])  # (rows, cols), as napari
         canvas = getattr(self.viewer, "canvas", None)
@@ -942,7 +1071,7 @@ class AnnotatorDock(QWidget):
             view = np.asarray(canvas.viewbox_size(self.viewer.layers), float)[-2:]
         else:  # napari < 0.9
             view = np.asarray(self.viewer.window._qt_viewer.canvas.size, float)[::-1]
-        self._camera().zoom = 0.8 * float(np.min(view / extent))
+        self._camera().zoom = fill * float(np.min(view / extent))
 
     def delete_objects(self, ids: list[str]) -> None:
         """Delete objects (from the list's Delete button); Ctrl-Z brings them back."""
@@ -997,6 +1126,8 @@ class AnnotatorDock(QWidget):
             if self.layer is layer:  # else another slide was started meanwhile: its sidecar is untouched
                 self._resuming, self.autosave_path = False, path
                 self._changed()
+                if count:
+                    self._learn_from_layer()
 
         def autosave_off(err) -> None:  # the sidecar stays as it is; nothing overwrites it
             self._resuming = False
@@ -1011,9 +1142,9 @@ class AnnotatorDock(QWidget):
                     aside = autosave.set_aside(path)
                     self._show_error(InputError(f"The autosave {path} could not be read ({objects}); it was kept "
                                                 f"as {aside.name}."))
-                elif objects and self.confirm(f"{len(objects)} objects were saved for this slide in {path.name} "
+                elif objects and self.confirm(f"{count(len(objects), 'object')} {'was' if len(objects) == 1 else 'were'} saved for this slide in {path.name} "
                                               f"({path.parent}). Resume them?"):
-                    self._add_loaded(objects, f"Resumed {len(objects)} objects from {path.name}.", then=resumed,
+                    self._add_loaded(objects, f"Resumed {count(len(objects), 'object')} from {path.name}.", then=resumed,
                                      failed=autosave_off)
                     return
                 elif objects:
@@ -1025,6 +1156,70 @@ class AnnotatorDock(QWidget):
             resumed(0)
 
         self.threads.run(lambda: autosave.load(path), loaded)
+
+    def _learn_from_layer(self) -> None:
+        """The slide's learning takes the objects already in the layer (resumed, imported, or
+        accepted before this Start) as examples, in the background (objects it has are left out)."""
+        annotator = self.annotator
+        if (annotator is None or annotator.adaptation is None or not annotator.adaptation.enabled
+                or self.layer is None or not len(self.layer.data)):
+            return  # (switching learning on later hands them over then)
+        data, meta, _ = self.layer.as_layer_data_tuple()
+        adaptation, source, tile = annotator.adaptation, annotator.source, annotator.tile_size
+        self.threads.run(lambda: adaptation.add_resumed(annotation_layer.layer_data_objects(data, meta), source, tile,
+                                                        tile_colour=annotator.tile_colour), lambda result: None)
+
+    def _offer_live_object(self, annotator) -> None:
+        """Keep the object being clicked on disk from now on; first offer back the one an earlier
+        session left unaccepted (a crash, or napari closed while clicking)."""
+        from ..annotations import autosave
+
+        path, layer = autosave.live_path(self._sidecar()), self.layer
+
+        def snapshot():  # on the writer's thread; the settings were read on the GUI thread
+            class_name, color, min_area, tolerance, mpp = self._live_settings
+            return (annotator.current_polygons(min_area, tolerance), class_name, color,
+                    annotator.predictor.model.name, len(annotator.clicks), mpp)
+
+        def loaded(objects):
+            if self.annotator is not annotator or self.layer is not layer:
+                return  # started again meanwhile: that Start asks
+            try:
+                if isinstance(objects, Exception):
+                    aside = autosave.set_aside(path)
+                    self._show_error(InputError(f"The object kept in {path} could not be read ({objects}); it was "
+                                                f"kept as {aside.name}."))
+                elif objects and self.confirm(
+                        f"An object you had not accepted yet ({objects[0].class_name}, "
+                        f"{count(objects[0].clicks, 'click')}) was kept when annotating stopped. Add it to the "
+                        "accepted objects?"):
+                    for obj in objects:
+                        obj.properties.pop("unaccepted", None)
+                        obj.properties["recovered"] = True
+                    self._add_loaded(objects, "Added the object kept from before (Ctrl-Z does not remove it: "
+                                              "delete it in the list if it is not wanted).")
+                    autosave.remove(path)
+                elif objects:
+                    aside = autosave.set_aside(path)
+                    self.status.setText(f"Not added: the object kept from before is in {aside}. {self._count_text()}")
+            except OSError as err:
+                self._show_error(InputError(f"The object kept in {path} could not be set aside ({err})."))
+                return  # never overwritten: not kept from now on
+            self.live.attach(path, snapshot)
+
+        self.live.attach(None)
+        if not path.exists():
+            self.live.attach(path, snapshot)
+            return
+        self.threads.run(lambda: autosave.load(path), loaded)
+
+    def _live_changed(self, state) -> None:
+        if self.source is not None:
+            name = self.class_name
+            self._live_settings = (name, self.classes.get(name, (200, 0, 0)),
+                                   min_area_px(self.min_area_spin.value(), self.source.mpp),
+                                   self.simplify_spin.value(), self.source.mpp)
+        self.live.changed(bool(state.clicks))
 
     def autosave_now(self) -> None:
         """Write the layer's objects to the sidecar in the background (atomically)."""
@@ -1102,7 +1297,7 @@ class AnnotatorDock(QWidget):
             return
         self._show_state(state, action=False)
         tiles = len(state.boxes)
-        self.status.setText(f"The object continues past the tile border ({tiles} tiles). Enter accepts as "
+        self.status.setText(f"The object continues past the tile border ({count(tiles, 'tile')}). Enter accepts as "
                             f"{self.class_name}, Escape cancels.")
 
     def _schedule_prefetch(self, *_) -> None:
@@ -1125,6 +1320,8 @@ class AnnotatorDock(QWidget):
         meta = dict(meta)
         meta["metadata"] = dict(meta.get("metadata") or {}, mpp=self.source.mpp,
                                 level0_size=tuple(self.source.level_dimensions[0]))
+        if self.class_table is not None and self.class_table.path is not None:
+            meta["metadata"]["class_table"] = str(self.class_table.path)
         return data, meta
 
     def export_geojson(self, path: str | Path, overwrite: bool = False):
@@ -1179,8 +1376,9 @@ class AnnotatorDock(QWidget):
                 return
             objects, new = result
             again = len(objects) - len(new)
-            self._add_loaded(new, f"Imported {len(new)} objects from {Path(path).name}"
-                             + (f" ({again} already here, not added again)." if again else "."), added)
+            self._add_loaded(new, f"Imported {count(len(new), 'object')} from {Path(path).name}"
+                             + (f" ({again} already here, not added again)." if again else "."), added,
+                             then=lambda n: self._learn_from_layer() if n else None)
 
         self.threads.run(load, loaded)
         return added
@@ -1221,17 +1419,18 @@ class AnnotatorDock(QWidget):
         self.threads.steps(steps(), error)
 
     def _suggested(self, suffix: str) -> str:
+        """A file beside the slide named after it: the slide's name without its extensions
+        (``slide.ome.tif`` -> ``slide``), then ``suffix``."""
         path = self.image_layer.metadata.get("slide_path") if self.image_layer is not None else None
-        if path:
-            return str(Path(path).with_name(Path(path).stem + suffix))
-        return str(Path.home() / f"{self.source.name if self.source else 'annotations'}{suffix}")
+        name = slide_stem(Path(path).name if path else (self.source.name if self.source else "annotations"))
+        return str((Path(path).parent if path else Path.home()) / f"{name}{suffix}")
 
-    def _file_action(self, action, save: bool, caption: str, filter_: str, suffix: str):
+    def _file_action(self, action, save: bool, caption: str, filter_: str, suffix: str, name: str | None = None):
         if self.annotator is None or self.layer is None:
             self.status.setText(NOT_STARTED)
             return
         if save:
-            path, _ = QFileDialog.getSaveFileName(self, caption, self._suggested(suffix), filter_)
+            path, _ = QFileDialog.getSaveFileName(self, caption, self._suggested(name or suffix), filter_)
         else:
             path, _ = QFileDialog.getOpenFileName(self, caption, str(Path(self._suggested(suffix)).parent), filter_)
         if not path:
@@ -1246,7 +1445,8 @@ class AnnotatorDock(QWidget):
         self._file_action(self.export_geojson, True, "Export GeoJSON", "GeoJSON (*.geojson)", ".geojson")
 
     def _export_tiff_clicked(self):
-        self._file_action(self.export_tiff, True, "Export TIFF", "OME-TIFF (*.ome.tif)", ".ome.tif")
+        # "-labels": the slide itself may be an .ome.tif of the same name
+        self._file_action(self.export_tiff, True, "Export TIFF", "OME-TIFF (*.ome.tif)", ".ome.tif", "-labels.ome.tif")
 
     def _import_clicked(self):
         self._file_action(self.import_geojson, False, "Import GeoJSON", "GeoJSON (*.geojson *.json)", ".geojson")

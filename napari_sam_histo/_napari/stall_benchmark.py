@@ -190,7 +190,20 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     for i, (x, y) in enumerate(points):
         name = "first click (embedding computed)" if i == 0 else f"click {i + 1} (same tile)"
         timed(name, lambda x=x, y=y: dock.add_click(x, y), lambda: dock.pending == 0)
-    timed("Accept", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 1)
+    if dock.grow_check.isChecked():  # the object grows into the next tiles by itself (when it is cut)
+        timed("growth past tile borders (background)", lambda: None, lambda: not dock.annotator.continuing)
+
+    def accept(name: str, objects: int) -> None:
+        """Accept as the user does: when the object reaches beyond the view, the dock shows it whole
+        first and a second Enter accepts it (timed apart)."""
+        refused = "Not accepted yet"
+        timed(name, dock.accept, lambda: dock.pending == 0 and (len(dock.object_list.ids) == objects
+                                                                or dock.status.text().startswith(refused)))
+        if len(dock.object_list.ids) != objects:
+            timed(name + " again (the view showed it whole)", dock.accept,
+                  lambda: dock.pending == 0 and len(dock.object_list.ids) == objects)
+
+    accept("Accept", 1)
     strip = (min(500, width - 1), min(1040, height - 1))  # a second object, on another tile
     second = "first click on a second object"
     if adapt:  # the first object's adaptation is under way when the user clicks: the slide
@@ -219,7 +232,7 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
             raise RuntimeError("the second object was not refined")
         timed("click 2 (second object, refined)", lambda: dock.add_click(strip[0] + 20, strip[1] + 10),
               lambda: dock.pending == 0)
-    timed("Accept (second object)", dock.accept, lambda: dock.pending == 0 and len(dock.object_list.ids) == 2)
+    accept("Accept (second object)", 2)
     geojson, tiff = work / "objects.geojson", work / "labels.ome.tif"
     timed("export GeoJSON", lambda: state.update(f=dock.export_geojson(geojson, overwrite=True)),
           lambda: state["f"].done() and dock.status.text().startswith("Exported"))
@@ -232,6 +245,11 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     timed("delete both objects", lambda: dock.delete_objects(list(dock.object_list.ids)),
           lambda: not dock.object_list.ids)
     timed("autosave", dock.autosave_now, lambda: dock.last_autosave is not None and dock.last_autosave.done())
+
+    state["second"] = mosaic_slide(work, 2)  # made before the timing: a file the user already has
+    timed("open a second slide while annotating",
+          lambda: viewer.open(str(state["second"]), plugin="napari-sam-histo"),
+          lambda: dock.layer_combo.count() > 1 and dock.layer_combo.findText(state["second"].name.split(".")[0]) >= 0)
     dock.close_session(wait=True)
     heartbeat.timer.stop()
     if sampler is not None:

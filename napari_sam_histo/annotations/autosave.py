@@ -7,6 +7,10 @@ identity. It is the same QuPath-shaped GeoJSON as an export, so it can be opened
 
 A sidecar the user chose not to resume is never overwritten: ``set_aside`` renames it with a time
 stamp before the new session's first save.
+
+The object being clicked (not accepted yet) is kept too, in its own file beside the sidecar
+(``live_path``), rewritten as it changes and removed when it is accepted or cancelled: after a
+crash or a quit it is offered back with the accepted objects.
 """
 
 from __future__ import annotations
@@ -33,6 +37,21 @@ def sidecar_path(slide_path: str | Path | None, identity: str, name: str) -> Pat
 
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "image"
     return cache_dir() / "annotations" / f"{safe}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}{SUFFIX}"
+
+
+LIVE_SUFFIX = ".sam-annotations.live.geojson"
+
+
+def live_path(sidecar: str | Path) -> Path:
+    """Where the object being clicked is kept, beside the sidecar ``sidecar``."""
+    sidecar = Path(sidecar)
+    return sidecar.with_name(sidecar.name[:-len(SUFFIX)] + LIVE_SUFFIX if sidecar.name.endswith(SUFFIX)
+                             else sidecar.name + ".live.geojson")
+
+
+def remove(path: str | Path) -> None:
+    """Remove a file if it is there (the object being clicked was accepted or cancelled)."""
+    Path(path).unlink(missing_ok=True)
 
 
 def save(path: str | Path, objects: list[AnnotatedObject], mpp=None) -> Path:
