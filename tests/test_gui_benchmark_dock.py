@@ -1,5 +1,6 @@
 """The Benchmark dock in a real napari viewer (Xvfb): with the real MobileSAM, and with the tiny
-random model for the mechanics (report folder in use, Replay during a run, layout, the view)."""
+random model for the mechanics (report folder in use, Replay during a run, layout, the view, the
+remembered paths, a replay over a slide in µm)."""
 
 import csv
 import json
@@ -10,7 +11,7 @@ import pytest
 
 pytest.importorskip("napari")
 
-from qtpy.QtCore import QPoint, QRect, Qt, QTimer  # noqa: E402
+from qtpy.QtCore import QPoint, QRect, QSettings, QStandardPaths, Qt, QTimer  # noqa: E402
 from qtpy.QtWidgets import QApplication, QMessageBox, QScrollArea  # noqa: E402
 
 import napari_sam_histo._napari.benchmark_dock as benchmark_dock  # noqa: E402
@@ -18,8 +19,24 @@ from napari_sam_histo._napari.benchmark_dock import (  # noqa: E402
     PLOT_MIN_HEIGHT, REPLAY_BLOCKED_TIP, REPLAY_PREFIX, BenchmarkDock,
 )
 
+from napari_sam_histo._napari.benchmark_settings import (  # noqa: E402
+    APPLICATION, DEFAULT_REPORT_FOLDER, ORGANIZATION, BenchmarkPaths,
+)
+from napari_sam_histo._napari.dock_tabs import dock_of  # noqa: E402
+
 from .test_benchmark import make_dataset  # noqa: E402
 from .test_benchmark_report_folder import tiny_methods  # noqa: E402
+from .test_gui_docks_fit import _show_tab  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def user_config(tmp_path):
+    """The user settings folder that the dock's QSettings write to: a folder of the test's own,
+    never the real ~/.config (put back afterwards)."""
+    real = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericConfigLocation)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "config"))
+    yield tmp_path / "config"
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, real)
 
 
 def _docked(viewer, tmp_path, max_clicks: int) -> BenchmarkDock:
@@ -252,22 +269,26 @@ def test_skipped_samples_are_listed_with_their_reasons(tiny_dock, qtbot, tmp_pat
 
 
 @pytest.mark.gui
-def test_the_dock_is_usable_at_1920x1080_beside_the_annotator(make_napari_viewer, qtbot):
+@pytest.mark.parametrize("screen", [(1920, 1080), (1366, 768)], ids=["1920x1080", "1366x768"])
+def test_the_dock_is_usable_beside_the_annotator(make_napari_viewer, qtbot, screen):
     from napari_sam_histo._napari.annotator_dock import AnnotatorDock
 
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
-    window.resize(1920, 1080)
-    viewer.window.add_dock_widget(AnnotatorDock(viewer), name="Annotator")
+    window.resize(*screen)
+    annotator = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(annotator, name="Annotator")
     dock = BenchmarkDock(viewer)
-    viewer.window.add_dock_widget(dock, name="Benchmark")  # below the Annotator, as napari docks it
+    viewer.window.add_dock_widget(dock, name="Benchmark")  # as napari's Plugins menu docks it
     qtbot.waitUntil(lambda: dock.isVisible() and dock.height() > 0, timeout=10_000)
     qtbot.wait(200)
-    assert (window.width(), window.height()) == (1920, 1080)  # both docks fit: the window did not grow
+    assert (window.width(), window.height()) == screen  # both docks fit: the window did not grow
+    assert dock_of(dock) in window.tabifiedDockWidgets(dock_of(annotator))  # tabs, each the whole height
     scroll = dock.findChild(QScrollArea)
-    assert scroll is not None and scroll.widgetResizable()
+    assert scroll is dock.scroll and scroll.widgetResizable()
     viewport = scroll.viewport()
-    assert viewport.height() >= 0.4 * window.height()  # not squashed to a sliver under the Annotator
+    assert viewport.height() >= 0.6 * window.height()  # not squashed under the Annotator
+    assert scroll.widget().width() <= viewport.width()  # nothing cut off on the right
 
     def inside(widget):
         return viewport.rect().contains(QRect(widget.mapTo(viewport, QPoint(0, 0)), widget.size()))
@@ -284,3 +305,60 @@ def test_the_dock_is_usable_at_1920x1080_beside_the_annotator(make_napari_viewer
     qtbot.wait(50)
     assert inside(dock.canvas) and inside(dock.replay_button)  # the plot and Replay on screen together
     assert dock.canvas.height() >= PLOT_MIN_HEIGHT
+
+    _show_tab(qtbot, window, dock_of(annotator))  # one click back to annotating
+    assert not annotator.start_button.visibleRegion().isEmpty() and dock.visibleRegion().isEmpty()
+    _show_tab(qtbot, window, dock_of(dock))
+    assert not dock.run_button.visibleRegion().isEmpty()
+
+
+@pytest.mark.gui
+def test_the_dataset_and_report_folder_are_remembered(make_napari_viewer, qtbot, tmp_path, user_config):
+    viewer = make_napari_viewer()
+    first = BenchmarkDock(viewer)
+    viewer.window.add_dock_widget(first, name="Benchmark")
+    assert first.dataset_edit.text() == "" and first.out_edit.text() == str(DEFAULT_REPORT_FOLDER)
+    dataset, report = tmp_path / "my data", tmp_path / "reports" / "run 1"
+    qtbot.keyClicks(first.dataset_edit, str(dataset))  # typed
+    first.out_edit.setText(str(report))  # as the … button's folder dialog sets it
+    viewer.window.remove_dock_widget(first)
+
+    reopened = BenchmarkDock(viewer)  # the dock opened again
+    viewer.window.add_dock_widget(reopened, name="Benchmark")
+    assert (reopened.dataset_edit.text(), reopened.out_edit.text()) == (str(dataset), str(report))
+
+    # on disk, in the plugin's own settings file, where napari started again reads them
+    ini = user_config / ORGANIZATION / f"{APPLICATION}.ini"
+    assert str(dataset) in ini.read_text(encoding="utf-8")
+    stored = BenchmarkPaths(QSettings(str(ini), QSettings.Format.IniFormat))
+    assert (stored.dataset, stored.report_folder) == (str(dataset), str(report))
+
+
+@pytest.mark.gui
+def test_a_replay_over_a_slide_in_micrometres_is_drawn_in_micrometres_beside_it(tiny_dock, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    dock, viewer = tiny_dock, tiny_dock.viewer
+    slide = viewer.add_image(np.zeros((3000, 4000), np.uint8), name="slide", scale=(0.5, 0.5), units=("um", "um"))
+    viewer.reset_view()
+    _run(dock, qtbot)
+    seen = len(notification_manager.records)
+    dock.sample_combo.setCurrentText("s1")
+    qtbot.mouseClick(dock.replay_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock._replay is not None and dock._replay_worker is None, timeout=60_000)
+    qtbot.wait(300)  # napari checks the layers' units when it next draws
+    replayed = [viewer.layers[REPLAY_PREFIX + name] for name in ("image", "prediction", "ground truth", "clicks")]
+    for layer in replayed:
+        assert layer.units == slide.units and tuple(layer.scale) == tuple(slide.scale), layer.name
+        assert tuple(layer.translate) == tuple(replayed[0].translate), layer.name
+    assert viewer.layers.extent.units == slide.units
+    said = [str(n.message) for n in notification_manager.records[seen:]]
+    assert not any("Inconsistent units" in message for message in said), said
+
+    image = replayed[0]
+    (top, left), (bottom, right) = image.extent.world[:, -2:]
+    (_, _), (_, slide_right) = slide.extent.world[:, -2:]
+    assert left > slide_right  # beside the slide, not over it
+    y, x = viewer.camera.center[-2:]
+    assert top <= y <= bottom and left <= x <= right  # and the view on it
+    assert viewer.camera.zoom * (right - left) > 0.5 * min(viewer.canvas.size)

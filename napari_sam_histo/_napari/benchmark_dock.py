@@ -5,8 +5,12 @@ napari progress bar and a Cancel button; napari stays responsive), the table and
 in after every image, and Replay re-runs one sample keeping its masks and shows each click as
 napari layers (image, ground-truth outline, clicks green/red, predicted mask), the view moved onto them.
 
-The contents sit in a scroll area and the settings fold away, so the dock stays usable on a
-1920x1080 screen beside the Annotator. A report folder that already holds a report is never
+Opened beside the Annotator, the two docks are tabs of the same dock area (``dock_tabs``), each with
+the whole height; the contents scroll, the settings fold away, and the dock is never narrower than
+its contents (nothing is cut off on the right), so both docks are usable on a 1366x768 screen. The
+dataset and report folder are remembered across openings and napari sessions
+(``benchmark_settings``). A replayed sample is drawn beside the open layers, at their pixel size and
+in their units (a slide in µm stays in µm). A report folder that already holds a report is never
 overwritten silently: the user resumes it or picks a new folder. Replay is off while a run goes
 on: it would share the run's predictor and CPU, and distort the seconds per click being measured.
 """
@@ -18,7 +22,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout,
     QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QScrollArea, QSlider, QSpinBox, QTableWidget,
@@ -30,10 +34,12 @@ from ..evaluation.benchmark import BenchmarkConfig, build_methods, iter_benchmar
 from ..evaluation.dataset import Skipped, find_pairs, load_samples
 from ..evaluation.report import free_folder_beside, holds_report, report_samples, skipped_samples, threshold_label
 from ..evaluation.runner import SampleResult, run_sample
+from .benchmark_settings import BenchmarkPaths, user_settings
+from .dock_tabs import TabsWithPartners, needed_width
 
 REPLAY_PREFIX = "replay: "
 PLOT_MIN_HEIGHT = 200  # px: the mIoU curve stays readable however crowded the dock area is
-DOCK_MIN_HEIGHT = 540  # px: status, table, plot and Replay together, with the settings folded away
+REPLAY_GAP = 0.05  # the replayed image's distance from the open layers, as a share of their width
 TRUTH_COLOUR, PREDICTION_COLOUR = "yellow", "dodgerblue"
 REPLAY_TIP = "Re-run the chosen sample with the chosen method and step through its clicks."
 REPLAY_BLOCKED_TIP = ("Replay is off while a benchmark runs: it would share the run's model and distort the "
@@ -41,9 +47,12 @@ REPLAY_BLOCKED_TIP = ("Replay is off while a benchmark runs: it would share the 
 
 
 class BenchmarkDock(QWidget):
-    def __init__(self, napari_viewer, parent=None) -> None:
+    def __init__(self, napari_viewer, parent=None, settings: QSettings | None = None) -> None:
+        """``settings``: where the dataset and report folder are remembered (the plugin's own
+        user settings file when ``None``)."""
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.paths = BenchmarkPaths(settings if settings is not None else user_settings())
         self._cancel = threading.Event()
         self._worker = None
         self._methods = []
@@ -53,17 +62,18 @@ class BenchmarkDock(QWidget):
         self._replay_sample = None
         self._replay_worker = None
         self._build()
+        from .annotator_dock import AnnotatorDock
+
+        self._tabs = TabsWithPartners(self, (AnnotatorDock,))
+        self._joined_tabs = False
 
     # -- layout -------------------------------------------------------------------------------
-    def minimumSizeHint(self) -> QSize:
-        """Room for the results even below another dock (napari gives a dock added under another
-        its minimum height, and a scroll area's minimum is tiny), but at most half the window, so
-        that the other dock keeps its half and the window still fits the screen."""
-        hint = super().minimumSizeHint()
-        window = self.window()
-        if window is self:
-            return hint
-        return QSize(hint.width(), max(hint.height(), min(DOCK_MIN_HEIGHT, window.height() // 2)))
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Once napari has docked the dock: a tab beside the Annotator's dock (see ``dock_tabs``)."""
+        super().showEvent(event)
+        if not self._joined_tabs:
+            self._joined_tabs = True
+            QTimer.singleShot(0, self._tabs.join)
 
     def _build(self) -> None:
         outer = QVBoxLayout(self)
@@ -84,15 +94,20 @@ class BenchmarkDock(QWidget):
         self.settings_box = QWidget()
         form = QFormLayout(self.settings_box)
         form.setContentsMargins(0, 0, 0, 0)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # a narrow dock: fields under labels
         self.dataset_edit, dataset_row = self._path_row("folder with images/ + masks/, or a manifest .csv")
         self.out_edit, out_row = self._path_row("report folder")
-        self.out_edit.setText(str(Path.home() / "napari-sam-histo-benchmark"))
+        self.dataset_edit.setText(self.paths.dataset)
+        self.out_edit.setText(self.paths.report_folder)
+        self.dataset_edit.textChanged.connect(lambda text: self.paths.remember(dataset=text))
+        self.out_edit.textChanged.connect(lambda text: self.paths.remember(report_folder=text))
         self.models_edit = QLineEdit("vit_t")
         self.models_edit.setToolTip("model names or checkpoint paths, separated by commas")
         self.sam_check, self.modified_check = QCheckBox("SAM's"), QCheckBox("modified (trained)")
         self.md_check = QCheckBox("md (fine-tuned SAM's)")
         self.sam_check.setChecked(True)
-        decoders = QHBoxLayout()
+        decoders = QVBoxLayout()  # one under another: three in a row made the dock wider than its area
+        decoders.setSpacing(0)
         decoders.addWidget(self.sam_check)
         decoders.addWidget(self.modified_check)
         decoders.addWidget(self.md_check)
@@ -191,6 +206,8 @@ class BenchmarkDock(QWidget):
         replay_layout.addRow("Click", steps)
         replay_layout.addRow(self.step_label)
         layout.addWidget(replay)
+        # never narrower than the contents: the horizontal scroll bar is off, so they would be cut off
+        self.scroll.setMinimumWidth(needed_width(self.scroll))
 
     @staticmethod
     def _fit_height(table: QTableWidget, most_rows: int = 4) -> None:
@@ -471,21 +488,40 @@ class BenchmarkDock(QWidget):
             if REPLAY_PREFIX + name in self.viewer.layers:
                 self.viewer.layers.remove(REPLAY_PREFIX + name)
         height, width = sample.target.shape
-        image = self.viewer.add_image(sample.image, name=REPLAY_PREFIX + "image", rgb=True)
+        frame = self._replay_frame()
+        image = self.viewer.add_image(sample.image, name=REPLAY_PREFIX + "image", rgb=True, **frame)
         self.viewer.add_labels(np.zeros(sample.target.shape, np.uint8), name=REPLAY_PREFIX + "prediction",
-                               opacity=0.45, colormap={1: PREDICTION_COLOUR})
+                               opacity=0.45, colormap={1: PREDICTION_COLOUR}, **frame)
         # Above the prediction, in a colour H&E stains rarely have, a few pixels wide at any image size.
         truth = self.viewer.add_labels(sample.target.astype(np.uint8), name=REPLAY_PREFIX + "ground truth",
-                                       opacity=1.0, colormap={1: TRUTH_COLOUR})
+                                       opacity=1.0, colormap={1: TRUTH_COLOUR}, **frame)
         truth.contour = max(2, round(max(height, width) / 200))
         self.viewer.add_points(np.zeros((0, 2)), name=REPLAY_PREFIX + "clicks", size=max(6, height // 40),
-                               face_color="green", border_color="white")
+                               face_color="green", border_color="white", **frame)
         self._fit_view(image)
         self.slider.setEnabled(True)
         self.slider.setMaximum(max(len(result.ious), 1))
         self.slider.setValue(1)
         self.show_step(1)
         self.status.setText(f"Replay of {sample.sample_id}: {len(result.ious)} clicks")
+
+    def _replay_frame(self) -> dict:
+        """Scale, translate and units of the replay layers: in the units of the layers open (a slide
+        in µm: µm, so napari keeps using them), at the pixel size of the first image among them,
+        to the right of them all (nothing open: napari's defaults, pixels at the origin)."""
+        layers = [layer for layer in self.viewer.layers if not layer.name.startswith(REPLAY_PREFIX)]
+        if not layers:
+            return {}
+        from napari.layers import Image
+
+        units = self.viewer.layers.extent.units  # None when the open layers disagree already
+        image = next((layer for layer in layers if isinstance(layer, Image)), None)
+        scale = tuple(float(v) for v in image.scale[-2:]) if image is not None else (1.0, 1.0)
+        (top, left), (_, right) = self.viewer.layers.extent.world[:, -2:]
+        frame = {"scale": scale, "translate": (float(top), float(right + REPLAY_GAP * max(right - left, 0.0)))}
+        if units is not None:
+            frame["units"] = tuple(units[-2:])
+        return frame
 
     def _fit_view(self, layer) -> None:
         """Centre and zoom onto the replayed image: other layers (a whole slide) may be far larger."""
