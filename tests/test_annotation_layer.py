@@ -74,3 +74,51 @@ def test_another_slides_layer_is_renamed_not_replaced(layer):
     assert layer.name.startswith(annotation_layer.ANNOTATIONS + " (") and len(layer.data) == 4
     back = annotation_layer.layer_for(viewer, Image(np.zeros((8, 8))), "slide-1")
     assert back is layer and layer.name == annotation_layer.ANNOTATIONS
+
+
+def _ring(cx, cy, rx, ry, n=240):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.c_[cx + rx * np.cos(t), cy + ry * np.sin(t)]
+
+
+@pytest.mark.gui
+def test_a_click_inside_an_accepted_object_selects_it_in_select_mode(make_napari_viewer, qtbot):
+    """Real mouse presses on napari's canvas, over a slide in µm: inside a large object with a
+    hole, inside its second part and inside a small object, each selects that shape; the hole and
+    the glass select nothing."""
+    from qtpy.QtCore import QPoint, Qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    slide = viewer.add_image(np.zeros((4000, 6000), np.uint8), name="slide", scale=(0.5, 0.5), units=("um", "um"))
+    layer = annotation_layer.layer_for(viewer, slide, "slide-1")
+    large = AnnotatedObject([Polygon(_ring(2000, 2000, 1600, 1300), [_ring(2600, 2000, 200, 200)[::-1]]),
+                             Polygon(_ring(4600, 1000, 500, 400))], "Tumor")
+    small = AnnotatedObject([Polygon(_ring(4600, 3200, 60, 60))], "Stroma")
+    annotation_layer.add_objects(layer, [large, small], lambda name: (200, 0, 0))
+    viewer.reset_view()
+    viewer.layers.selection.active = layer
+    layer.mode = "select"
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.wait(200)
+
+    def click_at(x0, y0):
+        """Press and release on the canvas pixel showing level-0 pixel (x0, y0)."""
+        world = np.asarray(layer.data_to_world((y0, x0)))[-2:]
+        row, col = (world - np.asarray(viewer.camera.center[-2:])) * viewer.camera.zoom
+        at = QPoint(round(canvas.width() / 2 + col), round(canvas.height() / 2 + row))
+        layer.selected_data = set()
+        qtbot.mouseMove(canvas, at)
+        qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=at)
+        qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=at)
+        qtbot.wait(30)
+        return set(layer.selected_data)
+
+    large_rows = annotation_layer.rows_of(layer, large.id)
+    (small_row,) = annotation_layer.rows_of(layer, small.id)
+    assert click_at(1000, 2000) == {large_rows[0]}  # far from any vertex
+    assert click_at(2000, 1200) == {large_rows[0]}
+    assert click_at(4600, 1000) == {large_rows[1]}
+    assert click_at(4600, 3200) == {small_row}
+    assert click_at(2600, 2000) == set()  # in the hole
+    assert click_at(5800, 3900) == set()  # on the glass
