@@ -191,7 +191,8 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     summary = run_benchmark(args.regions, args.out, model=args.model, decoder=args.decoder, device=args.device,
                             modes=modes, max_clicks=args.max_clicks, tile_size=args.tile_size, limit=args.limit,
-                            stride=args.stride, upscale=args.upscale, log=lambda line: print(line, flush=True))
+                            stride=args.stride, upscale=args.upscale, log=lambda line: print(line, flush=True),
+                            honour_clicks=not args.no_fallback)
     print(format_table(summary["modes"]))
     print(f"-> {args.out}/summary.json, runs.csv, table.md")
     return 0
@@ -409,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--decoder", default="sam")
     sb.add_argument("--device", default="cpu")
     sb.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    sb.add_argument("--no-fallback", action="store_true",
+                    help="show SAM's usual decode even where it loses the object (to measure without the fallback)")
     sb.set_defaults(func=_cmd_slide_benchmark)
     seq = sub.add_parser("sequential-benchmark", help="one case's objects clicked in order, with the decoder "
                                                       "adapting to the accepted ones and without (NoC after the fifth)")

@@ -102,7 +102,7 @@ def test_the_status_names_the_level_in_view_and_the_decoder_as_chosen(make_napar
         qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
         assert ", 1 click," in dock.status.text()
         [obj] = dock.objects()
-        assert obj.properties.get("decoder", "md") == "md"
+        assert obj.properties["decoder"] == "md" and obj.properties["decoder_kind"] == "sam"  # kept in the layer
     finally:
         dock.close_session(wait=True)
 

@@ -12,6 +12,8 @@ def test_slide_opens_lazily_with_physical_scale_and_identity(sample_source):
     reader = get_reader(str(SAMPLE_SLIDE))
     [(data, meta, kind)] = reader(str(SAMPLE_SLIDE))
     assert kind == "image" and meta["rgb"] and meta["scale"] == (0.499, 0.499) and meta["units"] == "µm"
+    assert meta["multiscale"] and [level.shape for level in data][1:] == [(1483, 1110, 3), (741, 555, 3)]
+    data = data[0]  # one level, and virtual overview levels for napari
     assert type(data).__module__.startswith("dask")  # lazy: nothing read yet
     assert data.shape == (2967, 2220, 3) and data.chunksize[:2] == (512, 512)
     assert meta["metadata"]["identity"] == sample_source.identity
@@ -69,5 +71,19 @@ def test_edge_chunks_thinner_than_eight_pixels_are_read(tmp_path):
     from napari_sam_histo.slides.reader import from_array
 
     image = np.random.default_rng(2).integers(0, 255, (515, 1027, 3), dtype=np.uint8)  # 3-px edge chunks
-    [level] = multiscale(from_array(image))
+    level = multiscale(from_array(image))[0]
     assert level.chunks[1][-1] == 3 and np.array_equal(np.asarray(level), image)
+
+
+def test_a_large_one_level_image_gets_virtual_overview_levels(tmp_path):
+    """napari draws the whole slide from the coarsest level on its GUI thread: a one-level slide gets
+    coarser levels, read from level 0 and resized, down to about 1024 px."""
+    from napari_sam_histo.slides.lazy import multiscale
+    from napari_sam_histo.slides.reader import from_array
+
+    image = np.random.default_rng(3).integers(0, 255, (2967, 2220, 3), dtype=np.uint8)
+    levels = multiscale(from_array(image))
+    assert [level.shape for level in levels] == [(2967, 2220, 3), (1483, 1110, 3), (741, 555, 3)]
+    coarse = np.asarray(levels[2][:100, :100]).astype(float)
+    expected = image[:400, :400].reshape(100, 4, 100, 4, 3).mean(axis=(1, 3))
+    assert np.abs(coarse - expected).mean() < 40  # a resized overview of the same pixels

@@ -5,7 +5,7 @@ own, so what the user sees (shapes deleted, vertices moved, classes changed on t
 is saved, and the dock's export equals napari's File > Save Selected Layers (both go through
 ``layer_data_objects``). One shape per part of an object, holes drawn through bridged rings
 (``annotations/bridged.py``); the parts of an object share its ``id`` feature, the other features
-(``class``, ``clicks``, ``model``, ``decoder``) are read back by ``objects.group_parts``.
+(``class``, ``clicks``, ``model`` and the provenance, ``PROVENANCE_KEYS``) are read back by ``objects.group_parts``.
 
 Each slide has its own layer (its metadata names the slide): starting on another slide renames the
 old layer to ``SAM annotations (<slide>)`` and keeps it; coming back renames it back.
@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..annotations.bridged import to_bridged_ring
-from ..annotations.objects import AnnotatedObject
+from ..annotations.objects import PROVENANCE_KEYS, AnnotatedObject
 from ..coordinates import corner_translate
 
 ANNOTATIONS = "SAM annotations"
 FACE_ALPHA = 0.3
-COLUMNS = ("class", "id", "clicks", "model", "decoder")
+COLUMNS = ("class", "id", "clicks", "model", *PROVENANCE_KEYS)  # PROVENANCE_KEYS: what drew each object
 
 
 def rgba(color, alpha: float = 1.0) -> np.ndarray:
@@ -31,7 +31,14 @@ def rgba(color, alpha: float = 1.0) -> np.ndarray:
 def _empty_features() -> dict:
     return {"class": np.array([], dtype=object), "id": np.array([], dtype=object),
             "clicks": np.array([], dtype=int), "model": np.array([], dtype=object),
-            "decoder": np.array([], dtype=object)}
+            **{key: np.array([], dtype=object) for key in PROVENANCE_KEYS}}
+
+
+def _defaults(class_name: str = "", object_id: str = "", clicks: int = 0, model: str = "", properties=None) -> dict:
+    """The layer's feature values for the next shapes added (an object's, or a hand-drawn shape's)."""
+    properties = properties or {}
+    return {"class": class_name, "id": object_id, "clicks": int(clicks), "model": model,
+            **{key: str(properties.get(key, "")) for key in PROVENANCE_KEYS}}
 
 
 def layer_for(viewer, image_layer, identity: str, edge_width: float = 3.0):
@@ -50,7 +57,7 @@ def layer_for(viewer, image_layer, identity: str, edge_width: float = 3.0):
     layer = viewer.add_shapes(name=ANNOTATIONS, scale=scale, translate=corner_translate(scale),  # see coordinates
                               units=tuple(image_layer.units[-2:]), edge_width=edge_width, opacity=1.0,
                               features=_empty_features(), metadata=metadata)
-    layer.feature_defaults = {"class": "", "id": "", "clicks": 0, "model": "", "decoder": ""}
+    layer.feature_defaults = _defaults()
     return layer
 
 
@@ -60,13 +67,11 @@ def add_objects(layer, objects: list[AnnotatedObject], color_of) -> None:
         if not obj.polygons:
             continue
         color = color_of(obj.class_name)
-        layer.feature_defaults = {"class": obj.class_name, "id": obj.id, "clicks": int(obj.clicks),
-                                  "model": obj.model, "decoder": str(obj.properties.get("decoder", ""))}
+        layer.feature_defaults = _defaults(obj.class_name, obj.id, obj.clicks, obj.model, obj.properties)
         rings = [to_bridged_ring(polygon)[:, ::-1] for polygon in obj.polygons]
         layer.add_polygons(rings, face_color=rgba(color, FACE_ALPHA), edge_color=rgba(color))
     # a shape drawn by hand next is an object of its own (no id), of the class chosen in the dock
-    layer.feature_defaults = {"class": objects[-1].class_name if objects else "Tumor", "id": "", "clicks": 0,
-                              "model": "", "decoder": ""}
+    layer.feature_defaults = _defaults(objects[-1].class_name if objects else "Tumor")
 
 
 def layer_data_objects(data: list, meta: dict) -> list[AnnotatedObject]:

@@ -136,7 +136,12 @@ class AnnotatorDock(QWidget):
         self.settings.fill_layers()
         # torch and friends are imported off the GUI thread, once napari has drawn the dock (an import
         # running on a worker meanwhile would hold module locks that the dock's own creation waits on)
-        QTimer.singleShot(WARM_UP_DELAY_MS, lambda: self.threads.run(warm_up, self.settings.fill_models))
+        self.warmed_up = False  # the warm-up below has ended (its imports hold the GIL for seconds)
+        QTimer.singleShot(WARM_UP_DELAY_MS, lambda: self.threads.run(warm_up, self._warmed_up))
+
+    def _warmed_up(self, models) -> None:
+        self.warmed_up = True
+        self.settings.fill_models(models)
 
     def _timer(self, interval: int, slot) -> QTimer:
         timer = QTimer(self)
@@ -211,6 +216,9 @@ class AnnotatorDock(QWidget):
         layout.addWidget(help_label)
         layout.addStretch()
         self._show_class_color()
+        from .dock_tabs import needed_width
+
+        scroll.setMinimumWidth(needed_width(scroll))  # never cut at the right edge (a horizontal scroll bar)
 
     def _button(self, name: str, slot, tip: str = "") -> QPushButton:
         button = QPushButton(name)

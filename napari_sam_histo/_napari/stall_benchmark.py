@@ -172,6 +172,9 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
 
     timed("open the dock", open_dock, lambda: True)
     dock = state["dock"]
+    # the dock imports torch and friends on a worker as it opens: their C start-up holds the GIL, so
+    # napari stalls meanwhile whatever the user does; timed on its own, before the slide is opened
+    timed("warm-up after opening the dock (imports on a worker)", lambda: None, lambda: dock.warmed_up)
     timed("open the slide", lambda: viewer.open(str(copy), plugin="napari-sam-histo"),
           lambda: dock.layer_combo.count() > 0)
     dock.model_combo.setCurrentText(model)

@@ -49,11 +49,12 @@ MAX_CONTINUATION_TILES = 8  # tiles one object may grow into by itself
 class Annotator(ObjectTiles):
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
-                 prefetch_radius: int = 1, continuation: bool = False, first_mask: str = "unflooded") -> None:
+                 prefetch_radius: int = 1, continuation: bool = False, first_mask: str = "unflooded",
+                 honour_clicks: bool = True) -> None:
         """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
         ``level_for_view``; level 0 until one does). ``continuation``: grow the object into
         neighbouring tiles in the background after each click (see the module), inside ``view``."""
-        super().__init__(predictor, source, level, tile_size, reuse_margin, first_mask)
+        super().__init__(predictor, source, level, tile_size, reuse_margin, first_mask, honour_clicks)
         self.prefetch_radius = int(prefetch_radius)
         self.continuation = bool(continuation)
         self._continuation_generation = 0  # a newer request (after a newer click) stops an older one

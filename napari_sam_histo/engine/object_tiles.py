@@ -179,10 +179,11 @@ class SlideLearning(Protocol):
 class ObjectTiles:
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
-                 first_mask: str = "unflooded") -> None:
+                 first_mask: str = "unflooded", honour_clicks: bool = True) -> None:
         """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
         ``level_for_view``; level 0 until one does). ``first_mask``: how a new tile's first click
-        picks among SAM's candidates (``session.FIRST_MASK_RULES``)."""
+        picks among SAM's candidates (``session.FIRST_MASK_RULES``). ``honour_clicks``: a decode that
+        loses the object gives way to one that keeps it (``ClickSession``; off for benchmarks)."""
         if first_mask not in FIRST_MASK_RULES:
             raise InputError(f"first_mask {first_mask!r}: choose one of {', '.join(FIRST_MASK_RULES)}.")
         self.auto = level == "auto"
@@ -213,6 +214,7 @@ class ObjectTiles:
         # grow by itself. A tile much smaller than the view (a finer level pinned) takes SAM's own
         # choice and grows: an object larger than such a tile is what the user sees.
         self.first_mask = first_mask
+        self.honour_clicks = bool(honour_clicks)
         # The level-0 box (x0, y0, x1, y1) the user looks at, set by a UI (None: no bound). The object
         # grows by itself only where a tile border cuts it inside this box: never past a border the
         # user has not seen.
@@ -401,7 +403,8 @@ class ObjectTiles:
         if box is not None and session is None:
             # Outside the lock: the embedding may take seconds, and readers must not wait for it.
             session = ClickSession(self._decoding, box, self._embedding(box, "click"), refine=self._refine_for(box),
-                                   first_mask=self.first_mask if self._spans_view(box) else "iou")
+                                   first_mask=self.first_mask if self._spans_view(box) else "iou",
+                                   honour_clicks=self.honour_clicks)
         with self._lock:
             keys = []
             if session is not None:
@@ -724,7 +727,8 @@ class ObjectTiles:
         object's logits over the overlap as mask prompt. It belongs to the last click (undone with it)."""
         with self._lock:
             session = self._sessions.get(box.key()) or ClickSession(self._decoding, box, embedding,
-                                                                    refine=self._refine_for(box))
+                                                                    refine=self._refine_for(box),
+                                                                    honour_clicks=self.honour_clicks)
             seed = (px - box.x, py - box.y, True)  # inside the object, where a border cut it
             session.add_clicks(self._clicks_in(box) + [seed], mask_prompt=self._overlap_prompt(session))
             self._sessions[box.key()] = session

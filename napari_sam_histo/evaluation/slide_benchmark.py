@@ -318,10 +318,12 @@ def write_figure(path: Path, rgb: np.ndarray, target: np.ndarray, runs: list[Reg
 
 def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vit_t", decoder: str = "sam",
                   device: str = "cpu", modes=DEFAULT_MODES, max_clicks: int = 50, tile_size: int = 1024,
-                  limit: int | None = None, stride: int = 1, upscale: float = 1.0, log=print) -> dict:
+                  limit: int | None = None, stride: int = 1, upscale: float = 1.0, log=print,
+                  honour_clicks: bool = True) -> dict:
     """Write the regions (every ``stride``-th, the first ``limit``, enlarged ``upscale`` times) as
     pyramids under ``out_dir/slides``, run every mode on each, write ``summary.json``, ``runs.csv``
-    and ``table.md``; returns the summary."""
+    and ``table.md``; returns the summary. ``honour_clicks=False``: SAM's usual decode is shown even
+    where it loses the object (``ClickSession``), to measure without the fallback."""
     from ..engine.annotator import Annotator
     from ..engine.embedding_cache import EmbeddingCache
     from ..engine.predictor import Predictor
@@ -340,7 +342,7 @@ def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vi
             source = open_image(slide)
             predictor = Predictor(loaded, decoder, cache=EmbeddingCache())  # nothing cached between modes
             annotator = Annotator(predictor, source, level=0 if mode.startswith("level0") else "auto",
-                                  tile_size=tile_size)
+                                  tile_size=tile_size, honour_clicks=honour_clicks)
             try:
                 run = run_region(annotator, target, mode, max_clicks=max_clicks)
             finally:

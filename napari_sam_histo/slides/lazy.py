@@ -16,14 +16,25 @@ from .reader import ImageSource
 
 CHUNK = 512
 MIN_LEVEL_SIDE = 256  # levels smaller than this add nothing to a multiscale view
+# A slide whose coarsest level is larger than this gets virtual levels (powers of two, read from a
+# finer level and resized) down to this size: napari draws the whole slide from its coarsest level
+# on its GUI thread, and a 3000-px level (a one-level slide) stalled it for seconds (mostly its
+# texture upload), where a 740-px one does not.
+OVERVIEW_SIDE = 1024
+MAX_VIRTUAL_FACTOR = 4  # a virtual level's chunk reads at most 4 x 4 chunks of the level under it
 
 
-def level_array(source: ImageSource, level: int, chunk: int = CHUNK):
-    """Level ``level`` of ``source`` as a (H, W, 3) uint8 dask array of ``chunk``-sized blocks."""
+def level_array(source: ImageSource, level: int, chunk: int = CHUNK, downsample: float | None = None):
+    """Level ``level`` of ``source`` as a (H, W, 3) uint8 dask array of ``chunk``-sized blocks; with
+    ``downsample`` (coarser than the level's own), the virtual level read from it and resized."""
     import dask.array as da
 
-    width, height = source.level_dimensions[level]
-    downsample = source.level_downsamples[level]
+    virtual = downsample is not None and abs(downsample / source.level_downsamples[level] - 1) > 1e-6
+    if virtual:
+        width, height = source.size_at(downsample, level)
+    else:
+        width, height = source.level_dimensions[level]
+        downsample = source.level_downsamples[level]
     rows = tuple(min(chunk, height - y) for y in range(0, height, chunk))
     cols = tuple(min(chunk, width - x) for x in range(0, width, chunk))
     tops, lefts = np.cumsum((0,) + rows[:-1]), np.cumsum((0,) + cols[:-1])
@@ -37,13 +48,24 @@ def level_array(source: ImageSource, level: int, chunk: int = CHUNK):
         # an edge chunk a few pixels thin is read as a MIN_SIDE-wide box, reaching back into the
         # level, and cropped: read_region refuses boxes smaller than SAM's minimum input
         ry0, rx0 = max(0, min(y0, y1 - MIN_SIDE)), max(0, min(x0, x1 - MIN_SIDE))
-        region = source.read_region(TileBox(level, rx0, ry0, x1 - rx0, y1 - ry0, downsample))
+        region = source.read_region(TileBox(level, rx0, ry0, x1 - rx0, y1 - ry0, downsample, virtual))
         return region[y0 - ry0:, x0 - rx0:]
 
     return da.map_blocks(read_block, dtype=np.uint8, chunks=(rows, cols, (3,)), meta=np.empty((0, 0, 0), np.uint8))
 
 
 def multiscale(source: ImageSource, chunk: int = CHUNK) -> list:
-    """All useful levels, finest first (napari's multiscale order)."""
+    """All useful levels, finest first (napari's multiscale order), then virtual levels down to
+    ``OVERVIEW_SIDE`` when the coarsest is larger."""
     levels = [0] + [i for i in range(1, source.level_count) if min(source.level_dimensions[i]) >= MIN_LEVEL_SIDE]
-    return [level_array(source, i, chunk) for i in levels]
+    arrays = [level_array(source, i, chunk) for i in levels]
+    downsample = source.level_downsamples[levels[-1]]
+    width, height = source.level_dimensions[levels[-1]]
+    while max(width, height) > OVERVIEW_SIDE:
+        downsample *= 2
+        read = source.reading_level(downsample)
+        if downsample / source.level_downsamples[read] > MAX_VIRTUAL_FACTOR + 1e-6:
+            break  # each chunk would read too much: napari reads the coarsest level as it is
+        width, height = source.size_at(downsample, read)
+        arrays.append(level_array(source, read, chunk, downsample))
+    return arrays
