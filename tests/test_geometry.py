@@ -54,3 +54,31 @@ def test_placement_in_level0():
 
 def test_empty_mask_gives_no_polygon():
     assert mask_to_polygons(np.zeros((5, 5), bool)) == []
+
+
+def test_rasterising_fills_the_pixels_scikit_image_fills():
+    """The scanline fill gives the pixels of skimage.draw.polygon (centre inside, its crossing rule)
+    for the outlines the annotator makes and for arbitrary rings."""
+    from skimage.draw import polygon as draw_polygon
+
+    from napari_sam_histo.annotations.geometry import _inside, mask_to_polygons
+
+    def reference(shape, ring):
+        mask = np.zeros(shape, bool)
+        rows, cols = draw_polygon(ring[:, 1], ring[:, 0], shape=shape)
+        mask[rows, cols] = True
+        return mask
+
+    rng = np.random.default_rng(0)
+    rings = []
+    for trial in range(40):
+        mask = np.zeros((60, 70), bool)
+        yy, xx = np.ogrid[:60, :70]
+        for _ in range(3):
+            cy, cx, r = rng.integers(5, 55), rng.integers(5, 65), rng.integers(2, 15)
+            mask |= (yy - cy) ** 2 + ((xx - cx) * rng.uniform(0.5, 1.5)) ** 2 < r * r
+        for polygon in mask_to_polygons(mask, tolerance=0.1 * (trial % 2)):
+            rings += [ring - 0.5 for ring in [polygon.exterior, *polygon.holes]]
+    rings += [rng.uniform(-5, 65, (rng.integers(3, 30), 2)) for _ in range(60)]  # self-crossing, off the box
+    for ring in rings:
+        assert np.array_equal(_inside((60, 70), ring), reference((60, 70), ring))

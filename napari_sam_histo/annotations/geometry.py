@@ -45,13 +45,48 @@ def ring_from_coords(coords, source: str = "the file") -> np.ndarray:
 
 
 def _fill(mask: np.ndarray, ring: np.ndarray, value: bool) -> None:
-    from skimage.draw import polygon as draw_polygon
-
+    """Set the pixels of ``mask`` whose centre (c + 0.5, r + 0.5) is inside ``ring`` (box pixel
+    units) to ``value``."""
     if len(ring) < 3:
         return
-    # Pixel (r, c) has its centre at (c + 0.5, r + 0.5) in the box's own pixel units.
-    rows, cols = draw_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape=mask.shape)
-    mask[rows, cols] = value
+    mask[_inside(mask.shape, np.asarray(ring, float) - 0.5)] = value
+
+
+def _inside(shape: tuple[int, int], ring: np.ndarray) -> np.ndarray:
+    """The (H, W) pixels (r, c) with the point (c, r) inside ``ring`` (even-odd rule, the crossing
+    test of scikit-image's ``draw.polygon``), by scanlines: each edge gives its crossings with the
+    rows it spans, and each row is filled between pairs of crossings. Written here because
+    ``skimage.draw.polygon`` tests every pixel of the ring's box against every vertex while holding
+    the GIL: a 3,000-vertex outline on a 1024² tile took 34 s (napari froze for seconds during a
+    label-image export) against 0.03 s here, with the same pixels."""
+    height, width = shape
+    inside = np.zeros(shape, bool)
+    x0, y0 = ring[:, 0], ring[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    sloped = y0 != y1  # horizontal edges cross no row (half-open rule)
+    x0, y0, x1, y1 = x0[sloped], y0[sloped], x1[sloped], y1[sloped]
+    first = np.maximum(np.ceil(np.minimum(y0, y1)), 0).astype(np.int64)  # rows r with y_min <= r < y_max
+    last = np.minimum(np.ceil(np.maximum(y0, y1)) - 1, height - 1).astype(np.int64)
+    counts = np.maximum(last - first + 1, 0)
+    total = int(counts.sum())
+    if not total:
+        return inside
+    edge = np.repeat(np.arange(len(first)), counts)
+    rows = first[edge] + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    xs = x0[edge] + (rows - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    order = np.lexsort((xs, rows))
+    rows, xs = rows[order], xs[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+    rank = np.arange(total) - np.repeat(starts, np.diff(np.r_[starts, total]))
+    opening = np.flatnonzero(rank % 2 == 0)  # crossings 1, 3, 5… of a row open a run, the next closes it
+    c0 = np.clip(np.ceil(xs[opening]), 0, width).astype(np.int64)
+    c1 = np.clip(np.ceil(xs[opening + 1]), 0, width).astype(np.int64)
+    keep = c1 > c0
+    runs = np.zeros((height, width + 1), np.int32)
+    np.add.at(runs, (rows[opening][keep], c0[keep]), 1)
+    np.add.at(runs, (rows[opening][keep], c1[keep]), -1)
+    inside |= np.cumsum(runs[:, :width], axis=1) > 0
+    return inside
 
 
 def rasterize(polygons: list[Polygon], origin: tuple[float, float], downsample: float,
