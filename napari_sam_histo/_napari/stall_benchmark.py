@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..annotations.geojson import write_geojson
 from ..errors import InputError
 
 HEARTBEAT_MS = 20
@@ -116,6 +117,21 @@ def mosaic_slide(folder: Path, repeat: int) -> Path:
         for level in levels[1:]:
             tif.write(level, tile=(256, 256), compression="zlib", subfiletype=1, photometric="rgb")
     return path
+
+
+def large_objects(width: int, height: int, count: int = 3, vertices: int = 3000):
+    """``count`` tumour-like objects with wavy outlines of ``vertices`` points, each spanning most of
+    a ``width`` x ``height`` slide (the outlines a large accepted or imported region has)."""
+    from ..annotations.geometry import Polygon
+    from ..annotations.objects import AnnotatedObject
+
+    t = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    objects = []
+    for i in range(count):
+        radius = 0.45 * min(width, height) * (1 + 0.1 * np.sin((7 + i) * t))
+        ring = np.stack([width / 2 + radius * np.cos(t) * 0.9 ** i, height / 2 + radius * np.sin(t) * 0.9 ** i], 1)
+        objects.append(AnnotatedObject([Polygon(ring)], "Tumor"))
+    return objects
 
 
 def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
@@ -249,6 +265,15 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
           lambda: not dock.object_list.ids)
     timed("autosave", dock.autosave_now, lambda: dock.last_autosave is not None and dock.last_autosave.done())
 
+    # large objects: outlines of 3,000 vertices spanning most of the slide, imported, then exported
+    big = work / "large-objects.geojson"
+    write_geojson(big, large_objects(width, height), mpp=dock.source.mpp)
+    timed("import 3 large objects (3,000-vertex outlines across the slide)",
+          lambda: state.update(f=dock.import_geojson(big)), lambda: state["f"].done() and len(dock.object_list.ids) == 3)
+    timed("export GeoJSON (large objects)", lambda: state.update(f=dock.export_geojson(geojson, overwrite=True)),
+          lambda: state["f"].done() and dock.status.text().startswith("Exported"))
+    timed("export TIFF (large objects)", lambda: state.update(f=dock.export_tiff(tiff, overwrite=True)),
+          lambda: state["f"].done() and dock.status.text().startswith("Exported"))
     state["second"] = mosaic_slide(work, 2)  # made before the timing: a file the user already has
     timed("open a second slide while annotating",
           lambda: viewer.open(str(state["second"]), plugin="napari-sam-histo"),
