@@ -178,10 +178,22 @@ def _cmd_slide_memory(args: argparse.Namespace) -> int:
 
 
 def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
-    from .evaluation.slide_benchmark import MODES, format_table, run_benchmark
     from .errors import InputError
+    from .evaluation.slide_benchmark import (
+        DEFAULT_MODES,
+        MODES,
+        format_small_table,
+        format_table,
+        run_benchmark,
+        run_small_objects,
+    )
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.small_objects and args.modes is not None:
+        raise InputError("--modes does not apply to --small-objects (its objects are clicked at auto, growth off "
+                         "and on).")
+    if args.per_slide < 1:
+        raise InputError(f"--per-slide {args.per_slide}: compose at least one region per slide.")
+    modes = [m.strip() for m in (args.modes or ",".join(DEFAULT_MODES)).split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise InputError(f"--modes {args.modes!r}: choose from {', '.join(MODES)} (comma-separated).")
@@ -189,6 +201,15 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.small_objects:
+        summary = run_small_objects(args.regions, args.out, model=args.model, decoder=args.decoder,
+                                    device=args.device, per_slide=args.per_slide, max_clicks=args.max_clicks,
+                                    tile_size=args.tile_size, limit=args.limit, stride=args.stride,
+                                    upscale=args.upscale, log=lambda line: print(line, flush=True),
+                                    honour_clicks=not args.no_fallback)
+        print(format_small_table(summary["settings"]))
+        print(f"-> {args.out}/summary.json, objects.csv, table.md")
+        return 0
     summary = run_benchmark(args.regions, args.out, model=args.model, decoder=args.decoder, device=args.device,
                             modes=modes, max_clicks=args.max_clicks, tile_size=args.tile_size, limit=args.limit,
                             stride=args.stride, upscale=args.upscale, log=lambda line: print(line, flush=True),
@@ -399,7 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "auto level vs auto + refinement (NoC, mIoU per click, seams)")
     sb.add_argument("regions", help="a region dataset (images/ + masks/, or a manifest), e.g. bcss-breast-40x")
     sb.add_argument("--out", required=True, help="report folder (pyramids under slides/)")
-    sb.add_argument("--modes", default="level0,auto,refine", help="comma-separated: level0, auto, refine, level0+grow")
+    sb.add_argument("--modes", default=None,
+                    help="comma-separated: level0, auto, refine, level0+grow (default: level0,auto,refine)")
+    sb.add_argument("--small-objects", action="store_true",
+                    help="small objects next to each other: regions composed side by side into slides, each "
+                         "connected component of a mask clicked on its own at auto, growth off and on (NoC, "
+                         "mIoU, spills into neighbours)")
+    sb.add_argument("--per-slide", type=int, default=9, help="with --small-objects: regions per composed slide")
     sb.add_argument("--max-clicks", type=int, default=50)
     sb.add_argument("--upscale", type=float, default=1.0,
                     help="enlarge each region this many times (a composed region spanning many tiles)")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
@@ -10,8 +11,23 @@ import tifffile
 
 from napari_sam_histo.engine.annotator import AnnotatorState
 from napari_sam_histo.engine.tiles import TileBox
-from napari_sam_histo.evaluation.slide_benchmark import (RegionRun, format_table, level0_mask, run_benchmark,
-                                                        seam_band, summarize_runs)
+from napari_sam_histo.evaluation.slide_benchmark import (
+    GROWING,
+    MODES,
+    ObjectRun,
+    RegionRun,
+    click_small_objects,
+    compose_regions,
+    find_regions,
+    format_table,
+    level0_mask,
+    run_benchmark,
+    run_region,
+    run_small_objects,
+    seam_band,
+    summarize_runs,
+    summarize_small,
+)
 
 
 @pytest.fixture
@@ -76,3 +92,142 @@ def test_collapses_and_fallbacks_are_counted_per_mode():
     assert (summary["refine"]["collapses"], summary["refine"]["collapsed_regions"]) == (0, 0)
     assert summary["auto"]["fallbacks"] == 1.0
     assert "| 2 (1) | 1.0 |" in format_table(summary).splitlines()[2]
+
+
+SEAM = {f"{name}_{part}": 1 for name in ("band", "rest") for part in ("intersection", "union")}
+REGION_VIEW = (-15.0, -36.25, 615.0, 436.25)  # a 600x400 region on the 1280x960 canvas with its 5 % margin
+
+
+def test_every_click_is_made_in_the_view_the_pathologist_looks_at(regions, tmp_path, tiny_model, monkeypatch):
+    """The annotator's view is set before every click: the whole region (level0, level0+grow, auto),
+    and the growing modes run with continuation on."""
+    from napari_sam_histo.engine.annotator import Annotator
+
+    seen = []
+    click = Annotator.click
+
+    def spy(self, x0, y0, positive=True, downsample=None):
+        seen.append((self.source.name, self.view, self.continuation))
+        return click(self, x0, y0, positive, downsample)
+
+    monkeypatch.setattr(Annotator, "click", spy)
+    run_benchmark(regions, tmp_path / "report", model=tiny_model, modes=MODES, max_clicks=2, tile_size=256,
+                  log=lambda line: None)
+    assert len(seen) == 2 * len(MODES)  # two clicks per mode, in order
+    for mode, (_, view, continuation) in zip([m for m in MODES for _ in range(2)], seen):
+        if mode != "refine":
+            assert view == REGION_VIEW, mode
+        assert continuation == (mode in GROWING), mode
+    assert seen[2 * MODES.index("refine")][1] == REGION_VIEW  # refine's first click: as auto
+
+
+class FakeAnnotator:
+    """What ``run_region`` uses of an annotator: the first click shows the target with a 20-px hole."""
+
+    def __init__(self, target, continuation=False, auto=True):
+        self.source = SimpleNamespace(name="fake")
+        self.predictor = SimpleNamespace(encoder_calls=0)
+        self.grid = SimpleNamespace(downsample=1.0)
+        self.auto, self.continuation, self.tile_size, self.grown = auto, continuation, 256, 0
+        self.view = None
+        self.target = target
+        self.clicks, self.waited = [], 0
+
+    def level_for_view(self, width, height):
+        return SimpleNamespace(downsample=float(2 ** round(np.log2(max(width, height) / 256))))
+
+    def click(self, x0, y0, positive=True, downsample=None):
+        self.clicks.append((x0, y0, positive, downsample, self.view))
+        return self.state()
+
+    def wait_continuation(self):
+        self.waited += 1
+
+    def state(self):
+        mask = self.target.copy()
+        if len(self.clicks) == 1:
+            mask[190:210, 290:310] = False  # a small error left: refine zooms to it
+        return AnnotatorState((), ((0, 0), mask), (), downsample=1.0)
+
+    def snapshot(self):
+        return SimpleNamespace(sessions={})
+
+
+def test_refine_zooms_the_view_onto_the_error_it_fixes():
+    target = np.zeros((400, 600), bool)
+    target[100:300, 150:450] = True
+    fake = FakeAnnotator(target, continuation=True)
+    run = run_region(fake, target, "refine", max_clicks=2, stop_iou=None)
+    (_, _, _, first_d, first_view), (x, y, positive, second_d, second_view) = fake.clicks
+    assert first_view == REGION_VIEW and first_d == 2.0
+    assert positive and 190 <= y <= 210 and 290 <= x <= 310  # the hole
+    x0, y0, x1, y1 = second_view
+    assert ((x0 + x1) / 2, (y0 + y1) / 2) == (x, y)  # centred on the click
+    assert x1 - x0 < 100 and (x1 - x0) / (y1 - y0) == pytest.approx(4 / 3)  # twice the 20-px error, on the canvas
+    assert second_d == 0.25 and run.views == [first_view, second_view]
+    assert fake.waited == 2  # the object's growth is waited for after each click
+    auto = FakeAnnotator(target)
+    run_region(auto, target, "auto", max_clicks=2, stop_iou=None)
+    assert [c[4] for c in auto.clicks] == [REGION_VIEW, REGION_VIEW] and auto.waited == 0
+
+
+@pytest.fixture
+def small_regions(tmp_path):
+    """Two 100x120 regions: r1 with two glands and a speck (too small to click), r2 with one."""
+    folder = tmp_path / "small"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    masks = {"r1": [(10, 40, 10, 40), (50, 90, 60, 110), (95, 97, 2, 4)], "r2": [(20, 80, 30, 90)]}
+    for stem, blobs in masks.items():
+        mask = np.zeros((100, 120), np.uint8)
+        for r0, r1, c0, c1 in blobs:
+            mask[r0:r1, c0:c1] = 255
+        iio.imwrite(folder / "images" / f"{stem}.png", rng.integers(0, 255, (100, 120, 3), dtype=np.uint8))
+        iio.imwrite(folder / "masks" / f"{stem}.png", mask)
+    return folder
+
+
+def test_small_objects_are_composed_side_by_side_and_each_is_scored_against_its_own_mask(small_regions, monkeypatch):
+    from napari_sam_histo.evaluation import slide_benchmark
+
+    slide = compose_regions(find_regions(small_regions), "s", min_object_px=100)
+    assert slide.rgb.shape == (100, 240, 3) and slide.labels.max() == 4  # r1 | r2, every component numbered
+    assert [(stem, box) for _, stem, box in slide.objects] == [("r1", (0.0, 0.0, 120.0, 100.0))] * 2 + [
+        ("r2", (120.0, 0.0, 240.0, 100.0))]  # the speck is a neighbour, not clicked
+    calls = []
+
+    def fake_run_region(annotator, target, mode, max_clicks, region):
+        calls.append((target.copy(), mode, region))
+        final = target.copy()
+        if target[20, 20]:  # the first gland's object spills into the second gland
+            final[60, 70] = True
+        return RegionRun("", mode, ious=[0.5, 0.95], final_mask=final, seam=SEAM)
+
+    monkeypatch.setattr(slide_benchmark, "run_region", fake_run_region)
+    runs = click_small_objects(SimpleNamespace(clear=lambda: None), slide, "growth on")
+    expected = [(10, 40, 10, 40), (50, 90, 60, 110), (20, 80, 150, 210)]
+    for (target, mode, region), (r0, r1, c0, c1), (_, _, box) in zip(calls, expected, slide.objects):
+        own = np.zeros((100, 240), bool)
+        own[r0:r1, c0:c1] = True
+        assert np.array_equal(target, own) and mode == "auto" and region == box  # that object alone
+    assert [r.overlap for r in runs] == [1, 0, 0] and [r.area for r in runs] == [900, 2000, 3600]
+    summary = summarize_small(runs + [ObjectRun(r.slide, r.region, r.label, r.area, "growth off",
+                                                RegionRun("", "auto, growth off", ious=[0.5, 0.97], seam=SEAM), 0)
+                                       for r in runs], max_clicks=2)
+    assert summary["auto, growth on"]["spilled"] == 1 and summary["auto, growth off"]["spilled"] == 0
+    assert summary["paired"]["lower_with_growth"] == 3 and summary["paired"]["worst_drop"] == pytest.approx(0.02)
+
+
+def test_the_small_objects_benchmark_clicks_every_object_with_growth_off_and_on(small_regions, tmp_path, tiny_model):
+    out = tmp_path / "report"
+    summary = run_small_objects(small_regions, out, model=tiny_model, per_slide=2, max_clicks=2, tile_size=256,
+                                log=lambda line: None)
+    assert set(summary["settings"]) == {"auto, growth off", "auto, growth on", "paired"}
+    assert summary["slides"] == [{"name": "small-1", "regions": ["r1", "r2"], "width": 240, "height": 100,
+                                  "objects": 2}]  # 900 px and the speck are below MIN_OBJECT_PX: neighbours only
+    rows = list(csv.DictReader((out / "objects.csv").read_text().splitlines()))
+    assert [(r["object"], r["growth"]) for r in rows] == [("2", "growth off"), ("4", "growth off"),
+                                                           ("2", "growth on"), ("4", "growth on")]
+    assert [int(r["area"]) for r in rows] == [2000, 3600] * 2
+    assert "| auto, growth on | 2 |" in (out / "table.md").read_text()

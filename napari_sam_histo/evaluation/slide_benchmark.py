@@ -17,8 +17,23 @@ level 0. Modes (what the simulated pathologist does):
   false-positive region under the clicker's point), never coarser than ``auto``, so border
   corrections are made at a higher magnification and refine the coarse object.
 
-``auto``, ``refine`` and ``level0+grow`` run continuation after each click, to completion, before
-the next click (the dock runs it in the background meanwhile).
+Before every click the annotator's ``view`` is set to the level-0 box the simulated pathologist
+looks at, as the dock sets it from its canvas: the view showing the whole region (``level0``,
+``level0+grow``, ``auto`` and ``refine``'s first click: the dock's view after opening, and the view
+auto picks its level for) or, for ``refine``'s later clicks, the zoomed view centred on the click.
+The object grows by itself only where a tile border cuts it inside that view, and a first tile
+that spans the view uses the "unflooded" first-mask rule (``engine.object_tiles``).
+
+``auto``, ``refine`` and ``level0+grow`` run with the annotator's ``continuation`` on: after each
+click the benchmark waits for the object to stop growing (``wait_continuation``) before the next
+click (the dock lets it run in the background meanwhile).
+
+Small objects next to each other (``run_small_objects``): several regions (e.g. GlaS images, whose
+glands lie close together) are tiled side by side into one composed slide; each connected component
+of a region's mask is one object, clicked at auto on its own (RITM's clicker on that object alone,
+IoU against that object alone) in a view showing its region, once with growth off and once with
+growth on; reported per setting: NoC, mIoU per click, how often the final object spilled into
+another object, and per object where growth on ends below growth off.
 
 The clicker applies RITM's rule on the masks subsampled by ``CLICK_GRID`` (4: the click is the
 centre of a 4x4 block of level-0 pixels): on a 10-Mpx region its two distance transforms cost 2.5 s
@@ -75,6 +90,8 @@ class RegionRun:
     encoder_calls: int = 0
     seam: dict = field(default_factory=dict)  # band / rest intersections and unions
     fallbacks: int = 0  # the final object's tile decodes that show an alternative (``engine.session``)
+    grown: int = 0  # tiles the final object grew into by itself (continuation)
+    views: list = field(default_factory=list)  # the level-0 view (x0, y0, x1, y1) set before each click
     final_mask: np.ndarray | None = None  # level-0 prediction after the last click (for the figure)
     final_boxes: tuple = ()
 
@@ -158,6 +175,11 @@ def _region_view(shape: tuple[int, int]) -> tuple[float, float]:
     return VIEW[0] * scale, VIEW[1] * scale
 
 
+def _centred(x: float, y: float, width: float, height: float) -> tuple[float, float, float, float]:
+    """The level-0 box (x0, y0, x1, y1) of a ``width x height`` view centred on (x, y)."""
+    return x - width / 2, y - height / 2, x + width / 2, y + height / 2
+
+
 def _error_extent(target: np.ndarray, prediction: np.ndarray, row: int, col: int, positive: bool) -> float:
     """The larger side (level-0 px) of the error region under the clicker's point."""
     from scipy import ndimage
@@ -172,17 +194,24 @@ def _error_extent(target: np.ndarray, prediction: np.ndarray, row: int, col: int
 
 
 def run_region(annotator, target: np.ndarray, mode: str, max_clicks: int = 50,
-               stop_iou: float | None = 0.9) -> RegionRun:
-    """Click on one region in ``mode`` until ``stop_iou`` or ``max_clicks`` (see the module)."""
+               stop_iou: float | None = 0.9, region: tuple[float, float, float, float] | None = None) -> RegionRun:
+    """Click on one region in ``mode`` until ``stop_iou`` or ``max_clicks`` (see the module).
+    ``region``: the level-0 box (x0, y0, x1, y1) of the area the pathologist opens (default: all of
+    ``target``); the overview view shows it whole. The object grows by itself when the annotator's
+    ``continuation`` is on (``run_benchmark`` turns it on for ``GROWING``)."""
     if mode not in MODES:
         raise InputError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
     run = RegionRun(stem=annotator.source.name, mode=mode)
     shape = target.shape
+    if region is None:
+        region = (0.0, 0.0, float(shape[1]), float(shape[0]))
+    region_size = _region_view((region[3] - region[1], region[2] - region[0]))
+    region_view = _centred((region[0] + region[2]) / 2, (region[1] + region[3]) / 2, *region_size)
     prediction = np.zeros(shape, bool)
     g = CLICK_GRID
     coarse_target = target[g // 2::g, g // 2::g]
     clicked = np.zeros(coarse_target.shape, bool)
-    overview = annotator.level_for_view(*_region_view(shape)).downsample if annotator.auto else None
+    overview = annotator.level_for_view(*region_size).downsample if annotator.auto else None
     calls = annotator.predictor.encoder_calls
     started = time.perf_counter()
     state = None
@@ -192,16 +221,22 @@ def run_region(annotator, target: np.ndarray, mode: str, max_clicks: int = 50,
             break
         clicked[coarse.row, coarse.col] = True
         row, col = coarse.row * g + g // 2, coarse.col * g + g // 2
-        downsample = overview
+        downsample, view = overview, region_view
         if mode == "refine" and index > 0:
             extent = _error_extent(target, prediction, row, col, coarse.positive)
-            zoomed = annotator.level_for_view(*_region_view((2 * extent, 2 * extent))).downsample
+            zoomed_size = _region_view((2 * extent, 2 * extent))
+            zoomed = annotator.level_for_view(*zoomed_size).downsample
             downsample = min(zoomed, overview)
+            if zoomed_size[0] < region_size[0]:  # zoomed in on the error; never out past the region
+                view = _centred(col + 0.5, row + 0.5, *zoomed_size)
+        annotator.view = view
+        run.views.append(view)
         t0 = time.perf_counter()
         state = annotator.click(col + 0.5, row + 0.5, coarse.positive, downsample=downsample)
         if index == 0:
             run.first_mask_s = time.perf_counter() - t0
-        if mode in GROWING and annotator.continue_object():
+        if annotator.continuation:
+            annotator.wait_continuation()
             state = annotator.state()
         prediction = level0_mask(state, shape)
         run.ious.append(iou(prediction, target))
@@ -213,6 +248,7 @@ def run_region(annotator, target: np.ndarray, mode: str, max_clicks: int = 50,
     run.seconds = time.perf_counter() - started
     run.encoder_calls = annotator.predictor.encoder_calls - calls
     run.fallbacks = sum(session.fallbacks for session in annotator.snapshot().sessions.values())
+    run.grown = annotator.grown
     run.final_mask, run.final_boxes = prediction, tuple(state.boxes) if state is not None else ()
     band = seam_band(run.final_boxes, shape, annotator.tile_size)
     for name, where in (("band", band), ("rest", ~band)):
@@ -342,7 +378,7 @@ def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vi
             source = open_image(slide)
             predictor = Predictor(loaded, decoder, cache=EmbeddingCache())  # nothing cached between modes
             annotator = Annotator(predictor, source, level=0 if mode.startswith("level0") else "auto",
-                                  tile_size=tile_size, honour_clicks=honour_clicks)
+                                  tile_size=tile_size, honour_clicks=honour_clicks, continuation=mode in GROWING)
             try:
                 run = run_region(annotator, target, mode, max_clicks=max_clicks)
             finally:
@@ -373,4 +409,190 @@ def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vi
     table = format_table(summary["modes"])
     with atomic_path(out / "table.md", overwrite=True) as tmp:
         tmp.write_text(table + "\n")
+    return summary
+
+
+# -- small objects next to each other ------------------------------------------------------------
+SMALL_SETTINGS = (("growth off", False), ("growth on", True))  # the annotator's ``continuation``
+MIN_OBJECT_PX = 1000  # a mask's components smaller than this (at the dataset's resolution) are not clicked
+
+
+@dataclass
+class ComposedSlide:
+    """Regions tiled side by side: ``labels`` numbers every connected component of their masks
+    (0: background), ``objects`` are the ones clicked, as (label, region stem, the region's level-0
+    box (x0, y0, x1, y1))."""
+
+    name: str
+    rgb: np.ndarray
+    labels: np.ndarray
+    objects: list[tuple[int, str, tuple[float, float, float, float]]]
+    mpp: float | None
+
+
+@dataclass
+class ObjectRun:
+    slide: str
+    region: str
+    label: int
+    area: int
+    setting: str
+    run: RegionRun
+    overlap: int  # level-0 pixels of the final object inside other objects (a spill into a neighbour)
+
+
+def compose_regions(regions: list[Region], name: str, upscale: float = 1.0,
+                    min_object_px: int = MIN_OBJECT_PX) -> ComposedSlide:
+    """``regions`` (each enlarged ``upscale`` times) tiled row by row into one slide, as square a
+    grid as their number allows, each in a cell of the largest region's size on white; each
+    connected component of a region's mask is one object (numbered in ``labels``), and those of at
+    least ``min_object_px`` (times ``upscale``²) are to be clicked."""
+    from scipy import ndimage
+
+    if not regions:
+        raise InputError(f"{name}: no regions to compose.")
+    loaded = [load_region(region, upscale) for region in regions]
+    columns = int(np.ceil(np.sqrt(len(loaded))))
+    rows = int(np.ceil(len(loaded) / columns))
+    cell_h = max(rgb.shape[0] for rgb, _, _ in loaded)
+    cell_w = max(rgb.shape[1] for rgb, _, _ in loaded)
+    rgb_out = np.full((rows * cell_h, columns * cell_w, 3), 255, np.uint8)
+    labels = np.zeros(rgb_out.shape[:2], np.int32)
+    objects, count = [], 0
+    smallest = min_object_px * upscale * upscale
+    for i, (region, (rgb, target, _)) in enumerate(zip(regions, loaded)):
+        y, x = (i // columns) * cell_h, (i % columns) * cell_w
+        height, width = target.shape
+        rgb_out[y:y + height, x:x + width] = rgb
+        components, n = ndimage.label(target)
+        areas = np.bincount(components.ravel(), minlength=n + 1)
+        labels[y:y + height, x:x + width] = np.where(components > 0, components + count, 0)
+        box = (float(x), float(y), float(x + width), float(y + height))
+        objects += [(count + k, region.stem, box) for k in range(1, n + 1) if areas[k] >= smallest]
+        count += n
+    return ComposedSlide(name, rgb_out, labels, objects, loaded[0][2])
+
+
+def click_small_objects(annotator, slide: ComposedSlide, setting: str, max_clicks: int = 20,
+                        log=None) -> list[ObjectRun]:
+    """Every object of ``slide``, one after another on one annotator (a level "auto" one), each a new
+    object clicked at auto in the view showing its region (``run_region``: RITM's clicker on that
+    object alone, IoU against that object alone); the spill into the other objects is measured on the
+    final object."""
+    out = []
+    anything = slide.labels > 0
+    for label, stem, box in slide.objects:
+        target = slide.labels == label
+        run = run_region(annotator, target, "auto", max_clicks=max_clicks, region=box)
+        annotator.clear()
+        run.stem, run.mode = stem, f"auto, {setting}"
+        overlap = int((run.final_mask & anything & ~target).sum())
+        run.final_mask = None
+        out.append(ObjectRun(slide.name, stem, label, int(target.sum()), setting, run, overlap))
+        if log is not None:
+            log(f"{slide.name} {stem} #{label} {setting}: {len(run.ious)} clicks, IoU {run.ious[-1]:.3f}, "
+                f"{run.grown} grown tiles, spill {overlap} px")
+    return out
+
+
+def summarize_small(objects: list[ObjectRun], max_clicks: int, thresholds=DEFAULT_THRESHOLDS) -> dict:
+    """Per setting: ``summarize_runs``' NoC and mIoU per click, the objects that spilled into another
+    object and that grew; and, per object, growth on against growth off (final IoU)."""
+    out = summarize_runs([o.run for o in objects], max_clicks, thresholds)
+    for mode, entry in out.items():
+        mine = [o for o in objects if o.run.mode == mode]
+        entry["spilled"] = sum(o.overlap > 0 for o in mine)
+        entry["grew"] = sum(o.run.grown > 0 for o in mine)
+        entry["grown_tiles"] = float(np.mean([o.run.grown for o in mine])) if mine else 0.0
+    finals = {}
+    for o in objects:
+        finals.setdefault((o.slide, o.label), {})[o.setting] = o.run.ious[-1]
+    pairs = [(v["growth on"], v["growth off"]) for v in finals.values() if len(v) == 2]
+    drops = [off - on for on, off in pairs if on < off - 1e-3]
+    out["paired"] = {"objects": len(pairs), "lower_with_growth": len(drops),
+                     "higher_with_growth": sum(on > off + 1e-3 for on, off in pairs),
+                     "worst_drop": max(drops, default=0.0),
+                     "mean_difference": float(np.mean([on - off for on, off in pairs])) if pairs else 0.0}
+    return out
+
+
+def format_small_table(summary: dict) -> str:
+    lines = [("| clicked at auto | objects | NoC@80 | NoC@85 | NoC@90 | mIoU@1 | mIoU@5 | mIoU@10 | spilled into "
+              "another object | objects that grew (grown tiles, mean) | encoder calls (per object) |"),
+             "| --- " + "| ---: " * 10 + "|"]
+    for mode, e in summary.items():
+        if mode == "paired":
+            continue
+
+        def at(k, curve=e["miou_per_click"]):
+            return f"{curve[k - 1]:.3f}" if len(curve) >= k else "–"
+
+        lines.append(f"| {mode} | {e['n_regions']} | {e['noc@80']:.1f} | {e['noc@85']:.1f} | {e['noc@90']:.1f} | "
+                     f"{at(1)} | {at(5)} | {at(10)} | {e['spilled']} | {e['grew']} ({e['grown_tiles']:.2f}) | "
+                     f"{e['encoder_calls']:.2f} |")
+    paired = summary.get("paired")
+    if paired and paired["objects"]:
+        lines.append("")
+        lines.append(f"Per object (final IoU), growth on against growth off: {paired['lower_with_growth']} of "
+                     f"{paired['objects']} lower (worst by {paired['worst_drop']:.3f}), "
+                     f"{paired['higher_with_growth']} higher, mean difference {paired['mean_difference']:+.4f}.")
+    return "\n".join(lines)
+
+
+def run_small_objects(regions_dir: str | Path, out_dir: str | Path, model: str = "vit_t", decoder: str = "sam",
+                      device: str = "cpu", per_slide: int = 9, max_clicks: int = 20, tile_size: int = 1024,
+                      limit: int | None = None, stride: int = 1, upscale: float = 1.0, log=print,
+                      honour_clicks: bool = True) -> dict:
+    """Small objects next to each other (see the module): the regions (every ``stride``-th, the first
+    ``limit``, enlarged ``upscale`` times) composed ``per_slide`` at a time into slides written as
+    pyramids under ``out_dir/slides``, every object clicked with growth off and on; writes
+    ``summary.json``, ``objects.csv`` and ``table.md``; returns the summary."""
+    from ..engine.annotator import Annotator
+    from ..engine.embedding_cache import EmbeddingCache
+    from ..engine.predictor import Predictor
+    from ..models.registry import load_model
+    from ..slides.reader import open_image
+
+    if per_slide < 1:
+        raise InputError(f"per_slide {per_slide}: compose at least one region per slide.")
+    out = Path(out_dir)
+    (out / "slides").mkdir(parents=True, exist_ok=True)
+    regions = find_regions(regions_dir, stride)[:limit]
+    if not regions:
+        raise InputError(f"{regions_dir}: no image/mask pairs found.")
+    loaded = load_model(model, device) if isinstance(model, str) else model  # or a LoadedModel (tests)
+    objects: list[ObjectRun] = []
+    slides = []
+    for start in range(0, len(regions), per_slide):
+        slide = compose_regions(regions[start:start + per_slide], f"small-{start // per_slide + 1}", upscale)
+        path = write_pyramid(out / "slides" / f"{slide.name}.ome.tif", slide.rgb, slide.mpp)
+        slides.append({"name": slide.name, "regions": [r.stem for r in regions[start:start + per_slide]],
+                       "width": int(slide.rgb.shape[1]), "height": int(slide.rgb.shape[0]),
+                       "objects": len(slide.objects)})
+        for setting, growth in SMALL_SETTINGS:
+            source = open_image(path)
+            predictor = Predictor(loaded, decoder, cache=EmbeddingCache())  # nothing cached between settings
+            annotator = Annotator(predictor, source, level="auto", tile_size=tile_size, honour_clicks=honour_clicks,
+                                  continuation=growth)
+            try:
+                objects += click_small_objects(annotator, slide, setting, max_clicks, log)
+            finally:
+                annotator.close(wait=True)
+                source.close()
+    summary = {"source": str(regions_dir), "upscale": upscale, "per_slide": per_slide, "slides": slides,
+               "model": loaded.name, "decoder": decoder, "tile_size": tile_size, "max_clicks": max_clicks,
+               "settings": summarize_small(objects, max_clicks)}
+    with atomic_path(out / "summary.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    with atomic_path(out / "objects.csv", overwrite=True) as tmp:
+        with open(tmp, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["slide", "region", "object", "area", "growth", "clicks", "final_iou", "noc@85",
+                             "spill_px", "grown_tiles", "ious"])
+            for o in objects:
+                writer.writerow([o.slide, o.region, o.label, o.area, o.setting, len(o.run.ious),
+                                 f"{o.run.ious[-1]:.4f}", noc(o.run.ious, 0.85, max_clicks), o.overlap, o.run.grown,
+                                 " ".join(f"{v:.4f}" for v in o.run.ious)])
+    with atomic_path(out / "table.md", overwrite=True) as tmp:
+        tmp.write_text(format_small_table(summary["settings"]) + "\n")
     return summary
