@@ -22,7 +22,6 @@ def growing(tiny_model):
     image = np.random.default_rng(1).integers(0, 255, (600, 1400, 3), dtype=np.uint8)
     annotator = Annotator(predictor, from_array(image, "wide.png"), level=0, tile_size=512)
     annotator.cut_points = lambda: [CUT]
-    annotator._flooded = lambda: False  # a random model's mask may reach every border: the flood tests ask for real
     yield annotator
     annotator.close(wait=True)
 
@@ -51,15 +50,13 @@ def test_a_click_empties_the_grown_tiles_and_growth_starts_again_from_the_new_sh
     assert growing.undo().boxes == ()
 
 
-def test_a_flooded_first_tile_does_not_grow(growing):
+def test_no_growth_where_the_tile_spans_the_view(growing):
     growing.view = (0, 0, 1000, 600)  # the 512-px tile spans about the view (as auto's levels do)
     state = growing.click(700, 300)
     [session] = [growing._sessions[b.key()] for b in state.boxes]
     assert session.first_mask == "unflooded"  # SAM's smaller candidate when the best one takes the tile
-    del growing._flooded
-    session.mask = lambda: np.ones(session.box.shape, bool)  # still a flood
-    assert growing.continue_object() == []
-    session.mask = lambda: np.pad(np.ones((100, 100), bool), ((0, 412), (412, 0)))  # a region at the border
+    assert growing.continue_object() == []  # past its border inside the view: a leak, not an object
+    growing.view = (0, 0, 1400, 600)  # zoomed out: the tile is a small part of the view
     assert len(growing.continue_object()) == 1
 
 
@@ -86,19 +83,6 @@ def test_an_unknown_first_mask_rule_is_refused(tiny_model):
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     with pytest.raises(InputError, match="first_mask 'largest'"):
         Annotator(predictor, from_array(np.zeros((64, 64, 3), np.uint8), "a.png"), first_mask="largest")
-
-
-def test_a_first_tile_reaching_all_its_inner_borders_is_a_flood_and_does_not_grow(growing):
-    growing.view = (0, 0, 1000, 600)
-    state = growing.click(700, 300)
-    [session] = [growing._sessions[b.key()] for b in state.boxes]
-    del growing._flooded
-    ring = np.zeros(session.box.shape, bool)
-    ring[:, :3] = ring[:, -3:] = True  # left and right: the tile's inner borders (top and bottom are the slide's)
-    session.mask = lambda: ring
-    assert growing.continue_object() == []
-    growing.view = (0, 0, 1300, 2000)  # a view much larger than the tile: a large object, not a flood
-    assert growing._flooded() is False
 
 
 def test_an_accepted_object_names_the_decoder_as_chosen(tiny_model, growing):

@@ -67,7 +67,7 @@ from ..errors import InputError
 from ..slides.reader import ImageSource
 from .blending import Blend, TileLogits, blend, sample_field
 from .predictor import Predictor
-from .session import FIRST_MASK_RULES, FLOOD, ClickSession
+from .session import FIRST_MASK_RULES, ClickSession
 from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
 from .working_levels import WorkingLevel, auto_level, level_with_downsample, working_levels
 
@@ -210,9 +210,8 @@ class ObjectTiles:
         # How a new object's first tile picks among SAM's candidates (``session.FIRST_MASK_RULES``)
         # when the tile spans the view (``_spans_view``: auto's levels do): "unflooded" refuses a
         # candidate that covers most of the tile (a click on a small nest at a coarse level otherwise
-        # takes the whole tissue core), and an object whose first mask still floods its tile does not
-        # grow by itself. A tile much smaller than the view (a finer level pinned) takes SAM's own
-        # choice and grows: an object larger than such a tile is what the user sees.
+        # takes the whole tissue core). A tile much smaller than the view (a finer level pinned) takes
+        # SAM's own choice: an object larger than such a tile is what the user sees.
         self.first_mask = first_mask
         self.honour_clicks = bool(honour_clicks)
         # The level-0 box (x0, y0, x1, y1) the user looks at, set by a UI (None: no bound). The object
@@ -674,6 +673,13 @@ class ObjectTiles:
         return {key for step in self._history for key in step.grown
                 if key not in taken and key in self._sessions and self._sessions[key].clicks}
 
+    def _tile_spans_view(self, downsample: float) -> bool:
+        """Whether a tile of this level spans at least half the view's longer side."""
+        view = self.view
+        if view is None:
+            return False
+        return self.tile_size * downsample >= 0.5 * max(view[2] - view[0], view[3] - view[1])
+
     def _spans_view(self, box: TileBox) -> bool:
         """Whether tile ``box`` spans at least half the view's longer side (as auto's levels do), so
         that a mask filling it fills what the user sees: a flood rather than a large object."""
@@ -687,30 +693,20 @@ class ObjectTiles:
         view = self.view
         return view is None or (view[0] <= x0 <= view[2] and view[1] <= y0 <= view[3])
 
-    def _flooded(self) -> bool:
-        """The object is one tile whose mask covers most of it, or reaches all of its borders that
-        are not the slide's: a flood (SAM took the tissue around the click), which must not spread
-        into more tiles."""
-        active = self._active()
-        if len(active) != 1 or not self._spans_view(active[0].box):
-            return False
-        mask, box = active[0].mask(), active[0].box
-        if float(mask.mean()) >= FLOOD:
-            return True
-        width, height = self._level_size(box)
-        sides = ((mask[0].any(), box.y > 0), (mask[-1].any(), box.y + box.height < height),
-                 (mask[:, 0].any(), box.x > 0), (mask[:, -1].any(), box.x + box.width < width))
-        inner = [touches for touches, is_inner in sides if is_inner]
-        return len(inner) >= 2 and all(inner)
-
     def _growth_tile(self) -> tuple[float, float, TileBox] | None:
         """Where the object would grow next: the first cut point (level x, level y) whose tile holds
         none of its clicks yet, and that tile (made known); None when the object is empty or a redo
         is pending (growing would rewrite what redo brings back)."""
         with self._lock:
-            if not self._history or self._redo or self._flooded():
+            if not self._history or self._redo:
                 return None
             d = self.grid.downsample
+            if self._tile_spans_view(d):
+                # the tile holds about what the user sees (auto's levels): what reaches past its border
+                # inside the view is SAM's mask leaking over the tissue around a small object far
+                # more often than a large object (measured on GlaS glands: growth lowered 22 of 58
+                # objects' IoU); a positive click there opens a tile for a large one
+                return None
             for px, py in self.cut_points():
                 if not self._in_view(px * d, py * d):
                     continue  # a border the user has not seen: the object stops there
