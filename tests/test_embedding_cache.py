@@ -72,7 +72,7 @@ def test_unreadable_entry_is_recomputed(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-# -- robustness (issue #12) ------------------------------------------------------------------
+# -- robustness ------------------------------------------------------------------------------
 import os  # noqa: E402
 import warnings  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Training (issue #5): NFL, click simulation, the batched forward, the loop, checkpoints, resume."""
+"""Training: NFL, click simulation, the batched forward, the loop, checkpoints, resume."""
 
 import math
 

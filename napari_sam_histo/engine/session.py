@@ -5,7 +5,7 @@ the mask prompt (Kim et al. §2.2, Fig. 2a). The first click asks SAM for its th
 and keeps one of them (``FIRST_MASK_RULES``: by default the highest predicted IoU); later clicks ask
 for a single mask, as SAM's authors recommend once the prompt is unambiguous.
 
-With a slide refiner (``refine``: issue 13, ``models.slide_refiner``) every decode is also
+With a slide refiner (``refine``: ``models.slide_refiner``) every decode is also
 refined (unless the refined mask overlaps SAM's by less than ``MIN_AGREEMENT``: then it is not a
 border correction), and the object's clicks decide which of the two is shown (``ClickEvidence``); SAM's own
 low-resolution logits stay the mask prompt, and the evidence is part of each undo step.

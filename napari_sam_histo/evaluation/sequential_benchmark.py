@@ -1,5 +1,5 @@
 """The sequential benchmark: a simulated pathologist annotates the objects of one slide (or case)
-in order, with and without the decoder adapting to the objects accepted so far (issue 13).
+in order, with and without the decoder adapting to the objects accepted so far.
 
 For each group of objects (a ``case_id`` of the manifest, or the whole folder as one slide) the
 objects are clicked in name order with RITM's clicker, as the patch benchmark clicks them. Object

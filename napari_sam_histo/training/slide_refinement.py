@@ -1,5 +1,5 @@
 """The slide refiner (``models.slide_refiner``) learning from the objects the pathologist accepts,
-with a never-worse gate of its own (issue 13).
+with a never-worse gate of its own.
 
 Every accepted object is first a judge, then a teacher. Judge: its tiles are re-clicked with the
 benchmark's clicker by the base decoder alone and by the base decoder + the refiner fitted on the
