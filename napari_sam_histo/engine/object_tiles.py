@@ -401,9 +401,9 @@ class ObjectTiles:
                 self._known[box.key()] = box
         if box is not None and session is None:
             # Outside the lock: the embedding may take seconds, and readers must not wait for it.
+            spans = self._spans_view(max(box.shape) * box.downsample)
             session = ClickSession(self._decoding, box, self._embedding(box, "click"), refine=self._refine_for(box),
-                                   first_mask=self.first_mask if self._spans_view(box) else "iou",
-                                   honour_clicks=self.honour_clicks)
+                                   first_mask=self.first_mask if spans else "iou", honour_clicks=self.honour_clicks)
         with self._lock:
             keys = []
             if session is not None:
@@ -673,21 +673,12 @@ class ObjectTiles:
         return {key for step in self._history for key in step.grown
                 if key not in taken and key in self._sessions and self._sessions[key].clicks}
 
-    def _tile_spans_view(self, downsample: float) -> bool:
-        """Whether a tile of this level spans at least half the view's longer side."""
+    def _spans_view(self, side0: float) -> bool:
+        """Whether a tile ``side0`` level-0 pixels across spans at least half the view's longer side
+        (as auto's levels do): a mask filling it fills what the user sees, and what reaches past its
+        border is more often a leak than a larger object."""
         view = self.view
-        if view is None:
-            return False
-        return self.tile_size * downsample >= 0.5 * max(view[2] - view[0], view[3] - view[1])
-
-    def _spans_view(self, box: TileBox) -> bool:
-        """Whether tile ``box`` spans at least half the view's longer side (as auto's levels do), so
-        that a mask filling it fills what the user sees: a flood rather than a large object."""
-        view = self.view
-        if view is None:
-            return False
-        side = max(view[2] - view[0], view[3] - view[1])
-        return max(box.width, box.height) * box.downsample >= 0.5 * side
+        return view is not None and side0 >= 0.5 * max(view[2] - view[0], view[3] - view[1])
 
     def _in_view(self, x0: float, y0: float) -> bool:
         view = self.view
@@ -701,7 +692,7 @@ class ObjectTiles:
             if not self._history or self._redo:
                 return None
             d = self.grid.downsample
-            if self._tile_spans_view(d):
+            if self._spans_view(self.tile_size * d):
                 # the tile holds about what the user sees (auto's levels): what reaches past its border
                 # inside the view is SAM's mask leaking over the tissue around a small object far
                 # more often than a large object (measured on GlaS glands: growth lowered 22 of 58
