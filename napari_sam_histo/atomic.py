@@ -94,3 +94,22 @@ def atomic_path(path: str | Path, overwrite: bool = True):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a report's JSON or table)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_csv(path: str | Path, header, rows) -> Path:
+    """Write a CSV (``header``, then each of ``rows``) to ``path`` atomically."""
+    import csv
+
+    with atomic_path(path, overwrite=True) as tmp:
+        with open(tmp, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return Path(path)

@@ -20,7 +20,6 @@ against the object's index (mean over groups), drawn as a figure.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_csv, write_text
 from .metrics import DEFAULT_THRESHOLDS, miou_per_click, noc
 
 WARM_UP = 5  # objects 6 and later are scored: the adapter has seen a few objects by then
@@ -218,20 +217,13 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
                **{name: summarize(r, max_clicks) for name, r in runs.items()}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "summary.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
-    with atomic_path(out / "objects.csv", overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["run", "group", "index", "sample", "clicks", "final_iou", "noc85", "copy_in_use",
-                             "refiner_offered", "adapt_s"])
-            for name, rs in runs.items():
-                for r in rs:
-                    writer.writerow([name, r.group, r.index, r.sample_id, len(r.ious),
-                                     f"{r.ious[-1] if r.ious else 0:.4f}", noc(r.ious, 0.85, max_clicks),
-                                     int(r.adapted), int(r.refined), f"{r.adapt_s:.2f}"])
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_csv(out / "objects.csv", ["run", "group", "index", "sample", "clicks", "final_iou", "noc85", "copy_in_use",
+                                    "refiner_offered", "adapt_s"],
+              ([name, r.group, r.index, r.sample_id, len(r.ious), f"{r.ious[-1] if r.ious else 0:.4f}",
+                noc(r.ious, 0.85, max_clicks), int(r.adapted), int(r.refined), f"{r.adapt_s:.2f}"]
+               for name, rs in runs.items() for r in rs))
     table = format_table(source, summary["base"], summary["adapted"])
-    with atomic_path(out / "table.md", overwrite=True) as tmp:
-        tmp.write_text(table + "\n")
+    write_text(out / "table.md", table + "\n")
     write_figure(out / "noc-by-object.png", source, summary["base"], summary["adapted"])
     return summary

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_csv, write_text
 from ..errors import InputError
 from .clicker import next_click
 from .metrics import DEFAULT_THRESHOLDS, collapses, iou, miou_per_click, noc
@@ -397,18 +397,11 @@ def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vi
     summary = {"regions": [r.stem for r in regions], "source": str(regions_dir), "upscale": upscale,
                "model": loaded.name, "decoder": decoder, "tile_size": tile_size, "max_clicks": max_clicks,
                "modes": summarize_runs(runs, max_clicks)}
-    with atomic_path(out / "summary.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
-    with atomic_path(out / "runs.csv", overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["region", "mode", "click", "iou", "downsample"])
-            for r in runs:
-                for i, (value, d) in enumerate(zip(r.ious, r.downsamples), start=1):
-                    writer.writerow([r.stem, r.mode, i, f"{value:.4f}", d])
-    table = format_table(summary["modes"])
-    with atomic_path(out / "table.md", overwrite=True) as tmp:
-        tmp.write_text(table + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_csv(out / "runs.csv", ["region", "mode", "click", "iou", "downsample"],
+              ([r.stem, r.mode, i, f"{value:.4f}", d] for r in runs
+               for i, (value, d) in enumerate(zip(r.ious, r.downsamples), start=1)))
+    write_text(out / "table.md", format_table(summary["modes"]) + "\n")
     return summary
 
 
@@ -582,17 +575,11 @@ def run_small_objects(regions_dir: str | Path, out_dir: str | Path, model: str =
     summary = {"source": str(regions_dir), "upscale": upscale, "per_slide": per_slide, "slides": slides,
                "model": loaded.name, "decoder": decoder, "tile_size": tile_size, "max_clicks": max_clicks,
                "settings": summarize_small(objects, max_clicks)}
-    with atomic_path(out / "summary.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
-    with atomic_path(out / "objects.csv", overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["slide", "region", "object", "area", "growth", "clicks", "final_iou", "noc@85",
-                             "spill_px", "grown_tiles", "ious"])
-            for o in objects:
-                writer.writerow([o.slide, o.region, o.label, o.area, o.setting, len(o.run.ious),
-                                 f"{o.run.ious[-1]:.4f}", noc(o.run.ious, 0.85, max_clicks), o.overlap, o.run.grown,
-                                 " ".join(f"{v:.4f}" for v in o.run.ious)])
-    with atomic_path(out / "table.md", overwrite=True) as tmp:
-        tmp.write_text(format_small_table(summary["settings"]) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_csv(out / "objects.csv", ["slide", "region", "object", "area", "growth", "clicks", "final_iou", "noc@85",
+                                    "spill_px", "grown_tiles", "ious"],
+              ([o.slide, o.region, o.label, o.area, o.setting, len(o.run.ious), f"{o.run.ious[-1]:.4f}",
+                noc(o.run.ious, 0.85, max_clicks), o.overlap, o.run.grown, " ".join(f"{v:.4f}" for v in o.run.ious)]
+               for o in objects))
+    write_text(out / "table.md", format_small_table(summary["settings"]) + "\n")
     return summary
