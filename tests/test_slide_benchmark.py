@@ -30,18 +30,24 @@ from napari_sam_histo.evaluation.slide_benchmark import (
 )
 
 
-@pytest.fixture
-def regions(tmp_path):
-    folder = tmp_path / "regions"
+def _region_folder(folder, shape, boxes_by_stem, seed):
+    """A region dataset (images/, masks/): per stem a random image of ``shape`` and a mask with the
+    boxes (r0, r1, c0, c1) set."""
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)
-    mask = np.zeros((400, 600), np.uint8)
-    mask[100:300, 150:450] = 255
-    iio.imwrite(folder / "images" / "r1.png", image)
-    iio.imwrite(folder / "masks" / "r1.png", mask)
+    rng = np.random.default_rng(seed)
+    for stem, boxes in boxes_by_stem.items():
+        mask = np.zeros(shape, np.uint8)
+        for r0, r1, c0, c1 in boxes:
+            mask[r0:r1, c0:c1] = 255
+        iio.imwrite(folder / "images" / f"{stem}.png", rng.integers(0, 255, (*shape, 3), dtype=np.uint8))
+        iio.imwrite(folder / "masks" / f"{stem}.png", mask)
     return folder
+
+
+@pytest.fixture
+def regions(tmp_path):
+    return _region_folder(tmp_path / "regions", (400, 600), {"r1": [(100, 300, 150, 450)]}, seed=0)
 
 
 def test_every_mode_runs_through_the_annotator_and_writes_its_report(regions, tmp_path, tiny_model):
@@ -174,18 +180,9 @@ def test_refine_zooms_the_view_onto_the_error_it_fixes():
 @pytest.fixture
 def small_regions(tmp_path):
     """Two 100x120 regions: r1 with two glands and a speck (too small to click), r2 with one."""
-    folder = tmp_path / "small"
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rng = np.random.default_rng(1)
-    masks = {"r1": [(10, 40, 10, 40), (50, 90, 60, 110), (95, 97, 2, 4)], "r2": [(20, 80, 30, 90)]}
-    for stem, blobs in masks.items():
-        mask = np.zeros((100, 120), np.uint8)
-        for r0, r1, c0, c1 in blobs:
-            mask[r0:r1, c0:c1] = 255
-        iio.imwrite(folder / "images" / f"{stem}.png", rng.integers(0, 255, (100, 120, 3), dtype=np.uint8))
-        iio.imwrite(folder / "masks" / f"{stem}.png", mask)
-    return folder
+    return _region_folder(tmp_path / "small", (100, 120),
+                          {"r1": [(10, 40, 10, 40), (50, 90, 60, 110), (95, 97, 2, 4)], "r2": [(20, 80, 30, 90)]},
+                          seed=1)
 
 
 def test_small_objects_are_composed_side_by_side_and_each_is_scored_against_its_own_mask(small_regions, monkeypatch):
