@@ -8,7 +8,8 @@ from app_model.types import KeyCode
 
 pytest.importorskip("napari")
 
-from napari_sam_histo._napari.annotator_dock import ANNOTATIONS, CLICKS, CURRENT, TILES, slide_stem  # noqa: E402
+from napari_sam_histo._napari.annotator_dock import ANNOTATIONS, CLICKS, CURRENT, TILES  # noqa: E402
+from napari_sam_histo._napari.reader import slide_stem  # noqa: E402
 
 from .annotator_gui import _wait, press, slide  # noqa: E402,F401
 from .test_gui_slide_scale import _click, _started  # noqa: E402

@@ -13,6 +13,13 @@ from pathlib import Path
 from ..slides.reader import PLAIN_SUFFIXES, SLIDE_SUFFIXES
 
 
+def slide_stem(name: str) -> str:
+    """A slide's file name without its extensions: ``a.ome.tif`` -> ``a``, ``b.svs`` -> ``b`` (the
+    layer's name, and the start of the files suggested beside it)."""
+    stem = Path(name).stem
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
 def get_reader(path):
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
@@ -42,9 +49,7 @@ def read_image(path):
             d for i, d in enumerate(source.level_downsamples[1:], start=1)
             if min(source.level_dimensions[i]) >= 256],
     }
-    name = Path(path).stem
-    name = name[:-4] if name.lower().endswith(".ome") else name  # x.ome.tif -> x
-    kwargs = {"name": name, "rgb": True, "multiscale": len(levels) > 1, "scale": scale,
+    kwargs = {"name": slide_stem(Path(path).name), "rgb": True, "multiscale": len(levels) > 1, "scale": scale,
               "metadata": metadata}
     if source.mpp:
         kwargs["units"] = "µm"
