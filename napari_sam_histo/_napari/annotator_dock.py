@@ -52,6 +52,8 @@ from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba  # noqa: F401 (the t
 from .annotator_settings import AnnotatorSettings, source_spec, warm_up
 from .gui_threads import GuiThreads
 from .live_object import LiveObjectKeeper
+from .ordered_writes import OrderedWrites
+from .reader import slide_stem
 from .object_list import ObjectList, area_text
 from .wording import count
 
@@ -72,12 +74,6 @@ def embedding_store(identity: str) -> Path:
     from ..cohort.store import slide_store
 
     return slide_store(identity)
-
-
-def slide_stem(name: str) -> str:
-    """A slide's file name without its extensions: ``a.ome.tif`` -> ``a``, ``b.svs`` -> ``b``."""
-    stem = Path(name).stem
-    return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
 def _with_suffix(path: str, suffix: str) -> str:
@@ -107,8 +103,6 @@ class AnnotatorDock(QWidget):
         self._stopped = None  # the last annotator stopped: its threads may still read the slide
         self._closed_source = None
         self._made_working_layers = False
-        self._saver = None  # one thread for autosaves, so they land in order
-        self.last_autosave = None  # a future: the latest autosave being written
         self._undo: list[tuple] = []  # ("click",) | ("accept", obj, snapshot) | ("clear", snapshot) | ("delete", objs)
         self._redo: list[tuple] = []
         self._internal = 0  # >0 while the dock itself changes the annotations layer
@@ -123,7 +117,8 @@ class AnnotatorDock(QWidget):
         self.live = LiveObjectKeeper(self.threads, self._show_error, self)  # the object being clicked, on disk
         self._live_settings = ("Tumor", (200, 0, 0), 0.0, 0.0, None)  # class, colour, min area, tolerance, mpp
         self._prefetch_timer = self._timer(PREFETCH_DELAY_MS, self.prefetch_now)
-        self._autosave_timer = self._timer(AUTOSAVE_DELAY_MS, self.autosave_now)
+        self.autosaves = OrderedWrites(self.threads, AUTOSAVE_DELAY_MS, self._autosave_job, self._show_error,
+                                       "autosave", self)
         self._refresh_timer = self._timer(0, self._refresh_objects)  # one list refresh per burst of edits
         self._refresh_generation = 0
         self._build()
@@ -608,9 +603,7 @@ class AnnotatorDock(QWidget):
         self.shutdown(wait=wait)
         self._flush_autosave()  # the last edits, before autosave stops for good
         self._closed = True
-        if self._saver is not None:
-            self._saver.shutdown(wait=True)
-            self._saver = None
+        self.autosaves.close()
         try:
             from qtpy.QtWidgets import QApplication
 
@@ -1033,7 +1026,7 @@ class AnnotatorDock(QWidget):
         """The accepted objects changed: refresh the list (once per burst) and autosave soon."""
         self._refresh_timer.start()
         if self.autosave_path is not None:
-            self._autosave_timer.start()
+            self.autosaves.schedule()
 
     def objects(self):
         """The accepted objects, as the annotations layer holds them now."""
@@ -1229,36 +1222,35 @@ class AnnotatorDock(QWidget):
                                    self.simplify_spin.value(), self.source.mpp)
         self.live.changed(bool(state.clicks))
 
+    @property
+    def last_autosave(self):
+        """A future: the latest autosave being written (None before the first)."""
+        return self.autosaves.last
+
     def autosave_now(self) -> None:
         """Write the layer's objects to the sidecar in the background (atomically)."""
+        self.autosaves.write_now()
+
+    def _autosave_job(self):
+        """What the autosave writer runs: the layer as it is now (copied here, on the GUI thread),
+        converted and written off it; None when nothing is to be saved."""
         if self.autosave_path is None or self.layer is None or self._closed:
-            return
+            return None
         from ..annotations import autosave
 
-        from concurrent.futures import ThreadPoolExecutor
-
-        data, meta, _ = self.layer.as_layer_data_tuple()  # a copy: converted and written off the GUI thread
+        data, meta, _ = self.layer.as_layer_data_tuple()
         path, mpp = self.autosave_path, self.layer.metadata.get("mpp")
 
-        def saved(result):
-            if isinstance(result, Exception):
-                self._show_error(InputError(f"Autosave to {path} failed: {result}. Export your objects now."))
+        def save():
+            try:
+                autosave.save(path, annotation_layer.layer_data_objects(data, meta), mpp)
+            except Exception as err:
+                raise InputError(f"Autosave to {path} failed: {err}. Export your objects now.") from err
 
-        if self._saver is None:  # one thread: saves land in the order they were made
-            self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-autosave")
-        self.last_autosave = self._saver.submit(
-            lambda: autosave.save(path, annotation_layer.layer_data_objects(data, meta), mpp))
-        self.threads.relay(self.last_autosave, saved)
+        return save
 
     def _flush_autosave(self) -> None:
-        if self._autosave_timer.isActive():
-            self._autosave_timer.stop()
-            self.autosave_now()
-        if self.last_autosave is not None:
-            try:
-                self.last_autosave.result()  # the saves before it ran first, on the same thread
-            except Exception:  # already reported by the autosave's own callback
-                pass
+        self.autosaves.flush()
 
     # -- progress and prefetching -------------------------------------------------------------
     def _listener(self, annotator):

@@ -1,40 +1,29 @@
 """The object being clicked, kept on disk while it changes, so a crash or a quit does not lose it
 (``annotations.autosave.live_path``): written about a second after the last change, removed when it
-is accepted or cancelled, and offered back when the slide is started again.
-
-Writes and removals run in order on one thread of their own: a removal after an Accept never
-lands before a save that was already under way.
+is accepted or cancelled, and offered back when the slide is started again. Writes and removals
+land in order (``ordered_writes``).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from qtpy.QtCore import QObject, QTimer
+from .ordered_writes import OrderedWrites
 
 LIVE_DELAY_MS = 800  # the object is written once the clicks rest this long
 
 
-class LiveObjectKeeper(QObject):
+class LiveObjectKeeper(OrderedWrites):
     def __init__(self, threads, on_error, parent=None) -> None:
         """``threads``: the dock's ``GuiThreads``; ``on_error(err)`` shows a failed write."""
-        super().__init__(parent)
-        self.threads = threads
-        self.on_error = on_error
+        super().__init__(threads, LIVE_DELAY_MS, self._job, on_error, "live-object", parent)
         self.path: Path | None = None
-        self._snapshot = None  # () -> (polygons, class name, colour, model, clicks, mpp), on a worker
-        self._writer: ThreadPoolExecutor | None = None
-        self.last: Future | None = None  # the latest write or removal
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(LIVE_DELAY_MS)
-        self._timer.timeout.connect(self.save_now)
+        self._snapshot = None  # () -> (polygons, class name, colour, model, clicks, mpp), on the writer
 
     def attach(self, path: Path | None, snapshot=None) -> None:
         """Keep the object being clicked in ``path`` (None: stop keeping it); ``snapshot()`` gives
         what to write and is called on the writer's thread."""
-        self._timer.stop()
+        self.cancel()
         self.path, self._snapshot = (Path(path) if path is not None else None), snapshot
 
     def changed(self, has_clicks: bool) -> None:
@@ -43,41 +32,22 @@ class LiveObjectKeeper(QObject):
         if self.path is None:
             return
         if has_clicks:
-            self._timer.start()
+            self.schedule()
         else:
-            self._timer.stop()
+            self.cancel()
             path = self.path
-            self._submit(lambda: _remove(path))
+            self.submit(lambda: _remove(path))
 
-    def save_now(self) -> None:
+    def _job(self):
         if self.path is None or self._snapshot is None:
-            return
+            return None
         path, snapshot = self.path, self._snapshot
-        self._submit(lambda: _write(path, snapshot))
-
-    def flush(self) -> None:
-        """Write what is pending now and wait for the writes (napari is closing)."""
-        if self._timer.isActive():
-            self._timer.stop()
-            self.save_now()
-        if self.last is not None:
-            try:
-                self.last.result(timeout=30)
-            except Exception:  # already shown by the write's callback
-                pass
+        return lambda: _write(path, snapshot)
 
     def close(self) -> None:
-        self.flush()
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-            self._writer = None
+        self.flush(timeout=30)  # napari is closing: one object's write, not worth a hang
+        super().close()
         self.path = None
-
-    def _submit(self, job) -> None:
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-live-object")
-        self.last = self._writer.submit(job)
-        self.threads.relay(self.last, lambda result: self.on_error(result) if isinstance(result, Exception) else None)
 
 
 def _write(path: Path, snapshot) -> None:
