@@ -96,3 +96,23 @@ def press(viewer, key: int) -> None:
     binding = KeyBinding.from_int(key)
     handler.press_key(binding)
     handler.release_key(binding)
+
+
+def reopen(make_napari_viewer, qtbot, monkeypatch, slide, answer: bool = True, before_start=None):
+    """The slide opened again in a new napari, the Annotator dock added and Start pressed (CPU, no
+    prefetching); every question the dock asks is answered ``answer`` and recorded. Returns the dock
+    (not yet started: wait for what the test needs) and the questions asked."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    viewer.open(str(slide), plugin="napari-sam-histo")
+    again = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(again)
+    asked = []
+    monkeypatch.setattr(again, "confirm", lambda question: asked.append(question) or answer)
+    again.device_combo.setCurrentText("cpu")
+    again.prefetch_check.setChecked(False)
+    if before_start is not None:
+        before_start(again)
+    qtbot.mouseClick(again.start_button, Qt.MouseButton.LeftButton)
+    return again, asked

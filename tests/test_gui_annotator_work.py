@@ -21,7 +21,7 @@ from napari_sam_histo._napari.annotator_dock import (  # noqa: E402
 from napari_sam_histo.annotations.geometry import polygon_area  # noqa: E402
 
 from .annotator_gui import (  # noqa: E402,F401
-    FRAGMENT, MPP, STRIP, _Event, _wait, click, dock, press, slide, world,
+    FRAGMENT, MPP, STRIP, _Event, _wait, click, dock, press, reopen, slide, world,
 )
 
 UNDO, REDO = KeyMod.CtrlCmd | KeyCode.KeyZ, KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ
@@ -192,24 +192,16 @@ def test_autosave_beside_the_slide_and_resume_on_reopening(make_napari_viewer, d
     [obj_id] = dock.object_list.ids
     dock.close_session(wait=True)
 
-    def reopen(answer: bool):
-        viewer = make_napari_viewer()
-        viewer.open(str(slide), plugin="napari-sam-histo")
-        again = AnnotatorDock(viewer)
-        viewer.window.add_dock_widget(again)
-        asked = []
-        monkeypatch.setattr(again, "confirm", lambda question: asked.append(question) or answer)
-        again.device_combo.setCurrentText("cpu")
-        again.prefetch_check.setChecked(False)
-        qtbot.mouseClick(again.start_button, Qt.MouseButton.LeftButton)
+    def reopen_answering(answer: bool):
+        again, asked = reopen(make_napari_viewer, qtbot, monkeypatch, slide, answer)
         qtbot.waitUntil(lambda: again.autosave_path is not None, timeout=120_000)
         return again, asked
 
-    resumed, asked = reopen(True)
+    resumed, asked = reopen_answering(True)
     qtbot.waitUntil(lambda: resumed.object_list.ids == [obj_id], timeout=5_000)
     assert asked and "Resume" in asked[0]
     resumed.close_session(wait=True)
-    declined, asked = reopen(False)
+    declined, asked = reopen_answering(False)
     assert asked and declined.object_list.ids == []
     kept = list(slide.parent.glob(slide.name + ".sam-annotations.*.geojson"))
     assert len(kept) == 1 and json.loads(kept[0].read_text())["features"][0]["id"] == obj_id  # set aside, not lost

@@ -7,9 +7,8 @@ from qtpy.QtCore import Qt
 
 pytest.importorskip("napari")
 
-from napari_sam_histo._napari.annotator_dock import AnnotatorDock  # noqa: E402
 
-from .annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
+from .annotator_gui import FRAGMENT, _wait, click, dock, press, reopen, slide  # noqa: E402,F401
 
 
 def _restart(dock, qtbot):
@@ -44,15 +43,8 @@ def test_objects_from_earlier_work_are_learned_from(make_napari_viewer, dock, qt
     qtbot.waitUntil(lambda: dock.last_autosave is not None and dock.last_autosave.done(), timeout=10_000)
     dock.close_session(wait=True)
 
-    viewer = make_napari_viewer()
-    viewer.open(str(slide), plugin="napari-sam-histo")
-    again = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(again)
-    monkeypatch.setattr(again, "confirm", lambda question: True)
-    again.device_combo.setCurrentText("cpu")
-    again.prefetch_check.setChecked(False)
-    again.adaptation_panel.check.setChecked(True)
-    qtbot.mouseClick(again.start_button, Qt.MouseButton.LeftButton)
+    again, _ = reopen(make_napari_viewer, qtbot, monkeypatch, slide,
+                      before_start=lambda dock: dock.adaptation_panel.check.setChecked(True))
     try:
         qtbot.waitUntil(lambda: len(again.object_list.ids) == 1, timeout=120_000)  # resumed
         adaptation = again.annotator.adaptation

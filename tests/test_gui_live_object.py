@@ -5,13 +5,11 @@ import json
 
 import pytest
 from app_model.types import KeyCode
-from qtpy.QtCore import Qt
 
 pytest.importorskip("napari")
 
-from napari_sam_histo._napari.annotator_dock import AnnotatorDock  # noqa: E402
 
-from .annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
+from .annotator_gui import FRAGMENT, _wait, click, dock, press, reopen, slide  # noqa: E402,F401
 
 
 def _live_file(slide):
@@ -30,15 +28,8 @@ def test_the_object_being_clicked_is_kept_on_quit_and_offered_back(make_napari_v
     dock.close_session(wait=True)  # napari quits with the object not accepted
     assert live.exists()
 
-    viewer = make_napari_viewer()
-    viewer.open(str(slide), plugin="napari-sam-histo")
-    again = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(again)
-    asked = []
-    monkeypatch.setattr(again, "confirm", lambda question: asked.append(question) or True)
-    again.device_combo.setCurrentText("cpu")
-    again.prefetch_check.setChecked(False)
-    qtbot.mouseClick(again.start_button, Qt.MouseButton.LeftButton)
+    again, asked = reopen(make_napari_viewer, qtbot, monkeypatch, slide)
+    viewer = again.viewer
     try:
         qtbot.waitUntil(lambda: len(again.object_list.ids) == 1, timeout=120_000)
         assert any("not accepted yet" in q for q in asked)
