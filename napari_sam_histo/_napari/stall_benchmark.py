@@ -94,7 +94,8 @@ class Heartbeat:
 
 def mosaic_slide(folder: Path, repeat: int) -> Path:
     """A pyramidal tiled TIFF of the CC0 sample repeated ``repeat`` x ``repeat`` times (a larger
-    slide, to show how a step grows with the slide)."""
+    slide, to show how a step grows with the slide). Written tile by tile, so a mosaic of 50,000 px
+    and more (``repeat`` 17: 37,740 x 50,439 px) never needs the whole image in memory."""
     import tifffile
 
     from ..engine.tiles import TileBox
@@ -105,17 +106,31 @@ def mosaic_slide(folder: Path, repeat: int) -> Path:
     pixels = source.read_region(TileBox(0, 0, 0, width, height))
     mpp = source.mpp[0]
     source.close()
-    image = np.tile(pixels, (repeat, repeat, 1))
+    side = 256
+    shapes = [(height * repeat, width * repeat)]
+    while max(shapes[-1]) > 1024:  # each level every second pixel of the one above (as [::2, ::2])
+        shapes.append(((shapes[-1][0] + 1) // 2, (shapes[-1][1] + 1) // 2))
+
+    def tiles(level: int):
+        step = 2 ** level
+        rows_total, cols_total = shapes[level]
+        for r0 in range(0, rows_total, side):
+            rows = (np.arange(r0, min(r0 + side, rows_total)) * step) % height
+            for c0 in range(0, cols_total, side):
+                cols = (np.arange(c0, min(c0 + side, cols_total)) * step) % width
+                tile = np.zeros((side, side, 3), np.uint8)
+                tile[: len(rows), : len(cols)] = pixels[np.ix_(rows, cols)]
+                yield tile
+
     path = folder / f"cmu-1-mosaic-{repeat}x{repeat}.ome.tif"
-    levels = [image]
-    while max(levels[-1].shape[:2]) > 1024:
-        levels.append(levels[-1][::2, ::2])
-    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+    big = shapes[0][0] * shapes[0][1] * 3 > 2**31
+    with tifffile.TiffWriter(path, bigtiff=big) as tif:
         meta = {"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
-        tif.write(levels[0], tile=(256, 256), subifds=len(levels) - 1, compression="zlib", metadata=meta,
-                  photometric="rgb")
-        for level in levels[1:]:
-            tif.write(level, tile=(256, 256), compression="zlib", subfiletype=1, photometric="rgb")
+        tif.write(tiles(0), shape=(*shapes[0], 3), dtype=np.uint8, tile=(side, side), subifds=len(shapes) - 1,
+                  compression="zlib", metadata=meta, photometric="rgb")
+        for level in range(1, len(shapes)):
+            tif.write(tiles(level), shape=(*shapes[level], 3), dtype=np.uint8, tile=(side, side),
+                      compression="zlib", subfiletype=1, photometric="rgb")
     return path
 
 
