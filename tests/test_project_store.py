@@ -213,6 +213,8 @@ def test_objects_are_removed_one_by_one_and_per_slide_with_their_unused_embeddin
     assert [o.object_id for o in ProjectStore(tmp_path / "slides").objects()] == ["0-0", "0-2", "0-3"]
     assert len(embeddings()) == 3
     assert len(store.examples(classes=["Tumor"])) == 2
+    assert store.summary().splitlines()[1:] == ["  a.png  Stroma  1 object(s), 1 tile(s)",
+                                                "  a.png  Tumor   2 object(s), 2 tile(s)"]
 
 
 def test_a_geojson_our_exporter_wrote_becomes_examples_once(tmp_path, slides, predictor):
@@ -321,6 +323,11 @@ def test_a_full_disk_half_way_through_an_import_leaves_the_project_as_it_was(tmp
 def test_a_store_of_a_newer_version_or_of_something_else_is_refused_with_a_clear_message(tmp_path):
     folder = tmp_path / ".sam-histo-project"
     folder.mkdir()
+    (folder / ".project.ab12.json").write_text('{"form')  # a creation cut short: a new, empty project
+    assert len(ProjectStore(tmp_path)) == 0
+    (folder / "objects").mkdir()
+    with pytest.raises(InputError, match="holds no project.json"):
+        ProjectStore(tmp_path)
     (folder / "project.json").write_text(json.dumps({"format": "napari-sam-histo-project", "version": 2}))
     with pytest.raises(InputError, match="newer napari-sam-histo") as caught:
         ProjectStore(tmp_path)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..annotations.geometry import Polygon, mask_to_polygons, rasterize
-from ..annotations.objects import AnnotatedObject, signature
+from ..annotations.objects import PROVENANCE_KEYS, AnnotatedObject, signature
 from ..engine.predictor import Predictor
 from ..engine.tiles import DEFAULT_TILE_SIZE, TileBox
 from ..engine.working_levels import level_with_downsample, working_levels
@@ -243,8 +243,7 @@ def import_annotations(store: ProjectStore, slide_path: str | Path, annotations_
                 box, target, clicks = placed
                 key = predictor.key_for(slide.identity, box.key())
                 embedding = store.embedding(key) or predictor.embedding_for(source, box)
-                decoder = {k: str(v) for k, v in obj.properties.items()
-                           if k in ("decoder", "decoder_kind", "decoder_hash", "model_hash")}
+                decoder = {k: str(obj.properties[k]) for k in PROVENANCE_KEYS if obj.properties.get(k)}
                 stored = store.add_object(obj.id, obj.class_name or UNCLASSIFIED, slide,
                                           [TileExample(box, embedding, target, clicks)], predictor, "imported",
                                           decoder, signature(obj))

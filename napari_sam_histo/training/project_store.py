@@ -20,9 +20,11 @@ between processes and a recovery step for nothing more.
 
 An object added again (same slide and id) gets masks under a new name and then its new ``.json``:
 until that rename the old version stays whole. Removing an object deletes its ``.json`` first (the
-commit of the removal), then its masks, then the embeddings no other object uses. ``import_annotations`` (``training.project_import``) fills
-the store from existing annotations; ``examples`` feeds training; ``split_by_slide`` holds out whole
-slides (or, with one slide, its last-accepted objects) for the never-worse check.
+commit of the removal), then its masks, then the embeddings no other object uses.
+
+``training.project_import`` fills the store from existing annotations; ``examples`` feeds training;
+``training.project_split`` holds out whole slides (or, with one slide, its last-accepted objects)
+for the never-worse check.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class StoredObject:
     origin: str  # "accepted" (clicked in the dock) or "imported" (from a GeoJSON or label image)
     model: str  # the model's name
     weights_hash: str  # the model weights' hash (the embeddings are this model's)
-    decoder: dict  # the decoder that drew it (``Provenance.properties()``), {} for imported objects
+    decoder: dict  # the decoder that drew it (``Provenance.properties()``; an import keeps what its file says)
     tiles: tuple[StoredTile, ...]
     masks: str  # the file of its masks under objects/
     signature: tuple = ()  # ``annotations.objects.signature``: the same region whatever its id
@@ -122,7 +124,7 @@ def accepted_tiles(sessions, blended, edited: tuple | None = None) -> list[TileE
     accepted or hand-edited mask cut to each, the clicks there), each with its tile."""
     from .slide_adaptation import tile_examples
 
-    sessions = [s for s in sessions if s.clicks] or list(sessions)
+    sessions = list(sessions)
     if not sessions:
         return []
     finest = min(s.box.downsample for s in sessions)
@@ -181,7 +183,8 @@ class ProjectStore:
         """The manifest, or None for a folder with no store yet; ``InputError`` naming it when it is
         not ours, unreadable, or of a newer version."""
         if not self.manifest_path.exists():
-            if self.folder.exists() and any(self.folder.iterdir()):
+            # (hidden files are a creation cut short: a probe, a temporary manifest)
+            if self.folder.is_dir() and any(not p.name.startswith(".") for p in self.folder.iterdir()):
                 raise InputError(f"{self.folder} holds no {MANIFEST}: it is not a napari-sam-histo project "
                                  "store (or it was damaged). Move it aside to start a new project here.")
             return None
@@ -205,25 +208,33 @@ class ProjectStore:
         """Create the store if needed; ``InputError`` naming the folder when it cannot be written."""
         with self._lock:
             try:
-                self.objects_dir.mkdir(parents=True, exist_ok=True)
+                self.folder.mkdir(exist_ok=True)
                 probe = self.folder / f".probe-{uuid.uuid4().hex}"
                 probe.write_bytes(b"")
                 probe.unlink()
             except OSError as err:
                 raise InputError(f"The project folder {self.root} is not writable ({err.strerror or err}); "
                                  "choose a folder you can write to for the project.") from err
-            if self.manifest is None:
+            if self.manifest is None:  # first the manifest: a store is never without one
                 manifest = {"format": FORMAT, "version": VERSION, "created": _now()}
                 write_text(self.manifest_path, json.dumps(manifest, indent=1))
                 self.manifest = manifest
+            try:
+                self.objects_dir.mkdir(exist_ok=True)
+            except OSError as err:
+                raise InputError(f"Cannot create {self.objects_dir} ({err.strerror or err}).") from err
 
     # -- reading -------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Read the objects from disk again (another process may have added or removed some), and
         remove what a crashed write left (``ORPHAN_AGE_S``)."""
         found, problems = {}, []
-        if self.objects_dir.is_dir():
-            for path in sorted(self.objects_dir.glob("*.json")):
+        try:
+            records = sorted(self.objects_dir.glob("*.json")) if self.objects_dir.is_dir() else []
+        except OSError as err:
+            raise InputError(f"Cannot read the project's objects in {self.objects_dir} ({err.strerror or err}).") from err
+        if records:
+            for path in records:
                 if path.name.startswith("."):
                     continue  # a record being written (or left by a killed writer): not an object
                 try:
@@ -279,6 +290,18 @@ class ProjectStore:
             row[0] += 1
             row[1] += len(obj.tiles)
         return {key: (n, t) for key, (n, t) in sorted(out.items())}
+
+    def summary(self) -> str:
+        """The objects per slide and class, in words (a CLI's or a dock's listing)."""
+        counts = self.counts()
+        lines = [f"{self.root}: {len(self)} object(s) on {len(self.slides())} slide(s)"
+                 + ("" if counts else "; accept objects on a slide or import annotations to add some")]
+        width = max((len(slide) for slide, _ in counts), default=0)
+        cwidth = max((len(name) for _, name in counts), default=0)
+        lines += [f"  {slide:<{width}}  {name:<{cwidth}}  {n} object(s), {tiles} tile(s)"
+                  for (slide, name), (n, tiles) in counts.items()]
+        lines += [f"  left out: {problem}" for problem in self.problems]
+        return "\n".join(lines)
 
     def slides(self) -> list[SlideRef]:
         """The project's slides, in the order their first object was accepted."""
@@ -489,7 +512,10 @@ class ProjectStore:
             if path.suffix == ".zarr":
                 _remove_folder(path)
             else:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:  # a project on a read-only share: what is left stays, harmless
+                    pass
 
 
 def _write_record(path: Path, record: dict) -> None:
