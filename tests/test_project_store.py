@@ -14,14 +14,15 @@ from napari_sam_histo.annotations.geojson import write_geojson
 from napari_sam_histo.annotations.geometry import Polygon, polygon_area
 from napari_sam_histo.annotations.objects import AnnotatedObject
 from napari_sam_histo.engine.annotator import Annotator
-from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.embedding_cache import EmbeddingCache, EmbeddingKey
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.errors import DiskFullError, InputError
 from napari_sam_histo.slides.reader import open_image
 from napari_sam_histo.training import project_store
 from napari_sam_histo.training.project_import import SLIDE_IDENTITY, SLIDE_NAME, import_annotations
+from napari_sam_histo.training.project_objects import ProjectRecorder, SlideRef
 from napari_sam_histo.training.project_split import split_by_slide
-from napari_sam_histo.training.project_store import ProjectStore, SlideRef
+from napari_sam_histo.training.project_store import ProjectStore
 
 TILE = 256
 CENTRES = [(130, 120), (380, 140), (140, 380), (390, 390)]
@@ -114,7 +115,11 @@ def test_an_accepted_object_is_kept_with_its_tile_embedding_and_survives_a_resta
         annotator.close(wait=True)
     sessions, blended, edited = capture.accepted[0]
     store = ProjectStore(tmp_path / "slides")
-    stored = store.add_accepted(obj, sessions, blended, edited, SlideRef.of(source, slides[0]), predictor)
+    queued = []  # a UI's writer thread: the recorder returns at once, the writing waits its turn
+    recorder = ProjectRecorder(store, SlideRef.of(source, slides[0]), predictor, submit=queued.append)
+    recorder.add_accepted(obj, sessions, blended, edited)
+    assert len(queued) == 1 and len(store) == 0
+    stored = queued.pop()()
     assert stored is not None and stored.class_name == "Stroma" and stored.origin == "accepted"
     assert stored.decoder["decoder"] == "sam" and stored.weights_hash == predictor.model.weights_hash
     box = sessions[0].box
@@ -140,13 +145,17 @@ def test_an_accepted_object_is_kept_with_its_tile_embedding_and_survives_a_resta
     assert tuple(examples[0].embedding.original_size) == (TILE, TILE)
     assert np.allclose(examples[0].embedding.features, session.embedding.features, rtol=1e-2, atol=1e-3)  # float16
     other_model = Predictor(predictor.model, "sam", cache=EmbeddingCache(), precision="fp32")
-    other_model.key_for = lambda image, tile: project_store.EmbeddingKey(image, tile, "other", "h", "p")
+    other_model.key_for = lambda image, tile: EmbeddingKey(image, tile, "other", "h", "p")
     assert reopened.examples(predictor=other_model) == []  # embedded by another model: left out
+    recorder.forget(obj.id)  # its Accept undone
+    queued.pop()()
+    assert len(store) == 0 and len(ProjectStore(tmp_path / "slides")) == 0
+    assert not list(store.cache.store_dir.glob("*.zarr"))  # its tile's embedding went with it
 
 
 _KILLED_WRITER = """
 import os, signal, sys
-from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.embedding_cache import EmbeddingCache, EmbeddingKey
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.models.registry import random_model
 from napari_sam_histo.training import project_store
@@ -292,6 +301,11 @@ def test_bad_input_names_the_file_and_changes_nothing(tmp_path, slides, predicto
         message = str(caught.value)
         assert path.name in message and says in message, message
         assert _files(store) == before and len(ProjectStore(tmp_path / "slides")) == 1
+    fresh = tmp_path / "new project"
+    fresh.mkdir()
+    with pytest.raises(InputError, match="outside a.png"):
+        import_annotations(ProjectStore(fresh), slides[0], tmp_path / "outside.geojson", predictor, TILE)
+    assert list(fresh.iterdir()) == []  # not even an empty store
     with pytest.raises(InputError, match="not writable") as caught:  # a folder no one may create files in
         import_annotations(ProjectStore("/proc/self"), slides[0], tmp_path / "good.geojson", predictor, TILE)
     assert "/proc/self" in str(caught.value)

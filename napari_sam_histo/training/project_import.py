@@ -215,7 +215,6 @@ def import_annotations(store: ProjectStore, slide_path: str | Path, annotations_
     embedding the store lacks (seconds each on a CPU)."""
     from ..slides.reader import open_image
 
-    store.check_writable()
     annotations_path = Path(annotations_path)
     source = open_image(slide_path)
     try:
@@ -225,6 +224,7 @@ def import_annotations(store: ProjectStore, slide_path: str | Path, annotations_
             objects = [o for o in objects if (o.class_name or UNCLASSIFIED) in set(classes)]
             if not objects:
                 raise InputError(f"{annotations_path} holds no object of class {', '.join(classes)}.")
+        store.check_writable()  # (after the checks: a refused file does not even create the store)
         slide = SlideRef.of(source, slide_path)
         fresh, already = [], 0
         for obj in objects:

@@ -36,7 +36,7 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from ..engine.predictor import Predictor
 from ..errors import InputError
 from ..slides.boxes import TileBox
 from .adaptation import AdaptationExample
+from .project_objects import SlideRef, StoredObject, StoredTile, TileExample
 
 FORMAT = "napari-sam-histo-project"
 VERSION = 1  # of the manifest and of every object's .json; a store of a newer version is refused
@@ -61,80 +62,6 @@ EMBEDDINGS = "embeddings"
 ORPHAN_AGE_S = 3600.0
 MEMORY_BYTES = 64 << 20  # embeddings read back are handed to the caller; the store keeps few
 ORIGINS = ("accepted", "imported")
-
-
-@dataclass(frozen=True)
-class SlideRef:
-    """Which slide an object lies on: its name, its identity (``ImageSource.identity``: survives a
-    rename for slides with an OpenSlide quickhash) and the path it was opened from ("" if none)."""
-
-    name: str
-    identity: str
-    path: str = ""
-
-    @classmethod
-    def of(cls, source, path: str | Path | None = None) -> SlideRef:
-        """The reference of an open ``ImageSource`` (``path``: the file it was opened from)."""
-        return cls(source.name, source.identity, str(Path(path).resolve()) if path else "")
-
-
-@dataclass(frozen=True)
-class TileExample:
-    """An object on one tile, as the store takes it: the tile, its embedding, the object's mask at
-    the tile's resolution and the clicks on the tile ((x, y, positive) in the tile's pixels)."""
-
-    box: TileBox
-    embedding: Embedding
-    target: np.ndarray
-    clicks: tuple = ()
-
-
-@dataclass(frozen=True)
-class StoredTile:
-    box: TileBox
-    embedding_key: EmbeddingKey
-    clicks: tuple  # ((x, y, positive), ...) in the tile's pixels
-
-    @property
-    def level0_box(self) -> tuple[float, float, float, float]:
-        return self.box.level0_box
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """One object of the project (an entry of the store)."""
-
-    entry: str  # the file name stem under objects/
-    object_id: str  # the annotation's id (as in the GeoJSON export)
-    class_name: str
-    slide: SlideRef
-    accepted_at: str  # ISO 8601, UTC, microseconds: when it was accepted (or imported)
-    origin: str  # "accepted" (clicked in the dock) or "imported" (from a GeoJSON or label image)
-    model: str  # the model's name
-    weights_hash: str  # the model weights' hash (the embeddings are this model's)
-    decoder: dict  # the decoder that drew it (``Provenance.properties()``; an import keeps what its file says)
-    tiles: tuple[StoredTile, ...]
-    masks: str  # the file of its masks under objects/
-    signature: tuple = ()  # ``annotations.objects.signature``: the same region whatever its id
-
-
-def accepted_tiles(sessions, blended, edited: tuple | None = None) -> list[TileExample]:
-    """An accepted object's ``TileExample``s from the annotator's state at Accept (as
-    ``slide_adaptation.tile_examples`` cuts them: the object's tiles at its finest level, the
-    accepted or hand-edited mask cut to each, the clicks there), each with its tile."""
-    from .slide_adaptation import tile_examples
-
-    sessions = list(sessions)
-    if not sessions:
-        return []
-    finest = min(s.box.downsample for s in sessions)
-    out = []
-    for session in sessions:
-        if abs(session.box.downsample - finest) > 1e-6 * finest:
-            continue
-        for example in tile_examples([session], blended, edited):
-            out.append(TileExample(session.box, example.embedding, example.target, example.clicks))
-    return out
 
 
 def _now() -> str:
@@ -447,17 +374,6 @@ class ProjectStore:
             (self.objects_dir / replaced.masks).unlink(missing_ok=True)
             self._remove_unused_embeddings([t.embedding_key for t in replaced.tiles])
         return stored
-
-    def add_accepted(self, obj, sessions, blended, edited: tuple | None, slide: SlideRef,
-                     predictor: Predictor) -> StoredObject | None:
-        """Keep an object accepted in the dock: ``obj`` (``AnnotatedObject``: id, class, provenance)
-        with the annotator's sessions, blended logits and hand-edited mask at Accept
-        (``accepted_tiles``). Writes a few MiB: call it off the UI thread."""
-        from ..annotations.objects import PROVENANCE_KEYS, signature
-
-        decoder = {k: str(obj.properties[k]) for k in PROVENANCE_KEYS if obj.properties.get(k) is not None}
-        return self.add_object(obj.id, obj.class_name, slide, accepted_tiles(sessions, blended, edited), predictor,
-                               "accepted", decoder, signature(obj))
 
     def remove_object(self, object_id: str, slide_identity: str | None = None) -> int:
         """Remove the object ``object_id`` (of ``slide_identity``, or of any slide); returns how many
