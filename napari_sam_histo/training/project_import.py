@@ -116,11 +116,10 @@ def read_label_objects(path: str | Path) -> list[AnnotatedObject]:
     if unknown:
         raise InputError(f"{path}: pixel value(s) {unknown} are not in its class table ({names}).")
     # the slides its objects were accepted on, where the export recorded them (see ``check_objects_fit``)
-    recorded = {str(v[key]) for v in (metadata.get("objects") or {}).values() if isinstance(v, dict)
-                for key in (SLIDE_IDENTITY,) if v.get(key)}
-    slide_names = sorted({str(v[SLIDE_NAME]) for v in (metadata.get("objects") or {}).values()
-                          if isinstance(v, dict) and v.get(SLIDE_NAME)})
-    made_on = {SLIDE_IDENTITY: sorted(recorded)[0], SLIDE_NAME: ", ".join(slide_names)} if len(recorded) == 1 else {}
+    described = [v for v in (metadata.get("objects") or {}).values() if isinstance(v, dict)]
+    recorded = sorted({str(v[SLIDE_IDENTITY]) for v in described if v.get(SLIDE_IDENTITY)})
+    slide_names = sorted({str(v[SLIDE_NAME]) for v in described if v.get(SLIDE_NAME)})
+    made_on = {SLIDE_IDENTITY: recorded[0], SLIDE_NAME: ", ".join(slide_names)} if len(recorded) == 1 else {}
     objects = []
     for class_id, name in sorted(names.items()):
         regions, _ = ndimage.label(labels == class_id)  # 4-connected, as the vectoriser separates parts
