@@ -246,7 +246,8 @@ def test_a_geojson_our_exporter_wrote_becomes_examples_once(tmp_path, slides, pr
     qupath = {"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [objects[0].polygons[0].exterior.tolist()]},
          "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [_disc(CENTRES[3]).polygons[0].exterior.tolist()]},
+        {"type": "Feature",
+         "geometry": {"type": "Polygon", "coordinates": [_disc(CENTRES[3]).polygons[0].exterior.tolist()]},
          "properties": {"objectType": "annotation"}}]}
     (tmp_path / "qupath.geojson").write_text(json.dumps(qupath))
     report = import_annotations(store, slides[0], tmp_path / "qupath.geojson", predictor, TILE)

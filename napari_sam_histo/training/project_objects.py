@@ -95,7 +95,8 @@ class ProjectRecorder:
     None: written before it returns); ``forget`` takes an object back (its Accept undone, or it was
     deleted). ``predictor``: the annotator's (its embeddings, its model's keys)."""
 
-    def __init__(self, store, slide: SlideRef, predictor, submit: Callable[[Callable[[], object]], object] | None = None):
+    def __init__(self, store, slide: SlideRef, predictor,
+                 submit: Callable[[Callable[[], object]], object] | None = None):
         self.store = store
         self.slide = slide
         self.predictor = predictor

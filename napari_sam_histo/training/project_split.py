@@ -51,7 +51,8 @@ def split_by_slide(objects: list[StoredObject], held_out_fraction: float = 0.25,
                 break
         if len(held) >= min_held_out:
             chosen = {o.entry for o in held}
-            return ProjectSplit([o for o in objects if o.entry not in chosen], [o for o in objects if o.entry in chosen],
+            return ProjectSplit([o for o in objects if o.entry not in chosen],
+                                [o for o in objects if o.entry in chosen],
                                 "slide")
     if len(by_slide) == 1 and len(objects) >= min_held_out + 1:
         cut = len(objects) - min(wanted, len(objects) - 1)

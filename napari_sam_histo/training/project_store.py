@@ -159,7 +159,8 @@ class ProjectStore:
         try:
             records = sorted(self.objects_dir.glob("*.json")) if self.objects_dir.is_dir() else []
         except OSError as err:
-            raise InputError(f"Cannot read the project's objects in {self.objects_dir} ({err.strerror or err}).") from err
+            raise InputError(f"Cannot read the project's objects in {self.objects_dir} "
+                             f"({err.strerror or err}).") from err
         if records:
             for path in records:
                 if path.name.startswith("."):
