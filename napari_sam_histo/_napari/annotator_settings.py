@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QToolButton, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QSpinBox, QToolButton, QVBoxLayout, QWidget,
 )
 
 from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2
@@ -111,9 +111,23 @@ class AnnotatorSettings(QWidget):
         self.decoder_combo.setEditable(True)
         # SAM's own, then the decoders shipped for MobileSAM; any decoder checkpoint path can be typed
         # (models.shipped: no torch import on the GUI thread)
-        from ..models.shipped import shipped_decoders
+        from ..models.shipped import decoder_note, decoder_tissue, shipped_decoders
 
         self.decoder_combo.addItems(shipped_decoders("vit_t"))
+        for index in range(self.decoder_combo.count()):
+            self.decoder_combo.setItemData(index, decoder_note(self.decoder_combo.itemText(index)),
+                                           Qt.ItemDataRole.ToolTipRole)
+        # what the chosen decoder was trained on, under the picker (its whole note as the tooltip)
+        self.decoder_tissue = QLabel()
+        self.decoder_tissue.setWordWrap(True)
+
+        def show_tissue(name: str) -> None:
+            self.decoder_tissue.setText(decoder_tissue(name))
+            self.decoder_tissue.setToolTip(decoder_note(name))
+            self.decoder_combo.setToolTip(decoder_note(name))
+
+        self.decoder_combo.currentTextChanged.connect(show_tissue)
+        show_tissue(self.decoder_combo.currentText())
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.level_combo = QComboBox()
@@ -140,7 +154,8 @@ class AnnotatorSettings(QWidget):
         self.disk_check = QCheckBox("keep embeddings on disk (per slide)")
         self.disk_check.setToolTip("reopening the slide later skips the encoder; stored in the user cache folder")
         for label, widget in (("Image", self.layer_combo), ("Model", self.model_combo),
-                              ("Decoder", self.decoder_combo), ("Device", self.device_combo),
+                              ("Decoder", self.decoder_combo), ("", self.decoder_tissue),
+                              ("Device", self.device_combo),
                               ("Working level", self.level_combo), ("Tile size", self.tile_spin),
                               ("Min. area", self.min_area_spin), ("Simplify", self.simplify_spin),
                               ("", self.prefetch_check), ("", self.grow_check), ("", self.disk_check)):
