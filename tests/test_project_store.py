@@ -113,6 +113,7 @@ def test_an_accepted_object_is_kept_with_its_tile_embedding_and_survives_a_resta
         obj = annotator.submit("accept", "Stroma").result(timeout=60)
     finally:
         annotator.close(wait=True)
+    assert (obj.properties["slide"], obj.properties["slide_identity"]) == ("a.png", source.identity)
     sessions, blended, edited = capture.accepted[0]
     store = ProjectStore(tmp_path / "slides")
     queued = []  # a UI's writer thread: the recorder returns at once, the writing waits its turn
@@ -255,6 +256,20 @@ def test_a_geojson_our_exporter_wrote_becomes_examples_once(tmp_path, slides, pr
     assert store.counts()[("a.png", "Unclassified")] == (1, 1)
 
 
+def test_a_copied_slide_takes_the_annotations_made_on_it(tmp_path, slides, predictor):
+    """A copy of a slide (another path and time, so another file identity, the same name) is the
+    same slide: the objects exported from the original are imported."""
+    import shutil
+
+    copy = tmp_path / "copied" / "a.png"
+    copy.parent.mkdir()
+    shutil.copy(slides[0], copy)
+    assert open_image(copy).identity != open_image(slides[0]).identity
+    path = _exported(tmp_path / "a.geojson", slides[0], [_disc(CENTRES[0], 40)])
+    report = import_annotations(ProjectStore(tmp_path / "copied"), copy, path, predictor, TILE)
+    assert report.added == 1
+
+
 def test_our_label_image_becomes_examples(tmp_path, slides, predictor):
     from napari_sam_histo.annotations.label_tiff import write_label_tiff
 
@@ -270,7 +285,6 @@ def test_our_label_image_becomes_examples(tmp_path, slides, predictor):
 
 def _bad_inputs(tmp_path, slides, monkeypatch):
     """(file, what its message must say) for each kind of bad input."""
-    from napari_sam_histo.annotations import label_tiff
     outside = _exported(tmp_path / "outside.geojson", slides[0], [_disc(CENTRES[0]), _disc((600, 100))])
     other = _exported(tmp_path / "other.geojson", slides[1], [_disc(CENTRES[0])])
     (tmp_path / "empty.geojson").write_bytes(b"")
@@ -281,7 +295,6 @@ def _bad_inputs(tmp_path, slides, monkeypatch):
 
     big = write_label_tiff(tmp_path / "big.tif", [_disc((700, 700))], (800, 800), {"Tumor": 1})
     # a label image whose objects record their slide (as the GeoJSON's do), made for the other slide
-    monkeypatch.setattr(label_tiff, "PROVENANCE_KEYS", label_tiff.PROVENANCE_KEYS + (SLIDE_NAME, SLIDE_IDENTITY))
     made_on_b = {SLIDE_NAME: "b.png", SLIDE_IDENTITY: open_image(slides[1]).identity}
     other_labels = write_label_tiff(tmp_path / "other.tif", [_disc(CENTRES[0], **made_on_b)], (512, 512), {"Tumor": 1})
     return [(outside, "outside a.png"), (other, "made for slide b.png"), (tmp_path / "empty.geojson", "empty"),

@@ -178,7 +178,7 @@ def test_the_provenance_of_sam_a_checkpoint_and_an_untrained_decoder(tmp_path, t
     sam = Predictor(tiny_model, "sam", precision="fp32", encoder_mode="eager").provenance
     assert (sam.decoder, sam.decoder_kind, sam.decoder_hash) == ("sam", "sam", "")
     assert sam.text == f"{tiny_model.name} + SAM's own decoder (in the model's weights)"
-    assert tuple(sam.properties()) == PROVENANCE_KEYS
+    assert tuple(sam.properties()) + ("slide", "slide_identity") == PROVENANCE_KEYS  # the slide: the annotator's
     path, sha256 = _md_checkpoint(tmp_path, tiny_model)
     mine = path.rename(tmp_path / "my-decoder.pt")
     chosen = provenance(tiny_model, choose_decoder(tiny_model, str(mine)))

@@ -14,8 +14,10 @@ DEFAULT_CLASSES = {"Tumor": (200, 0, 0), "Stroma": (150, 200, 150), "Necrosis": 
 # What drew an object, kept in ``AnnotatedObject.properties`` (from ``Predictor.provenance.properties()``),
 # in the annotations layer's features and in every export: the decoder as the user chose it ("sam",
 # "md", "modified", "residual" or a checkpoint's file name), its architecture, the short sha256 of its
-# file (empty for SAM's own decoder) and the short hash of the model's weights.
-PROVENANCE_KEYS = ("decoder", "decoder_kind", "decoder_hash", "model_hash")
+# file (empty for SAM's own decoder) and the short hash of the model's weights; and the slide it was
+# drawn on: its file name and identity (``slides.identity``), so a file imported for another slide
+# can be refused.
+PROVENANCE_KEYS = ("decoder", "decoder_kind", "decoder_hash", "model_hash", "slide", "slide_identity")
 
 
 # Colours given to new classes, in order (QuPath-like, distinct from the defaults).

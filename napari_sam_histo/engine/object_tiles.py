@@ -513,6 +513,7 @@ class ObjectTiles:
             obj = AnnotatedObject(polygons, class_name, self.add_class(class_name), self.predictor.model.name,
                                   len(self._history),
                                   {**self.predictor.provenance.properties(),  # the decoder as chosen, its hash
+                                   "slide": self.source.name, "slide_identity": self.source.identity,
                                    "decoder_kind": decoding.decoder.kind,  # what ran (adapted: maybe "residual")
                                    "adapted": decoding is not self.predictor,
                                    "refined": any(s.refined for s in self._active()),

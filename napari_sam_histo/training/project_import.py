@@ -140,8 +140,18 @@ def read_label_objects(path: str | Path) -> list[AnnotatedObject]:
 def check_objects_fit(objects: list[AnnotatedObject], source, path: str | Path) -> None:
     """``InputError`` naming ``path`` when its objects were made for another slide than ``source``
     (the slide identity they record), or reach outside its level-0 bounds."""
-    others = {str(o.properties[SLIDE_IDENTITY]) for o in objects
-              if o.properties.get(SLIDE_IDENTITY) and str(o.properties[SLIDE_IDENTITY]) != source.identity}
+    def made_elsewhere(properties) -> bool:
+        """A slide's own content hash (OpenSlide's quickhash, "slide:...") survives copying and
+        renaming, so a different one is another slide; a file identity (path, size, time) changes
+        when a slide is copied, so it counts only together with another file name."""
+        recorded = str(properties.get(SLIDE_IDENTITY) or "")
+        if not recorded or recorded == source.identity:
+            return False
+        if recorded.startswith("slide:") and source.identity.startswith("slide:"):
+            return True
+        return str(properties.get(SLIDE_NAME) or source.name) != source.name
+
+    others = {str(o.properties[SLIDE_IDENTITY]) for o in objects if made_elsewhere(o.properties)}
     if others:
         named = sorted({str(o.properties.get(SLIDE_NAME) or "") for o in objects} - {""})
         made_for = f"slide {', '.join(named)}" if named else f"another slide (identity {sorted(others)[0]})"
