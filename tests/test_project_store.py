@@ -79,7 +79,7 @@ def _exported(path, slide_path, objects):
 
 class _Capture:
     """The annotator's slide-learning slot (``engine.object_tiles.SlideLearning``), keeping what
-    Accept hands over: what a dock passes on to the project store."""
+    Accept hands over (the same as the project's recorder gets)."""
 
     def __init__(self, predictor):
         self._predictor = predictor
@@ -107,6 +107,9 @@ def test_an_accepted_object_is_kept_with_its_tile_embedding_and_survives_a_resta
     annotator = Annotator(predictor, source, level=0, tile_size=TILE)
     capture = _Capture(predictor)
     annotator.adaptation = capture
+    store = ProjectStore(tmp_path / "slides")
+    queued = []  # a UI's writer thread: the recorder returns at once, the writing waits its turn
+    annotator.recorder = ProjectRecorder(store, SlideRef.of(source, slides[0]), predictor, submit=queued.append)
     try:
         annotator.submit_click(130, 120, True).result(timeout=120)
         annotator.submit_click(100, 60, False).result(timeout=120)
@@ -115,11 +118,7 @@ def test_an_accepted_object_is_kept_with_its_tile_embedding_and_survives_a_resta
         annotator.close(wait=True)
     assert (obj.properties["slide"], obj.properties["slide_identity"]) == ("a.png", source.identity)
     sessions, blended, edited = capture.accepted[0]
-    store = ProjectStore(tmp_path / "slides")
-    queued = []  # a UI's writer thread: the recorder returns at once, the writing waits its turn
-    recorder = ProjectRecorder(store, SlideRef.of(source, slides[0]), predictor, submit=queued.append)
-    recorder.add_accepted(obj, sessions, blended, edited)
-    assert len(queued) == 1 and len(store) == 0
+    assert len(queued) == 1 and len(store) == 0  # handed over at Accept, not written yet
     stored = queued.pop()()
     assert stored is not None and stored.class_name == "Stroma" and stored.origin == "accepted"
     assert stored.decoder["decoder"] == "sam" and stored.weights_hash == predictor.model.weights_hash
@@ -148,7 +147,7 @@ def test_an_accepted_object_is_kept_with_its_tile_embedding_and_survives_a_resta
     other_model = Predictor(predictor.model, "sam", cache=EmbeddingCache(), precision="fp32")
     other_model.key_for = lambda image, tile: EmbeddingKey(image, tile, "other", "h", "p")
     assert reopened.examples(predictor=other_model) == []  # embedded by another model: left out
-    recorder.forget(obj.id)  # its Accept undone
+    annotator.recorder.forget(obj.id)  # its Accept undone
     queued.pop()()
     assert len(store) == 0 and len(ProjectStore(tmp_path / "slides")) == 0
     assert not list(store.cache.store_dir.glob("*.zarr"))  # its tile's embedding went with it

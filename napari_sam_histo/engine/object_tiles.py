@@ -176,6 +176,14 @@ class SlideLearning(Protocol):
     def close(self, wait: bool = True) -> None: ...
 
 
+class AcceptedObjects(Protocol):
+    """Where the annotator hands every accepted object besides the slide's learning: a project's
+    training set (``training.project_objects.ProjectRecorder``, set by a UI as ``recorder``). It
+    must return at once (the writing is its own writer's)."""
+
+    def add_accepted(self, obj, sessions, blended, edited=None): ...
+
+
 class ObjectTiles:
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
@@ -197,6 +205,7 @@ class ObjectTiles:
         # slide (``adaptation``, set by a UI: ``training.slide_adaptation``), chosen at the object's
         # first click and kept for all its tiles
         self.adaptation: SlideLearning | None = None
+        self.recorder: AcceptedObjects | None = None
         self._decoding = predictor
         self._refining = None  # the slide refiner the object's tiles use (``adaptation.refiner()``), or None
         self.source = source
@@ -525,6 +534,11 @@ class ObjectTiles:
                     self.adaptation.add_object(self._active(), result, edited, key=obj.id,
                                                read_tile=self.source.read_region, tile_colour=self.tile_colour)
                 except Exception:  # learning is a bonus: the object is accepted whatever happens there
+                    pass
+            if self.recorder is not None:  # the project's training set (cut now, written by its writer)
+                try:
+                    self.recorder.add_accepted(obj, self._active(), result, edited)
+                except Exception:  # keeping it is a bonus too: the object is accepted whatever happens there
                     pass
             self.clear()
             return obj
