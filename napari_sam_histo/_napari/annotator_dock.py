@@ -48,6 +48,7 @@ from ..annotations.objects import DEFAULT_CLASSES, next_class_color, not_yet_in
 from ..errors import InputError, SamHistoError
 from . import annotation_layer
 from .adaptation_panel import AdaptationPanel
+from .project_panel import ProjectPanel
 from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba  # noqa: F401 (the tests import them from here)
 from .annotator_settings import AnnotatorSettings, source_spec, warm_up
 from .gui_threads import GuiThreads
@@ -205,6 +206,8 @@ class AnnotatorDock(QWidget):
         self.adaptation_panel = AdaptationPanel(self.threads)
         self.adaptation_panel.check.toggled.connect(lambda on: self._learn_from_layer() if on else None)
         layout.addWidget(self.adaptation_panel)
+        self.project_panel = ProjectPanel(self.threads)
+        layout.addWidget(self.project_panel)
         help_label = QLabel(BINDINGS)
         help_label.setWordWrap(True)
         help_label.setStyleSheet("color: gray")
@@ -489,6 +492,7 @@ class AnnotatorDock(QWidget):
         self.annotator = annotator
         self._view_moved()
         self.adaptation_panel.attach(annotator.adaptation, source.name, self._suggested("-adapted-decoder.pt"))
+        self.project_panel.attach(annotator, self.image_layer.metadata.get("slide_path") if self.image_layer else None)
         self._starting = False
         self.start_button.setEnabled(True)
         level = self._level_text(self._view_level().downsample) + (", following the view" if annotator.auto else "")
@@ -565,6 +569,7 @@ class AnnotatorDock(QWidget):
         Start; ``closeEvent`` closes it."""
         self._prefetch_timer.stop()
         self.adaptation_panel.attach(None)
+        self.project_panel.detach()
         if self.annotator is not None:
             self.annotator.close(wait=wait)
             self._stopped, self.annotator = self.annotator, None
@@ -604,6 +609,7 @@ class AnnotatorDock(QWidget):
         self._flush_autosave()  # the last edits, before autosave stops for good
         self._closed = True
         self.autosaves.close()
+        self.project_panel.close()  # the objects being written to the project are written first
         try:
             from qtpy.QtWidgets import QApplication
 
@@ -1092,11 +1098,13 @@ class AnnotatorDock(QWidget):
                             f"{'them' if len(removed) != 1 else 'it'} back). {self._count_text()}")
 
     def _unlearn(self, ids) -> None:
-        """The slide's adaptation forgets these objects (queued for its thread: returns at once)."""
+        """The slide's adaptation and the project forget these objects (queued for their threads:
+        returns at once)."""
         adaptation = getattr(self.annotator, "adaptation", None)
         if adaptation is not None:
             for object_id in ids:
                 adaptation.forget(object_id)
+        self.project_panel.forget(ids)
 
     def set_object_class(self, ids: list[str]) -> None:
         name = self.class_name

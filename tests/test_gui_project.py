@@ -1,0 +1,43 @@
+"""The dock keeps accepted objects in the project for training (Xvfb, real MobileSAM, real clicks
+and keys): switched on with the mouse, an accepted object is on disk with its tile, mask and class;
+deleted on the list, it leaves the project."""
+
+import pytest
+from app_model.types import KeyCode
+from qtpy.QtCore import Qt
+
+pytest.importorskip("napari")
+
+from napari_sam_histo._napari.project_panel import OFF_TEXT  # noqa: E402
+from napari_sam_histo.training.project_store import ProjectStore  # noqa: E402
+
+from .annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
+
+
+@pytest.mark.gui
+def test_accepted_objects_are_kept_in_the_project_and_deleted_ones_leave_it(dock, qtbot, slide):
+    panel = dock.project_panel
+    assert panel.state.text() == OFF_TEXT and dock.annotator.recorder is None
+    panel.check.click()  # as a mouse click on the box does
+    qtbot.waitUntil(lambda: dock.annotator.recorder is not None, timeout=30_000)
+    assert "0 objects on 0 slides" in panel.state.text() and str(slide.parent) in panel.state.text()
+    click(dock.viewer, *FRAGMENT)
+    _wait(dock, qtbot)
+    press(dock.viewer, KeyCode.Enter)
+    qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
+    panel.flush(timeout=60)
+    qtbot.waitUntil(lambda: "1 object on 1 slide" in panel.state.text(), timeout=10_000)
+    on_disk = ProjectStore(slide.parent)  # what another session would find
+    [kept] = on_disk.objects()
+    assert (kept.object_id, kept.slide.name, kept.class_name) == (dock.object_list.ids[0], slide.name,
+                                                                   dock.objects()[0].class_name)
+    examples = on_disk.examples(predictor=dock.annotator.predictor)
+    assert examples and all(example.target.any() for example in examples)
+    dock.object_list.table.selectRow(0)
+    qtbot.mouseClick(dock.object_list.delete_button, Qt.MouseButton.LeftButton)
+    assert "Deleted 1 object" in dock.status.text()
+    panel.flush(timeout=60)
+    assert len(ProjectStore(slide.parent)) == 0
+    qtbot.waitUntil(lambda: "0 objects on 0 slides" in panel.state.text(), timeout=10_000)
+    panel.check.click()  # off: the next object is not kept
+    assert panel.state.text() == OFF_TEXT and dock.annotator.recorder is None
