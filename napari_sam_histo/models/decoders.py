@@ -28,7 +28,7 @@ from .shipped import (  # noqa: F401 (imported from here by callers)
 class DecoderChoice:
     """A decoder module and what it is, for reports and cache-free provenance."""
 
-    kind: str  # the architecture: "sam", "modified" or "residual"
+    kind: str  # the architecture: "sam", "modified", "residual" or "tissue" (``models.tissue_decoder``)
     module: torch.nn.Module
     source: str  # "checkpoint", a file path, or "untrained" ("adapted", "training": built in memory)
     trained: bool
@@ -156,6 +156,24 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path, name: st
     # a decoder adapted to a slide may carry its slide prior (``models.slide_prior``)
     prior_state = {k[len("slide_prior."):]: v for k, v in state.items() if k.startswith("slide_prior.")}
     state = {k: v for k, v in state.items() if not k.startswith("slide_prior.")}
+    if metadata.get("tissue_head"):
+        # a project decoder (``models.tissue_decoder``): the model's own SAM decoder plus a trained head
+        from .tissue_decoder import KIND, TissueDecoder, head_from_checkpoint
+
+        if metadata["decoder_kind"] != "sam":
+            raise CheckpointError(f"{path}: a tissue head over a {metadata['decoder_kind']!r} decoder is not "
+                                  f"something this version builds.")
+        head = head_from_checkpoint(metadata["tissue_head"], state, str(path))
+        if head.dim != int(model.sam.mask_decoder.transformer_dim):
+            raise CheckpointError(f"{path}: its tissue head reads {head.dim}-channel embeddings; {model.arch} "
+                                  f"makes {model.sam.mask_decoder.transformer_dim}.")
+        module = TissueDecoder(model.sam.mask_decoder, head).to(model.device).eval()
+        for parameter in module.head.parameters():
+            parameter.requires_grad_(False)
+        if metadata.get("slide_prior"):
+            module = _with_slide_prior(module, metadata["slide_prior"], prior_state, path, model.device)
+        return DecoderChoice(KIND, module, str(path), bool(metadata["trained"]), name=name or Path(path).name,
+                             weights_sha256=digest)
     if metadata["decoder_kind"] == "modified":
         module = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder)
     elif metadata["decoder_kind"] == "residual":
