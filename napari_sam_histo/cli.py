@@ -1,5 +1,5 @@
 """The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark, train, slide-memory, embed,
-slide-benchmark, sequential-benchmark, gui-stalls.
+slide-benchmark, sequential-benchmark, learning-curve, gui-stalls.
 
 Thin: parse arguments, call the core, print. A ``SamHistoError`` (bad file, bad value, missing
 weights) is printed as one line and exits with status 2, never as a traceback.
@@ -252,6 +252,32 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learning_curve(args: argparse.Namespace) -> int:
+    from .evaluation.learning_curve import run_learning_curve
+    from .training.tissue_training import TissueRecipe
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    recipe = TissueRecipe(steps=args.steps, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
+                          lr=args.lr, batch_size=args.batch_size, seed=args.recipe_seed)
+    summary = run_learning_curve(args.dataset, args.out, group_by=None if args.group_by == "none" else args.group_by,
+                                 shots=args.shots, seeds=args.seeds, components=args.components,
+                                 min_object_px=args.min_object_px, max_clicks=args.max_clicks,
+                                 test_objects=args.test_objects, test_fraction=args.test_fraction,
+                                 embedding_store=args.embedding_store, model=args.model, device=args.device,
+                                 precision=args.precision, recipe=recipe, save_decoders=args.save_decoders,
+                                 stride=args.stride, log=None if args.quiet else (lambda line: print(line, flush=True)))
+    from .evaluation.learning_curve import format_table
+
+    print(format_table(summary["rows"]))
+    for line in summary["skipped"]:
+        print(line)
+    print(f"-> {args.out}/table.md, summary.json, objects.csv, noc85-vs-k.png")
+    return 0
+
+
 def _cmd_gui_stalls(args: argparse.Namespace) -> int:
     import os
 
@@ -475,6 +501,36 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     seq.add_argument("--quiet", action="store_true")
     seq.set_defaults(func=_cmd_sequential_benchmark)
+    lc = sub.add_parser("learning-curve", help="train project decoders on k objects of some cases, click other "
+                                               "cases: NoC against k, next to zero-shot SAM")
+    lc.add_argument("dataset", help="image/mask pairs (folder or manifest) whose manifest column tells cases apart")
+    lc.add_argument("--out", required=True, help="report folder")
+    lc.add_argument("--group-by", default="case_id",
+                    help="manifest column of the slide/case ('none': every image is its own group)")
+    lc.add_argument("--shots", type=int, nargs="+", default=[10, 25, 50, 100], help="training objects per decoder")
+    lc.add_argument("--seeds", type=int, default=2, help="seeded splits of the groups into training and test")
+    lc.add_argument("--components", action="store_true", help="each connected region of a mask is an object")
+    lc.add_argument("--min-object-px", type=int, default=0, help="with --components: smallest region kept")
+    lc.add_argument("--stride", type=int, default=1, help="every N-th image pair")
+    lc.add_argument("--max-clicks", type=int, default=20)
+    lc.add_argument("--test-objects", type=int, default=None, help="at most N test objects per seed (a seeded draw)")
+    lc.add_argument("--test-fraction", type=float, default=0.3, help="share of the objects whose groups are tested")
+    lc.add_argument("--embedding-store", default=None,
+                    help="folder that keeps every image's embedding (float16) so reruns cost only training")
+    lc.add_argument("--steps", type=int, default=1500, help="the tissue head's training steps")
+    lc.add_argument("--dagger-rounds", type=int, default=1,
+                    help="rounds of re-clicking the training objects with the head, then training on")
+    lc.add_argument("--dagger-steps", type=int, default=500, help="training steps after each DAgger round")
+    lc.add_argument("--lr", type=float, default=1e-3)
+    lc.add_argument("--batch-size", type=int, default=8)
+    lc.add_argument("--recipe-seed", type=int, default=0, help="seed of the head's initialisation and batches")
+    lc.add_argument("--save-decoders", action="store_true", help="write each trained decoder into --out")
+    lc.add_argument("--model", default="vit_t")
+    lc.add_argument("--device", default="cpu")
+    lc.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the decoder's precision")
+    lc.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    lc.add_argument("--quiet", action="store_true")
+    lc.set_defaults(func=_cmd_learning_curve)
     stalls = sub.add_parser("gui-stalls", help="longest napari GUI-thread stall per Annotator action (scripted, real viewer)")
     stalls.add_argument("--slide", default=None, help="slide to annotate (default: the CC0 sample)")
     stalls.add_argument("--mosaic", type=int, default=1,

@@ -1,0 +1,269 @@
+"""The learning-curve benchmark: how many clicks a project decoder (``training.tissue_training``)
+saves on cases it never saw, against how many of the lab's objects it learnt from.
+
+Per seed, the dataset's groups (a manifest column such as EBHI-Seg's ``case_id``, one slide or
+case each; without the column every image is its own group) are split by a seeded hash
+(``training.data.split_by_group``) into test groups (about ``test_fraction`` of the objects) and
+training groups; no group is on both sides. The training objects are shuffled by the seed and
+for each k the first k of them train a decoder (so the 10 objects are among the 25, ...); a k
+larger than the training groups hold is skipped with a line saying so. Every decoder of a seed,
+and zero-shot SAM, click the same test objects (``test_objects``: a seeded draw from the test
+groups) with the benchmark's clicker (``evaluation.runner.run_sample``, RITM's rule, mask prompt
+on, up to ``max_clicks`` clicks, stopping at IoU 0.9).
+
+Reported per k (mean over seeds, and per seed): NoC@80/85/90, NoC@85 against zero-shot SAM's,
+mIoU after 1, 5 and 10 clicks, the training wall time (clicking the training objects with SAM,
+fitting, DAgger; embedding apart, as ``embed s``: what computing those objects' embeddings took).
+Embeddings are computed once into a float16 store with ``embedding_store`` (keyed as the
+``benchmark`` keys its store, so either reuses the other's), so a rerun costs only training and
+clicking. Output: ``table.md``, ``summary.json``, ``objects.csv`` and ``noc85-vs-k.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path, write_csv, write_text
+from ..errors import InputError
+from .metrics import DEFAULT_THRESHOLDS, noc, summarize
+
+SHOTS = (10, 25, 50, 100)
+TEST_FRACTION = 0.3
+STOP_IOU = max(DEFAULT_THRESHOLDS)
+SAM = "zero-shot SAM"
+TABLE_COLUMNS = ("method", "k", "seeds", "test objects", "NoC@80", "NoC@85", "NoC@90", "NoC@85 vs SAM",
+                 "NoC@85 per seed", "mIoU@1", "mIoU@5", "mIoU@10", "train s", "embed s")
+
+
+def load_objects(dataset: str | Path, group_by: str | None, components: bool = False, min_object_px: int = 0,
+                 stride: int = 1):
+    """The dataset's objects as ``training.data.TrainingPatch`` (sample + group)."""
+    from ..training.data import load_patches
+
+    patches, _ = load_patches(dataset, group_by=group_by, components=components, min_object_px=min_object_px,
+                              stride=stride)
+    return patches
+
+
+def split(patches: list, seed: int, test_fraction: float = TEST_FRACTION, test_objects: int | None = None):
+    """(training objects in the seed's order, test objects): whole groups on each side."""
+    from ..training.data import split_by_group
+
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction {test_fraction!r} must lie strictly between 0 and 1.")
+    train, test = split_by_group(patches, test_fraction, seed)
+    order = np.random.default_rng([seed, 1]).permutation(len(train))
+    train = [train[int(i)] for i in order]
+    if test_objects is not None and len(test) > test_objects:
+        keep = sorted(np.random.default_rng([seed, 2]).choice(len(test), size=test_objects, replace=False))
+        test = [test[int(i)] for i in keep]
+    return train, test
+
+
+def _scores(results: list, max_clicks: int) -> dict:
+    s = summarize([r.ious for r in results], DEFAULT_THRESHOLDS, max_clicks)
+    curve = s["miou_per_click"]
+    return {"n": s["n_samples"], **{f"noc@{round(t * 100)}": s[f"noc@{round(t * 100)}"] for t in DEFAULT_THRESHOLDS},
+            "nof@85": s["nof@85"], **{f"miou@{c}": curve[c - 1] if len(curve) >= c else None for c in (1, 5, 10)}}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def format_table(rows: list[dict]) -> str:
+    """One line per method (zero-shot SAM, then each k), means over seeds."""
+    fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "| --- | " + " | ".join("---:" for _ in TABLE_COLUMNS[1:]) + " |"]
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        lines.append(f"| {r['method']} | {r['k'] if r['k'] else '–'} | {r['seeds']} | {r['n']} | {fmt(r['noc@80'])} | "
+                     f"{fmt(r['noc@85'])} | {fmt(r['noc@90'])} | {ratio} | "
+                     f"{' / '.join(fmt(v) for v in r['noc85_per_seed'])} | {fmt(r['miou@1'], 3)} | "
+                     f"{fmt(r['miou@5'], 3)} | {fmt(r['miou@10'], 3)} | {fmt(r['train_s'], 0)} | {fmt(r['embed_s'], 0)} |")
+    return "\n".join(lines)
+
+
+def table_rows(per_seed: dict) -> list[dict]:
+    """Rows of ``format_table`` from ``summary["seeds"]`` (seed -> {"sam": scores, "k": {k: scores}})."""
+    seeds = sorted(per_seed, key=int)
+    rows = []
+
+    def row(method, k, entries):
+        sam = [per_seed[s]["sam"]["noc@85"] for s, e in zip(seeds, entries) if e is not None]
+        entries = [e for e in entries if e is not None]
+        out = {"method": method, "k": k, "seeds": len(entries), "n": sum(e["n"] for e in entries) // max(len(entries), 1)}
+        for key in ("noc@80", "noc@85", "noc@90", "miou@1", "miou@5", "miou@10"):
+            out[key] = _mean(e[key] for e in entries)
+        out["noc85_per_seed"] = [e["noc@85"] for e in entries]
+        out["ratio"] = None if k is None or not sam or not _mean(sam) else out["noc@85"] / _mean(sam)
+        out["train_s"] = _mean(e.get("train_s") for e in entries)
+        out["embed_s"] = _mean(e.get("embed_s") for e in entries)
+        return out
+
+    rows.append(row(SAM, None, [per_seed[s]["sam"] for s in seeds]))
+    shots = sorted({int(k) for s in seeds for k in per_seed[s]["k"]})
+    for k in shots:
+        entries = [per_seed[s]["k"].get(str(k)) for s in seeds]
+        rows.append(row("tissue decoder", k, entries))
+    return rows
+
+
+def write_figure(path: Path, source: str, per_seed: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    seeds = sorted(per_seed, key=int)
+    means: dict[int, list] = {}
+    for index, seed in enumerate(seeds):
+        ks = sorted(int(k) for k in per_seed[seed]["k"])
+        values = [per_seed[seed]["k"][str(k)]["noc@85"] for k in ks]
+        for k, v in zip(ks, values):
+            means.setdefault(k, []).append(v)
+        ax.plot(ks, values, "o-", color=f"C{index}", alpha=0.45, markersize=3, label=f"tissue decoder, seed {seed}")
+        ax.axhline(per_seed[seed]["sam"]["noc@85"], color=f"C{index}", linestyle="--", linewidth=1, alpha=0.6,
+                   label=f"zero-shot SAM, seed {seed}")
+    if means:
+        ks = sorted(means)
+        ax.plot(ks, [np.mean(means[k]) for k in ks], "s-", color="black", markersize=4, label="tissue decoder, mean")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(means) or [1])
+    ax.set_xticklabels([str(k) for k in sorted(means)] or ["1"])
+    ax.set_xlabel("training objects (k)")
+    ax.set_ylabel("NoC@85 on held-out cases")
+    ax.set_title(source, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str | None = "case_id",
+                       shots=SHOTS, seeds: int = 2, components: bool = False, min_object_px: int = 0,
+                       max_clicks: int = 20, test_objects: int | None = None, test_fraction: float = TEST_FRACTION,
+                       embedding_store: str | Path | None = None, model="vit_t", device: str = "cpu",
+                       precision: str = "auto", recipe=None, save_decoders: bool = False, stride: int = 1,
+                       log=print) -> dict:
+    """The benchmark (see the module); returns the summary written to ``out_dir/summary.json``."""
+    from ..engine.embedding_cache import EmbeddingCache
+    from ..engine.predictor import Predictor
+    from ..models.registry import load_model
+    from ..models.tissue_decoder import save_tissue_decoder
+    from ..training.adaptation import AdaptationExample
+    from ..training.tissue_training import TissueRecipe, prepare, simulate, train_tissue_head
+    from .runner import SamClickModel, run_sample
+    from .runtime import device_name
+
+    log = log or (lambda line: None)
+    shots = sorted({int(k) for k in shots})
+    if not shots or shots[0] < 1:
+        raise InputError(f"--shots {shots}: every k must be a whole number >= 1.")
+    if seeds < 1:
+        raise InputError(f"--seeds {seeds} must be >= 1.")
+    if max_clicks < 1:
+        raise InputError(f"--max-clicks {max_clicks} must be >= 1.")
+    if test_objects is not None and test_objects < 1:
+        raise InputError(f"--test-objects {test_objects} must be >= 1.")
+    recipe = recipe or TissueRecipe()
+    patches = load_objects(dataset, group_by, components, min_object_px, stride)
+    if len({p.group for p in patches}) < 2:
+        raise InputError(f"{dataset}: all its objects are in one group (by {group_by or 'image'}); a learning "
+                         f"curve needs groups to hold out. Give --group-by a column that tells cases apart.")
+    loaded = load_model(model, device) if isinstance(model, str) else model
+    cache = EmbeddingCache(max_bytes=1 << 32, store_dir=embedding_store, store_dtype="float16", max_disk_bytes=None)
+    # keyed as ``benchmark --embedding-store`` keys its float16 store: the two share entries
+    key_tag = f"|benchmark:{loaded.device.type}:{device_name(loaded.device)}:float16" if embedding_store else ""
+    sam = Predictor(loaded, "sam", cache=cache, precision=precision)
+    image_size = int(loaded.sam.image_encoder.img_size)
+    zero_shot: dict[str, tuple] = {}  # sample id -> (states, seconds): the same for every k and seed
+    embed_s: dict[str, float] = {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed: dict[str, dict] = {}
+    object_rows = []
+    skipped = []
+    started = time.perf_counter()
+
+    def embedding(sample):
+        e = sam.embedding_for_array(sample.image, sample.identity + key_tag)
+        embed_s[sample.identity] = e.encode_s
+        return e
+
+    def click(predictor, name, test):
+        method = SamClickModel(predictor, name, key_tag=key_tag)
+        return [run_sample(method, p.sample, max_clicks, STOP_IOU) for p in test]
+
+    for seed in range(seeds):
+        train, test = split(patches, seed, test_fraction, test_objects)
+        train_groups, test_groups = {p.group for p in train}, {p.group for p in test}
+        assert not train_groups & test_groups
+        log(f"seed {seed}: {len(train)} training objects in {len(train_groups)} groups, {len(test)} test objects "
+            f"in {len(test_groups)} groups")
+        for p in test:
+            embedding(p.sample)
+        results = click(sam, SAM, test)
+        entry = {"train_groups": sorted(train_groups), "test_groups": sorted(test_groups),
+                 "test_objects": [p.sample.sample_id for p in test], "sam": _scores(results, max_clicks), "k": {}}
+        object_rows += [[seed, "", SAM, p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
+                         f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]
+        log(f"seed {seed}: {SAM}: NoC@85 {entry['sam']['noc@85']:.2f} on {len(test)} objects")
+        for k in shots:
+            if k > len(train):
+                line = (f"seed {seed}: k={k} skipped: the training groups hold {len(train)} objects "
+                        f"(fewer than {k})")
+                log(line)
+                skipped.append(line)
+                continue
+            chosen = train[:k]
+            examples = [AdaptationExample(embedding(p.sample), np.asarray(p.sample.target, bool)) for p in chosen]
+            missing = [i for i, p in enumerate(chosen) if p.sample.sample_id not in zero_shot]
+            if missing:
+                states, seconds = simulate(sam, [prepare(examples[i], image_size) for i in missing], None, recipe)
+                for i, s, t in zip(missing, states, seconds):
+                    zero_shot[chosen[i].sample.sample_id] = (s, t)
+            trained = train_tissue_head(sam, examples, recipe,
+                                        zero_shot_states=[zero_shot[p.sample.sample_id][0] for p in chosen],
+                                        zero_shot_seconds=[zero_shot[p.sample.sample_id][1] for p in chosen],
+                                        log=log)
+            predictor = Predictor(loaded, trained.choice, cache=cache, precision=precision)
+            results = click(predictor, f"tissue k={k}", test)
+            scores = _scores(results, max_clicks)
+            scores["train_s"] = trained.report["train_s"]
+            scores["embed_s"] = float(sum(embed_s.get(i, 0.0) for i in {p.sample.identity for p in chosen}))
+            scores["report"] = trained.report
+            entry["k"][str(k)] = scores
+            object_rows += [[seed, k, "tissue decoder", p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
+                             f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]
+            log(f"seed {seed}: k={k}: NoC@85 {scores['noc@85']:.2f} (SAM {entry['sam']['noc@85']:.2f}), "
+                f"mIoU@1 {scores['miou@1']:.3f} (SAM {entry['sam']['miou@1']:.3f}), trained in "
+                f"{scores['train_s']:.0f} s")
+            if save_decoders:
+                save_tissue_decoder(out / f"tissue-seed{seed}-k{k}.pt", loaded, trained.head, True,
+                                    metrics={"noc@85": scores["noc@85"], "sam_noc@85": entry["sam"]["noc@85"]},
+                                    config=recipe.as_dict(),
+                                    provenance={"dataset": str(dataset), "objects": k, "seed": seed})
+        per_seed[str(seed)] = entry
+    from .runtime import predictor_runtime
+
+    summary = {"source": str(dataset), "group_by": group_by, "components": components, "shots": shots,
+               "seeds": seeds, "max_clicks": max_clicks, "stop_iou": STOP_IOU, "test_fraction": test_fraction,
+               "test_objects": test_objects, "model": loaded.name, "recipe": recipe.as_dict(),
+               "runtime": predictor_runtime(sam), "skipped": skipped, "wall_s": time.perf_counter() - started,
+               "seeds_detail": per_seed, "rows": table_rows(per_seed)}
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_csv(out / "objects.csv", ["seed", "k", "method", "sample", "group", "noc85", "final_iou", "clicks"],
+              object_rows)
+    table = format_table(summary["rows"])
+    write_text(out / "table.md", table + "\n")
+    write_figure(out / "noc85-vs-k.png", Path(dataset).name, per_seed)
+    return summary

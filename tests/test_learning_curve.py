@@ -1,0 +1,93 @@
+"""The learning-curve benchmark's mechanics on tiny data with a tiny random SAM: whole groups on one
+side of the split, seeds that reproduce, k too large skipped with a line, the report's columns.
+(What a project decoder gains is measured by the CLI on real data, not asserted here.)"""
+
+import csv
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from napari_sam_histo.errors import InputError
+from napari_sam_histo.evaluation.learning_curve import (SAM, TABLE_COLUMNS, load_objects, run_learning_curve,
+                                                        split)
+from napari_sam_histo.training.tissue_training import TissueRecipe
+
+TINY = TissueRecipe(steps=5, batch_size=2, max_clicks=2, dagger_rounds=1, dagger_steps=2, width=8)
+
+
+def _dataset(root, cases):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = []
+    rng = np.random.default_rng(0)
+    for case, n in cases.items():
+        for i in range(n):
+            stem = f"{case}-{i:02d}"
+            mask = np.zeros((48, 48), np.uint8)
+            mask[8 + i % 5: 30 + i % 5, 10: 34] = 255
+            image = np.where(mask[..., None] > 0, 90, 220) + rng.integers(0, 20, (48, 48, 3))
+            iio.imwrite(root / "images" / f"{stem}.png", image.astype(np.uint8))
+            iio.imwrite(root / "masks" / f"{stem}.png", mask)
+            rows.append({"stem": stem, "image": f"images/{stem}.png", "mask": f"masks/{stem}.png", "case_id": case})
+    with open(root / "manifest.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("lc") / "d", {f"case{c}": 2 + c % 3 for c in range(10)})
+
+
+def test_the_split_never_puts_a_group_on_both_sides_and_seeds_reproduce(dataset):
+    patches = load_objects(dataset, "case_id")
+    splits = {}
+    for seed in (0, 1, 2):
+        train, test = split(patches, seed, 0.3)
+        assert train and test
+        assert not {p.group for p in train} & {p.group for p in test}
+        assert len(train) + len(test) == len(patches)
+        again = split(load_objects(dataset, "case_id"), seed, 0.3)
+        assert [p.sample.sample_id for p in again[0]] == [p.sample.sample_id for p in train]
+        assert [p.sample.sample_id for p in again[1]] == [p.sample.sample_id for p in test]
+        splits[seed] = {p.group for p in test}
+    assert len({frozenset(s) for s in splits.values()}) > 1  # another seed, another split
+    train, test = split(patches, 0, 0.3, test_objects=2)
+    assert len(test) == 2 and not {p.group for p in train} & {p.group for p in test}
+
+
+def test_the_report_has_its_columns_and_a_k_too_large_is_skipped_with_a_line(tmp_path, dataset, tiny_model):
+    lines = []
+    out = tmp_path / "out"
+    summary = run_learning_curve(dataset, out, group_by="case_id", shots=[2, 4, 500], seeds=2, max_clicks=2,
+                                 model=tiny_model, recipe=TINY, precision="fp32", log=lines.append,
+                                 save_decoders=True)
+    assert any("k=500 skipped" in line and "training groups hold" in line for line in lines)
+    assert len(summary["skipped"]) == 2
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"
+    methods = [row.split(" | ")[0].strip("| ") for row in table[2:]]
+    ks = [row.split(" | ")[1] for row in table[2:]]
+    assert methods == [SAM, "tissue decoder", "tissue decoder"] and ks == ["–", "2", "4"]
+    stored = json.loads((out / "summary.json").read_text())
+    for seed in ("0", "1"):
+        detail = stored["seeds_detail"][seed]
+        assert not set(detail["train_groups"]) & set(detail["test_groups"])
+        assert set(detail["k"]) == {"2", "4"}
+        assert detail["k"]["4"]["train_s"] > 0 and detail["k"]["4"]["n"] == detail["sam"]["n"]
+    rows = list(csv.DictReader(open(out / "objects.csv")))
+    assert {r["method"] for r in rows} == {SAM, "tissue decoder"}
+    assert (out / "noc85-vs-k.png").stat().st_size > 1000
+    assert (out / "tissue-seed1-k4.pt").is_file()
+
+
+def test_a_dataset_of_one_group_or_bad_shots_is_refused_with_a_message(tmp_path, tiny_model):
+    one = _dataset(tmp_path / "one", {"caseA": 6})
+    with pytest.raises(InputError, match="one group"):
+        run_learning_curve(one, tmp_path / "out", model=tiny_model, recipe=TINY, log=None)
+    with pytest.raises(InputError, match="shots"):
+        run_learning_curve(one, tmp_path / "out", shots=[0], model=tiny_model, recipe=TINY, log=None)
