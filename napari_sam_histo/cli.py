@@ -517,8 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--test-fraction", type=float, default=0.3, help="share of the objects whose groups are tested")
     lc.add_argument("--embedding-store", default=None,
                     help="folder that keeps every image's embedding (float16) so reruns cost only training")
-    lc.add_argument("--steps", type=int, default=1500, help="the tissue head's training steps")
-    lc.add_argument("--dagger-rounds", type=int, default=1,
+    lc.add_argument("--steps", type=int, default=800, help="the tissue head's training steps")
+    lc.add_argument("--dagger-rounds", type=int, default=0,
                     help="rounds of re-clicking the training objects with the head, then training on")
     lc.add_argument("--dagger-steps", type=int, default=500, help="training steps after each DAgger round")
     lc.add_argument("--lr", type=float, default=1e-3)

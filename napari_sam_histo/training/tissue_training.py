@@ -54,13 +54,13 @@ LOSS_RES = 128
 class TissueRecipe:
     """Everything that decides what is learnt (recorded in the checkpoint)."""
 
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
     max_clicks: int = 10  # clicks per object when collecting states (half the benchmark's: half the time)
     stop_iou: float = 0.9  # and where an object's clicks stop (the benchmark's highest threshold)
-    dagger_rounds: int = 1
+    dagger_rounds: int = 0
     dagger_steps: int = 500
     dagger_objects: int = 25  # objects re-clicked per DAgger round (the first ones): its cost stays bounded
     width: int = WIDTH
