@@ -253,8 +253,17 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_learning_curve(args: argparse.Namespace) -> int:
-    from .evaluation.learning_curve import run_learning_curve
+    from .evaluation.learning_curve import format_table, join_reports, run_learning_curve
     from .training.tissue_training import TissueRecipe
+
+    if args.join:
+        summary = join_reports(args.join, args.out)
+        print(format_table(summary["rows"]))
+        print(f"-> {args.out}/table.md, summary.json, objects.csv, noc85-vs-k.png")
+        return 0
+    if args.dataset is None:
+        print("learning-curve needs a DATASET (or --join REPORT ...).", file=sys.stderr)
+        return 2
 
     if args.threads:
         import torch
@@ -268,8 +277,8 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
                                  test_objects=args.test_objects, test_fraction=args.test_fraction,
                                  embedding_store=args.embedding_store, model=args.model, device=args.device,
                                  precision=args.precision, recipe=recipe, save_decoders=args.save_decoders,
-                                 stride=args.stride, log=None if args.quiet else (lambda line: print(line, flush=True)))
-    from .evaluation.learning_curve import format_table
+                                 stride=args.stride, first_seed=args.first_seed,
+                                 log=None if args.quiet else (lambda line: print(line, flush=True)))
 
     print(format_table(summary["rows"]))
     for line in summary["skipped"]:
@@ -503,12 +512,16 @@ def build_parser() -> argparse.ArgumentParser:
     seq.set_defaults(func=_cmd_sequential_benchmark)
     lc = sub.add_parser("learning-curve", help="train project decoders on k objects of some cases, click other "
                                                "cases: NoC against k, next to zero-shot SAM")
-    lc.add_argument("dataset", help="image/mask pairs (folder or manifest) whose manifest column tells cases apart")
+    lc.add_argument("dataset", nargs="?", default=None,
+                    help="image/mask pairs (folder or manifest) whose manifest column tells cases apart")
     lc.add_argument("--out", required=True, help="report folder")
     lc.add_argument("--group-by", default="case_id",
                     help="manifest column of the slide/case ('none': every image is its own group)")
     lc.add_argument("--shots", type=int, nargs="+", default=[10, 25, 50, 100], help="training objects per decoder")
     lc.add_argument("--seeds", type=int, default=2, help="seeded splits of the groups into training and test")
+    lc.add_argument("--first-seed", type=int, default=0, help="the seeds run are FIRST .. FIRST + SEEDS - 1")
+    lc.add_argument("--join", nargs="+", default=None, metavar="REPORT",
+                    help="instead of running: join the reports of runs on other seeds (same settings) into --out")
     lc.add_argument("--components", action="store_true", help="each connected region of a mask is an object")
     lc.add_argument("--min-object-px", type=int, default=0, help="with --components: smallest region kept")
     lc.add_argument("--stride", type=int, default=1, help="every N-th image pair")

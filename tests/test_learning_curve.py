@@ -67,7 +67,7 @@ def test_the_report_has_its_columns_and_a_k_too_large_is_skipped_with_a_line(tmp
                                  model=tiny_model, recipe=TINY, precision="fp32", log=lines.append,
                                  save_decoders=True)
     assert any("k=500 skipped" in line and "training groups hold" in line for line in lines)
-    assert len(summary["skipped"]) == 2
+    assert len(summary["skipped"]) == 2 and summary["seeds"] == [0, 1] and not summary["partial"]
     table = (out / "table.md").read_text().splitlines()
     assert table[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"
     methods = [row.split(" | ")[0].strip("| ") for row in table[2:]]
@@ -91,3 +91,23 @@ def test_a_dataset_of_one_group_or_bad_shots_is_refused_with_a_message(tmp_path,
         run_learning_curve(one, tmp_path / "out", model=tiny_model, recipe=TINY, log=None)
     with pytest.raises(InputError, match="shots"):
         run_learning_curve(one, tmp_path / "out", shots=[0], model=tiny_model, recipe=TINY, log=None)
+
+
+def test_seeds_run_apart_join_into_one_report_and_a_repeated_seed_is_refused(tmp_path, dataset, tiny_model):
+    from napari_sam_histo.evaluation.learning_curve import join_reports
+
+    runs = {}
+    for seed in (0, 1):
+        runs[seed] = run_learning_curve(dataset, tmp_path / f"s{seed}", shots=[2], seeds=1, first_seed=seed,
+                                        max_clicks=2, model=tiny_model, recipe=TINY, precision="fp32", log=None)
+        assert runs[seed]["seeds"] == [seed] and not runs[seed]["partial"]
+    joined = join_reports([tmp_path / "s0", tmp_path / "s1"], tmp_path / "joined")
+    assert joined["seeds"] == [0, 1]
+    tissue = [r for r in joined["rows"] if r["k"] == 2][0]
+    assert tissue["seeds"] == 2
+    assert tissue["noc85_per_seed"] == [runs[0]["seeds_detail"]["0"]["k"]["2"]["noc@85"],
+                                        runs[1]["seeds_detail"]["1"]["k"]["2"]["noc@85"]]
+    assert len(list(csv.DictReader(open(tmp_path / "joined" / "objects.csv")))) == sum(
+        len(list(csv.DictReader(open(tmp_path / f"s{s}" / "objects.csv")))) for s in (0, 1))
+    with pytest.raises(InputError, match="repeats seed"):
+        join_reports([tmp_path / "s0", tmp_path / "s0"], tmp_path / "again")

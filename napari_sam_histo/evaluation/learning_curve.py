@@ -153,8 +153,10 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
                        max_clicks: int = 20, test_objects: int | None = None, test_fraction: float = TEST_FRACTION,
                        embedding_store: str | Path | None = None, model="vit_t", device: str = "cpu",
                        precision: str = "auto", recipe=None, save_decoders: bool = False, stride: int = 1,
-                       log=print) -> dict:
-    """The benchmark (see the module); returns the summary written to ``out_dir/summary.json``."""
+                       first_seed: int = 0, log=print) -> dict:
+    """The benchmark (see the module) for seeds ``first_seed`` .. ``first_seed + seeds - 1``; returns
+    the summary written to ``out_dir/summary.json``. The report is rewritten after every k (marked
+    ``partial`` until the last), so a run stopped early keeps what it measured."""
     from ..engine.embedding_cache import EmbeddingCache
     from ..engine.predictor import Predictor
     from ..models.registry import load_model
@@ -203,7 +205,18 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
         method = SamClickModel(predictor, name, key_tag=key_tag)
         return [run_sample(method, p.sample, max_clicks, STOP_IOU) for p in test]
 
-    for seed in range(seeds):
+    def report(partial: bool) -> dict:
+        from .runtime import predictor_runtime
+
+        summary = {"source": str(dataset), "group_by": group_by, "components": components, "shots": shots,
+                   "seeds": sorted(int(s) for s in per_seed), "max_clicks": max_clicks, "stop_iou": STOP_IOU,
+                   "test_fraction": test_fraction, "test_objects": test_objects, "model": loaded.name,
+                   "recipe": recipe.as_dict(), "runtime": predictor_runtime(sam), "skipped": skipped,
+                   "wall_s": time.perf_counter() - started, "partial": partial, "seeds_detail": per_seed}
+        write_report(out, summary, object_rows)
+        return summary
+
+    for seed in range(first_seed, first_seed + seeds):
         train, test = split(patches, seed, test_fraction, test_objects)
         train_groups, test_groups = {p.group for p in train}, {p.group for p in test}
         assert not train_groups & test_groups
@@ -214,6 +227,7 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
         results = click(sam, SAM, test)
         entry = {"train_groups": sorted(train_groups), "test_groups": sorted(test_groups),
                  "test_objects": [p.sample.sample_id for p in test], "sam": _scores(results, max_clicks), "k": {}}
+        per_seed[str(seed)] = entry
         object_rows += [[seed, "", SAM, p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
                          f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]
         log(f"seed {seed}: {SAM}: NoC@85 {entry['sam']['noc@85']:.2f} on {len(test)} objects")
@@ -252,18 +266,54 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
                                     metrics={"noc@85": scores["noc@85"], "sam_noc@85": entry["sam"]["noc@85"]},
                                     config=recipe.as_dict(),
                                     provenance={"dataset": str(dataset), "objects": k, "seed": seed})
-        per_seed[str(seed)] = entry
-    from .runtime import predictor_runtime
+            report(partial=True)
+    return report(partial=False)
 
-    summary = {"source": str(dataset), "group_by": group_by, "components": components, "shots": shots,
-               "seeds": seeds, "max_clicks": max_clicks, "stop_iou": STOP_IOU, "test_fraction": test_fraction,
-               "test_objects": test_objects, "model": loaded.name, "recipe": recipe.as_dict(),
-               "runtime": predictor_runtime(sam), "skipped": skipped, "wall_s": time.perf_counter() - started,
-               "seeds_detail": per_seed, "rows": table_rows(per_seed)}
+
+OBJECT_COLUMNS = ["seed", "k", "method", "sample", "group", "noc85", "final_iou", "clicks"]
+
+
+def write_report(out: Path, summary: dict, object_rows: list) -> None:
+    """``summary.json`` (with the table's rows), ``objects.csv``, ``table.md``, ``noc85-vs-k.png``."""
+    summary["rows"] = table_rows(summary["seeds_detail"])
     write_text(out / "summary.json", json.dumps(summary, indent=1))
-    write_csv(out / "objects.csv", ["seed", "k", "method", "sample", "group", "noc85", "final_iou", "clicks"],
-              object_rows)
-    table = format_table(summary["rows"])
-    write_text(out / "table.md", table + "\n")
-    write_figure(out / "noc85-vs-k.png", Path(dataset).name, per_seed)
-    return summary
+    write_csv(out / "objects.csv", OBJECT_COLUMNS, object_rows)
+    write_text(out / "table.md", format_table(summary["rows"]) + "\n")
+    write_figure(out / "noc85-vs-k.png", Path(summary["source"]).name, summary["seeds_detail"])
+
+
+def join_reports(folders: list, out_dir: str | Path) -> dict:
+    """One report from the reports of runs on other seeds of the same dataset and settings (e.g.
+    seeds run side by side: ``--first-seed``); ``InputError`` when they differ or share a seed."""
+    import csv
+
+    summaries, rows = [], []
+    for folder in folders:
+        path = Path(folder) / "summary.json"
+        try:
+            summaries.append(json.loads(path.read_text()))
+            with open(Path(folder) / "objects.csv", newline="") as stream:
+                rows += [[r[c] for c in OBJECT_COLUMNS] for r in csv.DictReader(stream)]
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"{folder}: not a learning-curve report that can be read ({err}).") from err
+    same = ("source", "group_by", "components", "max_clicks", "test_fraction", "test_objects", "model", "recipe")
+    for summary, folder in zip(summaries[1:], folders[1:]):
+        differ = [key for key in same if summary.get(key) != summaries[0].get(key)]
+        if differ:
+            raise InputError(f"{folder} was run with other {', '.join(differ)} than {folders[0]}; only runs of "
+                             f"the same settings on other seeds are joined.")
+    joined = dict(summaries[0])
+    detail: dict = {}
+    for summary, folder in zip(summaries, folders):
+        shared = set(detail) & set(summary["seeds_detail"])
+        if shared:
+            raise InputError(f"{folder} repeats seed(s) {', '.join(sorted(shared))}; join runs of other seeds.")
+        detail.update(summary["seeds_detail"])
+    joined.update(seeds_detail=detail, seeds=sorted(int(s) for s in detail),
+                  skipped=[line for s in summaries for line in s["skipped"]],
+                  partial=any(s.get("partial") for s in summaries), wall_s=sum(s["wall_s"] for s in summaries),
+                  shots=sorted({k for s in summaries for k in s["shots"]}), joined_from=[str(f) for f in folders])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, joined, rows)
+    return joined
