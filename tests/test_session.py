@@ -455,3 +455,28 @@ def test_a_negative_click_whose_decode_loses_the_object_takes_away_a_quarter_at_
     assert not mask[80, 80] and mask[60, 60] and mask[45, 100]
     assert 0.75 * 80 * 80 <= mask.sum() < 80 * 80
     assert not mask[:40].any() and not mask[120:].any()  # nothing added
+
+
+def test_keeping_the_object_comes_before_honouring_more_clicks(square_tile, monkeypatch):
+    """The third click's usual decode honours every click but keeps 4 % of the object; SAM's
+    alternatives keep it and break both negative clicks; the local edit keeps it and breaks only
+    the second click (which the mask already broke before). The local edit is shown, not the
+    usual decode that honours more clicks: a click must not collapse the object."""
+    predictor, box, embedding, side = square_tile
+    big, small = _frame(side, (20, 120, 20, 120)), _frame(side, (40, 60, 40, 60))
+
+    def answer(prompted, multimask):
+        n = 3 if multimask else 1
+        return ([small] if len(decoder.calls) == 3 else [big] * n), [0.9] * n
+
+    decoder = _ScriptedDecoder(answer)
+    monkeypatch.setattr(predictor, "decode", decoder)
+    session = ClickSession(predictor, box, embedding)
+    session.add_click(50, 50)
+    session.add_click(80, 80, positive=False)  # the decode keeps the object and breaks this click
+    assert session.fallback is None
+    session.add_click(110, 110, positive=False)
+    assert session.fallback == "local" and len(decoder.calls) == 6
+    mask = session.mask()
+    assert mask[50, 50] and mask[80, 80] and not mask[110, 110]
+    assert mask.sum() >= 0.75 * 100 * 100

@@ -18,14 +18,15 @@ candidates for the same prompt, then the same points without the mask prompt, on
 and one more is made without the decoder: the *local* edit, the mask as it was with the decode
 applied only within a disc around the new click (a positive click only adds there, a negative one
 only takes away; the widest disc of ``LOCAL_RADII`` whose edit keeps enough of the mask, a negative
-click's at most a quarter: ``LOCAL_SHRINK``). Among the usual decode and the alternatives that keep
-enough of the mask, the one violating the fewest of the tile's clicks is shown (a positive click
-outside the mask or a negative one inside it is violated; a tie goes to an alternative, which keeps
-the object: SAM's own before the local edit, the higher predicted IoU first, then the first); its
-low-resolution logits are the next mask prompt, and ``fallback`` says which one was shown. A decode
-is not replaced merely for breaking a click the previous mask honoured: after a few dozen clicks
-SAM's low-resolution mask cannot honour every border click, and a candidate that breaks one or two
-fewer is often a sliver of the object. The local edit is for tissue where SAM cannot tell the
+click's at most a quarter: ``LOCAL_SHRINK``). Keeping the object comes first: among the
+alternatives that keep enough of the mask, the one violating the fewest of the tile's clicks is
+shown (a positive click outside the mask or a negative one inside it is violated; a tie goes to
+SAM's own before the local edit, the higher predicted IoU first, then the first), and the usual
+decode only when none keeps the object; the logits shown are the next mask prompt, and
+``fallback`` says which one was shown. A decode that keeps the object is not replaced merely for
+breaking a click the previous mask honoured: after a few dozen clicks SAM's low-resolution mask
+cannot honour every border click, and a candidate that breaks one or two fewer is often a sliver
+of the object. The local edit is for tissue where SAM cannot tell the
 object from its surroundings (tumour nests in stroma at a coarse level): there every SAM mask that
 honours a corrective click may be a sliver, and the click is applied where it was made.
 """
@@ -282,10 +283,10 @@ class ClickSession:
                       usual: tuple, clicks: tuple[Click, ...], before: torch.Tensor, new: list[Click],
                       previous: torch.Tensor | None) -> tuple[tuple, int, float]:
         """((low-res logits, logits, predicted IoU, fallback name) of the decode to show, the
-        decoder runs made, their seconds): of ``usual``, the ``FALLBACKS`` and the ``local`` edit
-        that keep at least ``SHRINK`` of ``before``'s mask, the one violating the fewest ``clicks``
-        (a tie goes to an alternative, which keeps the mask that ``usual`` lost: SAM's own before
-        the local edit, the higher predicted IoU first, then the first in order)."""
+        decoder runs made, their seconds): ``usual`` lost the object, so of the ``FALLBACKS`` and
+        the ``local`` edit that keep enough of ``before``'s mask, the one violating the fewest
+        ``clicks`` (a tie goes to SAM's own before the local edit, the higher predicted IoU first,
+        then the first in order); ``usual`` only when none keeps the object."""
         runs = [("candidate", prompt, True)]
         if prompt is not None:
             runs += [("points", None, False), ("points-candidate", None, True)]
@@ -306,7 +307,7 @@ class ClickSession:
 
         def rank(index: int):
             violated = int((~self._honoured(clicks, candidates[index][1])).sum())
-            return violated, index == 0, candidates[index][3] == "local", -candidates[index][2], index
+            return index == 0, violated, candidates[index][3] == "local", -candidates[index][2], index
 
         return candidates[min(range(len(candidates)), key=rank)], len(runs), seconds
 
