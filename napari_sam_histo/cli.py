@@ -270,7 +270,8 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     recipe = TissueRecipe(steps=args.steps, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
-                          lr=args.lr, batch_size=args.batch_size, seed=args.recipe_seed)
+                          lr=args.lr, batch_size=args.batch_size, seed=args.recipe_seed,
+                          corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
     summary = run_learning_curve(args.dataset, args.out, group_by=None if args.group_by == "none" else args.group_by,
                                  shots=args.shots, seeds=args.seeds, components=args.components,
                                  min_object_px=args.min_object_px, max_clicks=args.max_clicks,
@@ -535,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rounds of re-clicking the training objects with the head, then training on")
     lc.add_argument("--dagger-steps", type=int, default=500, help="training steps after each DAgger round")
     lc.add_argument("--lr", type=float, default=1e-3)
+    lc.add_argument("--corrected-clicks", type=int, default=1,
+                    help="the head corrects an object's masks up to this many clicks; SAM alone answers later "
+                         "clicks (-1: every click)")
     lc.add_argument("--batch-size", type=int, default=8)
     lc.add_argument("--recipe-seed", type=int, default=0, help="seed of the head's initialisation and batches")
     lc.add_argument("--save-decoders", action="store_true", help="write each trained decoder into --out")

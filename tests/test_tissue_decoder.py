@@ -45,17 +45,17 @@ def trained(predictor, examples):
     return train_tissue_head(predictor, examples, SMALL)
 
 
-def _decode(predictor, embedding, multimask):
-    return predictor.decode(embedding, np.array([[30.0, 40.0], [60.0, 20.0]]), np.array([1, 0]),
-                            mask_input=None, multimask=multimask)
+def _decode(predictor, embedding, multimask, clicks=2):
+    points, labels = np.array([[30.0, 40.0], [60.0, 20.0], [50.0, 50.0]]), np.array([1, 0, 1])
+    return predictor.decode(embedding, points[:clicks], labels[:clicks], mask_input=None, multimask=multimask)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_an_untrained_tissue_decoder_is_exactly_sam(tiny_model, examples, precision):
     sam = Predictor(tiny_model, "sam", precision=precision)
     head = TissueHead(tiny_model.sam.mask_decoder.transformer_dim, width=8)
-    tissue = Predictor(tiny_model, DecoderChoice(KIND, TissueDecoder(tiny_model.sam.mask_decoder, head).eval(),
-                                                 "untrained", True), precision=precision)
+    module = TissueDecoder(tiny_model.sam.mask_decoder, head, corrected_clicks=None).eval()  # at every click
+    tissue = Predictor(tiny_model, DecoderChoice(KIND, module, "untrained", True), precision=precision)
     for multimask in (True, False):
         a, b = _decode(sam, examples[0].embedding, multimask), _decode(tissue, examples[0].embedding, multimask)
         assert torch.equal(a.low_res_logits, b.low_res_logits)
@@ -69,9 +69,18 @@ def test_training_changes_the_masks_keeps_sams_ranking_and_is_deterministic(pred
     assert len(report["states"]) == 2 and report["states"][1] > report["states"][0] > 0
     assert report["train_s"] > 0 and report["recipe"]["width"] == 8
     tissue = Predictor(predictor.model, trained.choice, cache=predictor.cache, precision="fp32")
-    a, b = _decode(predictor, examples[0].embedding, True), _decode(tissue, examples[0].embedding, True)
+    a, b = _decode(predictor, examples[0].embedding, True, 1), _decode(tissue, examples[0].embedding, True, 1)
     assert not torch.equal(a.low_res_logits, b.low_res_logits)
     assert torch.equal(a.iou_predictions, b.iou_predictions)  # SAM's IoU ranking of its candidates
+    # the corrective clicks are SAM's: from the second click on the head adds nothing (by default)
+    for clicks in (2, 3):
+        assert torch.equal(_decode(predictor, examples[0].embedding, False, clicks).low_res_logits,
+                           _decode(tissue, examples[0].embedding, False, clicks).low_res_logits)
+    every = Predictor(predictor.model, DecoderChoice(KIND, TissueDecoder(predictor.sam.mask_decoder, trained.head,
+                                                                         corrected_clicks=None).eval(), "test", True),
+                      cache=predictor.cache, precision="fp32")
+    assert not torch.equal(_decode(predictor, examples[0].embedding, False, 2).low_res_logits,
+                           _decode(every, examples[0].embedding, False, 2).low_res_logits)
     again = train_tissue_head(predictor, examples, SMALL)
     for p, q in zip(trained.head.parameters(), again.head.parameters()):
         assert torch.equal(p, q)
@@ -99,9 +108,10 @@ def test_a_checkpoint_round_trips_and_loads_where_decoders_are_chosen(tmp_path, 
         assert choice.module.sam.decoder is predictor.model.sam.mask_decoder  # the model's own, not a copy
         loaded = Predictor(predictor.model, choice, cache=predictor.cache, precision="fp32")
         direct = Predictor(predictor.model, trained.choice, cache=predictor.cache, precision="fp32")
+        assert loaded.decoder.module.corrected_clicks == 1
         for multimask in (True, False):
-            assert torch.equal(_decode(loaded, examples[1].embedding, multimask).low_res_logits,
-                               _decode(direct, examples[1].embedding, multimask).low_res_logits)
+            assert torch.equal(_decode(loaded, examples[1].embedding, multimask, 1).low_res_logits,
+                               _decode(direct, examples[1].embedding, multimask, 1).low_res_logits)
     assert "tissue architecture" in loaded.provenance.text
 
 
@@ -135,6 +145,8 @@ def test_bad_examples_and_settings_are_refused_with_a_message(predictor, example
         train_tissue_head(predictor, [wrong], SMALL)
     with pytest.raises(InputError, match="lr"):
         TissueRecipe(lr=0)
+    with pytest.raises(InputError, match="corrected_clicks"):
+        TissueRecipe(corrected_clicks=0)
 
 
 def test_the_target_on_sams_frame_leaves_the_padding_out():

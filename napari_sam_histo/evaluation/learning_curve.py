@@ -265,7 +265,8 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
                 save_tissue_decoder(out / f"tissue-seed{seed}-k{k}.pt", loaded, trained.head, True,
                                     metrics={"noc@85": scores["noc@85"], "sam_noc@85": entry["sam"]["noc@85"]},
                                     config=recipe.as_dict(),
-                                    provenance={"dataset": str(dataset), "objects": k, "seed": seed})
+                                    provenance={"dataset": str(dataset), "objects": k, "seed": seed},
+                                    corrected_clicks=recipe.corrected_clicks)
             report(partial=True)
     return report(partial=False)
 

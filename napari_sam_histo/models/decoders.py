@@ -167,7 +167,10 @@ def build_decoder_from_checkpoint(model: LoadedModel, path: str | Path, name: st
         if head.dim != int(model.sam.mask_decoder.transformer_dim):
             raise CheckpointError(f"{path}: its tissue head reads {head.dim}-channel embeddings; {model.arch} "
                                   f"makes {model.sam.mask_decoder.transformer_dim}.")
-        module = TissueDecoder(model.sam.mask_decoder, head).to(model.device).eval()
+        corrected = metadata["tissue_head"].get("corrected_clicks")
+        if corrected is not None and (not isinstance(corrected, int) or corrected < 0):
+            raise CheckpointError(f"{path}: its tissue head's corrected_clicks {corrected!r} is not a whole number >= 0.")
+        module = TissueDecoder(model.sam.mask_decoder, head, corrected).to(model.device).eval()
         for parameter in module.head.parameters():
             parameter.requires_grad_(False)
         if metadata.get("slide_prior"):

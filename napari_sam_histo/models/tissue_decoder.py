@@ -40,6 +40,8 @@ LOGIT_SCALE = 10.0  # SAM's logits span about +-20; the head reads them scaled t
 WIDTH = 32
 DILATIONS = (1, 2, 4)
 PROJECTION = 64
+# the head corrects the first click's masks; SAM answers the corrective clicks (see ``TissueDecoder``)
+CORRECTED_CLICKS = 1
 
 
 def _block(in_channels: int, out_channels: int, dilation: int) -> nn.Sequential:
@@ -149,20 +151,33 @@ class SamMasks(nn.Module):
 
 
 class TissueDecoder(nn.Module):
-    """Drop-in for SAM's ``MaskDecoder``: SAM's masks plus the tissue head's correction."""
+    """Drop-in for SAM's ``MaskDecoder``: SAM's masks plus the tissue head's correction while the
+    object has at most ``corrected_clicks`` clicks (None: at every click); after that SAM's decoder
+    alone answers, starting from the corrected mask as its mask prompt. The number of clicks is
+    read from the prompt: SAM's prompt encoder adds one padding point to the clicks when no box is
+    given (the annotator and the benchmark never give one)."""
 
     kind = KIND
 
-    def __init__(self, sam_decoder: nn.Module, head: TissueHead | None = None) -> None:
+    def __init__(self, sam_decoder: nn.Module, head: TissueHead | None = None,
+                 corrected_clicks: int | None = CORRECTED_CLICKS) -> None:
         super().__init__()
         self.sam = SamMasks(sam_decoder)
         self.head = head if head is not None else TissueHead(int(sam_decoder.transformer_dim))
+        self.corrected_clicks = None if corrected_clicks is None else int(corrected_clicks)
+
+    def corrects(self, sparse_prompt_embeddings: torch.Tensor) -> bool:
+        """Whether the head corrects a decode of these prompts (see the class)."""
+        clicks = sparse_prompt_embeddings.shape[1] - 1
+        return self.corrected_clicks is None or clicks <= self.corrected_clicks
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                 dense_prompt_embeddings: torch.Tensor, multimask_output: bool = False,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         masks, iou = self.sam_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                                     multimask_output)
+        if not self.corrects(sparse_prompt_embeddings):
+            return masks, iou
         return self.correct(image_embeddings, masks), iou
 
     def sam_masks(self, image_embeddings, image_pe, sparse, dense, multimask_output: bool):
@@ -183,23 +198,26 @@ class TissueDecoder(nn.Module):
 
 
 def tissue_metadata(model, head: TissueHead, trained: bool, metrics: dict | None = None,
-                    config: dict | None = None, provenance: dict | None = None) -> dict:
+                    config: dict | None = None, provenance: dict | None = None,
+                    corrected_clicks: int | None = CORRECTED_CLICKS) -> dict:
     """The checkpoint metadata of a tissue decoder for ``model`` (a ``LoadedModel``)."""
     from .decoder_checkpoint import decoder_metadata
 
     metadata = decoder_metadata("sam", model.name, model.weights_hash, "tissue-head", trained, metrics, config)
     metadata["mask_outputs"] = "multi"
-    metadata["tissue_head"] = {**head.config(), **dict(provenance or {})}
+    metadata["tissue_head"] = {**head.config(), "corrected_clicks": corrected_clicks, **dict(provenance or {})}
     return metadata
 
 
 def save_tissue_decoder(path: str | Path, model, head: TissueHead, trained: bool = True, metrics: dict | None = None,
-                        config: dict | None = None, provenance: dict | None = None) -> Path:
+                        config: dict | None = None, provenance: dict | None = None,
+                        corrected_clicks: int | None = CORRECTED_CLICKS) -> Path:
     """Write the head (float32) as a decoder checkpoint for ``model``; atomic."""
     from .decoder_checkpoint import save_decoder_checkpoint
 
     state = {STATE_PREFIX + key: value for key, value in head.state_dict().items()}
-    return save_decoder_checkpoint(path, state, tissue_metadata(model, head, trained, metrics, config, provenance))
+    return save_decoder_checkpoint(path, state, tissue_metadata(model, head, trained, metrics, config, provenance,
+                                                                corrected_clicks))
 
 
 def head_from_checkpoint(settings, state: dict, source: str) -> TissueHead:

@@ -40,7 +40,7 @@ from ..errors import InputError
 from ..evaluation.clicker import next_click
 from ..evaluation.metrics import LOGIT_THRESHOLD, iou
 from ..models.decoders import DecoderChoice
-from ..models.tissue_decoder import DILATIONS, KIND, PROJECTION, WIDTH, TissueDecoder, TissueHead
+from ..models.tissue_decoder import CORRECTED_CLICKS, DILATIONS, KIND, PROJECTION, WIDTH, TissueDecoder, TissueHead
 from .adaptation import AdaptationExample
 from .nfl_loss import normalized_focal_loss
 
@@ -66,6 +66,7 @@ class TissueRecipe:
     width: int = WIDTH
     dilations: tuple[int, ...] = DILATIONS
     projection: int = PROJECTION
+    corrected_clicks: int | None = CORRECTED_CLICKS  # the head corrects objects with at most this many clicks
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +76,8 @@ class TissueRecipe:
         for name in ("batch_size", "max_clicks", "width", "projection", "dagger_objects"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} {getattr(self, name)!r} must be >= 1.")
+        if self.corrected_clicks is not None and int(self.corrected_clicks) < 1:
+            raise InputError(f"corrected_clicks {self.corrected_clicks!r} must be >= 1 (None: every click).")
         if not (self.lr > 0 and np.isfinite(self.lr)):
             raise InputError(f"lr {self.lr!r} must be a finite number > 0.")
         if not 0 < self.stop_iou <= 1:
@@ -135,13 +138,14 @@ class _RecordingDecoder(TissueDecoder):
     """The tissue decoder that also keeps every mask SAM's decoder returns (the states). The list
     is shared with the copy a ``Predictor`` makes of its decoder (bf16 where that is fast)."""
 
-    def __init__(self, sam_decoder, head: TissueHead, states: "_States") -> None:
-        super().__init__(sam_decoder, head)
+    def __init__(self, sam_decoder, head: TissueHead, states: "_States", corrected_clicks: int | None) -> None:
+        super().__init__(sam_decoder, head, corrected_clicks)
         self.states = states
 
     def sam_masks(self, image_embeddings, image_pe, sparse, dense, multimask_output: bool):
         masks, iou = super().sam_masks(image_embeddings, image_pe, sparse, dense, multimask_output)
-        self.states.add(masks)
+        if self.corrects(sparse):  # only what the head will be asked to correct
+            self.states.add(masks)
         return masks, iou
 
 
@@ -178,7 +182,9 @@ def simulate(predictor, objects: list[PreparedObject], head: TissueHead | None, 
     states = _States()
     head = head if head is not None else TissueHead(int(predictor.sam.mask_decoder.transformer_dim),
                                                     recipe.width, recipe.dilations, recipe.projection)
-    module = _RecordingDecoder(predictor.sam.mask_decoder, head, states).eval()
+    module = _RecordingDecoder(predictor.sam.mask_decoder, head, states, recipe.corrected_clicks).eval()
+    max_clicks = recipe.max_clicks if recipe.corrected_clicks is None else min(recipe.max_clicks,
+                                                                               recipe.corrected_clicks)
     clicking = Predictor(predictor.model, DecoderChoice(KIND, module, "training", True), cache=predictor.cache,
                          precision="bf16" if predictor.decoder_bf16 else "fp32",
                          encoder_precision="bf16" if predictor.encoder_bf16 else "fp32",
@@ -193,7 +199,7 @@ def simulate(predictor, objects: list[PreparedObject], head: TissueHead | None, 
         session = ClickSession(clicking, TileBox(0, 0, 0, width, height), embedding, threshold=LOGIT_THRESHOLD)
         prediction = np.zeros(target.shape, bool)
         clicked = np.zeros(target.shape, bool)
-        for _ in range(recipe.max_clicks):
+        for _ in range(max_clicks):
             click = next_click(target, prediction, clicked)
             if click is None:
                 break
@@ -306,5 +312,5 @@ def train_tissue_head(predictor, examples: list[AdaptationExample], recipe: Tiss
     report["last_loss"] = float(np.mean(losses[-20:])) if losses else None
     # wall time, with the zero-shot clicking charged at what it took where the caller kept it
     report["train_s"] = time.perf_counter() - started + (report["simulate_s"] if zero_shot_states is not None else 0.0)
-    module = TissueDecoder(predictor.sam.mask_decoder, head).to(predictor.device).eval()
+    module = TissueDecoder(predictor.sam.mask_decoder, head, recipe.corrected_clicks).to(predictor.device).eval()
     return TrainedTissue(head, DecoderChoice(KIND, module, "training", True, name="tissue"), report)
