@@ -11,24 +11,17 @@ border correction), and the object's clicks decide which of the two is shown (``
 low-resolution logits stay the mask prompt, and the evidence is part of each undo step.
 
 A click never lets the object collapse where SAM can avoid it (``honour_clicks``, on by default).
-When the mask-prompted decode keeps less than ``SHRINK`` (half) of the mask it started from (for a
-step of positive clicks only, which add to an object, less than ``POSITIVE_SHRINK``), or a positive
-click leaves the mask empty, alternatives are decoded in a fixed order (``FALLBACKS``: SAM's three
-candidates for the same prompt, then the same points without the mask prompt, one mask and three),
-and one more is made without the decoder: the *local* edit, the mask as it was with the decode
-applied only within a disc around the new click (a positive click only adds there, a negative one
-only takes away; the widest disc of ``LOCAL_RADII`` whose edit keeps enough of the mask, a negative
-click's at most a quarter: ``LOCAL_SHRINK``). Keeping the object comes first: among the
-alternatives that keep enough of the mask, the one violating the fewest of the tile's clicks is
-shown (a positive click outside the mask or a negative one inside it is violated; a tie goes to
-SAM's own before the local edit, the higher predicted IoU first, then the first), and the usual
-decode only when none keeps the object; the logits shown are the next mask prompt, and
-``fallback`` says which one was shown. A decode that keeps the object is not replaced merely for
-breaking a click the previous mask honoured: after a few dozen clicks SAM's low-resolution mask
-cannot honour every border click, and a candidate that breaks one or two fewer is often a sliver
-of the object. The local edit is for tissue where SAM cannot tell the
-object from its surroundings (tumour nests in stroma at a coarse level): there every SAM mask that
-honours a corrective click may be a sliver, and the click is applied where it was made.
+When the mask-prompted decode keeps less than ``SHRINK`` (half) of the mask it started from, or a
+positive click leaves the mask empty, the alternatives are decoded in a fixed order
+(``FALLBACKS``: SAM's three candidates for the same prompt, then the same points without the mask
+prompt, one mask and three). Among the usual decode and the alternatives that keep at least
+``SHRINK`` of that mask, the one violating the fewest of the tile's clicks is shown (a positive
+click outside the mask or a negative one inside it is violated; a tie goes to an alternative, which
+keeps the object, with the higher predicted IoU, then to the first); its low-resolution logits are
+the next mask prompt, and ``fallback`` says which one was shown. A decode is not replaced merely
+for breaking a click the previous mask
+honoured: after a few dozen clicks SAM's low-resolution mask cannot honour every border click, and
+a candidate that breaks one or two fewer is often a sliver of the object.
 """
 
 from __future__ import annotations
@@ -56,12 +49,7 @@ FLOOD = 0.9
 # prompt (SAM's single mask), and their three candidates. A session without the mask prompt has
 # only the first kind (the others would be the same decode).
 FALLBACKS = ("candidate", "points", "points-candidate")
-# The discs, as fractions of the tile's longer side, within which the ``local`` alternative applies
-# a click's decode (the widest one that keeps the object is taken).
-LOCAL_RADII = (1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32)
 SHRINK = 0.5  # a decode that keeps less than this fraction of the mask it started from looks for alternatives
-POSITIVE_SHRINK = 0.8  # the same for a step of positive clicks only: they add to the object
-LOCAL_SHRINK = 0.75  # the local edit of a negative click takes away at most a quarter of the mask
 
 
 @dataclass(frozen=True)
@@ -230,7 +218,7 @@ class ClickSession:
             # 0.18 s on top of a usual click's 0.06 s (measured on 2 CPU cores, MobileSAM, a
             # 1024-px tile); a click that keeps the mask pays one overlap count over the tile.
             (low_res, logits, iou, fallback), alternatives, seconds = self._alternatives(
-                points, labels, prompt, (low_res, logits, iou, None), clicks, before, new, previous)
+                points, labels, prompt, (low_res, logits, iou, None), clicks, before)
             decoder_s += seconds
         self.last_decoder_s = decoder_s
         shown, refined = logits, False
@@ -264,29 +252,26 @@ class ClickSession:
         positive = torch.tensor([c.positive for c in clicks], device=logits.device)
         return (logits[rows, cols] > self.threshold) == positive
 
-    def _keeps(self, before: torch.Tensor, after: torch.Tensor, new: list[Click], local: bool = False) -> bool:
-        """Whether the mask of ``after`` keeps enough of the mask of ``before`` for a step adding
-        the ``new`` clicks: ``POSITIVE_SHRINK`` of it when they are all positive, else ``SHRINK``
-        (``LOCAL_SHRINK`` for the local edit); any mask keeps an empty one."""
-        fraction = POSITIVE_SHRINK if all(c.positive for c in new) else LOCAL_SHRINK if local else SHRINK
+    def _keeps(self, before: torch.Tensor, after: torch.Tensor) -> bool:
+        """Whether the mask of ``after`` keeps at least ``SHRINK`` of the mask of ``before`` (any
+        mask keeps an empty one)."""
         was = before > self.threshold
-        return int((was & (after > self.threshold)).sum()) >= fraction * int(was.sum())
+        return int((was & (after > self.threshold)).sum()) >= SHRINK * int(was.sum())
 
     def _loses_object(self, new: list[Click], before: torch.Tensor, after: torch.Tensor) -> bool:
         """Whether the decode ``after`` loses most of the mask of ``before`` (or is empty after a
         positive click)."""
-        if not self._keeps(before, after, new):
+        if not self._keeps(before, after):
             return True
         return any(c.positive for c in new) and not bool((after > self.threshold).any())
 
     def _alternatives(self, points: np.ndarray, labels: np.ndarray, prompt: torch.Tensor | None,
-                      usual: tuple, clicks: tuple[Click, ...], before: torch.Tensor, new: list[Click],
-                      previous: torch.Tensor | None) -> tuple[tuple, int, float]:
+                      usual: tuple, clicks: tuple[Click, ...], before: torch.Tensor) -> tuple[tuple, int, float]:
         """((low-res logits, logits, predicted IoU, fallback name) of the decode to show, the
-        decoder runs made, their seconds): ``usual`` lost the object, so of the ``FALLBACKS`` and
-        the ``local`` edit that keep enough of ``before``'s mask, the one violating the fewest
-        ``clicks`` (a tie goes to SAM's own before the local edit, the higher predicted IoU first,
-        then the first in order); ``usual`` only when none keeps the object."""
+        decoder runs made, their seconds): of ``usual`` and the ``FALLBACKS`` that keep at least
+        ``SHRINK`` of ``before``'s mask, the one violating the fewest ``clicks`` (a tie goes to an
+        alternative, which keeps the mask that ``usual`` lost, the higher predicted IoU first, then
+        the first in order)."""
         runs = [("candidate", prompt, True)]
         if prompt is not None:
             runs += [("points", None, False), ("points-candidate", None, True)]
@@ -297,56 +282,15 @@ class ClickSession:
             seconds += self.predictor.last_decoder_s
             for k, low_res in enumerate(prediction.low_res_logits):
                 logits = self.predictor.upscale(self.embedding, low_res)
-                if self._keeps(before, logits, new):  # one that loses the object too is no way out
+                if self._keeps(before, logits):  # one that loses the object too is no way out
                     candidates.append((low_res, logits, float(prediction.iou_predictions[k]),
                                        f"{name} {k}" if multimask else name))
-        if previous is not None:
-            local = self._local(usual, before, previous, new)
-            if local is not None:
-                candidates.append(local)
 
         def rank(index: int):
             violated = int((~self._honoured(clicks, candidates[index][1])).sum())
-            return index == 0, violated, candidates[index][3] == "local", -candidates[index][2], index
+            return violated, index == 0, -candidates[index][2], index
 
         return candidates[min(range(len(candidates)), key=rank)], len(runs), seconds
-
-    def _local(self, usual: tuple, before: torch.Tensor, previous: torch.Tensor,
-               new: list[Click]) -> tuple | None:
-        """The mask it started from (``before``; ``previous`` at low resolution) with the ``usual``
-        decode applied within a disc around each of the ``new`` clicks: positive clicks only add
-        to the mask there (the larger logit), negative ones only take away (the smaller), mixed
-        ones take the decode. The widest disc of ``LOCAL_RADII`` that keeps enough of that mask
-        (``_keeps``), or None. Where SAM cannot tell the object from its surroundings (a tumour
-        nest in stroma at a coarse level) every mask that honours a corrective click may be a
-        sliver; this one applies the click where it was made, as a pathologist expects, and
-        leaves the rest of the object as it was."""
-        low_res, logits, iou, _ = usual
-        height, width = self.box.shape
-        scale_y = self.embedding.input_size[0] / self.embedding.original_size[0]
-        scale_x = self.embedding.input_size[1] / self.embedding.original_size[1]
-        low_side = previous.shape[-1] / self.predictor.image_size  # low-res pixels per model-input pixel
-        rows = torch.arange(height, dtype=torch.float32)[:, None]
-        cols = torch.arange(width, dtype=torch.float32)[None, :]
-        low_rows = torch.arange(previous.shape[-2], dtype=torch.float32)[:, None] / (scale_y * low_side)
-        low_cols = torch.arange(previous.shape[-1], dtype=torch.float32)[None, :] / (scale_x * low_side)
-        previous = previous.reshape(low_res.shape).to(low_res.device)
-        if all(c.positive for c in new):
-            low_res, logits = torch.maximum(low_res, previous), torch.maximum(logits, before)
-        elif not any(c.positive for c in new):
-            low_res, logits = torch.minimum(low_res, previous), torch.minimum(logits, before)
-        for fraction in LOCAL_RADII:
-            radius = fraction * max(height, width)
-            near = torch.zeros((height, width), dtype=torch.bool)
-            near_low = torch.zeros(previous.shape[-2:], dtype=torch.bool)
-            for click in new:
-                near |= (rows - click.y) ** 2 + (cols - click.x) ** 2 <= radius ** 2
-                near_low |= (low_rows - click.y) ** 2 + (low_cols - click.x) ** 2 <= radius ** 2
-            near = near.to(logits.device)
-            shown = torch.where(near, logits, before)
-            if self._keeps(before, shown, new, local=True):
-                return torch.where(near_low.to(low_res.device), low_res, previous), shown, iou, "local"
-        return None
 
     def _scored(self, new: list[Click]) -> ClickEvidence:
         """The evidence after ``new`` clicks: each scores the masks shown before it (SAM's and the
