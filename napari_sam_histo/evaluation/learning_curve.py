@@ -134,6 +134,8 @@ def write_figure(path: Path, source: str, per_seed: dict) -> Path:
     if means:
         ks = sorted(means)
         ax.plot(ks, [np.mean(means[k]) for k in ks], "s-", color="black", markersize=4, label="tissue decoder, mean")
+        ax.axhline(np.mean([per_seed[seed]["sam"]["noc@85"] for seed in seeds]), color="black", linestyle="--",
+                   linewidth=1, label="zero-shot SAM, mean")
     ax.set_xscale("log")
     ax.set_xticks(sorted(means) or [1])
     ax.set_xticklabels([str(k) for k in sorted(means)] or ["1"])
