@@ -7,19 +7,22 @@ a few dozen objects makes the first click better and the corrections worse. So t
 runs SAM's decoder backwards:
 
 1. **States.** Each training object is clicked with the benchmark's clicker (RITM's rule,
-   ``evaluation.clicker``) through the product's own ``ClickSession``, up to ``max_clicks`` clicks
-   or IoU ``stop_iou``; every mask SAM's decoder returns on the way (its three candidates at the
-   first click, every later mask, every alternative the session decodes) is kept as a *state*:
-   SAM's low-resolution logits. Forward only, about 0.05 s a click, once per object.
+   ``evaluation.clicker``) through the product's own ``ClickSession``, as far as the head corrects
+   (``corrected_clicks``, default the first click; at most ``max_clicks``, or IoU ``stop_iou``);
+   every mask SAM's decoder returns on the way that the head will be asked to correct (its three
+   candidates at the first click, later masks, alternatives the session decodes) is kept as a
+   *state*: SAM's low-resolution logits. Forward only, once per object. Correcting every click
+   made the corrections worse (``docs/project-decoders.md``): by default SAM alone answers them.
 2. **Fit.** The head reads the tile's cached embedding and a state's logits and adds a logit
    offset, supervised by the object's mask on SAM's 256x256 frame (the Normalized Focal Loss of
    ``training.nfl_loss``; pixels of SAM's padding left out). Objects are drawn uniformly, then one
    of their states, so an object SAM fails (twenty states) does not outweigh one it gets in two.
    No SAM in the loop: a step is a few convolutions on a 64x64 grid.
-3. **DAgger.** With the head in place the session feeds the *corrected* logits back as the next
-   click's mask prompt, so SAM then sees prompts it did not see in step 1. ``dagger_rounds`` times,
-   the training objects are clicked again with SAM + head, the new states are added, and the head
-   trains ``dagger_steps`` more steps on all of them.
+3. **DAgger** (``dagger_rounds``, default none; it matters only when the head corrects later
+   clicks). With the head in place the session feeds the *corrected* logits back as the next
+   click's mask prompt, so SAM then sees prompts it did not see in step 1. Each round the first
+   ``dagger_objects`` training objects are clicked again with SAM + head, the new states are added,
+   and the head trains ``dagger_steps`` more steps on all of them.
 
 The examples are ``training.adaptation.AdaptationExample``: a tile embedding, the accepted mask at
 the tile's resolution, and (unused here) the clicks, so a project's store of accepted objects can
