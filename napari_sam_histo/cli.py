@@ -1,5 +1,5 @@
 """The ``napari-sam-histo`` command: demo, weights, perf, prepare, benchmark, train, slide-memory, embed,
-slide-benchmark, sequential-benchmark, learning-curve, gui-stalls.
+slide-benchmark, sequential-benchmark, learning-curve, project, gui-stalls.
 
 Thin: parse arguments, call the core, print. A ``SamHistoError`` (bad file, bad value, missing
 weights) is printed as one line and exits with status 2, never as a traceback.
@@ -335,6 +335,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_project(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .training.project_store import ProjectStore
+
+    store = ProjectStore(args.project)
+    if args.action == "import":
+        from .engine.embedding_cache import EmbeddingCache
+        from .engine.predictor import Predictor
+        from .models.registry import load_model
+        from .training.project_import import import_annotations
+
+        predictor = Predictor(load_model(args.model, args.device), "sam", cache=EmbeddingCache(max_bytes=1 << 28))
+        for annotations in args.annotations:
+            print(import_annotations(store, args.slide, annotations, predictor, args.tile_size, args.classes).text())
+    elif args.action == "remove":
+        if (args.slide is None) == (args.object is None):
+            raise InputError("project remove: give --slide NAME or --object ID (one of them).")
+        gone = store.remove_slide(args.slide) if args.slide is not None else store.remove_object(args.object)
+        if not gone:
+            raise InputError(f"{args.project}: no object of {args.slide!r} in the project." if args.slide is not None
+                             else f"{args.project}: no object with id {args.object!r} in the project.")
+        print(f"{gone} object(s) removed from {args.project}.")
+    print(store.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam-histo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -548,6 +574,24 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     lc.add_argument("--quiet", action="store_true")
     lc.set_defaults(func=_cmd_learning_curve)
+    project = sub.add_parser("project", help="a project's training set: the objects accepted or imported on its "
+                                             "slides (list, import annotations, remove)")
+    psub = project.add_subparsers(dest="action", required=True)
+    listing = psub.add_parser("list", help="objects per slide and class")
+    listing.add_argument("project", help="the project folder (e.g. the slides' folder)")
+    imp = psub.add_parser("import", help="a slide's QuPath GeoJSON or label image (our export) as training objects")
+    imp.add_argument("project", help="the project folder")
+    imp.add_argument("slide", help="the slide the annotations were made on")
+    imp.add_argument("annotations", nargs="+", help="GeoJSON (ours or QuPath's) or label TIFF (ours) of that slide")
+    imp.add_argument("--classes", nargs="+", default=None, help="import only these classes")
+    imp.add_argument("--model", default="vit_t", help="the annotator's model (its embeddings are stored)")
+    imp.add_argument("--device", default="auto")
+    imp.add_argument("--tile-size", type=int, default=1024, help="the annotator's tile size (default 1024)")
+    rm = psub.add_parser("remove", help="remove one object (--object ID) or every object of a slide (--slide NAME)")
+    rm.add_argument("project", help="the project folder")
+    rm.add_argument("--slide", default=None, help="a slide's name (or identity)")
+    rm.add_argument("--object", default=None, help="an object's id (as in the GeoJSON export)")
+    project.set_defaults(func=_cmd_project)
     stalls = sub.add_parser("gui-stalls", help="longest napari GUI-thread stall per Annotator action (scripted, real viewer)")
     stalls.add_argument("--slide", default=None, help="slide to annotate (default: the CC0 sample)")
     stalls.add_argument("--mosaic", type=int, default=1,

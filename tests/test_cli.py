@@ -64,3 +64,13 @@ def test_benchmark_cli_is_deterministic_and_prints_the_papers_table(tmp_path, ca
 def test_benchmark_cli_bad_dataset_is_one_line(tmp_path, capsys):
     assert main(["benchmark", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert "Dataset not found" in capsys.readouterr().err
+
+
+def test_project_list_and_a_refused_remove(tmp_path, capsys):
+    assert main(["project", "list", str(tmp_path)]) == 0
+    assert "0 object(s) on 0 slide(s)" in capsys.readouterr().out
+    assert main(["project", "remove", str(tmp_path), "--slide", "a.svs"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-sam-histo: ") and "no object of 'a.svs'" in err and "Traceback" not in err
+    assert main(["project", "remove", str(tmp_path)]) == 2  # neither --slide nor --object
+    assert "--slide NAME or --object ID" in capsys.readouterr().err
