@@ -298,6 +298,9 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     if sampler is not None:
         sampler.stop()
     viewer.close()
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # its copies and exports (a 50,000-px mosaic: gigabytes)
     return results
 
 
