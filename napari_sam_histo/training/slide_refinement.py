@@ -138,11 +138,13 @@ class SlideRefinement:
                 self._learn_tile(obj, example, base, refiner)
             except Exception:  # the slide went away, a tile cannot be read or does not fit: nothing to learn here
                 continue
-        self._pending.pop(0)
-        if obj.samples:
-            self._done.append(obj)
-            self._bound()
-            self._refit()
+        try:
+            if obj.samples:
+                self._done.append(obj)
+                self._bound()
+                self._refit()
+        finally:
+            self._pending.pop(0)  # only now: until the refiner is refitted the object is still being learned from
         return True
 
     def _learn_tile(self, obj: _Object, example, base, refiner: SlideRefiner | None) -> None:
