@@ -82,6 +82,26 @@ class CorrectionHead(nn.Module):
         return F.interpolate(self.out(x), scale_factor=2, mode="bilinear", align_corners=False)
 
 
+def sam_mask_parts(d: nn.Module, image_embeddings, image_pe, sparse, dense):
+    """SAM's ``predict_masks`` (all four masks and IoUs) with image i paired with prompt set i when
+    the batches match and one image repeated for every prompt set otherwise; also the image tokens,
+    the positional encoding (as broadcast) and the upscaled embedding, which a correction may read."""
+    batch = sparse.shape[0]
+    output_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
+    tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse.dtype), sparse), dim=1)
+    src = image_embeddings if image_embeddings.shape[0] == batch else image_embeddings.expand(batch, -1, -1, -1)
+    src = src + dense
+    pos = image_pe if image_pe.shape[0] == batch else image_pe.expand(batch, -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, image_tokens = d.transformer(src, pos, tokens)
+    upscaled = d.output_upscaling(image_tokens.transpose(1, 2).reshape(b, c, h, w))
+    mask_tokens_out = hs[:, 1:1 + d.num_mask_tokens, :]
+    hyper = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(d.output_hypernetworks_mlps)], 1)
+    b, c2, h2, w2 = upscaled.shape
+    masks = (hyper @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
+    return masks, d.iou_prediction_head(hs[:, 0, :]), image_tokens, pos, upscaled
+
+
 class ResidualMaskDecoder(nn.Module):
     """Drop-in for SAM's ``MaskDecoder``: SAM's (frozen) masks plus a trained correction."""
 
@@ -106,21 +126,8 @@ class ResidualMaskDecoder(nn.Module):
         """SAM's ``predict_masks``, with image i paired with prompt set i when the batches match
         (training) and one image repeated for every prompt set otherwise (SAM's own use); also
         returns what the correction reads (image tokens, positional encoding, upscaled embedding)."""
-        d = self.sam_decoder
-        batch = sparse.shape[0]
-        output_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
-        tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse.dtype), sparse), dim=1)
-        src = image_embeddings if image_embeddings.shape[0] == batch else image_embeddings.expand(batch, -1, -1, -1)
-        src = src + dense
-        pos = image_pe if image_pe.shape[0] == batch else image_pe.expand(batch, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, image_tokens = d.transformer(src, pos, tokens)
-        upscaled = d.output_upscaling(image_tokens.transpose(1, 2).reshape(b, c, h, w))
-        mask_tokens_out = hs[:, 1:1 + d.num_mask_tokens, :]
-        hyper = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(d.output_hypernetworks_mlps)], 1)
-        b, c2, h2, w2 = upscaled.shape
-        masks = (hyper @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
-        iou = d.iou_prediction_head(hs[:, 0, :])
+        masks, iou, image_tokens, pos, upscaled = sam_mask_parts(self.sam_decoder, image_embeddings, image_pe,
+                                                                 sparse, dense)
         return masks, iou, image_tokens, pos.flatten(2).transpose(1, 2), upscaled
 
     def _corrected(self, masks, tokens, pos, upscaled) -> torch.Tensor:

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .residual_decoder import sam_mask_parts
+
 KIND = "tissue"
 STATE_PREFIX = "tissue_head."
 LOGIT_SCALE = 10.0  # SAM's logits span about +-20; the head reads them scaled to about +-2
@@ -133,21 +135,8 @@ class SamMasks(nn.Module):
         self.decoder = sam_decoder
 
     def forward(self, image_embeddings, image_pe, sparse, dense) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.decoder
-        batch = sparse.shape[0]
-        output_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
-        tokens = torch.cat((output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse.dtype), sparse), dim=1)
-        src = image_embeddings if image_embeddings.shape[0] == batch else image_embeddings.expand(batch, -1, -1, -1)
-        src = src + dense
-        pos = image_pe if image_pe.shape[0] == batch else image_pe.expand(batch, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, image_tokens = d.transformer(src, pos, tokens)
-        upscaled = d.output_upscaling(image_tokens.transpose(1, 2).reshape(b, c, h, w))
-        mask_tokens_out = hs[:, 1:1 + d.num_mask_tokens, :]
-        hyper = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(d.output_hypernetworks_mlps)], 1)
-        b, c2, h2, w2 = upscaled.shape
-        masks = (hyper @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
-        return masks, d.iou_prediction_head(hs[:, 0, :])
+        masks, iou, _, _, _ = sam_mask_parts(self.decoder, image_embeddings, image_pe, sparse, dense)
+        return masks, iou
 
 
 class TissueDecoder(nn.Module):
