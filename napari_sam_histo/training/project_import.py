@@ -17,20 +17,18 @@ writing (a full disk) removes the objects this import had added.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..annotations.geometry import Polygon, mask_to_polygons, rasterize
+from ..annotations.geometry import mask_to_polygons
 from ..annotations.objects import PROVENANCE_KEYS, AnnotatedObject, signature
 from ..engine.predictor import Predictor
-from ..engine.tiles import DEFAULT_TILE_SIZE, TileBox
-from ..engine.working_levels import level_with_downsample, working_levels
+from ..engine.tiles import DEFAULT_TILE_SIZE
 from ..errors import InputError
 from .project_store import ProjectStore, SlideRef, TileExample
-from .slide_adaptation import MIN_RESUMED_PIXELS, RESUMED_FILL
+from .slide_adaptation import centred_tile
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = (".tif", ".tiff")
@@ -171,48 +169,6 @@ def check_objects_fit(objects: list[AnnotatedObject], source, path: str | Path) 
                          f"({width}x{height} level-0 pixels), e.g. object {obj.id} spans x {x0:.0f}..{x1:.0f}, "
                          f"y {y0:.0f}..{y1:.0f}; the file was made for another slide or another scan. Nothing was "
                          "imported.")
-
-
-def _recorded_downsample(obj: AnnotatedObject) -> float | None:
-    try:
-        d = float(obj.properties.get("downsample"))
-    except (TypeError, ValueError):
-        return None
-    return d if math.isfinite(d) and d > 0 else None
-
-
-def centred_tile(obj: AnnotatedObject, source, tile_size: int) -> tuple[TileBox, np.ndarray, tuple] | str:
-    """(tile, the object's mask in it, the clicker's first click) for an object from earlier work,
-    or "too_large" / "too_small" (the rules of ``slide_adaptation.resumed_example``)."""
-    from ..evaluation.clicker import next_click
-
-    polygons: list[Polygon] = [p for p in obj.polygons if not p.exclude]
-    if not polygons:
-        return "too_small"
-    x0 = min(float(p.exterior[:, 0].min()) for p in polygons)
-    y0 = min(float(p.exterior[:, 1].min()) for p in polygons)
-    x1 = max(float(p.exterior[:, 0].max()) for p in polygons)
-    y1 = max(float(p.exterior[:, 1].max()) for p in polygons)
-    levels = working_levels(source, tile_size)
-    d = _recorded_downsample(obj)
-    if d is None:
-        fits = [lv for lv in levels if max(x1 - x0, y1 - y0) / lv.downsample <= RESUMED_FILL * tile_size]
-        d = fits[0].downsample if fits else levels[-1].downsample
-    level = level_with_downsample(levels, d)
-    grid = level.grid(source, tile_size)
-    d = level.downsample
-    if (x1 - x0) / d > grid.tile_size or (y1 - y0) / d > grid.tile_size:
-        return "too_large"
-    cx = min(max((x0 + x1) / 2 / d, 0.0), grid.width - 1e-3)
-    cy = min(max((y0 + y1) / 2 / d, 0.0), grid.height - 1e-3)
-    box = grid.centred_at(cx, cy)
-    if x0 / d < box.x - 1 or y0 / d < box.y - 1 or x1 / d > box.x + box.width + 1 or y1 / d > box.y + box.height + 1:
-        return "too_large"
-    target = rasterize(obj.polygons, (box.x * d, box.y * d), d, box.shape)
-    if int(target.sum()) < MIN_RESUMED_PIXELS:
-        return "too_small"
-    click = next_click(target, np.zeros_like(target))
-    return box, target, ((click.col, click.row, True),)
 
 
 def import_annotations(store: ProjectStore, slide_path: str | Path, annotations_path: str | Path,

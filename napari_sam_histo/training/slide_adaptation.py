@@ -285,18 +285,18 @@ def _recorded_downsample(obj) -> float | None:
     return d if math.isfinite(d) and d > 0 else None
 
 
-def resumed_example(obj, predictor, source, tile_size: int, level_for: Callable | None = None,
-                    tile_colour: Callable | None = None):
-    """(``AdaptationExample``, None) for an earlier object (see ``SlideAdaptation.add_resumed``), or
-    (None, "too_large" / "too_small") when it does not fit a tile at its level."""
+def centred_tile(obj, source, tile_size: int, level_for: Callable | None = None):
+    """(tile, the object's mask in it, the clicker's first click) for an object from earlier work:
+    a tile centred on it at the level its properties record (else ``level_for(obj)``, else the
+    finest level where it spans at most ``RESUMED_FILL`` of a tile); or "too_large" / "too_small"
+    when it does not fit a tile there."""
     from ..annotations.geometry import rasterize
     from ..engine.working_levels import level_with_downsample, working_levels
     from ..evaluation.clicker import next_click
-    from ..training.adaptation import AdaptationExample
 
     polygons = [p for p in obj.polygons if not p.exclude]
     if not polygons:
-        return None, "too_small"
+        return "too_small"
     x0 = min(float(p.exterior[:, 0].min()) for p in polygons)
     y0 = min(float(p.exterior[:, 1].min()) for p in polygons)
     x1 = max(float(p.exterior[:, 0].max()) for p in polygons)
@@ -312,17 +312,30 @@ def resumed_example(obj, predictor, source, tile_size: int, level_for: Callable 
     grid = level.grid(source, tile_size)
     d = level.downsample
     if (x1 - x0) / d > grid.tile_size or (y1 - y0) / d > grid.tile_size:
-        return None, "too_large"
+        return "too_large"
     cx = min(max((x0 + x1) / 2 / d, 0.0), grid.width - 1e-3)
     cy = min(max((y0 + y1) / 2 / d, 0.0), grid.height - 1e-3)
     box = grid.centred_at(cx, cy)
     if x0 / d < box.x - 1 or y0 / d < box.y - 1 or x1 / d > box.x + box.width + 1 or y1 / d > box.y + box.height + 1:
-        return None, "too_large"  # (a slide smaller than a tile there: the tile cannot hold it)
+        return "too_large"  # (a slide smaller than a tile there: the tile cannot hold it)
     target = rasterize(obj.polygons, (box.x * d, box.y * d), d, box.shape)
     if int(target.sum()) < MIN_RESUMED_PIXELS:
-        return None, "too_small"
+        return "too_small"
     click = next_click(target, np.zeros_like(target))  # the clicker's first click: the object's deepest pixel
+    return box, target, ((click.col, click.row, True),)
+
+
+def resumed_example(obj, predictor, source, tile_size: int, level_for: Callable | None = None,
+                    tile_colour: Callable | None = None):
+    """(``AdaptationExample``, None) for an earlier object (see ``SlideAdaptation.add_resumed``), or
+    (None, "too_large" / "too_small") when it does not fit a tile at its level (``centred_tile``)."""
+    from ..training.adaptation import AdaptationExample
+
+    placed = centred_tile(obj, source, tile_size, level_for)
+    if isinstance(placed, str):
+        return None, placed
+    box, target, clicks = placed
     embedding = predictor.embedding_for(source, box)
     image = functools.partial(source.read_region, box)
     colour = functools.partial(tile_colour, box) if tile_colour is not None else None
-    return AdaptationExample(embedding, target, ((click.col, click.row, True),), image, colour), None
+    return AdaptationExample(embedding, target, clicks, image, colour), None
