@@ -36,7 +36,7 @@ def test_summary_keys_and_values():
 
 
 def test_a_collapse_is_a_click_below_half_the_best_iou_before_it():
-    # the curve: 0.17..0.49 for 19 clicks, 0.00 at click 20, 0.03 after 30
+    # a lymph-node region's curve at auto: 0.17..0.49 for 19 clicks, 0.00 at click 20, 0.03 after 30
     curve = [0.17, 0.30, 0.49, 0.40] + [0.45] * 15 + [0.0] + [0.03] * 10
     assert collapses(curve) == 11  # click 20 and the ten after it stay below 0.245
     assert collapses([0.8, 0.41, 0.39, 0.9, 0.44, 0.46]) == 2  # 0.39 < 0.4 and 0.44 < 0.45; 0.41, 0.46 are not

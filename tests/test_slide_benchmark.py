@@ -87,7 +87,7 @@ def test_the_state_is_rasterised_at_level_0_and_the_seam_band_follows_inner_bord
 
 
 def test_collapses_and_fallbacks_are_counted_per_mode():
-    """A collapse is a click after which IoU is below half the best before it (the issue's region:
+    """A collapse is a click after which IoU is below half the best before it (a lymph-node region's curve:
     0.49, then 0.00, then 0.03); the regions with one and the fallback decodes are reported too."""
     seam = {f"{name}_{part}": 1 for name in ("band", "rest") for part in ("intersection", "union")}
     runs = [RegionRun("a", "auto", ious=[0.17, 0.49, 0.0, 0.03], seam=seam, fallbacks=0),
