@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color
-from ..slides.reader import ImageSource
+from ..slides.source import ImageSource
 from .object_tiles import (COLOUR_PREFETCH, EMPTY_STATE, MAX_CUT_TILES, REUSE_MARGIN, UNKNOWN_LOGIT,
                            AnnotatorState, BeyondView, ObjectSnapshot, ObjectTiles, combine_tile_masks)
 from .predictor import Predictor

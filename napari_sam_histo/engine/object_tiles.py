@@ -64,7 +64,7 @@ from ..annotations.cleaning import DEFAULT_TOLERANCE, clean_polygons
 from ..annotations.geometry import Polygon
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color
 from ..errors import InputError
-from ..slides.reader import ImageSource
+from ..slides.source import ImageSource
 from .blending import Blend, TileLogits, blend, sample_field
 from .predictor import Predictor
 from .session import FIRST_MASK_RULES, ClickSession

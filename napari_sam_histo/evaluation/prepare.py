@@ -21,7 +21,7 @@ from ..annotations.geometry import Polygon, rasterize
 from ..atomic import atomic_path
 from ..engine.tiles import TileBox
 from ..errors import InputError
-from ..slides.reader import ImageSource
+from ..slides.source import ImageSource
 
 MANIFEST_COLUMNS = ["stem", "image", "mask", "source_slide", "magnification", "level", "downsample",
                     "x0", "y0", "width0", "height0", "tumor_fraction"]

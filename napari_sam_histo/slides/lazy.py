@@ -12,7 +12,7 @@ import numpy as np
 
 from .boxes import TileBox
 from .rgb import MIN_SIDE
-from .reader import ImageSource
+from .source import ImageSource
 
 CHUNK = 512
 MIN_LEVEL_SIDE = 256  # levels smaller than this add nothing to a multiscale view

@@ -11,95 +11,21 @@ header says TIFF; "not recognised" only for a file that is not a slide at all.
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .boxes import TileBox
-from .rgb import to_rgb_uint8
 from ..errors import InputError
+from .boxes import TileBox
+from .damage import is_tiff, size_text, tiff_damage, truncated_message
 from .identity import array_identity, file_identity
+from .rgb import to_rgb_uint8
+from .source import ImageSource
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".tif", ".tiff", ".svslide", ".dcm")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")  # .ome.tif and .ome.tiff too
-TIFF_MAGICS = {b"II*\x00": "<I", b"MM\x00*": ">I", b"II+\x00": "<Q", b"MM\x00+": ">Q"}  # classic, BigTIFF
-_PAGES_CHECKED = 64  # a slide pyramid has a handful of top-level images; a long stack is refused later
-
-
-@dataclass
-class ImageSource:
-    """Pixels by pyramid level and box. Level 0 is full resolution."""
-
-    name: str
-    identity: str
-    level_dimensions: list[tuple[int, int]]  # (width, height) per level
-    level_downsamples: list[float]
-    mpp: tuple[float, float] | None = None  # microns per level-0 pixel (x, y)
-    properties: dict = field(default_factory=dict)
-
-    @property
-    def level_count(self) -> int:
-        return len(self.level_dimensions)
-
-    def read_region(self, box: TileBox) -> np.ndarray:
-        """The (H, W, 3) uint8 pixels of ``box`` (of a virtual level too: read from the finer
-        pyramid level ``box.level`` and resized)."""
-        self._check_box(box)
-        if box.virtual:
-            return self._read_virtual(box)
-        return to_rgb_uint8(self._read(box), name=f"{self.name} {box.key()}")
-
-    def reading_level(self, downsample: float) -> int:
-        """The pyramid level a tile at ``downsample`` is read from: the coarsest one at least as fine."""
-        fine_enough = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + 1e-6)]
-        return max(fine_enough, key=lambda i: self.level_downsamples[i]) if fine_enough else 0
-
-    def size_at(self, downsample: float, level: int | None = None) -> tuple[int, int]:
-        """(width, height) of the (possibly virtual) level at ``downsample``, read from ``level``
-        (default ``reading_level``): whole pixels of that level only, so every box fits inside it."""
-        level = self.reading_level(downsample) if level is None else level
-        width, height = self.level_dimensions[level]
-        factor = downsample / self.level_downsamples[level]
-        if abs(factor - 1) < 1e-6:
-            return width, height
-        return max(int(width / factor + 1e-6), 1), max(int(height / factor + 1e-6), 1)
-
-    def _check_box(self, box: TileBox) -> None:
-        if not 0 <= box.level < self.level_count:
-            raise InputError(f"{self.name} has levels 0..{self.level_count - 1}; level {box.level} was asked for.")
-        if box.virtual and box.downsample < self.level_downsamples[box.level] * (1 - 1e-6):
-            raise InputError(f"Box {box.key()} is finer than level {box.level} of {self.name}, which it would "
-                             f"be read from.")
-        width, height = self.size_at(box.downsample, box.level) if box.virtual else self.level_dimensions[box.level]
-        if box.x < 0 or box.y < 0 or box.x + box.width > width or box.y + box.height > height:
-            where = f"downsample {box.downsample:g}" if box.virtual else f"level {box.level}"
-            raise InputError(f"Box {box.key()} reaches outside {where} of {self.name} ({width}x{height}).")
-
-    def _read_virtual(self, box: TileBox) -> np.ndarray:
-        # The finer level's pixels under the box, resized with Pillow's antialiased bilinear filter,
-        # whose ``box`` argument takes the exact (fractional) source rectangle.
-        from PIL import Image
-
-        factor = box.downsample / self.level_downsamples[box.level]
-        x0, y0 = box.x * factor, box.y * factor
-        x1, y1 = (box.x + box.width) * factor, (box.y + box.height) * factor
-        width, height = self.level_dimensions[box.level]
-        ix0, iy0 = int(np.floor(x0)), int(np.floor(y0))
-        ix1, iy1 = min(int(np.ceil(x1)), width), min(int(np.ceil(y1)), height)
-        inner = TileBox(box.level, ix0, iy0, ix1 - ix0, iy1 - iy0, self.level_downsamples[box.level])
-        pixels = to_rgb_uint8(self._read(inner), name=f"{self.name} {box.key()}")
-        resized = Image.fromarray(np.ascontiguousarray(pixels)).resize(
-            (box.width, box.height), Image.BILINEAR, box=(x0 - ix0, y0 - iy0, min(x1, ix1) - ix0, min(y1, iy1) - iy0))
-        return np.asarray(resized)
-
-    def _read(self, box: TileBox) -> np.ndarray:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -169,62 +95,6 @@ def open_image(path: str | Path) -> ImageSource:
     )
 
 
-def _size_text(size: int) -> str:
-    return f"{size} bytes" if size < 10_000 else f"{size} bytes, {size / 2**20:.1f} MiB"
-
-
-def truncated_message(path: Path, detail: str) -> str:
-    return (f"{path.name} is truncated or damaged ({_size_text(path.stat().st_size)}): {detail}. "
-            "Copy or download it again.")
-
-
-def is_tiff(path: Path) -> bool:
-    """Whether the file starts with a TIFF or BigTIFF header (SVS, NDPI, SCN, BIF and OME files do)."""
-    try:
-        with open(path, "rb") as stream:
-            return stream.read(4) in TIFF_MAGICS
-    except OSError:
-        return False
-
-
-def tiff_damage(path: Path) -> str | None:
-    """Why a TIFF-based file is certainly truncated: its first image directory starts past the end,
-    or a top-level image's data run past it. ``None`` for a complete file, a file that is not a TIFF,
-    or one whose damage only a reader can find (tifffile errors here are left to the readers)."""
-    size = path.stat().st_size
-    with open(path, "rb") as stream:
-        head = stream.read(16)
-    layout = TIFF_MAGICS.get(head[:4])
-    if layout is None:
-        return None
-    start = 8 if layout.endswith("Q") else 4
-    if len(head) < start + struct.calcsize(layout):
-        return f"the file ends inside its {len(head)}-byte header"
-    first = struct.unpack(layout, head[start: start + struct.calcsize(layout)])[0]
-    if first >= size:
-        return f"its first image directory would start at byte {first}, past the end"
-    import logging
-
-    import tifffile
-
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # tifffile logs each damaged directory; the error below says it once
-    try:
-        with tifffile.TiffFile(path) as tif:
-            for i, page in enumerate(tif.pages):
-                if i >= _PAGES_CHECKED:
-                    break
-                ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
-                if ends and max(ends) > size:
-                    return f"image {i} needs {max(ends)} bytes"
-    except Exception:  # a directory tifffile cannot parse: the reader tried next reports it
-        return None
-    finally:
-        logger.setLevel(level)
-    return None
-
-
 def _open_tiff(path: Path) -> ImageSource:
     """Which reader gets a .tif/.tiff (.ome.tif) file:
 
@@ -261,7 +131,7 @@ def _try_openslide(path: Path) -> OpenSlideSource | None:
         if is_tiff(path):
             raise InputError(truncated_message(path, "OpenSlide finds no slide in this TIFF")) from None
         raise InputError(f"{path.name}: OpenSlide does not recognise this file as a slide "
-                         f"({_size_text(path.stat().st_size)}, not a TIFF-based file).") from None
+                         f"({size_text(path.stat().st_size)}, not a TIFF-based file).") from None
     except openslide.OpenSlideError as err:
         raise InputError(truncated_message(path, f"OpenSlide: {err}")) from err
     props = dict(slide.properties)
@@ -294,7 +164,7 @@ def _open_plain(path: Path) -> ArraySource:
     except Exception as err:  # image libraries raise many types for a bad file
         detail = str(err).splitlines()[0] if str(err) else ""
         raise InputError(f"{path.name}: cannot read the image ({err.__class__.__name__}: {detail}); the "
-                         f"file ({_size_text(path.stat().st_size)}) may be truncated or damaged, or not "
+                         f"file ({size_text(path.stat().st_size)}) may be truncated or damaged, or not "
                          f"of the type its name says.") from err
     rgb = to_rgb_uint8(array, path.name)
     height, width = rgb.shape[:2]

@@ -22,7 +22,8 @@ import numpy as np
 from .boxes import TileBox
 from ..errors import InputError
 from .identity import file_identity
-from .reader import ImageSource, is_tiff, tiff_damage, truncated_message
+from .damage import is_tiff, tiff_damage, truncated_message
+from .source import ImageSource
 
 FLAT_MAX_PIXELS = 64 * 2**20  # an untiled single-level TIFF up to this size is read whole, like a PNG
 RANGE_MAX_PIXELS = 16 * 2**20  # the coarsest level read whole to find a non-8-bit image's value range
