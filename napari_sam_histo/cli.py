@@ -72,7 +72,8 @@ def _first_masks(text: str) -> list[str]:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from .evaluation.benchmark import run_benchmark
+    from .evaluation.benchmark_config import BenchmarkConfig
     from .evaluation.report import format_skipped, format_table
 
     config = BenchmarkConfig(
@@ -170,7 +171,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_slide_memory(args: argparse.Namespace) -> int:
-    from .slides.memory_benchmark import format_report, run_slide_memory
+    from ._napari.memory_benchmark import format_report, run_slide_memory
 
     report = run_slide_memory(size=args.size, tile=args.tile, out_dir=args.out, keep=args.keep)
     print(format_report(report))
@@ -220,7 +221,7 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
-    from .evaluation.sequential_benchmark import format_table, run_benchmark
+    from .training.sequential_benchmark import format_table, run_benchmark
 
     if args.prior_weight is not None and not (0 <= args.prior_weight < float("inf")):
         print(f"--prior-weight {args.prior_weight} must be a finite number >= 0 (0: no slide prior).", file=sys.stderr)
@@ -253,7 +254,7 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_learning_curve(args: argparse.Namespace) -> int:
-    from .evaluation.learning_curve import format_table, join_reports, run_learning_curve
+    from .training.learning_curve import format_table, join_reports, run_learning_curve
     from .training.tissue_training import TissueRecipe
 
     if args.join:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from napari_sam_histo.errors import InputError
-from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, run_benchmark
+from napari_sam_histo.evaluation.benchmark import run_benchmark
+from napari_sam_histo.evaluation.benchmark_config import BenchmarkConfig
 from napari_sam_histo.evaluation.dataset import Skipped, find_pairs, load_samples
 from napari_sam_histo.evaluation.runner import run_sample
 
@@ -270,7 +271,7 @@ def test_reused_embeddings_are_charged_to_every_sample(tmp_path, tiny_model):
 
 
 def test_first_mask_rules_are_methods_of_their_own(mobile_sam):
-    from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, build_methods
+    from napari_sam_histo.evaluation.benchmark_config import BenchmarkConfig, build_methods
 
     config = BenchmarkConfig(dataset="unused", out_dir="unused", models=["vit_t"], decoders=["sam"],
                              first_masks=("iou", "unflooded"), device="cpu")
@@ -280,7 +281,7 @@ def test_first_mask_rules_are_methods_of_their_own(mobile_sam):
 
 
 def test_the_fallback_can_be_switched_off_as_a_method_of_its_own(mobile_sam):
-    from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, build_methods
+    from napari_sam_histo.evaluation.benchmark_config import BenchmarkConfig, build_methods
 
     config = BenchmarkConfig(dataset="unused", out_dir="unused", models=["vit_t"], decoders=["sam"],
                              honour_clicks=(True, False), device="cpu")

@@ -8,7 +8,8 @@ import pytest
 
 from napari_sam_histo.cli import main
 from napari_sam_histo.errors import InputError
-from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, run_benchmark
+from napari_sam_histo.evaluation.benchmark import run_benchmark
+from napari_sam_histo.evaluation.benchmark_config import BenchmarkConfig
 
 from .test_benchmark import Oracle, Stuck, make_dataset
 

@@ -11,7 +11,8 @@ import torch
 from napari_sam_histo.cli import main
 from napari_sam_histo.errors import InputError
 from napari_sam_histo.evaluation import runtime as runtime_module
-from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, build_methods, run_benchmark
+from napari_sam_histo.evaluation.benchmark import run_benchmark
+from napari_sam_histo.evaluation.benchmark_config import BenchmarkConfig, build_methods
 from napari_sam_histo.models.device import bf16_is_fast
 
 from .test_benchmark import Oracle, make_dataset

@@ -13,7 +13,8 @@ import torch
 from distributed import WorkerPlugin
 
 from napari_sam_histo.cohort.cluster import cluster_client
-from napari_sam_histo.evaluation.benchmark import BenchmarkConfig, run_benchmark
+from napari_sam_histo.evaluation.benchmark import run_benchmark
+from napari_sam_histo.evaluation.benchmark_config import BenchmarkConfig
 from napari_sam_histo.evaluation.distributed_benchmark import BenchmarkWorkerError
 
 from .test_benchmark import _disk
@@ -89,7 +90,7 @@ def single_methods(mobile_sam):
     """``build_methods`` of ``config_for``, built once for this module's single-process runs (the
     optimized encoder takes seconds to build); ``fresh`` empties their embedding cache and zeroes
     their counts, so that each run is that of a new process."""
-    from napari_sam_histo.evaluation.benchmark import build_methods
+    from napari_sam_histo.evaluation.benchmark_config import build_methods
 
     methods = build_methods(config_for("unused", "unused"))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_sam_histo.errors import InputError
-from napari_sam_histo.evaluation.learning_curve import (SAM, TABLE_COLUMNS, load_objects, run_learning_curve,
+from napari_sam_histo.training.learning_curve import (SAM, TABLE_COLUMNS, load_objects, run_learning_curve,
                                                         split)
 from napari_sam_histo.training.tissue_training import TissueRecipe
 
@@ -94,7 +94,7 @@ def test_a_dataset_of_one_group_or_bad_shots_is_refused_with_a_message(tmp_path,
 
 
 def test_seeds_run_apart_join_into_one_report_and_a_repeated_seed_is_refused(tmp_path, dataset, tiny_model):
-    from napari_sam_histo.evaluation.learning_curve import join_reports
+    from napari_sam_histo.training.learning_curve import join_reports
 
     runs = {}
     for seed in (0, 1):

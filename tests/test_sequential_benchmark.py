@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_sam_histo.errors import InputError
-from napari_sam_histo.evaluation.sequential_benchmark import WARM_UP, group_samples, run_benchmark
+from napari_sam_histo.training.sequential_benchmark import WARM_UP, group_samples, run_benchmark
 
 
 def _dataset(root, cases):

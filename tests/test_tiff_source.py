@@ -191,7 +191,7 @@ def test_a_region_of_a_huge_file_is_read_without_the_full_array(tmp_path):
     """tracemalloc sees every numpy buffer (decoded tiles included): the whole of level 0 would be
     805 MB, opening and reading one 1024x1024 region must stay far below that."""
     from napari_sam_histo.slides.lazy import multiscale
-    from napari_sam_histo.slides.memory_benchmark import write_synthetic_slide
+    from napari_sam_histo.slides.synthetic_slide import write_synthetic_slide
 
     path = tmp_path / "huge.ome.tif"
     write_synthetic_slide(path, size=16384, tile=512)

@@ -30,7 +30,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import InputError, SamHistoError
-from ..evaluation.benchmark import BenchmarkConfig, build_methods, iter_benchmark
+from ..evaluation.benchmark import iter_benchmark
+from ..evaluation.benchmark_config import BenchmarkConfig, build_methods
 from ..evaluation.dataset import Skipped, find_pairs, load_samples
 from ..evaluation.report import free_folder_beside, holds_report, report_samples, skipped_samples, threshold_label
 from ..evaluation.runner import SampleResult, run_sample

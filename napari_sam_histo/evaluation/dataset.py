@@ -96,6 +96,20 @@ def _pairs_from_manifest(path: Path) -> list[PairSpec]:
             for row in rows]
 
 
+def manifest_column(dataset: Path, column: str | None) -> dict[str, str]:
+    """stem -> value of ``column`` (a case or slide id, say) in the dataset's manifest.csv (or in the
+    manifest ``dataset``): empty when there is no manifest or no such column."""
+    manifest = dataset / "manifest.csv" if dataset.is_dir() else dataset
+    if column is None or not manifest.is_file():
+        return {}
+    with open(manifest, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows or column not in rows[0]:
+        return {}
+    key = "stem" if "stem" in rows[0] else None
+    return {(row[key] if key else Path(row["image"]).stem): row[column] for row in rows}
+
+
 def _read(path: Path) -> np.ndarray:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile

@@ -34,7 +34,7 @@ from typing import Iterator
 
 from ..cohort.cluster import GPU_RESOURCE, cluster_client, is_local
 from ..errors import InputError
-from .benchmark import BenchmarkConfig, BenchmarkEvent, build_methods
+from .benchmark_config import BenchmarkConfig, BenchmarkEvent, build_methods
 from .dataset import PairSpec, Skipped, find_pairs, load_samples
 from .report import ReportWriter, refuse_existing
 from .runner import InteractiveModel, SampleResult, run_sample

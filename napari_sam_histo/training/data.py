@@ -13,29 +13,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ..atomic import atomic_path
 from ..errors import InputError
-from ..evaluation.dataset import PairSpec, Sample, Skipped, find_pairs, load_samples
+from ..evaluation.dataset import PairSpec, Sample, Skipped, find_pairs, load_samples, manifest_column
 
 
 @dataclass
 class TrainingPatch:
     sample: Sample
     group: str  # patches of one group (slide, case) never straddle the train/val split
-
-
-def _group_column(dataset: Path, column: str | None) -> dict[str, str]:
-    """stem -> value of ``column`` in the dataset's manifest.csv (empty when there is none)."""
-    manifest = dataset / "manifest.csv" if dataset.is_dir() else dataset
-    if column is None or not manifest.is_file():
-        return {}
-    with open(manifest, newline="") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows or column not in rows[0]:
-        return {}
-    key = "stem" if "stem" in rows[0] else None
-    return {(row[key] if key else Path(row["image"]).stem): row[column] for row in rows}
 
 
 def load_patches(dataset: str | Path, group_by: str | None = None, limit: int | None = None,
@@ -46,7 +32,7 @@ def load_patches(dataset: str | Path, group_by: str | None = None, limit: int | 
     (glomeruli, glands: many objects share one image and so one embedding), with its group."""
     dataset = Path(dataset)
     pairs = find_pairs(dataset, limit=limit, stride=stride)
-    groups = _group_column(dataset, group_by)
+    groups = manifest_column(dataset, group_by)
     patches, skipped = [], []
     for pair in pairs:
         for sample in load_samples(pair, components=components):

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_csv, write_text
 from ..errors import InputError
-from .metrics import DEFAULT_THRESHOLDS, noc, summarize
+from ..evaluation.metrics import DEFAULT_THRESHOLDS, noc, summarize
 
 SHOTS = (10, 25, 50, 100)
 TEST_FRACTION = 0.3
@@ -42,7 +42,7 @@ TABLE_COLUMNS = ("method", "k", "seeds", "test objects", "NoC@80", "NoC@85", "No
 def load_objects(dataset: str | Path, group_by: str | None, components: bool = False, min_object_px: int = 0,
                  stride: int = 1):
     """The dataset's objects as ``training.data.TrainingPatch`` (sample + group)."""
-    from ..training.data import load_patches
+    from .data import load_patches
 
     patches, _ = load_patches(dataset, group_by=group_by, components=components, min_object_px=min_object_px,
                               stride=stride)
@@ -51,7 +51,7 @@ def load_objects(dataset: str | Path, group_by: str | None, components: bool = F
 
 def split(patches: list, seed: int, test_fraction: float = TEST_FRACTION, test_objects: int | None = None):
     """(training objects in the seed's order, test objects): whole groups on each side."""
-    from ..training.data import split_by_group
+    from .data import split_by_group
 
     if not 0 < test_fraction < 1:
         raise InputError(f"test_fraction {test_fraction!r} must lie strictly between 0 and 1.")
@@ -161,12 +161,12 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
     ``partial`` until the last), so a run stopped early keeps what it measured."""
     from ..engine.embedding_cache import EmbeddingCache
     from ..engine.predictor import Predictor
+    from ..evaluation.runner import SamClickModel, run_sample
+    from ..evaluation.runtime import device_name
     from ..models.registry import load_model
     from ..models.tissue_decoder import save_tissue_decoder
-    from ..training.adaptation import AdaptationExample
-    from ..training.tissue_training import TissueRecipe, prepare, simulate, train_tissue_head
-    from .runner import SamClickModel, run_sample
-    from .runtime import device_name
+    from .adaptation import AdaptationExample
+    from .tissue_training import TissueRecipe, prepare, simulate, train_tissue_head
 
     log = log or (lambda line: None)
     shots = sorted({int(k) for k in shots})
@@ -208,7 +208,7 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
         return [run_sample(method, p.sample, max_clicks, STOP_IOU) for p in test]
 
     def report(partial: bool) -> dict:
-        from .runtime import predictor_runtime
+        from ..evaluation.runtime import predictor_runtime
 
         summary = {"source": str(dataset), "group_by": group_by, "components": components, "shots": shots,
                    "seeds": sorted(int(s) for s in per_seed), "max_clicks": max_clicks, "stop_iou": STOP_IOU,

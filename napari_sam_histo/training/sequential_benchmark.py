@@ -3,7 +3,7 @@ in order, with and without the decoder adapting to the objects accepted so far.
 
 For each group of objects (a ``case_id`` of the manifest, or the whole folder as one slide) the
 objects are clicked in name order with RITM's clicker, as the patch benchmark clicks them. Object
-k is clicked with the predictor the adapter offers after objects 1..k-1 (``training.adaptation``:
+k is clicked with the predictor the adapter offers after objects 1..k-1 (``adaptation``:
 the copy only when its never-worse gate passed, and the slide refiner only when its gate passed);
 after it the object is "accepted" and the
 adaptation owed for it runs to completion before object k+1, as it would while the user moves on.
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, write_csv, write_text
-from .metrics import DEFAULT_THRESHOLDS, miou_per_click, noc
+from ..evaluation.metrics import DEFAULT_THRESHOLDS, miou_per_click, noc
 
 WARM_UP = 5  # objects 6 and later are scored: the adapter has seen a few objects by then
 ACCEPT_IOU = 0.85
@@ -51,11 +51,10 @@ def group_samples(dataset: str | Path, group_by: str | None = "case_id", compone
                   max_groups: int | None = None) -> dict[str, list]:
     """group -> its samples in name order (groups with fewer than ``min_objects`` left out; every
     ``stride``-th group, the first ``max_objects`` of each). Without the column, one group."""
-    from ..training.data import _group_column
-    from .dataset import Skipped, find_pairs, load_samples
+    from ..evaluation.dataset import Skipped, find_pairs, load_samples, manifest_column
 
     dataset = Path(dataset)
-    groups_of = _group_column(dataset, group_by)
+    groups_of = manifest_column(dataset, group_by)
     groups: dict[str, list] = {}
     for pair in find_pairs(dataset):
         group = groups_of.get(pair.stem, dataset.name)
@@ -78,9 +77,9 @@ def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks
     never the dock's behaviour) clicks with the adapted copy and the slide refiner as soon as they
     have learnt from an object, whatever the gates say: what adaptation would do if they let it.
     ``refiner``: learn a slide refiner too. ``accepted``: one of ``ACCEPTED``."""
+    from ..evaluation.runner import SamClickModel, run_sample
     from ..models.slide_prior import PRIOR_WEIGHT
-    from ..training.adaptation import STEPS_PER_OBJECT, AdaptationExample, DecoderAdapter
-    from .runner import SamClickModel, run_sample
+    from .adaptation import STEPS_PER_OBJECT, AdaptationExample, DecoderAdapter
 
     steps = STEPS_PER_OBJECT if steps_per_object is None else steps_per_object
     weight = PRIOR_WEIGHT if prior_weight is None else prior_weight
@@ -191,7 +190,7 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
     from ..errors import InputError
     from ..models.registry import load_model
     from ..models.slide_prior import PRIOR_WEIGHT
-    from ..training.adaptation import STEPS_PER_OBJECT
+    from .adaptation import STEPS_PER_OBJECT
 
     if accepted not in ACCEPTED:
         raise InputError(f"accepted {accepted!r}: choose one of {', '.join(ACCEPTED)}.")
