@@ -7,11 +7,14 @@ the slide source, preprocess, encode, with the optimized encoder where ``encoder
 picks it), their ratio, and how long building the optimized encoder took (paid once per model);
 per-click latency p50/p95 over
 >= 20 clicks through ``ClickSession.add_click`` (prompt encoder, decoder, upscaling to the tile,
-threshold) for SAM's decoder and for the modified decoder; the raw forward time of the same
-decoder module inside those same clicks (``Predictor.last_decoder_s``); their ratio, i.e. what the
-click adds around the network; and how often the encoder ran
-for one tile over all those clicks and a revisit (1 is right). The modified decoder is timed with
-untrained new layers when no trained one exists: its speed does not depend on its weights.
+threshold) for SAM's decoder, each decoder shipped for the model and the modified decoder, on the
+product's path (the CPU runtime where ``decoder_mode="auto"`` picks it) and, click by click in
+turn, on the same decoder module in raw PyTorch float32; the forward time of the decoder inside
+those same clicks (``Predictor.last_decoder_s``); their ratio, i.e. what the click adds around the
+network; and how often the encoder ran for one tile over all those clicks and a revisit (1 is
+right). The report names the CPU, its instruction sets, and each path's backend and precision.
+The modified decoder is timed with untrained new layers when no trained one exists: its speed
+does not depend on its weights.
 """
 
 from __future__ import annotations
@@ -43,25 +46,40 @@ def _click_script(n: int, seed: int = 1) -> list[tuple[float, float, bool]]:
     return [(float(rng.integers(0, TILE)), float(rng.integers(0, TILE)), i % 3 != 2) for i in range(n)]
 
 
-def _time_decoder(predictor, box, embedding, clicks) -> dict:
+def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
+    """For each decoder name, ``(product predictor, raw PyTorch fp32 predictor)`` on one decoder
+    module: click latency through ``ClickSession.add_click`` and the decoder's own forward inside
+    each click, every path taking the same clicks in turn (click by click), so that a busy
+    machine slows all of them alike; after three warm-up clicks each."""
     from .engine.session import ClickSession
 
-    session = ClickSession(predictor, box, embedding)
-    for x, y, positive in clicks[:3]:  # warm-up: first calls allocate and pick kernels
-        session.add_click(x, y, positive)
-    session.reset()
-    click_times, raw_times = [], []
+    sessions = {(name, which): ClickSession(predictor, box, embedding)
+                for name, pair in pairs.items() for which, predictor in zip(("product", "raw"), pair)}
+    for session in sessions.values():
+        for x, y, positive in clicks[:3]:  # warm-up: first calls allocate and pick kernels
+            session.add_click(x, y, positive)
+        session.reset()
+    times = {key: ([], []) for key in sessions}
     for x, y, positive in clicks:
-        t0 = time.perf_counter()
-        session.add_click(x, y, positive)
-        click_times.append(time.perf_counter() - t0)
-        raw_times.append(predictor.last_decoder_s)  # the decoder's forward inside that very click
-    return {
-        "click_p50_s": _percentile(click_times, 50),
-        "click_p95_s": _percentile(click_times, 95),
-        "raw_p50_s": _percentile(raw_times, 50),
-        "trained": predictor.decoder.trained,
-    }
+        for key, session in sessions.items():
+            t0 = time.perf_counter()
+            session.add_click(x, y, positive)
+            times[key][0].append(time.perf_counter() - t0)
+            times[key][1].append(session.predictor.last_decoder_s)  # the forward inside that very click
+    results = {}
+    for name, (product, raw) in pairs.items():
+        clicks_s, forward_s = times[(name, "product")]
+        raw_clicks_s, raw_forward_s = times[(name, "raw")]
+        results[name] = {
+            "backend": product.decoder_backend if product.last_decoder_path == "runtime" else "pytorch",
+            "precision": "bf16" if product.decoder_bf16 else "fp32",
+            "click_p50_s": _percentile(clicks_s, 50), "click_p95_s": _percentile(clicks_s, 95),
+            "raw_p50_s": _percentile(forward_s, 50),
+            "pytorch_fp32_click_p50_s": _percentile(raw_clicks_s, 50),
+            "pytorch_fp32_raw_p50_s": _percentile(raw_forward_s, 50),
+            "trained": product.decoder.trained,
+        }
+    return results
 
 
 def _time_encoder(predictor, source, box, runs: int) -> dict:
@@ -105,11 +123,35 @@ def _time_encoder(predictor, source, box, runs: int) -> dict:
             "build_s": build_s}
 
 
+def _decoder_names(loaded) -> list[str]:
+    """SAM's own decoder and every decoder shipped for the model; the modified one always (untrained
+    when none is shipped: its speed does not depend on its weights)."""
+    from .models.shipped import shipped_decoders
+
+    names = shipped_decoders(loaded.name)
+    return names if "modified" in names else names + ["modified"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as ``lscpu`` says it."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, random_weights: bool = False,
              encoder_runs: int = 3) -> dict:
     from .engine.embedding_cache import EmbeddingCache
     from .engine.predictor import Predictor
     from .engine.tiles import TileBox
+    from .models import cpu_runtime
     from .models.decoders import choose_decoder
     from .models.registry import get_spec, load_model, random_model
     from .slides.reader import from_array
@@ -126,18 +168,28 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
     calls_before = sam_predictor.encoder_calls
     embedding = sam_predictor.embedding_for(source, box)
     script = _click_script(clicks)
-    sam = _time_decoder(sam_predictor, box, embedding, script)
+    pairs, build_s = {}, {}
+    for name in _decoder_names(loaded):
+        choice = sam_predictor.decoder if name == "sam" else choose_decoder(loaded, name, allow_untrained=True)
+        product = sam_predictor if name == "sam" else Predictor(loaded, choice, cache=cache)
+        started = time.perf_counter()
+        product.prepare_decoder(background=False)
+        build_s[name] = time.perf_counter() - started if product.decoder_mode == "runtime" else 0.0
+        raw = Predictor(loaded, choice, cache=cache, precision="fp32", decoder_mode="pytorch", encoder_mode="eager")
+        pairs[name] = (product, raw)
+    decoders = _time_decoders(pairs, box, embedding, script)
+    for name, timing in decoders.items():
+        timing["build_s"] = build_s[name]
     sam_predictor.embedding_for(source, box)  # a revisit must not run the encoder again
     encoder_calls_per_tile = sam_predictor.encoder_calls - calls_before
 
-    modified_choice = choose_decoder(loaded, "modified", allow_untrained=True)
-    modified_predictor = Predictor(loaded, modified_choice, cache=cache)
-    modified = _time_decoder(modified_predictor, box, embedding, script)
-
+    sam, modified = decoders["sam"], decoders["modified"]
     return {
         "model": loaded.name,
         "weights": "random-init" if random_weights else loaded.weights_hash,
         "device": str(loaded.device),
+        "cpu": cpu_name(),
+        "cpu_features": cpu_runtime.cpu_features(),
         "torch_threads": torch.get_num_threads(),
         "decoder_precision": "bf16" if sam_predictor.decoder_bf16 else "fp32",
         "clicks": clicks,
@@ -146,8 +198,10 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
         "encoder_speedup_vs_raw": encoder["raw_s"] / encoder["end_to_end_s"],
         "encoder_mode": sam_predictor.encoder_mode,
         "encoder_path": sam_predictor.last_encoder_path,
+        "encoder_backend": sam_predictor.encoder_backend,
         "encoder_precision": "bf16" if sam_predictor.encoder_bf16 else "fp32",
         "encoder_build_s": encoder["build_s"],
+        "decoders": decoders,
         "sam_decoder_click_p50_s": sam["click_p50_s"],
         "sam_decoder_click_p95_s": sam["click_p95_s"],
         "sam_decoder_raw_p50_s": sam["raw_p50_s"],
@@ -163,19 +217,24 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
 
 def format_report(r: dict) -> str:
     ms = lambda s: f"{1000 * s:7.1f} ms"  # noqa: E731
-    return "\n".join([
-        f"model {r['model']} ({r['weights']}) on {r['device']}, {r['torch_threads']} threads, "
-        f"decoder precision {r['decoder_precision']}, {r['clicks']} clicks per decoder",
+    lines = [
+        f"model {r['model']} ({r['weights']}) on {r['device']}: {r['cpu']} ({r['cpu_features']}), "
+        f"{r['torch_threads']} threads, {r['clicks']} clicks per decoder",
         f"encoder, one 1024x1024 tile      {r['encoder_s_per_tile']:7.2f} s  end to end (read + preprocess + "
-        f"{r['encoder_mode']} {r['encoder_precision']} encoder)",
+        f"{r['encoder_mode']} {r['encoder_precision']} encoder, {r['encoder_backend']})",
         f"raw fp32 eager encoder forward   {r['encoder_raw_fp32_s_per_tile']:7.2f} s  "
         f"-> speed-up end to end over raw: {r['encoder_speedup_vs_raw']:.2f}x"
         + (f"; optimized encoder built once in {r['encoder_build_s']:.1f} s" if r["encoder_mode"] == "optimized" else ""),
         f"encoder calls for 1 tile, {r['clicks']} clicks + revisit: {r['encoder_calls_per_tile']}",
-        f"{'decoder':10} {'click p50':>10} {'click p95':>10} {'raw p50':>10} {'click/raw':>9}",
-        f"{'SAM':10} {ms(r['sam_decoder_click_p50_s'])} {ms(r['sam_decoder_click_p95_s'])} "
-        f"{ms(r['sam_decoder_raw_p50_s'])} {r['sam_decoder_click_to_raw']:9.2f}",
-        f"{'modified':10} {ms(r['modified_decoder_click_p50_s'])} {ms(r['modified_decoder_click_p95_s'])} "
-        f"{ms(r['modified_decoder_raw_p50_s'])} {r['modified_decoder_click_to_raw']:9.2f}"
-        + ("" if r["modified_decoder_trained"] else "   (untrained layers: timing only)"),
-    ])
+        f"{'decoder':10} {'backend':18} {'prec':4} {'click p50':>10} {'click p95':>10} {'raw p50':>10} "
+        f"{'click/raw':>9} {'fp32 click':>10} {'fp32 raw':>10} {'vs fp32':>7}",
+    ]
+    for name, d in r["decoders"].items():
+        lines.append(
+            f"{name:10} {d['backend']:18} {d['precision']:4} {ms(d['click_p50_s'])} {ms(d['click_p95_s'])} "
+            f"{ms(d['raw_p50_s'])} {d['click_p50_s'] / d['raw_p50_s']:9.2f} {ms(d['pytorch_fp32_click_p50_s'])} "
+            f"{ms(d['pytorch_fp32_raw_p50_s'])} {d['pytorch_fp32_click_p50_s'] / d['click_p50_s']:6.2f}x"
+            + ("" if d["trained"] else "   (untrained layers: timing only)"))
+    lines.append("fp32 click / fp32 raw: the same clicks through the decoder module in PyTorch float32, taken in "
+                 "turn with the product's path; vs fp32: click p50 speed-up over it")
+    return "\n".join(lines)

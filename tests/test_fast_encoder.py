@@ -214,11 +214,14 @@ def test_perf_times_raw_and_end_to_end_encoder_in_one_run(tiny):
     assert timing["raw_s"] > 0 and timing["end_to_end_s"] > 0 and timing["build_s"] > 0
     assert predictor.cache is cache and len(cache) == 0  # timed on empty caches of its own
     assert predictor.encoder_calls == 2 and predictor.last_encoder_path == "optimized"
-    report = {"model": "m", "weights": "w", "device": "cpu", "torch_threads": 2, "decoder_precision": "fp32",
-              "clicks": 20, "encoder_s_per_tile": 1.0, "encoder_raw_fp32_s_per_tile": 2.0,
+    decoder = {"backend": "openvino 2026.4.1", "precision": "fp32", "click_p50_s": 0.02, "click_p95_s": 0.03,
+               "raw_p50_s": 0.01, "pytorch_fp32_click_p50_s": 0.05, "pytorch_fp32_raw_p50_s": 0.04, "trained": False}
+    report = {"model": "m", "weights": "w", "device": "cpu", "cpu": "Some CPU", "cpu_features": "avx2",
+              "torch_threads": 2, "clicks": 20, "encoder_s_per_tile": 1.0, "encoder_raw_fp32_s_per_tile": 2.0,
               "encoder_speedup_vs_raw": 2.0, "encoder_mode": "optimized", "encoder_precision": "fp32",
-              "encoder_build_s": 4.0, "encoder_calls_per_tile": 1, "modified_decoder_trained": False,
-              **{f"{d}_decoder_{k}": 0.01 for d in ("sam", "modified")
-                 for k in ("click_p50_s", "click_p95_s", "raw_p50_s", "click_to_raw")}}
+              "encoder_backend": "torchscript", "encoder_build_s": 4.0, "encoder_calls_per_tile": 1,
+              "decoders": {"sam": decoder}}
     text = format_report(report)
     assert "raw fp32 eager encoder forward      2.00 s" in text and "2.00x" in text and "built once in 4.0 s" in text
+    assert "Some CPU (avx2)" in text and "fp32 encoder, torchscript)" in text
+    assert "openvino 2026.4.1" in text and "2.50x" in text  # the click's speed-up over PyTorch fp32

@@ -82,7 +82,10 @@ class EncoderPlugin(WorkerPlugin):
             if recipe not in self._predictors:
                 # the decoder is never run here; an untrained one (random weights) is fine
                 predictor = Predictor(recipe.load(), "sam", allow_untrained=True)
-                predictor.prepare_encoder(background=False)  # before the first batch, not during it
+                # before the first batch, not during it: the worker's one encoder copy (one
+                # runtime session, shared by its threads; read from the disk cache after the first
+                # worker built it); never the decoder's, which never runs here
+                predictor.prepare_encoder(background=False, decoder=False)
                 self._predictors[recipe] = predictor
             return self._predictors[recipe]
 

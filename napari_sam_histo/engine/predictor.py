@@ -4,8 +4,12 @@ Shared by the annotator and the benchmark, so what is measured is what the user 
 ``embed`` runs the image encoder (counted in ``encoder_calls``); ``decode`` runs only the prompt
 encoder and the chosen decoder, with the previous low-resolution logits as the mask prompt.
 With ``encoder_mode="auto"`` (default) MobileSAM's encoder runs as an optimized float32 copy on a
-CPU (``models.fast_encoder``: 1.3x end to end on 2 AVX2 cores, same embeddings to ~2e-6), built on the first tile or
-ahead of time by ``prepare_encoder``; the module itself runs wherever the copy cannot be used.
+CPU (``models.fast_encoder``: compiled by the OpenVINO runtime where it is installed, 2x a raw
+PyTorch forward on 2 AVX512 cores, else a TorchScript copy; same embeddings to ~1e-6), built on
+the first tile or ahead of time by ``prepare_encoder``; the module itself runs wherever the copy
+cannot be used. With ``decoder_mode="auto"`` the decoder of a real SAM architecture runs on a CPU
+as a network compiled by the same runtime in float32 (``models.runtime_decoder``), PyTorch where
+it cannot (no runtime, a decoder that branches on its inputs, weights being trained).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..models import fast_encoder
+from ..models import cpu_runtime, fast_encoder, runtime_decoder
+from ..models.architectures import SAM_ARCHITECTURES
 from ..models.decoders import DecoderChoice, Provenance, choose_decoder, provenance
 from ..models.device import bf16_is_fast, optimized_encoder_is_fast
 from ..models.registry import LoadedModel
@@ -35,6 +40,12 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # "eager" the module itself; "auto" picks optimized where it is measured faster (CPU, MobileSAM)
 # and the encoder runs in float32 (a bf16 encoder stays eager, under autocast).
 ENCODER_MODES = ("auto", "eager", "optimized")
+# How the decoder runs: "runtime" is the decoder compiled by the CPU runtime in float32
+# (models.runtime_decoder), "pytorch" the module itself; "auto" picks the runtime on a CPU where it
+# is installed, for the real SAM architectures (their decoders are one architecture, measured
+# faster there; the test SAM is not), for a decoder whose weights do not change while it is used.
+DECODER_MODES = ("auto", "pytorch", "runtime")
+_CHANGING_DECODERS = ("adapted", "training")  # DecoderChoice.source of decoders refitted while in use
 
 
 @dataclass
@@ -57,18 +68,32 @@ class Predictor:
         encoder_precision: str = "fp32",
         allow_untrained: bool = False,
         encoder_mode: str = "auto",
+        decoder_mode: str = "auto",
     ) -> None:
         if precision not in PRECISIONS or encoder_precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode must be one of {ENCODER_MODES}")
+        if decoder_mode not in DECODER_MODES:
+            raise ValueError(f"decoder_mode must be one of {DECODER_MODES}")
+        if decoder_mode == "runtime" and precision == "bf16":
+            raise ValueError("decoder_mode='runtime' runs the decoder in float32; use precision='fp32'")
         self.model = model
         self.sam = model.sam
         self.device = model.device
         self.decoder = decoder if isinstance(decoder, DecoderChoice) else choose_decoder(model, decoder, allow_untrained)
         self.cache = cache if cache is not None else EmbeddingCache()
         fast_bf16 = bf16_is_fast(self.device)
-        self.decoder_bf16 = precision == "bf16" or (precision == "auto" and fast_bf16)
+        # "auto" is resolved here, once, as for the encoder: ``decoder_mode`` says what was chosen,
+        # ``last_decoder_path`` what ran for the last click ("pytorch" while a network is built,
+        # or for good where it failed, was refused or its weights changed)
+        runtime = decoder_mode == "runtime" or (
+            decoder_mode == "auto" and precision != "bf16" and self.device.type == "cpu"
+            and model.arch in SAM_ARCHITECTURES and self.decoder.source not in _CHANGING_DECODERS)
+        runtime = runtime and self.device.type == "cpu" and cpu_runtime.available() \
+            and runtime_decoder.exportable(self.decoder.module)
+        self.decoder_mode = "runtime" if runtime else "pytorch"
+        self.decoder_bf16 = not runtime and (precision == "bf16" or (precision == "auto" and fast_bf16))
         self.encoder_bf16 = encoder_precision == "bf16" or (encoder_precision == "auto" and fast_bf16)
         if encoder_mode == "optimized" and self.encoder_bf16:
             raise ValueError("encoder_mode='optimized' runs the encoder in float32; use encoder_precision='fp32'")
@@ -80,8 +105,10 @@ class Predictor:
         self.encoder_mode = "optimized" if optimized else "eager"
         # False (the dock): a tile is encoded eagerly while the optimized copy is still being built,
         # so no click waits for the build; True (benchmarks): every tile runs the same path
+        # (and likewise a click runs the PyTorch decoder while its compiled network is built)
         self.wait_for_optimized_encoder = True
         self.last_encoder_path: str | None = None
+        self.last_decoder_path: str | None = None
         # bf16 inference runs on a bf16 copy of the decoder: autocast would re-cast every weight
         # at every click (measured: 55 ms vs 43 ms per SAM-decoder click on 2 CPU cores, with
         # masks matching fp32 at IoU > 0.99). Weights changed later (training) need a new Predictor.
@@ -95,6 +122,8 @@ class Predictor:
         self.image_size = int(self.sam.image_encoder.img_size)
         with torch.inference_mode():
             self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
+        self._compiled_decoder = runtime_decoder.compiled_decoder(self.decoder.module, self._dense_pe) \
+            if runtime else None
 
     @cached_property
     def provenance(self) -> Provenance:
@@ -111,9 +140,12 @@ class Predictor:
         # CPUs, and far below the float16 store's rounding; a stored eager embedding stays valid.
         return f"{PREPROCESSING_ID}:{'bf16' if self.encoder_bf16 else 'fp32'}:{self.image_size}"
 
-    def prepare_encoder(self, background: bool = True) -> None:
+    def prepare_encoder(self, background: bool = True, decoder: bool = True) -> None:
         """Build the optimized encoder now (in a background thread by default), so that the first
-        tile does not wait for it (a few seconds: ``fast_encoder.status``). No-op when eager."""
+        tile does not wait for it (a few seconds: ``fast_encoder.status``); with ``decoder`` also
+        the decoder's compiled networks (``prepare_decoder``), so that the first click does not."""
+        if decoder:
+            self.prepare_decoder(background)
         if self.encoder_mode != "optimized":
             return
         if background:
@@ -121,6 +153,31 @@ class Predictor:
         else:
             with torch.inference_mode():
                 fast_encoder.optimized_encoder(self.sam.image_encoder, self.image_size, self.device)
+
+    def prepare_decoder(self, background: bool = True) -> None:
+        """Build the decoder's compiled networks now (in a background thread by default). No-op
+        when the decoder runs in PyTorch."""
+        if self._compiled_decoder is None:
+            return
+        if background:
+            self._compiled_decoder.prepare()
+        else:
+            for multimask in (False, True):
+                self._compiled_decoder.network(multimask)
+
+    @property
+    def decoder_backend(self) -> str:
+        """What runs the decoder: the runtime and its version, or "pytorch"."""
+        if self._compiled_decoder is None:
+            return "pytorch"
+        return self._compiled_decoder.info.get("backend") or cpu_runtime.runtime_label()
+
+    @property
+    def encoder_backend(self) -> str:
+        """What runs the optimized encoder copy ("torchscript", the runtime), "eager" otherwise."""
+        if self.encoder_mode != "optimized":
+            return "eager"
+        return fast_encoder.status(self.sam.image_encoder).get("backend") or "not built yet"
 
     def _encoder_for(self, pixels: torch.Tensor):
         """The module to run on ``pixels``: the optimized copy when chosen and valid, else eager."""
@@ -219,6 +276,14 @@ class Predictor:
         kept in ``last_decoder_s`` (decoder-only seconds per click, as the benchmark reports)."""
         dtype = self.decoder_dtype
         started = time.perf_counter()
+        network = None if self._compiled_decoder is None else self._compiled_decoder.network(
+            multimask, wait=self.wait_for_optimized_encoder)
+        if network is not None:
+            low_res, iou = network(features, self._dense_pe, sparse, dense)
+            self.last_decoder_path = "runtime"
+            self.last_decoder_s = time.perf_counter() - started
+            return low_res, iou
+        self.last_decoder_path = "pytorch"
         with torch.inference_mode():
             low_res, iou = self._decoder(
                 image_embeddings=features.to(self.device, dtype),

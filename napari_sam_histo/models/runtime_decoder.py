@@ -1,0 +1,190 @@
+"""A click's decoder compiled by the CPU runtime (``models.cpu_runtime``), PyTorch where it cannot be.
+
+The decoder module the predictor runs (SAM's own, ``md``, ``modified``, a trained checkpoint of
+those, with or without a slide prior) is exported with the number of prompt tokens
+left free, one network per ``multimask_output`` value (a Python flag: two graphs), built at first
+use or ahead of time (``prepare``), cached on disk like the encoder and checked against the module
+at two prompt-token counts. Measured on 2 AVX512 cores (``docs/cpu-runtime.md``): SAM's decoder
+and the modified decoder run 2-3x faster than the same module in float32 PyTorch, and faster
+than the bfloat16 PyTorch copy the predictor used on such CPUs, in float32 (relative error ~1e-6).
+
+Not compiled, and run by PyTorch: a decoder whose forward branches on its inputs (the tissue
+decoder corrects only the first clicks of an object: a traced graph would freeze that branch),
+the residual decoder (its correction sizes its grid with Python arithmetic on a shape),
+one with layers in training mode, and one whose weights changed after it was built (checked at each call, as
+the encoder copy is). A failing build or a refused network warns once and that decoder stays in
+PyTorch: a click never fails because of this.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from itertools import chain
+
+import torch
+from torch import nn
+
+from . import cpu_runtime
+from .fast_encoder import weights_fingerprint
+
+_CHECK_TOKENS = (3, 6)  # prompt-token counts the network is checked at (built at the first)
+
+
+def exportable(module: nn.Module) -> bool:
+    """Whether ``module``'s forward is the same graph for every click (no branch on its inputs)."""
+    from mobile_sam.modeling import MaskDecoder as MobileMaskDecoder
+    from segment_anything.modeling import MaskDecoder
+
+    from .decoders import SingleMaskDecoder
+    from .modified_decoder import ModifiedMaskDecoder
+    from .slide_prior import SlidePriorDecoder
+
+    if isinstance(module, (SingleMaskDecoder, SlidePriorDecoder)):
+        return exportable(module.decoder)
+    # not the residual decoder: its correction computes its grid side with Python's ``round`` on
+    # a shape, which the exporter cannot trace
+    return isinstance(module, (MaskDecoder, MobileMaskDecoder, ModifiedMaskDecoder))
+
+
+def in_training(module: nn.Module) -> bool:
+    """Whether any layer of ``module`` that holds weights is in training mode (a wrapper without
+    weights of its own, e.g. ``SingleMaskDecoder``, may be left in training mode harmlessly)."""
+    return any(sub.training for sub in module.modules()
+               if any(True for _ in chain(sub.parameters(recurse=False), sub.buffers(recurse=False))))
+
+
+class _Forward(nn.Module):
+    """The decoder with its keyword call and its multimask flag fixed: four tensors in, two out."""
+
+    def __init__(self, decoder: nn.Module, multimask: bool) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.multimask = multimask
+
+    def forward(self, image_embeddings, image_pe, sparse, dense):
+        low_res, iou = self.decoder(image_embeddings=image_embeddings, image_pe=image_pe,
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                    multimask_output=self.multimask)
+        return low_res, iou
+
+
+def _example(image_pe: torch.Tensor, tokens: int) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(tokens)
+    dim, h, w = image_pe.shape[1:]
+    return (torch.randn(1, dim, h, w, generator=generator), image_pe.detach().float().cpu().clone(),
+            torch.randn(1, tokens, dim, generator=generator), torch.randn(1, dim, h, w, generator=generator))
+
+
+def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool) -> cpu_runtime.CompiledNetwork:
+    """The compiled network of ``decoder`` for one ``multimask`` value (``RuntimeRefused`` where
+    it differs from the module by more than ``cpu_runtime.MAX_RELATIVE_ERROR``, at any checked
+    prompt-token count)."""
+    with torch.inference_mode(False), torch.no_grad():  # export traces: no inference tensors
+        forward = _Forward(decoder, multimask).eval()
+        spec = cpu_runtime.NetworkSpec(
+            f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}", forward,
+            _example(image_pe, _CHECK_TOKENS[0]), ("image_embeddings", "image_pe", "sparse", "dense"),
+            ("low_res_logits", "iou"), {"sparse": {1: "tokens"}})
+        network = cpu_runtime.compile_network(spec)
+        if not network.info["from_cache"]:
+            for tokens in _CHECK_TOKENS[1:]:  # the token axis really is free in the compiled graph
+                inputs = _example(image_pe, tokens)
+                error = max(cpu_runtime.relative_error(o, r) for o, r in zip(network(*inputs), forward(*inputs)))
+                if not error <= cpu_runtime.MAX_RELATIVE_ERROR:
+                    raise cpu_runtime.RuntimeRefused(
+                        f"with {tokens} prompt tokens its output differs from PyTorch's by {error:.2g} (relative)")
+    return network
+
+
+class CompiledDecoder:
+    """The compiled networks of one decoder module (one per multimask value), built once each."""
+
+    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor) -> None:
+        self._decoder = weakref.ref(decoder)
+        self._image_pe = image_pe.detach().float().cpu().clone()
+        self._fingerprint = weights_fingerprint(decoder)
+        self._networks: dict[bool, cpu_runtime.CompiledNetwork] = {}
+        self._done: dict[bool, threading.Event] = {False: threading.Event(), True: threading.Event()}
+        self._claimed: set[bool] = set()
+        self._lock = threading.Lock()
+        self.error: str | None = None  # a build failed or was refused: PyTorch for good
+        self.stale = False  # the weights changed since: PyTorch for good
+        self.info: dict = {}  # of the last network built: backend, precision, relative_error, build_s
+
+    def network(self, multimask: bool, wait: bool = True) -> cpu_runtime.CompiledNetwork | None:
+        """The network for ``multimask``, built now if needed (``wait=False``: started in the
+        background, None until done), or None where PyTorch must run."""
+        decoder = self._decoder()
+        if decoder is None or in_training(decoder) or self.error or self.stale:
+            return None
+        if self._claim(multimask):
+            if not wait:
+                threading.Thread(target=self._build, args=(multimask,), name="runtime-decoder-build",
+                                 daemon=True).start()
+                return None
+            self._build(multimask)
+        elif not self._done[multimask].is_set():
+            if not wait:
+                return None
+            self._done[multimask].wait()
+        network = self._networks.get(multimask)
+        if network is None:
+            return None
+        if weights_fingerprint(decoder) != self._fingerprint:
+            self.stale = True
+            self._networks.clear()
+            return None
+        return network
+
+    def prepare(self) -> threading.Thread:
+        """Build both networks in a background thread (the single-mask one first)."""
+        def build_both() -> None:
+            for multimask in (False, True):
+                self.network(multimask)
+
+        thread = threading.Thread(target=build_both, name="runtime-decoder-build", daemon=True)
+        thread.start()
+        return thread
+
+    def _claim(self, multimask: bool) -> bool:
+        with self._lock:
+            if multimask in self._claimed:
+                return False
+            self._claimed.add(multimask)
+            return True
+
+    def _build(self, multimask: bool) -> None:
+        try:
+            decoder = self._decoder()
+            if decoder is not None:
+                network = build_network(decoder, self._image_pe, multimask)
+                self._networks[multimask] = network
+                self.info = dict(network.info)
+        except Exception as err:  # noqa: BLE001 - any failure means: PyTorch, never a failed click
+            self.error = f"{type(err).__name__}: {err}"
+            warnings.warn(f"The CPU runtime could not be used for the decoder ({self.error}); it runs in "
+                          "PyTorch (slower, same results).", RuntimeWarning, stacklevel=2)
+        finally:
+            self._done[multimask].set()
+
+
+_lock = threading.Lock()
+_compiled: "weakref.WeakKeyDictionary[nn.Module, CompiledDecoder]" = weakref.WeakKeyDictionary()
+
+
+def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor) -> CompiledDecoder:
+    """The one ``CompiledDecoder`` of ``decoder`` in this process (predictors on the same decoder
+    module share it, so each network is built once)."""
+    with _lock:
+        entry = _compiled.get(decoder)
+        if entry is None:
+            entry = _compiled[decoder] = CompiledDecoder(decoder, image_pe)
+        return entry
+
+
+def forget(decoder: nn.Module) -> None:
+    """Drop ``decoder``'s networks (and any failure): the next use builds afresh."""
+    with _lock:
+        _compiled.pop(decoder, None)
