@@ -11,8 +11,9 @@ near its border the colour decides. It is wrong on an object unlike the accepted
 tile after benign glands), so each object keeps a running score of SAM's and the refiner's masks
 at every new click (the click says what the pixel under it should have been, ``ClickEvidence``),
 and the object is shown refined unless SAM has erred less by ``REFINED_LEAD`` or more; and a
-refined mask that overlaps SAM's by less than ``MIN_AGREEMENT`` is not a border moved but another
-object, so SAM's is shown instead (``masks_agree``). SAM's own logits stay the mask prompt.
+refined mask that overlaps SAM's by less than the refiner's ``min_agreement`` (``MIN_AGREEMENT``
+unless fitted with another) is not a border moved but another object, so SAM's is shown instead
+(``masks_agree``). SAM's own logits stay the mask prompt.
 Offline figures and the command: README, *Adapting the decoder to the slide* (``scripts/slide-refiner-offline-check``).
 """
 
@@ -82,11 +83,14 @@ def masks_agree(refined: torch.Tensor, sam: torch.Tensor, threshold: float,
 
 
 class SlideRefiner:
-    """Refined logit per pixel: ``weight . pixel_features + bias`` (a mask is refined > 0)."""
+    """Refined logit per pixel: ``weight . pixel_features + bias`` (a mask is refined > 0).
+    ``min_agreement``: the least IoU with SAM's mask at which a session shows the refined mask
+    (``masks_agree``; 0: always)."""
 
-    def __init__(self, weight: torch.Tensor, bias: float) -> None:
+    def __init__(self, weight: torch.Tensor, bias: float, min_agreement: float = MIN_AGREEMENT) -> None:
         self.weight = torch.as_tensor(weight, dtype=torch.float32).reshape(FEATURES)
         self.bias = float(bias)
+        self.min_agreement = float(min_agreement)
 
     def on_tile(self, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(slope, offset) maps of one tile: the refined logit is linear in SAM's scaled logit
@@ -157,10 +161,11 @@ def refiner_samples(snapshots, colour: torch.Tensor, target: np.ndarray, rng: np
 
 
 def fit_slide_refiner(features: torch.Tensor, labels: torch.Tensor, regularization: float = REGULARIZATION,
-                      max_iter: int = 200) -> SlideRefiner | None:
-    """``fit_logistic`` on pixels, as a ``SlideRefiner``; None when the labels are all one class."""
+                      max_iter: int = 200, min_agreement: float = MIN_AGREEMENT) -> SlideRefiner | None:
+    """``fit_logistic`` on pixels, as a ``SlideRefiner`` (shown under ``min_agreement``); None when
+    the labels are all one class."""
     fitted = fit_logistic(features, labels, regularization, max_iter)
-    return None if fitted is None else SlideRefiner(fitted[0], float(fitted[1]))
+    return None if fitted is None else SlideRefiner(fitted[0], float(fitted[1]), min_agreement)
 
 
 class ClickEvidence:
@@ -217,6 +222,11 @@ class TileRefiner:
         self._read_tile = read_tile
         self._colour = colour
         self._maps: tuple[torch.Tensor, torch.Tensor] | None = maps
+
+    @property
+    def min_agreement(self) -> float:
+        """The refiner's agreement rule (``masks_agree``), which the session applies."""
+        return self.refiner.min_agreement
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if self._maps is None:

@@ -50,6 +50,7 @@ from ..evaluation.metrics import LOGIT_THRESHOLD, noc
 from ..models.decoders import DecoderChoice, SingleMaskDecoder
 from ..models.residual_decoder import ResidualMaskDecoder
 from ..models.slide_prior import CONTEXT, PRIOR_WEIGHT, SlidePrior, SlidePriorDecoder, example_cells, fit_slide_prior
+from ..models.slide_refiner import MIN_AGREEMENT
 from .click_simulation import error_click, first_click
 from .nfl_loss import normalized_focal_loss
 from .prompted_forward import ImageGeometry, PromptedForward
@@ -126,11 +127,13 @@ class AdaptationState:
 class DecoderAdapter:
     def __init__(self, predictor, steps_per_object: int = STEPS_PER_OBJECT, lr: float | None = None,
                  batch_size: int = BATCH_SIZE, hold_out_every: int = HOLD_OUT_EVERY, seed: int = 0,
-                 max_examples: int | None = None, prior_weight: float = PRIOR_WEIGHT, refiner: bool = True) -> None:
+                 max_examples: int | None = None, prior_weight: float = PRIOR_WEIGHT, refiner: bool = True,
+                 min_agreement: float = MIN_AGREEMENT) -> None:
         """``predictor``: the annotator's (its decoder is the base; its model, cache and precision
         are shared by the adapted predictor). ``lr``: None for the kind's default (a correction
         ``CORRECTION_LEARNING_RATE``, whole decoders ``LEARNING_RATE``). ``prior_weight``: the slide
-        prior's weight (0: no prior, the copy alone). ``refiner``: learn a slide refiner too."""
+        prior's weight (0: no prior, the copy alone). ``refiner``: learn a slide refiner too, whose
+        mask is shown only where it overlaps SAM's by ``min_agreement`` (IoU; 0: always)."""
         self.base = predictor
         choice: DecoderChoice = predictor.decoder
         module, self.single_mask = _trainable_module(choice)
@@ -149,6 +152,7 @@ class DecoderAdapter:
         self.max_examples = None if max_examples is None else max(int(max_examples), 2)
         self.prior_weight = float(prior_weight)
         self.use_refiner = bool(refiner)
+        self.min_agreement = float(min_agreement)
         self.enabled = True
         # the user's switch for the refiner alone: off, no object is refined, but it goes on learning
         # and being judged (cheap), so switching it back on needs no wait
@@ -187,7 +191,8 @@ class DecoderAdapter:
         self._prior_cells: dict[tuple, tuple] = {}  # a tile's (serial, id) of examples -> (cells, labels)
         self._prior_fit: tuple | None = None  # (training examples' key, the prior fitted on them)
         if not keep_refinement:
-            self.refinement = SlideRefinement(self.seed, self.max_examples) if self.use_refiner else None
+            self.refinement = (SlideRefinement(self.seed, self.max_examples, min_agreement=self.min_agreement)
+                               if self.use_refiner else None)
 
     def rebind(self, predictor) -> None:
         """Go on with ``predictor`` in place of the base one: another ``Predictor`` of the same model,
@@ -836,5 +841,5 @@ class AdaptationWorker:
                 self.adapter._training, self.adapter._held = [], []
                 self.adapter._prior_cells, self.adapter._prior_fit = {}, None
                 if self.adapter.refinement is not None:
-                    self.adapter.refinement = SlideRefinement(self.adapter.seed)
+                    self.adapter.refinement = SlideRefinement(self.adapter.seed, min_agreement=self.adapter.min_agreement)
         self._idle.set()

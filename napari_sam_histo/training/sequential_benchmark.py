@@ -29,6 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_csv, write_text
 from ..evaluation.metrics import DEFAULT_THRESHOLDS, miou_per_click, noc
+from ..models.slide_refiner import MIN_AGREEMENT
 
 WARM_UP = 5  # objects 6 and later are scored: the adapter has seen a few objects by then
 ACCEPT_IOU = 0.85
@@ -72,18 +73,21 @@ def group_samples(dataset: str | Path, group_by: str | None = "case_id", compone
 def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks: int = 20,
               stop_iou: float | None = max(DEFAULT_THRESHOLDS), steps_per_object: int | None = None,
               seed: int = 0, log=None, lr: float | None = None, prior_weight: float | None = None,
-              gated: bool = True, refiner: bool = True, accepted: str = "clicked") -> list[ObjectRun]:
+              gated: bool = True, refiner: bool = True, accepted: str = "clicked",
+              min_agreement: float = MIN_AGREEMENT) -> list[ObjectRun]:
     """Click the objects of one group in order (see the module). ``gated=False`` (a diagnostic,
     never the dock's behaviour) clicks with the adapted copy and the slide refiner as soon as they
     have learnt from an object, whatever the gates say: what adaptation would do if they let it.
-    ``refiner``: learn a slide refiner too. ``accepted``: one of ``ACCEPTED``."""
+    ``refiner``: learn a slide refiner too, shown only where it overlaps SAM's by ``min_agreement``
+    (IoU; 0: always, a diagnostic). ``accepted``: one of ``ACCEPTED``."""
     from ..evaluation.runner import SamClickModel, run_sample
     from ..models.slide_prior import PRIOR_WEIGHT
     from .adaptation import STEPS_PER_OBJECT, AdaptationExample, DecoderAdapter
 
     steps = STEPS_PER_OBJECT if steps_per_object is None else steps_per_object
     weight = PRIOR_WEIGHT if prior_weight is None else prior_weight
-    adapter = DecoderAdapter(predictor, steps, lr=lr, seed=seed, prior_weight=weight, refiner=refiner) if adapt else None
+    adapter = (DecoderAdapter(predictor, steps, lr=lr, seed=seed, prior_weight=weight, refiner=refiner,
+                              min_agreement=min_agreement) if adapt else None)
     runs = []
     for index, sample in enumerate(samples, start=1):
         active, refining = predictor, None
@@ -182,7 +186,7 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
                   max_clicks: int = 20, steps_per_object: int | None = None, seed: int = 0, log=print,
                   lr: float | None = None, embedding_store: str | Path | None = None,
                   prior_weight: float | None = None, gated: bool = True, refiner: bool = True,
-                  accepted: str = "clicked") -> dict:
+                  accepted: str = "clicked", min_agreement: float = MIN_AGREEMENT) -> dict:
     """Both runs on every group; ``summary.json``, ``objects.csv``, ``table.md`` and
     ``noc-by-object.png`` in ``out_dir``; returns the summary."""
     from ..engine.embedding_cache import EmbeddingCache
@@ -208,7 +212,8 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
         for name in runs:
             runs[name] += run_group(predictor, samples, name == "adapted", group, max_clicks,
                                     steps_per_object=steps_per_object, seed=seed, log=log, lr=lr,
-                                    prior_weight=prior_weight, gated=gated, refiner=refiner, accepted=accepted)
+                                    prior_weight=prior_weight, gated=gated, refiner=refiner, accepted=accepted,
+                                    min_agreement=min_agreement)
     source = Path(dataset).name
     summary = {"source": str(dataset), "model": loaded.name, "decoder": decoder, "max_clicks": max_clicks,
                "warm_up": WARM_UP, "steps_per_object": STEPS_PER_OBJECT if steps_per_object is None else steps_per_object,

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..engine.blending import Blend
+from ..models.slide_refiner import MIN_AGREEMENT
 
 MAX_EXAMPLES = 32  # each keeps one tile embedding (4 MiB in float32): 128 MiB at most per slide
 # an earlier object gives an example only with at least this many pixels at its level (a few of
@@ -81,11 +82,12 @@ class SlideAdaptation:
 
     def __init__(self, predictor, may_run: Callable[[], bool], enabled: bool = True,
                  steps_per_object: int | None = None, seed: int = 0,
-                 on_change: Callable | None = None, slide: str | None = None) -> None:
+                 on_change: Callable | None = None, slide: str | None = None,
+                 min_agreement: float = MIN_AGREEMENT) -> None:
         from ..training.adaptation import STEPS_PER_OBJECT, AdaptationWorker, DecoderAdapter
 
         self.adapter = DecoderAdapter(predictor, steps_per_object or STEPS_PER_OBJECT, seed=seed,
-                                      max_examples=MAX_EXAMPLES)
+                                      max_examples=MAX_EXAMPLES, min_agreement=min_agreement)
         self.adapter.enabled = bool(enabled)
         self.on_change = on_change
         self.slide = slide

@@ -26,7 +26,7 @@ import torch
 
 from ..evaluation.clicker import next_click
 from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
-from ..models.slide_refiner import (SlideRefiner, TileRefiner, colour_features, fit_slide_refiner,
+from ..models.slide_refiner import (MIN_AGREEMENT, SlideRefiner, TileRefiner, colour_features, fit_slide_refiner,
                                     refiner_samples)
 
 SNAPSHOT_CLICKS = (2, 4, 7, 12, 20)  # SAM's logits after these clicks of a re-click teach the refiner
@@ -82,8 +82,11 @@ class SlideRefinement:
     not changed in place, once an object is done) serve any thread."""
 
     def __init__(self, seed: int = 0, max_tiles: int | None = None, min_judged: int = MIN_JUDGED,
-                 gate_iou: float = 0.85, gate_max_clicks: int = 10, snapshot_clicks: tuple = SNAPSHOT_CLICKS) -> None:
+                 gate_iou: float = 0.85, gate_max_clicks: int = 10, snapshot_clicks: tuple = SNAPSHOT_CLICKS,
+                 min_agreement: float = MIN_AGREEMENT) -> None:
+        """``min_agreement``: the agreement rule of the refiners fitted here (``SlideRefiner``)."""
         self.seed = int(seed)
+        self.min_agreement = float(min_agreement)
         self.max_tiles = max_tiles
         self.min_judged = int(min_judged)
         self.gate_iou = float(gate_iou)
@@ -187,7 +190,7 @@ class SlideRefinement:
         refiner = None
         if samples:
             refiner = fit_slide_refiner(torch.cat([s[0].float() for s in samples]),
-                                        torch.cat([s[1].float() for s in samples]))
+                                        torch.cat([s[1].float() for s in samples]), min_agreement=self.min_agreement)
         self.refiner, self._offered = refiner, (refiner if self.passes() else None)
 
     # -- the gate --------------------------------------------------------------------------------
