@@ -17,14 +17,14 @@ LINT = "import sys; from importlinter.cli import lint_imports_command; sys.exit(
 def lint_imports(package_parent: Path = ROOT) -> subprocess.CompletedProcess:
     """``lint-imports`` with the repository's contracts on the ``napari_sam_histo`` in ``package_parent``."""
     env = {**os.environ, "PYTHONPATH": str(package_parent)}
-    return subprocess.run([sys.executable, "-c", LINT, "--config", str(CONFIG), "--no-cache", "--no-logo"],
+    return subprocess.run([sys.executable, "-c", LINT, "--config", str(CONFIG), "--no-cache"],
                           cwd=package_parent, env=env, capture_output=True, text=True)
 
 
 def test_the_package_keeps_its_import_contracts():
     result = lint_imports()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 kept, 0 broken" in result.stdout, result.stdout
+    assert "kept, 0 broken" in result.stdout, result.stdout
 
 
 @pytest.fixture
