@@ -186,10 +186,11 @@ def test_runtime_decoders_give_pytorch_float32_masks_for_every_click(tiny, name)
     embedding = pytorch.embed(_tile())
     previous = None
     for clicks in (1, 2, 4):  # the number of prompt tokens changes from click to click
+        # with and without a mask prompt, which the runtime network embeds itself
         points = np.array([[30.0 + 50 * i, 40.0 + 30 * i] for i in range(clicks)])
         labels = np.array([1] + [i % 2 for i in range(1, clicks)])
-        for multimask in (True, False):
-            mask = previous if not multimask else None
+        for multimask, masked in ((True, False), (False, True), (False, False), (True, True)):
+            mask = previous if masked and previous is not None else None
             a = runtime.decode(embedding, points, labels, mask_input=mask, multimask=multimask)
             b = pytorch.decode(embedding, points, labels, mask_input=mask, multimask=multimask)
             assert runtime.last_decoder_path == "runtime" and pytorch.last_decoder_path == "pytorch"
@@ -263,9 +264,9 @@ def test_a_predictor_that_does_not_wait_clicks_in_pytorch_while_the_network_buil
     points, labels = np.array([[50.0, 60.0]]), np.array([1])
     runtime.decode(embedding, points, labels)
     assert runtime.last_decoder_path == "pytorch"  # the build started in the background
-    compiled = runtime_decoder.compiled_decoder(tiny.sam.mask_decoder, runtime._dense_pe)
+    compiled = _compiled(tiny)
     for _ in range(600):
-        if compiled.network(False, wait=False) is not None:
+        if compiled.network(False, False, wait=False) is not None:
             break
         threading.Event().wait(0.1)
     runtime.decode(embedding, points, labels)
@@ -275,10 +276,18 @@ def test_a_predictor_that_does_not_wait_clicks_in_pytorch_while_the_network_buil
 def test_prepare_builds_the_decoder_networks_ahead_of_the_first_click(tiny):
     runtime = Predictor(tiny, "sam", precision="fp32", decoder_mode="runtime")
     runtime.prepare_decoder(background=False)
-    compiled = runtime_decoder.compiled_decoder(tiny.sam.mask_decoder, runtime._dense_pe)
-    assert compiled.network(False, wait=False) is not None and compiled.network(True, wait=False) is not None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        runtime.wait_for_optimized_encoder = False
-        runtime.decode(runtime.embed(_tile()), np.array([[50.0, 60.0]]), np.array([1]), multimask=True)
+    compiled = _compiled(tiny)
+    # a first click (three masks, no mask prompt) and the next ones (one mask, from the last logits)
+    assert compiled.network(True, False, wait=False) is not None and compiled.network(False, True, wait=False)
+    runtime.wait_for_optimized_encoder = False
+    embedding = runtime.embed(_tile())
+    first = runtime.decode(embedding, np.array([[50.0, 60.0]]), np.array([1]), multimask=True)
     assert runtime.last_decoder_path == "runtime"
+    runtime.decode(embedding, np.array([[50.0, 60.0], [90.0, 20.0]]), np.array([1, 0]),
+                   mask_input=first.low_res_logits[0])
+    assert runtime.last_decoder_path == "runtime"
+
+
+def _compiled(model) -> runtime_decoder.CompiledDecoder:
+    return runtime_decoder.compiled_decoder(model.sam.mask_decoder, model.sam.prompt_encoder.get_dense_pe(),
+                                            model.sam.prompt_encoder.mask_downscaling)

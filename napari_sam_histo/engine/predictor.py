@@ -122,8 +122,8 @@ class Predictor:
         self.image_size = int(self.sam.image_encoder.img_size)
         with torch.inference_mode():
             self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
-        self._compiled_decoder = runtime_decoder.compiled_decoder(self.decoder.module, self._dense_pe) \
-            if runtime else None
+        self._compiled_decoder = runtime_decoder.compiled_decoder(
+            self.decoder.module, self._dense_pe, self.sam.prompt_encoder.mask_downscaling) if runtime else None
 
     @cached_property
     def provenance(self) -> Provenance:
@@ -162,8 +162,7 @@ class Predictor:
         if background:
             self._compiled_decoder.prepare()
         else:
-            for multimask in (False, True):
-                self._compiled_decoder.network(multimask)
+            self._compiled_decoder.prepare_now()
 
     @property
     def decoder_backend(self) -> str:
@@ -265,7 +264,17 @@ class Predictor:
         coords = coords * torch.tensor([scale_x, scale_y], device=self.device)
         point_labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
         masks = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).to(self.device)
+        network = None if self._compiled_decoder is None else self._compiled_decoder.network(
+            multimask, masks is not None, wait=self.wait_for_optimized_encoder)
         with torch.inference_mode():
+            if network is not None:  # it embeds the mask prompt itself
+                sparse, dense = self.sam.prompt_encoder(points=(coords[None], point_labels[None]), boxes=None,
+                                                        masks=None)
+                started = time.perf_counter()
+                low_res, iou = network(embedding.features, self._dense_pe, sparse, dense if masks is None else masks)
+                self.last_decoder_s = time.perf_counter() - started
+                self.last_decoder_path = "runtime"
+                return Prediction(low_res[0], iou[0])
             sparse, dense = self.sam.prompt_encoder(points=(coords[None], point_labels[None]), boxes=None, masks=masks)
             low_res, iou = self.run_decoder(embedding.features, sparse, dense, multimask)
         return Prediction(low_res[0], iou[0])

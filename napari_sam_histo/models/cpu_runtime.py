@@ -170,8 +170,9 @@ class CompiledNetwork:
     def __call__(self, *tensors: torch.Tensor):
         arrays = [np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for t in tensors]
         with self._lock:
-            results = self._request.infer(arrays)
-            # the request reuses its output memory at the next call: copy out
+            # inputs and outputs shared, not copied in: the outputs are copied out once, as the
+            # request reuses their memory at the next call
+            results = self._request.infer(arrays, share_inputs=True, share_outputs=True)
             outs = tuple(torch.from_numpy(np.array(results[i], copy=True)) for i in range(self._outputs))
         return outs[0] if self._outputs == 1 else outs
 

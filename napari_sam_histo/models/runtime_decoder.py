@@ -2,8 +2,9 @@
 
 The decoder module the predictor runs (SAM's own, ``md``, ``modified``, a trained checkpoint of
 those, with or without a slide prior) is exported with the number of prompt tokens
-left free, one network per ``multimask_output`` value (a Python flag: two graphs), built at first
-use or ahead of time (``prepare``), cached on disk like the encoder and checked against the module
+left free, with the prompt encoder's embedding of the mask prompt inside (measured ~25 % of a
+click's work on 2 CPU cores when it ran in PyTorch), one network per ``multimask_output`` value (a
+Python flag) and per mask prompt given or not, built at first use or ahead of time (``prepare``), cached on disk like the encoder and checked against the module
 at two prompt-token counts. Measured on 2 AVX512 cores (``docs/cpu-runtime.md``): SAM's decoder
 and the modified decoder run 2-3x faster than the same module in float32 PyTorch, and faster
 than the bfloat16 PyTorch copy the predictor used on such CPUs, in float32 (relative error ~1e-6).
@@ -56,41 +57,51 @@ def in_training(module: nn.Module) -> bool:
 
 
 class _Forward(nn.Module):
-    """The decoder with its keyword call and its multimask flag fixed: four tensors in, two out."""
+    """The decoder with its keyword call and its multimask flag fixed: four tensors in, two out.
+    With ``mask_embedding`` (the prompt encoder's ``mask_downscaling``) the last input is the mask
+    prompt (1, 1, 256, 256), embedded inside the network; else the dense prompt embedding."""
 
-    def __init__(self, decoder: nn.Module, multimask: bool) -> None:
+    def __init__(self, decoder: nn.Module, multimask: bool, mask_embedding: nn.Module | None = None) -> None:
         super().__init__()
         self.decoder = decoder
         self.multimask = multimask
+        self.mask_embedding = mask_embedding
 
-    def forward(self, image_embeddings, image_pe, sparse, dense):
+    def forward(self, image_embeddings, image_pe, sparse, dense_or_mask):
+        dense = dense_or_mask if self.mask_embedding is None else self.mask_embedding(dense_or_mask)
         low_res, iou = self.decoder(image_embeddings=image_embeddings, image_pe=image_pe,
                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                     multimask_output=self.multimask)
         return low_res, iou
 
 
-def _example(image_pe: torch.Tensor, tokens: int) -> tuple[torch.Tensor, ...]:
+def _example(image_pe: torch.Tensor, tokens: int, masked: bool) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(tokens)
     dim, h, w = image_pe.shape[1:]
+    last = torch.randn(1, 1, 4 * h, 4 * w, generator=generator) if masked else torch.randn(1, dim, h, w,
+                                                                                          generator=generator)
     return (torch.randn(1, dim, h, w, generator=generator), image_pe.detach().float().cpu().clone(),
-            torch.randn(1, tokens, dim, generator=generator), torch.randn(1, dim, h, w, generator=generator))
+            torch.randn(1, tokens, dim, generator=generator), last)
 
 
-def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool) -> cpu_runtime.CompiledNetwork:
-    """The compiled network of ``decoder`` for one ``multimask`` value (``RuntimeRefused`` where
-    it differs from the module by more than ``cpu_runtime.MAX_RELATIVE_ERROR``, at any checked
+def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
+                  mask_embedding: nn.Module | None = None) -> cpu_runtime.CompiledNetwork:
+    """The compiled network of ``decoder`` for one ``multimask`` value, taking the mask prompt
+    through ``mask_embedding`` when given, else the dense embedding (``RuntimeRefused`` where it
+    differs from the modules by more than ``cpu_runtime.MAX_RELATIVE_ERROR``, at any checked
     prompt-token count)."""
+    masked = mask_embedding is not None
     with torch.inference_mode(False), torch.no_grad():  # export traces: no inference tensors
-        forward = _Forward(decoder, multimask).eval()
+        forward = _Forward(decoder, multimask, mask_embedding).eval()
         spec = cpu_runtime.NetworkSpec(
-            f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}", forward,
-            _example(image_pe, _CHECK_TOKENS[0]), ("image_embeddings", "image_pe", "sparse", "dense"),
+            f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}{'-masked' if masked else ''}",
+            forward, _example(image_pe, _CHECK_TOKENS[0], masked),
+            ("image_embeddings", "image_pe", "sparse", "mask" if masked else "dense"),
             ("low_res_logits", "iou"), {"sparse": {1: "tokens"}})
         network = cpu_runtime.compile_network(spec)
         if not network.info["from_cache"]:
             for tokens in _CHECK_TOKENS[1:]:  # the token axis really is free in the compiled graph
-                inputs = _example(image_pe, tokens)
+                inputs = _example(image_pe, tokens, masked)
                 error = max(cpu_runtime.relative_error(o, r) for o, r in zip(network(*inputs), forward(*inputs)))
                 if not error <= cpu_runtime.MAX_RELATIVE_ERROR:
                     raise cpu_runtime.RuntimeRefused(
@@ -98,89 +109,111 @@ def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool) -
     return network
 
 
-class CompiledDecoder:
-    """The compiled networks of one decoder module (one per multimask value), built once each."""
+# (multimask, masked) of the networks built ahead of a first click: a first click asks for three
+# masks without a mask prompt, the next ones for one mask from the previous logits
+_VARIANTS = ((True, False), (False, True), (False, False), (True, True))
+_PREPARED = _VARIANTS[:2]
 
-    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor) -> None:
+
+class CompiledDecoder:
+    """The compiled networks of one decoder module with the prompt encoder's mask embedding, one
+    per (multimask, mask prompt or not) as clicks ask for them, built once each."""
+
+    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module) -> None:
         self._decoder = weakref.ref(decoder)
+        self._mask_embedding = weakref.ref(mask_embedding)
         self._image_pe = image_pe.detach().float().cpu().clone()
-        self._fingerprint = weights_fingerprint(decoder)
-        self._networks: dict[bool, cpu_runtime.CompiledNetwork] = {}
-        self._done: dict[bool, threading.Event] = {False: threading.Event(), True: threading.Event()}
-        self._claimed: set[bool] = set()
+        self._fingerprint = self._weights(decoder, mask_embedding)
+        self._networks: dict[tuple[bool, bool], cpu_runtime.CompiledNetwork] = {}
+        self._done = {variant: threading.Event() for variant in _VARIANTS}
+        self._claimed: set[tuple[bool, bool]] = set()
         self._lock = threading.Lock()
         self.error: str | None = None  # a build failed or was refused: PyTorch for good
         self.stale = False  # the weights changed since: PyTorch for good
         self.info: dict = {}  # of the last network built: backend, precision, relative_error, build_s
 
-    def network(self, multimask: bool, wait: bool = True) -> cpu_runtime.CompiledNetwork | None:
-        """The network for ``multimask``, built now if needed (``wait=False``: started in the
-        background, None until done), or None where PyTorch must run."""
-        decoder = self._decoder()
-        if decoder is None or in_training(decoder) or self.error or self.stale:
+    @staticmethod
+    def _weights(decoder: nn.Module, mask_embedding: nn.Module) -> tuple:
+        return weights_fingerprint(decoder), weights_fingerprint(mask_embedding)
+
+    def network(self, multimask: bool, masked: bool = False, wait: bool = True) -> cpu_runtime.CompiledNetwork | None:
+        """The network for ``multimask`` taking a mask prompt (``masked``) or the dense embedding,
+        built now if needed (``wait=False``: started in the background, None until done), or None
+        where PyTorch must run."""
+        variant = (bool(multimask), bool(masked))
+        decoder, mask_embedding = self._decoder(), self._mask_embedding()
+        if decoder is None or mask_embedding is None or in_training(decoder) or in_training(mask_embedding) \
+                or self.error or self.stale:
             return None
-        if self._claim(multimask):
+        if self._claim(variant):
             if not wait:
-                threading.Thread(target=self._build, args=(multimask,), name="runtime-decoder-build",
+                threading.Thread(target=self._build, args=(variant,), name="runtime-decoder-build",
                                  daemon=True).start()
                 return None
-            self._build(multimask)
-        elif not self._done[multimask].is_set():
+            self._build(variant)
+        elif not self._done[variant].is_set():
             if not wait:
                 return None
-            self._done[multimask].wait()
-        network = self._networks.get(multimask)
+            self._done[variant].wait()
+        network = self._networks.get(variant)
         if network is None:
             return None
-        if weights_fingerprint(decoder) != self._fingerprint:
+        if self._weights(decoder, mask_embedding) != self._fingerprint:
             self.stale = True
             self._networks.clear()
             return None
         return network
 
     def prepare(self) -> threading.Thread:
-        """Build both networks in a background thread (the single-mask one first)."""
+        """Build the networks a first and a second click use, in a background thread."""
         def build_both() -> None:
-            for multimask in (False, True):
-                self.network(multimask)
+            for multimask, masked in _PREPARED:
+                self.network(multimask, masked)
 
         thread = threading.Thread(target=build_both, name="runtime-decoder-build", daemon=True)
         thread.start()
         return thread
 
-    def _claim(self, multimask: bool) -> bool:
+    def prepare_now(self) -> None:
+        """Build the networks a first and a second click use, now."""
+        for multimask, masked in _PREPARED:
+            self.network(multimask, masked)
+
+    def _claim(self, variant: tuple[bool, bool]) -> bool:
         with self._lock:
-            if multimask in self._claimed:
+            if variant in self._claimed:
                 return False
-            self._claimed.add(multimask)
+            self._claimed.add(variant)
             return True
 
-    def _build(self, multimask: bool) -> None:
+    def _build(self, variant: tuple[bool, bool]) -> None:
+        multimask, masked = variant
         try:
-            decoder = self._decoder()
-            if decoder is not None:
-                network = build_network(decoder, self._image_pe, multimask)
-                self._networks[multimask] = network
+            decoder, mask_embedding = self._decoder(), self._mask_embedding()
+            if decoder is not None and mask_embedding is not None:
+                network = build_network(decoder, self._image_pe, multimask, mask_embedding if masked else None)
+                self._networks[variant] = network
                 self.info = dict(network.info)
         except Exception as err:  # noqa: BLE001 - any failure means: PyTorch, never a failed click
             self.error = f"{type(err).__name__}: {err}"
             warnings.warn(f"The CPU runtime could not be used for the decoder ({self.error}); it runs in "
                           "PyTorch (slower, same results).", RuntimeWarning, stacklevel=2)
         finally:
-            self._done[multimask].set()
+            self._done[variant].set()
 
 
 _lock = threading.Lock()
 _compiled: "weakref.WeakKeyDictionary[nn.Module, CompiledDecoder]" = weakref.WeakKeyDictionary()
 
 
-def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor) -> CompiledDecoder:
+def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module) -> CompiledDecoder:
     """The one ``CompiledDecoder`` of ``decoder`` in this process (predictors on the same decoder
-    module share it, so each network is built once)."""
+    module share it, so each network is built once); ``mask_embedding`` is the model's prompt
+    encoder's ``mask_downscaling``."""
     with _lock:
         entry = _compiled.get(decoder)
         if entry is None:
-            entry = _compiled[decoder] = CompiledDecoder(decoder, image_pe)
+            entry = _compiled[decoder] = CompiledDecoder(decoder, image_pe, mask_embedding)
         return entry
 
 
