@@ -221,6 +221,7 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
+    from .models.slide_refiner import MIN_AGREEMENT
     from .training.sequential_benchmark import format_table, run_benchmark
 
     if args.prior_weight is not None and not (0 <= args.prior_weight < float("inf")):
@@ -229,13 +230,9 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
     if args.steps_per_object is not None and args.steps_per_object < 0:
         print(f"--steps-per-object {args.steps_per_object} must be >= 0.", file=sys.stderr)
         return 2
-    if args.min_agreement is not None:
-        if not 0 <= args.min_agreement <= 1:
-            print(f"--min-agreement {args.min_agreement} must lie in [0, 1] (0: no agreement rule).", file=sys.stderr)
-            return 2
-        from .models import slide_refiner
-
-        slide_refiner.MIN_AGREEMENT = args.min_agreement  # this process only: a diagnostic
+    if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
+        print(f"--min-agreement {args.min_agreement} must lie in [0, 1] (0: no agreement rule).", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 
@@ -247,6 +244,7 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
                             steps_per_object=args.steps_per_object, lr=args.lr, seed=args.seed,
                             prior_weight=args.prior_weight, gated=not args.no_gate,
                             refiner=not args.no_refiner, accepted=args.accepted, embedding_store=args.embedding_store,
+                            min_agreement=MIN_AGREEMENT if args.min_agreement is None else args.min_agreement,
                             log=None if args.quiet else (lambda line: print(line, flush=True)))
     print(format_table(summary["source"], summary["base"], summary["adapted"]))
     print(f"-> {args.out}/summary.json, objects.csv, table.md, noc-by-object.png")

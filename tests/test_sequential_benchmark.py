@@ -62,17 +62,15 @@ def test_a_dataset_without_a_long_enough_case_is_refused_with_a_message(tmp_path
         run_benchmark(root, tmp_path / "out", model=tiny_model, log=lambda message: None)
 
 
-def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_path, tiny_model, monkeypatch):
+def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_path, tiny_model):
     """The objects' colour tells them apart (dark square on pale), so a refiner can beat the tiny
     SAM: it learns from every object, is judged on objects 2-4 and offered from object 5 on (the
     table's last column); ``--no-gate`` offers it from the second object; a bad ``accepted`` is refused.
     (It wins by rewriting the tiny SAM's noise from the colour: the agreement rule is off here.)"""
-    from napari_sam_histo.models import slide_refiner
-
-    monkeypatch.setattr(slide_refiner, "MIN_AGREEMENT", 0.0)
     root = _dataset(tmp_path / "d", {"caseA": WARM_UP + 2})
     summary = run_benchmark(root, tmp_path / "out", model=tiny_model, decoder="sam", max_clicks=4,
-                            steps_per_object=0, prior_weight=0, accepted="reference", log=lambda message: None)
+                            steps_per_object=0, prior_weight=0, accepted="reference", min_agreement=0.0,
+                            log=lambda message: None)
     rows = [r for r in csv.DictReader(open(tmp_path / "out" / "objects.csv")) if r["run"] == "adapted"]
     offered = [r["refiner_offered"] == "1" for r in rows]
     assert not any(offered[:4])  # three objects judged before it can be offered
@@ -81,7 +79,8 @@ def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_
     assert summary["adapted"]["refined_share"] == np.mean(offered[WARM_UP:])
     assert "refiner offered" in (tmp_path / "out" / "table.md").read_text()
     ungated = run_benchmark(root, tmp_path / "out2", model=tiny_model, decoder="sam", max_clicks=2,
-                            steps_per_object=0, prior_weight=0, gated=False, log=lambda message: None)
+                            steps_per_object=0, prior_weight=0, gated=False, min_agreement=0.0,
+                            log=lambda message: None)
     rows = [r for r in csv.DictReader(open(tmp_path / "out2" / "objects.csv")) if r["run"] == "adapted"]
     assert [r["refiner_offered"] for r in rows[:2]] == ["0", "1"] and ungated["adapted"]["refined_share"] == 1.0
     with pytest.raises(InputError, match="accepted 'later'"):

@@ -9,7 +9,20 @@ from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.session import ClickSession
 from napari_sam_histo.engine.tiles import TileBox, TileGrid
 from napari_sam_histo.errors import InputError
+from napari_sam_histo.models.slide_refiner import MIN_AGREEMENT
 from napari_sam_histo.slides.reader import from_array
+
+
+class Refine:
+    """A refiner as the session takes one: SAM's logits in, refined logits out, and the IoU with
+    SAM's mask below which the refined mask gives way (``models.slide_refiner.masks_agree``)."""
+
+    def __init__(self, function, min_agreement: float = MIN_AGREEMENT) -> None:
+        self.function = function
+        self.min_agreement = min_agreement
+
+    def __call__(self, logits):
+        return self.function(logits)
 
 
 @pytest.fixture(scope="module")
@@ -159,19 +172,15 @@ def test_the_first_mask_rule_can_refuse_a_candidate_that_floods_the_tile(setup, 
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.7])
-def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_prompt(setup, threshold,
-                                                                                     monkeypatch):
+def test_a_refiner_is_shown_where_the_clicks_favour_it_and_sams_logits_stay_the_prompt(setup, threshold):
     """With ``refine`` the session shows the refined mask until SAM's masks have erred less at the
     object's clicks (each click scores the masks shown before it); SAM's own logits are what the
     next click's mask prompt and ``sam_logits`` hold, and undo brings the evidence back. (The
     agreement rule is off here: this refiner disagrees with SAM everywhere, to be recognised.)"""
-    from napari_sam_histo.models import slide_refiner
-
-    monkeypatch.setattr(slide_refiner, "MIN_AGREEMENT", 0.0)
     source, grid, predictor = setup
     box = grid.tile(0, 0)
     plain = ClickSession(predictor, box, predictor.embedding_for(source, box), threshold=threshold)
-    refine = lambda z: -z  # noqa: E731  (a refiner that disagrees with SAM everywhere)
+    refine = Refine(lambda z: -z, min_agreement=0.0)  # a refiner that disagrees with SAM everywhere
     refined = ClickSession(predictor, box, plain.embedding, threshold=threshold, refine=refine)
     clicks = [(500, 500, True), (100, 900, False), (700, 200, True), (300, 300, False)]
     loss = {"sam": 0.0, "refined": 0.0}
@@ -209,14 +218,14 @@ def test_a_refined_mask_that_is_another_object_gives_way_to_sams(setup):
     plain.add_click(500, 500, True)
     sam = plain.logits
     assert 0 < int((sam > 0).sum()) < sam.numel()
-    opposite = ClickSession(predictor, box, embedding, refine=lambda z: -z)
+    opposite = ClickSession(predictor, box, embedding, refine=Refine(lambda z: -z))
     opposite.add_click(500, 500, True)
     assert not opposite.refined and np.array_equal(opposite.mask(), plain.mask())  # SAM's is shown
     assert opposite.evidence.use_refined and opposite.sam_logits is opposite.logits
     opposite.add_click(100, 900, False)  # scored alike (the refined one stood aside): a tie keeps the choice
     assert opposite.evidence.loss["sam"] == pytest.approx(opposite.evidence.loss["refined"])
     assert opposite.evidence.use_refined
-    wider = ClickSession(predictor, box, embedding, refine=lambda z: z + 0.5)
+    wider = ClickSession(predictor, box, embedding, refine=Refine(lambda z: z + 0.5))
     wider.add_click(500, 500, True)
     grown = (sam > -0.5).numpy()
     assert wider.refined and np.array_equal(wider.mask(), grown) and grown.sum() > plain.mask().sum()

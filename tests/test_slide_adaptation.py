@@ -121,16 +121,12 @@ def test_switched_off_it_keeps_no_examples_and_reset_forgets_them(annotator):
     assert adaptation.state().examples == 0 and adaptation.predictor() is annotator.predictor
 
 
-@pytest.fixture
-def no_agreement(monkeypatch):
-    """The agreement rule off: these refiners are made unlike SAM (to be recognised), which the rule
-    would refuse; the rule itself: tests/test_session.py."""
-    from napari_sam_histo.models import slide_refiner
-
-    monkeypatch.setattr(slide_refiner, "MIN_AGREEMENT", 0.0)
+# The agreement rule off for the refiners made by hand below: they are unlike SAM (to be
+# recognised), which the rule would refuse; the rule itself: tests/test_session.py.
+NO_AGREEMENT = 0.0
 
 
-def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects_tiles(annotator, no_agreement):
+def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects_tiles(annotator):
     """Accept hands over the tile's pixels as a function the adaptation's thread calls; the
     refiner it offers refines every tile of the next object (and the object says so)."""
     import torch
@@ -149,7 +145,7 @@ def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects
 
     weight = torch.zeros(FEATURES)
     weight[0] = -1.0  # the opposite of SAM: a refiner no one would keep, but easy to recognise
-    offered = SlideRefiner(weight, 0.0)
+    offered = SlideRefiner(weight, 0.0, min_agreement=NO_AGREEMENT)
     adaptation.refiner = lambda: offered  # as if its gate had passed
     annotator.submit_click(130, 120, True).result(timeout=120)
     sessions = annotator._active()
@@ -212,7 +208,7 @@ def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
     assert tile.evidence is not None and tile.evidence.loss == favour_sam.loss and not tile.evidence.use_refined
 
 
-def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_objects_clicks(annotator, no_agreement):
+def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_objects_clicks(annotator):
     """The refiner's learning (background) makes the tile's colour features through the annotator,
     which keeps them: the next object's refined click on that tile reads no pixels and blurs
     nothing, and refines as the pixels would (float16 kept)."""
@@ -233,7 +229,7 @@ def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_obje
     read_region = annotator.source.read_region
     annotator.source.read_region = lambda b: reads.append(b) or read_region(b)
     torch.manual_seed(0)
-    offered = SlideRefiner(torch.randn(FEATURES), 0.5)
+    offered = SlideRefiner(torch.randn(FEATURES), 0.5, min_agreement=NO_AGREEMENT)
     adaptation.refiner = lambda: offered
     annotator.submit_click(130, 120, True).result(timeout=120)
     session = annotator._active()[0]

@@ -23,13 +23,9 @@ def _object(seed, size=96):
     return np.clip(image, 0, 255).astype(np.uint8), target
 
 
-@pytest.fixture(autouse=True)
-def _whole_mask_refiners(monkeypatch):
-    """The tiny SAM's masks are noise, so a refiner here wins by rewriting the whole mask from the
-    colour, which the agreement rule (a refined mask must overlap SAM's) would refuse: off here."""
-    from napari_sam_histo.models import slide_refiner
-
-    monkeypatch.setattr(slide_refiner, "MIN_AGREEMENT", 0.0)
+# The tiny SAM's masks are noise, so a refiner here wins by rewriting the whole mask from the
+# colour, which the agreement rule (a refined mask must overlap SAM's) would refuse: off here.
+NO_AGREEMENT = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +42,7 @@ def _examples(predictor, seeds):
 
 
 def _learn(predictor, examples, **kwargs):
-    refinement = SlideRefinement(seed=0, gate_max_clicks=5, snapshot_clicks=(2, 5), **kwargs)
+    refinement = SlideRefinement(seed=0, gate_max_clicks=5, snapshot_clicks=(2, 5), min_agreement=NO_AGREEMENT, **kwargs)
     for serial, example in enumerate(examples, start=1):
         refinement.add_object(serial, f"object-{serial}", [example])
         assert refinement.process_next(predictor) is True
@@ -57,7 +53,7 @@ def test_the_refiner_is_judged_before_it_teaches_and_offered_when_it_wins(predic
     examples = _examples(predictor, range(1, 6))
     base = [click_example(predictor, e.embedding, e.target, 5, 0.85)[0] for e in examples]
     assert np.mean([max(b) for b in base]) < 0.85  # the tiny SAM alone does not get there
-    refinement = SlideRefinement(seed=0, gate_max_clicks=5, snapshot_clicks=(2, 5))
+    refinement = SlideRefinement(seed=0, gate_max_clicks=5, snapshot_clicks=(2, 5), min_agreement=NO_AGREEMENT)
     assert refinement.process_next(predictor) is False  # nothing queued
     offered = []
     for serial, example in enumerate(examples, start=1):
@@ -79,7 +75,7 @@ def test_it_is_deterministic_and_ignores_examples_without_pixels(predictor):
     examples = _examples(predictor, (7, 8))
     a, b = _learn(predictor, examples), _learn(predictor, examples)
     assert torch.equal(a.refiner.weight, b.refiner.weight) and a.scores() == b.scores()
-    refinement = SlideRefinement()
+    refinement = SlideRefinement(min_agreement=NO_AGREEMENT)
     no_pixels = AdaptationExample(examples[0].embedding, examples[0].target)
     refinement.add_object(1, "a", [no_pixels])
     assert refinement.pending == 0
@@ -87,7 +83,7 @@ def test_it_is_deterministic_and_ignores_examples_without_pixels(predictor):
 
 def test_a_click_goes_first_and_an_unreadable_tile_teaches_nothing(predictor):
     examples = _examples(predictor, (9,))
-    refinement = SlideRefinement(snapshot_clicks=(2,))
+    refinement = SlideRefinement(snapshot_clicks=(2,), min_agreement=NO_AGREEMENT)
     refinement.add_object(1, "a", examples)
     assert refinement.process_next(predictor, may_run=lambda: False) is None
     assert refinement.pending == 1 and refinement.refiner is None
@@ -96,7 +92,7 @@ def test_a_click_goes_first_and_an_unreadable_tile_teaches_nothing(predictor):
         raise OSError("the slide was closed")
 
     unreadable = AdaptationExample(examples[0].embedding, examples[0].target, (), gone)
-    refinement = SlideRefinement(snapshot_clicks=(2,))
+    refinement = SlideRefinement(snapshot_clicks=(2,), min_agreement=NO_AGREEMENT)
     refinement.add_object(1, "a", [unreadable])
     assert refinement.process_next(predictor) is True and refinement.refiner is None
     assert refinement.pending == 0

@@ -6,7 +6,7 @@ and keeps one of them (``FIRST_MASK_RULES``: by default the highest predicted Io
 for a single mask, as SAM's authors recommend once the prompt is unambiguous.
 
 With a slide refiner (``refine``: ``models.slide_refiner``) every decode is also
-refined (unless the refined mask overlaps SAM's by less than ``MIN_AGREEMENT``: then it is not a
+refined (unless the refined mask overlaps SAM's by less than the refiner's ``min_agreement``: then it is not a
 border correction), and the object's clicks decide which of the two is shown (``ClickEvidence``); SAM's own
 low-resolution logits stay the mask prompt, and the evidence is part of each undo step.
 
@@ -317,7 +317,7 @@ class ClickSession:
         """The refiner's logits for SAM's (positive inside) and True, or SAM's own shifted to that
         scale and False when the refined mask is not a correction of SAM's border (``masks_agree``)."""
         refined = self.refine(sam)
-        if masks_agree(refined, sam, self.threshold):
+        if masks_agree(refined, sam, self.threshold, self.refine.min_agreement):
             return refined, True
         return sam - self.threshold, False
 

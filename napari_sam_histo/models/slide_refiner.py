@@ -70,11 +70,10 @@ def pixel_features(logits: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
 
 
 def masks_agree(refined: torch.Tensor, sam: torch.Tensor, threshold: float,
-                min_agreement: float | None = None) -> bool:
+                min_agreement: float = MIN_AGREEMENT) -> bool:
     """Whether the refined mask (``refined`` > 0) is a correction of SAM's (``sam`` > ``threshold``):
-    their IoU is at least ``min_agreement`` (None: ``MIN_AGREEMENT``). Two empty masks agree; a
-    refined mask where SAM's is empty never does (the refiner moves a border, it finds no object)."""
-    min_agreement = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
+    their IoU is at least ``min_agreement``. Two empty masks agree; a refined mask where SAM's is
+    empty never does (the refiner moves a border, it finds no object)."""
     if min_agreement <= 0:
         return True
     a, b = refined > 0, sam > threshold
