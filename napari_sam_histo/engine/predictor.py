@@ -257,7 +257,9 @@ class Predictor:
         multimask: bool = False,
     ) -> Prediction:
         """Prompt encoder + decoder. ``points_xy`` are (x, y) pixel positions in the tile,
-        ``labels`` 1 (positive) / 0 (negative); ``mask_input`` is a previous (256, 256) logit map."""
+        ``labels`` 1 (positive) / 0 (negative); ``mask_input`` is a previous (256, 256) logit map.
+        The runtime network embeds the mask prompt itself (``last_decoder_s`` then includes that
+        embedding, a few percent of the network)."""
         scale_y = embedding.input_size[0] / embedding.original_size[0]
         scale_x = embedding.input_size[1] / embedding.original_size[1]
         coords = torch.as_tensor(np.asarray(points_xy, dtype=np.float32), device=self.device)
