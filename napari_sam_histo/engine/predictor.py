@@ -79,6 +79,9 @@ class Predictor:
         if decoder_mode == "runtime" and precision == "bf16":
             raise ValueError("decoder_mode='runtime' runs the decoder in float32; use precision='fp32'")
         self.model = model
+        # the precision asked for ("auto", "fp32", "bf16"): a predictor made from this one for
+        # another decoder (adaptation) passes it on, and "auto" resolves for that decoder anew
+        self.precision = precision
         self.sam = model.sam
         self.device = model.device
         self.decoder = decoder if isinstance(decoder, DecoderChoice) else choose_decoder(model, decoder, allow_untrained)
