@@ -291,3 +291,15 @@ def test_prepare_builds_the_decoder_networks_ahead_of_the_first_click(tiny):
 def _compiled(model) -> runtime_decoder.CompiledDecoder:
     return runtime_decoder.compiled_decoder(model.sam.mask_decoder, model.sam.prompt_encoder.get_dense_pe(),
                                             model.sam.prompt_encoder.mask_downscaling)
+
+
+def test_an_embed_worker_builds_one_encoder_network_and_no_decoder_network(runtime_cache):
+    from napari_sam_histo.cohort.encoder_worker import EncoderPlugin, ModelRecipe
+
+    plugin = EncoderPlugin()
+    recipe = ModelRecipe("vit_t", "cpu", random_weights=True)  # MobileSAM's shapes: auto picks the copy
+    predictor = plugin.predictor(recipe)
+    assert plugin.predictor(recipe) is predictor  # one per worker, shared by its threads
+    assert predictor.encoder_backend.startswith("openvino")  # built before the first batch
+    built = sorted(path.name.split("-")[0] + "-" + path.name.split("-")[1] for path in runtime_cache.iterdir())
+    assert built == ["image-encoder"]  # the decoder never runs in a worker: nothing built for it
