@@ -15,7 +15,11 @@ from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.models import cpu_runtime, fast_encoder, runtime_decoder
-from napari_sam_histo.models.decoders import DecoderChoice, SingleMaskDecoder, choose_decoder
+from napari_sam_histo.models.decoders import (
+    DecoderChoice,
+    SingleMaskDecoder,
+    choose_decoder,
+)
 from napari_sam_histo.models.modified_decoder import ModifiedMaskDecoder
 from napari_sam_histo.models.registry import random_model
 from napari_sam_histo.models.residual_decoder import ResidualMaskDecoder

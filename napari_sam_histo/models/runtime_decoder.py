@@ -224,7 +224,7 @@ class CompiledDecoder:
 
 
 _lock = threading.Lock()
-_compiled: "weakref.WeakKeyDictionary[nn.Module, CompiledDecoder]" = weakref.WeakKeyDictionary()
+_compiled: weakref.WeakKeyDictionary[nn.Module, CompiledDecoder] = weakref.WeakKeyDictionary()
 
 
 def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module) -> CompiledDecoder:
