@@ -359,7 +359,7 @@ class DecoderAdapter:
         from ..engine.predictor import Predictor
 
         base = self.base
-        predictor = Predictor(base.model, choice, cache=base.cache, precision="bf16" if base.decoder_bf16 else "fp32",
+        predictor = Predictor(base.model, choice, cache=base.cache, precision=base.precision,
                               encoder_precision="bf16" if base.encoder_bf16 else "fp32",
                               encoder_mode=base.encoder_mode)  # the same embeddings, from the same cache keys
         predictor.wait_for_optimized_encoder = base.wait_for_optimized_encoder

@@ -189,7 +189,7 @@ def simulate(predictor, objects: list[PreparedObject], head: TissueHead | None, 
     max_clicks = recipe.max_clicks if recipe.corrected_clicks is None else min(recipe.max_clicks,
                                                                                recipe.corrected_clicks)
     clicking = Predictor(predictor.model, DecoderChoice(KIND, module, "training", True), cache=predictor.cache,
-                         precision="bf16" if predictor.decoder_bf16 else "fp32",
+                         precision=predictor.precision,
                          encoder_precision="bf16" if predictor.encoder_bf16 else "fp32",
                          encoder_mode=predictor.encoder_mode)
     out, seconds = [], []
