@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "process per core, or one GPU worker); an address (tcp://host:8786) uses a running "
                             "scheduler, whose workers must see the dataset at the same path")
     bench.add_argument("--workers", type=int, default=None,
-                       help="processes of the local cluster (default: one per core; one when there is a GPU); with --scheduler local")
+                       help="processes of the local cluster (default: one per core; one when there is a GPU); "
+                            "with --scheduler local")
     bench.add_argument("--embedding-store", default=None, metavar="DIR",
                        help="keep the image embeddings in DIR, so later runs on the same images (same model "
                             "and device) encode nothing again; SPCe2e still charges the recorded encoder time")
@@ -440,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "which the annotator dock reads)")
     emb.add_argument("--scheduler", default="local",
                      help="local (a LocalCluster on this machine) or a running scheduler's address, tcp://host:8786")
-    emb.add_argument("--workers", type=int, default=None, help="LocalCluster processes (default: one per core; one when there is a GPU)")
+    emb.add_argument("--workers", type=int, default=None,
+                     help="LocalCluster processes (default: one per core; one when there is a GPU)")
     emb.add_argument("--device", default="auto", help="auto, cpu or cuda (cuda tasks ask for the worker resource GPU=1)")
     emb.add_argument("--tile-size", type=int, default=1024, help="the annotator's tile size (default 1024)")
     emb.add_argument("--batch-size", type=int, default=None, help="tiles per task (default 4 on CPU, 16 on GPU)")
@@ -622,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--components", action="append",
                     help="dataset for training only whose connected regions are separate objects (repeatable)")
     tr.add_argument("--min-object-px", type=int, default=64, help="smallest region of a --components dataset")
-    tr.add_argument("--stride", type=int, default=1, help="every N-th pair of each dataset, before the --val-fraction/--hold-out splits")
+    tr.add_argument("--stride", type=int, default=1,
+                    help="every N-th pair of each dataset, before the --val-fraction/--hold-out splits")
     tr.add_argument("--val", action="append",
                     help="validation dataset (repeatable), e.g. sources left out of training; default: split the datasets")
     tr.add_argument("--hold-out", type=float, default=0.0,

@@ -67,7 +67,7 @@ def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
             times[key][0].append(time.perf_counter() - t0)
             times[key][1].append(session.predictor.last_decoder_s)  # the forward inside that very click
     results = {}
-    for name, (product, raw) in pairs.items():
+    for name, (product, _raw) in pairs.items():
         clicks_s, forward_s = times[(name, "product")]
         raw_clicks_s, raw_forward_s = times[(name, "raw")]
         results[name] = {

@@ -67,7 +67,10 @@ def _mouse(viewer, kind, **kwargs):
     """Send a mouse event through napari's own dispatch (as its tests do)."""
     import wrapt
     from napari.utils.interactions import (
-        mouse_double_click_callbacks, mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks,
+        mouse_double_click_callbacks,
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
     )
 
     event = wrapt.ObjectProxy(_Event(kind, **kwargs))

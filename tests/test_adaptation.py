@@ -12,7 +12,7 @@ import torch
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
-from napari_sam_histo.training.adaptation import (AdaptationExample, AdaptationWorker, DecoderAdapter, reclick)
+from napari_sam_histo.training.adaptation import AdaptationExample, AdaptationWorker, DecoderAdapter
 
 
 def _disc_image(size=128, centre=(60, 70), radius=30, seed=0):
@@ -286,9 +286,9 @@ def test_a_thread_busy_with_its_own_background_work_lets_steps_run_between_its_u
         adapter = DecoderAdapter(tiny_predictor, steps_per_object=50, refiner=False)
         busy = threading.Event()
         busy.set()
-        worker = AdaptationWorker(adapter, lambda: not busy.is_set(), low_priority=False)
+        worker = AdaptationWorker(adapter, lambda busy=busy: not busy.is_set(), low_priority=False)
         try:
-            worker.submit(lambda: adapter.add_object(_examples(tiny_predictor, 1)[:1])).result(timeout=60)
+            worker.submit(lambda adapter=adapter: adapter.add_object(_examples(tiny_predictor, 1)[:1])).result(timeout=60)
             for _ in range(8):  # eight "embeddings"
                 if turns:
                     busy.clear()  # between two of them nothing runs: a turn for the worker

@@ -35,7 +35,8 @@ def test_a_finer_click_refines_the_coarse_object_as_one_object_and_undo_steps_ba
     state = auto.click(3100, 2050, positive=False, downsample=1.0)  # zoomed in: a negative click on the border
     fine = next(b for b in state.boxes if b.downsample == 1.0)
     assert set(state.boxes) == {coarse, fine}  # one object, two levels
-    assert prompts and prompts[0] is not None and tuple(prompts[0].shape[-2:]) == (auto.predictor.image_size // 4,) * 2  # SAM's low-res frame
+    low_res_frame = (auto.predictor.image_size // 4,) * 2  # SAM's low-res frame
+    assert prompts and prompts[0] is not None and tuple(prompts[0].shape[-2:]) == low_res_frame
     assert len(auto._sessions[coarse.key()].clicks) == 1  # the coarse tile did not take the fine click
     assert state.downsample == 1.0
     (x, y), mask = state.mask
@@ -66,10 +67,10 @@ def test_the_accepted_object_records_the_finest_level_and_a_fixed_level_refuses_
 
 def test_continuation_grows_the_object_into_the_tile_beyond_a_cut_border_and_undo_removes_it(tiny_model,
                                                                                             monkeypatch):
+    import numpy as np
+
     from napari_sam_histo.engine import annotator as annotator_module
     from napari_sam_histo.slides.reader import from_array
-
-    import numpy as np
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     image = np.random.default_rng(1).integers(0, 255, (600, 1400, 3), dtype=np.uint8)
@@ -97,9 +98,9 @@ def test_continuation_grows_the_object_into_the_tile_beyond_a_cut_border_and_und
 
 
 def _growing(tiny_model, cuts):
-    from napari_sam_histo.slides.reader import from_array
-
     import numpy as np
+
+    from napari_sam_histo.slides.reader import from_array
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     image = np.random.default_rng(1).integers(0, 255, (600, 1400, 3), dtype=np.uint8)

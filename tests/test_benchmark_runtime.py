@@ -18,7 +18,6 @@ from napari_sam_histo.models.device import bf16_is_fast
 from .test_benchmark import Oracle, make_dataset
 from .test_benchmark_report_folder import rows
 
-
 # -- bf16_is_fast ---------------------------------------------------------------------------------
 
 def fake_cuda(monkeypatch, capability, native, keyword=True):

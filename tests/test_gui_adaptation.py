@@ -104,7 +104,7 @@ def test_the_panel_says_what_it_does_within_a_second_of_an_accept(dock, qtbot):
         _wait(dock, qtbot)  # accepted: the annotator has handed the object over
         accepted = time.perf_counter()
         wanted = f"Learning from {n} accepted object{'s' if n > 1 else ''}:"
-        qtbot.waitUntil(lambda: wanted in label(), timeout=5_000)
+        qtbot.waitUntil(lambda wanted=wanted: wanted in label(), timeout=5_000)
         assert time.perf_counter() - accepted < 1.0, label()
         if n == 1:  # the next Accept comes while the refiner re-clicks this object (seconds)
             qtbot.waitUntil(lambda: "the border refiner is re-clicking" in label(), timeout=60_000)

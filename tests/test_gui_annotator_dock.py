@@ -9,7 +9,11 @@ import tifffile
 pytest.importorskip("napari")
 
 from napari_sam_histo._napari.annotator_dock import (  # noqa: E402
-    ANNOTATIONS, CLICKS, CURRENT, FACE_ALPHA, TILES, AnnotatorDock,
+    ANNOTATIONS,
+    CLICKS,
+    CURRENT,
+    FACE_ALPHA,
+    TILES,
 )
 from napari_sam_histo.annotations.bridged import to_bridged_ring  # noqa: E402
 from napari_sam_histo.annotations.geometry import Polygon, polygon_area, rasterize  # noqa: E402

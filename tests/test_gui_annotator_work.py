@@ -16,12 +16,26 @@ from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QFileDialog  # noqa: E402
 
 from napari_sam_histo._napari.annotator_dock import (  # noqa: E402
-    ANNOTATIONS, CLICKS, CURRENT, NOT_STARTED, AnnotatorDock,
+    ANNOTATIONS,
+    CLICKS,
+    CURRENT,
+    NOT_STARTED,
+    AnnotatorDock,
 )
 from napari_sam_histo.annotations.geometry import polygon_area  # noqa: E402
 
 from .annotator_gui import (  # noqa: E402,F401
-    FRAGMENT, MPP, STRIP, _Event, _wait, click, dock, press, reopen, slide, world,
+    FRAGMENT,
+    MPP,
+    STRIP,
+    _Event,
+    _wait,
+    click,
+    dock,
+    press,
+    reopen,
+    slide,
+    world,
 )
 
 UNDO, REDO = KeyMod.CtrlCmd | KeyCode.KeyZ, KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ
@@ -152,9 +166,8 @@ def test_undo_redo_cover_accept_and_clear_and_escape_cancels(dock, qtbot):
 
 @pytest.mark.gui
 def test_a_mask_painted_by_hand_is_the_object_accepted(dock, qtbot):
-    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
-
     import wrapt
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
     viewer = dock.viewer
     click(viewer, *FRAGMENT)

@@ -16,11 +16,16 @@ from qtpy.QtWidgets import QApplication, QMessageBox, QScrollArea  # noqa: E402
 
 import napari_sam_histo._napari.benchmark_dock as benchmark_dock  # noqa: E402
 from napari_sam_histo._napari.benchmark_dock import (  # noqa: E402
-    PLOT_MIN_HEIGHT, REPLAY_BLOCKED_TIP, REPLAY_PREFIX, BenchmarkDock,
+    PLOT_MIN_HEIGHT,
+    REPLAY_BLOCKED_TIP,
+    REPLAY_PREFIX,
+    BenchmarkDock,
 )
-
 from napari_sam_histo._napari.benchmark_settings import (  # noqa: E402
-    APPLICATION, DEFAULT_REPORT_FOLDER, ORGANIZATION, BenchmarkPaths,
+    APPLICATION,
+    DEFAULT_REPORT_FOLDER,
+    ORGANIZATION,
+    BenchmarkPaths,
 )
 from napari_sam_histo._napari.dock_tabs import dock_of  # noqa: E402
 

@@ -205,8 +205,8 @@ def test_installed_for_real_napari_finds_it_and_nothing_else_changed(existing_na
     check = ("import importlib.util, napari_sam_histo\n"
              "from npe2 import PluginManifest\n"
              "assert PluginManifest.from_distribution('napari-sam-histo').name == 'napari-sam-histo'\n"
-             "assert str(napari_sam_histo.__file__).startswith(%r), napari_sam_histo.__file__\n"
-             "assert importlib.util.find_spec('PyQt6') is None\n" % str(case.root / "env"))
+             f"assert str(napari_sam_histo.__file__).startswith({str(case.root / 'env')!r}), napari_sam_histo.__file__\n"
+             "assert importlib.util.find_spec('PyQt6') is None\n")
     after = distributions(case.python, case.root, then=check)
     assert after == {**case.before, "napari-sam-histo": "0.1.0"}
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from napari_sam_histo.errors import InputError
-from napari_sam_histo.training.learning_curve import (SAM, TABLE_COLUMNS, load_objects, run_learning_curve,
-                                                        split)
+from napari_sam_histo.training.learning_curve import SAM, TABLE_COLUMNS, load_objects, run_learning_curve, split
 from napari_sam_histo.training.tissue_training import TissueRecipe
 
 TINY = TissueRecipe(steps=5, batch_size=2, max_clicks=2, dagger_rounds=1, dagger_steps=2, width=8)

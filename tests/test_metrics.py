@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_sam_histo.evaluation.metrics import (LOGIT_THRESHOLD, collapses, failed, iou, miou_per_click, noc,
-                                                 summarize)
+from napari_sam_histo.evaluation.metrics import LOGIT_THRESHOLD, collapses, failed, iou, miou_per_click, noc, summarize
 
 
 def test_iou_leaves_out_ignored_pixels():

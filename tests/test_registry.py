@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from napari_sam_histo.errors import CheckpointError, WeightsError
 from napari_sam_histo.models.architectures import build_sam, detect_architecture

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_sam_histo.slides.rgb import to_rgb_uint8
 from napari_sam_histo.errors import InputError
+from napari_sam_histo.slides.rgb import to_rgb_uint8
 
 
 def test_rgb_uint8_is_unchanged():

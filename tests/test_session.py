@@ -123,8 +123,8 @@ def test_points_only_mode_sends_no_mask_prompt(setup, monkeypatch):
                            mask_prompt=False)
     seen = []
     real = predictor.decode
-    monkeypatch.setattr(predictor, "decode", lambda e, p, l, mask_input=None, multimask=False:
-                        seen.append(mask_input) or real(e, p, l, mask_input, multimask))
+    monkeypatch.setattr(predictor, "decode", lambda e, p, labels, mask_input=None, multimask=False:
+                        seen.append(mask_input) or real(e, p, labels, mask_input, multimask))
     session.add_click(10, 20)
     session.add_click(300, 400, positive=False)
     assert len(seen) >= 2 and all(m is None for m in seen) and session.low_res_logits is not None
@@ -135,8 +135,8 @@ def test_add_clicks_predicts_once_with_all_of_them_as_one_undo_step(setup, monke
     session = ClickSession.on_tile(predictor, source, grid.tile(0, 0))
     seen = []
     real = predictor.decode
-    monkeypatch.setattr(predictor, "decode", lambda e, p, l, mask_input=None, multimask=False:
-                        seen.append((p.copy(), l.copy(), multimask)) or real(e, p, l, mask_input, multimask))
+    monkeypatch.setattr(predictor, "decode", lambda e, p, labels, mask_input=None, multimask=False:
+                        seen.append((p.copy(), labels.copy(), multimask)) or real(e, p, labels, mask_input, multimask))
     session.add_clicks([(10, 20, True), (300, 400, False), (500, 500, True)])
     assert len(seen) == 1 and np.array_equal(seen[0][0], [[10, 20], [300, 400], [500, 500]])
     assert list(seen[0][1]) == [1, 0, 1] and seen[0][2] is False

@@ -3,7 +3,11 @@
 import pytest
 
 from napari_sam_histo.models.shipped import (
-    SHIPPED_TRAINING, decoder_note, decoder_tissue, shipped_decoder_path, shipped_decoders,
+    SHIPPED_TRAINING,
+    decoder_note,
+    decoder_tissue,
+    shipped_decoder_path,
+    shipped_decoders,
 )
 from napari_sam_histo.models.state_dict import read_checkpoint
 

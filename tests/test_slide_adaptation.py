@@ -179,7 +179,7 @@ def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
     opens later starts from that, not from the refined mask again."""
     import torch
 
-    from napari_sam_histo.models.slide_refiner import ClickEvidence, FEATURES, SlideRefiner
+    from napari_sam_histo.models.slide_refiner import FEATURES, ClickEvidence, SlideRefiner
 
     weight = torch.zeros(FEATURES)
     weight[0] = -1.0

@@ -10,7 +10,7 @@ import torch
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.training.adaptation import AdaptationExample
-from napari_sam_histo.training.slide_refinement import MIN_JUDGED, SlideRefinement, click_example
+from napari_sam_histo.training.slide_refinement import SlideRefinement, click_example
 
 
 def _object(seed, size=96):

@@ -38,24 +38,33 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QColorDialog, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton, QScrollArea,
-    QVBoxLayout, QWidget,
+    QColorDialog,
+    QComboBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..annotations.cleaning import min_area_px
-from ..coordinates import corner_translate, mask_translate, napari_to_level0
 from ..annotations.objects import DEFAULT_CLASSES, next_class_color, not_yet_in
+from ..coordinates import corner_translate, mask_translate, napari_to_level0
 from ..errors import InputError, SamHistoError
 from . import annotation_layer
 from .adaptation_panel import AdaptationPanel
-from .project_panel import ProjectPanel
 from .annotation_layer import ANNOTATIONS, FACE_ALPHA, rgba  # noqa: F401 (the tests import them from here)
 from .annotator_settings import AnnotatorSettings, source_spec, warm_up
 from .gui_threads import GuiThreads
 from .live_object import LiveObjectKeeper
-from .ordered_writes import OrderedWrites
-from .reader import slide_stem
 from .object_list import ObjectList, area_text
+from .ordered_writes import OrderedWrites
+from .project_panel import ProjectPanel
+from .reader import slide_stem
 from .wording import count
 
 CLICKS, CURRENT, TILES = "SAM clicks", "SAM current object", "SAM tiles"
@@ -272,7 +281,7 @@ class AnnotatorDock(QWidget):
                 self.class_combo.addItem(name)
         for name, color in list(self.classes.items()):  # the dock's own classes get their ids too
             if name not in self.class_table:
-                self._in_class_table(lambda table: table.add(name, color))
+                self._in_class_table(lambda table, name=name, color=color: table.add(name, color))
         if self.class_table.path is not None:
             self.layer.metadata["class_table"] = str(self.class_table.path)
         self._show_class_color()
@@ -1151,7 +1160,8 @@ class AnnotatorDock(QWidget):
                     aside = autosave.set_aside(path)
                     self._show_error(InputError(f"The autosave {path} could not be read ({objects}); it was kept "
                                                 f"as {aside.name}."))
-                elif objects and self.confirm(f"{count(len(objects), 'object')} {'was' if len(objects) == 1 else 'were'} saved for this slide in {path.name} "
+                elif objects and self.confirm(f"{count(len(objects), 'object')} {'was' if len(objects) == 1 else 'were'} "
+                                              f"saved for this slide in {path.name} "
                                               f"({path.parent}). Resume them?"):
                     self._add_loaded(objects, f"Resumed {count(len(objects), 'object')} from {path.name}.", then=resumed,
                                      failed=autosave_off)

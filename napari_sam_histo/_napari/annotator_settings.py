@@ -12,7 +12,15 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QSpinBox, QToolButton, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2
@@ -24,7 +32,8 @@ OUR_READER = "File > Open File(s) with Plugin… > SAM Histo"
 
 def warm_up() -> list[str]:
     """Import torch, dask, SciPy and scikit-image, compile napari's numba label colouring (when
-    numba is installed) and build vispy's line dash patterns, off the GUI thread: they cost seconds on it otherwise (``gui-stalls``).
+    numba is installed) and build vispy's line dash patterns, off the GUI thread: they cost seconds on it
+    otherwise (``gui-stalls``).
     Returns the models whose weights are on disk."""
     import dask.array  # noqa: F401
     import scipy.ndimage  # noqa: F401

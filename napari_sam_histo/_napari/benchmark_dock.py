@@ -24,9 +24,27 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtWidgets import (
-    QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout,
-    QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QScrollArea, QSlider, QSpinBox, QTableWidget,
-    QTableWidgetItem, QToolButton, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..errors import InputError, SamHistoError
@@ -378,7 +396,8 @@ class BenchmarkDock(QWidget):
                 self.sample_combo.addItem(result.sample_id)
         self._show_summary(event.summary)
         self._show_skipped(skipped_samples(event.summary))
-        self.status.setText(f"{event.done} / {event.total} images" + (" (partial)" if event.summary.get("partial") and event.done < event.total else ""))
+        partial = event.summary.get("partial") and event.done < event.total
+        self.status.setText(f"{event.done} / {event.total} images" + (" (partial)" if partial else ""))
 
     def _on_error(self, err) -> None:
         message = str(err) if isinstance(err, SamHistoError) else f"{err.__class__.__name__}: {err}"

@@ -6,8 +6,8 @@ already under way), and waited for before napari closes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 from qtpy.QtCore import QObject, QTimer
 

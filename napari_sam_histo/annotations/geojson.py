@@ -104,7 +104,8 @@ def read_geojson(path: str | Path, offset=(0.0, 0.0)) -> list[AnnotatedObject]:
     for feature in features:
         geometry = (feature or {}).get("geometry") or {}
         kind = geometry.get("type")
-        parts = [geometry.get("coordinates")] if kind == "Polygon" else geometry.get("coordinates") if kind == "MultiPolygon" else None
+        coordinates = geometry.get("coordinates")
+        parts = [coordinates] if kind == "Polygon" else coordinates if kind == "MultiPolygon" else None
         if not parts:
             continue
         polygons = [Polygon(ring_from_coords(rings[0], path.name) + shift,

@@ -14,8 +14,8 @@ dask-cuda's ``LocalCUDACluster``) and pass the scheduler's address.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import dask
 

@@ -42,7 +42,6 @@ def mark_precomputed(store: str | Path, info: dict) -> None:
     import time
 
     from ..atomic import atomic_path
-
     from ..errors import InputError
 
     store = Path(store)

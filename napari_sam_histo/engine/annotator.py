@@ -28,14 +28,24 @@ an embedding starts and finishes being computed (a UI shows progress with that).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable
 
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color
 from ..slides.source import ImageSource
-from .object_tiles import (COLOUR_PREFETCH, EMPTY_STATE, MAX_CUT_TILES, REUSE_MARGIN, UNKNOWN_LOGIT,
-                           AnnotatorState, BeyondView, ObjectSnapshot, ObjectTiles, combine_tile_masks)
+from .object_tiles import (
+    COLOUR_PREFETCH,
+    EMPTY_STATE,
+    MAX_CUT_TILES,
+    REUSE_MARGIN,
+    UNKNOWN_LOGIT,
+    AnnotatorState,
+    BeyondView,
+    ObjectSnapshot,
+    ObjectTiles,
+    combine_tile_masks,
+)
 from .predictor import Predictor
 from .tiles import DEFAULT_TILE_SIZE, TileBox
 

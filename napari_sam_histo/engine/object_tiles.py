@@ -462,13 +462,13 @@ class ObjectTiles:
             self._changed()
             return self._state()
 
-    def snapshot(self) -> "ObjectSnapshot":
+    def snapshot(self) -> ObjectSnapshot:
         """The object being clicked, whole (its tiles' sessions with their undo, its clicks), so a UI
         can undo an Accept or a Clear: ``restore`` puts it back."""
         with self._lock:
             return ObjectSnapshot(dict(self._sessions), list(self._history), list(self._redo))
 
-    def restore(self, snapshot: "ObjectSnapshot") -> AnnotatorState:
+    def restore(self, snapshot: ObjectSnapshot) -> AnnotatorState:
         with self._lock:
             self._sessions, self._history, self._redo = (dict(snapshot.sessions), list(snapshot.history),
                                                          list(snapshot.redo))

@@ -112,7 +112,7 @@ class ClickSession:
         self._redo: list[_State] = []
 
     @classmethod
-    def on_tile(cls, predictor: Predictor, source, box: TileBox) -> "ClickSession":
+    def on_tile(cls, predictor: Predictor, source, box: TileBox) -> ClickSession:
         return cls(predictor, box, predictor.embedding_for(source, box))
 
     # -- state --------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import Callable, Iterator
 
 from .benchmark_config import BenchmarkConfig, BenchmarkEvent, build_methods
 from .dataset import Skipped, find_pairs, load_samples

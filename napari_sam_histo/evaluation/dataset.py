@@ -16,9 +16,9 @@ Reasons are plain sentences a pathologist can act on, naming the file and what i
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 from ..cohort.cluster import GPU_RESOURCE, cluster_client, is_local
 from ..errors import InputError

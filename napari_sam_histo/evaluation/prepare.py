@@ -11,9 +11,9 @@ nearest above the target scale: the whole slide is never in memory.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -27,7 +27,6 @@ from .metrics import DEFAULT_THRESHOLDS, summarize
 from .runner import SampleResult
 from .runtime import describe
 
-
 REPORT_FILES = ("samples.csv", "summary.json")
 EXISTING_CHOICES = ("refuse", "resume", "overwrite")
 # Settings that change a sample's numbers: a resumed report must keep them (limit/stride may grow).

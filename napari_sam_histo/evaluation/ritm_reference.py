@@ -23,7 +23,8 @@ def reference_candidates(target, prediction, not_clicked, not_ignore, rtol: floa
     fp_dt = cv2.distanceTransform(fp, cv2.DIST_L2, 0)[1:-1, 1:-1].astype(np.float64) * not_clicked
     fn_max, fp_max = fn_dt.max(), fp_dt.max()
     if np.isclose(fn_max, fp_max, rtol=rtol, atol=0):
-        return None, {tuple(p) for dt in (fn_dt, fp_dt) for p in np.argwhere(np.isclose(dt, dt.max(), rtol=rtol, atol=0) & (dt > 0))}
+        return None, {tuple(p) for dt in (fn_dt, fp_dt)
+                      for p in np.argwhere(np.isclose(dt, dt.max(), rtol=rtol, atol=0) & (dt > 0))}
     positive = fn_max > fp_max
     dt = fn_dt if positive else fp_dt
     return bool(positive), {tuple(int(v) for v in p) for p in np.argwhere(np.isclose(dt, dt.max(), rtol=rtol, atol=0))}

@@ -81,7 +81,7 @@ class SamClickModel:
 
         return predictor_runtime(self.predictor)
 
-    def begin(self, sample: Sample) -> "_SamObject":
+    def begin(self, sample: Sample) -> _SamObject:
         from ..engine.session import ClickSession
         from ..engine.tiles import TileBox
 

@@ -288,7 +288,7 @@ def format_table(summary: dict) -> str:
     for mode, e in summary.items():
         curve = e["miou_per_click"]
 
-        def at(k):
+        def at(k, curve=curve):
             return f"{curve[k - 1]:.3f}" if len(curve) >= k else "–"
 
         def ratio(v):

@@ -7,8 +7,8 @@ offered for real segmentation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
-from typing import Mapping
 
 import torch
 

@@ -40,7 +40,7 @@ def decoder_metadata(
         "base_weights_hash": base_weights_hash,
         "training_scenario": training_scenario,
         "trained": bool(trained),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "metrics": dict(metrics or {}),
         "config": dict(config or {}),
     }

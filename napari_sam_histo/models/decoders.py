@@ -20,7 +20,11 @@ from .modified_decoder import ModifiedMaskDecoder
 from .registry import LoadedModel
 from .residual_decoder import ResidualMaskDecoder
 from .shipped import (  # noqa: F401 (imported from here by callers)
-    DECODER_NAMES, RESOURCES, SHIPPED_DECODERS, VALID_DECODERS, shipped_decoder_path,
+    DECODER_NAMES,
+    RESOURCES,
+    SHIPPED_DECODERS,
+    VALID_DECODERS,
+    shipped_decoder_path,
 )
 
 

@@ -76,7 +76,7 @@ class _Entry:
 
 
 _lock = threading.Lock()
-_entries: "weakref.WeakKeyDictionary[torch.nn.Module, _Entry]" = weakref.WeakKeyDictionary()
+_entries: weakref.WeakKeyDictionary[torch.nn.Module, _Entry] = weakref.WeakKeyDictionary()
 _builds: list[threading.Thread] = []  # background builds started by ``prepare`` (guarded by _lock)
 
 

@@ -124,7 +124,7 @@ class ModifiedMaskDecoder(nn.Module):
         self.mask_head = nn.Conv2d(c // 8, 1, 1)
 
     @classmethod
-    def from_sam_decoder(cls, sam_decoder: nn.Module) -> "ModifiedMaskDecoder":
+    def from_sam_decoder(cls, sam_decoder: nn.Module) -> ModifiedMaskDecoder:
         """A new modified decoder whose transformer, tokens and IoU head copy ``sam_decoder``'s."""
         head = copy.deepcopy(sam_decoder.iou_prediction_head)
         decoder = cls(

@@ -19,7 +19,8 @@ The correction sees what SAM's mask head sees, and SAM's answer:
 
 Then conv blocks at 64x64 and 128x128 with a 2x2 up-convolution between them (the modified
 decoder's UpConv idea at a quarter of its width: under 1 GMAC per mask instead of ~12), a
-zero-initialised 1x1 conv to a logit offset at 128x128, bilinearly upsampled to 256x256. Output: SAM's 256x256 low-resolution shape, so the
+zero-initialised 1x1 conv to a logit offset at 128x128, bilinearly upsampled to 256x256. Output: SAM's 256x256
+low-resolution shape, so the
 result feeds the next click's mask prompt exactly as SAM's logits do.
 
 Multimask: with ``multimask_output=True`` SAM's three masks are each corrected (the correction
@@ -116,7 +117,7 @@ class ResidualMaskDecoder(nn.Module):
             parameter.requires_grad_(False)
 
     @classmethod
-    def from_sam_decoder(cls, sam_decoder: nn.Module) -> "ResidualMaskDecoder":
+    def from_sam_decoder(cls, sam_decoder: nn.Module) -> ResidualMaskDecoder:
         """A copy of ``sam_decoder`` (so the base model's own decoder is never changed) plus an
         untrained, zero-output correction."""
         device = sam_decoder.iou_token.weight.device

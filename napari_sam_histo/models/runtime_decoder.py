@@ -4,7 +4,8 @@ The decoder module the predictor runs (SAM's own, ``md``, ``modified``, a traine
 those, with or without a slide prior) is exported with the number of prompt tokens
 left free, with the prompt encoder's embedding of the mask prompt inside (measured ~25 % of a
 click's work on 2 CPU cores when it ran in PyTorch), one network per ``multimask_output`` value (a
-Python flag) and per mask prompt given or not, built at first use or ahead of time (``prepare``), cached on disk like the encoder and checked against the module
+Python flag) and per mask prompt given or not, built at first use or ahead of time (``prepare``), cached on disk
+like the encoder and checked against the module
 at two prompt-token counts. Measured on 2 AVX512 cores (``docs/cpu-runtime.md``): SAM's decoder
 and the modified decoder run 2-3x faster than the same module in float32 PyTorch, and faster
 than the bfloat16 PyTorch copy the predictor used on such CPUs, in float32 (relative error ~1e-6).

@@ -182,7 +182,7 @@ class ClickEvidence:
         self.loss = {"sam": 0.0, "refined": 0.0}
         self.use_refined = start == "refined"
 
-    def copy(self) -> "ClickEvidence":
+    def copy(self) -> ClickEvidence:
         other = ClickEvidence(self.threshold, "refined" if self.use_refined else "sam", self.lead)
         other.loss = dict(self.loss)
         return other
@@ -210,7 +210,7 @@ class TileRefiner:
     ``lead``: the session's ``ClickEvidence``."""
 
     def __init__(self, refiner: SlideRefiner, read_tile, start: str = "refined", lead: float = REFINED_LEAD,
-                 evidence: "ClickEvidence | None" = None, maps: tuple | None = None, colour=None) -> None:
+                 evidence: ClickEvidence | None = None, maps: tuple | None = None, colour=None) -> None:
         """``evidence``: the object's evidence so far, that the tile starts from (a copy is taken);
         ``maps``: the tile's ``on_tile`` maps when its colour features are already made;
         ``colour``: a function giving them (any float dtype; ``read_tile`` is then not needed: None)."""

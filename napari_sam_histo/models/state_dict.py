@@ -177,7 +177,7 @@ def read_checkpoint(path: str | Path) -> dict:
     return data
 
 
-def sam_state_dict(data: dict) -> "OrderedDict[str, torch.Tensor]":
+def sam_state_dict(data: dict) -> OrderedDict[str, torch.Tensor]:
     """The SAM weights inside a checkpoint: a plain state dict, or torch_em's training format
     (``model_state`` with ``sam.``-prefixed keys, as micro-sam's fine-tuned models are stored)."""
     state = data.get("model_state", data)

@@ -88,7 +88,7 @@ class TissueHead(nn.Module):
                 "projection": self.projection}
 
     @classmethod
-    def from_config(cls, config: dict) -> "TissueHead":
+    def from_config(cls, config: dict) -> TissueHead:
         return cls(int(config["dim"]), int(config["width"]), tuple(int(d) for d in config["dilations"]),
                    int(config["projection"]))
 

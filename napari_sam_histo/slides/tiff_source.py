@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .boxes import TileBox
 from ..errors import InputError
-from .identity import file_identity
+from .boxes import TileBox
 from .damage import is_tiff, tiff_damage, truncated_message
+from .identity import file_identity
 from .source import ImageSource
 
 FLAT_MAX_PIXELS = 64 * 2**20  # an untiled single-level TIFF up to this size is read whole, like a PNG

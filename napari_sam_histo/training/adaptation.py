@@ -16,7 +16,8 @@ Works with every decoder choice. SAM's own decoder (and SAM-kind checkpoints wit
 mask outputs) adapts through a zero-initialised correction added to its logits (the residual
 decoder of ``models.residual_decoder`` over a frozen copy): the untrained copy (before any
 example, so without a prior) is exactly the base decoder, the first click keeps SAM's three
-candidates and their ranking, and a few steps can only move it as far as the examples pay for. (Training SAM's token 0 instead, tried first, gave up
+candidates and their ranking, and a few steps can only move it as far as the examples pay for. (Training SAM's
+token 0 instead, tried first, gave up
 those candidates and made RINGS objects need more clicks.) ``md`` checkpoints (single-mask) train
 their token 0, as they were trained; the modified decoder trains whole, the residual decoder its
 correction. On top of the copy a *slide prior* (``models.slide_prior``: a logistic read-out of
@@ -25,7 +26,8 @@ the embedding, fitted on the training examples, its logit added to the masks at 
 copy and prior together. A *slide refiner* (``training.slide_refinement``: a pixel classifier
 over SAM's logit and the tile's colour, shown per object where its clicks favour it) learns from
 every accepted object with pixels, judged by a gate of its own (each object re-clicked with the
-refiner fitted before it); it works over whichever decoder decodes the object. Deterministic under ``seed`` for the same examples arriving between the
+refiner fitted before it); it works over whichever decoder decodes the object. Deterministic under ``seed`` for
+the same examples arriving between the
 same steps (the
 sequential benchmark; in the dock the user's pace decides that). ``DecoderAdapter`` holds no thread;
 ``AdaptationWorker`` runs it in the background.
@@ -37,10 +39,10 @@ import copy
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -4,9 +4,9 @@ the dock becomes one: its tiles at its finest level, the accepted mask cut to ea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,7 @@ ORIGINS = ("accepted", "imported")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _entry_name(slide_identity: str, object_id: str) -> str:
@@ -304,7 +304,7 @@ class ProjectStore:
         with self._lock:
             if now <= self._last_time:
                 last = datetime.fromisoformat(self._last_time)
-                now = datetime.fromtimestamp(last.timestamp() + 1e-6, timezone.utc).isoformat(timespec="microseconds")
+                now = datetime.fromtimestamp(last.timestamp() + 1e-6, UTC).isoformat(timespec="microseconds")
             self._last_time = now
         return now
 

@@ -4,7 +4,8 @@
 ``decoder="sam"`` runs, is never changed in place). ``ie_md``: image encoder + decoder, prompt encoder
 frozen (SAM^IE_MD). ``whole``: everything (SAM^Whole). ``modified``: the modified decoder of §2.3
 on frozen encoders. ``residual``: SAM's decoder frozen plus a trained correction of its logits
-(``models/residual_decoder.py``; untrained, it is exactly zero-shot SAM). Frozen-encoder scenarios compute each patch's embedding once and reuse it
+(``models/residual_decoder.py``; untrained, it is exactly zero-shot SAM). Frozen-encoder scenarios compute each
+patch's embedding once and reuse it
 every epoch, so they train on a CPU; the others run the ViT encoder forward and backward on every
 step, which wants a GPU.
 """

@@ -10,7 +10,8 @@ adaptation owed for it runs to completion before object k+1, as it would while t
 The accepted mask is the final prediction when the clicks reached ``ACCEPT_IOU``; otherwise the
 pathologist finishes the object by hand (painting, as the dock allows), so its accepted mask is the
 true one (``accepted="clicked"``); with ``accepted="reference"`` every object is finished by hand
-to the reference mask (a pathologist who corrects every border before accepting). The run without adaptation clicks the same objects with the base decoder; both share the
+to the reference mask (a pathologist who corrects every border before accepting). The run without adaptation
+clicks the same objects with the base decoder; both share the
 embeddings (each image is encoded once).
 
 Reported per run, over the objects after the first ``WARM_UP`` of every group: NoC@80/85/90,
@@ -150,7 +151,7 @@ def format_table(source: str, base: dict, adapted: dict) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, s in (("base", base), ("adapted", adapted)):
         curve = s["miou_per_click"]
-        at = lambda k: f"{curve[k - 1]:.3f}" if len(curve) >= k else "–"  # noqa: E731
+        at = lambda k, curve=curve: f"{curve[k - 1]:.3f}" if len(curve) >= k else "–"  # noqa: E731
         fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
         lines.append(f"| {source} | {name} | {s['n_groups']} | {s['n_objects']} | {fmt(s['noc@80'])} | "
                      f"{fmt(s['noc@85'])} | {fmt(s['noc@90'])} | {s['nof@85']} | {at(1)} | {at(5)} | "
@@ -217,7 +218,8 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
     source = Path(dataset).name
     summary = {"source": str(dataset), "model": loaded.name, "decoder": decoder, "max_clicks": max_clicks,
                "warm_up": WARM_UP, "steps_per_object": STEPS_PER_OBJECT if steps_per_object is None else steps_per_object,
-               "lr": lr, "prior_weight": PRIOR_WEIGHT if prior_weight is None else prior_weight, "gated": gated, "refiner": refiner, "accepted": accepted,
+               "lr": lr, "prior_weight": PRIOR_WEIGHT if prior_weight is None else prior_weight, "gated": gated,
+               "refiner": refiner, "accepted": accepted,
                **{name: summarize(r, max_clicks) for name, r in runs.items()}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,10 @@ import functools
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -18,16 +18,15 @@ clicks than the base decoder. What an object costs here: one colour-feature pass
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..evaluation.clicker import next_click
 from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
-from ..models.slide_refiner import (MIN_AGREEMENT, SlideRefiner, TileRefiner, colour_features, fit_slide_refiner,
-                                    refiner_samples)
+from ..models.slide_refiner import MIN_AGREEMENT, SlideRefiner, TileRefiner, colour_features, fit_slide_refiner, refiner_samples
 
 SNAPSHOT_CLICKS = (2, 4, 7, 12, 20)  # SAM's logits after these clicks of a re-click teach the refiner
 MIN_JUDGED = 3  # objects the refiner must have been judged on before it is offered

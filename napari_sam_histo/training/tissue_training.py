@@ -32,8 +32,8 @@ feed it. Deterministic under ``recipe.seed`` for the same examples (one thread).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -141,7 +141,7 @@ class _RecordingDecoder(TissueDecoder):
     """The tissue decoder that also keeps every mask SAM's decoder returns (the states). The list
     is shared with the copy a ``Predictor`` makes of its decoder (bf16 where that is fast)."""
 
-    def __init__(self, sam_decoder, head: TissueHead, states: "_States", corrected_clicks: int | None) -> None:
+    def __init__(self, sam_decoder, head: TissueHead, states: _States, corrected_clicks: int | None) -> None:
         super().__init__(sam_decoder, head, corrected_clicks)
         self.states = states
 
@@ -162,7 +162,7 @@ class _States:
         for mask in masks.reshape(-1, *masks.shape[-2:]):
             self.masks.append(mask.detach().to("cpu", torch.float16).clone())
 
-    def __deepcopy__(self, memo) -> "_States":
+    def __deepcopy__(self, memo) -> _States:
         return self
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -166,9 +166,7 @@ class Trainer:
 
     def _predictor(self, cache=None):
         from ..engine.predictor import Predictor
-        from ..models.decoders import DecoderChoice
-
-        from ..models.decoders import SingleMaskDecoder
+        from ..models.decoders import DecoderChoice, SingleMaskDecoder
 
         # validate what inference will run: an md checkpoint answers every click with token 0
         module = SingleMaskDecoder(self.decoder) if self.scenario.name == "md" else self.decoder
