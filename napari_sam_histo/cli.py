@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 
 
 def _quiet_third_party_warnings() -> None:
@@ -309,9 +310,37 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_train_from_project(args: argparse.Namespace) -> int:
+    from .engine.embedding_cache import EmbeddingCache
+    from .engine.predictor import Predictor
+    from .errors import InputError
+    from .models.registry import load_model
+    from .training.project_training import train_from_project
+    from .training.tissue_training import TissueRecipe
+
+    if args.dataset:
+        raise InputError("train --from-project trains on the project's objects: give no dataset folders with it.")
+    out = Path(args.out)
+    if out.suffix != ".pt":
+        raise InputError(f"train --from-project writes one decoder file: --out {args.out} must end in .pt.")
+    predictor = Predictor(load_model(args.model, args.device), "sam", cache=EmbeddingCache(max_bytes=1 << 28))
+    result = train_from_project(args.from_project, out, predictor, TissueRecipe(seed=args.seed),
+                                held_out_fraction=args.held_out_fraction, name=args.name,
+                                log=None if args.quiet else print)
+    print(f"{result.path}: {result.verdict} (NoC@85 on {result.held_out['objects']} held-out objects: "
+          f"SAM {result.held_out['sam_noc']:.2f}, this decoder {result.held_out['decoder_noc']:.2f})")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import TrainConfig, train
 
+    if args.from_project is not None:
+        return _cmd_train_from_project(args)
+    if not args.dataset:
+        from .errors import InputError
+
+        raise InputError("train: give dataset folder(s), or --from-project PROJECT.")
     config = TrainConfig(
         datasets=args.dataset, out_dir=args.out, scenario=args.scenario, model=args.model,
         extra_train=args.extra_train or [], components=args.components or [], val=args.val or [],
@@ -614,8 +643,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_arguments(synth)
     synth.set_defaults(func=_cmd_synth)
     tr = sub.add_parser("train", help="fine-tune a decoder (or SAM) with simulated clicks (Kim et al. scenarios)")
-    tr.add_argument("dataset", nargs="+", help="dataset folder(s) or manifest(s), split into train/val by --group-by")
-    tr.add_argument("--out", required=True, help="run folder: best weights, resumable state, history, manifests")
+    tr.add_argument("dataset", nargs="*", help="dataset folder(s) or manifest(s), split into train/val by --group-by")
+    tr.add_argument("--out", required=True, help="run folder: best weights, resumable state, history, manifests "
+                                                 "(with --from-project: the decoder file, NAME.pt)")
+    tr.add_argument("--from-project", metavar="PROJECT", default=None,
+                    help="train a decoder for your tissue on a project's accepted and imported objects, judged on "
+                         "the slides accepted last (held out) against zero-shot SAM")
+    tr.add_argument("--name", default=None, help="with --from-project: the decoder's name (default: the file's)")
+    tr.add_argument("--held-out-fraction", type=float, default=0.25,
+                    help="with --from-project: at least this share of the objects is held out, by whole slides")
     tr.add_argument("--scenario", choices=("md", "ie_md", "whole", "modified", "residual"), default="modified",
                     help="md: SAM's decoder; ie_md: image encoder + decoder; whole: all; modified: Kim et al.'s "
                          "decoder; residual: SAM's decoder frozen + a trained correction (untrained = SAM)")

@@ -1,0 +1,78 @@
+"""A decoder trained on a project's objects (training.project_training, `train --from-project`):
+held out by slide, judged against zero-shot SAM, written with what it was trained on; bad input
+refused with a clear message and nothing written (tiny random SAM: mechanics)."""
+
+import pytest
+
+from napari_sam_histo.cli import main
+from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.predictor import Predictor
+from napari_sam_histo.errors import InputError
+from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint
+from napari_sam_histo.models.decoders import choose_decoder
+from napari_sam_histo.models.tissue_decoder import KIND
+from napari_sam_histo.training.project_import import import_annotations
+from napari_sam_histo.training.project_store import ProjectStore
+from napari_sam_histo.training.project_training import BETTER, NOT_BETTER, train_from_project
+from napari_sam_histo.training.tissue_training import TissueRecipe
+
+from .test_project_store import CENTRES, TILE, _disc, _exported, _slide
+
+RECIPE = TissueRecipe(steps=5, batch_size=2, max_clicks=2)
+
+
+@pytest.fixture
+def predictor(tiny_model):
+    return Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+
+
+@pytest.fixture
+def project(tmp_path, predictor):
+    """Two slides, four discs each, imported in turn (so the second slide is the one held out)."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    store = ProjectStore(folder)
+    for i in range(2):
+        slide = _slide(folder / f"{'ab'[i]}.png", i)
+        objects = [_disc(c, id=f"{i}-{j}") for j, c in enumerate(CENTRES)]
+        import_annotations(store, slide, _exported(tmp_path / f"{i}.geojson", slide, objects), predictor, TILE)
+    return folder
+
+
+def test_a_project_decoder_is_judged_on_the_slide_it_never_saw_and_says_so(tmp_path, project, predictor):
+    out = tmp_path / "lab.pt"
+    result = train_from_project(project, out, predictor, RECIPE, log=None)
+    assert result.path == out and out.exists()
+    assert result.held_out["objects"] == 4 and result.held_out["slides"] == ["b.png"]
+    assert result.better == (result.held_out["decoder_noc"] < result.held_out["sam_noc"])
+    assert result.verdict == (BETTER if result.better else NOT_BETTER)
+    metadata, _ = read_decoder_checkpoint(out)
+    recorded = metadata["tissue_head"]
+    assert recorded["objects"] == 4 and recorded["slides"] == ["a.png"] and recorded["classes"] == ["Tumor"]
+    assert recorded["held_out"]["sam_noc"] == result.held_out["sam_noc"] and recorded["verdict"] == result.verdict
+    assert "Tumor" in recorded["tissue"] and recorded["name"] == "lab"
+    assert choose_decoder(predictor.model, str(out)).kind == KIND  # the picker's loader takes it
+
+
+def test_bad_projects_are_refused_and_nothing_is_written(tmp_path, project, predictor, tiny_model):
+    out = tmp_path / "lab.pt"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="holds no objects"):
+        train_from_project(empty, out, predictor, RECIPE, log=None)
+    store = ProjectStore(project)
+    store.remove_slide("b.png")
+    for obj in store.objects()[1:]:
+        store.remove_object(obj.object_id)
+    with pytest.raises(InputError, match="Too few objects"):
+        train_from_project(project, out, predictor, RECIPE, log=None)
+    assert not out.exists()
+
+
+def test_the_cli_refuses_datasets_with_a_project_and_a_run_folder_for_a_decoder_file(tmp_path, project, capsys):
+    assert main(["train", "--from-project", str(project), "--out", str(tmp_path / "a.pt"), "data"]) == 2
+    assert "give no dataset folders" in capsys.readouterr().err
+    assert main(["train", "--from-project", str(project), "--out", str(tmp_path / "run")]) == 2
+    assert "must end in .pt" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "run")]) == 2
+    assert "--from-project PROJECT" in capsys.readouterr().err
