@@ -1,6 +1,7 @@
 """The dock keeps accepted objects in the project for training (Xvfb, real MobileSAM, real clicks
 and keys): switched on with the mouse, an accepted object is on disk with its tile, mask and class;
-deleted on the list, it leaves the project."""
+deleted on the list, it leaves the project. Trained on with the panel's button, the project gives a
+decoder file that the picker lists with its held-out verdict."""
 
 import pytest
 from app_model.types import KeyCode
@@ -10,8 +11,9 @@ pytest.importorskip("napari")
 
 from napari_sam_histo._napari.project_panel import OFF_TEXT  # noqa: E402
 from napari_sam_histo.training.project_store import ProjectStore  # noqa: E402
+from napari_sam_histo.training.tissue_training import TissueRecipe  # noqa: E402
 
-from .annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
+from .annotator_gui import FRAGMENT, STRIP, _wait, click, dock, press, slide  # noqa: E402,F401
 
 
 @pytest.mark.gui
@@ -41,3 +43,31 @@ def test_accepted_objects_are_kept_in_the_project_and_deleted_ones_leave_it(dock
     qtbot.waitUntil(lambda: "0 objects on 0 slides" in panel.state.text(), timeout=10_000)
     panel.check.click()  # off: the next object is not kept
     assert panel.state.text() == OFF_TEXT and dock.annotator.recorder is None
+
+
+@pytest.mark.gui
+def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_verdict(dock, qtbot, slide):
+    panel = dock.project_panel
+    panel.check.click()
+    qtbot.waitUntil(lambda: dock.annotator.recorder is not None, timeout=30_000)
+    for n, where in enumerate((FRAGMENT, STRIP), start=1):
+        click(dock.viewer, *where)
+        _wait(dock, qtbot)
+        press(dock.viewer, KeyCode.Enter)
+        qtbot.waitUntil(lambda n=n: len(dock.object_list.ids) == n, timeout=60_000)
+    panel.flush(timeout=60)
+    training = panel.training
+    training.recipe = TissueRecipe(steps=10, batch_size=2, max_clicks=2)  # mechanics, not a good decoder
+    training.name_edit.clear()
+    qtbot.keyClicks(training.name_edit, "my stroma")
+    qtbot.mouseClick(training.train_button, Qt.MouseButton.LeftButton)
+    assert not training.train_button.isEnabled() and training.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: training.train_button.isEnabled(), timeout=300_000)
+    written = slide.parent / "decoders" / "my-stroma.pt"
+    assert written.exists(), training.state.text()
+    assert "held-out objects" in training.state.text() and "zero-shot SAM" in training.state.text()
+    picker = dock.settings.decoder_combo
+    assert picker.findText(str(written)) >= 0 and picker.currentText() == "sam"  # offered, never chosen for the user
+    picker.setCurrentText(str(written))
+    label = dock.settings.decoder_tissue.text()
+    assert "this project's" in label and ("better than zero-shot SAM" in label)

@@ -215,7 +215,7 @@ class AnnotatorDock(QWidget):
         self.adaptation_panel = AdaptationPanel(self.threads)
         self.adaptation_panel.check.toggled.connect(lambda on: self._learn_from_layer() if on else None)
         layout.addWidget(self.adaptation_panel)
-        self.project_panel = ProjectPanel(self.threads)
+        self.project_panel = ProjectPanel(self.threads, self._decoder_trained)
         layout.addWidget(self.project_panel)
         help_label = QLabel(BINDINGS)
         help_label.setWordWrap(True)
@@ -1175,6 +1175,14 @@ class AnnotatorDock(QWidget):
             resumed(0)
 
         self.threads.run(lambda: autosave.load(path), loaded)
+
+    def _decoder_trained(self, path, result) -> None:
+        """A decoder trained on the project: in the picker, with its tissue and held-out verdict."""
+        held = result.held_out
+        self.settings.add_decoder_file(path, f"{result.provenance['tissue']}: {result.verdict.split(':')[0]}",
+                                       f"{result.provenance['training_data']}. On {held['objects']} held-out objects "
+                                       f"NoC@85 {held['decoder_noc']:.2f} against zero-shot SAM's "
+                                       f"{held['sam_noc']:.2f}: {result.verdict}.")
 
     def _learn_from_layer(self) -> None:
         """The slide's learning takes the objects already in the layer (resumed, imported, or

@@ -130,10 +130,13 @@ class AnnotatorSettings(QWidget):
         self.decoder_tissue = QLabel()
         self.decoder_tissue.setWordWrap(True)
 
+        self._file_notes: dict[str, tuple[str, str]] = {}  # decoder files added here: (tissue, note)
+
         def show_tissue(name: str) -> None:
-            self.decoder_tissue.setText(decoder_tissue(name))
-            self.decoder_tissue.setToolTip(decoder_note(name))
-            self.decoder_combo.setToolTip(decoder_note(name))
+            tissue, note = self._file_notes.get(name, (decoder_tissue(name), decoder_note(name)))
+            self.decoder_tissue.setText(tissue)
+            self.decoder_tissue.setToolTip(note)
+            self.decoder_combo.setToolTip(note)
 
         self.decoder_combo.currentTextChanged.connect(show_tissue)
         show_tissue(self.decoder_combo.currentText())
@@ -183,6 +186,16 @@ class AnnotatorSettings(QWidget):
         if self.min_area_spin.suffix() != unit:
             self.min_area_spin.setSuffix(unit)
             self.min_area_spin.setValue(DEFAULT_MIN_AREA_UM2 if mpp else DEFAULT_MIN_AREA_PX)
+
+    def add_decoder_file(self, path, tissue: str, note: str) -> None:
+        """List a decoder file in the picker (once) with what it is for; the choice is the user's."""
+        name = str(path)
+        self._file_notes[name] = (tissue, note)
+        if self.decoder_combo.findText(name) < 0:
+            self.decoder_combo.addItem(name)
+        self.decoder_combo.setItemData(self.decoder_combo.findText(name), note, Qt.ItemDataRole.ToolTipRole)
+        if self.decoder_combo.currentText() == name:
+            self.decoder_combo.currentTextChanged.emit(name)
 
     def fill_models(self, names) -> None:
         if isinstance(names, Exception) or not names:

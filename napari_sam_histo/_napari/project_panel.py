@@ -14,14 +14,17 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
+from .decoder_training import DecoderTraining
+
 OFF_TEXT = "Off: accepted objects are kept in the annotations only."
 
 
 class ProjectPanel(QGroupBox):
     """``attach(annotator, slide_path)`` at Start; ``forget(ids)`` when objects are deleted or an
-    Accept is undone; ``close()`` when the dock closes (waits for the writes under way)."""
+    Accept is undone; ``close()`` when the dock closes (waits for the writes under way).
+    ``on_trained(path, result)``: a decoder was trained on the project (``DecoderTraining``)."""
 
-    def __init__(self, threads) -> None:
+    def __init__(self, threads, on_trained=lambda path, result: None) -> None:
         super().__init__("Project: train a decoder on my tissue")
         self.threads = threads
         self.check = QCheckBox("Keep my accepted objects as training examples")
@@ -38,6 +41,8 @@ class ProjectPanel(QGroupBox):
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addWidget(self.state)
+        self.training = DecoderTraining(threads, lambda: (self._annotator, self.folder), on_trained)
+        layout.addWidget(self.training)
         self.chosen_folder: Path | None = None  # None: the slide's folder
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-project")
         self._annotator = None
@@ -77,6 +82,7 @@ class ProjectPanel(QGroupBox):
         self._writer.submit(lambda: None).result(timeout=timeout)
 
     def close(self) -> None:
+        self.training.close_job()
         self.detach()
         self._writer.shutdown(wait=True)
 
