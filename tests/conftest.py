@@ -70,3 +70,16 @@ def sample_source():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers from what a test needs, so that every test carries them without each file saying so:
+    ``weights`` for the real MobileSAM (the ``mobile_sam`` fixture), ``gui`` for a napari window
+    (``make_napari_viewer``, or a ``test_gui_*`` file). ``pytest -m "not slow and not gui"`` is the
+    quick run for development; CI runs everything."""
+    for item in items:
+        names = item.fixturenames if isinstance(item, pytest.Function) else ()
+        if "mobile_sam" in names:
+            item.add_marker(pytest.mark.weights)
+        if "make_napari_viewer" in names or item.path.name.startswith("test_gui_"):
+            item.add_marker(pytest.mark.gui)
