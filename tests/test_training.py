@@ -248,7 +248,7 @@ def test_shipped_decoders_load_for_mobile_sam_and_segment(mobile_sam, kind):
         mask = session.add_click(click.col, click.row, click.positive).mask
         ious.append((mask & blob).sum() / (mask | blob).sum())
     # Both refine towards the object; the modified decoder, trained on large EBHI-Seg regions
-    # only, needs more clicks on this small synthetic disc than SAM's decoder (see README).
+    # only, needs more clicks on this small synthetic disc than SAM's decoder (see docs/decoders.md).
     assert ious[-1] > 0.8 and max(ious) > 0.85
 
 

@@ -91,7 +91,7 @@ class ClickSession:
                  mask_prompt: bool = True, first_mask: str = "iou", refine=None, honour_clicks: bool = True) -> None:
         """``threshold`` is the logit above which a pixel is in the mask (SAM's 0.0; the benchmark
         uses RITM's probability 0.49). ``mask_prompt=False`` leaves out the previous logits (points
-        only): zero-shot SAM is steadier that way, see the README's benchmark figures.
+        only): zero-shot SAM is steadier that way, see docs/benchmarks.md.
         ``first_mask``: one of ``FIRST_MASK_RULES``. ``refine``: SAM's logits -> refined logits
         (positive inside; a ``models.slide_refiner.TileRefiner``), or None. ``honour_clicks=False``
         shows SAM's usual decode even where it breaks the clicks (see the module; for benchmarks)."""

@@ -58,8 +58,8 @@ def _cuda_bf16_is_native(device: torch.device) -> bool:
 
 
 # Architectures whose optimized (traced + frozen) float32 encoder was measured faster than eager
-# on a CPU: MobileSAM (conv stages whose BatchNorms fold away) 1.3x end to end on 2 quiet AVX2 cores (README,
-# Speed). ViT-B/L/H are
+# on a CPU: MobileSAM (conv stages whose BatchNorms fold away) 1.3x end to end on 2 quiet AVX2 cores (docs/speed.md).
+# ViT-B/L/H are
 # not measured (12-60 s per tile here, mostly plain matmuls), and a frozen copy of ViT-H would hold
 # another 2.5 GB of weights: they stay eager unless asked (encoder_mode="optimized").
 OPTIMIZED_ENCODER_ARCHS = ("vit_t",)

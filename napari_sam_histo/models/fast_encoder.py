@@ -5,7 +5,7 @@ predictor always feeds it one padded (1, 3, 1024, 1024) float32 input, so a copy
 that shape is valid for every tile. TorchScript ``trace`` + ``freeze`` + ``optimize_for_inference``
 folds BatchNorm into the convolutions, inlines the weights as constants and runs the convolutions
 through oneDNN with pre-packed weights: MobileSAM's encoder forward runs 1.1-2x faster on a shared 2-core
-AVX2 CPU (1.3x end to end on a quiet machine, see the README's Speed section), in the same float32
+AVX2 CPU (1.3x end to end on a quiet machine, see docs/speed.md), in the same float32
 math (relative error of the embedding ~2e-6). ``torch.compile`` is no option there: 282 s to
 compile MobileSAM's encoder on 2 cores, and it then ran slower than eager; int8 dynamic
 quantisation was x1.25 at a relative error of 0.11, channels_last alone gained nothing.

@@ -8,7 +8,7 @@ says how much a cell looks like the accepted objects; its logit, times a small w
 every mask the decoder returns, so the clicks still decide where the object is and the prior
 tips the uncertain cells. It has 769 parameters and is fitted by L-BFGS (a second or two on a
 CPU) from the examples the adaptation already keeps; the adaptation's gate decides whether it is
-used (the README has what it does on RINGS and EBHI-Seg).
+used (docs/benchmarks.md has what it does on RINGS and EBHI-Seg).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ and the object is shown refined unless SAM has erred less by ``REFINED_LEAD`` or
 refined mask that overlaps SAM's by less than the refiner's ``min_agreement`` (``MIN_AGREEMENT``
 unless fitted with another) is not a border moved but another object, so SAM's is shown instead
 (``masks_agree``). SAM's own logits stay the mask prompt.
-Offline figures and the command: README, *Adapting the decoder to the slide* (``scripts/slide-refiner-offline-check``).
+Offline figures and the command: docs/benchmarks.md, *Offline checks* (``scripts/slide-refiner-offline-check``).
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ NEAR_BORDER = 10.0  # |logit| under this is "near SAM's border"
 FEATURES = 1 + 6 * len(SCALES)  # logit, colour at each scale, colour x logit at each scale
 # Nats by which SAM must lead at an object's clicks to be shown instead of the refiner. A click sits
 # on an error of what was shown, which might count against the shown mask too often, so a lead was
-# tried: 0, 1, 2, 4 on six EBHI-Seg cases (two of them also in the README's figures) gave 9.72,
-# 9.92, 9.96, 10.04 clicks (SAM 10.96): none (README).
+# tried: 0, 1, 2, 4 on six EBHI-Seg cases (two of them also in the offline figures of docs/benchmarks.md) gave 9.72,
+# 9.92, 9.96, 10.04 clicks (SAM 10.96): none (docs/benchmarks.md).
 REFINED_LEAD = 0.0
 # The refiner moves SAM's border; a refined mask that overlaps SAM's by less than this (IoU) is not
 # a border moved but another object (on RINGS: a tumour tile refined by a refiner that learnt benign
 # glands, IoU 0.1-0.3 against SAM's 0.5-0.8 with the truth), and SAM's mask stands in for it. Set a
 # priori at one half (the refined mask must share more with SAM's than it changes) and not tuned:
-# README, *Adapting the decoder to the slide*.
+# docs/adaptation.md.
 MIN_AGREEMENT = 0.5
 TIE = 1e-6  # nats: click evidence this close is a tie (the refined mask stood aside for SAM's there)
 
