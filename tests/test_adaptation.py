@@ -36,6 +36,7 @@ def tiny_predictor(tiny_model):
     return Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
 
 
+@pytest.mark.slow
 def test_every_third_example_is_held_out_and_training_examples_owe_steps(tiny_predictor):
     adapter = DecoderAdapter(tiny_predictor, steps_per_object=5)
     examples = _examples(tiny_predictor, 6)
@@ -49,6 +50,7 @@ def test_every_third_example_is_held_out_and_training_examples_owe_steps(tiny_pr
 
 
 @pytest.mark.parametrize("decoder", ["sam", "modified", "residual"])
+@pytest.mark.slow
 def test_every_decoder_kind_adapts_a_copy_and_never_the_base(tiny_model, decoder):
     if decoder == "residual":
         from napari_sam_histo.models.decoders import DecoderChoice
@@ -79,6 +81,7 @@ def test_every_decoder_kind_adapts_a_copy_and_never_the_base(tiny_model, decoder
     assert all(p.grad is None for p in tiny_model.sam.prompt_encoder.parameters())
 
 
+@pytest.mark.slow
 def test_adaptation_is_deterministic_under_a_seed(tiny_predictor):
     weights = []
     for _ in range(2):
@@ -91,6 +94,7 @@ def test_adaptation_is_deterministic_under_a_seed(tiny_predictor):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow
 def test_the_worker_pauses_while_a_click_runs_and_resumes_after(tiny_predictor):
     adapter = DecoderAdapter(tiny_predictor, steps_per_object=4, lr=1e-3)
     busy = threading.Event()
@@ -108,6 +112,7 @@ def test_the_worker_pauses_while_a_click_runs_and_resumes_after(tiny_predictor):
         worker.stop()
 
 
+@pytest.mark.slow
 def test_a_click_queued_during_adaptation_runs_before_the_next_step(tiny_model):
     from napari_sam_histo.engine.annotator import Annotator
     from napari_sam_histo.slides.reader import from_array
@@ -142,6 +147,7 @@ def test_a_click_queued_during_adaptation_runs_before_the_next_step(tiny_model):
     assert sum(steps_at_click) <= 1
 
 
+@pytest.mark.slow
 def test_the_gate_keeps_the_base_decoder_when_the_copy_is_worse(mobile_sam):
     predictor = Predictor(mobile_sam, "sam", cache=EmbeddingCache(), precision="fp32")
     adapter = DecoderAdapter(predictor, steps_per_object=1, lr=1e-6)
@@ -279,6 +285,7 @@ def test_a_stopped_worker_cancels_what_is_handed_to_it(tiny_predictor):
     assert worker.submit(lambda: 1).cancelled() and worker.wait_idle(5)
 
 
+@pytest.mark.slow
 def test_a_thread_busy_with_its_own_background_work_lets_steps_run_between_its_units(tiny_predictor):
     """A prefetcher computing embeddings back to back keeps ``may_run`` false all along: without
     ``take_turn`` between its units no step runs; with it, steps run between them."""

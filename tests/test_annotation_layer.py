@@ -82,6 +82,7 @@ def _ring(cx, cy, rx, ry, n=240):
 
 
 @pytest.mark.gui
+@pytest.mark.slow
 def test_a_click_inside_an_accepted_object_selects_it_in_select_mode(make_napari_viewer, qtbot):
     """Real mouse presses on napari's canvas, over a slide in µm: inside a large object with a
     hole, inside its second part and inside a small object, each selects that shape; the hole and

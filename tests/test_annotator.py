@@ -161,6 +161,7 @@ def test_listeners_hear_when_an_embedding_is_computed(fresh):
                                                             if b.key() != box.key()]
 
 
+@pytest.mark.slow
 def test_accept_makes_an_annotation_in_level0(annotator):
     annotator.clear()
     annotator.click(300, 300)
@@ -177,6 +178,7 @@ def test_accept_makes_an_annotation_in_level0(annotator):
     assert annotator.clicks == [] and not hasattr(annotator, "objects")  # the caller keeps accepted objects
 
 
+@pytest.mark.slow
 def test_accept_and_clear_can_be_undone_through_a_snapshot(annotator):
     annotator.clear()
     annotator.click(300, 300)
@@ -194,6 +196,7 @@ def test_accept_and_clear_can_be_undone_through_a_snapshot(annotator):
     assert annotator.restore(snapshot).clicks == before.clicks  # a snapshot survives a later clear
 
 
+@pytest.mark.slow
 def test_undoable_actions_snapshot_after_the_clicks_queued_before_them(annotator):
     annotator.clear()
     annotator.submit_click(300, 300)

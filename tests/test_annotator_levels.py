@@ -26,6 +26,7 @@ def test_auto_follows_the_view_a_ui_passes_with_each_click(auto):
     assert auto.grid.downsample == 8.0  # the working level is the last click's
 
 
+@pytest.mark.slow
 def test_a_finer_click_refines_the_coarse_object_as_one_object_and_undo_steps_back(auto, monkeypatch):
     coarse = auto.click(3000, 2000, downsample=8.0).boxes[0]
     prompts = []
@@ -47,6 +48,7 @@ def test_a_finer_click_refines_the_coarse_object_as_one_object_and_undo_steps_ba
     assert set(again.boxes) == {coarse, fine}
 
 
+@pytest.mark.slow
 def test_a_coarse_click_reaches_the_finer_tiles_that_hold_it(auto):
     auto.click(3000, 2000, downsample=8.0)
     fine = next(b for b in auto.click(3100, 2050, downsample=1.0).boxes if b.downsample == 1.0)
@@ -54,6 +56,7 @@ def test_a_coarse_click_reaches_the_finer_tiles_that_hold_it(auto):
     assert len(auto._sessions[fine.key()].clicks) == 3  # its own start (2 clicks) and the coarse click
 
 
+@pytest.mark.slow
 def test_the_accepted_object_records_the_finest_level_and_a_fixed_level_refuses_bad_input(auto, tiny_model):
     auto.click(3000, 2000, downsample=8.0)
     auto.click(3010, 2010, downsample=2.0)

@@ -19,6 +19,7 @@ def predictor(mobile_sam):
     return Predictor(mobile_sam, "sam", cache=EmbeddingCache(), precision="fp32")
 
 
+@pytest.mark.slow
 def test_positive_click_on_a_separate_fragment_segments_just_that_fragment(predictor, sample_source):
     session = ClickSession.on_tile(predictor, sample_source, FRAGMENT_TILE)
     mask = session.add_click(*FRAGMENT_CENTRE).mask
@@ -29,6 +30,7 @@ def test_positive_click_on_a_separate_fragment_segments_just_that_fragment(predi
     assert abs(rows.mean() - y) < 60 and abs(cols.mean() - x) < 60
 
 
+@pytest.mark.slow
 def test_negative_click_removes_area(predictor, sample_source):
     session = ClickSession.on_tile(predictor, sample_source, TISSUE_TILE)
     first = session.add_click(150, 150).mask
@@ -40,6 +42,7 @@ def test_negative_click_removes_area(predictor, sample_source):
     assert not second[ys[far], xs[far]]
 
 
+@pytest.mark.slow
 def test_bf16_decoding_matches_fp32(mobile_sam, sample_source, predictor):
     bf16 = Predictor(mobile_sam, "sam", cache=predictor.cache, precision="bf16")
     masks = []

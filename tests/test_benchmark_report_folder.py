@@ -67,6 +67,7 @@ def test_an_empty_or_unrelated_folder_is_not_a_report(tmp_path):
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_resume_after_a_cancel_gives_the_summary_of_an_uninterrupted_run(tmp_path, tiny_model):
     data = make_dataset(tmp_path / "d", n=3)
     straight = run_benchmark(BenchmarkConfig(str(data), str(tmp_path / "a"), max_clicks=3),
@@ -129,6 +130,7 @@ def tiny_cli(monkeypatch, tiny_model):
     monkeypatch.setattr(benchmark, "build_methods", lambda config: tiny_methods(tiny_model)[:1])
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_existing_report_then_resumes_it(tmp_path, capsys, tiny_cli):
     data = make_dataset(tmp_path / "d", n=3)
     common = ["benchmark", str(data), "--max-clicks", "3", "--quiet"]

@@ -183,6 +183,7 @@ def test_cli_precision_reaches_the_decoder_and_the_report(tmp_path, capsys, tiny
         main(["benchmark", str(data), "--precision", "fp16", "--out", str(tmp_path / "x")])
 
 
+@pytest.mark.slow
 def test_embedding_store_is_reused_by_a_later_run_and_still_charged(tmp_path, capsys, tiny_load):
     data = make_dataset(tmp_path / "d", n=2)
     store = tmp_path / "store"
@@ -214,6 +215,7 @@ def _recorded_encode_s(path) -> float:
     return float(zarr.open_array(str(path), mode="r").attrs["encode_s"])
 
 
+@pytest.mark.slow
 def test_the_store_is_reused_only_on_the_device_and_dtype_that_wrote_it(tmp_path, monkeypatch, tiny_model,
                                                                         tiny_load):
     data = make_dataset(tmp_path / "d", n=1)

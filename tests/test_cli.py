@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from napari_sam_histo.cli import main
 
 
@@ -20,6 +22,7 @@ def test_bad_input_is_one_line_not_a_traceback(capsys):
     assert err.startswith("napari-sam-histo: Unknown model 'vit_zz'") and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_perf_json_has_the_agreed_fields(capsys):
     assert main(["perf", "--model", "tiny", "--random-weights", "--device", "cpu", "--json",
                  "--clicks", "20", "--encoder-runs", "1"]) == 0
@@ -31,6 +34,7 @@ def test_perf_json_has_the_agreed_fields(capsys):
     assert report["device"] == "cpu" and report["modified_decoder_trained"] is False
 
 
+@pytest.mark.slow
 def test_headless_demo_writes_a_mask_and_a_summary(tmp_path, capsys, mobile_sam):
     import imageio.v3 as iio
 
@@ -42,6 +46,7 @@ def test_headless_demo_writes_a_mask_and_a_summary(tmp_path, capsys, mobile_sam)
     assert (tmp_path / "overlay.png").is_file()
 
 
+@pytest.mark.slow
 def test_benchmark_cli_is_deterministic_and_prints_the_papers_table(tmp_path, capsys, mobile_sam):
     import csv
 

@@ -58,6 +58,7 @@ def _small_spec(seed: int = 0) -> cpu_runtime.NetworkSpec:
 
 
 # -- the encoder --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_runtime_encoder_gives_eager_embeddings_under_the_same_cache_key(tiny):
     eager = Predictor(tiny, "sam", precision="fp32", encoder_mode="eager")
     fast = Predictor(tiny, "sam", precision="fp32", encoder_mode="optimized")
@@ -88,6 +89,7 @@ def test_a_precomputed_store_stays_valid_for_the_runtime_encoder(tiny, tmp_path)
     torch.testing.assert_close(computed.features, found.features, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_a_refused_encoder_network_warns_once_and_the_torchscript_copy_runs(tiny, monkeypatch):
     monkeypatch.setattr(cpu_runtime, "MAX_RELATIVE_ERROR", -1.0)  # any network is then too far off
     reference = Predictor(tiny, "sam", precision="fp32", encoder_mode="eager").embed(_tile()).features
@@ -100,6 +102,7 @@ def test_a_refused_encoder_network_warns_once_and_the_torchscript_copy_runs(tiny
     assert _relative(first, reference) <= 1e-4 and torch.equal(first, second)
 
 
+@pytest.mark.slow
 def test_without_the_runtime_the_encoder_copy_is_torchscript_and_decoders_run_in_pytorch(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
     assert not cpu_runtime.available()
@@ -182,6 +185,7 @@ def _decoders(tiny):
 
 
 @pytest.mark.parametrize("name", ["sam", "modified", "single"])
+@pytest.mark.slow
 def test_runtime_decoders_give_pytorch_float32_masks_for_every_click(tiny, name):
     choice = _decoders(tiny)[name]
     runtime = Predictor(tiny, choice, precision="fp32", decoder_mode="runtime", allow_untrained=True)
@@ -277,6 +281,7 @@ def test_a_predictor_that_does_not_wait_clicks_in_pytorch_while_the_network_buil
     assert runtime.last_decoder_path == "runtime"
 
 
+@pytest.mark.slow
 def test_prepare_builds_the_decoder_networks_ahead_of_the_first_click(tiny):
     runtime = Predictor(tiny, "sam", precision="fp32", decoder_mode="runtime")
     runtime.prepare_decoder(background=False)
@@ -297,6 +302,7 @@ def _compiled(model) -> runtime_decoder.CompiledDecoder:
                                             model.sam.prompt_encoder.mask_downscaling)
 
 
+@pytest.mark.slow
 def test_an_embed_worker_builds_one_encoder_network_and_no_decoder_network(runtime_cache):
     from napari_sam_histo.cohort.encoder_worker import EncoderPlugin, ModelRecipe
 

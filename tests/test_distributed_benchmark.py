@@ -117,6 +117,7 @@ def runs(tmp_path_factory, cluster, single_methods):
                 single_summary=single_summary, spread_summary=spread_summary)
 
 
+@pytest.mark.slow
 def test_the_cluster_writes_the_report_one_process_writes(runs):
     root, single, spread = runs["root"], runs["single"], runs["spread"]
     assert [(r.method, r.sample_id) for r in spread] == [(r.method, r.sample_id) for r in single]
@@ -152,6 +153,7 @@ def test_an_unreadable_image_is_skipped_as_in_one_process(runs):
     assert rows(runs["root"] / "spread")[2]["status"] == "skipped"
 
 
+@pytest.mark.slow
 def test_a_cancelled_cluster_run_resumes_in_one_process_and_then_on_the_cluster(runs, cluster, single_methods):
     """Cancel, resume in this process for one more image and the unreadable one, resume on the
     cluster: the report of the uninterrupted run (another scheduler, the same runtime: accepted)."""
@@ -201,6 +203,7 @@ class FailOn(WorkerPlugin):
         module.run_sample = self.real
 
 
+@pytest.mark.slow
 def test_a_failing_task_names_its_image_and_leaves_the_report_before_it(runs, cluster, tmp_path):
     from distributed import Client
 

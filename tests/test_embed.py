@@ -63,6 +63,7 @@ def test_the_store_folder_is_the_docks_and_an_environment_variable_moves_it(tmp_
     assert slide_store("slide:abc") != slide_store("slide:abd")
 
 
+@pytest.mark.slow
 def test_an_embedded_slide_runs_no_encoder_in_the_annotator(client, slide, tmp_path, tiny_model):
     summary = run_embed([slide], out=tmp_path / "store", tissue_only=True, client=client, **TINY)
     source = open_image(slide)
@@ -93,6 +94,7 @@ def test_an_embedded_slide_runs_no_encoder_in_the_annotator(client, slide, tmp_p
     assert run_embed([slide], out=tmp_path / "store", tissue_only=True, client=client, **TINY).already == len(plan.tiles)
 
 
+@pytest.mark.slow
 def test_an_interrupted_embed_leaves_whole_entries_and_resumes(client, slide, tmp_path, tiny_model):
     root = tmp_path / "store"
     source = open_image(slide)
@@ -124,6 +126,7 @@ def test_an_interrupted_embed_leaves_whole_entries_and_resumes(client, slide, tm
     assert len(_entries(store)) == len(planned)
 
 
+@pytest.mark.slow
 def test_an_annotator_and_an_embed_on_the_same_slide_corrupt_nothing(client, slide, tmp_path, tiny_model):
     root = tmp_path / "store"
     source = open_image(slide)
@@ -193,6 +196,7 @@ def test_bad_numbers_an_unwritable_store_and_a_missing_gpu_are_named_before_any_
         run_embed([slide], out=tmp_path / "s", client=client, **{**TINY, "device": "cuda"})
 
 
+@pytest.mark.slow
 def test_embed_marks_the_store_precomputed(client, slide, tmp_path):
     from napari_sam_histo.cohort.store import is_precomputed
 

@@ -45,6 +45,7 @@ def test_optimized_tiny_encoder_matches_eager(tiny):
     assert state["state"] == "built" and state["relative_error"] < 1e-5 and state["build_s"] > 0
 
 
+@pytest.mark.slow
 def test_auto_uses_the_optimized_real_mobile_sam_encoder_with_eager_embeddings(mobile_sam, sample_source):
     fast = Predictor(mobile_sam, "sam", cache=EmbeddingCache(), precision="fp32")
     eager = Predictor(mobile_sam, "sam", cache=EmbeddingCache(), precision="fp32", encoder_mode="eager")

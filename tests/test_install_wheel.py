@@ -165,6 +165,7 @@ def existing_napari(wheel, without_qt, tmp_path_factory) -> dict[str, Scenario]:
     return scenarios(wheel, without_qt, tmp_path_factory.mktemp("napari"), cases)
 
 
+@pytest.mark.slow
 def test_wheel_metadata_names_no_qt_binding_and_no_pins(wheel):
     archive = zipfile.ZipFile(wheel)
     metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
@@ -186,6 +187,7 @@ def test_wheel_metadata_names_no_qt_binding_and_no_pins(wheel):
 
 
 @pytest.mark.parametrize("key", list(BINDINGS))
+@pytest.mark.slow
 def test_installing_into_an_existing_napari_adds_only_this_package(existing_napari, key):
     case = existing_napari[key]
     assert "napari" in case.before and "torch" in case.before and "micro-sam" not in case.before
@@ -197,6 +199,7 @@ def test_installing_into_an_existing_napari_adds_only_this_package(existing_napa
     assert to_install == [("napari-sam-histo", "0.1.0")], to_install
 
 
+@pytest.mark.slow
 def test_installed_for_real_napari_finds_it_and_nothing_else_changed(existing_napari, wheel):
     """Install what the resolver chose (just the wheel: --no-deps saves resolving twice): napari's
     plugin discovery finds it, imported from that venv, with still no PyQt6 and nothing else changed."""
@@ -211,6 +214,7 @@ def test_installed_for_real_napari_finds_it_and_nothing_else_changed(existing_na
     assert after == {**case.before, "napari-sam-histo": "0.1.0"}
 
 
+@pytest.mark.slow
 def test_the_resolver_check_catches_a_qt_requirement(wheel, tmp_path):
     """The harness itself: asked for the [pyqt6] extra, or for micro-sam (here installed, as a user
     may have it, but it requires PyQt6), the same offline resolution fails for want of PyQt6."""

@@ -59,6 +59,7 @@ def test_the_split_never_puts_a_group_on_both_sides_and_seeds_reproduce(dataset)
     assert len(test) == 2 and not {p.group for p in train} & {p.group for p in test}
 
 
+@pytest.mark.slow
 def test_the_report_has_its_columns_and_a_k_too_large_is_skipped_with_a_line(tmp_path, dataset, tiny_model):
     lines = []
     out = tmp_path / "out"
@@ -92,6 +93,7 @@ def test_a_dataset_of_one_group_or_bad_shots_is_refused_with_a_message(tmp_path,
         run_learning_curve(one, tmp_path / "out", shots=[0], model=tiny_model, recipe=TINY, log=None)
 
 
+@pytest.mark.slow
 def test_seeds_run_apart_join_into_one_report_and_a_repeated_seed_is_refused(tmp_path, dataset, tiny_model):
     from napari_sam_histo.training.learning_curve import join_reports
 

@@ -8,6 +8,7 @@ from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.slides.reader import open_image
 
 
+@pytest.mark.slow
 def test_a_mosaic_is_the_sample_repeated_at_every_level(tmp_path):
     sample = open_image(SAMPLE)
     width, height = sample.level_dimensions[0]

@@ -34,6 +34,7 @@ def run(allow: bool) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_our_imports_leave_triton_out_and_others_still_get_it():
     out = run(allow=False)
     assert "dynamo True" in out
@@ -41,6 +42,7 @@ def test_our_imports_leave_triton_out_and_others_still_get_it():
     assert "theirs triton" in out
 
 
+@pytest.mark.slow
 def test_the_environment_variable_lets_ours_load_triton():
     out = run(allow=True)
     assert "ours loaded triton True" in out

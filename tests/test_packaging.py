@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -16,6 +18,7 @@ def test_manifest_is_valid_and_found_by_the_entry_point():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_core_imports_no_qt():
     code = (
         "import sys\n"
@@ -38,6 +41,7 @@ def test_sample_data_is_the_real_slide():
     assert meta["scale"] == (0.499, 0.499)
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_manifest_and_the_sample(tmp_path):
     import zipfile
 

@@ -102,6 +102,7 @@ class _Capture:
         pass
 
 
+@pytest.mark.slow
 def test_an_accepted_object_is_kept_with_its_tile_embedding_and_survives_a_restart(tmp_path, slides, predictor):
     source = open_image(slides[0])
     annotator = Annotator(predictor, source, level=0, tile_size=TILE)
@@ -170,6 +171,7 @@ import_annotations(project_store.ProjectStore(sys.argv[1]), sys.argv[2], sys.arg
 """
 
 
+@pytest.mark.slow
 def test_a_crash_mid_write_leaves_every_whole_object_and_no_half_one(tmp_path, slides, predictor, monkeypatch):
     import signal
     import subprocess

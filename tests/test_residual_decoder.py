@@ -48,6 +48,7 @@ def test_forward_best_is_the_corrected_candidate_sam_ranks_first(tiny_model):
             torch.testing.assert_close(best[i, 0], masks[0, int(iou[0].argmax())], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_residual_training_moves_only_the_correction_and_lowers_the_loss(patches_dir, tmp_path):  # noqa: F811
     model = random_model("tiny", "cpu")
     before = {k: v.clone() for k, v in model.sam.state_dict().items()}
@@ -94,6 +95,7 @@ def test_md_checkpoint_answers_the_first_click_with_the_mask_it_trained(patches_
     assert first.low_res_logits.shape[0] == 1  # token 0, not three untrained candidates
 
 
+@pytest.mark.slow
 def test_residual_run_with_embedding_store_validates_sam_first_and_reuses_embeddings(
         patches_dir, tmp_path):  # noqa: F811
     from napari_sam_histo.engine.predictor import Predictor

@@ -40,6 +40,7 @@ def test_objects_are_grouped_by_case_in_name_order_and_small_cases_left_out(tmp_
     assert [s.sample_id for s in groups["caseA"]] == [f"caseA-{i:02d}" for i in range(7)]
 
 
+@pytest.mark.slow
 def test_both_runs_click_every_object_and_score_those_after_the_warm_up(tmp_path, tiny_model):
     root = _dataset(tmp_path / "d", {"caseA": WARM_UP + 2})
     out = tmp_path / "out"
@@ -62,6 +63,7 @@ def test_a_dataset_without_a_long_enough_case_is_refused_with_a_message(tmp_path
         run_benchmark(root, tmp_path / "out", model=tiny_model, log=lambda message: None)
 
 
+@pytest.mark.slow
 def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_path, tiny_model):
     """The objects' colour tells them apart (dark square on pale), so a refiner can beat the tiny
     SAM: it learns from every object, is judged on objects 2-4 and offered from object 5 on (the

@@ -60,6 +60,7 @@ def annotator(tiny_model):
     annotator.close(wait=True)
 
 
+@pytest.mark.slow
 def test_accepted_objects_teach_the_adapter_and_the_next_object_uses_what_it_offers(annotator):
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=2)
     annotator.adaptation = adaptation
@@ -80,6 +81,7 @@ def test_accepted_objects_teach_the_adapter_and_the_next_object_uses_what_it_off
     assert annotator.submit("accept").result(timeout=60).properties["adapted"] is True
 
 
+@pytest.mark.slow
 def test_accept_never_waits_for_a_step_under_way(annotator):
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=3)
     annotator.adaptation = adaptation
@@ -107,6 +109,7 @@ def test_accept_never_waits_for_a_step_under_way(annotator):
     assert adaptation.state().examples == 2
 
 
+@pytest.mark.slow
 def test_switched_off_it_keeps_no_examples_and_reset_forgets_them(annotator):
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, enabled=False, steps_per_object=1)
     annotator.adaptation = adaptation
@@ -126,6 +129,7 @@ def test_switched_off_it_keeps_no_examples_and_reset_forgets_them(annotator):
 NO_AGREEMENT = 0.0
 
 
+@pytest.mark.slow
 def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects_tiles(annotator):
     """Accept hands over the tile's pixels as a function the adaptation's thread calls; the
     refiner it offers refines every tile of the next object (and the object says so)."""
@@ -208,6 +212,7 @@ def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
     assert tile.evidence is not None and tile.evidence.loss == favour_sam.loss and not tile.evidence.use_refined
 
 
+@pytest.mark.slow
 def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_objects_clicks(annotator):
     """The refiner's learning (background) makes the tile's colour features through the annotator,
     which keeps them: the next object's refined click on that tile reads no pixels and blurs
@@ -313,6 +318,7 @@ def _object(centre, radius, downsample=None, id=None):
     return AnnotatedObject([Polygon(ring)], properties=properties, **({"id": id} if id else {}))
 
 
+@pytest.mark.slow
 def test_objects_from_earlier_work_become_examples_on_the_worker_newest_first(annotator):
     predictor = annotator.predictor
     adaptation = SlideAdaptation(predictor, annotator.quiet, steps_per_object=1, slide=annotator.source.identity)
@@ -351,6 +357,7 @@ def test_objects_from_earlier_work_become_examples_on_the_worker_newest_first(an
     adaptation.close()
 
 
+@pytest.mark.slow
 def test_accepting_says_so_at_once_while_the_worker_is_busy(annotator):
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=1)
     annotator.adaptation = adaptation
@@ -370,6 +377,7 @@ def test_accepting_says_so_at_once_while_the_worker_is_busy(annotator):
     assert state.queued == 0 and state.objects == 1 and state.steps == 1
 
 
+@pytest.mark.slow
 def test_a_restarted_annotator_goes_on_with_what_was_learned_on_the_same_slide_and_model(annotator, tiny_model):
     slide = annotator.source.identity
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=1, slide=slide)

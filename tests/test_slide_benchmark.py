@@ -104,6 +104,7 @@ SEAM = {f"{name}_{part}": 1 for name in ("band", "rest") for part in ("intersect
 REGION_VIEW = (-15.0, -36.25, 615.0, 436.25)  # a 600x400 region on the 1280x960 canvas with its 5 % margin
 
 
+@pytest.mark.slow
 def test_every_click_is_made_in_the_view_the_pathologist_looks_at(regions, tmp_path, tiny_model, monkeypatch):
     """The annotator's view is set before every click: the whole region (level0, level0+grow, auto),
     and the growing modes run with continuation on."""

@@ -127,6 +127,7 @@ def _gated_adapter(predictor, monkeypatch, passes=True, n=9):
     return adapter, examples
 
 
+@pytest.mark.slow
 def test_a_saved_prior_loads_back_and_a_foreign_one_is_refused(tiny_model, tmp_path, monkeypatch):
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     adapter, examples = _gated_adapter(predictor, monkeypatch)
@@ -151,6 +152,7 @@ def test_a_saved_prior_loads_back_and_a_foreign_one_is_refused(tiny_model, tmp_p
             build_decoder_from_checkpoint(tiny_model, tmp_path / name)
 
 
+@pytest.mark.slow
 def test_a_prior_the_gate_turned_down_is_not_saved(tiny_model, tmp_path, monkeypatch):
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     adapter, _ = _gated_adapter(predictor, monkeypatch, passes=False)
@@ -179,6 +181,7 @@ def test_another_accepted_object_on_the_tile_is_no_negative_and_held_out_cells_a
     assert labels.shape == (64 * 56,) and int(labels.sum()) == 64 * 40
 
 
+@pytest.mark.slow
 def test_a_prior_fitted_on_real_embeddings_finds_the_next_object(mobile_sam):
     """Behaviour, MobileSAM: fitted on three accepted discs of one stain, the prior's logits are
     higher inside a fourth disc than around it."""

@@ -208,6 +208,7 @@ def test_a_region_of_a_huge_file_is_read_without_the_full_array(tmp_path):
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB traced"
 
 
+@pytest.mark.slow
 def test_slide_memory_command_prints_figures(tmp_path, capsys):
     from napari_sam_histo.cli import main
 

@@ -62,6 +62,7 @@ def test_an_untrained_tissue_decoder_is_exactly_sam(tiny_model, examples, precis
         assert torch.equal(a.iou_predictions, b.iou_predictions)
 
 
+@pytest.mark.slow
 def test_training_changes_the_masks_keeps_sams_ranking_and_is_deterministic(predictor, examples, trained):
     assert trained.choice.kind == KIND and trained.choice.trained
     report = trained.report
@@ -88,6 +89,7 @@ def test_training_changes_the_masks_keeps_sams_ranking_and_is_deterministic(pred
     assert all(not p.requires_grad for p in trained.head.parameters())
 
 
+@pytest.mark.slow
 def test_the_fit_lowers_the_loss_on_the_training_objects(predictor, examples):
     longer = train_tissue_head(predictor, examples, TissueRecipe(steps=120, batch_size=4, max_clicks=3,
                                                                  dagger_rounds=0, width=8, lr=3e-3, seed=0))

@@ -135,6 +135,7 @@ def test_split_keeps_each_case_on_one_side(patches_dir, tmp_path):
 
 
 @pytest.mark.parametrize("scenario", ["modified", "md"])
+@pytest.mark.slow
 def test_loss_falls_on_a_few_patches(patches_dir, tmp_path, scenario):
     trainer = Trainer(_config(patches_dir, tmp_path / "run", scenario=scenario, lr=3e-3, max_extra_clicks=0),
                       random_model("tiny", "cpu"), log=lambda _: None)
@@ -144,6 +145,7 @@ def test_loss_falls_on_a_few_patches(patches_dir, tmp_path, scenario):
     assert losses[-1] < 0.9 * losses[0]
 
 
+@pytest.mark.slow
 def test_training_writes_a_checkpoint_that_loads_and_predicts(patches_dir, tmp_path):
     from napari_sam_histo.engine.predictor import Predictor
     from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint
@@ -173,6 +175,7 @@ def test_a_checkpoint_for_another_base_model_is_refused(patches_dir, tmp_path):
         Predictor(random_model("tiny", "cpu", seed=1), str(result.best_path))
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_same_step(patches_dir, tmp_path):
     full = Trainer(_config(patches_dir, tmp_path / "full"), random_model("tiny", "cpu"), log=lambda _: None)
     full_result = full.run(show_progress=False)
@@ -228,6 +231,7 @@ def test_cli_train_reports_a_missing_dataset(tmp_path, capsys):
 
 # -- the shipped decoders (real MobileSAM) ------------------------------------------------------
 @pytest.mark.parametrize("kind", ["modified", "md"])
+@pytest.mark.slow
 def test_shipped_decoders_load_for_mobile_sam_and_segment(mobile_sam, kind):
     from napari_sam_histo.engine.predictor import Predictor
     from napari_sam_histo.engine.session import ClickSession
