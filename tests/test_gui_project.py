@@ -3,12 +3,15 @@ and keys): switched on with the mouse, an accepted object is on disk with its ti
 deleted on the list, it leaves the project. Trained on with the panel's button, the project gives a
 decoder file that the picker lists with its held-out verdict."""
 
+from pathlib import Path
+
 import pytest
 from app_model.types import KeyCode
 from qtpy.QtCore import Qt
 
 pytest.importorskip("napari")
 
+import napari_sam_histo  # noqa: E402
 from napari_sam_histo._napari.project_panel import OFF_TEXT  # noqa: E402
 from napari_sam_histo.training.project_store import ProjectStore  # noqa: E402
 from napari_sam_histo.training.tissue_training import TissueRecipe  # noqa: E402
@@ -71,3 +74,8 @@ def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_ver
     picker.setCurrentText(str(written))
     label = dock.settings.decoder_tissue.text()
     assert "this project's" in label and ("better than zero-shot SAM" in label)
+    shipped = Path(napari_sam_histo.__file__).parent / "resources" / "decoder-md-vit_t.pt"
+    picker.lineEdit().clear()
+    qtbot.keyClicks(picker.lineEdit(), str(shipped))  # a decoder file typed in: its metadata is read
+    qtbot.waitUntil(lambda: "colorectal" in dock.settings.decoder_tissue.text(), timeout=30_000)
+

@@ -2,13 +2,16 @@
 held out by slide, judged against zero-shot SAM, written with what it was trained on; bad input
 refused with a clear message and nothing written (tiny random SAM: mechanics)."""
 
+from pathlib import Path
+
 import pytest
 
+import napari_sam_histo
 from napari_sam_histo.cli import main
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
-from napari_sam_histo.errors import InputError
-from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint
+from napari_sam_histo.errors import CheckpointError, InputError
+from napari_sam_histo.models.decoder_checkpoint import decoder_file_note, read_decoder_checkpoint
 from napari_sam_histo.models.decoders import choose_decoder
 from napari_sam_histo.models.tissue_decoder import KIND
 from napari_sam_histo.training.project_import import import_annotations
@@ -19,6 +22,7 @@ from napari_sam_histo.training.tissue_training import TissueRecipe
 from .test_project_store import CENTRES, TILE, _disc, _exported, _slide
 
 RECIPE = TissueRecipe(steps=5, batch_size=2, max_clicks=2)
+SHIPPED_MD = Path(napari_sam_histo.__file__).parent / "resources" / "decoder-md-vit_t.pt"
 
 
 @pytest.fixture
@@ -76,3 +80,15 @@ def test_the_cli_refuses_datasets_with_a_project_and_a_run_folder_for_a_decoder_
     assert "must end in .pt" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "run")]) == 2
     assert "--from-project PROJECT" in capsys.readouterr().err
+
+
+def test_a_decoder_file_says_what_tissue_it_is_for(tmp_path, project, predictor):
+    out = train_from_project(project, tmp_path / "lab.pt", predictor, RECIPE, log=None).path
+    short, note = decoder_file_note(out)
+    assert short.startswith("this project's Tumor: ") and "better than zero-shot SAM" in short
+    assert "4 objects of 1 slide(s)" in note and "Verdict: " in note
+    short, note = decoder_file_note(SHIPPED_MD)
+    assert short == "trained on colorectal and oral carcinoma (H&E)" and "EBHI-Seg" in note
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        decoder_file_note(tmp_path / "notes.pt")

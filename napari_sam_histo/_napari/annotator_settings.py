@@ -9,8 +9,11 @@ on it.
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -96,6 +99,8 @@ def source_spec(layer):
 
 
 class AnnotatorSettings(QWidget):
+    _file_read = Signal(str, str, str)  # (decoder file, the words under the picker, its note)
+
     def __init__(self, viewer, parent=None) -> None:
         super().__init__(parent)
         self.viewer = viewer
@@ -130,9 +135,12 @@ class AnnotatorSettings(QWidget):
         self.decoder_tissue = QLabel()
         self.decoder_tissue.setWordWrap(True)
 
-        self._file_notes: dict[str, tuple[str, str]] = {}  # decoder files added here: (tissue, note)
+        self._file_notes: dict[str, tuple[str, str]] = {}  # decoder files added or read: (tissue, note)
+        self._file_read.connect(self._decoder_file_read)
 
         def show_tissue(name: str) -> None:
+            if name not in self._file_notes and name.endswith(".pt") and Path(name).is_file():
+                self._read_decoder_file(name)
             tissue, note = self._file_notes.get(name, (decoder_tissue(name), decoder_note(name)))
             self.decoder_tissue.setText(tissue)
             self.decoder_tissue.setToolTip(note)
@@ -186,6 +194,27 @@ class AnnotatorSettings(QWidget):
         if self.min_area_spin.suffix() != unit:
             self.min_area_spin.setSuffix(unit)
             self.min_area_spin.setValue(DEFAULT_MIN_AREA_UM2 if mpp else DEFAULT_MIN_AREA_PX)
+
+    def _read_decoder_file(self, name: str) -> None:
+        """Read what a typed or chosen decoder file was trained on, off the GUI thread (a checkpoint
+        of several MB); the label under the picker shows it when it is read."""
+        self._file_notes[name] = ("reading the decoder file …", name)
+
+        def read() -> None:
+            from ..models.decoder_checkpoint import decoder_file_note
+
+            try:
+                tissue, note = decoder_file_note(name)
+            except Exception as err:  # an unreadable file is said under the picker, never raised
+                tissue, note = "not a decoder file napari-sam-histo can read", str(err)
+            self._file_read.emit(name, tissue, note)
+
+        threading.Thread(target=read, name="napari-sam-histo-decoder-note", daemon=True).start()
+
+    def _decoder_file_read(self, name: str, tissue: str, note: str) -> None:
+        self._file_notes[name] = (tissue, note)
+        if self.decoder_combo.currentText() == name:
+            self.decoder_combo.currentTextChanged.emit(name)
 
     def add_decoder_file(self, path, tissue: str, note: str) -> None:
         """List a decoder file in the picker (once) with what it is for; the choice is the user's."""

@@ -88,3 +88,20 @@ def check_base_model(metadata: dict, model_name: str, weights_hash: str, source:
             f"(weights {metadata['base_weights_hash']}), but the loaded model is {model_name!r} "
             f"(weights {weights_hash}). Choose the matching model, or train a decoder for this one."
         )
+
+
+def decoder_file_note(path: str | Path) -> tuple[str, str]:
+    """(a few words for beside the decoder picker, a longer note) of a decoder file: the tissue it
+    was trained on and, for a project decoder, its held-out verdict, as its metadata says;
+    ``CheckpointError`` naming the file when it is no decoder checkpoint."""
+    metadata, _ = read_decoder_checkpoint(path)
+    described = {**metadata, **metadata.get("tissue_head", {})}
+    tissue = described.get("tissue")
+    if not tissue:
+        return ("a decoder file without a tissue in its metadata",
+                f"{Path(path).name}: trained {'yes' if metadata['trained'] else 'no'}; its metadata names no tissue.")
+    verdict = described.get("verdict")
+    short = f"{tissue}: {verdict.split(':')[0]}" if verdict else f"trained on {tissue}"
+    data = described.get("training_data")
+    return short, ". ".join(part for part in (f"Trained on {tissue}", data, verdict and f"Verdict: {verdict}") if part) + "."
+
