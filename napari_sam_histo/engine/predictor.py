@@ -124,7 +124,8 @@ class Predictor:
         self._encoder_lock = threading.Lock()
         self.image_size = int(self.sam.image_encoder.img_size)
         with torch.inference_mode():
-            self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
+            # contiguous once here: the runtime decoder would otherwise copy it at every click
+            self._dense_pe = self.sam.prompt_encoder.get_dense_pe().contiguous()
         self._compiled_decoder = runtime_decoder.compiled_decoder(
             self.decoder.module, self._dense_pe, self.sam.prompt_encoder.mask_downscaling) if runtime else None
 
