@@ -113,3 +113,14 @@ def write_csv(path: str | Path, header, rows) -> Path:
             writer.writerow(header)
             writer.writerows(rows)
     return Path(path)
+
+
+def write_png(path: str | Path, fig, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(path)

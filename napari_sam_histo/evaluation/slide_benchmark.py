@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_csv, write_text
+from ..atomic import atomic_path, write_csv, write_png, write_text
 from ..errors import InputError
 from .clicker import next_click
 from .metrics import DEFAULT_THRESHOLDS, collapses, iou, miou_per_click, noc
@@ -345,11 +345,7 @@ def write_figure(path: Path, rgb: np.ndarray, target: np.ndarray, runs: list[Reg
                                    fill=False, edgecolor="cyan", linewidth=0.6 + 0.4 * np.log2(max(d, 1))))
         ax.set_title(f"{run.mode}: IoU {run.ious[-1]:.2f} after {len(run.ious)} clicks", fontsize=9)
         ax.set_axis_off()
-    fig.tight_layout()
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return write_png(path, fig)
 
 
 def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vit_t", decoder: str = "sam",

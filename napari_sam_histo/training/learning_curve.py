@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_csv, write_text
+from ..atomic import write_csv, write_png, write_text
 from ..errors import InputError
 from ..evaluation.metrics import DEFAULT_THRESHOLDS, noc, summarize
 
@@ -143,11 +143,7 @@ def write_figure(path: Path, source: str, per_seed: dict) -> Path:
     ax.set_ylabel("NoC@85 on held-out cases")
     ax.set_title(source, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return write_png(path, fig)
 
 
 def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str | None = "case_id",

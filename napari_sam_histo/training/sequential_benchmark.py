@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_csv, write_text
+from ..atomic import write_csv, write_png, write_text
 from ..evaluation.metrics import DEFAULT_THRESHOLDS, miou_per_click, noc
 from ..models.slide_refiner import MIN_AGREEMENT
 
@@ -174,11 +174,7 @@ def write_figure(path: Path, source: str, base: dict, adapted: dict) -> Path:
     ax.set_ylabel("NoC@85 (mean over slides)")
     ax.set_title(source, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return write_png(path, fig)
 
 
 def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decoder: str = "sam",
