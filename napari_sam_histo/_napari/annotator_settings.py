@@ -9,11 +9,10 @@ on it.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2
 from ..errors import InputError, SamHistoError
+from .gui_threads import GuiThreads
 
 MAX_IN_MEMORY_BYTES = 1 << 30  # an image layer of another reader larger than this is not copied
 OUR_READER = "File > Open File(s) with Plugin… > SAM Histo"
@@ -99,8 +99,6 @@ def source_spec(layer):
 
 
 class AnnotatorSettings(QWidget):
-    _file_read = Signal(str, str, str)  # (decoder file, the words under the picker, its note)
-
     def __init__(self, viewer, parent=None) -> None:
         super().__init__(parent)
         self.viewer = viewer
@@ -136,7 +134,7 @@ class AnnotatorSettings(QWidget):
         self.decoder_tissue.setWordWrap(True)
 
         self._file_notes: dict[str, tuple[str, str]] = {}  # decoder files added or read: (tissue, note)
-        self._file_read.connect(self._decoder_file_read)
+        self._threads = GuiThreads(self)
 
         def show_tissue(name: str) -> None:
             if name not in self._file_notes and name.endswith(".pt") and Path(name).is_file():
@@ -200,19 +198,18 @@ class AnnotatorSettings(QWidget):
         of several MB); the label under the picker shows it when it is read."""
         self._file_notes[name] = ("reading the decoder file …", name)
 
-        def read() -> None:
+        def read() -> tuple[str, str]:
             from ..models.decoder_checkpoint import decoder_file_note
 
             try:
-                tissue, note = decoder_file_note(name)
+                return decoder_file_note(name)
             except Exception as err:  # an unreadable file is said under the picker, never raised
-                tissue, note = "not a decoder file napari-sam-histo can read", str(err)
-            self._file_read.emit(name, tissue, note)
+                return "not a decoder file napari-sam-histo can read", str(err)
 
-        threading.Thread(target=read, name="napari-sam-histo-decoder-note", daemon=True).start()
+        self._threads.run(read, lambda note: self._decoder_file_read(name, note))
 
-    def _decoder_file_read(self, name: str, tissue: str, note: str) -> None:
-        self._file_notes[name] = (tissue, note)
+    def _decoder_file_read(self, name: str, note: tuple[str, str]) -> None:
+        self._file_notes[name] = note
         if self.decoder_combo.currentText() == name:
             self.decoder_combo.currentTextChanged.emit(name)
 

@@ -76,6 +76,8 @@ class DecoderTraining(QWidget):
         self.cancel_button.setEnabled(True)
         self.state.setText(f"Training {out.stem} on the objects in {folder} …")
         model = annotator.predictor.model
+        # a daemon thread of its own, not GuiThreads.run's pool: quitting napari never waits for a
+        # training of minutes (cancel stops it at its next step anyway)
         self._job = threading.Thread(target=self._run, args=(model, folder, out, self.name_edit.text().strip()),
                                      name="napari-sam-histo-decoder-training", daemon=True)
         self._job.start()
