@@ -78,8 +78,9 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
     split = split_by_slide(usable, held_out_fraction, project=project)
     training = store.examples(split.training)
     held_out = store.examples(split.held_out)
+    trained_slides = len({o.slide.identity for o in split.training})
     log(f"training on {len(split.training)} objects ({len(training)} tiles) of "
-        f"{len({o.slide.identity for o in split.training})} slide(s); holding out {len(split.held_out)} "
+        f"{trained_slides} slide(s); holding out {len(split.held_out)} "
         f"({', '.join(split.held_out_slides)}, {split.by})")
     started = time.perf_counter()
     trained = train_tissue_head(predictor, training, recipe, log=log, cancel=cancel)
@@ -98,8 +99,8 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
     classes = sorted({o.class_name for o in split.training})
     provenance = {"name": name or Path(out).stem, "project": str(Path(project).resolve()),
                   "tissue": f"this project's {', '.join(classes)}",
-                  "training_data": f"{len(split.training)} objects of {len({o.slide.identity for o in split.training})} "
-                                   f"slide(s) of the project {Path(project).name}",
+                  "training_data": f"{len(split.training)} objects of {trained_slides} slide(s) of the project "
+                                   f"{Path(project).name}",
                   "classes": classes, "objects": len(split.training),
                   "slides": sorted({o.slide.name for o in split.training}),
                   "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
