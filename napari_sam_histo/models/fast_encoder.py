@@ -77,7 +77,7 @@ class _Entry:
 
 _lock = threading.Lock()
 _entries: weakref.WeakKeyDictionary[torch.nn.Module, _Entry] = weakref.WeakKeyDictionary()
-_builds: list[threading.Thread] = []  # background builds started by ``prepare`` (guarded by _lock)
+_builds: list[threading.Thread] = []  # background builds (``start_build``; guarded by _lock)
 
 
 @atexit.register
@@ -140,8 +140,13 @@ def prepare(encoder: torch.nn.Module, image_size: int, device: torch.device) -> 
     entry, build = _claim(encoder)
     if not build:
         return None
-    thread = threading.Thread(target=_build, args=(encoder, entry, image_size, device),
-                              name="fast-encoder-build", daemon=True)
+    return start_build("fast-encoder-build", _build, encoder, entry, image_size, device)
+
+
+def start_build(name: str, target, *args) -> threading.Thread:
+    """Run a build (this module's, or the runtime decoder's) in a daemon thread, which never keeps
+    the application open by itself and is waited for at exit (``_wait_for_builds``)."""
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
     with _lock:
         _builds[:] = [t for t in _builds if t.is_alive()] + [thread]
     thread.start()

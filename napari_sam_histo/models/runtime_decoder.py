@@ -20,9 +20,7 @@ PyTorch: a click never fails because of this.
 
 from __future__ import annotations
 
-import atexit
 import threading
-import time
 import warnings
 import weakref
 from itertools import chain
@@ -31,31 +29,14 @@ import torch
 from torch import nn
 
 from . import cpu_runtime
-from .fast_encoder import EXIT_WAIT_S, weights_fingerprint
+from .fast_encoder import start_build, weights_fingerprint
 
 _CHECK_TOKENS = (3, 6)  # prompt-token counts the network is checked at (built at the first)
-_builds_lock = threading.Lock()
-_builds: list[threading.Thread] = []  # background builds (guarded by _builds_lock)
 
 
 def _start(target, *args) -> threading.Thread:
-    """A daemon thread (a build never keeps the application open by itself), waited for at exit."""
-    thread = threading.Thread(target=target, args=args, name="runtime-decoder-build", daemon=True)
-    with _builds_lock:
-        _builds[:] = [t for t in _builds if t.is_alive()] + [thread]
-    thread.start()
-    return thread
-
-
-@atexit.register
-def _wait_for_builds(timeout: float = EXIT_WAIT_S) -> None:
-    """At interpreter exit, let a background build finish first (within ``timeout``): one still
-    exporting or compiling while the interpreter tears torch down can abort the process."""
-    deadline = time.monotonic() + timeout
-    with _builds_lock:
-        running = [thread for thread in _builds if thread.is_alive()]
-    for thread in running:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    """A build in the background, waited for at exit like the encoder's (``fast_encoder.start_build``)."""
+    return start_build("runtime-decoder-build", target, *args)
 
 
 def exportable(module: nn.Module) -> bool:
