@@ -12,7 +12,8 @@ import torch
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
-from napari_sam_histo.training.adaptation import AdaptationExample, AdaptationWorker, DecoderAdapter
+from napari_sam_histo.training.adaptation import AdaptationWorker, DecoderAdapter
+from napari_sam_histo.training.examples import AdaptationExample
 
 
 def _disc_image(size=128, centre=(60, 70), radius=30, seed=0):

@@ -11,7 +11,8 @@ from napari_sam_histo.errors import CheckpointError
 from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint, save_decoder_checkpoint
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint
 from napari_sam_histo.models.slide_prior import SlidePrior, SlidePriorDecoder, context_features, example_cells, fit_slide_prior
-from napari_sam_histo.training.adaptation import AdaptationExample, DecoderAdapter
+from napari_sam_histo.training.adaptation import DecoderAdapter
+from napari_sam_histo.training.examples import AdaptationExample
 
 
 def _features_and_mask(seed=0, size=64):

@@ -12,7 +12,7 @@ from napari_sam_histo.errors import CheckpointError, InputError
 from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint, save_decoder_checkpoint
 from napari_sam_histo.models.decoders import DecoderChoice, build_decoder_from_checkpoint, choose_decoder
 from napari_sam_histo.models.tissue_decoder import KIND, TissueDecoder, TissueHead, save_tissue_decoder
-from napari_sam_histo.training.adaptation import AdaptationExample
+from napari_sam_histo.training.examples import AdaptationExample
 from napari_sam_histo.training.tissue_training import TissueRecipe, on_frame, train_tissue_head
 
 SMALL = TissueRecipe(steps=30, batch_size=4, max_clicks=3, dagger_rounds=1, dagger_steps=10, width=8, seed=0)

@@ -47,15 +47,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.embedding_cache import Embedding
 from ..evaluation.metrics import LOGIT_THRESHOLD, noc
 from ..models.decoders import DecoderChoice, SingleMaskDecoder
 from ..models.residual_decoder import ResidualMaskDecoder
 from ..models.slide_prior import CONTEXT, PRIOR_WEIGHT, SlidePrior, SlidePriorDecoder, example_cells, fit_slide_prior
 from ..models.slide_refiner import MIN_AGREEMENT
 from .click_simulation import error_click, first_click
+from .examples import AdaptationExample
 from .nfl_loss import normalized_focal_loss
-from .prompted_forward import ImageGeometry, PromptedForward
+from .prompted_forward import PromptedForward
 from .slide_refinement import SlideRefinement, click_example
 
 STEPS_PER_OBJECT = 16
@@ -74,25 +74,6 @@ MASK_PROMPT_PROB = 0.8
 # refiner re-clicks it, so the copy starts learning from it at once; the refiner then goes first
 FIRST_SLICE_S = 1.0
 TURN_TIMEOUT_S = 2.0  # ``AdaptationWorker.take_turn``: the longest another thread waits for a unit
-
-
-@dataclass(frozen=True)
-class AdaptationExample:
-    """One accepted object on one tile."""
-
-    embedding: Embedding  # the tile's (features on the CPU)
-    target: np.ndarray  # (h, w) bool at the tile's resolution: the accepted mask there
-    clicks: tuple = ()  # the user's clicks on the tile, (x, y, positive) in its pixels (provenance)
-    # the tile's (H, W, 3) pixels, or a function that reads them (the slide refiner's colour; the
-    # adapter's thread reads them when it comes to the object), or None
-    image: object = None
-    # a function giving the tile's ``colour_features`` (the annotator keeps them per tile, so the
-    # refiner's learning and the next object's clicks on the tile make them once), or None
-    colour: object = None
-
-    @property
-    def geometry(self) -> ImageGeometry:
-        return ImageGeometry(tuple(self.embedding.input_size), tuple(self.embedding.original_size))
 
 
 @dataclass(frozen=True)

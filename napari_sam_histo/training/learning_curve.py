@@ -161,7 +161,7 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
     from ..evaluation.runtime import device_name
     from ..models.registry import load_model
     from ..models.tissue_decoder import save_tissue_decoder
-    from .adaptation import AdaptationExample
+    from .examples import AdaptationExample
     from .tissue_training import TissueRecipe, prepare, simulate, train_tissue_head
 
     log = log or (lambda line: None)

@@ -47,7 +47,7 @@ from ..engine.embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
 from ..engine.predictor import Predictor
 from ..errors import InputError
 from ..slides.boxes import TileBox
-from .adaptation import AdaptationExample
+from .examples import AdaptationExample
 from .project_objects import SlideRef, StoredObject, StoredTile, TileExample
 
 FORMAT = "napari-sam-histo-project"

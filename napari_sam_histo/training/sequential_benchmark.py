@@ -83,7 +83,8 @@ def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks
     (IoU; 0: always, a diagnostic). ``accepted``: one of ``ACCEPTED``."""
     from ..evaluation.runner import SamClickModel, run_sample
     from ..models.slide_prior import PRIOR_WEIGHT
-    from .adaptation import STEPS_PER_OBJECT, AdaptationExample, DecoderAdapter
+    from .adaptation import STEPS_PER_OBJECT, DecoderAdapter
+    from .examples import AdaptationExample
 
     steps = STEPS_PER_OBJECT if steps_per_object is None else steps_per_object
     weight = PRIOR_WEIGHT if prior_weight is None else prior_weight

@@ -41,7 +41,7 @@ def tile_examples(sessions, blended: Blend | None, edited: tuple | None = None,
     (top-left, mask[, downsample]); else ``blended``) cut to the tile. ``read_tile(box)``: the
     tile's pixels, read later by the adapter's thread (the slide refiner's colour);
     ``tile_colour(box)``: the tile's colour features, where the annotator keeps them."""
-    from ..training.adaptation import AdaptationExample
+    from ..training.examples import AdaptationExample
 
     if not sessions or (blended is None and edited is None):
         return []
@@ -331,7 +331,7 @@ def resumed_example(obj, predictor, source, tile_size: int, level_for: Callable 
                     tile_colour: Callable | None = None):
     """(``AdaptationExample``, None) for an earlier object (see ``SlideAdaptation.add_resumed``), or
     (None, "too_large" / "too_small") when it does not fit a tile at its level (``centred_tile``)."""
-    from ..training.adaptation import AdaptationExample
+    from ..training.examples import AdaptationExample
 
     placed = centred_tile(obj, source, tile_size, level_for)
     if isinstance(placed, str):

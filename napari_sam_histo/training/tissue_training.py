@@ -44,7 +44,7 @@ from ..evaluation.clicker import next_click
 from ..evaluation.metrics import LOGIT_THRESHOLD, iou
 from ..models.decoders import DecoderChoice
 from ..models.tissue_decoder import CORRECTED_CLICKS, DILATIONS, KIND, PROJECTION, WIDTH, TissueDecoder, TissueHead
-from .adaptation import AdaptationExample
+from .examples import AdaptationExample
 from .nfl_loss import normalized_focal_loss
 
 LOW_RES = 256  # SAM's low-resolution frame
