@@ -211,12 +211,12 @@ def test_mouse_clicks_drags_and_keys(dock, qtbot, monkeypatch):
 
 @pytest.mark.gui
 def test_embeddings_can_be_kept_on_disk_per_slide(dock, qtbot, tmp_path, monkeypatch):
-    from napari_sam_histo._napari import annotator_dock
+    from napari_sam_histo.assembly import annotating
     from napari_sam_histo.models.weights import cache_dir
 
-    store = annotator_dock.embedding_store(dock.annotator.source.identity)
-    assert store.parent == cache_dir() / "embeddings" and store != annotator_dock.embedding_store("another slide")
-    monkeypatch.setattr(annotator_dock, "embedding_store", lambda identity: tmp_path / "store")
+    store = annotating.embedding_store(dock.annotator.source.identity)
+    assert store.parent == cache_dir() / "embeddings" and store != annotating.embedding_store("another slide")
+    monkeypatch.setattr(annotating, "embedding_store", lambda identity: tmp_path / "store")
     old = dock.annotator
     dock.disk_check.setChecked(True)
     dock.start()  # again, now with a store on disk

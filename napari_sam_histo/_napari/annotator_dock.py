@@ -53,6 +53,7 @@ from qtpy.QtWidgets import (
 
 from ..annotations.cleaning import min_area_px
 from ..annotations.objects import DEFAULT_CLASSES, next_class_color, not_yet_in
+from ..assembly.annotating import AnnotatorConfig, assemble, carry_learning
 from ..coordinates import corner_translate, mask_translate, napari_to_level0
 from ..errors import InputError, SamHistoError
 from . import annotation_layer
@@ -77,14 +78,6 @@ BINDINGS = ("Left click: positive point · right click or Alt+click: negative ·
             "the object · Ctrl-Z / Ctrl-Shift-Z: undo / redo (clicks act while the active layer is in pan/zoom "
             "mode) · paint on 'SAM current object' to correct by hand")
 NOT_STARTED = "⚠ Press Start annotating first (pick the slide under Image)."
-
-def embedding_store(identity: str) -> Path:
-    """The folder that keeps one slide's embeddings on disk (all models; the keys tell them apart):
-    the one ``napari-sam-histo embed`` fills (``cohort.store``; ``NAPARI_SAM_HISTO_EMBEDDINGS``)."""
-    from ..cohort.store import slide_store
-
-    return slide_store(identity)
-
 
 def _with_suffix(path: str, suffix: str) -> str:
     """The user's file name, with ``suffix`` added when they typed no extension."""
@@ -342,46 +335,17 @@ class AnnotatorDock(QWidget):
         except SamHistoError as err:
             self._show_error(err)
             return
-        level = self.level_combo.currentData() or 0
-        model, decoder, device, tile = (self.model_combo.currentText(), self.decoder_combo.currentText(),
-                                        self.device_combo.currentText(), self.tile_spin.value())
-        on_disk, reused, grow = self.disk_check.isChecked(), self.source, self.grow_check.isChecked()
-        adapt, panel = self.adaptation_panel.wanted, self.adaptation_panel
+        config = AnnotatorConfig(self.model_combo.currentText(), self.decoder_combo.currentText(),
+                                 self.device_combo.currentText(), self.level_combo.currentData() or 0,
+                                 self.tile_spin.value(), embeddings_on_disk=self.disk_check.isChecked(),
+                                 continuation=self.grow_check.isChecked(), learning=self.adaptation_panel.wanted)
         old = self.annotator or self._stopped
         learnt = old.adaptation if old is not None else None  # what the slide taught so far
+        reused, relay = self.source, self.adaptation_panel.relay
+        model = config.model
 
         def build():
-            from ..cohort.store import is_precomputed
-            from ..engine.annotator import Annotator
-            from ..engine.embedding_cache import EmbeddingCache
-            from ..engine.predictor import Predictor
-            from ..models.registry import load_model
-            from ..slides.reader import from_array, open_image
-
-            source = reused if spec is None else (open_image(spec[1]) if spec[0] == "path" else
-                                                  from_array(np.asarray(spec[1]), layer.name))
-            try:
-                store = embedding_store(source.identity)
-                # a precomputed store is kept whole: its size limit is for stores that grow by clicking
-                cache = EmbeddingCache(store_dir=store, **({"max_disk_bytes": None} if is_precomputed(store) else {})) \
-                    if on_disk else None
-                predictor = Predictor(load_model(model, device), decoder, cache=cache)
-                predictor.wait_for_optimized_encoder = False  # tiles run eager until it is built:
-                predictor.prepare_encoder()  # the optimized encoder builds in the background now
-                annotator = Annotator(predictor, source, level=level, tile_size=tile, continuation=grow)
-                from ..training.slide_adaptation import SlideAdaptation
-
-                # learning from accepted objects: off unless switched on; built now so switching it
-                # on later starts at once. Start again on the same slide with the same model and
-                # decoder goes on with what was learned (handed over in ``_started``)
-                if not (learnt is not None and learnt.reusable_for(predictor, source.identity)):
-                    annotator.adaptation = SlideAdaptation(predictor, annotator.quiet, enabled=adapt,
-                                                           on_change=panel.relay, slide=source.identity)
-                return annotator, source
-            except BaseException:
-                if source is not reused:
-                    source.close()
-                raise
+            return assemble(config, spec, reused, learnt, relay)
 
         self.status.setText(f"Loading {model}…")
         self._starting = True  # until set up: clicks and keys wait (the current annotator stays as it is)
@@ -401,18 +365,8 @@ class AnnotatorDock(QWidget):
                 source.close()
             return
         old = self.annotator or self._stopped
-        if annotator.adaptation is None:  # the same slide, model and decoder: what was learned goes on
-            from ..training.slide_adaptation import SlideAdaptation
-
-            learnt = old.adaptation if old is not None else None
-            if learnt is not None and learnt.reusable_for(annotator.predictor, source.identity):
-                old.adaptation = None  # handed on: closing the old annotator must not stop it
-                learnt.rebind(annotator.predictor, annotator.quiet)
-                annotator.adaptation = learnt
-            else:  # stopped meanwhile: start afresh
-                annotator.adaptation = SlideAdaptation(annotator.predictor, annotator.quiet,
-                                                       enabled=self.adaptation_panel.wanted,
-                                                       on_change=self.adaptation_panel.relay, slide=source.identity)
+        # the same slide, model and decoder: what was learned goes on
+        carry_learning(annotator, old, self.adaptation_panel.wanted, self.adaptation_panel.relay)
         self.shutdown()
         self.threads.steps(self._set_up(layer, annotator, source, old),  # napari repaints between layers
                            lambda err: self._set_up_failed(err, annotator, source))

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2
+from ..assembly.annotating import SlideFile, SlidePixels
 from ..errors import InputError, SamHistoError
 from .gui_threads import GuiThreads
 
@@ -79,12 +80,12 @@ def available_models() -> list[str]:
     return names
 
 
-def source_spec(layer):
-    """What to open for an image layer: ("path", file) for our reader's layers, ("array", pixels)
-    for a plain image; ``InputError`` for a layer whose whole level 0 would have to be loaded."""
+def source_spec(layer) -> SlideFile | SlidePixels:
+    """What to open for an image layer: its file for our reader's layers, its pixels for a plain
+    image; ``InputError`` for a layer whose whole level 0 would have to be loaded."""
     path = layer.metadata.get("slide_path")
     if path:
-        return ("path", path)
+        return SlideFile(path)
     if layer.multiscale:
         raise InputError(
             f"'{layer.name}' was opened by another reader as a multiscale image; annotating it would load "
@@ -95,7 +96,7 @@ def source_spec(layer):
     if not isinstance(data, np.ndarray) and size > MAX_IN_MEMORY_BYTES:
         raise InputError(f"'{layer.name}' is a lazy array of {size / 2**30:.1f} GiB; open the file with "
                          f"napari-sam-histo's reader ({OUR_READER}), which reads it tile by tile.")
-    return ("array", data)
+    return SlidePixels(data, layer.name)
 
 
 class AnnotatorSettings(QWidget):
