@@ -47,14 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluation.metrics import LOGIT_THRESHOLD, noc
+from ..evaluation.metrics import noc
 from ..models.decoders import DecoderChoice, SingleMaskDecoder
 from ..models.residual_decoder import ResidualMaskDecoder
 from ..models.slide_prior import CONTEXT, PRIOR_WEIGHT, SlidePrior, SlidePriorDecoder, example_cells, fit_slide_prior
 from ..models.slide_refiner import MIN_AGREEMENT
-from .click_simulation import error_click, first_click
+from .click_simulation import simulated_click_loss
 from .examples import AdaptationExample
-from .nfl_loss import normalized_focal_loss
 from .prompted_forward import PromptedForward
 from .slide_refinement import SlideRefinement, click_example
 
@@ -296,22 +295,8 @@ class DecoderAdapter:
         if self.kind == "residual":
             self.decoder.sam_decoder.eval()  # SAM's frozen copy inside it stays as it is
         features = torch.cat([e.embedding.features.float().to(device) for e in batch])
-        geometry = [e.geometry for e in batch]
-        targets = [np.asarray(e.target, bool) for e in batch]
-        clicks = [[first_click(t, rng)] for t in targets]
-        prompts, use_mask = None, None
-        with torch.no_grad():
-            for _ in range(int(rng.integers(0, MAX_EXTRA_CLICKS + 1))):
-                low_res = self.forward(features, clicks, geometry, prompts, use_mask).float()
-                for i, logits in enumerate(self.forward.restore(low_res, geometry)):
-                    click = error_click(targets[i], (logits > LOGIT_THRESHOLD).cpu().numpy(), rng)
-                    if click is not None:
-                        clicks[i].append(click)
-                prompts, use_mask = low_res, rng.random(len(batch)) < MASK_PROMPT_PROB
-        low_res = self.forward(features, clicks, geometry, prompts, use_mask)
-        losses = [normalized_focal_loss(logits[None], torch.as_tensor(target, device=device)[None])
-                  for logits, target in zip(self.forward.restore(low_res.float(), geometry), targets)]
-        loss = torch.cat(losses).mean()
+        loss = simulated_click_loss(self.forward, features, [e.geometry for e in batch],
+                                    [np.asarray(e.target, bool) for e in batch], rng, MAX_EXTRA_CLICKS, MASK_PROMPT_PROB)
         if not torch.isfinite(loss):  # a diverged copy is dropped: back to a fresh copy of the base
             value = loss.item()
             self._start(keep_refinement=True)

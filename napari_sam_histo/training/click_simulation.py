@@ -5,13 +5,23 @@ region of the previous prediction: the error type (missed object = positive clic
 positive = negative click) whose distance-transform maximum is larger, then a pixel at random
 among those deeper than half that maximum, so clicks land well inside errors but not always on
 the same pixel (the evaluation clicker, ``evaluation.clicker``, always takes the deepest one).
+
+``simulated_click_loss`` is the training step built on them, shared by the offline training loop
+(``training.trainer``) and the online adaptation (``training.decoder_adapter``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
 import numpy as np
+import torch
 
 from ..evaluation.clicker import AutoClick, _padded_edt
+from ..evaluation.metrics import LOGIT_THRESHOLD
+from .nfl_loss import DEFAULT_ALPHA, DEFAULT_GAMMA, normalized_focal_loss
+from .prompted_forward import ImageGeometry, PromptedForward
 
 
 def first_click(target: np.ndarray, rng: np.random.Generator) -> AutoClick:
@@ -37,3 +47,32 @@ def error_click(target: np.ndarray, prediction: np.ndarray, rng: np.random.Gener
     rows, cols = np.nonzero(dist > max(fn_max, fp_max) / 2.0)
     pick = int(rng.integers(rows.size))
     return AutoClick(int(rows[pick]), int(cols[pick]), positive)
+
+
+def simulated_click_loss(forward: PromptedForward, features: torch.Tensor, geometry: list[ImageGeometry],
+                         targets: list[np.ndarray], rng: np.random.Generator, max_extra_clicks: int,
+                         mask_prompt_prob: float, alpha: float = DEFAULT_ALPHA, gamma: float = DEFAULT_GAMMA,
+                         autocast: Callable[[], AbstractContextManager] = nullcontext) -> torch.Tensor:
+    """The loss of one training step on a batch (Kim et al. §2.2, following RITM's iterative
+    training): a random first click inside each of ``targets``; then, without gradient,
+    0..``max_extra_clicks`` rounds in which ``forward`` predicts and a click is sampled from each
+    prediction's error region, the last prediction fed back as the mask prompt with probability
+    ``mask_prompt_prob``; the final prediction, restored to each target's size, scored with the
+    Normalized Focal Loss (the batch mean). ``features``: the images' embeddings (B, C, h, w);
+    ``autocast()``: the context the forward passes run in (mixed precision). Everything random
+    comes from ``rng``, in a fixed order: a seeded generator gives the same clicks again."""
+    clicks = [[first_click(t, rng)] for t in targets]
+    prompts, use_mask = None, None
+    with torch.no_grad(), autocast():
+        for _ in range(int(rng.integers(0, max_extra_clicks + 1))):
+            low_res = forward(features.detach(), clicks, geometry, prompts, use_mask).float()
+            for i, logits in enumerate(forward.restore(low_res, geometry)):
+                click = error_click(targets[i], (logits > LOGIT_THRESHOLD).cpu().numpy(), rng)
+                if click is not None:
+                    clicks[i].append(click)
+            prompts, use_mask = low_res, rng.random(len(targets)) < mask_prompt_prob
+    with autocast():
+        low_res = forward(features, clicks, geometry, prompts, use_mask)
+    losses = [normalized_focal_loss(logits[None], torch.as_tensor(target, device=features.device)[None], alpha, gamma)
+              for logits, target in zip(forward.restore(low_res.float(), geometry), targets)]
+    return torch.cat(losses).mean()

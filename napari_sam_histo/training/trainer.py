@@ -25,10 +25,10 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import CheckpointError, InputError
-from ..evaluation.metrics import LOGIT_THRESHOLD, summarize
-from .click_simulation import error_click, first_click
+from ..evaluation.metrics import summarize
+from .click_simulation import simulated_click_loss
 from .data import TrainingPatch, load_patches, split_by_group, write_manifest
-from .nfl_loss import DEFAULT_ALPHA, DEFAULT_GAMMA, normalized_focal_loss
+from .nfl_loss import DEFAULT_ALPHA, DEFAULT_GAMMA
 from .prompted_forward import ImageGeometry, PromptedForward
 from .scenarios import get_scenario, prepare_modules
 
@@ -220,23 +220,8 @@ class Trainer:
         for module in self.trained.values():
             module.train()
         features, geometry = self._batch_features(batch)
-        targets = [p.sample.target for p in batch]
-        clicks = [[first_click(t, rng)] for t in targets]
-        prompts, use_mask = None, None
-        with torch.no_grad(), self._autocast():
-            for _ in range(int(rng.integers(0, c.max_extra_clicks + 1))):
-                low_res = self.forward(features.detach(), clicks, geometry, prompts, use_mask).float()
-                for i, logits in enumerate(self.forward.restore(low_res, geometry)):
-                    click = error_click(targets[i], (logits > LOGIT_THRESHOLD).cpu().numpy(), rng)
-                    if click is not None:
-                        clicks[i].append(click)
-                prompts, use_mask = low_res, rng.random(len(batch)) < c.mask_prompt_prob
-        with self._autocast():
-            low_res = self.forward(features, clicks, geometry, prompts, use_mask)
-        losses = [normalized_focal_loss(logits[None], torch.as_tensor(target, device=self.device)[None],
-                                        c.nfl_alpha, c.nfl_gamma)
-                  for logits, target in zip(self.forward.restore(low_res.float(), geometry), targets)]
-        loss = torch.cat(losses).mean()
+        loss = simulated_click_loss(self.forward, features, geometry, [p.sample.target for p in batch], rng,
+                                    c.max_extra_clicks, c.mask_prompt_prob, c.nfl_alpha, c.nfl_gamma, self._autocast)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}; lower the lr")
         self.optimizer.zero_grad(set_to_none=True)
