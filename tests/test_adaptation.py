@@ -12,7 +12,8 @@ import torch
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
-from napari_sam_histo.training.adaptation import AdaptationWorker, DecoderAdapter
+from napari_sam_histo.training.adaptation_worker import AdaptationWorker
+from napari_sam_histo.training.decoder_adapter import DecoderAdapter
 from napari_sam_histo.training.examples import AdaptationExample
 
 
@@ -164,7 +165,7 @@ def test_the_gate_keeps_the_base_decoder_when_the_copy_is_worse(mobile_sam):
 
 
 def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(tiny_model, monkeypatch):
-    from napari_sam_histo.training import adaptation
+    from napari_sam_histo.training import decoder_adapter
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     adapter = DecoderAdapter(predictor, steps_per_object=1)
@@ -172,7 +173,7 @@ def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(t
         adapter.add_example(example)
     adapter.step()
     scores = {"base": (5, 0.5), "adapted": (3, 0.6)}
-    monkeypatch.setattr(adaptation, "reclick",
+    monkeypatch.setattr(decoder_adapter, "reclick",
                         lambda p, example: scores["base" if p is predictor else "adapted"])
     assert adapter.update_gate() is False
     for example in _examples(predictor, 3, seed=10):  # a second one held out: still too few
@@ -210,7 +211,7 @@ def test_a_saved_adapted_decoder_loads_back_as_a_checkpoint(tiny_model, tmp_path
     loaded = build_decoder_from_checkpoint(tiny_model, path)
     assert loaded.kind == "modified" and loaded.trained
     reloaded = Predictor(tiny_model, loaded, cache=EmbeddingCache(), precision="fp32")
-    snapshot = adapter._snapshot_predictor()
+    snapshot = adapter.snapshot_predictor()
     points, labels = np.array([[60.0, 50.0]]), np.array([1])
     a = reloaded.decode(examples[0].embedding, points, labels).low_res_logits
     b = snapshot.decode(examples[0].embedding, points, labels).low_res_logits
@@ -242,7 +243,7 @@ def test_the_adapted_predictor_keeps_the_base_encoder_settings_and_cache(tiny_mo
     base = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32", encoder_mode="eager")
     base.wait_for_optimized_encoder = False
     adapter = DecoderAdapter(base, steps_per_object=1)
-    copy = adapter._snapshot_predictor()
+    copy = adapter.snapshot_predictor()
     assert copy.cache is base.cache and copy.preprocessing_id == base.preprocessing_id
     assert (copy.encoder_mode, copy.wait_for_optimized_encoder) == ("eager", False)
 
@@ -253,7 +254,7 @@ def test_an_untrained_copy_of_sams_decoder_answers_exactly_as_sam_with_its_three
     saved copy loads back as a residual decoder checkpoint."""
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     adapter = DecoderAdapter(predictor, steps_per_object=1)
-    copy = adapter._snapshot_predictor()
+    copy = adapter.snapshot_predictor()
     assert copy.decoder.kind == "residual"
     embedding = _examples(predictor, 1)[0].embedding
     for multimask in (True, False):

@@ -11,7 +11,7 @@ from napari_sam_histo.errors import CheckpointError
 from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint, save_decoder_checkpoint
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint
 from napari_sam_histo.models.slide_prior import SlidePrior, SlidePriorDecoder, context_features, example_cells, fit_slide_prior
-from napari_sam_histo.training.adaptation import DecoderAdapter
+from napari_sam_histo.training.decoder_adapter import DecoderAdapter
 from napari_sam_histo.training.examples import AdaptationExample
 
 
@@ -97,12 +97,12 @@ def _disc_examples(predictor, n, seed=0, size=128):
 
 
 def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatch):
-    from napari_sam_histo.training import adaptation
+    from napari_sam_histo.training import decoder_adapter
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     alone = DecoderAdapter(predictor, steps_per_object=0)
     none = DecoderAdapter(predictor, steps_per_object=0, prior_weight=0)
-    monkeypatch.setattr(adaptation, "reclick", lambda p, example: (5, 0.5) if p is predictor else (3, 0.6))
+    monkeypatch.setattr(decoder_adapter, "reclick", lambda p, example: (5, 0.5) if p is predictor else (3, 0.6))
     for example in _disc_examples(predictor, 9):
         alone.add_example(example)
         none.add_example(example)
@@ -114,10 +114,10 @@ def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatc
 
 def _gated_adapter(predictor, monkeypatch, passes=True, n=9):
     """An adapter whose gate (re-clicks mocked) has judged ``n`` examples: a third held out."""
-    from napari_sam_histo.training import adaptation
+    from napari_sam_histo.training import decoder_adapter
 
     adapter = DecoderAdapter(predictor, steps_per_object=1, lr=1e-3)
-    monkeypatch.setattr(adaptation, "reclick",
+    monkeypatch.setattr(decoder_adapter, "reclick",
                         lambda p, example: (5, 0.5) if p is predictor or not passes else (3, 0.6))
     examples = _disc_examples(predictor, n)
     for example in examples:
@@ -173,7 +173,7 @@ def test_another_accepted_object_on_the_tile_is_no_negative_and_held_out_cells_a
     for target in (left, right, middle):  # the third (middle) is held out
         adapter.add_example(AdaptationExample(embedding, target))
     adapter._fit_prior()
-    (cells, labels), = adapter._prior_cells.values()
+    (cells, labels), = adapter.prior_fitter.cells.values()
     # one set of 1,024 cells drawn from the tile's 64 x 56 kept (the middle's 8 columns left out):
     # left (20 columns) and right (20) positive: 40/56 of them, not 20/56 as one object alone
     assert labels.shape == (1024,) and 0.64 < float(labels.mean()) < 0.79

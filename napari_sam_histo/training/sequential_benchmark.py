@@ -83,7 +83,8 @@ def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks
     (IoU; 0: always, a diagnostic). ``accepted``: one of ``ACCEPTED``."""
     from ..evaluation.runner import SamClickModel, run_sample
     from ..models.slide_prior import PRIOR_WEIGHT
-    from .adaptation import STEPS_PER_OBJECT, DecoderAdapter
+    from .adaptation import STEPS_PER_OBJECT
+    from .decoder_adapter import DecoderAdapter
     from .examples import AdaptationExample
 
     steps = STEPS_PER_OBJECT if steps_per_object is None else steps_per_object
@@ -94,7 +95,7 @@ def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks
     for index, sample in enumerate(samples, start=1):
         active, refining = predictor, None
         if adapter is not None:
-            active = adapter.active_predictor() if gated or not adapter.examples else adapter._snapshot_predictor()
+            active = adapter.active_predictor() if gated or not adapter.examples else adapter.snapshot_predictor()
             refining = adapter.active_refiner() if gated or adapter.refinement is None else adapter.refinement.refiner
         method = SamClickModel(active, "sequential", refiner=refining)
         result = run_sample(method, sample, max_clicks, stop_iou, keep_masks=True)

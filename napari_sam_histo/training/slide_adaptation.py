@@ -1,8 +1,9 @@
-"""The annotator learning from the slide in front of the user: every accepted object
-becomes training examples for a background adapter (``training.adaptation``), and every new object
-decodes with what the adapter offers (its copy only once the never-worse gate passed). The
-annotator (``engine``, which imports nothing of training) holds one as ``annotator.adaptation``
-and calls ``predictor()`` and ``refiner()`` at an object's first click and ``add_object`` on Accept.
+"""The annotator learning from the slide in front of the user: every accepted object becomes
+training examples for a background adapter (``decoder_adapter``, run by ``adaptation_worker``; the
+design: ``training.adaptation``), and every new object decodes with what the adapter offers (its
+copy only once the never-worse gate passed). The annotator (``engine``, which imports nothing of
+training) holds one as ``annotator.adaptation`` and calls ``predictor()`` and ``refiner()`` at an
+object's first click and ``add_object`` on Accept.
 
 An example costs no encoder call: it is a tile the object was clicked on, with the embedding the
 annotator already holds, the accepted mask cut to that tile, and the user's clicks there. Only the
@@ -41,7 +42,7 @@ def tile_examples(sessions, blended: Blend | None, edited: tuple | None = None,
     (top-left, mask[, downsample]); else ``blended``) cut to the tile. ``read_tile(box)``: the
     tile's pixels, read later by the adapter's thread (the slide refiner's colour);
     ``tile_colour(box)``: the tile's colour features, where the annotator keeps them."""
-    from ..training.examples import AdaptationExample
+    from .examples import AdaptationExample
 
     if not sessions or (blended is None and edited is None):
         return []
@@ -84,7 +85,9 @@ class SlideAdaptation:
                  steps_per_object: int | None = None, seed: int = 0,
                  on_change: Callable | None = None, slide: str | None = None,
                  min_agreement: float = MIN_AGREEMENT) -> None:
-        from ..training.adaptation import STEPS_PER_OBJECT, AdaptationWorker, DecoderAdapter
+        from .adaptation import STEPS_PER_OBJECT
+        from .adaptation_worker import AdaptationWorker
+        from .decoder_adapter import DecoderAdapter
 
         self.adapter = DecoderAdapter(predictor, steps_per_object or STEPS_PER_OBJECT, seed=seed,
                                       max_examples=MAX_EXAMPLES, min_agreement=min_agreement)
@@ -252,7 +255,7 @@ class SlideAdaptation:
         """Whether an annotator started on ``slide`` (its identity) with ``predictor`` can go on with
         what this one learned: the same slide, model (name, weights hash), device and decoder, and
         this adaptation still running."""
-        from ..training.adaptation import model_key
+        from .adaptation import model_key
 
         return (self.slide is not None and slide == self.slide and not self.worker.stopped
                 and model_key(predictor) == model_key(self.adapter.base))
@@ -331,7 +334,7 @@ def resumed_example(obj, predictor, source, tile_size: int, level_for: Callable 
                     tile_colour: Callable | None = None):
     """(``AdaptationExample``, None) for an earlier object (see ``SlideAdaptation.add_resumed``), or
     (None, "too_large" / "too_small") when it does not fit a tile at its level (``centred_tile``)."""
-    from ..training.examples import AdaptationExample
+    from .examples import AdaptationExample
 
     placed = centred_tile(obj, source, tile_size, level_for)
     if isinstance(placed, str):
