@@ -166,13 +166,14 @@ def test_the_gate_keeps_the_base_decoder_when_the_copy_is_worse(mobile_sam):
 
 def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(tiny_model, monkeypatch):
     from napari_sam_histo.training import decoder_adapter
+    from napari_sam_histo.training.adaptation import Reclick
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     adapter = DecoderAdapter(predictor, steps_per_object=1)
     for example in _examples(predictor, 3):  # one held out: too few
         adapter.add_example(example)
     adapter.step()
-    scores = {"base": (5, 0.5), "adapted": (3, 0.6)}
+    scores = {"base": Reclick(5, 0.5), "adapted": Reclick(3, 0.6)}
     monkeypatch.setattr(decoder_adapter, "reclick",
                         lambda p, example: scores["base" if p is predictor else "adapted"])
     assert adapter.update_gate() is False
@@ -182,9 +183,9 @@ def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(t
     for example in _examples(predictor, 3, seed=20):  # a third one
         adapter.add_example(example)
     adapter.step()
-    scores["adapted"] = (5, 0.9)  # a tie in clicks is not enough, whatever the IoU
+    scores["adapted"] = Reclick(5, 0.9)  # a tie in clicks is not enough, whatever the IoU
     assert adapter.update_gate() is False
-    scores["adapted"] = (4, 0.1)
+    scores["adapted"] = Reclick(4, 0.1)
     assert adapter.update_gate() is False  # the same copy is not judged twice
     adapter.step()
     assert adapter.update_gate() is True and adapter.state().adapted_noc == 4

@@ -18,6 +18,7 @@ class Oracle:
     """Returns the ground truth at the first click."""
 
     name, encoder_calls = "oracle", 0
+    store_loads = runtime = None  # no embedding store, no model
 
     def begin(self, sample):
         outer = self
@@ -25,6 +26,7 @@ class Oracle:
         class Clicks:
             last_decoder_s = 0.001
             last_fallback = None
+            charged_encoder_s = 0.0
 
             def click(self, x, y, positive):
                 return sample.target.copy()
@@ -37,11 +39,13 @@ class Stuck:
     """Never changes its (empty) mask, whatever the clicks."""
 
     name, encoder_calls = "stuck", 0
+    store_loads = runtime = None  # no embedding store, no model
 
     def begin(self, sample):
         class Clicks:
             last_decoder_s = 0.001
             last_fallback = None
+            charged_encoder_s = 0.0
 
             def click(self, x, y, positive):
                 return np.zeros(sample.target.shape, bool)
@@ -132,6 +136,7 @@ def test_ignore_label_is_left_out_of_clicks_and_iou(tmp_path):
             class Clicks:
                 last_decoder_s = 0.0
                 last_fallback = None
+                charged_encoder_s = 0.0
 
                 def click(self, x, y, positive):
                     assert not s.ignore[int(y), int(x)]
@@ -295,10 +300,11 @@ class Collapses:
     second says it fell back: the count comes from the method, whatever the masks)."""
 
     name, encoder_calls = "collapses", 0
+    store_loads = runtime = None  # no embedding store, no model
 
     def begin(self, sample):
         class Clicks:
-            last_decoder_s, last_fallback, clicked = 0.001, None, 0
+            last_decoder_s, last_fallback, charged_encoder_s, clicked = 0.001, None, 0.0, 0
 
             def click(self, x, y, positive):
                 self.clicked += 1

@@ -70,7 +70,7 @@ def _random_blobs(rng, shape=(64, 80)):
 def test_same_clicks_as_ritms_reference_rule(seed):
     """Whole click sequences against RITM's rule (OpenCV EDT, np.where): the same click, or, where
     OpenCV's float32 distances tie, one of the pixels RITM may pick."""
-    from napari_sam_histo.evaluation.ritm_reference import reference_candidates
+    from .ritm_reference import reference_candidates
 
     rng = np.random.default_rng(seed)
     target = _random_blobs(rng)

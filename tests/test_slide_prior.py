@@ -98,11 +98,12 @@ def _disc_examples(predictor, n, seed=0, size=128):
 
 def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatch):
     from napari_sam_histo.training import decoder_adapter
+    from napari_sam_histo.training.adaptation import Reclick
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     alone = DecoderAdapter(predictor, steps_per_object=0)
     none = DecoderAdapter(predictor, steps_per_object=0, prior_weight=0)
-    monkeypatch.setattr(decoder_adapter, "reclick", lambda p, example: (5, 0.5) if p is predictor else (3, 0.6))
+    monkeypatch.setattr(decoder_adapter, "reclick", lambda p, example: Reclick(5, 0.5) if p is predictor else Reclick(3, 0.6))
     for example in _disc_examples(predictor, 9):
         alone.add_example(example)
         none.add_example(example)
@@ -115,10 +116,11 @@ def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatc
 def _gated_adapter(predictor, monkeypatch, passes=True, n=9):
     """An adapter whose gate (re-clicks mocked) has judged ``n`` examples: a third held out."""
     from napari_sam_histo.training import decoder_adapter
+    from napari_sam_histo.training.adaptation import Reclick
 
     adapter = DecoderAdapter(predictor, steps_per_object=1, lr=1e-3)
     monkeypatch.setattr(decoder_adapter, "reclick",
-                        lambda p, example: (5, 0.5) if p is predictor or not passes else (3, 0.6))
+                        lambda p, example: Reclick(5, 0.5) if p is predictor or not passes else Reclick(3, 0.6))
     examples = _disc_examples(predictor, n)
     for example in examples:
         adapter.add_example(example)

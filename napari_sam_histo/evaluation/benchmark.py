@@ -74,7 +74,7 @@ def iter_benchmark(
                             writer.skip(method.name, sample.sample_id, sample.reason)
                             continue
                         result = run_sample(method, sample, config.max_clicks, config.stop_iou, load_s)
-                        writer.add(result, method.encoder_calls, getattr(method, "store_loads", None))
+                        writer.add(result, method.encoder_calls, method.store_loads)
                         results.append(result)
                     load_s = 0.0  # loading is counted once per image, with its first sample
             last = done + 1 == len(pairs)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .metrics import DEFAULT_THRESHOLDS
-from .runner import InteractiveModel, SamClickModel, SampleResult
+from .runner import SamClickModel, SampleResult
 
 
 @dataclass
@@ -46,7 +46,7 @@ class BenchmarkConfig:
         return None if self.full_curve else max(self.thresholds)
 
 
-def build_methods(config: BenchmarkConfig) -> list[InteractiveModel]:
+def build_methods(config: BenchmarkConfig) -> list[SamClickModel]:
     """One ``SamClickModel`` per (model, decoder, mask prompt, first-mask rule, fallback);
     decoders of one model share its embeddings."""
     from ..engine.embedding_cache import EmbeddingCache

@@ -37,7 +37,7 @@ from ..errors import InputError
 from .benchmark_config import BenchmarkConfig, BenchmarkEvent, build_methods
 from .dataset import PairSpec, Skipped, find_pairs, load_samples
 from .report import ReportWriter, refuse_existing
-from .runner import InteractiveModel, SampleResult, run_sample
+from .runner import InteractiveModel, SamClickModel, SampleResult, run_sample
 from .runtime import benchmark_runtime
 
 POLL_S = 0.2  # how often the driver looks at ``cancel`` while it waits for tasks
@@ -61,7 +61,7 @@ def methods_key(config: BenchmarkConfig) -> str:
 @dataclass
 class _WorkerMethods:
     key: str
-    methods: list[InteractiveModel]
+    methods: list[SamClickModel]
     runtime: dict
     run: str = ""  # the run whose pairs it serves now: a new run starts with empty embedding caches
     lock: threading.Lock = field(default_factory=threading.Lock)  # one pair at a time on this worker
@@ -106,9 +106,7 @@ def _start_run(held: _WorkerMethods, run: str) -> None:
     process would count (an on-disk store, if any, is still read: it is part of the config)."""
     if held.run != run:
         for method in held.methods:
-            cache = getattr(getattr(method, "predictor", None), "cache", None)
-            if cache is not None:
-                cache.clear()
+            method.predictor.cache.clear()
         held.run = run
 
 
@@ -145,12 +143,10 @@ def _run_pair(config: BenchmarkConfig, run: str, pair: PairSpec, done: frozenset
         _start_run(held, run)
         methods = held.methods
         calls0 = {m.name: m.encoder_calls for m in methods}
-        loads0 = {m.name: getattr(m, "store_loads", None) for m in methods}
+        loads0 = {m.name: m.store_loads for m in methods}
 
         def counts(method):
-            loads = getattr(method, "store_loads", None)
-            return (method.encoder_calls - calls0[method.name],
-                    None if loads is None else loads - loads0[method.name])
+            return method.encoder_calls - calls0[method.name], method.store_loads - loads0[method.name]
 
         outcome = PairOutcome(worker=get_worker().address, runtime=held.runtime)
         started = time.perf_counter()

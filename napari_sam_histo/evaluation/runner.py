@@ -3,9 +3,9 @@ target IoU is reached or the clicks run out.
 
 The SAM models run through the same ``Predictor`` and ``ClickSession`` as the annotator (what is
 measured is what the user runs); each image is encoded once per model (instances of one image
-share the embedding through the cache). Anything with ``begin(sample)`` returning an object with
-``click(x, y, positive) -> mask``, ``last_decoder_s`` and ``last_fallback`` can be evaluated, which
-is how the tests run an oracle and a model that never changes its mask.
+share the embedding through the cache). Any ``InteractiveModel`` (``begin(sample)`` returning
+``ObjectClicks``) can be evaluated, which is how the tests run an oracle and a model that never
+changes its mask.
 """
 
 from __future__ import annotations
@@ -22,15 +22,41 @@ from .metrics import LOGIT_THRESHOLD, iou
 
 
 class ObjectClicks(Protocol):
-    last_decoder_s: float  # the decoder's seconds in the last click
-    last_fallback: str | None  # the last click showed an alternative to the usual decode (engine.session)
+    """One object being clicked (``InteractiveModel.begin``)."""
+
+    @property
+    def last_decoder_s(self) -> float:
+        """The decoder's seconds in the last click."""
+
+    @property
+    def last_fallback(self) -> str | None:
+        """Whether the last click showed an alternative to the usual decode (``engine.session``)."""
+
+    @property
+    def charged_encoder_s(self) -> float:
+        """Encoder seconds charged to this object beyond its own (an embedding reused from a cache
+        is charged at what computing it cost; 0.0 for a method without an encoder)."""
 
     def click(self, x: float, y: float, positive: bool) -> np.ndarray: ...
 
 
 class InteractiveModel(Protocol):
+    """A method the benchmark clicks with."""
+
     name: str
-    encoder_calls: int
+
+    @property
+    def encoder_calls(self) -> int:
+        """Encoder runs so far."""
+
+    @property
+    def store_loads(self) -> int | None:
+        """Embeddings read from an on-disk store so far (None: the method keeps no store count)."""
+
+    @property
+    def runtime(self) -> dict | None:
+        """What it runs on (``runtime.predictor_runtime``); None for a method that is no model
+        (a test's oracle): a report's runtime leaves it out."""
 
     def begin(self, sample: Sample) -> ObjectClicks: ...
 
@@ -146,5 +172,5 @@ def run_sample(model: InteractiveModel, sample: Sample, max_clicks: int = 20, st
             result.masks.append(prediction)
         if stop_iou is not None and result.ious[-1] >= stop_iou:
             break
-    result.total_s = load_s + time.perf_counter() - started + getattr(session, "charged_encoder_s", 0.0)
+    result.total_s = load_s + time.perf_counter() - started + session.charged_encoder_s
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Any, Protocol
 
 # torch is imported inside the functions that need it: ``describe`` is read by the report, which
 # the Benchmark dock imports on napari's GUI thread (importing torch there froze napari seconds)
@@ -43,7 +44,16 @@ def device_name(device) -> str:
     return cpu_model()
 
 
-def predictor_runtime(predictor) -> dict:
+class RunsOnDevice(Protocol):
+    """What ``predictor_runtime`` reads of a ``Predictor``."""
+
+    device: Any  # a torch.device, or its name
+    decoder_bf16: bool
+    encoder_bf16: bool
+    encoder_mode: str  # "eager" or "optimized" (models.fast_encoder)
+
+
+def predictor_runtime(predictor: RunsOnDevice) -> dict:
     """What one ``Predictor`` runs: the precision it resolved ("auto" made concrete) and where."""
     import torch
 
@@ -51,7 +61,7 @@ def predictor_runtime(predictor) -> dict:
     entry = {
         "decoder_precision": "bf16" if predictor.decoder_bf16 else "fp32",
         "encoder_precision": "bf16" if predictor.encoder_bf16 else "fp32",
-        "encoder_mode": getattr(predictor, "encoder_mode", "eager"),  # optimized: models.fast_encoder
+        "encoder_mode": predictor.encoder_mode,  # "optimized": models.fast_encoder
         "device_type": device.type,
         "device_name": device_name(device),
     }
@@ -70,9 +80,9 @@ def versions() -> dict:
 
 def benchmark_runtime(methods) -> dict:
     """``{"torch", "napari_sam_histo", "methods": {name: runtime}}`` plus every ``METHOD_KEYS``
-    value the methods share ("mixed" where they differ). A method without a ``runtime`` (an
+    value the methods share ("mixed" where they differ). A method whose ``runtime`` is None (an
     oracle in the tests) is left out of ``methods``."""
-    per_method = {m.name: dict(m.runtime) for m in methods if getattr(m, "runtime", None)}
+    per_method = {m.name: dict(m.runtime) for m in methods if m.runtime}
     runtime = versions()
     for key in METHOD_KEYS:
         values = {entry.get(key) for entry in per_method.values()}

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -106,11 +107,26 @@ def model_key(predictor) -> tuple:
             decoder.weights_sha256, decoder.source)
 
 
-def reclick(predictor, example: AdaptationExample, max_clicks: int = GATE_MAX_CLICKS) -> tuple[int, float]:
-    """(NoC@``GATE_IOU``, mean IoU over the clicks) of ``predictor`` re-clicking ``example`` with the
-    benchmark's clicker (clicks until the IoU is reached or ``max_clicks``)."""
+class Reclick(NamedTuple):
+    """An example re-clicked by a predictor (``reclick``)."""
+
+    noc: int  # clicks to reach GATE_IOU (``evaluation.metrics.noc``: max_clicks when never reached)
+    mean_iou: float  # the IoU after each click, averaged
+
+
+@dataclass(frozen=True)
+class GateScores:
+    """The last judgement of the never-worse gate: mean NoC@``GATE_IOU`` on the held-out examples."""
+
+    base_noc: float  # of the base decoder
+    adapted_noc: float  # of the adapted copy (with the slide prior)
+
+
+def reclick(predictor, example: AdaptationExample, max_clicks: int = GATE_MAX_CLICKS) -> Reclick:
+    """``predictor`` re-clicking ``example`` with the benchmark's clicker (clicks until
+    ``GATE_IOU`` is reached or ``max_clicks``)."""
     ious, _ = click_example(predictor, example.embedding, example.target, max_clicks, GATE_IOU)
-    return noc(ious, GATE_IOU, max_clicks), float(np.mean(ious))
+    return Reclick(noc(ious, GATE_IOU, max_clicks), float(np.mean(ious)))
 
 
 def lower_priority(niceness: int = 19) -> bool:

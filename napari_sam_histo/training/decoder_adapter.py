@@ -27,6 +27,8 @@ from .adaptation import (
     MIN_HELD_OUT,
     STEPS_PER_OBJECT,
     AdaptationState,
+    GateScores,
+    Reclick,
     model_key,
     reclick,
 )
@@ -100,8 +102,8 @@ class DecoderAdapter:
         self.steps = 0
         self.owed = 0
         self._adapted = None  # the Predictor of the last copy that passed the gate
-        self._scores: tuple | None = None  # (base NoC, adapted NoC) of the last gate
-        self._base_scores: dict[tuple, tuple] = {}  # (serial, tile) -> the base decoder's re-click (fixed)
+        self._scores: GateScores | None = None  # the last gate's
+        self._base_scores: dict[tuple, Reclick] = {}  # (serial, tile) -> the base decoder's re-click (fixed)
         self._judged: tuple | None = None  # (generation, steps, examples) the last gate judged
         self.prior_fitter = PriorFitter(self.seed)
         if not keep_refinement:
@@ -306,15 +308,14 @@ class DecoderAdapter:
                 self._base_scores[key] = reclick(self.base, example)
             base_scores.append(self._base_scores[key])
             adapted_scores.append(reclick(candidate, example))
-        base = (float(np.mean([s[0] for s in base_scores])), float(np.mean([s[1] for s in base_scores])))
-        adapted = (float(np.mean([s[0] for s in adapted_scores])), float(np.mean([s[1] for s in adapted_scores])))
+        scores = GateScores(float(np.mean([s.noc for s in base_scores])), float(np.mean([s.noc for s in adapted_scores])))
         # strictly fewer clicks: on RINGS a copy that tied (both failing at GATE_MAX_CLICKS) with a
         # higher mean IoU passed and then needed more clicks on later objects
-        better = objects >= MIN_HELD_OUT and adapted[0] < base[0]
+        better = objects >= MIN_HELD_OUT and scores.adapted_noc < scores.base_noc
         with self._lock:
             if generation != self._generation:
                 return None  # reset meanwhile: this judged a copy that no longer exists
-            self._scores = (base[0], adapted[0])
+            self._scores = scores
             self._adapted = candidate if better else None
             self._judged = judged
         return better
@@ -357,7 +358,7 @@ class DecoderAdapter:
         """``state`` without the lock (a step may hold it for a second): for a UI thread; the
         numbers may be one step apart from each other."""
         scores = self._scores
-        base, adapted = scores if scores is not None else (None, None)
+        base, adapted = (scores.base_noc, scores.adapted_noc) if scores is not None else (None, None)
         training, held = self._training, self._held  # (one read each: lists are replaced, not changed in place
         refinement = self.refinement  # by remove_object)
         r_base, r_noc, r_judged = refinement.scores() if refinement is not None else (None, None, 0)
@@ -375,8 +376,8 @@ class DecoderAdapter:
             state = {k: v.detach().clone() for k, v in self.decoder.state_dict().items()}
             metadata = decoder_metadata(
                 self.kind, self.base.model.name, self.base.model.weights_hash, "adapted", True,
-                metrics={"held_out_noc85_base": None if self._scores is None else self._scores[0],
-                         "held_out_noc85_adapted": None if self._scores is None else self._scores[1]},
+                metrics={"held_out_noc85_base": None if self._scores is None else self._scores.base_noc,
+                         "held_out_noc85_adapted": None if self._scores is None else self._scores.adapted_noc},
                 config={"adapted_on": slide, "base_decoder": self.base.decoder.source, "lr": self.lr,
                         "examples": len(self.examples), "held_out": len(self.held_out), "steps": self.steps,
                         "steps_per_object": self.steps_per_object, "seed": self.seed})

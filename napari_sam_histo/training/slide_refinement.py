@@ -27,6 +27,7 @@ import torch
 from ..evaluation.clicker import next_click
 from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
 from ..models.slide_refiner import MIN_AGREEMENT, SlideRefiner, TileRefiner, colour_features, fit_slide_refiner, refiner_samples
+from .examples import AdaptationExample
 
 SNAPSHOT_CLICKS = (2, 4, 7, 12, 20)  # SAM's logits after these clicks of a re-click teach the refiner
 MIN_JUDGED = 3  # objects the refiner must have been judged on before it is offered
@@ -97,10 +98,9 @@ class SlideRefinement:
         self._offered: SlideRefiner | None = None  # the refiner when the gate passes, else None
 
     # -- objects ---------------------------------------------------------------------------------
-    def add_object(self, serial: int, key, examples: list) -> None:
-        """Queue an accepted object's examples (those with pixels or colour: ``AdaptationExample``)."""
-        examples = [e for e in examples if getattr(e, "image", None) is not None
-                    or getattr(e, "colour", None) is not None]
+    def add_object(self, serial: int, key, examples: list[AdaptationExample]) -> None:
+        """Queue an accepted object's examples (those with pixels or colour)."""
+        examples = [e for e in examples if e.image is not None or e.colour is not None]
         if examples:
             self._pending.append(_Object(serial, key, list(examples)))
             if self.max_tiles is not None:  # a queue the thread cannot keep up with: the oldest go
@@ -149,9 +149,9 @@ class SlideRefinement:
             self._pending.pop(0)  # only now: until the refiner is refitted the object is still being learned from
         return True
 
-    def _learn_tile(self, obj: _Object, example, base, refiner: SlideRefiner | None) -> None:
+    def _learn_tile(self, obj: _Object, example: AdaptationExample, base, refiner: SlideRefiner | None) -> None:
         """One tile of ``obj``: judged (with ``refiner``, when there is one), then its training pixels."""
-        if callable(getattr(example, "colour", None)):  # kept by the annotator (the next clicks there reuse them)
+        if callable(example.colour):  # kept by the annotator (the next clicks there reuse them)
             colour = example.colour().float()
             image = None  # (the judge's re-click gets the maps from the colour)
         else:

@@ -1,7 +1,8 @@
 """RITM's published click rule, written step for step as their ``Clicker._get_next_click`` does it
 (OpenCV's exact Euclidean distance transform, a not-clicked map multiplied in, ``np.where``'s first
-hit) — for validation only (``scripts/check-clicker`` and the tests): ``clicker.next_click`` must
-choose the same clicks wherever RITM's choice is determined. Needs OpenCV (a test dependency).
+hit) — for validation only (the tests and ``scripts/check-clicker``), so it lives with the tests
+and is not shipped: ``clicker.next_click`` must choose the same clicks wherever RITM's choice is
+determined. Needs OpenCV (a test dependency, ``opencv-python-headless``).
 Written independently of ``clicker`` (no shared helper), re-derived from the paper and the
 algorithm's description, not copied (RITM's code uses numpy aliases that numpy removed).
 
