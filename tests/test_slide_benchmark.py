@@ -14,18 +14,20 @@ from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.evaluation.slide_benchmark import (
     GROWING,
     MODES,
-    ObjectRun,
     RegionRun,
-    click_small_objects,
-    compose_regions,
     find_regions,
     format_table,
     level0_mask,
     run_benchmark,
     run_region,
-    run_small_objects,
     seam_band,
     summarize_runs,
+)
+from napari_sam_histo.evaluation.slide_small_objects import (
+    ObjectRun,
+    click_small_objects,
+    compose_regions,
+    run_small_objects,
     summarize_small,
 )
 
@@ -187,7 +189,7 @@ def small_regions(tmp_path):
 
 
 def test_small_objects_are_composed_side_by_side_and_each_is_scored_against_its_own_mask(small_regions, monkeypatch):
-    from napari_sam_histo.evaluation import slide_benchmark
+    from napari_sam_histo.evaluation import slide_small_objects
 
     slide = compose_regions(find_regions(small_regions), "s", min_object_px=100)
     assert slide.rgb.shape == (100, 240, 3) and slide.labels.max() == 4  # r1 | r2, every component numbered
@@ -202,7 +204,7 @@ def test_small_objects_are_composed_side_by_side_and_each_is_scored_against_its_
             final[60, 70] = True
         return RegionRun("", mode, ious=[0.5, 0.95], final_mask=final, seam=SEAM)
 
-    monkeypatch.setattr(slide_benchmark, "run_region", fake_run_region)
+    monkeypatch.setattr(slide_small_objects, "run_region", fake_run_region)
     runs = click_small_objects(SimpleNamespace(clear=lambda: None), slide, "growth on")
     expected = [(10, 40, 10, 40), (50, 90, 60, 110), (20, 80, 150, 210)]
     for (target, mode, region), (r0, r1, c0, c1), (_, _, box) in zip(calls, expected, slide.objects):

@@ -9,14 +9,8 @@ import sys
 
 def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..evaluation.slide_benchmark import (
-        DEFAULT_MODES,
-        MODES,
-        format_small_table,
-        format_table,
-        run_benchmark,
-        run_small_objects,
-    )
+    from ..evaluation.slide_benchmark import DEFAULT_MODES, MODES, format_table, run_benchmark
+    from ..evaluation.slide_small_objects import format_small_table, run_small_objects
 
     if args.small_objects and args.modes is not None:
         raise InputError("--modes does not apply to --small-objects (its objects are clicked at auto, growth off "

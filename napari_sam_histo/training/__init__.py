@@ -1,2 +1,3 @@
-"""Fine-tuning SAM for histopathology (Kim et al. 2023, §2.2): the scenarios md, ie_md, whole and
-modified, trained with simulated clicks and the Normalized Focal Loss. No Qt here."""
+"""Fine-tuning SAM for histopathology (Kim et al. 2023, §2.2) with simulated clicks and the
+Normalized Focal Loss, online adaptation to the slide being annotated, project decoders, and the
+benchmarks that measure them. No Qt here."""
