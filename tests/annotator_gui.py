@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam_histo._napari.annotator_dock import AnnotatorDock
+from napari_sam_histo._napari.annotator.dock import AnnotatorDock
 
 from .conftest import SAMPLE_SLIDE
 

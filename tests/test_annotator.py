@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from napari_sam_histo.annotations.geometry import rasterize
-from napari_sam_histo.engine.annotator import Annotator, combine_tile_masks
+from napari_sam_histo.engine.annotator import Annotator
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.object_state import combine_tile_masks
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.session import ClickSession
 from napari_sam_histo.engine.tiles import TileBox
@@ -37,7 +38,7 @@ def fresh(tiny_model):
 
 
 def _sessions(annotator):
-    return {key: s for key, s in annotator._sessions.items() if s.clicks}
+    return {key: s for key, s in annotator.object._sessions.items() if s.clicks}
 
 
 def test_an_object_across_a_tile_border_is_one_polygon_not_two():
@@ -68,7 +69,7 @@ def test_later_clicks_inside_the_tile_reuse_it_and_outside_open_a_tile_centred_o
     second = TileBox(0, 1700 - 512, 800 - 512, 1024, 1024)
     assert set(state.boxes) == {first, second} and fresh.predictor.encoder_calls == calls + 1
     # the new tile starts from the object's earlier clicks that fall inside it, in order
-    assert [(c.x + second.x, c.y + second.y, c.positive) for c in fresh._sessions[second.key()].clicks] == [
+    assert [(c.x + second.x, c.y + second.y, c.positive) for c in fresh.object._sessions[second.key()].clicks] == [
         (1200, 900, False), (1200, 700, True), (1700, 800, True)]
     assert [c[:2] for c in fresh.clicks] == [(1030, 700), (1200, 900), (1200, 700), (1700, 800)]
     (x, y), mask = state.mask  # over both tiles' joint extent
@@ -201,11 +202,11 @@ def test_undoable_actions_snapshot_after_the_clicks_queued_before_them(annotator
     annotator.clear()
     annotator.submit_click(300, 300)
     annotator.submit_click(320, 310)  # still queued when "Enter" is pressed
-    obj, snapshot = annotator.submit("accept_undoable", "Tumor").result(timeout=60)
-    assert len(snapshot.history) == 2  # both clicks are in what undo brings back
-    assert annotator.restore(snapshot).clicks == ((300.0, 300.0, True), (320.0, 310.0, True))
-    state, snapshot = annotator.submit("clear_undoable").result(timeout=60)
-    assert state.clicks == () and len(snapshot.history) == 2
+    accepted = annotator.submit_accept_undoable("Tumor").result(timeout=60)
+    assert len(accepted.before.history) == 2  # both clicks are in what undo brings back
+    assert annotator.restore(accepted.before).clicks == ((300.0, 300.0, True), (320.0, 310.0, True))
+    cleared = annotator.submit_clear_undoable().result(timeout=60)
+    assert cleared.result.clicks == () and len(cleared.before.history) == 2
 
 
 def test_a_hand_edited_mask_replaces_sams_on_accept(annotator):
@@ -232,7 +233,7 @@ def test_queued_clicks_run_in_order_on_the_worker(annotator):
     for f in futures:
         f.result(timeout=60)
     assert [c[0] for c in annotator.clicks] == [50, 60, 70, 80]
-    assert annotator.submit("undo").result(timeout=60).clicks == tuple(annotator.clicks)
+    assert annotator.submit_undo().result(timeout=60).clicks == tuple(annotator.clicks)
     assert len(annotator.clicks) == 3 and annotator.idle
 
 

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QFileDialog  # noqa: E402
 
 from napari_sam_histo._napari import adaptation_panel  # noqa: E402
 from napari_sam_histo._napari.adaptation_panel import OFF_TEXT  # noqa: E402
-from napari_sam_histo._napari.annotator_dock import CURRENT  # noqa: E402
+from napari_sam_histo._napari.annotator.working_layers import CURRENT  # noqa: E402
 
 from .annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
 

@@ -8,13 +8,8 @@ import tifffile
 
 pytest.importorskip("napari")
 
-from napari_sam_histo._napari.annotator_dock import (  # noqa: E402
-    ANNOTATIONS,
-    CLICKS,
-    CURRENT,
-    FACE_ALPHA,
-    TILES,
-)
+from napari_sam_histo._napari.annotation_layer import ANNOTATIONS, FACE_ALPHA  # noqa: E402
+from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, TILES  # noqa: E402
 from napari_sam_histo.annotations.bridged import to_bridged_ring  # noqa: E402
 from napari_sam_histo.annotations.geometry import Polygon, polygon_area, rasterize  # noqa: E402
 
@@ -85,7 +80,7 @@ def test_a_click_near_a_grid_line_gives_an_object_not_cut_there_with_its_hole_dr
     # a progress bar was shown while the embedding was computed, and is closed
     started = [e for e in dock.progress_log if e[0] == "started"]
     assert ("started", box.key(), "click") in started and ("finished", box.key(), "click") in dock.progress_log
-    assert not dock._progress
+    assert not dock.progress.bars
 
     dock.class_combo.setCurrentText("Stroma")
     dock.accept()
@@ -148,7 +143,7 @@ def test_prefetch_runs_in_the_background_with_progress(dock, qtbot):
     key = dock.annotator.predictor.key_for(dock.annotator.source.identity, box.key())
     assert key in dock.annotator.predictor.cache
     qtbot.waitUntil(lambda: ("finished", box.key(), "prefetch") in dock.progress_log, timeout=10_000)
-    assert ("started", box.key(), "prefetch") in dock.progress_log and not dock._progress
+    assert ("started", box.key(), "prefetch") in dock.progress_log and not dock.progress.bars
     calls = dock.annotator.predictor.encoder_calls
     dock.grow_check.setChecked(False)  # (growing past the tile's border would add a tile of its own)
     dock.add_click(1000, 1500)  # a first click well inside the prefetched tile reuses it

@@ -15,13 +15,10 @@ pytest.importorskip("napari")
 from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QFileDialog  # noqa: E402
 
-from napari_sam_histo._napari.annotator_dock import (  # noqa: E402
-    ANNOTATIONS,
-    CLICKS,
-    CURRENT,
-    NOT_STARTED,
-    AnnotatorDock,
-)
+from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
+from napari_sam_histo._napari.annotator.dock import AnnotatorDock  # noqa: E402
+from napari_sam_histo._napari.annotator.session import NOT_STARTED  # noqa: E402
+from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT  # noqa: E402
 from napari_sam_histo.annotations.geometry import polygon_area  # noqa: E402
 
 from .annotator_gui import (  # noqa: E402,F401
@@ -90,6 +87,8 @@ def test_start_again_keeps_accepted_objects_and_asks_before_dropping_clicks(dock
     assert dock.source is source  # the slide is reused, not opened again
     qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=5_000)
     assert len(dock.viewer.layers[ANNOTATIONS].data) >= 1
+    qtbot.wait(2_000)  # (an object kept on disk would be offered back by now)
+    assert len(asked) == 1  # the object dropped on purpose is not offered back as one kept from before
     collection = _export(dock, qtbot, monkeypatch, tmp_path / "after-restart")  # no extension typed
     assert len(collection["features"]) == 1  # the object accepted before Start is exported
 
@@ -247,7 +246,7 @@ def test_object_list_zooms_reclassifies_and_deletes(dock, qtbot):
     assert table.rowCount() == 2 and table.item(0, 0).text() == "Tumor"
     assert table.item(0, 1).text().endswith("µm²") and table.item(0, 2).text() == "1" and table.item(0, 3).text() == "vit_t"
     table.selectRow(1)  # the strip: the view goes to it
-    cy, cx = dock._camera().center[-2:]
+    cy, cx = dock.view.camera.center[-2:]
     [strip] = [o for o in dock.objects() if o.id == dock.object_list.ids[1]]
     x0, y0, x1, y1 = np.array([p.bounds() for p in strip.polygons]).T
     assert x0.min() * MPP <= cx <= x1.max() * MPP and y0.min() * MPP <= cy <= y1.max() * MPP
@@ -285,13 +284,14 @@ def test_accepted_geometry_is_cleaned_and_shown_as_saved(dock, qtbot):
 @pytest.mark.gui
 def test_sources_are_reused_and_everything_bound_is_taken_back(dock, qtbot, monkeypatch):
     viewer = dock.viewer
-    assert dock._on_mouse in viewer.mouse_drag_callbacks
-    assert viewer.keymap  # our Enter, Escape, Ctrl-Z … are bound on the viewer
+    hooks = dock.canvas_input
+    assert hooks.on_mouse in viewer.mouse_drag_callbacks
+    assert any(f.__qualname__.startswith("CanvasInput") for f in viewer.keymap.values())  # Enter, Escape, Ctrl-Z …
     dock.shutdown()
-    assert dock._on_mouse not in viewer.mouse_drag_callbacks
-    assert dock._on_double_click not in viewer.mouse_double_click_callbacks
-    assert not dock._connections and not dock._bound
-    assert not any(getattr(f, "__qualname__", "").startswith("AnnotatorDock") for f in viewer.keymap.values())
+    assert hooks.on_mouse not in viewer.mouse_drag_callbacks
+    assert hooks.on_double_click not in viewer.mouse_double_click_callbacks
+    assert not hooks.connections and not hooks.bound
+    assert not any(getattr(f, "__qualname__", "").startswith("CanvasInput") for f in viewer.keymap.values())
     for layer in (viewer.layers[CURRENT], viewer.layers[CLICKS]):
         assert not layer.keymap
     closed = []
@@ -371,7 +371,7 @@ def test_removing_the_dock_saves_closes_and_takes_everything_back(dock, qtbot, m
     _accept_one(dock, qtbot)
     viewer.window.remove_dock_widget(dock)  # what napari's close button on the dock does
     qtbot.waitUntil(lambda: bool(closed), timeout=30_000)
-    assert dock._on_mouse not in viewer.mouse_drag_callbacks and not dock._bound
+    assert dock.canvas_input.on_mouse not in viewer.mouse_drag_callbacks and not dock.canvas_input.bound
     sidecar = slide.with_name(slide.name + ".sam-annotations.geojson")
     assert len(json.loads(sidecar.read_text())["features"]) == 1
 
@@ -410,5 +410,5 @@ def test_the_dock_stays_usable_when_layers_go_while_it_works(dock, qtbot, monkey
     image = dock.image_layer
     qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
     dock.viewer.layers.remove(image)  # while the new settings load
-    qtbot.waitUntil(lambda: dock.start_button.isEnabled() and not dock._starting, timeout=120_000)
+    qtbot.waitUntil(lambda: dock.start_button.isEnabled() and not dock.session.starting, timeout=120_000)
     assert dock.annotator is None and dock.status.text().startswith("⚠") and "removed" in dock.status.text()

@@ -276,7 +276,7 @@ def test_skipped_samples_are_listed_with_their_reasons(tiny_dock, qtbot, tmp_pat
 @pytest.mark.gui
 @pytest.mark.parametrize("screen", [(1920, 1080), (1366, 768)], ids=["1920x1080", "1366x768"])
 def test_the_dock_is_usable_beside_the_annotator(make_napari_viewer, qtbot, screen):
-    from napari_sam_histo._napari.annotator_dock import AnnotatorDock
+    from napari_sam_histo._napari.annotator.dock import AnnotatorDock
 
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window

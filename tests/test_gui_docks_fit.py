@@ -9,7 +9,7 @@ pytest.importorskip("napari")
 from qtpy.QtCore import QPoint, QRect, QSettings, Qt  # noqa: E402
 from qtpy.QtWidgets import QDockWidget, QScrollArea, QTabBar  # noqa: E402
 
-from napari_sam_histo._napari.annotator_dock import AnnotatorDock  # noqa: E402
+from napari_sam_histo._napari.annotator.dock import AnnotatorDock  # noqa: E402
 from napari_sam_histo._napari.benchmark_dock import BenchmarkDock  # noqa: E402
 from napari_sam_histo._napari.dock_tabs import dock_of  # noqa: E402
 

@@ -36,7 +36,7 @@ DOCK_CODE = """
 import sys
 import napari
 viewer = napari.Viewer(show=True)
-from napari_sam_histo._napari.annotator_dock import AnnotatorDock
+from napari_sam_histo._napari.annotator.dock import AnnotatorDock
 from napari_sam_histo._napari.benchmark_dock import BenchmarkDock
 annotator, benchmark = AnnotatorDock(viewer), BenchmarkDock(viewer)
 print("decoders", [annotator.decoder_combo.itemText(i) for i in range(annotator.decoder_combo.count())])
@@ -57,7 +57,7 @@ def test_opening_the_docks_imports_no_torch_on_the_gui_thread():
 QUIT_CODE = """
 import napari
 from qtpy.QtCore import QTimer
-from napari_sam_histo._napari.annotator_dock import AnnotatorDock
+from napari_sam_histo._napari.annotator.dock import AnnotatorDock
 from napari_sam_histo.models import fast_encoder
 viewer = napari.Viewer(show=True)
 viewer.open(SLIDE, plugin="napari-sam-histo")

@@ -8,7 +8,9 @@ from qtpy.QtCore import Qt
 
 pytest.importorskip("napari")
 
-from napari_sam_histo._napari.annotator_dock import ANNOTATIONS, CURRENT, AnnotatorDock  # noqa: E402
+from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
+from napari_sam_histo._napari.annotator.dock import AnnotatorDock  # noqa: E402
+from napari_sam_histo._napari.annotator.working_layers import CURRENT  # noqa: E402
 from napari_sam_histo._napari.sample_data import cmu1_region  # noqa: E402
 from napari_sam_histo.evaluation.slide_benchmark import write_pyramid  # noqa: E402
 
@@ -77,7 +79,7 @@ def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines
                                                                      border[0] * coarse.downsample)))
         height, width = viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size
         viewer.camera.zoom = max(width, height) / 600 / float(dock.image_layer.scale[-1])
-        assert dock._view_level().downsample == 1.0
+        assert dock.view_level().downsample == 1.0
         _click(dock, (border[0] - 3) * coarse.downsample, border[1] * coarse.downsample, button=2)  # negative
         _wait(dock, qtbot)
         refined = dock.annotator.state()

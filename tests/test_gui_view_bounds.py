@@ -8,7 +8,8 @@ from app_model.types import KeyCode
 
 pytest.importorskip("napari")
 
-from napari_sam_histo._napari.annotator_dock import ANNOTATIONS, CLICKS, CURRENT, TILES  # noqa: E402
+from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
+from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, TILES  # noqa: E402
 from napari_sam_histo._napari.reader import slide_stem  # noqa: E402
 
 from .annotator_gui import _wait, press, slide  # noqa: E402,F401
@@ -38,7 +39,7 @@ def test_a_click_at_a_coarse_level_with_growth_on_accepts_only_what_the_view_sho
         _look_at(viewer, dock, *SPOT, VIEW_SIDE)
         qtbot.wait(50)
         shown = dock.view_box()
-        assert dock._view_level().downsample >= 4  # a coarse level: a 256-px tile spans about the view
+        assert dock.view_level().downsample >= 4  # a coarse level: a 256-px tile spans about the view
         _click(dock, *SPOT)
         _wait(dock, qtbot)
         dock.annotator.wait_continuation(120)
@@ -94,8 +95,8 @@ def test_the_status_names_the_level_in_view_and_the_decoder_as_chosen(make_napar
 
         text = dock.status.text()
         assert "md decoder" in text and "sha256" in text
-        assert describe_downsample(dock._view_level().downsample, dock.source.mpp) in text  # not level 0's
-        assert dock._view_level().downsample > 1
+        assert describe_downsample(dock.view_level().downsample, dock.source.mpp) in text  # not level 0's
+        assert dock.view_level().downsample > 1
         viewer.reset_view()  # the whole slide on screen
         _click(dock, 2091, 615)
         _wait(dock, qtbot)

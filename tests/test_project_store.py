@@ -114,7 +114,7 @@ def test_an_accepted_object_is_kept_with_its_tile_embedding_and_survives_a_resta
     try:
         annotator.submit_click(130, 120, True).result(timeout=120)
         annotator.submit_click(100, 60, False).result(timeout=120)
-        obj = annotator.submit("accept", "Stroma").result(timeout=60)
+        obj = annotator.submit_accept("Stroma").result(timeout=60)
     finally:
         annotator.close(wait=True)
     assert (obj.properties["slide"], obj.properties["slide_identity"]) == ("a.png", source.identity)

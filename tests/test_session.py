@@ -14,8 +14,12 @@ from napari_sam_histo.slides.reader import from_array
 
 
 class Refine:
-    """A refiner as the session takes one: SAM's logits in, refined logits out, and the IoU with
-    SAM's mask below which the refined mask gives way (``models.slide_refiner.masks_agree``)."""
+    """A refiner as the session takes one (``engine.protocols.TileRefinement``): SAM's logits in,
+    refined logits out, and the IoU with SAM's mask below which the refined mask gives way
+    (``models.slide_refiner.masks_agree``); the object's first mask refined, no evidence yet."""
+
+    start = "refined"
+    evidence = None
 
     def __init__(self, function, min_agreement: float = MIN_AGREEMENT) -> None:
         self.function = function
@@ -250,7 +254,7 @@ def test_a_refiner_that_fails_leaves_the_tile_to_sam(setup):
     def broken(logits):
         raise OSError("the slide was closed")
 
-    session = ClickSession(predictor, box, predictor.embedding_for(source, box), refine=broken)
+    session = ClickSession(predictor, box, predictor.embedding_for(source, box), refine=Refine(broken))
     session.add_click(500, 500, True)
     assert session.refine is None and not session.refined
     assert np.array_equal(session.mask(), (session.sam_logits > 0).numpy())

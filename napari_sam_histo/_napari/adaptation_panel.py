@@ -186,12 +186,13 @@ class AdaptationPanel(QGroupBox):
         adaptation = self.adaptation
         self.note_label.setText("Resetting…")
 
-        def reset_done(result):
-            self.note_label.setText(f"⚠ Reset failed: {result}" if isinstance(result, Exception) else
-                                    "Reset: back to the chosen decoder, nothing learned.")
+        def reset_done(note: str) -> None:
+            self.note_label.setText(note)
             self._show_if_current((adaptation, adaptation.state()))
 
-        self.threads.relay(adaptation.reset(), reset_done)
+        self.threads.relay(adaptation.reset(), lambda result: reset_done("Reset: back to the chosen decoder, nothing "
+                                                                         "learned."),
+                           lambda err: reset_done(f"⚠ Reset failed: {err}"))
 
     def save_to(self, path: str | Path) -> None:
         """Write the adapted decoder (our checkpoint format) to ``path``; the label says where."""
@@ -200,12 +201,10 @@ class AdaptationPanel(QGroupBox):
         path = Path(path)
         if path.suffix.lower() not in (".pt", ".pth"):
             path = path.with_suffix(".pt")
-        self.threads.relay(self.adaptation.save(path, slide=self.slide), self._saved)
+        self.threads.relay(self.adaptation.save(path, slide=self.slide), self._saved,
+                           lambda err: self.note_label.setText(f"⚠ The adapted decoder was not saved: {err}"))
 
     def _saved(self, result) -> None:
-        if isinstance(result, Exception):
-            self.note_label.setText(f"⚠ The adapted decoder was not saved: {result}")
-            return
         self.last_saved = Path(result)
         self.note_label.setText(f"Saved the adapted decoder to {result}: choose it as the decoder on the next "
                                 "slides.")

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..annotations.cleaning import DEFAULT_MIN_AREA_PX, DEFAULT_MIN_AREA_UM2
-from ..assembly.annotating import SlideFile, SlidePixels
+from ..assembly.annotating import AnnotatorConfig, SlideFile, SlidePixels
 from ..errors import InputError, SamHistoError
 from .gui_threads import GuiThreads
 
@@ -207,7 +207,8 @@ class AnnotatorSettings(QWidget):
             except Exception as err:  # an unreadable file is said under the picker, never raised
                 return "not a decoder file napari-sam-histo can read", str(err)
 
-        self._threads.run(read, lambda note: self._decoder_file_read(name, note))
+        self._threads.run(read, lambda note: self._decoder_file_read(name, note),
+                          lambda err: self._decoder_file_read(name, ("not read", str(err))))
 
     def _decoder_file_read(self, name: str, note: tuple[str, str]) -> None:
         self._file_notes[name] = note
@@ -224,8 +225,24 @@ class AnnotatorSettings(QWidget):
         if self.decoder_combo.currentText() == name:
             self.decoder_combo.currentTextChanged.emit(name)
 
+    def config(self, learning: bool) -> AnnotatorConfig:
+        """What the settings choose for the next Start (``learning``: the slide's, from the start)."""
+        return AnnotatorConfig(self.model_combo.currentText(), self.decoder_combo.currentText(),
+                               self.device_combo.currentText(), self.level_combo.currentData() or 0,
+                               self.tile_spin.value(), embeddings_on_disk=self.disk_check.isChecked(),
+                               continuation=self.grow_check.isChecked(), learning=learning)
+
+    def add_trained_decoder(self, path, result) -> None:
+        """A decoder trained on the project (``training.project_training``'s result): in the picker,
+        with its tissue and held-out verdict."""
+        held = result.held_out
+        self.add_decoder_file(path, f"{result.provenance['tissue']}: {result.verdict.split(':')[0]}",
+                              f"{result.provenance['training_data']}. On {held['objects']} held-out objects "
+                              f"NoC@85 {held['decoder_noc']:.2f} against zero-shot SAM's "
+                              f"{held['sam_noc']:.2f}: {result.verdict}.")
+
     def fill_models(self, names) -> None:
-        if isinstance(names, Exception) or not names:
+        if not names:
             return
         current = self.model_combo.currentText()
         self.model_combo.clear()

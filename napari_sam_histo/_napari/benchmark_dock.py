@@ -81,7 +81,7 @@ class BenchmarkDock(QWidget):
         self._replay_sample = None
         self._replay_worker = None
         self._build()
-        from .annotator_dock import AnnotatorDock
+        from .annotator.dock import AnnotatorDock
 
         self._tabs = TabsWithPartners(self, (AnnotatorDock,))
         self._joined_tabs = False

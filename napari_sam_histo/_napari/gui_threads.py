@@ -1,15 +1,17 @@
 """Work off napari's GUI thread, results back on it, and GUI work split over event-loop turns.
 
 napari must be touched from the GUI thread only, and anything slow there freezes the window (no
-repaint, no keys). ``GuiThreads.run`` runs a function on a worker thread and hands its result (or
-the exception) to a callback on the GUI thread through a queued Qt signal; ``GuiThreads.steps``
+repaint, no keys). ``GuiThreads.run`` runs a function on a worker thread and hands its result to
+one callback, or its exception to another, on the GUI thread through a queued Qt signal; ``GuiThreads.steps``
 runs a generator one step per event-loop turn, so napari repaints between steps that must touch it
 (each napari layer created costs napari a few hundred ms on a software-GL machine).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from qtpy.QtCore import QObject, QTimer, Signal
 
@@ -40,24 +42,25 @@ class GuiThreads:
         except RuntimeError:  # the widget was deleted meanwhile
             pass
 
-    def relay(self, future: Future, callback) -> None:
-        """When ``future`` is done, ``callback(result or exception)`` on the GUI thread; an exception
-        is handed over, never raised into Qt."""
-        def done(f):
+    def relay(self, future: Future, done: Callable[[Any], None], failed: Callable[[Exception], None]) -> None:
+        """When ``future`` is done, ``done(result)`` or ``failed(exception)`` on the GUI thread; an
+        exception (``CancelledError`` for a cancelled future) is handed over, never raised into Qt."""
+        def finished(f):
             try:
                 result = f.result()
             except Exception as err:
-                result = err
-            self.emit(callback, result)
+                self.emit(failed, err)
+                return
+            self.emit(done, result)
 
-        future.add_done_callback(done)
+        future.add_done_callback(finished)
 
-    def run(self, function, callback) -> Future:
-        """``function()`` on a worker thread, ``callback(result or exception)`` on the GUI thread.
-        The future is returned for those who must wait (tests, saving before closing)."""
+    def run(self, function, done: Callable[[Any], None], failed: Callable[[Exception], None]) -> Future:
+        """``function()`` on a worker thread, ``done(result)`` or ``failed(exception)`` on the GUI
+        thread. The future is returned for those who must wait (tests, saving before closing)."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-dock")
         future = executor.submit(function)
-        self.relay(future, callback)
+        self.relay(future, done, failed)
         executor.shutdown(wait=False)
         return future
 

@@ -45,7 +45,7 @@ class OrderedWrites(QObject):
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"napari-sam-histo-{self.name}")
         self.last = self._writer.submit(job)
-        self.threads.relay(self.last, lambda result: self.on_error(result) if isinstance(result, Exception) else None)
+        self.threads.relay(self.last, lambda result: None, self.on_error)
         return self.last
 
     def flush(self, timeout: float | None = None) -> None:

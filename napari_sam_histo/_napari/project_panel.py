@@ -128,30 +128,29 @@ class ProjectPanel(QGroupBox):
                                        submit=self._submit)
             return store, recorder
 
+        def failed(err) -> None:
+            self.check.setChecked(False)
+            self.state.setText(f"Not kept: {err}")
+
         def opened(result) -> None:
-            if isinstance(result, Exception):
-                self.check.setChecked(False)
-                self.state.setText(f"Not kept: {result}")
-                return
             if annotator is not self._annotator or not self.check.isChecked():
                 return  # another slide was started, or the switch turned off, meanwhile
             self._store, self._recorder = result
             annotator.recorder = self._recorder
             self._show(self._store)
 
-        self.threads.relay(self._writer.submit(open_store), opened)
+        self.threads.relay(self._writer.submit(open_store), opened, failed)
 
     def _submit(self, job):
         """The recorder's writes: one at a time on the writer, in order; the panel shows the result."""
         store = self._store
         future = self._writer.submit(job)
-        self.threads.relay(future, lambda result: self._written(result, store))
+        self.threads.relay(future, lambda result: self._written(store),
+                           lambda err: self.state.setText(f"An object could not be kept in the project: {err}"))
         return future
 
-    def _written(self, result, store) -> None:
-        if isinstance(result, Exception):
-            self.state.setText(f"An object could not be kept in the project: {result}")
-        elif self._recorder is not None:
+    def _written(self, store) -> None:
+        if self._recorder is not None:
             self._show(store)
 
     def _show(self, store) -> None:

@@ -160,7 +160,7 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from .annotator_dock import AnnotatorDock
+    from .annotator.dock import AnnotatorDock
 
     work = Path(tempfile.mkdtemp(prefix="napari-sam-histo-stalls-"))
     if slide is None:

@@ -32,31 +32,22 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
-from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color
+from ..annotations.cleaning import DEFAULT_TOLERANCE
+from ..annotations.geometry import Polygon
 from ..slides.source import ImageSource
-from .object_tiles import (
-    COLOUR_PREFETCH,
-    EMPTY_STATE,
-    MAX_CUT_TILES,
-    REUSE_MARGIN,
-    UNKNOWN_LOGIT,
-    AnnotatorState,
-    BeyondView,
-    ObjectSnapshot,
-    ObjectTiles,
-    combine_tile_masks,
-)
+from .object_state import AnnotatorState, ObjectSnapshot, Undoable
+from .object_tiles import ObjectTiles
 from .predictor import Predictor
-from .tiles import DEFAULT_TILE_SIZE, TileBox
-
-__all__ = ["Annotator", "AnnotatorState", "BeyondView", "EMPTY_STATE", "ObjectSnapshot", "combine_tile_masks",
-           "MAX_CONTINUATION_TILES", "REUSE_MARGIN", "MAX_CUT_TILES", "UNKNOWN_LOGIT", "DEFAULT_CLASSES",
-           "AnnotatedObject", "next_class_color"]
+from .protocols import AcceptedObjects, SlideLearning
+from .tile_choice import REUSE_MARGIN
+from .tile_colours import COLOUR_PREFETCH
+from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
+from .working_levels import WorkingLevel
 
 MAX_CONTINUATION_TILES = 8  # tiles one object may grow into by itself
 
 
-class Annotator(ObjectTiles):
+class Annotator:
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
                  prefetch_radius: int = 1, continuation: bool = False, first_mask: str = "unflooded",
@@ -64,7 +55,10 @@ class Annotator(ObjectTiles):
         """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
         ``level_for_view``; level 0 until one does). ``continuation``: grow the object into
         neighbouring tiles in the background after each click (see the module), inside ``view``."""
-        super().__init__(predictor, source, level, tile_size, reuse_margin, first_mask, honour_clicks)
+        # the object being clicked (no threads of its own); its tiles' embeddings come from ``_Work``
+        self.object = ObjectTiles(predictor, source, level, tile_size, reuse_margin, first_mask, honour_clicks,
+                                  work=_Work(self))
+        self._lock = self.object.lock
         self.prefetch_radius = int(prefetch_radius)
         self.continuation = bool(continuation)
         self._continuation_generation = 0  # a newer request (after a newer click) stops an older one
@@ -88,16 +82,114 @@ class Annotator(ObjectTiles):
     def click(self, x0: float, y0: float, positive: bool = True, downsample: float | None = None) -> AnnotatorState:
         """``ObjectTiles.click`` (run on the worker; call ``submit_click`` from a UI), then the
         object's continuation in the background when ``continuation`` is on."""
-        state = super().click(x0, y0, positive, downsample)
+        state = self.object.click(x0, y0, positive, downsample)
         if self.continuation:
             self._schedule_continuation()
         return state
 
-    def _changed(self) -> None:
-        self._continuation_generation += 1  # a continuation of the object before must not land
+    # What the object is and does (``ObjectTiles``), read and changed from any thread; a UI queues
+    # the actions behind the clicks instead (``submit_*``).
+    predictor = property(lambda self: self.object.predictor)
+    source = property(lambda self: self.object.source)
+    tile_size = property(lambda self: self.object.tile_size)
+    auto = property(lambda self: self.object.auto)
+    levels = property(lambda self: self.object.levels)
+    level = property(lambda self: self.object.level)
+    grid = property(lambda self: self.object.grid)
+    clicks = property(lambda self: self.object.clicks)
+    grown = property(lambda self: self.object.grown)
 
-    def _available(self, box: TileBox) -> bool:
-        return box.key() in self._fetching or super()._available(box)
+    @property
+    def adaptation(self) -> SlideLearning | None:
+        """The slide's learning (set by a UI: ``training.slide_adaptation``), or None."""
+        return self.object.adaptation
+
+    @adaptation.setter
+    def adaptation(self, adaptation: SlideLearning | None) -> None:
+        self.object.adaptation = adaptation
+
+    @property
+    def recorder(self) -> AcceptedObjects | None:
+        """Where accepted objects go besides the slide's learning (a project's), or None."""
+        return self.object.recorder
+
+    @recorder.setter
+    def recorder(self, recorder: AcceptedObjects | None) -> None:
+        self.object.recorder = recorder
+
+    @property
+    def classes(self) -> dict[str, tuple[int, int, int]]:
+        return self.object.classes
+
+    @classes.setter
+    def classes(self, classes: dict[str, tuple[int, int, int]]) -> None:
+        self.object.classes = classes
+
+    @property
+    def view(self) -> tuple[float, float, float, float] | None:
+        """The level-0 box the user looks at (``ObjectTiles.view``), set by a UI."""
+        return self.object.view
+
+    @view.setter
+    def view(self, view: tuple[float, float, float, float] | None) -> None:
+        self.object.view = view
+
+    def state(self) -> AnnotatorState:
+        return self.object.state()
+
+    def undo(self) -> AnnotatorState:
+        return self.object.undo()
+
+    def redo(self) -> AnnotatorState:
+        return self.object.redo()
+
+    def clear(self) -> AnnotatorState:
+        return self.object.clear()
+
+    def snapshot(self) -> ObjectSnapshot:
+        return self.object.snapshot()
+
+    def restore(self, snapshot: ObjectSnapshot) -> AnnotatorState:
+        return self.object.restore(snapshot)
+
+    def accept(self, *args, **kwargs):
+        """``ObjectTiles.accept``: the accepted object, ``BeyondView`` or None."""
+        return self.object.accept(*args, **kwargs)
+
+    def accept_undoable(self, *args, **kwargs) -> Undoable:
+        return self.object.accept_undoable(*args, **kwargs)
+
+    def clear_undoable(self) -> Undoable:
+        return self.object.clear_undoable()
+
+    def current_mask(self):
+        return self.object.current_mask()
+
+    def current_polygons(self, min_area: float = 0.0, tolerance: float = DEFAULT_TOLERANCE) -> list[Polygon]:
+        return self.object.current_polygons(min_area, tolerance)
+
+    def cut_points(self) -> list[tuple[float, float]]:
+        return self.object.cut_points()
+
+    def check_click(self, x0: float, y0: float) -> None:
+        self.object.check_click(x0, y0)
+
+    def level_for_view(self, width0: float, height0: float) -> WorkingLevel:
+        return self.object.level_for_view(width0, height0)
+
+    def grid_for(self, working: WorkingLevel) -> TileGrid:
+        return self.object.grid_for(working)
+
+    def add_class(self, name: str, color=None) -> tuple[int, int, int]:
+        return self.object.add_class(name, color)
+
+    def tile_colour(self, box: TileBox):
+        return self.object.tile_colour(box)
+
+    # kept while tests/test_slide_adaptation.py reads the object's insides through the annotator
+    _active = property(lambda self: self.object._active)
+    _refine_for = property(lambda self: self.object._refine_for)
+    _colours = property(lambda self: self.object.colours.kept)
 
     # -- continuation ----------------------------------------------------------------------------
     def _superseded(self, generation: int | None) -> bool:
@@ -112,20 +204,18 @@ class Annotator(ObjectTiles):
             with self._lock:
                 if self._closed or self.grown >= MAX_CONTINUATION_TILES or self._superseded(generation):
                     return added
-                found = self._growth_tile()
+                found = self.object.growth_tile()
                 if found is None:
                     return added
-                history = self._history
-                steps = len(history)
+                revision = self.object.revision
             px, py, box = found
             embedding = self._embedding(box, "continuation")  # outside the lock: seconds
             with self._lock:
-                if (self._history is not history or len(self._history) != steps or self._closed or self._redo
-                        or self._queued_actions()):
+                if self.object.revision != revision or self._closed or self._queued_actions():
                     return added  # the object changed (or a click is queued) meanwhile: the next click asks again
                 if self._superseded(generation):
                     return added
-                self._grow(px, py, box, embedding)
+                self.object.grow(px, py, box, embedding)
                 added.append(box)
             self._notify("extended", box, "continuation")
 
@@ -222,13 +312,41 @@ class Annotator(ObjectTiles):
         the ``AnnotatorState`` after it."""
         return self._submit(self.click, x0, y0, positive, downsample)
 
+    # Each action queued behind the clicks; the future's result is the action's.
+    def submit_undo(self) -> Future:
+        """``undo``: the ``AnnotatorState`` after it."""
+        return self._submit(self.undo)
+
+    def submit_redo(self) -> Future:
+        return self._submit(self.redo)
+
+    def submit_clear(self) -> Future:
+        return self._submit(self.clear)
+
+    def submit_restore(self, snapshot: ObjectSnapshot) -> Future:
+        return self._submit(self.restore, snapshot)
+
+    def submit_accept(self, *args, **kwargs) -> Future:
+        """``accept``: the accepted object, ``BeyondView`` or None."""
+        return self._submit(lambda: self.accept(*args, **kwargs))
+
+    def submit_accept_undoable(self, *args, **kwargs) -> Future:
+        """``accept_undoable``: an ``Undoable`` of the accepted object (or ``BeyondView`` or None)."""
+        return self._submit(lambda: self.accept_undoable(*args, **kwargs))
+
+    def submit_clear_undoable(self) -> Future:
+        """``clear_undoable``: an ``Undoable`` of the state after it."""
+        return self._submit(self.clear_undoable)
+
     def submit(self, action: str, *args) -> Future:
-        """Queue "undo", "redo", "clear", "restore" (result: the state after it), "accept" (result:
-        the accepted object or None), or "accept_undoable" / "clear_undoable" (result: that and the
-        snapshot that undoes it) behind the queued clicks."""
-        if action not in ("undo", "redo", "clear", "accept", "restore", "accept_undoable", "clear_undoable"):
+        """The short form of the ``submit_*`` methods: ``action`` is "undo", "redo", "clear",
+        "restore", "accept", "accept_undoable" or "clear_undoable"."""
+        actions = {"undo": self.submit_undo, "redo": self.submit_redo, "clear": self.submit_clear,
+                   "restore": self.submit_restore, "accept": self.submit_accept,
+                   "accept_undoable": self.submit_accept_undoable, "clear_undoable": self.submit_clear_undoable}
+        if action not in actions:
             raise ValueError(f"Unknown action {action!r}.")
-        return self._submit(getattr(self, action), *args)
+        return actions[action](*args)
 
     @property
     def idle(self) -> bool:
@@ -246,13 +364,11 @@ class Annotator(ObjectTiles):
         clicks would open where a tile border cuts it (at its last click's level), then the half-tile
         lattice around level-0 (x0, y0) (clamped into the slide) at the level of ``downsample``
         (the view's, with ``level="auto"``), where a new object's first click reuses a tile."""
-        grid = self.grid_for(self._working_for(downsample))
+        grid = self.object.grid_at(downsample)
         d = grid.downsample
         x = min(max(float(x0) / d, 0.0), grid.width - 1e-3)
         y = min(max(float(y0) / d, 0.0), grid.height - 1e-3)
-        with self._lock:
-            boxes = [self._box_for_point(px, py) for px, py in self.cut_points()]
-        boxes += grid.lattice_around(x, y, self.prefetch_radius)
+        boxes = self.object.cut_boxes() + grid.lattice_around(x, y, self.prefetch_radius)
         return list({box.key(): box for box in reversed(boxes)}.values())[::-1]  # unique, first kept
 
     def prefetch_around(self, x0: float, y0: float, downsample: float | None = None) -> Future:
@@ -273,9 +389,7 @@ class Annotator(ObjectTiles):
 
     def _prefetch(self, x0: float, y0: float, generation: int, downsample: float | None = None) -> list[TileBox]:
         boxes = self.prefetch_boxes(x0, y0, downsample)
-        with self._lock:
-            for box in boxes:
-                self._known[box.key()] = box
+        self.object.know(boxes)
         done = []
         for i, box in enumerate(boxes):
             while not self._idle.wait(0.05):  # clicks first
@@ -292,7 +406,7 @@ class Annotator(ObjectTiles):
                         if generation != self._generation or self._closed:
                             return done
             self._embedding(box, "prefetch")
-            if i < COLOUR_PREFETCH and not self._closed and self._refiner_offered():
+            if i < COLOUR_PREFETCH and not self._closed and self.object.refiner_offered():
                 # the slide refiner's colour of the tile too (0.2 s beside seconds)
                 try:
                     self.tile_colour(box)
@@ -304,6 +418,7 @@ class Annotator(ObjectTiles):
     def close(self, wait: bool = False) -> None:
         with self._lock:
             self._closed = True
+            self.object.closed = True
             self._generation += 1
             self._continuation_generation += 1
             for future in self._prefetch_futures + self._continuation_futures:
@@ -313,6 +428,23 @@ class Annotator(ObjectTiles):
         self._continuer.shutdown(wait=wait, cancel_futures=True)
         if self.adaptation is not None:
             self.adaptation.close(wait=wait)
-        with self._colour_lock:  # (``tile_colour`` keeps nothing once closed)
-            self._colours.clear()
+        self.object.closed = True  # (``tile_colour`` keeps nothing once closed)
+        self.object.colours.clear()
         self.listeners.clear()
+
+
+class _Work:
+    """The annotator as its object's ``TileWork``: embeddings through its listeners and its set of
+    tiles being fetched, and a continuation under way stopped when the object's clicks are replaced."""
+
+    def __init__(self, annotator: Annotator) -> None:
+        self.annotator = annotator
+
+    def embedding(self, box: TileBox, purpose: str):
+        return self.annotator._embedding(box, purpose)
+
+    def fetching(self, key: str) -> bool:
+        return key in self.annotator._fetching
+
+    def changed(self) -> None:
+        self.annotator._continuation_generation += 1  # a continuation of the object before must not land

@@ -12,15 +12,8 @@ a higher magnification.
 
 Which tile a click uses:
 
-* The first click of an object gets a tile **centred on it** (shifted inward at the slide's edges
-  so it stays full-size): half a tile of context on every side, so an object near a grid line is
-  not cut there. Exception, to save the encoder (about 2 s per tile for MobileSAM on a CPU): a tile
-  whose embedding is already computed or being computed (prefetched, or used by an earlier object)
-  or is in the cache's disk store (a half-tile lattice tile around the click, as
-  ``napari-sam-histo embed`` precomputes them) is reused when the click lies at least
-  ``reuse_margin`` of a tile (a quarter by default) from each of its inner borders. With the
-  default margin some lattice tile always qualifies, so on a precomputed slide no click waits for
-  the encoder. ``reuse_margin=0.5`` always centres.
+* The first click of an object gets a new tile (``tile_choice``: centred on it, or a computed one
+  reused).
 * Later clicks of the same object go to **every** tile of the object that holds them, so a
   negative click in the overlap of two tiles removes the area from both, and the union below
   honours it.
@@ -44,7 +37,7 @@ coarse outline).
 The object's shape is its tiles' logits blended (``blending``: overlapping tiles averaged with
 weights that fall at inner borders, finer levels over coarser), thresholded and vectorised once over
 their joint extent, so it is not cut at tile borders and keeps its holes. Undo/redo follow the
-clicks across tiles and levels. ``cut_points`` and ``_grow`` are what continuation (``annotator``)
+clicks across tiles and levels. ``cut_points`` and ``grow`` are what continuation (``annotator``)
 grows the object with, only inside ``view``; a click empties the tiles the object grew into by
 itself (they were decoded from its shape before the click), so a correction applies to the whole
 object and growth starts again from the corrected shape. ``accept(view=...)`` refuses an object that
@@ -54,9 +47,6 @@ reaches beyond the view (``BeyondView``): what is accepted is what the user saw.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -66,141 +56,58 @@ from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_c
 from ..errors import InputError
 from ..slides.source import ImageSource
 from .blending import Blend, TileLogits, blend, sample_field
+from .growth import cut_points
+from .object_state import (
+    AnnotatorState,
+    BeyondView,
+    ObjectSnapshot,
+    TileStep,
+    Undoable,
+    box_within,
+    mask_extent,
+)
 from .predictor import Predictor
+from .protocols import AcceptedObjects, SlideLearning, TileWork
 from .session import FIRST_MASK_RULES, ClickSession
+from .tile_choice import REUSE_MARGIN, TileChoice
+from .tile_colours import COLOUR_PREFETCH, MAX_COLOUR_TILES, TileColours  # noqa: F401 (tests/test_slide_adaptation.py reads them here)
 from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
-from .working_levels import WorkingLevel, auto_level, level_with_downsample, working_levels
+from .working_levels import WorkingLevel
 
-REUSE_MARGIN = 0.25  # a reused tile must hold the click at least a quarter tile from its inner borders
-MAX_CUT_TILES = 4  # continuation tiles prefetched where the current object is cut by a tile border
 UNKNOWN_LOGIT = 0.0  # a continuation tile's mask prompt beyond the object's tiles: neither in nor out
-# tiles whose colour features the slide refiner's maps are made from are kept (float16: 18 MB for a
-# 1024-px tile, so 144 MB at most, and only while the slide is learnt with its refiner on): a tile's
-# first refined click then costs a multiply-add instead of the blurs (0.2 s alone, 0.5 s and more
-# beside adaptation steps). The prefetcher makes them for its first COLOUR_PREFETCH tiles only (the
-# current object's cut tiles and the view's centre come first), so what it makes is not pushed out
-# by its own later tiles, and room is left for the tiles an accepted object taught the refiner.
-MAX_COLOUR_TILES = 8
-COLOUR_PREFETCH = 4
 
 
-def combine_tile_masks(boxes: list[TileBox], masks: list[np.ndarray]) -> tuple[tuple[int, int], np.ndarray]:
-    """Place tile masks (same level) into one array over their joint extent (OR where tiles
-    overlap); returns the extent's top-left (level pixels) and the combined mask."""
-    x0, y0 = min(b.x for b in boxes), min(b.y for b in boxes)
-    x1, y1 = max(b.x + b.width for b in boxes), max(b.y + b.height for b in boxes)
-    joint = np.zeros((y1 - y0, x1 - x0), bool)
-    for box, mask in zip(boxes, masks):
-        joint[box.y - y0: box.y - y0 + box.height, box.x - x0: box.x - x0 + box.width] |= mask
-    return (x0, y0), joint
+class DirectWork:
+    """``TileWork`` with no threads: the predictor computes (or finds) each tile's embedding."""
 
+    def __init__(self, predictor: Predictor, source: ImageSource) -> None:
+        self.predictor, self.source = predictor, source
 
-def mask_extent(mask: np.ndarray, x: int, y: int, downsample: float) -> tuple[float, float, float, float] | None:
-    """The level-0 box (x0, y0, x1, y1) of a mask's pixels (top-left (x, y) in pixels of
-    ``downsample``), or None when it is empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return None
-    d = float(downsample)
-    return ((x + cols[0]) * d, (y + rows[0]) * d, (x + cols[-1] + 1) * d, (y + rows[-1] + 1) * d)
+    def embedding(self, box: TileBox, purpose: str):
+        return self.predictor.embedding_for(self.source, box)
 
+    def fetching(self, key: str) -> bool:
+        return False
 
-def box_within(box, view, slack: float = 0.0) -> bool:
-    """Whether level-0 ``box`` (x0, y0, x1, y1) lies inside ``view`` (the same), give or take ``slack``
-    level-0 pixels (one pixel of the level the mask is held at)."""
-    return (box[0] >= view[0] - slack and box[1] >= view[1] - slack
-            and box[2] <= view[2] + slack and box[3] <= view[3] + slack)
-
-
-@dataclass(frozen=True)
-class AnnotatorState:
-    """The object being clicked, as a snapshot taken on the worker after an action: a UI draws it
-    without touching the annotator's live state."""
-
-    clicks: tuple[tuple[float, float, bool], ...]  # level-0 (x, y, positive), in order
-    mask: tuple[tuple[int, int], np.ndarray] | None  # (top-left, mask over the tiles' extent), in pixels of:
-    boxes: tuple[TileBox, ...]  # the tiles the object uses
-    downsample: float = 1.0  # level-0 pixels per pixel of ``mask`` (the finest level clicked, see blending)
-    refined: bool = False  # a tile of it shows the slide refiner's mask (not SAM's own)
-
-
-EMPTY_STATE = AnnotatorState((), None, ())
-
-
-@dataclass(frozen=True)
-class ObjectSnapshot:
-    """An object being clicked, as ``Annotator.snapshot`` took it."""
-
-    sessions: dict
-    history: list
-    redo: list
-
-    @property
-    def empty(self) -> bool:
-        return not self.history
-
-
-@dataclass(frozen=True)
-class _Step:
-    click: tuple[float, float, bool]  # level-0 (x, y, positive)
-    taken: tuple[str, ...]  # the tiles whose sessions took the click (one session state each)
-    dropped: tuple[str, ...] = ()  # grown tiles the click emptied: the object grows again from its new shape
-    grown: tuple[str, ...] = ()  # tiles continuation decoded after the click
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """Every tile whose session this step changed, once per state it added (undo pops each)."""
-        return self.taken + self.dropped + self.grown
-
-
-@dataclass(frozen=True)
-class BeyondView:
-    """Accept was not done: the object reaches beyond the view the user looks at. ``extent`` is its
-    level-0 box (x0, y0, x1, y1), so a UI can show it whole before the user accepts again."""
-
-    extent: tuple[float, float, float, float]
-
-
-class SlideLearning(Protocol):
-    """What the annotator needs of the slide's learning (``training.slide_adaptation``, set by a UI
-    as ``adaptation``; the engine imports nothing of training)."""
-
-    def predictor(self) -> Predictor: ...  # what a new object decodes with
-
-    def refiner(self): ...  # the slide refiner a new object's tiles use, or None
-
-    def add_object(self, sessions, blended, edited=None, key=None, read_tile=None, tile_colour=None) -> int: ...
-
-    def take_turn(self, timeout: float | None = None) -> bool: ...  # one unit of learning, now
-
-    def close(self, wait: bool = True) -> None: ...
-
-
-class AcceptedObjects(Protocol):
-    """Where the annotator hands every accepted object besides the slide's learning: a project's
-    training set (``training.project_objects.ProjectRecorder``, set by a UI as ``recorder``). It
-    must return at once (the writing is its own writer's)."""
-
-    def add_accepted(self, obj, sessions, blended, edited=None): ...
+    def changed(self) -> None:
+        pass
 
 
 class ObjectTiles:
     def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
-                 first_mask: str = "unflooded", honour_clicks: bool = True) -> None:
+                 first_mask: str = "unflooded", honour_clicks: bool = True, work: TileWork | None = None) -> None:
         """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
         ``level_for_view``; level 0 until one does). ``first_mask``: how a new tile's first click
         picks among SAM's candidates (``session.FIRST_MASK_RULES``). ``honour_clicks``: a decode that
-        loses the object gives way to one that keeps it (``ClickSession``; off for benchmarks)."""
+        loses the object gives way to one that keeps it (``ClickSession``; off for benchmarks).
+        ``work``: where tiles' embeddings come from (the annotator's threads; ``DirectWork`` unless
+        given)."""
         if first_mask not in FIRST_MASK_RULES:
             raise InputError(f"first_mask {first_mask!r}: choose one of {', '.join(FIRST_MASK_RULES)}.")
-        self.auto = level == "auto"
-        if not self.auto and not (isinstance(level, (int, np.integer)) and 0 <= level < source.level_count):
-            raise InputError(f"{source.name} has levels 0..{source.level_count - 1}; level {level!r} was chosen "
-                             f"(or 'auto').")
-        if not 0 <= reuse_margin <= 0.5:
-            raise InputError(f"reuse_margin {reuse_margin} must lie in [0, 0.5] (a fraction of the tile).")
         self.predictor = predictor
+        self.work = work if work is not None else DirectWork(predictor, source)
+        self.closed = False  # (the annotator stopped: nothing is kept any more)
         # what the current object's tiles decode with: ``predictor``, or the decoder adapted to this
         # slide (``adaptation``, set by a UI: ``training.slide_adaptation``), chosen at the object's
         # first click and kept for all its tiles
@@ -209,13 +116,9 @@ class ObjectTiles:
         self._decoding = predictor
         self._refining = None  # the slide refiner the object's tiles use (``adaptation.refiner()``), or None
         self.source = source
-        self.tile_size = int(tile_size)
-        self.levels = working_levels(source, self.tile_size)
-        self.working = (self.levels[0] if self.auto else
-                        WorkingLevel(float(source.level_downsamples[level]), int(level), False))
-        self._grids: dict[float, TileGrid] = {}
-        self.grid_for(self.working)  # checks the tile size
-        self.reuse_margin = float(reuse_margin)
+        self._sessions: dict[str, ClickSession] = {}
+        self.tiles = TileChoice(predictor, source, level, tile_size, reuse_margin,
+                                lambda key: key in self._sessions or self.work.fetching(key))
         # How a new object's first tile picks among SAM's candidates (``session.FIRST_MASK_RULES``)
         # when the tile spans the view (``_spans_view``: auto's levels do): "unflooded" refuses a
         # candidate that covers most of the tile (a click on a small nest at a coarse level otherwise
@@ -228,13 +131,11 @@ class ObjectTiles:
         # user has not seen.
         self.view: tuple[float, float, float, float] | None = None
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
-        self._lock = threading.RLock()  # guards the state below; held by the worker while it changes it
-        self._sessions: dict[str, ClickSession] = {}
-        self._history: list[_Step] = []
-        self._redo: list[_Step] = []
-        self._known: dict[str, TileBox] = {}  # every tile this annotator clicked on or prefetched
-        self._colours: OrderedDict = OrderedDict()  # tile key -> colour features (``tile_colour``), newest last
-        self._colour_lock = threading.Lock()
+        self.lock = threading.RLock()  # guards the state below; held by the worker while it changes it
+        self.revision = 0  # counts the object's changes: work that started before one does not land
+        self._history: list[TileStep] = []
+        self._redo: list[TileStep] = []
+        self.colours = TileColours(source.read_region, self._keeps_colour)
 
     def _refine_for(self, box: TileBox):
         """The object's slide refiner on tile ``box`` (its maps made at the tile's first click), or
@@ -252,123 +153,67 @@ class ObjectTiles:
         return TileRefiner(self._refining, None, evidence=evidence, colour=lambda: self.tile_colour(box))
 
     def tile_colour(self, box: TileBox):
-        """The slide refiner's colour features of ``box`` (``models.slide_refiner.colour_features``,
-        float16), made from its pixels once and kept for the last ``MAX_COLOUR_TILES`` tiles (the
-        prefetcher makes them beside the embeddings while a refiner is offered). Any thread."""
-        key = box.key()
-        with self._colour_lock:
-            colour = self._colours.get(key)
-            if colour is not None:
-                self._colours.move_to_end(key)
-                return colour
-        from ..models.slide_refiner import colour_features
-
-        colour = colour_features(self.source.read_region(box)).half()  # outside the lock: 0.2 s
-        with self._colour_lock:
-            if not self._keeps_colour():  # learning or the refiner switched off, or closed: let them go
-                self._colours.clear()
-                return colour
-            self._colours[key] = colour
-            self._colours.move_to_end(key)
-            while len(self._colours) > MAX_COLOUR_TILES:
-                self._colours.popitem(last=False)
-        return colour
+        """The slide refiner's colour features of ``box`` (``tile_colours``), kept for the last
+        ``MAX_COLOUR_TILES`` tiles while the slide is learnt with its refiner on. Any thread."""
+        return self.colours.of(box)
 
     def _keeps_colour(self) -> bool:
         """Whether tiles' colour features are worth keeping: the slide is learnt with its refiner on."""
         adaptation = self.adaptation
-        return (not getattr(self, "_closed", False) and adaptation is not None
+        return (not self.closed and adaptation is not None
                 and bool(getattr(adaptation, "enabled", True)) and bool(getattr(adaptation, "refine_borders", True)))
 
-    def _refiner_offered(self) -> bool:
+    def refiner_offered(self) -> bool:
         """Whether a new object would be refined now (the prefetcher then makes tiles' colour too)."""
         try:
             return self.adaptation is not None and self.adaptation.refiner() is not None
         except Exception:  # an adaptation that cannot say: nothing to prepare
             return False
 
-    # -- hooks for ``Annotator`` -----------------------------------------------------------------
-    def _embedding(self, box: TileBox, purpose: str):
-        """The embedding of ``box`` (``purpose``: "click" or "continuation")."""
-        return self.predictor.embedding_for(self.source, box)
+    def _changed_whole(self) -> None:
+        """Under the lock: undo, redo, clear or restore replaced the object's clicks."""
+        self.revision += 1
+        self.work.changed()
 
-    def _changed(self) -> None:
-        """Called under the lock when undo, redo, clear or restore replaces the object's clicks."""
+    # -- the working levels and tiles (``tile_choice``) --------------------------------------------
+    auto = property(lambda self: self.tiles.auto)
+    levels = property(lambda self: self.tiles.levels)
+    tile_size = property(lambda self: self.tiles.tile_size)
 
-    # -- working levels --------------------------------------------------------------------------
     @property
     def level(self) -> int:
         """The pyramid level the current working level reads."""
-        return self.working.read_level
+        return self.tiles.working.read_level
 
     @property
     def grid(self) -> TileGrid:
         """The tile grid of the current working level (the last click's)."""
-        return self.grid_for(self.working)
+        return self.tiles.grid_for(self.tiles.working)
 
     def grid_for(self, working: WorkingLevel) -> TileGrid:
-        grid = self._grids.get(working.downsample)
-        if grid is None:
-            grid = self._grids[working.downsample] = working.grid(self.source, self.tile_size)
-        return grid
+        return self.tiles.grid_for(working)
+
+    def grid_at(self, downsample: float | None) -> TileGrid:
+        return self.tiles.grid_for(self.tiles.working_for(downsample))
 
     def level_for_view(self, width0: float, height0: float) -> WorkingLevel:
-        """The working level a click made in a view ``width0 x height0`` level-0 pixels wide uses:
-        ``auto_level`` with ``level="auto"``, the fixed level otherwise."""
-        return auto_level(self.levels, width0, height0, self.tile_size) if self.auto else self.working
-
-    def _working_for(self, downsample: float | None) -> WorkingLevel:
-        if downsample is None or not self.auto:
-            return self.working
-        return level_with_downsample(self.levels, downsample)
-
-    # -- where a click goes ----------------------------------------------------------------------
-    def _level_point(self, x0: float, y0: float, grid: TileGrid | None = None) -> tuple[float, float]:
-        grid = grid or self.grid
-        width0, height0 = self.source.level_dimensions[0]
-        x0, y0 = float(x0), float(y0)
-        if np.isfinite(x0) and np.isfinite(y0) and 0 <= x0 < width0 and 0 <= y0 < height0:
-            # a coarser level keeps whole pixels only: the slide's last level-0 pixels belong to its last
-            x0, y0 = min(x0, grid.width * grid.downsample - 1e-3), min(y0, grid.height * grid.downsample - 1e-3)
-        x, y = x0 / grid.downsample, y0 / grid.downsample
-        grid.check_point(x, y)
-        return x, y
+        return self.tiles.level_for_view(width0, height0)
 
     def check_click(self, x0: float, y0: float) -> None:
         """``InputError`` unless level-0 (x0, y0) is a valid click on the slide."""
-        self._level_point(x0, y0)
+        self.tiles.level_point(x0, y0)
 
-    def _available(self, box: TileBox) -> bool:
-        """Whether ``box``'s embedding costs nothing more (clicked on, cached in memory, or in the
-        cache's disk store: one stat)."""
-        key = box.key()
-        if key in self._sessions:
-            return True
-        cache_key = self.predictor.key_for(self.source.identity, key)
-        return cache_key in self.predictor.cache or self.predictor.cache.stored(cache_key)
+    def know(self, boxes) -> None:
+        """Tiles whose embeddings are (being) computed: a new object's first click may reuse them."""
+        with self.lock:
+            self.tiles.know(boxes)
 
-    def _box_for_point(self, x: float, y: float, grid: TileGrid | None = None) -> TileBox:
-        """A new tile for point (x, y) of ``grid``'s level: a tile already computed (or being
-        computed, or precomputed on disk: the half-tile lattice tiles around the point, which
-        ``napari-sam-histo embed`` writes) that holds the point ``reuse_margin`` away from its inner
-        borders, nearest centre first; else a tile centred on the point."""
-        grid = grid or self.grid
-        candidates = {b.key(): b for b in self._known.values() if b.downsample == grid.downsample}
-        if self.predictor.cache.store_dir is not None:
-            candidates.update((b.key(), b) for b in grid.lattice_around(x, y, 1))
-        reusable = [b for b in candidates.values()
-                    if grid.holds_well(b, x, y, self.reuse_margin) and self._available(b)]
-        if reusable:
-            return min(reusable, key=lambda b: max(abs(b.x + b.width / 2 - x), abs(b.y + b.height / 2 - y)))
-        return grid.centred_at(x, y)
+    def cut_boxes(self) -> list[TileBox]:
+        """The tiles the current object's next clicks would open where a tile border cuts it."""
+        with self.lock:
+            return [self.tiles.box_for(px, py, self.grid) for px, py in self.cut_points()]
 
-    def tile_for(self, x0: float, y0: float, downsample: float | None = None) -> TileBox:
-        """The tile a new object's first click at level-0 (x0, y0) would use now."""
-        grid = self.grid_for(self._working_for(downsample))
-        x, y = self._level_point(x0, y0, grid)
-        with self._lock:
-            return self._box_for_point(x, y, grid)
-
+    # -- where a click goes ----------------------------------------------------------------------
     def _route(self, grid: TileGrid, x0: float, y0: float, positive: bool) -> tuple[list[ClickSession], TileBox | None]:
         """The object's tiles that take the level-0 click, and the new tile it opens (or None)."""
         d = grid.downsample
@@ -380,9 +225,9 @@ class ObjectTiles:
         coarser = [s for s in active if s.box.downsample > d
                    and s.box.contains(x0 / s.box.downsample, y0 / s.box.downsample)]
         opens = positive or bool(coarser)  # a negative click outside the object is only recorded
-        if not opens or any(grid.holds_well(s.box, x, y, self.reuse_margin) for s in same):
+        if not opens or any(grid.holds_well(s.box, x, y, self.tiles.reuse_margin) for s in same):
             return same + finer, None
-        box = self._box_for_point(x, y, grid)
+        box = self.tiles.box_for(x, y, grid)
         return [s for s in same + finer if s.box != box], box
 
     def _clicks_in(self, box: TileBox) -> list[tuple[float, float, bool]]:
@@ -395,25 +240,25 @@ class ObjectTiles:
     def click(self, x0: float, y0: float, positive: bool = True, downsample: float | None = None) -> AnnotatorState:
         """Add a click at level-0 (x0, y0), at the working level of ``downsample`` (with
         ``level="auto"``; the fixed level otherwise); returns the new state."""
-        working = self._working_for(downsample)
-        grid = self.grid_for(working)
-        x, y = self._level_point(x0, y0, grid)
+        working = self.tiles.working_for(downsample)
+        grid = self.tiles.grid_for(working)
+        x, y = self.tiles.level_point(x0, y0, grid)
         x0, y0 = x * grid.downsample, y * grid.downsample
-        with self._lock:
+        with self.lock:
             if not self._sessions:  # a new object (not one whose clicks were all undone: it keeps its decoder)
                 self._decoding = self.adaptation.predictor() if self.adaptation is not None else self.predictor
                 self._refining = self.adaptation.refiner() if self.adaptation is not None else None
-            self.working = working
+            self.tiles.working = working
             holders, box = self._route(grid, x0, y0, positive)
             session = self._sessions.get(box.key()) if box is not None else None
             if box is not None:
-                self._known[box.key()] = box
+                self.tiles.known[box.key()] = box
         if box is not None and session is None:
             # Outside the lock: the embedding may take seconds, and readers must not wait for it.
             spans = self._spans_view(max(box.shape) * box.downsample)
-            session = ClickSession(self._decoding, box, self._embedding(box, "click"), refine=self._refine_for(box),
+            session = ClickSession(self._decoding, box, self.work.embedding(box, "click"), refine=self._refine_for(box),
                                    first_mask=self.first_mask if spans else "iou", honour_clicks=self.honour_clicks)
-        with self._lock:
+        with self.lock:
             keys = []
             if session is not None:
                 prompt = self._mask_prompt(session) if not session.clicks else None
@@ -430,13 +275,14 @@ class ObjectTiles:
             dropped = tuple(sorted(self._grown_only() - set(keys)))
             for key in dropped:
                 self._sessions[key].reset()
-            self._history.append(_Step((float(x0), float(y0), bool(positive)), tuple(keys), dropped))
+            self._history.append(TileStep((float(x0), float(y0), bool(positive)), tuple(keys), dropped))
+            self.revision += 1
             self._redo.clear()
             return self._state()
 
     def undo(self) -> AnnotatorState:
-        with self._lock:
-            self._changed()  # (before: a continuation of the undone click must not land)
+        with self.lock:
+            self._changed_whole()  # (before: a continuation of the undone click must not land)
             if self._history:
                 step = self._history.pop()
                 for key in step.keys:
@@ -445,8 +291,8 @@ class ObjectTiles:
             return self._state()
 
     def redo(self) -> AnnotatorState:
-        with self._lock:
-            self._changed()
+        with self.lock:
+            self._changed_whole()
             if self._redo:
                 step = self._redo.pop()
                 for key in step.keys:
@@ -457,26 +303,26 @@ class ObjectTiles:
     def clear(self) -> AnnotatorState:
         """Forget the object being clicked (its tiles' embeddings stay cached); ``snapshot`` taken
         before brings it back."""
-        with self._lock:
+        with self.lock:
             self._sessions, self._history, self._redo = {}, [], []  # new containers: a snapshot keeps the old
-            self._changed()
+            self._changed_whole()
             return self._state()
 
     def snapshot(self) -> ObjectSnapshot:
         """The object being clicked, whole (its tiles' sessions with their undo, its clicks), so a UI
         can undo an Accept or a Clear: ``restore`` puts it back."""
-        with self._lock:
+        with self.lock:
             return ObjectSnapshot(dict(self._sessions), list(self._history), list(self._redo))
 
     def restore(self, snapshot: ObjectSnapshot) -> AnnotatorState:
-        with self._lock:
+        with self.lock:
             self._sessions, self._history, self._redo = (dict(snapshot.sessions), list(snapshot.history),
                                                          list(snapshot.redo))
             for session in self._sessions.values():
-                self._known[session.box.key()] = session.box
+                self.tiles.known[session.box.key()] = session.box
                 self._decoding = session.predictor  # the restored object goes on with its own decoder
                 self._refining = session.refine.refiner if session.refine is not None else None
-            self._changed()
+            self._changed_whole()
             return self._state()
 
     def add_class(self, name: str, color=None) -> tuple[int, int, int]:
@@ -499,7 +345,7 @@ class ObjectTiles:
         (``annotations.cleaning``). ``edited`` is a mask corrected by hand, (top-left, mask) or
         (top-left, mask, downsample) in the pixels of the state a UI drew (``AnnotatorState``), that
         replaces SAM's. The annotator keeps no list of accepted objects: a UI's layer is their one home."""
-        with self._lock:
+        with self.lock:
             result = self._blend()
             d = result.downsample if result is not None else self.grid.downsample
             if edited is not None:
@@ -543,25 +389,25 @@ class ObjectTiles:
             self.clear()
             return obj
 
-    def accept_undoable(self, *args, **kwargs) -> tuple[AnnotatedObject | BeyondView | None, ObjectSnapshot]:
-        """``accept``, and the snapshot that brings the object back, taken in the same step on the
+    def accept_undoable(self, *args, **kwargs) -> Undoable:
+        """``accept``, with the snapshot that brings the object back, taken in the same step on the
         worker, after every click queued before it (a snapshot taken when the user pressed Enter
         would miss those)."""
-        with self._lock:
+        with self.lock:
             snapshot = self.snapshot()
-            return self.accept(*args, **kwargs), snapshot
+            return Undoable(self.accept(*args, **kwargs), snapshot)
 
-    def clear_undoable(self) -> tuple[AnnotatorState, ObjectSnapshot]:
-        """``clear``, and the snapshot that brings the object back (see ``accept_undoable``)."""
-        with self._lock:
+    def clear_undoable(self) -> Undoable:
+        """``clear``, with the snapshot that brings the object back (see ``accept_undoable``)."""
+        with self.lock:
             snapshot = self.snapshot()
-            return self.clear(), snapshot
+            return Undoable(self.clear(), snapshot)
 
     # -- reading the state (any thread) ----------------------------------------------------------
     @property
     def clicks(self) -> list[tuple[float, float, bool]]:
         """The current object's clicks in level-0 pixels, in order."""
-        with self._lock:
+        with self.lock:
             return [step.click for step in self._history]
 
     def _active(self) -> list[ClickSession]:
@@ -570,7 +416,7 @@ class ObjectTiles:
     def _blend(self, sam: bool = False) -> Blend | None:
         """The object's tiles blended: what they show, or (``sam``) SAM's own logits, which a new
         tile's mask prompt is made of (a refined tile's logits are on another scale)."""
-        with self._lock:
+        with self.lock:
             tiles = [TileLogits(s.box, s.sam_logits if sam else s.logits, self._level_size(s.box))
                      for s in self._active()]
         return blend(tiles)
@@ -612,7 +458,7 @@ class ObjectTiles:
         return None if result is None else ((result.x, result.y), result.mask())
 
     def _state(self) -> AnnotatorState:
-        with self._lock:
+        with self.lock:
             result = self._blend()
             mask = None if result is None else ((result.x, result.y), result.mask())
             active = self._active()
@@ -635,51 +481,22 @@ class ObjectTiles:
     # -- growing by itself (continuation, see ``annotator``) -------------------------------------
     def cut_points(self) -> list[tuple[float, float]]:
         """Level points where the current object's mask reaches an inner border of its tiles, largest
-        cut first: the object probably goes on there, and its next click lands just beyond."""
-        from scipy import ndimage
-
-        with self._lock:
-            d = self.grid.downsample
-            active = [s for s in self._active() if s.box.downsample == d]
-            if not active:
+        cut first (``growth.cut_points``): the object probably goes on there, and its next click lands
+        just beyond."""
+        with self.lock:
+            grid, active = self.grid, self._active()
+            d = grid.downsample
+            here = [s for s in active if s.box.downsample == d]
+            if not here:
                 return []
-            others = [s.box for s in self._active() if s.box.downsample != d]
-            (x0, y0), mask = combine_tile_masks([s.box for s in active], [s.mask() for s in active])
-            covered = combine_tile_masks([s.box for s in active], [np.ones(s.box.shape, bool) for s in active])[1]
-        height, width = mask.shape
-        for box in others:  # the object's tiles at other levels cover it there too (no growth over them)
-            bx0, by0, bw, bh = box.level0_box
-            c0, r0 = max(int(np.ceil(bx0 / d)) - x0, 0), max(int(np.ceil(by0 / d)) - y0, 0)
-            c1, r1 = min(int(np.floor((bx0 + bw) / d)) - x0, width), min(int(np.floor((by0 + bh) / d)) - y0, height)
-            if c1 > c0 and r1 > r0:
-                covered[r0:r1, c0:c1] = True
-        closed = np.ones((height + 2, width + 2), bool)  # True: covered by a tile, or outside the level
-        closed[1:-1, 1:-1] = covered
-        closed[0, 1:-1] = y0 <= 0
-        closed[-1, 1:-1] = y0 + height >= self.grid.height
-        closed[1:-1, 0] = x0 <= 0
-        closed[1:-1, -1] = x0 + width >= self.grid.width
-        open_ = ~closed
-        found = []  # (size, level x, level y) of each cut, each border side on its own
-        for shift in ((slice(None, -2), slice(1, -1)), (slice(2, None), slice(1, -1)),
-                      (slice(1, -1), slice(None, -2)), (slice(1, -1), slice(2, None))):
-            cut = mask & open_[shift]
-            if not cut.any():
-                continue
-            labels, _ = ndimage.label(cut, structure=np.ones((3, 3), int))
-            for index, region in enumerate(ndimage.find_objects(labels), start=1):
-                rows, cols = np.nonzero(labels[region] == index)
-                middle = len(rows) // 2
-                found.append((len(rows), x0 + region[1].start + cols[middle] + 0.5,
-                              y0 + region[0].start + rows[middle] + 0.5))
-        found.sort(key=lambda item: -item[0])
-        return [(x, y) for size, x, y in found[:MAX_CUT_TILES] if size >= 4]  # smaller: a corner, not a cut
+            masks = [s.mask() for s in here]
+        return cut_points([s.box for s in here], masks, [s.box for s in active if s.box.downsample != d], grid)
 
     @property
     def grown(self) -> int:
         """How many of the object's tiles it grew into by itself and holds now (undone or dropped
         growth does not count)."""
-        with self._lock:
+        with self.lock:
             return len(self._grown_only())
 
     def _grown_only(self) -> set[str]:
@@ -699,11 +516,11 @@ class ObjectTiles:
         view = self.view
         return view is None or (view[0] <= x0 <= view[2] and view[1] <= y0 <= view[3])
 
-    def _growth_tile(self) -> tuple[float, float, TileBox] | None:
+    def growth_tile(self) -> tuple[float, float, TileBox] | None:
         """Where the object would grow next: the first cut point (level x, level y) whose tile holds
         none of its clicks yet, and that tile (made known); None when the object is empty or a redo
         is pending (growing would rewrite what redo brings back)."""
-        with self._lock:
+        with self.lock:
             if not self._history or self._redo:
                 return None
             d = self.grid.downsample
@@ -716,18 +533,18 @@ class ObjectTiles:
             for px, py in self.cut_points():
                 if not self._in_view(px * d, py * d):
                     continue  # a border the user has not seen: the object stops there
-                box = self._box_for_point(px, py)
+                box = self.tiles.box_for(px, py, self.grid)
                 session = self._sessions.get(box.key())
                 if session is None or not session.clicks:  # (no redo is pending: checked above)
-                    self._known[box.key()] = box
+                    self.tiles.known[box.key()] = box
                     return px, py, box
             return None
 
-    def _grow(self, px: float, py: float, box: TileBox, embedding) -> None:
+    def grow(self, px: float, py: float, box: TileBox, embedding) -> None:
         """Add tile ``box`` (``embedding``: its embedding) to the object: decoded from the object's
         clicks inside it, a positive seed at level (px, py) where a border cut the object, and the
         object's logits over the overlap as mask prompt. It belongs to the last click (undone with it)."""
-        with self._lock:
+        with self.lock:
             session = self._sessions.get(box.key()) or ClickSession(self._decoding, box, embedding,
                                                                     refine=self._refine_for(box),
                                                                     honour_clicks=self.honour_clicks)
@@ -735,4 +552,5 @@ class ObjectTiles:
             session.add_clicks(self._clicks_in(box) + [seed], mask_prompt=self._overlap_prompt(session))
             self._sessions[box.key()] = session
             last = self._history[-1]
-            self._history[-1] = _Step(last.click, last.taken, last.dropped, last.grown + (box.key(),))
+            self._history[-1] = TileStep(last.click, last.taken, last.dropped, last.grown + (box.key(),))
+            self.revision += 1

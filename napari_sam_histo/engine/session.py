@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..models.slide_refiner import REFINED_LEAD, ClickEvidence, masks_agree
+from ..models.slide_refiner import ClickEvidence, masks_agree
 from .embedding_cache import Embedding
 from .predictor import Predictor
+from .protocols import TileRefinement
 from .tiles import TileBox
 
 # How the first click's mask is chosen among SAM's three candidates:
@@ -102,7 +103,8 @@ class ClickSession:
     """Clicks on one tile. ``embedding`` is computed by the predictor (once) when not given."""
 
     def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding, threshold: float = 0.0,
-                 mask_prompt: bool = True, first_mask: str = "iou", refine=None, honour_clicks: bool = True) -> None:
+                 mask_prompt: bool = True, first_mask: str = "iou", refine: TileRefinement | None = None,
+                 honour_clicks: bool = True) -> None:
         """``threshold`` is the logit above which a pixel is in the mask (SAM's 0.0; the benchmark
         uses RITM's probability 0.49). ``mask_prompt=False`` leaves out the previous logits (points
         only): zero-shot SAM is steadier that way, see docs/benchmarks.md.
@@ -312,11 +314,10 @@ class ClickSession:
         state = self._state
         if state.evidence is not None:
             evidence = state.evidence.copy()
-        elif getattr(self.refine, "evidence", None) is not None:  # the object's, from its other tiles
+        elif self.refine is not None and self.refine.evidence is not None:  # the object's, from its other tiles
             evidence = self.refine.evidence.copy()
         else:
-            evidence = ClickEvidence(self.threshold, getattr(self.refine, "start", "refined"),
-                                     getattr(self.refine, "lead", REFINED_LEAD))
+            evidence = ClickEvidence(self.threshold, self.refine.start if self.refine is not None else "refined")
         sam = self.sam_logits
         if sam is None:
             return evidence
