@@ -91,7 +91,7 @@ def test_a_precomputed_store_stays_valid_for_the_runtime_encoder(tiny, tmp_path)
 
 @pytest.mark.slow
 def test_a_refused_encoder_network_warns_once_and_the_torchscript_copy_runs(tiny, monkeypatch):
-    monkeypatch.setattr(cpu_runtime, "MAX_RELATIVE_ERROR", -1.0)  # any network is then too far off
+    monkeypatch.setitem(cpu_runtime.MAX_RELATIVE_ERRORS, "f32", -1.0)  # any network is then too far off
     reference = Predictor(tiny, "sam", precision="fp32", encoder_mode="eager").embed(_tile()).features
     fast = Predictor(tiny, "sam", precision="fp32", encoder_mode="optimized")
     with pytest.warns(RuntimeWarning, match="CPU runtime could not be used for the image encoder") as caught:
@@ -158,7 +158,7 @@ def test_a_damaged_cached_network_is_rebuilt_never_run(runtime_cache):
 
 
 def test_a_network_beyond_the_tolerance_is_refused_and_not_saved(runtime_cache, monkeypatch):
-    monkeypatch.setattr(cpu_runtime, "MAX_RELATIVE_ERROR", -1.0)
+    monkeypatch.setitem(cpu_runtime.MAX_RELATIVE_ERRORS, "f32", -1.0)
     with pytest.raises(cpu_runtime.RuntimeRefused, match="differs from PyTorch's"):
         cpu_runtime.compile_network(_small_spec())
     assert not runtime_cache.exists() or not [p for p in runtime_cache.iterdir() if not p.name.startswith(".")]
@@ -214,13 +214,31 @@ def test_auto_picks_the_runtime_decoder_for_real_architectures_only(tiny, monkey
     real = random_model("vit_t", "cpu")
     auto = Predictor(real, "sam")
     assert auto.decoder_mode == "runtime" and not auto.decoder_bf16 and auto.decoder_dtype == torch.float32
-    assert Predictor(real, "sam", precision="bf16").decoder_mode == "pytorch"
+    bf16 = Predictor(real, "sam", precision="bf16")  # the runtime in bfloat16, the PyTorch fallback too
+    assert bf16.decoder_mode == "runtime" and bf16.decoder_bf16 and bf16.decoder_dtype == torch.bfloat16
     adapted = DecoderChoice("sam", real.sam.mask_decoder, "adapted", True)  # refitted while in use
     assert Predictor(real, adapted).decoder_mode == "pytorch"
     with pytest.raises(ValueError):
-        Predictor(real, "sam", precision="bf16", decoder_mode="runtime")
-    with pytest.raises(ValueError):
         Predictor(real, "sam", decoder_mode="fast")
+
+
+def test_a_bf16_decoder_network_is_its_own_cache_entry_and_close_to_float32(tiny):
+    f32 = Predictor(tiny, "sam", precision="fp32", decoder_mode="runtime")
+    bf16 = Predictor(tiny, "sam", precision="bf16", decoder_mode="runtime")
+    pytorch = Predictor(tiny, "sam", precision="fp32", decoder_mode="pytorch")
+    embedding = pytorch.embed(_tile())
+    points, labels = np.array([[50.0, 60.0], [90.0, 20.0]]), np.array([1, 0])
+    reference = pytorch.decode(embedding, points, labels).low_res_logits
+    a, b = f32.decode(embedding, points, labels), bf16.decode(embedding, points, labels)
+    assert f32.last_decoder_path == "runtime" and bf16.last_decoder_path == "runtime"
+    assert _relative(b.low_res_logits, reference) <= cpu_runtime.MAX_RELATIVE_ERRORS["bf16"]
+    assert _relative(a.low_res_logits, reference) <= cpu_runtime.MAX_RELATIVE_ERRORS["f32"]
+    built = {runtime_decoder.compiled_decoder(tiny.sam.mask_decoder, f32._dense_pe,
+                                              tiny.sam.prompt_encoder.mask_downscaling, p).info["path"]
+             for p in ("f32", "bf16")}
+    assert len(built) == 2  # keyed by precision: the float32 network is never replaced by the bf16 one
+    with pytest.raises(ValueError):
+        cpu_runtime.NetworkSpec("x", tiny.sam.mask_decoder, (), (), (), precision="int8")
 
 
 def test_decoders_that_branch_on_their_inputs_stay_in_pytorch(tiny):
@@ -239,7 +257,7 @@ def test_decoders_that_branch_on_their_inputs_stay_in_pytorch(tiny):
 
 
 def test_a_refused_decoder_warns_once_and_clicks_run_in_pytorch(tiny, monkeypatch):
-    monkeypatch.setattr(cpu_runtime, "MAX_RELATIVE_ERROR", -1.0)
+    monkeypatch.setitem(cpu_runtime.MAX_RELATIVE_ERRORS, "f32", -1.0)
     runtime = Predictor(tiny, "sam", precision="fp32", decoder_mode="runtime")
     pytorch = Predictor(tiny, "sam", precision="fp32", decoder_mode="pytorch")
     embedding = pytorch.embed(_tile())

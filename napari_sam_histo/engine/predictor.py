@@ -45,6 +45,9 @@ ENCODER_MODES = ("auto", "eager", "optimized")
 # is installed, for the real SAM architectures (their decoders are one architecture, measured
 # faster there; the test SAM is not), for a decoder whose weights do not change while it is used.
 DECODER_MODES = ("auto", "pytorch", "runtime")
+# Whether precision "auto" runs the runtime's decoder networks in bfloat16 on a CPU with native
+# bfloat16 (else float32): see the benchmark in docs/cpu-runtime.md
+RUNTIME_BF16_AUTO = False
 _CHANGING_DECODERS = ("adapted", "training")  # DecoderChoice.source of decoders refitted while in use
 
 
@@ -76,8 +79,6 @@ class Predictor:
             raise ValueError(f"encoder_mode must be one of {ENCODER_MODES}")
         if decoder_mode not in DECODER_MODES:
             raise ValueError(f"decoder_mode must be one of {DECODER_MODES}")
-        if decoder_mode == "runtime" and precision == "bf16":
-            raise ValueError("decoder_mode='runtime' runs the decoder in float32; use precision='fp32'")
         self.model = model
         # the precision asked for ("auto", "fp32", "bf16"): a predictor made from this one for
         # another decoder (adaptation) passes it on, and "auto" resolves for that decoder anew
@@ -91,12 +92,16 @@ class Predictor:
         # ``last_decoder_path`` what ran for the last click ("pytorch" while a network is built,
         # or for good where it failed, was refused or its weights changed)
         runtime = decoder_mode == "runtime" or (
-            decoder_mode == "auto" and precision != "bf16" and self.device.type == "cpu"
+            decoder_mode == "auto" and self.device.type == "cpu"
             and model.arch in SAM_ARCHITECTURES and self.decoder.source not in _CHANGING_DECODERS)
         runtime = runtime and self.device.type == "cpu" and cpu_runtime.available() \
             and runtime_decoder.exportable(self.decoder.module)
         self.decoder_mode = "runtime" if runtime else "pytorch"
-        self.decoder_bf16 = not runtime and (precision == "bf16" or (precision == "auto" and fast_bf16))
+        # the decoder's precision: "auto" is bfloat16 where the CPU computes it natively, for the
+        # runtime only where RUNTIME_BF16_AUTO says the benchmark allows it (docs/cpu-runtime.md);
+        # the runtime's bf16 network and the PyTorch bf16 copy it falls back to agree
+        auto_bf16 = fast_bf16 and (RUNTIME_BF16_AUTO or not runtime)
+        self.decoder_bf16 = precision == "bf16" or (precision == "auto" and auto_bf16)
         self.encoder_bf16 = encoder_precision == "bf16" or (encoder_precision == "auto" and fast_bf16)
         if encoder_mode == "optimized" and self.encoder_bf16:
             raise ValueError("encoder_mode='optimized' runs the encoder in float32; use encoder_precision='fp32'")
@@ -127,7 +132,8 @@ class Predictor:
             # contiguous once here: the runtime decoder would otherwise copy it at every click
             self._dense_pe = self.sam.prompt_encoder.get_dense_pe().contiguous()
         self._compiled_decoder = runtime_decoder.compiled_decoder(
-            self.decoder.module, self._dense_pe, self.sam.prompt_encoder.mask_downscaling) if runtime else None
+            self.decoder.module, self._dense_pe, self.sam.prompt_encoder.mask_downscaling,
+            "bf16" if self.decoder_bf16 else "f32") if runtime else None
 
     @cached_property
     def provenance(self) -> Provenance:

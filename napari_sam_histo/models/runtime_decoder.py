@@ -91,11 +91,12 @@ def _example(image_pe: torch.Tensor, tokens: int, masked: bool) -> tuple[torch.T
 
 
 def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
-                  mask_embedding: nn.Module | None = None) -> cpu_runtime.CompiledNetwork:
+                  mask_embedding: nn.Module | None = None, precision: str = cpu_runtime.PRECISION,
+                  ) -> cpu_runtime.CompiledNetwork:
     """The compiled network of ``decoder`` for one ``multimask`` value, taking the mask prompt
-    through ``mask_embedding`` when given, else the dense embedding (``RuntimeRefused`` where it
-    differs from the modules by more than ``cpu_runtime.MAX_RELATIVE_ERROR``, at any checked
-    prompt-token count)."""
+    through ``mask_embedding`` when given, else the dense embedding, in ``precision``
+    (``RuntimeRefused`` where it differs from the modules by more than that precision's
+    ``cpu_runtime.MAX_RELATIVE_ERRORS``, at any checked prompt-token count)."""
     masked = mask_embedding is not None
     with torch.inference_mode(False), torch.no_grad():  # export traces: no inference tensors
         forward = _Forward(decoder, multimask, mask_embedding).eval()
@@ -103,15 +104,16 @@ def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
             f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}{'-masked' if masked else ''}",
             forward, _example(image_pe, _CHECK_TOKENS[0], masked),
             ("image_embeddings", "image_pe", "sparse", "mask" if masked else "dense"),
-            ("low_res_logits", "iou"), {"sparse": {1: "tokens"}})
+            ("low_res_logits", "iou"), {"sparse": {1: "tokens"}}, precision)
         network = cpu_runtime.compile_network(spec)
         if not network.info["from_cache"]:
             for tokens in _CHECK_TOKENS[1:]:  # the token axis really is free in the compiled graph
                 inputs = _example(image_pe, tokens, masked)
                 error = max(cpu_runtime.relative_error(o, r) for o, r in zip(network(*inputs), forward(*inputs)))
-                if not error <= cpu_runtime.MAX_RELATIVE_ERROR:
+                if not error <= cpu_runtime.MAX_RELATIVE_ERRORS[precision]:
                     raise cpu_runtime.RuntimeRefused(
-                        f"with {tokens} prompt tokens its output differs from PyTorch's by {error:.2g} (relative)")
+                        f"with {tokens} prompt tokens its output in {precision} differs from PyTorch's by "
+                        f"{error:.2g} (relative)")
     return network
 
 
@@ -125,7 +127,9 @@ class CompiledDecoder:
     """The compiled networks of one decoder module with the prompt encoder's mask embedding, one
     per (multimask, mask prompt or not) as clicks ask for them, built once each."""
 
-    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module) -> None:
+    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module,
+                 precision: str = cpu_runtime.PRECISION) -> None:
+        self.precision = precision
         self._decoder = weakref.ref(decoder)
         self._mask_embedding = weakref.ref(mask_embedding)
         self._image_pe = image_pe.detach().float().cpu().clone()
@@ -194,7 +198,8 @@ class CompiledDecoder:
         try:
             decoder, mask_embedding = self._decoder(), self._mask_embedding()
             if decoder is not None and mask_embedding is not None:
-                network = build_network(decoder, self._image_pe, multimask, mask_embedding if masked else None)
+                network = build_network(decoder, self._image_pe, multimask, mask_embedding if masked else None,
+                                        self.precision)
                 self._networks[variant] = network
                 self.info = dict(network.info)
         except Exception as err:  # noqa: BLE001 - any failure means: PyTorch, never a failed click
@@ -206,17 +211,19 @@ class CompiledDecoder:
 
 
 _lock = threading.Lock()
-_compiled: weakref.WeakKeyDictionary[nn.Module, CompiledDecoder] = weakref.WeakKeyDictionary()
+_compiled: weakref.WeakKeyDictionary[nn.Module, dict[str, CompiledDecoder]] = weakref.WeakKeyDictionary()
 
 
-def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module) -> CompiledDecoder:
-    """The one ``CompiledDecoder`` of ``decoder`` in this process (predictors on the same decoder
-    module share it, so each network is built once); ``mask_embedding`` is the model's prompt
-    encoder's ``mask_downscaling``."""
+def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module,
+                     precision: str = cpu_runtime.PRECISION) -> CompiledDecoder:
+    """The one ``CompiledDecoder`` of ``decoder`` in ``precision`` in this process (predictors on
+    the same decoder module share it, so each network is built once); ``mask_embedding`` is the
+    model's prompt encoder's ``mask_downscaling``."""
     with _lock:
-        entry = _compiled.get(decoder)
+        entries = _compiled.setdefault(decoder, {})
+        entry = entries.get(precision)
         if entry is None:
-            entry = _compiled[decoder] = CompiledDecoder(decoder, image_pe, mask_embedding)
+            entry = entries[precision] = CompiledDecoder(decoder, image_pe, mask_embedding, precision)
         return entry
 
 
