@@ -5,6 +5,7 @@ refused with a clear message and nothing written (tiny random SAM: mechanics).""
 from pathlib import Path
 
 import pytest
+import torch
 
 import napari_sam_histo
 from napari_sam_histo.cli import main
@@ -92,3 +93,43 @@ def test_a_decoder_file_says_what_tissue_it_is_for(tmp_path, project, predictor)
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="notes.pt"):
         decoder_file_note(tmp_path / "notes.pt")
+
+
+def test_a_cancelled_training_goes_on_where_it_stopped_and_cleans_up(tmp_path, project, predictor):
+    from napari_sam_histo.training.project_training import training_state_file
+
+    recipe = TissueRecipe(steps=120, batch_size=2, max_clicks=2, seed=3)
+    straight = train_from_project(project, tmp_path / "straight.pt", predictor, recipe, log=None)
+    out = tmp_path / "lab.pt"
+    calls = []
+
+    def cancel():  # asked before every step: the user cancels in the middle of the fit
+        calls.append(1)
+        return len(calls) > 70
+
+    with pytest.raises(InputError, match="cancelled.*goes on"):
+        train_from_project(project, out, predictor, recipe, log=None, cancel=cancel)
+    assert not out.exists() and training_state_file(out).is_file()  # nothing written but the state
+    lines = []
+    resumed = train_from_project(project, out, predictor, recipe, log=lines.append)
+    assert any("resuming at step 50" in line for line in lines)
+    assert resumed.report["resumed_at"] == {"phase": 0, "steps_done": 50}
+    assert not training_state_file(out).exists()
+    assert resumed.held_out == straight.held_out  # the same decoder as a training never stopped
+    _, a = read_decoder_checkpoint(out)
+    _, b = read_decoder_checkpoint(tmp_path / "straight.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_state_of_other_objects_or_a_damaged_one_starts_afresh(tmp_path, project, predictor):
+    from napari_sam_histo.training.project_training import training_state_file
+
+    out = tmp_path / "lab.pt"
+    training_state_file(out).write_bytes(b"not a state")
+    lines = []
+    train_from_project(project, out, predictor, RECIPE, log=lines.append)
+    assert any("cannot be read" in line and "afresh" in line for line in lines) and out.exists()
+    torch.save({"fingerprint": "other", "state": {}}, training_state_file(out))
+    lines.clear()
+    train_from_project(project, out, predictor, RECIPE, log=lines.append)
+    assert any("other objects or settings" in line for line in lines)

@@ -157,3 +157,40 @@ def test_the_target_on_sams_frame_leaves_the_padding_out():
     frame, valid = on_frame(mask, (512, 1024), (100, 200), 1024)
     assert frame.shape == (256, 256) and valid[:128].all() and not valid[128:].any()
     assert float(frame[:128, :120].min()) == 1.0 and float(frame[:128, 136:].max()) == 0.0
+
+
+@pytest.mark.parametrize("stop_after", [2, 4])  # checkpoints 2 and 4: in the first fit, in the DAgger round
+def test_a_stopped_training_resumes_from_its_checkpoint_to_the_same_head(tmp_path, predictor, examples, trained,
+                                                                         stop_after):
+    from napari_sam_histo.training.tissue_training import TrainingState
+
+    saved = []
+
+    def on_checkpoint(state):
+        torch.save(state.as_dict(), tmp_path / "state.pt")  # what a crash leaves on disk
+        saved.append((state.phase, state.steps_done))
+
+    with pytest.raises(KeyboardInterrupt):  # the process dies after checkpoint ``stop_after``
+        def dying(state):
+            on_checkpoint(state)
+            if len(saved) == stop_after:
+                raise KeyboardInterrupt
+
+        train_tissue_head(predictor, examples, SMALL, on_checkpoint=dying, checkpoint_every=10)
+    state = TrainingState.from_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert (state.phase, state.steps_done) == saved[-1] and state.phase == (0 if stop_after == 2 else 1)
+    resumed = train_tissue_head(predictor, examples, SMALL, resume=state)
+    assert resumed.report["resumed_at"] == {"phase": saved[-1][0], "steps_done": saved[-1][1]}
+    for (name, a), b in zip(trained.head.state_dict().items(), resumed.head.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs after resuming")
+    assert resumed.report["steps"] == trained.report["steps"]
+
+
+def test_a_state_of_another_training_is_refused(predictor, examples):
+    from napari_sam_histo.training.tissue_training import TrainingState
+
+    states = []
+    train_tissue_head(predictor, examples[:2], TissueRecipe(steps=10, max_clicks=2, width=8),
+                      on_checkpoint=states.append, checkpoint_every=5)
+    with pytest.raises(InputError, match="another training"):
+        train_tissue_head(predictor, examples, SMALL, resume=states[-1])

@@ -7,10 +7,18 @@ and both zero-shot SAM and the new decoder re-click every held-out object with t
 clicker (``adaptation.reclick``: NoC@85 within 10 clicks). The decoder file records what it was
 trained on (classes, objects, slides, date) and those held-out figures, and says whether it is
 better than SAM there; one that is not is still written, labelled so, and never meant as a default.
+
+A training stopped before it ends (cancelled, napari closed, a crash, a full disk) leaves its last
+state beside the decoder file (``training_state_file``, rewritten atomically every
+``tissue_training.CHECKPOINT_EVERY`` steps); training the same project into the same file again goes
+on from there when the objects, the model and the recipe are the same, and starts afresh (the old
+state replaced) when they are not. The state is removed once the decoder is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import InputError
 from .adaptation import GATE_IOU, GATE_MAX_CLICKS, reclick
 from .project_split import split_by_slide
 from .project_store import ProjectStore
-from .tissue_training import TissueRecipe, train_tissue_head
+from .tissue_training import TissueRecipe, TrainingState, train_tissue_head
 
 BETTER = "better than zero-shot SAM on its held-out objects"
 NOT_BETTER = "not better than zero-shot SAM on its held-out objects: kept, never offered as the default"
@@ -53,14 +62,68 @@ def _held_out_figures(predictor, examples, max_clicks: int) -> tuple[list[int], 
     return nocs, ious
 
 
+STATE_SUFFIX = ".training-state.pt"
+
+
+def training_state_file(out: str | Path) -> Path:
+    """Where the training of the decoder file ``out`` keeps its state until the file is written."""
+    out = Path(out)
+    return out.with_name(out.stem + STATE_SUFFIX)
+
+
+def _fingerprint(split, predictor, recipe: TissueRecipe) -> str:
+    """What a saved state must have been trained on to be resumed: the objects on each side, the
+    model's weights, the recipe."""
+    parts = {"training": sorted(o.entry for o in split.training), "held_out": sorted(o.entry for o in split.held_out),
+             "weights": predictor.model.weights_hash, "recipe": recipe.as_dict()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _saved_state(path: Path, fingerprint: str, log) -> TrainingState | None:
+    """The state saved at ``path`` if it belongs to this training, else None (told in the log)."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("fingerprint") != fingerprint:
+            log(f"{path.name} is the state of a training on other objects or settings: starting afresh.")
+            return None
+        return TrainingState.from_dict(data["state"])
+    except Exception as err:  # noqa: BLE001 - a damaged state costs a fresh start, never a failure
+        log(f"{path.name} cannot be read ({type(err).__name__}): starting afresh.")
+        return None
+
+
+def _keep_state(path: Path, fingerprint: str, log):
+    """An ``on_checkpoint`` that writes the state to ``path`` atomically; a full disk is told once
+    and the training goes on (the previous state stays whole)."""
+    import torch
+
+    failed = []
+
+    def keep(state: TrainingState) -> None:
+        try:
+            with atomic_path(path) as tmp:
+                torch.save({"fingerprint": fingerprint, "state": state.as_dict()}, tmp)
+        except (OSError, InputError) as err:  # a full disk (``DiskFullError``), a folder not writable
+            if not failed:
+                log(f"the training's state could not be saved ({err}); it goes on without.")
+            failed.append(err)
+
+    return keep
+
+
 def train_from_project(project: str | Path, out: str | Path, predictor, recipe: TissueRecipe | None = None,
                        held_out_fraction: float = 0.25, max_clicks: int = GATE_MAX_CLICKS, name: str | None = None,
                        log: Callable[[str], None] | None = print,
-                       cancel: Callable[[], bool] | None = None) -> ProjectDecoder:
+                       cancel: Callable[[], bool] | None = None, resume: bool = True) -> ProjectDecoder:
     """Train a tissue decoder for ``predictor`` (SAM's own decoder) on the objects of ``project``,
     judge it on the held-out ones against zero-shot SAM and write it to ``out`` (atomic). Only the
     objects embedded by ``predictor``'s model count. ``InputError`` (nothing written) for a folder
-    that is no project, a project without objects of this model, or too few objects to hold any out."""
+    that is no project, a project without objects of this model, or too few objects to hold any out.
+    With ``resume`` a state left by a stopped training of the same objects goes on (see the module)."""
     log = log or (lambda message: None)
     recipe = recipe or TissueRecipe()
     store = ProjectStore(project)
@@ -83,9 +146,14 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
         f"{trained_slides} slide(s); holding out {len(split.held_out)} "
         f"({', '.join(split.held_out_slides)}, {split.by})")
     started = time.perf_counter()
-    trained = train_tissue_head(predictor, training, recipe, log=log, cancel=cancel)
+    state_path = training_state_file(out)
+    fingerprint = _fingerprint(split, predictor, recipe)
+    saved = _saved_state(state_path, fingerprint, log) if resume else None
+    trained = train_tissue_head(predictor, training, recipe, log=log, cancel=cancel, resume=saved,
+                                on_checkpoint=_keep_state(state_path, fingerprint, log))
     if cancel is not None and cancel():
-        raise InputError("Training was cancelled; nothing was written.")
+        raise InputError(f"Training was cancelled; no decoder was written. Training {Path(out).name} again "
+                         f"goes on from where it stopped.")
     from ..engine.predictor import Predictor
 
     mine = Predictor(predictor.model, trained.choice, cache=predictor.cache, precision=predictor.precision)
@@ -109,6 +177,7 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
 
     path = save_tissue_decoder(out, predictor.model, trained.head, True, metrics=figures, config=recipe.as_dict(),
                                provenance=provenance, corrected_clicks=recipe.corrected_clicks)
+    state_path.unlink(missing_ok=True)
     report = {**trained.report, "total_s": time.perf_counter() - started}
     log(f"held out ({figures['objects']} objects): NoC@{GATE_IOU:.2f} SAM {figures['sam_noc']:.2f}, this decoder "
         f"{figures['decoder_noc']:.2f} -> {BETTER if better else NOT_BETTER}")

@@ -105,6 +105,34 @@ class PreparedObject:
 
 
 @dataclass
+class TrainingState:
+    """Where a training stands, enough to go on from there in another process (a checkpoint):
+    the head's and the optimizer's weights, the recorded states, the steps done in the phase under
+    way (``phase`` 0 is the first fit, ``r`` the DAgger round ``r``), the losses so far and the
+    random generator's state. Tensors, lists, dicts and numbers only: it loads with
+    ``torch.load(weights_only=True)``."""
+
+    head: dict
+    optimizer: dict | None
+    states: list[list[torch.Tensor]]
+    phase: int
+    steps_done: int
+    losses: list[float]
+    rng: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingState:
+        return cls(**{name: data[name] for name in ("head", "optimizer", "states", "phase", "steps_done", "losses",
+                                                     "rng")})
+
+
+CHECKPOINT_EVERY = 50  # steps between two training states handed to ``on_checkpoint``
+
+
+@dataclass
 class TrainedTissue:
     head: TissueHead
     choice: DecoderChoice  # the trained decoder, ready for a ``Predictor``
@@ -226,14 +254,20 @@ def _batch(objects: list[PreparedObject], states: list[list[torch.Tensor]], size
 
 
 def fit(head: TissueHead, objects: list[PreparedObject], states: list[list[torch.Tensor]], steps: int,
-        recipe: TissueRecipe, rng: np.random.Generator, cancel: Callable[[], bool] | None = None) -> list[float]:
-    """``steps`` Adam steps of the head on the states (see the module); the losses."""
+        recipe: TissueRecipe, rng: np.random.Generator, cancel: Callable[[], bool] | None = None,
+        optimizer_state: dict | None = None,
+        on_step: Callable[[int, torch.optim.Optimizer, float], None] | None = None) -> list[float]:
+    """``steps`` Adam steps of the head on the states (see the module); the losses. ``optimizer_state``:
+    the optimizer's where a resumed fit left it; ``on_step(i, optimizer, loss)`` after each step ``i``
+    (counting from 1)."""
     if not any(states):
         raise InputError("No training states: none of the objects could be clicked.")
     optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     head.train()
     losses = []
-    for _ in range(int(steps)):
+    for step in range(int(steps)):
         if cancel is not None and cancel():
             break
         projected, logits, target, valid = _batch(objects, states, recipe.batch_size, rng)
@@ -250,6 +284,8 @@ def fit(head: TissueHead, objects: list[PreparedObject], states: list[list[torch
         loss.backward()
         optimizer.step()
         losses.append(float(loss.item()))
+        if on_step is not None:
+            on_step(step + 1, optimizer, losses[-1])
     head.eval()
     return losses
 
@@ -257,11 +293,16 @@ def fit(head: TissueHead, objects: list[PreparedObject], states: list[list[torch
 def train_tissue_head(predictor, examples: list[AdaptationExample], recipe: TissueRecipe = TissueRecipe(),
                       zero_shot_states: list[list[torch.Tensor]] | None = None,
                       zero_shot_seconds: list[float] | None = None, log: Callable[[str], None] | None = None,
-                      cancel: Callable[[], bool] | None = None) -> TrainedTissue:
+                      cancel: Callable[[], bool] | None = None, resume: TrainingState | None = None,
+                      on_checkpoint: Callable[[TrainingState], None] | None = None,
+                      checkpoint_every: int = CHECKPOINT_EVERY) -> TrainedTissue:
     """Train a tissue head for ``predictor`` (SAM's own decoder) on ``examples`` (see the module).
     ``zero_shot_states``/``zero_shot_seconds``: the examples' states clicked with SAM alone and what
     that took, when the caller kept them from an earlier run (the learning curve reuses them for
-    every k; their seconds still count in the report's ``seconds``)."""
+    every k; their seconds still count in the report's ``seconds``). ``on_checkpoint`` receives the
+    training state every ``checkpoint_every`` steps, at the end of each phase and when cancelled;
+    ``resume`` goes on from such a state (same examples and recipe: the caller checks), with the
+    same result as a run that was never stopped."""
     _check_base(predictor)
     if not examples:
         raise InputError("No examples to train a tissue head on.")
@@ -273,12 +314,22 @@ def train_tissue_head(predictor, examples: list[AdaptationExample], recipe: Tiss
         head = TissueHead(int(predictor.sam.mask_decoder.transformer_dim), recipe.width, recipe.dilations,
                           recipe.projection)
     head.fit_projection([o.features for o in objects])
-    with torch.no_grad():
-        for o in objects:
-            o.projected = head.project(o.features.float()[None])[0]
     rng = np.random.default_rng([recipe.seed, len(examples)])
-    report = {"objects": len(examples), "recipe": recipe.as_dict()}
-    if zero_shot_states is None:
+    report = {"objects": len(examples), "recipe": recipe.as_dict(), "resumed_at": None}
+    phase, done, optimizer_state, losses = 0, 0, None, []
+    if resume is not None:
+        if len(resume.states) != len(examples):
+            raise InputError(f"The training to resume holds {len(resume.states)} objects' states, not "
+                             f"{len(examples)}: it was another training.")
+        head.load_state_dict(resume.head)
+        states = [list(s) for s in resume.states]
+        rng.bit_generator.state = resume.rng
+        phase, done, optimizer_state, losses = resume.phase, resume.steps_done, resume.optimizer, list(resume.losses)
+        report["simulate_s"] = 0.0
+        report["resumed_at"] = {"phase": phase, "steps_done": done}
+        if log is not None:
+            log(f"tissue head: resuming at step {done} of phase {phase}")
+    elif zero_shot_states is None:
         t = time.perf_counter()
         states, per_object = simulate(predictor, objects, None, recipe)
         report["simulate_s"] = time.perf_counter() - t
@@ -287,23 +338,48 @@ def train_tissue_head(predictor, examples: list[AdaptationExample], recipe: Tiss
             raise ValueError("zero_shot_states must hold one list per example")
         states = [list(s) for s in zero_shot_states]
         report["simulate_s"] = float(sum(zero_shot_seconds or []))
+    with torch.no_grad():
+        for o in objects:
+            o.projected = head.project(o.features.float()[None])[0]
     report["states"] = [sum(len(s) for s in states)]
+
+    def checkpoint(phase_: int, steps_done: int, optimizer) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(TrainingState({k: v.detach().clone() for k, v in head.state_dict().items()},
+                                        None if optimizer is None else optimizer.state_dict(),
+                                        states, phase_, steps_done, list(losses), rng.bit_generator.state))
+
+    def run_phase(phase_: int, steps: int) -> None:
+        """Fit the rest of phase ``phase_`` (``steps`` in all; ``done`` of them before a resume)."""
+        nonlocal done, optimizer_state
+        first = done
+
+        def on_step(step: int, optimizer, loss: float) -> None:
+            losses.append(loss)
+            if (first + step) % max(int(checkpoint_every), 1) == 0 or first + step == steps:
+                checkpoint(phase_, first + step, optimizer)
+
+        fit(head, objects, states, steps - first, recipe, rng, cancel, optimizer_state, on_step)
+        done, optimizer_state = 0, None
+
     t = time.perf_counter()
-    losses = fit(head, objects, states, recipe.steps, recipe, rng, cancel)
+    if phase == 0:
+        run_phase(0, recipe.steps)
     report["fit_s"] = time.perf_counter() - t
     if log is not None:
         log(f"tissue head: {len(examples)} objects, {report['states'][0]} states, {len(losses)} steps "
             f"in {report['fit_s']:.0f} s, loss {np.mean(losses[:20]) if losses else float('nan'):.4f} -> "
             f"{np.mean(losses[-20:]) if losses else float('nan'):.4f}")
     report["dagger_s"] = 0.0
-    for round_ in range(recipe.dagger_rounds):
+    for round_ in range(max(phase, 1) - 1, recipe.dagger_rounds):
         if cancel is not None and cancel():
             break
         t = time.perf_counter()
-        more, _ = simulate(predictor, objects[: recipe.dagger_objects], head, recipe)
-        states = [a + b for a, b in zip(states, more + [[] for _ in objects[len(more):]])]
+        if not (resume is not None and phase == round_ + 1 and resume.steps_done > 0):
+            more, _ = simulate(predictor, objects[: recipe.dagger_objects], head, recipe)
+            states = [a + b for a, b in zip(states, more + [[] for _ in objects[len(more):]])]
         report["states"].append(sum(len(s) for s in states))
-        losses += fit(head, objects, states, recipe.dagger_steps, recipe, rng, cancel)
+        run_phase(round_ + 1, recipe.dagger_steps)
         report["dagger_s"] += time.perf_counter() - t
         if log is not None:
             log(f"tissue head: DAgger round {round_ + 1}: {report['states'][-1]} states, loss "
