@@ -47,7 +47,7 @@ def add_import(package_parent: Path, module: str, line: str) -> None:
     ("engine/tiles.py", "from .._napari import reader", "napari_sam_histo.engine is not allowed to import "
                                                        "napari_sam_histo._napari"),
     ("evaluation/runner.py", "import qtpy", "napari_sam_histo.evaluation is not allowed to import qtpy"),
-    ("cli.py", "import napari", "napari_sam_histo.cli is not allowed to import napari"),
+    ("cli/__init__.py", "import napari", "napari_sam_histo.cli is not allowed to import napari"),
     ("slides/boxes.py", "from . import reader", "No cycles are allowed in napari_sam_histo.slides"),
 ])
 def test_an_import_against_the_contracts_breaks_them(package_copy, module, line, broken):

@@ -187,8 +187,6 @@ def test_a_stopped_training_resumes_from_its_checkpoint_to_the_same_head(tmp_pat
 
 
 def test_a_state_of_another_training_is_refused(predictor, examples):
-    from napari_sam_histo.training.tissue_training import TrainingState
-
     states = []
     train_tissue_head(predictor, examples[:2], TissueRecipe(steps=10, max_clicks=2, width=8),
                       on_checkpoint=states.append, checkpoint_every=5)
