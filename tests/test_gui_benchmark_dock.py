@@ -114,7 +114,8 @@ def test_cancel_leaves_a_partial_report(dock, qtbot, tmp_path):
 # -- mechanics, with the tiny random model --------------------------------------------------------
 
 class Gated:
-    """A method that holds the run at every sample but s0 until ``gate`` is set."""
+    """A method (``evaluation.runner.InteractiveModel``) that holds the run at every sample but s0
+    until ``gate`` is set."""
 
     def __init__(self, inner, gate):
         self.inner, self.gate, self.name = inner, gate, inner.name
@@ -123,6 +124,14 @@ class Gated:
     @property
     def encoder_calls(self):
         return self.inner.encoder_calls
+
+    @property
+    def store_loads(self):
+        return self.inner.store_loads
+
+    @property
+    def runtime(self):
+        return self.inner.runtime
 
     def begin(self, sample):
         if sample.sample_id != "s0":
