@@ -331,3 +331,20 @@ def test_an_embed_worker_builds_one_encoder_network_and_no_decoder_network(runti
     assert predictor.encoder_backend.startswith("openvino")  # built before the first batch
     built = sorted(path.name.split("-")[0] + "-" + path.name.split("-")[1] for path in runtime_cache.iterdir())
     assert built == ["image-encoder"]  # the decoder never runs in a worker: nothing built for it
+
+
+def test_point_prompts_in_numpy_are_sams_own(tiny):
+    from napari_sam_histo.models.point_prompts import PointPrompts
+
+    encoder = tiny.sam.prompt_encoder
+    prompts = PointPrompts(encoder)
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7):
+        points = rng.uniform(0, 1024, (n, 2)).astype(np.float32)
+        labels = rng.integers(0, 2, n)
+        with torch.no_grad():
+            sparse, _ = encoder(points=(torch.from_numpy(points)[None], torch.from_numpy(labels)[None]), boxes=None,
+                                masks=None)
+        ours = prompts(points, labels)
+        assert ours.shape == sparse.shape and ours.dtype == torch.float32
+        torch.testing.assert_close(ours, sparse, rtol=1e-4, atol=2e-5)

@@ -29,6 +29,7 @@ from ..models import cpu_runtime, fast_encoder, runtime_decoder
 from ..models.architectures import SAM_ARCHITECTURES
 from ..models.decoders import DecoderChoice, Provenance, choose_decoder, provenance
 from ..models.device import bf16_is_fast, optimized_encoder_is_fast
+from ..models.point_prompts import PointPrompts
 from ..models.registry import LoadedModel
 from ..slides.reader import ImageSource
 from ..slides.rgb import PREPROCESSING_ID, to_rgb_uint8
@@ -131,6 +132,10 @@ class Predictor:
         with torch.inference_mode():
             # contiguous once here: the runtime decoder would otherwise copy it at every click
             self._dense_pe = self.sam.prompt_encoder.get_dense_pe().contiguous()
+        self._point_prompts = PointPrompts(self.sam.prompt_encoder)
+        with torch.inference_mode():
+            self._no_mask_dense = self.sam.prompt_encoder.no_mask_embed.weight.detach().float().cpu().reshape(
+                1, -1, 1, 1).expand(1, -1, *self._dense_pe.shape[-2:]).contiguous()
         self._compiled_decoder = runtime_decoder.compiled_decoder(
             self.decoder.module, self._dense_pe, self.sam.prompt_encoder.mask_downscaling,
             "bf16" if self.decoder_bf16 else "f32") if runtime else None
@@ -272,21 +277,21 @@ class Predictor:
         embedding, a few percent of the network)."""
         scale_y = embedding.input_size[0] / embedding.original_size[0]
         scale_x = embedding.input_size[1] / embedding.original_size[1]
-        coords = torch.as_tensor(np.asarray(points_xy, dtype=np.float32), device=self.device)
-        coords = coords * torch.tensor([scale_x, scale_y], device=self.device)
-        point_labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
+        scaled = np.asarray(points_xy, dtype=np.float32).reshape(-1, 2) * np.array([scale_x, scale_y], np.float32)
         masks = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).to(self.device)
         network = None if self._compiled_decoder is None else self._compiled_decoder.network(
             multimask, masks is not None, wait=self.wait_for_optimized_encoder)
         with torch.inference_mode():
             if network is not None:  # it embeds the mask prompt itself
-                sparse, dense = self.sam.prompt_encoder(points=(coords[None], point_labels[None]), boxes=None,
-                                                        masks=None)
+                sparse = self._point_prompts(scaled, labels)  # SAM's prompt encoder, in numpy
+                dense = self._no_mask_dense
                 started = time.perf_counter()
                 low_res, iou = network(embedding.features, self._dense_pe, sparse, dense if masks is None else masks)
                 self.last_decoder_s = time.perf_counter() - started
                 self.last_decoder_path = "runtime"
                 return Prediction(low_res[0], iou[0])
+            coords = torch.as_tensor(scaled, device=self.device)
+            point_labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
             sparse, dense = self.sam.prompt_encoder(points=(coords[None], point_labels[None]), boxes=None, masks=masks)
             low_res, iou = self.run_decoder(embedding.features, sparse, dense, multimask)
         return Prediction(low_res[0], iou[0])

@@ -180,7 +180,8 @@ class ClickSession:
         """The current mask (logits > ``self.threshold``); empty before the first click."""
         if self._state.logits is None:
             return np.zeros(self.box.shape, dtype=bool)
-        return (self._state.logits > self.threshold).cpu().numpy()
+        above = _above(self._state.logits, self.threshold)
+        return above if isinstance(above, np.ndarray) else above.cpu().numpy()
 
     def result(self) -> SessionResult:
         return SessionResult(self.mask(), self.clicks, self._state.iou_prediction, self.box)
