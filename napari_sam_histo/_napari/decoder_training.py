@@ -109,19 +109,22 @@ class DecoderTraining(QWidget):
                                         log=lambda line: self.threads.emit(self._progress, line),
                                         cancel=self._cancel.is_set)
         except Exception as err:  # shown in the panel, never raised into Qt
-            result = err
+            self.threads.emit(self._failed, err)
+            return
         self.threads.emit(self._done, result)
 
     def _progress(self, line: str) -> None:
         if not self._cancel.is_set():
             self.state.setText(line)
 
+    def _failed(self, err: Exception) -> None:
+        self.train_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.state.setText(f"No decoder was trained: {err}")
+
     def _done(self, result) -> None:
         self.train_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        if isinstance(result, Exception):
-            self.state.setText(f"No decoder was trained: {result}")
-            return
         held = result.held_out
         self.state.setText(f"{result.path.name}: {result.verdict}. NoC@85 on {held['objects']} held-out objects "
                            f"({', '.join(held['slides'])}): zero-shot SAM {held['sam_noc']:.2f}, this decoder "

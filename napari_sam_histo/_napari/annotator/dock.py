@@ -31,7 +31,7 @@ from .edits import Edits
 from .history import ClickStep, History
 from .progress import EmbeddingProgress, Prefetch
 from .resume import LiveSettings, Resume
-from .session import NOT_STARTED, Session
+from .session import Session
 from .transfer import Transfer
 from .view import View, tile_text
 from .working_layers import WorkingLayers
@@ -61,7 +61,8 @@ class AnnotatorDock(QWidget):
         self.accepted = AcceptedObjects(self.threads, self.history, self.object_list,
                                         lambda: self.source.mpp if self.source is not None else None,
                                         lambda: self.resume.changed(), self)
-        self.transfer = Transfer(self.threads, self.accepted, self.class_picker, lambda: (self.image_layer, self.source),
+        self.transfer = Transfer(self, self.threads, self.accepted, self.class_picker,
+                                 lambda: (self.image_layer, self.source), lambda: self.annotator is not None,
                                  self.say, self.show_error, self.learn_from_layer)
         self.resume = Resume(self.threads, self.accepted, lambda question: self.confirm(question), self.say,
                              self.show_error, self.transfer.add_loaded, self.learn_from_layer, self)
@@ -113,8 +114,9 @@ class AnnotatorDock(QWidget):
         for buttons in ((("Undo", self.undo, "Ctrl-Z"), ("Redo", self.redo, "Ctrl-Shift-Z"),
                          ("Clear", self.clear, "Escape: drop the object being clicked (Ctrl-Z brings it back)"),
                          ("Accept", self.accept, "Enter")),
-                        (("Export GeoJSON…", self._export_geojson_clicked, ""), ("Export TIFF…", self._export_tiff_clicked, ""),
-                         ("Import GeoJSON…", self._import_clicked, ""))):
+                        (("Export GeoJSON…", lambda: self.transfer.export_geojson_clicked(), ""),
+                         ("Export TIFF…", lambda: self.transfer.export_tiff_clicked(), ""),
+                         ("Import GeoJSON…", lambda: self.transfer.import_clicked(), ""))):
             row = QHBoxLayout()
             for name, slot, tip in buttons:
                 row.addWidget(self._button(name, slot, tip))
@@ -152,43 +154,17 @@ class AnnotatorDock(QWidget):
         return button
 
     # -- what the parts share -----------------------------------------------------------------
-    @property
-    def annotator(self):
-        return self.session.annotator
-
-    @property
-    def source(self):
-        return self.session.source
-
-    @property
-    def image_layer(self):
-        return self.view.image_layer
-
-    @property
-    def layer(self):
-        """The slide's annotations (Shapes) layer, the one home of accepted objects."""
-        return self.accepted.layer
-
-    @property
-    def pending(self) -> int:
-        return self.queue.pending
-
-    @property
-    def progress_log(self) -> list:
-        return self.progress.log
-
-    @property
-    def autosave_path(self):
-        return self.resume.path
-
-    @property
-    def last_autosave(self):
-        """A future: the latest autosave being written (None before the first)."""
-        return self.resume.writes.last
-
-    @property
-    def prefetch_future(self):
-        return self.prefetch.future
+    annotator = property(lambda self: self.session.annotator)
+    source = property(lambda self: self.session.source)  # the open slide
+    image_layer = property(lambda self: self.view.image_layer)
+    layer = property(lambda self: self.accepted.layer)  # the slide's annotations (Shapes): the accepted objects
+    pending = property(lambda self: self.queue.pending)  # clicks and actions queued, not yet drawn
+    progress_log = property(lambda self: self.progress.log)
+    autosave_path = property(lambda self: self.resume.path)
+    last_autosave = property(lambda self: self.resume.writes.last)  # a future: the latest autosave (None before)
+    prefetch_future = property(lambda self: self.prefetch.future)
+    classes = property(lambda self: self.class_picker.classes)  # every class's colour (the annotator shares it)
+    class_name = property(lambda self: self.class_picker.name)
 
     def say(self, text: str) -> None:
         self.status.setText(text)
@@ -380,15 +356,6 @@ class AnnotatorDock(QWidget):
         self.accepted.set_class(ids, name, self.class_picker.color(name))
         self.say(f"{len(ids)} object{'s' * (len(ids) != 1)} set to {name}. {self.count_text()}")
 
-    @property
-    def class_name(self) -> str:
-        return self.class_picker.name
-
-    @property
-    def classes(self) -> dict[str, tuple[int, int, int]]:
-        """Every class's colour (the annotator shares the dict)."""
-        return self.class_picker.classes
-
     def set_class_color(self, name: str, color) -> None:
         """Give class ``name`` a colour: the accepted objects of that class follow."""
         self.class_picker.set_color(name, color)
@@ -416,20 +383,4 @@ class AnnotatorDock(QWidget):
     def import_geojson(self, path):
         """Add the objects of a GeoJSON file; returns a future of the number added."""
         return self.transfer.import_geojson(path)
-
-    def _file_action(self, *args, **kwargs) -> None:
-        if self.annotator is None or self.layer is None:
-            self.say(NOT_STARTED)
-            return
-        self.transfer.file_action(self, *args, **kwargs)
-
-    def _export_geojson_clicked(self):
-        self._file_action(self.export_geojson, True, "Export GeoJSON", "GeoJSON (*.geojson)", ".geojson")
-
-    def _export_tiff_clicked(self):
-        # "-labels": the slide itself may be an .ome.tif of the same name
-        self._file_action(self.export_tiff, True, "Export TIFF", "OME-TIFF (*.ome.tif)", ".ome.tif", "-labels.ome.tif")
-
-    def _import_clicked(self):
-        self._file_action(self.import_geojson, False, "Import GeoJSON", "GeoJSON (*.geojson *.json)", ".geojson")
 

@@ -19,6 +19,7 @@ from ..reader import slide_stem
 from ..wording import count
 from .accepted import AcceptedObjects
 from .classes import ClassPicker
+from .session import NOT_STARTED
 
 STEP_BUDGET_S = 0.04  # GUI-thread work per event-loop turn when drawing many objects
 
@@ -29,12 +30,14 @@ def with_suffix(path: str, suffix: str) -> str:
 
 
 class Transfer:
-    def __init__(self, threads, accepted: AcceptedObjects, classes: ClassPicker, slide: Callable[[], tuple],
-                 say: Callable[[str], None], on_error: Callable[[Exception], None],
+    def __init__(self, parent, threads, accepted: AcceptedObjects, classes: ClassPicker, slide: Callable[[], tuple],
+                 started: Callable[[], bool], say: Callable[[str], None], on_error: Callable[[Exception], None],
                  learn: Callable[[], None]) -> None:
-        """``slide()``: (the image layer, the open source), either may be None; ``learn()``: hand the
-        layer's objects to the slide's learning (after an import)."""
-        self.threads, self.accepted, self.classes, self.slide = threads, accepted, classes, slide
+        """``parent``: the file dialogs'; ``slide()``: (the image layer, the open source), either may
+        be None before a Start; ``started()``: an annotator runs; ``learn()``: hand the layer's objects
+        to the slide's learning (after an import)."""
+        self.parent, self.threads, self.accepted, self.classes, self.slide = parent, threads, accepted, classes, slide
+        self.started = started
         self.say, self.on_error, self.learn = say, on_error, learn
 
     # -- export ------------------------------------------------------------------------------------
@@ -143,13 +146,26 @@ class Transfer:
         name = slide_stem(Path(path).name if path else (source.name if source else "annotations"))
         return str((Path(path).parent if path else Path.home()) / f"{name}{suffix}")
 
-    def file_action(self, parent, action, save: bool, caption: str, filter_: str, suffix: str,
-                    name: str | None = None) -> None:
-        """Ask for a file (``parent``: the dialog's) and run ``action`` on it."""
+    # the dock's buttons: ask for the file, then do it
+    def export_geojson_clicked(self) -> None:
+        self._file_action(self.export_geojson, True, "Export GeoJSON", "GeoJSON (*.geojson)", ".geojson")
+
+    def export_tiff_clicked(self) -> None:  # "-labels": the slide itself may be an .ome.tif of the same name
+        self._file_action(self.export_tiff, True, "Export TIFF", "OME-TIFF (*.ome.tif)", ".ome.tif", "-labels.ome.tif")
+
+    def import_clicked(self) -> None:
+        self._file_action(self.import_geojson, False, "Import GeoJSON", "GeoJSON (*.geojson *.json)", ".geojson")
+
+    def _file_action(self, action, save: bool, caption: str, filter_: str, suffix: str, name: str | None = None) -> None:
+        """Ask for a file and run ``action`` on it (once annotating has started)."""
+        if not self.started() or self.accepted.layer is None:
+            self.say(NOT_STARTED)
+            return
         if save:
-            path, _ = QFileDialog.getSaveFileName(parent, caption, self.suggested(name or suffix), filter_)
+            path, _ = QFileDialog.getSaveFileName(self.parent, caption, self.suggested(name or suffix), filter_)
         else:
-            path, _ = QFileDialog.getOpenFileName(parent, caption, str(Path(self.suggested(suffix)).parent), filter_)
+            path, _ = QFileDialog.getOpenFileName(self.parent, caption, str(Path(self.suggested(suffix)).parent),
+                                                  filter_)
         if not path:
             return
         try:
