@@ -9,7 +9,9 @@ per-click latency p50/p95 over
 >= 20 clicks through ``ClickSession.add_click`` (prompt encoder, decoder, upscaling to the tile,
 threshold) for SAM's decoder, each decoder shipped for the model and the modified decoder, on the
 product's path (the CPU runtime where ``decoder_mode="auto"`` picks it) and, click by click in
-turn, on the same decoder module in raw PyTorch float32; the forward time of the decoder inside
+turn, on the same decoder module in raw PyTorch float32 and, where the product's path is the CPU runtime,
+in PyTorch at the product's precision (the path the runtime replaced: a bfloat16 copy of the module
+on a CPU with native bfloat16); the forward time of the decoder inside
 those same clicks (``Predictor.last_decoder_s``); their ratio, i.e. what the click adds around the
 network; and how often the encoder ran for one tile over all those clicks and a revisit (1 is
 right). The report names the CPU, its instruction sets, and each path's backend and precision.
@@ -47,14 +49,16 @@ def _click_script(n: int, seed: int = 1) -> list[tuple[float, float, bool]]:
 
 
 def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
-    """For each decoder name, ``(product predictor, raw PyTorch fp32 predictor)`` on one decoder
-    module: click latency through ``ClickSession.add_click`` and the decoder's own forward inside
-    each click, every path taking the same clicks in turn (click by click), so that a busy
-    machine slows all of them alike; after three warm-up clicks each."""
+    """For each decoder name, ``(product predictor, raw PyTorch fp32 predictor, PyTorch predictor at
+    the product's precision or None)`` on one decoder module: click latency through
+    ``ClickSession.add_click`` and the decoder's own forward inside each click, every path taking
+    the same clicks in turn (click by click), so that a busy machine slows all of them alike; after
+    three warm-up clicks each."""
     from .engine.session import ClickSession
 
     sessions = {(name, which): ClickSession(predictor, box, embedding)
-                for name, pair in pairs.items() for which, predictor in zip(("product", "raw"), pair)}
+                for name, paths in pairs.items()
+                for which, predictor in zip(("product", "raw", "pytorch"), paths) if predictor is not None}
     for session in sessions.values():
         for x, y, positive in clicks[:3]:  # warm-up: first calls allocate and pick kernels
             session.add_click(x, y, positive)
@@ -67,9 +71,10 @@ def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
             times[key][0].append(time.perf_counter() - t0)
             times[key][1].append(session.predictor.last_decoder_s)  # the forward inside that very click
     results = {}
-    for name, (product, _raw) in pairs.items():
+    for name, (product, _raw, pytorch) in pairs.items():
         clicks_s, forward_s = times[(name, "product")]
         raw_clicks_s, raw_forward_s = times[(name, "raw")]
+        same_clicks_s = times[(name, "pytorch")][0] if pytorch is not None else None
         results[name] = {
             "backend": product.decoder_backend if product.last_decoder_path == "runtime" else "pytorch",
             "precision": "bf16" if product.decoder_bf16 else "fp32",
@@ -77,6 +82,7 @@ def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
             "raw_p50_s": _percentile(forward_s, 50),
             "pytorch_fp32_click_p50_s": _percentile(raw_clicks_s, 50),
             "pytorch_fp32_raw_p50_s": _percentile(raw_forward_s, 50),
+            "pytorch_click_p50_s": None if same_clicks_s is None else _percentile(same_clicks_s, 50),
             "trained": product.decoder.trained,
         }
     return results
@@ -147,7 +153,8 @@ def cpu_name() -> str:
 
 
 def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, random_weights: bool = False,
-             encoder_runs: int = 3) -> dict:
+             encoder_runs: int = 3, precision: str = "auto") -> dict:
+    """The report (see the module); ``precision`` is the decoders' (``Predictor``'s)."""
     from .engine.embedding_cache import EmbeddingCache
     from .engine.predictor import Predictor
     from .engine.tiles import TileBox
@@ -162,7 +169,7 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
     source = from_array(_synthetic_tile(), "synthetic-tile")
     box = TileBox(0, 0, 0, TILE, TILE)
     cache = EmbeddingCache()
-    sam_predictor = Predictor(loaded, "sam", cache=cache)
+    sam_predictor = Predictor(loaded, "sam", cache=cache, precision=precision)
     encoder = _time_encoder(sam_predictor, source, box, encoder_runs)
 
     calls_before = sam_predictor.encoder_calls
@@ -171,12 +178,14 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
     pairs, build_s = {}, {}
     for name in _decoder_names(loaded):
         choice = sam_predictor.decoder if name == "sam" else choose_decoder(loaded, name, allow_untrained=True)
-        product = sam_predictor if name == "sam" else Predictor(loaded, choice, cache=cache)
+        product = sam_predictor if name == "sam" else Predictor(loaded, choice, cache=cache, precision=precision)
         started = time.perf_counter()
         product.prepare_decoder(background=False)
         build_s[name] = time.perf_counter() - started if product.decoder_mode == "runtime" else 0.0
         raw = Predictor(loaded, choice, cache=cache, precision="fp32", decoder_mode="pytorch", encoder_mode="eager")
-        pairs[name] = (product, raw)
+        same = Predictor(loaded, choice, cache=cache, precision="bf16" if product.decoder_bf16 else "fp32",
+                         decoder_mode="pytorch", encoder_mode="eager") if product.decoder_mode == "runtime" else None
+        pairs[name] = (product, raw, same)
     decoders = _time_decoders(pairs, box, embedding, script)
     for name, timing in decoders.items():
         timing["build_s"] = build_s[name]
@@ -227,14 +236,18 @@ def format_report(r: dict) -> str:
         + (f"; optimized encoder built once in {r['encoder_build_s']:.1f} s" if r["encoder_mode"] == "optimized" else ""),
         f"encoder calls for 1 tile, {r['clicks']} clicks + revisit: {r['encoder_calls_per_tile']}",
         f"{'decoder':10} {'backend':18} {'prec':4} {'click p50':>10} {'click p95':>10} {'raw p50':>10} "
-        f"{'click/raw':>9} {'fp32 click':>10} {'fp32 raw':>10} {'vs fp32':>7}",
+        f"{'click/raw':>9} {'fp32 click':>10} {'fp32 raw':>10} {'vs fp32':>7} {'torch click':>11} {'vs torch':>8}",
     ]
     for name, d in r["decoders"].items():
         lines.append(
             f"{name:10} {d['backend']:18} {d['precision']:4} {ms(d['click_p50_s'])} {ms(d['click_p95_s'])} "
             f"{ms(d['raw_p50_s'])} {d['click_p50_s'] / d['raw_p50_s']:9.2f} {ms(d['pytorch_fp32_click_p50_s'])} "
             f"{ms(d['pytorch_fp32_raw_p50_s'])} {d['pytorch_fp32_click_p50_s'] / d['click_p50_s']:6.2f}x"
+            + (f" {ms(d['pytorch_click_p50_s'])}  {d['pytorch_click_p50_s'] / d['click_p50_s']:6.2f}x"
+               if d.get("pytorch_click_p50_s") else f" {'-':>11} {'-':>8}")
             + ("" if d["trained"] else "   (untrained layers: timing only)"))
     lines.append("fp32 click / fp32 raw: the same clicks through the decoder module in PyTorch float32, taken in "
                  "turn with the product's path; vs fp32: click p50 speed-up over it")
+    lines.append("torch click: the same clicks through the module in PyTorch at the product's precision (the "
+                 "path the runtime replaces); vs torch: click p50 speed-up over it")
     return "\n".join(lines)

@@ -32,6 +32,10 @@ def test_perf_json_has_the_agreed_fields(capsys):
         assert key in report
     assert report["encoder_calls_per_tile"] == 1
     assert report["device"] == "cpu" and report["modified_decoder_trained"] is False
+    assert main(["perf", "--model", "tiny", "--random-weights", "--device", "cpu", "--precision", "bf16",
+                 "--clicks", "20", "--encoder-runs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "torch click" in text and all(f"{name:10} pytorch            bf16" in text for name in ("sam", "modified"))
 
 
 @pytest.mark.slow
