@@ -25,7 +25,6 @@ import numpy as np
 from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -34,12 +33,10 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QMessageBox,
     QPushButton,
     QScrollArea,
     QSlider,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QToolButton,
@@ -53,6 +50,7 @@ from ..evaluation.benchmark_config import BenchmarkConfig, build_methods
 from ..evaluation.dataset import Skipped, find_pairs, load_samples
 from ..evaluation.report import free_folder_beside, holds_report, report_samples, skipped_samples, threshold_label
 from ..evaluation.runner import SampleResult, run_sample
+from .benchmark_form import BenchmarkForm
 from .benchmark_settings import BenchmarkPaths, user_settings
 from .dock_tabs import TabsWithPartners, needed_width
 
@@ -110,52 +108,14 @@ class BenchmarkDock(QWidget):
         self.settings_toggle.setCheckable(True)
         self.settings_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         self.settings_toggle.toggled.connect(self._show_settings)
-        self.settings_box = QWidget()
-        form = QFormLayout(self.settings_box)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # a narrow dock: fields under labels
-        self.dataset_edit, dataset_row = self._path_row("folder with images/ + masks/, or a manifest .csv")
-        self.out_edit, out_row = self._path_row("report folder")
-        self.dataset_edit.setText(self.paths.dataset)
-        self.out_edit.setText(self.paths.report_folder)
-        self.dataset_edit.textChanged.connect(lambda text: self.paths.remember(dataset=text))
-        self.out_edit.textChanged.connect(lambda text: self.paths.remember(report_folder=text))
-        self.models_edit = QLineEdit("vit_t")
-        self.models_edit.setToolTip("model names or checkpoint paths, separated by commas")
-        self.sam_check, self.modified_check = QCheckBox("SAM's"), QCheckBox("modified (trained)")
-        self.md_check = QCheckBox("md (fine-tuned SAM's)")
-        self.sam_check.setChecked(True)
-        decoders = QVBoxLayout()  # one under another: three in a row made the dock wider than its area
-        decoders.setSpacing(0)
-        decoders.addWidget(self.sam_check)
-        decoders.addWidget(self.modified_check)
-        decoders.addWidget(self.md_check)
-        self.iou_edit = QLineEdit("0.80 0.85 0.90")
-        self.clicks_spin = QSpinBox()
-        self.clicks_spin.setRange(1, 100)
-        self.clicks_spin.setValue(20)
-        self.limit_spin = QSpinBox()
-        self.limit_spin.setRange(0, 1_000_000)
-        self.limit_spin.setSpecialValueText("all")
-        self.instances_check = QCheckBox("masks are instance labels (one sample per label)")
-        self.components_check = QCheckBox("each connected region is a sample")
-        self.suffix_edit = QLineEdit()
-        self.suffix_edit.setPlaceholderText("flat folder only, e.g. _label")
-        self.ignore_edit = QLineEdit()
-        self.ignore_edit.setPlaceholderText("none")
-        self.mask_prompt_combo = QComboBox()
-        self.mask_prompt_combo.addItems(["on", "off", "both"])
-        self.mask_prompt_combo.setToolTip("previous logits as SAM's mask prompt (on), points only (off), or both")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
-        for label, widget in (("Dataset", dataset_row), ("Report folder", out_row), ("Models", self.models_edit),
-                              ("Decoders", decoders), ("Target IoUs", self.iou_edit),
-                              ("Max clicks", self.clicks_spin), ("Images", self.limit_spin),
-                              ("", self.instances_check), ("", self.components_check),
-                              ("Mask suffix", self.suffix_edit),
-                              ("Ignore value", self.ignore_edit), ("Mask prompt", self.mask_prompt_combo),
-                              ("Device", self.device_combo)):
-            form.addRow(label, widget)
+        self.settings_box = BenchmarkForm(self.paths)
+        f = self.settings_box
+        (self.dataset_edit, self.out_edit, self.models_edit, self.sam_check, self.modified_check, self.md_check,
+         self.iou_edit, self.clicks_spin, self.limit_spin, self.instances_check, self.components_check,
+         self.suffix_edit, self.ignore_edit, self.mask_prompt_combo, self.device_combo) = (
+            f.dataset_edit, f.out_edit, f.models_edit, f.sam_check, f.modified_check, f.md_check, f.iou_edit,
+            f.clicks_spin, f.limit_spin, f.instances_check, f.components_check, f.suffix_edit, f.ignore_edit,
+            f.mask_prompt_combo, f.device_combo)
         layout.addWidget(self.settings_box)
         self.settings_toggle.setChecked(True)
 
@@ -258,52 +218,10 @@ class BenchmarkDock(QWidget):
         self.skipped_toggle.setVisible(bool(skipped))
         self._show_skipped_list(self.skipped_toggle.isChecked())
 
-    def _path_row(self, placeholder: str):
-        edit = QLineEdit()
-        edit.setPlaceholderText(placeholder)
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(lambda: edit.setText(QFileDialog.getExistingDirectory(self) or edit.text()))
-        row = QWidget()
-        row_layout = QHBoxLayout(row)
-        row_layout.setContentsMargins(0, 0, 0, 0)
-        row_layout.addWidget(edit)
-        row_layout.addWidget(browse)
-        return edit, row
-
     # -- run ----------------------------------------------------------------------------------
     def config(self) -> BenchmarkConfig:
         """The form as a config; ``InputError`` naming the field that is wrong."""
-        dataset = self.dataset_edit.text().strip()
-        if not dataset:
-            raise InputError("Choose a dataset folder or manifest.")
-        if not self.out_edit.text().strip():
-            raise InputError("Choose a report folder.")
-        try:
-            thresholds = tuple(float(v) for v in self.iou_edit.text().replace(",", " ").split())
-        except ValueError as err:
-            raise InputError(f"Target IoUs {self.iou_edit.text()!r}: give numbers like 0.80 0.85 0.90.") from err
-        if not thresholds or not all(0 < t <= 1 for t in thresholds):
-            raise InputError(f"Target IoUs {self.iou_edit.text()!r} must lie in (0, 1].")
-        decoders = [d for d, box in (("sam", self.sam_check), ("modified", self.modified_check),
-                    ("md", self.md_check)) if box.isChecked()]
-        if not decoders:
-            raise InputError("Tick at least one decoder.")
-        ignore = self.ignore_edit.text().strip()
-        try:
-            ignore_value = int(ignore) if ignore else None
-        except ValueError as err:
-            raise InputError(f"Ignore value {ignore!r} is not a whole number.") from err
-        models = [m.strip() for m in self.models_edit.text().split(",") if m.strip()]
-        return BenchmarkConfig(
-            dataset=dataset, out_dir=self.out_edit.text().strip(), models=models or ["vit_t"], decoders=decoders,
-            thresholds=thresholds, max_clicks=self.clicks_spin.value(),
-            instances=self.instances_check.isChecked(), components=self.components_check.isChecked(),
-            ignore_value=ignore_value,
-            mask_suffix=self.suffix_edit.text().strip() or None, limit=self.limit_spin.value() or None,
-            device=self.device_combo.currentText(),
-            mask_prompts={"on": (True,), "off": (False,), "both": (True, False)}[self.mask_prompt_combo.currentText()],
-        )
+        return self.settings_box.config()
 
     def ask_existing_report(self, folder: Path) -> str:
         """The user's choice for a report folder that holds a report: "resume", "new" or "cancel".
