@@ -15,12 +15,8 @@ from qtpy.QtCore import QPoint, QRect, QSettings, QStandardPaths, Qt, QTimer  # 
 from qtpy.QtWidgets import QApplication, QMessageBox, QScrollArea  # noqa: E402
 
 import napari_sam_histo._napari.benchmark_dock as benchmark_dock  # noqa: E402
-from napari_sam_histo._napari.benchmark_dock import (  # noqa: E402
-    PLOT_MIN_HEIGHT,
-    REPLAY_BLOCKED_TIP,
-    REPLAY_PREFIX,
-    BenchmarkDock,
-)
+from napari_sam_histo._napari.benchmark_dock import PLOT_MIN_HEIGHT, REPLAY_BLOCKED_TIP, BenchmarkDock  # noqa: E402
+from napari_sam_histo._napari.benchmark_replay import REPLAY_PREFIX  # noqa: E402
 from napari_sam_histo._napari.benchmark_settings import (  # noqa: E402
     APPLICATION,
     DEFAULT_REPORT_FOLDER,

@@ -21,7 +21,6 @@ import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -51,13 +50,11 @@ from ..evaluation.dataset import Skipped, find_pairs, load_samples
 from ..evaluation.report import free_folder_beside, holds_report, report_samples, skipped_samples, threshold_label
 from ..evaluation.runner import SampleResult, run_sample
 from .benchmark_form import BenchmarkForm
+from .benchmark_replay import ReplayLayers
 from .benchmark_settings import BenchmarkPaths, user_settings
 from .dock_tabs import TabsWithPartners, needed_width
 
-REPLAY_PREFIX = "replay: "
 PLOT_MIN_HEIGHT = 200  # px: the mIoU curve stays readable however crowded the dock area is
-REPLAY_GAP = 0.05  # the replayed image's distance from the open layers, as a share of their width
-TRUTH_COLOUR, PREDICTION_COLOUR = "yellow", "dodgerblue"
 REPLAY_TIP = "Re-run the chosen sample with the chosen method and step through its clicks."
 REPLAY_BLOCKED_TIP = ("Replay is off while a benchmark runs: it would share the run's model and distort the "
                       "seconds per click being measured.")
@@ -78,6 +75,7 @@ class BenchmarkDock(QWidget):
         self._replay: SampleResult | None = None
         self._replay_sample = None
         self._replay_worker = None
+        self.replay_layers = ReplayLayers(napari_viewer)
         self._build()
         from .annotator.dock import AnnotatorDock
 
@@ -422,61 +420,14 @@ class BenchmarkDock(QWidget):
     def _show_replay(self, returned) -> None:
         sample, result = returned
         self._replay_sample, self._replay = sample, result
-        for name in ("image", "ground truth", "prediction", "clicks"):
-            if REPLAY_PREFIX + name in self.viewer.layers:
-                self.viewer.layers.remove(REPLAY_PREFIX + name)
-        height, width = sample.target.shape
-        frame = self._replay_frame()
-        image = self.viewer.add_image(sample.image, name=REPLAY_PREFIX + "image", rgb=True, **frame)
-        self.viewer.add_labels(np.zeros(sample.target.shape, np.uint8), name=REPLAY_PREFIX + "prediction",
-                               opacity=0.45, colormap={1: PREDICTION_COLOUR}, **frame)
-        # Above the prediction, in a colour H&E stains rarely have, a few pixels wide at any image size.
-        truth = self.viewer.add_labels(sample.target.astype(np.uint8), name=REPLAY_PREFIX + "ground truth",
-                                       opacity=1.0, colormap={1: TRUTH_COLOUR}, **frame)
-        truth.contour = max(2, round(max(height, width) / 200))
-        self.viewer.add_points(np.zeros((0, 2)), name=REPLAY_PREFIX + "clicks", size=max(6, height // 40),
-                               face_color="green", border_color="white", **frame)
-        self._fit_view(image)
+        self.replay_layers.show(sample)
         self.slider.setEnabled(True)
         self.slider.setMaximum(max(len(result.ious), 1))
         self.slider.setValue(1)
         self.show_step(1)
         self.status.setText(f"Replay of {sample.sample_id}: {len(result.ious)} clicks")
 
-    def _replay_frame(self) -> dict:
-        """Scale, translate and units of the replay layers: in the units of the layers open (a slide
-        in µm: µm, so napari keeps using them), at the pixel size of the first image among them,
-        to the right of them all (nothing open: napari's defaults, pixels at the origin)."""
-        layers = [layer for layer in self.viewer.layers if not layer.name.startswith(REPLAY_PREFIX)]
-        if not layers:
-            return {}
-        from napari.layers import Image
-
-        units = self.viewer.layers.extent.units  # None when the open layers disagree already
-        image = next((layer for layer in layers if isinstance(layer, Image)), None)
-        scale = tuple(float(v) for v in image.scale[-2:]) if image is not None else (1.0, 1.0)
-        (top, left), (_, right) = self.viewer.layers.extent.world[:, -2:]
-        frame = {"scale": scale, "translate": (float(top), float(right + REPLAY_GAP * max(right - left, 0.0)))}
-        if units is not None:
-            frame["units"] = tuple(units[-2:])
-        return frame
-
-    def _fit_view(self, layer) -> None:
-        """Centre and zoom onto the replayed image: other layers (a whole slide) may be far larger."""
-        try:
-            self.viewer.fit_to_view(layers=[layer])
-        except (AttributeError, TypeError):  # napari before fit_to_view(layers=...): fit everything
-            self.viewer.reset_view()
-
     def show_step(self, step: int) -> None:
         """Show the state after click ``step`` (1-based)."""
-        if self._replay is None or not self._replay.ious:
-            return
-        step = min(max(step, 1), len(self._replay.ious))
-        clicks = self._replay.clicks[:step]
-        points = self.viewer.layers[REPLAY_PREFIX + "clicks"]
-        points.data = np.array([[c.row, c.col] for c in clicks], float)
-        points.face_color = ["green" if c.positive else "red" for c in clicks]
-        self.viewer.layers[REPLAY_PREFIX + "prediction"].data = self._replay.masks[step - 1].astype(np.uint8)
-        self.step_label.setText(f"click {step}: {'positive' if clicks[-1].positive else 'negative'} at "
-                                f"(x {clicks[-1].col}, y {clicks[-1].row}), IoU {self._replay.ious[step - 1]:.3f}")
+        if self._replay is not None and self._replay.ious:
+            self.step_label.setText(self.replay_layers.show_step(self._replay, step))
