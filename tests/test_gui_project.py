@@ -79,3 +79,40 @@ def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_ver
     qtbot.keyClicks(picker.lineEdit(), str(shipped))  # a decoder file typed in: its metadata is read
     qtbot.waitUntil(lambda: "colorectal" in dock.settings.decoder_tissue.text(), timeout=30_000)
 
+
+
+@pytest.mark.gui
+def test_a_cancelled_training_is_offered_again_and_goes_on_where_it_stopped(dock, qtbot, slide):
+    from napari_sam_histo.training.project_training import training_state_file
+
+    panel = dock.project_panel
+    panel.check.click()
+    qtbot.waitUntil(lambda: dock.annotator.recorder is not None, timeout=30_000)
+    for n, where in enumerate((FRAGMENT, STRIP), start=1):
+        click(dock.viewer, *where)
+        _wait(dock, qtbot)
+        press(dock.viewer, KeyCode.Enter)
+        qtbot.waitUntil(lambda n=n: len(dock.object_list.ids) == n, timeout=60_000)
+    panel.flush(timeout=60)
+    training = panel.training
+    training.recipe = TissueRecipe(steps=2000, batch_size=2, max_clicks=2)
+    training.name_edit.clear()
+    qtbot.keyClicks(training.name_edit, "my stroma")
+    written = slide.parent / "decoders" / "my-stroma.pt"
+    state = training_state_file(written)
+    qtbot.mouseClick(training.train_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(state.exists, timeout=300_000)  # the first 50 steps are kept
+    qtbot.mouseClick(training.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: training.train_button.isEnabled(), timeout=60_000)
+    assert "goes on from where it stopped" in training.state.text() and not written.exists() and state.exists()
+    training.name_edit.setText("something else")
+    panel.attach(dock.annotator, slide)  # the dock opened again on the project (what Start does)
+    assert training.name_edit.text() == "my-stroma" and "stopped before it ended" in training.state.text()
+    lines = []
+    shown = training._progress
+    training._progress = lambda line: (lines.append(line), shown(line))
+    training.recipe = TissueRecipe(steps=2000, batch_size=2, max_clicks=2)
+    qtbot.mouseClick(training.train_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: training.train_button.isEnabled(), timeout=600_000)
+    assert written.exists() and not state.exists(), training.state.text()
+    assert any(line.startswith("tissue head: resuming at step") for line in lines)

@@ -5,6 +5,10 @@ priority (``adaptation.lower_priority``), so a click on the slide gets the cores
 widget only shows what the job reports and, when it is done, hands the decoder file and its
 verdict (better than zero-shot SAM on the held-out slides or not) to ``on_trained``, which puts
 it in the decoder picker. A decoder that is not better is offered but never chosen for the user.
+
+A job stopped before it ends (Cancel, the dock or napari closed, a crash) leaves its state in the
+project (``project_training.training_state_file``); ``show_unfinished`` names it when the project
+is opened again, and training the same name goes on from there.
 """
 
 from __future__ import annotations
@@ -82,6 +86,24 @@ class DecoderTraining(QWidget):
                                      name="napari-sam-histo-decoder-training", daemon=True)
         self._job.start()
 
+    def show_unfinished(self, folder: Path | None) -> None:
+        """Name the project's most recent unfinished training, if any, and put its name in the
+        name field, so that Train goes on with it."""
+        if folder is None or self.running:
+            return
+        from ..training.project_training import STATE_SUFFIX
+
+        try:
+            states = sorted((Path(folder) / DECODERS).glob("*" + STATE_SUFFIX), key=lambda p: p.stat().st_mtime)
+        except OSError:
+            return
+        if not states:
+            return
+        name = states[-1].name[: -len(STATE_SUFFIX)]
+        self.name_edit.setText(name)
+        self.state.setText(f"The training of '{name}' stopped before it ended: Train goes on from where it "
+                           "stopped.")
+
     def cancel(self) -> None:
         self._cancel.set()
         self.state.setText("Cancelling …")
@@ -92,7 +114,8 @@ class DecoderTraining(QWidget):
             self._job.join(timeout)
 
     def close_job(self) -> None:
-        """The dock closes: the job stops at its next step (nothing half-written is left)."""
+        """The dock closes: the job stops at its next step (nothing half-written is left; its state
+        stays in the project for the next Train of the same name)."""
         self._cancel.set()
 
     def _run(self, model, folder: Path, out: Path, name: str) -> None:

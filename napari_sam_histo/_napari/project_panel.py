@@ -63,6 +63,7 @@ class ProjectPanel(QGroupBox):
         """A new annotator (Start): its accepted objects go to the project while the switch is on."""
         self._annotator = annotator
         self._slide_path = Path(slide_path) if slide_path else None
+        self.training.show_unfinished(self.folder)
         self._open()
 
     def detach(self) -> None:
@@ -105,6 +106,7 @@ class ProjectPanel(QGroupBox):
         if folder:
             self.chosen_folder = Path(folder)
             self._stop_keeping()
+            self.training.show_unfinished(self.folder)
             self._open()
 
     def _open(self) -> None:
