@@ -78,8 +78,10 @@ def _exported(path, slide_path, objects):
 
 
 class _Capture:
-    """The annotator's slide-learning slot (``engine.object_tiles.SlideLearning``), keeping what
+    """The annotator's slide-learning slot (``engine.protocols.SlideLearning``), keeping what
     Accept hands over (the same as the project's recorder gets)."""
+
+    enabled = refine_borders = True
 
     def __init__(self, predictor):
         self._predictor = predictor

@@ -65,7 +65,7 @@ def test_accepted_objects_teach_the_adapter_and_the_next_object_uses_what_it_off
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=2)
     annotator.adaptation = adaptation
     annotator.submit_click(130, 120, True).result(timeout=120)
-    obj = annotator.submit("accept").result(timeout=60)
+    obj = annotator.submit_accept().result(timeout=60)
     assert obj is not None and obj.properties["adapted"] is False
     assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
     state = adaptation.state()
@@ -77,8 +77,8 @@ def test_accepted_objects_teach_the_adapter_and_the_next_object_uses_what_it_off
     offered = Predictor(annotator.predictor.model, "sam", cache=annotator.predictor.cache, precision="fp32")
     adaptation.predictor = lambda: offered  # as if the copy had passed the gate
     annotator.submit_click(130, 120, True).result(timeout=120)
-    assert all(s.predictor is offered for s in annotator._active())
-    assert annotator.submit("accept").result(timeout=60).properties["adapted"] is True
+    assert all(s.predictor is offered for s in annotator.object._active())
+    assert annotator.submit_accept().result(timeout=60).properties["adapted"] is True
 
 
 @pytest.mark.slow
@@ -97,10 +97,10 @@ def test_accept_never_waits_for_a_step_under_way(annotator):
     adaptation.adapter.step = slow_step
     try:
         annotator.submit_click(130, 120, True).result(timeout=120)
-        annotator.submit("accept").result(timeout=60)
+        annotator.submit_accept().result(timeout=60)
         assert running.wait(60)  # a step holds the lock now
         annotator.submit_click(60, 60, True).result(timeout=120)
-        accepted = annotator.submit("accept").result(timeout=60)  # done while the step still holds the lock
+        accepted = annotator.submit_accept().result(timeout=60)  # done while the step still holds the lock
         assert accepted is not None
         assert adaptation.state().examples == 1  # read without the lock meanwhile
     finally:
@@ -114,11 +114,11 @@ def test_switched_off_it_keeps_no_examples_and_reset_forgets_them(annotator):
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, enabled=False, steps_per_object=1)
     annotator.adaptation = adaptation
     annotator.submit_click(130, 120, True).result(timeout=120)
-    annotator.submit("accept").result(timeout=60)
+    annotator.submit_accept().result(timeout=60)
     assert adaptation.worker.wait_idle(60) and adaptation.state().examples == 0
     adaptation.enabled = True
     annotator.submit_click(130, 120, True).result(timeout=120)
-    annotator.submit("accept").result(timeout=60)
+    annotator.submit_accept().result(timeout=60)
     assert adaptation.worker.wait_idle(120) and adaptation.state().examples == 1
     adaptation.reset().result(timeout=60)
     assert adaptation.state().examples == 0 and adaptation.predictor() is annotator.predictor
@@ -140,7 +140,7 @@ def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
     annotator.adaptation = adaptation
     annotator.submit_click(130, 120, True).result(timeout=120)
-    annotator.submit("accept").result(timeout=60)
+    annotator.submit_accept().result(timeout=60)
     assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
     example = adaptation.adapter.examples[0]
     assert callable(example.image) and np.array_equal(example.image(), _disc())  # read from the slide
@@ -152,11 +152,11 @@ def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects
     offered = SlideRefiner(weight, 0.0, min_agreement=NO_AGREEMENT)
     adaptation.refiner = lambda: offered  # as if its gate had passed
     annotator.submit_click(130, 120, True).result(timeout=120)
-    sessions = annotator._active()
+    sessions = annotator.object._active()
     assert sessions and all(isinstance(s.refine, TileRefiner) and s.refine.refiner is offered for s in sessions)
     assert sessions[0].refined  # an object's first mask is the refined one
     assert annotator.state().refined  # what a UI draws says so
-    assert annotator.submit("accept").result(timeout=60).properties["refined"] is True
+    assert annotator.submit_accept().result(timeout=60).properties["refined"] is True
 
 
 def test_the_refiners_own_switch_offers_nothing_but_it_goes_on_learning(annotator):
@@ -190,6 +190,8 @@ def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
     offered = SlideRefiner(weight, 0.0)
 
     class _Adaptation:
+        enabled = refine_borders = True
+
         def predictor(self):
             return annotator.predictor
 
@@ -204,11 +206,11 @@ def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
 
     annotator.adaptation = _Adaptation()
     annotator.submit_click(130, 120, True).result(timeout=120)
-    first = annotator._active()[0]
+    first = annotator.object._active()[0]
     favour_sam = ClickEvidence(0.0, start="sam")
     favour_sam.loss = {"sam": 0.0, "refined": 50.0}
     first._history[-1].evidence = favour_sam  # as if the object's clicks had gone against the refiner
-    tile = annotator._refine_for(first.box)
+    tile = annotator.object._refine_for(first.box)
     assert tile.evidence is not None and tile.evidence.loss == favour_sam.loss and not tile.evidence.use_refined
 
 
@@ -224,11 +226,11 @@ def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_obje
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
     annotator.adaptation = adaptation
     annotator.submit_click(130, 120, True).result(timeout=120)
-    box = annotator._active()[0].box
-    annotator.submit("accept").result(timeout=60)
+    box = annotator.object._active()[0].box
+    annotator.submit_accept().result(timeout=60)
     assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
     assert callable(adaptation.adapter.examples[0].colour)
-    assert box.key() in annotator._colours and adaptation.adapter.refinement.refiner is not None
+    assert box.key() in annotator.object.colours.kept and adaptation.adapter.refinement.refiner is not None
 
     reads = []
     read_region = annotator.source.read_region
@@ -237,7 +239,7 @@ def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_obje
     offered = SlideRefiner(torch.randn(FEATURES), 0.5, min_agreement=NO_AGREEMENT)
     adaptation.refiner = lambda: offered
     annotator.submit_click(130, 120, True).result(timeout=120)
-    session = annotator._active()[0]
+    session = annotator.object._active()[0]
     assert session.refined and reads == []  # the kept colour, not the pixels
     from_pixels = TileRefiner(offered, lambda: _disc())
     from_pixels(session.sam_logits)
@@ -247,24 +249,25 @@ def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_obje
 
 
 def test_kept_colours_are_bounded_and_the_prefetcher_makes_them_only_while_a_refiner_is_offered(annotator):
-    from napari_sam_histo.engine import object_tiles
+    from napari_sam_histo.engine import tile_colours
     from napari_sam_histo.models.slide_refiner import SlideRefiner
 
-    boxes = [TileBox(0, 10 * i, 0, 32, 32) for i in range(object_tiles.MAX_COLOUR_TILES + 2)]
+    boxes = [TileBox(0, 10 * i, 0, 32, 32) for i in range(tile_colours.MAX_COLOUR_TILES + 2)]
     annotator.tile_colour(boxes[0])
-    assert not annotator._colours  # no adaptation (nor its refiner): nothing is kept
+    assert not annotator.object.colours.kept  # no adaptation (nor its refiner): nothing is kept
     annotator.adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
     for box in boxes:
         annotator.tile_colour(box)
-    kept = list(annotator._colours)
+    kept = list(annotator.object.colours.kept)
     assert kept == [b.key() for b in boxes[2:]]  # the oldest went
-    assert annotator.tile_colour(boxes[-1]) is annotator._colours[boxes[-1].key()]  # kept, not made again
+    assert annotator.tile_colour(boxes[-1]) is annotator.object.colours.kept[boxes[-1].key()]  # kept, not made again
     annotator.adaptation.refine_borders = False  # the refiner switched off: the kept colour goes
     annotator.tile_colour(boxes[0])
-    assert not annotator._colours
+    assert not annotator.object.colours.kept
     annotator.adaptation.close()
 
     class _Adaptation:
+        enabled = refine_borders = True
         refiner_now = None
 
         def predictor(self):
@@ -279,19 +282,19 @@ def test_kept_colours_are_bounded_and_the_prefetcher_makes_them_only_while_a_ref
         def close(self, wait=True):
             pass
 
-    annotator._colours.clear()
+    annotator.object.colours.kept.clear()
     annotator.adaptation = fake = _Adaptation()
     done = annotator.prefetch_around(130, 120).result(timeout=120)
-    assert done and not annotator._colours  # no refiner offered: no colour made
+    assert done and not annotator.object.colours.kept  # no refiner offered: no colour made
     fake.refiner_now = SlideRefiner(np.zeros(19, np.float32), 0.0)
     done = annotator.prefetch_around(130, 120).result(timeout=120)
-    assert done and {b.key() for b in done} <= set(annotator._colours)
+    assert done and {b.key() for b in done} <= set(annotator.object.colours.kept)
 
 
 def test_the_prefetcher_makes_colour_for_its_first_tiles_only_and_keeps_them(tiny_model):
     """On a slide of 3 x 3 tiles the prefetcher's lattice has more tiles than are kept: it makes the
     colour of its first ``COLOUR_PREFETCH`` (the view's centre first), which later tiles do not push out."""
-    from napari_sam_histo.engine import object_tiles
+    from napari_sam_histo.engine import tile_colours
     from napari_sam_histo.models.slide_refiner import SlideRefiner
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
@@ -302,8 +305,8 @@ def test_the_prefetcher_makes_colour_for_its_first_tiles_only_and_keeps_them(tin
         offered = SlideRefiner(np.zeros(19, np.float32), 0.0)
         annotator.adaptation.refiner = lambda: offered
         done = annotator.prefetch_around(384, 384).result(timeout=300)
-        assert len(done) > object_tiles.MAX_COLOUR_TILES
-        assert list(annotator._colours) == [b.key() for b in done[:object_tiles.COLOUR_PREFETCH]]
+        assert len(done) > tile_colours.MAX_COLOUR_TILES
+        assert list(annotator.object.colours.kept) == [b.key() for b in done[:tile_colours.COLOUR_PREFETCH]]
     finally:
         annotator.close(wait=True)
 
@@ -367,7 +370,7 @@ def test_accepting_says_so_at_once_while_the_worker_is_busy(annotator):
     adaptation.on_change = lambda a, s: states.append(s)
     try:
         annotator.submit_click(130, 120, True).result(timeout=120)
-        assert annotator.submit("accept").result(timeout=60) is not None
+        assert annotator.submit_accept().result(timeout=60) is not None
         assert states and states[-1].queued == 1 and states[-1].activity == ""  # before the worker took it in
         assert adaptation.state().objects == 0
     finally:
@@ -383,7 +386,7 @@ def test_a_restarted_annotator_goes_on_with_what_was_learned_on_the_same_slide_a
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=1, slide=slide)
     annotator.adaptation = adaptation
     annotator.submit_click(130, 120, True).result(timeout=120)
-    annotator.submit("accept").result(timeout=60)
+    annotator.submit_accept().result(timeout=60)
     assert adaptation.worker.wait_idle(120) and adaptation.state().objects == 1
 
     again = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")  # a new Start, same choices

@@ -186,11 +186,6 @@ class Annotator:
     def tile_colour(self, box: TileBox):
         return self.object.tile_colour(box)
 
-    # kept while tests/test_slide_adaptation.py reads the object's insides through the annotator
-    _active = property(lambda self: self.object._active)
-    _refine_for = property(lambda self: self.object._refine_for)
-    _colours = property(lambda self: self.object.colours.kept)
-
     # -- continuation ----------------------------------------------------------------------------
     def _superseded(self, generation: int | None) -> bool:
         return generation is not None and generation != self._continuation_generation
@@ -337,16 +332,6 @@ class Annotator:
     def submit_clear_undoable(self) -> Future:
         """``clear_undoable``: an ``Undoable`` of the state after it."""
         return self._submit(self.clear_undoable)
-
-    def submit(self, action: str, *args) -> Future:
-        """The short form of the ``submit_*`` methods: ``action`` is "undo", "redo", "clear",
-        "restore", "accept", "accept_undoable" or "clear_undoable"."""
-        actions = {"undo": self.submit_undo, "redo": self.submit_redo, "clear": self.submit_clear,
-                   "restore": self.submit_restore, "accept": self.submit_accept,
-                   "accept_undoable": self.submit_accept_undoable, "clear_undoable": self.submit_clear_undoable}
-        if action not in actions:
-            raise ValueError(f"Unknown action {action!r}.")
-        return actions[action](*args)
 
     @property
     def idle(self) -> bool:

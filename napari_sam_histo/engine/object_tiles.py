@@ -70,7 +70,7 @@ from .predictor import Predictor
 from .protocols import AcceptedObjects, SlideLearning, TileWork
 from .session import FIRST_MASK_RULES, ClickSession
 from .tile_choice import REUSE_MARGIN, TileChoice
-from .tile_colours import COLOUR_PREFETCH, MAX_COLOUR_TILES, TileColours  # noqa: F401 (tests/test_slide_adaptation.py reads them here)
+from .tile_colours import TileColours
 from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
 from .working_levels import WorkingLevel
 
@@ -161,7 +161,7 @@ class ObjectTiles:
         """Whether tiles' colour features are worth keeping: the slide is learnt with its refiner on."""
         adaptation = self.adaptation
         return (not self.closed and adaptation is not None
-                and bool(getattr(adaptation, "enabled", True)) and bool(getattr(adaptation, "refine_borders", True)))
+                and adaptation.enabled and adaptation.refine_borders)
 
     def refiner_offered(self) -> bool:
         """Whether a new object would be refined now (the prefetcher then makes tiles' colour too)."""

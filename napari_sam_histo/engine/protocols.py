@@ -16,6 +16,9 @@ class SlideLearning(Protocol):
     """What the annotator needs of the slide's learning (``training.slide_adaptation``, set by a UI
     as ``adaptation``)."""
 
+    enabled: bool  # the slide is being learnt
+    refine_borders: bool  # with the slide refiner (its tiles' colours are then kept)
+
     def predictor(self): ...  # the ``Predictor`` a new object decodes with
 
     def refiner(self): ...  # the slide refiner a new object's tiles use, or None
