@@ -97,8 +97,14 @@ def _wait_for_builds(timeout: float = EXIT_WAIT_S) -> None:
 def weights_fingerprint(module: torch.nn.Module) -> tuple:
     """What changes when any weight changes: each parameter's and buffer's storage and version
     counter (``optimizer.step`` and ``load_state_dict`` update in place, bumping the version)."""
+    return tensors_fingerprint(chain(module.parameters(), module.buffers()))
+
+
+def tensors_fingerprint(tensors) -> tuple:
+    """``weights_fingerprint`` of the given tensors (a caller that checks at every click keeps
+    its module's tensors once instead of walking the module each time)."""
     parts = []
-    for tensor in chain(module.parameters(), module.buffers()):
+    for tensor in tensors:
         try:
             version = tensor._version
         except RuntimeError:  # an inference tensor has no version counter (and cannot be trained)
