@@ -20,6 +20,7 @@ from napari_sam_histo.models.decoders import (
     SingleMaskDecoder,
     choose_decoder,
 )
+from napari_sam_histo.models.device import bf16_is_fast
 from napari_sam_histo.models.modified_decoder import ModifiedMaskDecoder
 from napari_sam_histo.models.registry import random_model
 from napari_sam_histo.models.residual_decoder import ResidualMaskDecoder
@@ -213,7 +214,10 @@ def test_auto_picks_the_runtime_decoder_for_real_architectures_only(tiny, monkey
     assert Predictor(tiny, "sam").decoder_mode == "pytorch"  # the test SAM was not measured
     real = random_model("vit_t", "cpu")
     auto = Predictor(real, "sam")
-    assert auto.decoder_mode == "runtime" and not auto.decoder_bf16 and auto.decoder_dtype == torch.float32
+    native = bf16_is_fast(real.device)  # auto: the runtime's bf16 networks where the CPU has native bf16
+    assert auto.decoder_mode == "runtime" and auto.decoder_bf16 == native and auto.encoder_bf16 is False
+    exact = Predictor(real, "sam", precision="fp32")
+    assert exact.decoder_mode == "runtime" and not exact.decoder_bf16 and exact.decoder_dtype == torch.float32
     bf16 = Predictor(real, "sam", precision="bf16")  # the runtime in bfloat16, the PyTorch fallback too
     assert bf16.decoder_mode == "runtime" and bf16.decoder_bf16 and bf16.decoder_dtype == torch.bfloat16
     adapted = DecoderChoice("sam", real.sam.mask_decoder, "adapted", True)  # refitted while in use
