@@ -8,8 +8,9 @@ CPU (``models.fast_encoder``: compiled by the OpenVINO runtime where it is insta
 PyTorch forward on 2 AVX512 cores, else a TorchScript copy; same embeddings to ~1e-6), built on
 the first tile or ahead of time by ``prepare_encoder``; the module itself runs wherever the copy
 cannot be used. With ``decoder_mode="auto"`` the decoder of a real SAM architecture runs on a CPU
-as a network compiled by the same runtime in float32 (``models.runtime_decoder``), PyTorch where
-it cannot (no runtime, a decoder that branches on its inputs, weights being trained).
+as a network compiled by the same runtime (``models.runtime_decoder``; in bfloat16 where the CPU
+has it natively and ``precision`` is "auto" or "bf16", else float32), PyTorch where it cannot (no
+runtime, a decoder that branches on its inputs, weights being trained).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # "eager" the module itself; "auto" picks optimized where it is measured faster (CPU, MobileSAM)
 # and the encoder runs in float32 (a bf16 encoder stays eager, under autocast).
 ENCODER_MODES = ("auto", "eager", "optimized")
-# How the decoder runs: "runtime" is the decoder compiled by the CPU runtime in float32
-# (models.runtime_decoder), "pytorch" the module itself; "auto" picks the runtime on a CPU where it
+# How the decoder runs: "runtime" is the decoder compiled by the CPU runtime in the decoder's
+# precision (models.runtime_decoder), "pytorch" the module itself; "auto" picks the runtime on a CPU where it
 # is installed, for the real SAM architectures (their decoders are one architecture, measured
 # faster there; the test SAM is not), for a decoder whose weights do not change while it is used.
 DECODER_MODES = ("auto", "pytorch", "runtime")

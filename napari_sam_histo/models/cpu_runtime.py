@@ -8,10 +8,11 @@ decoder ran fastest in OpenVINO too, and SAM's own decoder about as fast in eith
 runtime keeps one dependency and one cache format, so OpenVINO it is.
 
 How: ``torch.onnx.export`` writes the module as ONNX (the same module the PyTorch path runs),
-OpenVINO reads it and compiles it for this CPU in float32 (``INFERENCE_PRECISION_HINT=f32``:
-on an AMX CPU OpenVINO would otherwise pick bf16 by itself), the compiled network's outputs are
-compared with the module's own on the example inputs, and a network further than
-``MAX_RELATIVE_ERROR`` (relative L2, per output) is refused (``RuntimeRefused``). An accepted one is
+OpenVINO reads it and compiles it for this CPU in the spec's precision (``INFERENCE_PRECISION_HINT``:
+float32 unless a decoder asks for bf16; on an AMX CPU OpenVINO would otherwise pick bf16 by itself),
+the compiled network's outputs are compared with the module's own on the example inputs, and a
+network further than its precision's ``MAX_RELATIVE_ERRORS`` (relative L2, per output) is refused
+(``RuntimeRefused``). An accepted one is
 saved as OpenVINO IR under ``<cache>/cpu-runtime/`` keyed by the sha256 of the module's weights,
 its class, the input shapes, the precision and the versions of OpenVINO and PyTorch: a change in
 any of them builds a new one; the next start reads it back in well under a second (its file is

@@ -7,8 +7,9 @@ click's work on 2 CPU cores when it ran in PyTorch), one network per ``multimask
 Python flag) and per mask prompt given or not, built at first use or ahead of time (``prepare``), cached on disk
 like the encoder and checked against the module
 at two prompt-token counts. Measured on 2 AVX512 cores (``docs/cpu-runtime.md``): SAM's decoder
-and the modified decoder run 2-3x faster than the same module in float32 PyTorch, and faster
-than the bfloat16 PyTorch copy the predictor used on such CPUs, in float32 (relative error ~1e-6).
+and the modified decoder run 2-3x faster than the same module in float32 PyTorch in float32
+(relative error ~1e-6), and in bfloat16 (``precision``; ~1e-2, the same clicks in the benchmark)
+1.5-2.5x faster than the bfloat16 PyTorch copy the predictor used on such CPUs.
 
 Not compiled, and run by PyTorch: a decoder whose forward branches on its inputs (the tissue
 decoder corrects only the first clicks of an object: a traced graph would freeze that branch),
