@@ -133,3 +133,22 @@ def test_a_tile_refiner_makes_its_maps_once_from_the_pixels():
     assert torch.allclose(tile(logits), refiner(logits, colour_features(image)), atol=1e-5)
     tile(logits)
     assert reads == [1]
+
+
+def test_a_click_sessions_evidence_takes_its_tile_refiners_lead(tiny_model):
+    """The lead a ``TileRefiner`` is given (the offline check sweeps it) is the one the session's
+    click evidence weighs SAM's errors with."""
+    from napari_sam_histo.engine.predictor import Predictor
+    from napari_sam_histo.engine.session import ClickSession
+    from napari_sam_histo.engine.tiles import TileBox
+    from napari_sam_histo.models.slide_refiner import REFINED_LEAD, TileRefiner
+
+    image = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    predictor = Predictor(tiny_model, "sam", precision="fp32")
+    embedding = predictor.embed(image)
+    refiner = SlideRefiner(torch.zeros(FEATURES), 0.0)
+    for lead in (REFINED_LEAD, 6.0):
+        session = ClickSession(predictor, TileBox(0, 0, 0, 64, 64), embedding,
+                               refine=TileRefiner(refiner, lambda: image, lead=lead))
+        session.add_click(30, 30, True)
+        assert session.evidence is not None and session.evidence.lead == lead

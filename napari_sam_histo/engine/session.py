@@ -318,7 +318,8 @@ class ClickSession:
         elif self.refine is not None and self.refine.evidence is not None:  # the object's, from its other tiles
             evidence = self.refine.evidence.copy()
         else:
-            evidence = ClickEvidence(self.threshold, self.refine.start if self.refine is not None else "refined")
+            evidence = ClickEvidence(self.threshold, *((self.refine.start, self.refine.lead) if self.refine is not None
+                                                       else ("refined",)))
         sam = self.sam_logits
         if sam is None:
             return evidence
