@@ -24,7 +24,7 @@ runs SAM's decoder backwards:
    ``dagger_objects`` training objects are clicked again with SAM + head, the new states are added,
    and the head trains ``dagger_steps`` more steps on all of them.
 
-The examples are ``training.adaptation.AdaptationExample``: a tile embedding, the accepted mask at
+The examples are ``training.examples.AdaptationExample``: a tile embedding, the accepted mask at
 the tile's resolution, and (unused here) the clicks, so a project's store of accepted objects can
 feed it. Deterministic under ``recipe.seed`` for the same examples (one thread).
 """
