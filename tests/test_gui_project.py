@@ -48,8 +48,8 @@ def test_accepted_objects_are_kept_in_the_project_and_deleted_ones_leave_it(dock
     assert panel.state.text() == OFF_TEXT and dock.annotator.recorder is None
 
 
-@pytest.mark.gui
-def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_verdict(dock, qtbot, slide):
+def _two_objects_kept(dock, qtbot):
+    """Switch the project on with the mouse and accept two objects with clicks and Enter; the panel."""
     panel = dock.project_panel
     panel.check.click()
     qtbot.waitUntil(lambda: dock.annotator.recorder is not None, timeout=30_000)
@@ -59,6 +59,12 @@ def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_ver
         press(dock.viewer, KeyCode.Enter)
         qtbot.waitUntil(lambda n=n: len(dock.object_list.ids) == n, timeout=60_000)
     panel.flush(timeout=60)
+    return panel
+
+
+@pytest.mark.gui
+def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_verdict(dock, qtbot, slide):
+    panel = _two_objects_kept(dock, qtbot)
     training = panel.training
     training.recipe = TissueRecipe(steps=10, batch_size=2, max_clicks=2)  # mechanics, not a good decoder
     training.name_edit.clear()
@@ -85,15 +91,7 @@ def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_ver
 def test_a_cancelled_training_is_offered_again_and_goes_on_where_it_stopped(dock, qtbot, slide):
     from napari_sam_histo.training.project_training import training_state_file
 
-    panel = dock.project_panel
-    panel.check.click()
-    qtbot.waitUntil(lambda: dock.annotator.recorder is not None, timeout=30_000)
-    for n, where in enumerate((FRAGMENT, STRIP), start=1):
-        click(dock.viewer, *where)
-        _wait(dock, qtbot)
-        press(dock.viewer, KeyCode.Enter)
-        qtbot.waitUntil(lambda n=n: len(dock.object_list.ids) == n, timeout=60_000)
-    panel.flush(timeout=60)
+    panel = _two_objects_kept(dock, qtbot)
     training = panel.training
     training.recipe = TissueRecipe(steps=2000, batch_size=2, max_clicks=2)
     training.name_edit.clear()

@@ -5,36 +5,19 @@ side of the split, seeds that reproduce, k too large skipped with a line, the re
 import csv
 import json
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
 
 from napari_sam_histo.errors import InputError
 from napari_sam_histo.training.learning_curve import SAM, TABLE_COLUMNS, load_objects, run_learning_curve, split
 from napari_sam_histo.training.tissue_training import TissueRecipe
 
+from .case_dataset import write_case_dataset
+
 TINY = TissueRecipe(steps=5, batch_size=2, max_clicks=2, dagger_rounds=1, dagger_steps=2, width=8)
 
 
 def _dataset(root, cases):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rows = []
-    rng = np.random.default_rng(0)
-    for case, n in cases.items():
-        for i in range(n):
-            stem = f"{case}-{i:02d}"
-            mask = np.zeros((48, 48), np.uint8)
-            mask[8 + i % 5: 30 + i % 5, 10: 34] = 255
-            image = np.where(mask[..., None] > 0, 90, 220) + rng.integers(0, 20, (48, 48, 3))
-            iio.imwrite(root / "images" / f"{stem}.png", image.astype(np.uint8))
-            iio.imwrite(root / "masks" / f"{stem}.png", mask)
-            rows.append({"stem": stem, "image": f"images/{stem}.png", "mask": f"masks/{stem}.png", "case_id": case})
-    with open(root / "manifest.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+    return write_case_dataset(root, cases, 48, lambda i: (8 + i % 5, 30 + i % 5, 10, 34))
 
 
 @pytest.fixture(scope="module")

@@ -4,33 +4,17 @@
 import csv
 import json
 
-import imageio.v3 as iio
 import numpy as np
 import pytest
 
 from napari_sam_histo.errors import InputError
 from napari_sam_histo.training.sequential_benchmark import WARM_UP, group_samples, run_benchmark
 
+from .case_dataset import write_case_dataset
+
 
 def _dataset(root, cases):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rows = []
-    rng = np.random.default_rng(0)
-    for case, n in cases.items():
-        for i in range(n):
-            stem = f"{case}-{i:02d}"
-            mask = np.zeros((64, 64), np.uint8)
-            mask[10 + i: 40 + i, 12: 44] = 255
-            image = np.where(mask[..., None] > 0, 90, 220) + rng.integers(0, 20, (64, 64, 3))
-            iio.imwrite(root / "images" / f"{stem}.png", image.astype(np.uint8))
-            iio.imwrite(root / "masks" / f"{stem}.png", mask)
-            rows.append({"stem": stem, "image": f"images/{stem}.png", "mask": f"masks/{stem}.png", "case_id": case})
-    with open(root / "manifest.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+    return write_case_dataset(root, cases, 64, lambda i: (10 + i, 40 + i, 12, 44))
 
 
 def test_objects_are_grouped_by_case_in_name_order_and_small_cases_left_out(tmp_path):
