@@ -9,7 +9,7 @@ from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.session import ClickSession
 from napari_sam_histo.engine.tiles import TileBox, TileGrid
 from napari_sam_histo.errors import InputError
-from napari_sam_histo.models.slide_refiner import MIN_AGREEMENT
+from napari_sam_histo.models.slide_refiner import MIN_AGREEMENT, REFINED_LEAD
 from napari_sam_histo.slides.reader import from_array
 
 
@@ -19,6 +19,7 @@ class Refine:
     (``models.slide_refiner.masks_agree``); the object's first mask refined, no evidence yet."""
 
     start = "refined"
+    lead = REFINED_LEAD
     evidence = None
 
     def __init__(self, function, min_agreement: float = MIN_AGREEMENT) -> None:

@@ -52,6 +52,7 @@ class TileRefinement(Protocol):
     """A refiner on one tile as a click session uses it: SAM's logits in, refined logits out."""
 
     start: str  # what the object's first mask shows: "refined" or "sam"
+    lead: float  # nats by which SAM must lead at the clicks to be shown (``ClickEvidence``)
     evidence: object  # the object's ``ClickEvidence`` so far (from its other tiles), or None
 
     @property
