@@ -289,7 +289,7 @@ class Predictor:
                 sparse = self._point_prompts(scaled, labels)  # SAM's prompt encoder, in numpy
                 dense = self._no_mask_dense
                 started = time.perf_counter()
-                low_res, iou = network(embedding.features, self._dense_pe, sparse, dense if masks is None else masks)
+                low_res, iou = network(embedding.features, sparse, dense if masks is None else masks)
                 self.last_decoder_s = time.perf_counter() - started
                 self.last_decoder_path = "runtime"
                 return Prediction(low_res[0], iou[0])
@@ -308,7 +308,7 @@ class Predictor:
         network = None if self._compiled_decoder is None else self._compiled_decoder.network(
             multimask, wait=self.wait_for_optimized_encoder)
         if network is not None:
-            low_res, iou = network(features, self._dense_pe, sparse, dense)
+            low_res, iou = network(features, sparse, dense)
             self.last_decoder_path = "runtime"
             self.last_decoder_s = time.perf_counter() - started
             return low_res, iou

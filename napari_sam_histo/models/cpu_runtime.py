@@ -49,7 +49,7 @@ PRECISION = "f32"  # the default: the embeddings and masks stay PyTorch's within
 MAX_RELATIVE_ERRORS = {"f32": 1e-4, "bf16": 5e-2}
 CPU_RUNTIME_ENV = "NAPARI_SAM_HISTO_CPU_RUNTIME"
 CACHE_FOLDER = "cpu-runtime"
-FORMAT = 1  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
+FORMAT = 2  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
 
 # Filters set once here, not ``catch_warnings`` around the export (not thread-safe; builds may run
 # in a background thread): the TorchScript-based exporter's deprecation notice and the tracer's
