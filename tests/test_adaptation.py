@@ -166,7 +166,7 @@ def test_the_gate_keeps_the_base_decoder_when_the_copy_is_worse(mobile_sam):
 
 def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(tiny_model, monkeypatch):
     from napari_sam_histo.training import decoder_adapter
-    from napari_sam_histo.training.adaptation import Reclick
+    from napari_sam_histo.training.reclick import Reclick
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     adapter = DecoderAdapter(predictor, steps_per_object=1)

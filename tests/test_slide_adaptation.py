@@ -13,7 +13,8 @@ from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.slides.reader import from_array
-from napari_sam_histo.training.slide_adaptation import SlideAdaptation, tile_examples
+from napari_sam_histo.training.examples import tile_examples
+from napari_sam_histo.training.slide_adaptation import SlideAdaptation
 
 
 class _Session:

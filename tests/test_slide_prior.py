@@ -98,7 +98,7 @@ def _disc_examples(predictor, n, seed=0, size=128):
 
 def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatch):
     from napari_sam_histo.training import decoder_adapter
-    from napari_sam_histo.training.adaptation import Reclick
+    from napari_sam_histo.training.reclick import Reclick
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     alone = DecoderAdapter(predictor, steps_per_object=0)
@@ -116,7 +116,7 @@ def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatc
 def _gated_adapter(predictor, monkeypatch, passes=True, n=9):
     """An adapter whose gate (re-clicks mocked) has judged ``n`` examples: a third held out."""
     from napari_sam_histo.training import decoder_adapter
-    from napari_sam_histo.training.adaptation import Reclick
+    from napari_sam_histo.training.reclick import Reclick
 
     adapter = DecoderAdapter(predictor, steps_per_object=1, lr=1e-3)
     monkeypatch.setattr(decoder_adapter, "reclick",

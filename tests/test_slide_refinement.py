@@ -10,7 +10,8 @@ import torch
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.training.examples import AdaptationExample
-from napari_sam_histo.training.slide_refinement import SlideRefinement, click_example
+from napari_sam_histo.training.reclick import click_example
+from napari_sam_histo.training.slide_refinement import SlideRefinement
 
 
 def _object(seed, size=96):

@@ -1,7 +1,7 @@
 """The project's *Train a decoder on my accepted objects*: a background job, its progress, cancel.
 
 It runs ``training.project_training.train_from_project`` on a thread of its own at the lowest CPU
-priority (``adaptation.lower_priority``), so a click on the slide gets the cores first; the
+priority (``thread_priority.lower_priority``), so a click on the slide gets the cores first; the
 widget only shows what the job reports and, when it is done, hands the decoder file and its
 verdict (better than zero-shot SAM on the held-out slides or not) to ``on_trained``, which puts
 it in the decoder picker. A decoder that is not better is offered but never chosen for the user.
@@ -121,8 +121,8 @@ class DecoderTraining(QWidget):
     def _run(self, model, folder: Path, out: Path, name: str) -> None:
         from ..engine.embedding_cache import EmbeddingCache
         from ..engine.predictor import Predictor
-        from ..training.adaptation import lower_priority
         from ..training.project_training import train_from_project
+        from ..training.thread_priority import lower_priority
 
         lower_priority()
         try:

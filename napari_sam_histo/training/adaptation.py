@@ -9,7 +9,7 @@ clicks with the mask prompt fed back, the Normalized Focal Loss) on a copy of th
 base decoder is never changed).
 
 The never-worse gate: every ``hold_out_every``-th accepted object is held out of training (all its tiles); after steps
-the copy and the base decoder re-click the held-out examples with the benchmark's clicker (``reclick``), and the
+the copy and the base decoder re-click the held-out examples with the benchmark's clicker (``reclick.reclick``), and the
 copy is offered (``active_predictor``) only when at least ``MIN_HELD_OUT`` objects are held out and
 its mean NoC@85 on them is strictly lower. Until then the base decoder stays in use.
 
@@ -31,23 +31,15 @@ works over whichever decoder decodes the object. Deterministic under ``seed`` fo
 arriving between the same steps (the sequential benchmark; in the dock the user's pace decides
 that).
 
-The parts: this module holds the settings, what a UI shows (``AdaptationState``), the gate's
-measure (``reclick``) and what the others share; ``decoder_adapter.DecoderAdapter`` holds the copy,
+The parts: this module holds the settings, what a UI shows (``AdaptationState``) and what the
+others share (the gate's measure is ``training.reclick``); ``decoder_adapter.DecoderAdapter`` holds the copy,
 the examples, the steps and the gate, and no thread; ``adaptation_worker.AdaptationWorker`` runs it
 in the background; ``slide_adaptation.SlideAdaptation`` connects it to the annotator.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from typing import NamedTuple
-
-import numpy as np
-
-from ..evaluation.metrics import noc
-from .examples import AdaptationExample
-from .slide_refinement import click_example
 
 STEPS_PER_OBJECT = 16
 BATCH_SIZE = 4
@@ -55,8 +47,6 @@ LEARNING_RATE = 1e-4  # a fifth of the offline recipe's: a few examples, many st
 # a correction that starts at zero has to grow from nothing: its rate is set apart
 CORRECTION_LEARNING_RATE = 1e-3
 HOLD_OUT_EVERY = 3  # examples 3, 6, 9, ... (counting from 1) judge the copy, never train it
-GATE_IOU = 0.85
-GATE_MAX_CLICKS = 10
 MIN_HELD_OUT = 3  # two held-out objects were too few: on an EBHI-Seg case a copy that won on two
 # (2.0 vs 2.5 clicks) then needed 9 clicks where SAM needed 7 on the next object
 MAX_EXTRA_CLICKS = 3
@@ -107,39 +97,9 @@ def model_key(predictor) -> tuple:
             decoder.weights_sha256, decoder.source)
 
 
-class Reclick(NamedTuple):
-    """An example re-clicked by a predictor (``reclick``)."""
-
-    noc: int  # clicks to reach GATE_IOU (``evaluation.metrics.noc``: max_clicks when never reached)
-    mean_iou: float  # the IoU after each click, averaged
-
-
 @dataclass(frozen=True)
 class GateScores:
-    """The last judgement of the never-worse gate: mean NoC@``GATE_IOU`` on the held-out examples."""
+    """The last judgement of the never-worse gate: mean NoC@``reclick.GATE_IOU`` on the held-out examples."""
 
     base_noc: float  # of the base decoder
     adapted_noc: float  # of the adapted copy (with the slide prior)
-
-
-def reclick(predictor, example: AdaptationExample, max_clicks: int = GATE_MAX_CLICKS) -> Reclick:
-    """``predictor`` re-clicking ``example`` with the benchmark's clicker (clicks until
-    ``GATE_IOU`` is reached or ``max_clicks``)."""
-    ious, _ = click_example(predictor, example.embedding, example.target, max_clicks, GATE_IOU)
-    return Reclick(noc(ious, GATE_IOU, max_clicks), float(np.mean(ious)))
-
-
-def lower_priority(niceness: int = 19) -> bool:
-    """Give the calling thread the lowest CPU priority (Linux: threads have their own nice value,
-    and the OpenMP threads torch starts for this thread inherit it). A step that is under way when
-    a click comes then gets the CPU only when the click leaves it idle, so the click runs at full
-    speed instead of sharing the cores with it. False where the system does not allow it."""
-    import os
-
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
-        return True
-    except (AttributeError, OSError):  # not on Linux, or not permitted
-        return False
-

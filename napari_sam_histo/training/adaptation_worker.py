@@ -11,9 +11,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 
-from .adaptation import FIRST_SLICE_S, TURN_TIMEOUT_S, AdaptationState, lower_priority
+from .adaptation import FIRST_SLICE_S, TURN_TIMEOUT_S, AdaptationState
 from .decoder_adapter import DecoderAdapter
 from .examples import AdaptationExample
+from .thread_priority import lower_priority
 
 
 class AdaptationWorker:

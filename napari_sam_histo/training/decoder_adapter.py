@@ -28,14 +28,13 @@ from .adaptation import (
     STEPS_PER_OBJECT,
     AdaptationState,
     GateScores,
-    Reclick,
     model_key,
-    reclick,
 )
 from .adaptation_prior import PriorFitter
 from .click_simulation import simulated_click_loss
 from .examples import AdaptationExample
 from .prompted_forward import PromptedForward
+from .reclick import Reclick, reclick
 from .slide_refinement import SlideRefinement
 
 

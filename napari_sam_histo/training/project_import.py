@@ -3,11 +3,11 @@ label image (our OME-TIFF export, with its class table) for a slide becomes stor
 with annotated slides has training data without clicking.
 
 Each object gets one tile centred on it at the level it was accepted at (its ``downsample``
-property) or else the finest working level where it spans at most ``RESUMED_FILL`` of a tile (as
-``slide_adaptation.resumed_example`` picks it), its polygons drawn into the tile, the benchmark
+property) or else the finest working level where it spans at most ``examples.RESUMED_FILL`` of a tile (as
+``examples.centred_tile`` places it), its polygons drawn into the tile, the benchmark
 clicker's first click (its deepest pixel) and the tile's embedding (from the project's store when it
 is there, else through the predictor, then kept in the store). Objects larger than a tile there or
-with fewer than ``MIN_RESUMED_PIXELS`` pixels are skipped and counted.
+with fewer than ``examples.MIN_RESUMED_PIXELS`` pixels are skipped and counted.
 
 Everything is checked before anything is written, and bad input changes nothing: an unreadable or
 empty file, objects outside the slide's bounds, a GeoJSON whose objects name another slide (the
@@ -27,8 +27,8 @@ from ..annotations.objects import PROVENANCE_KEYS, AnnotatedObject, signature
 from ..engine.predictor import Predictor
 from ..engine.tiles import DEFAULT_TILE_SIZE
 from ..errors import InputError
+from .examples import centred_tile
 from .project_store import ProjectStore, SlideRef, TileExample
-from .slide_adaptation import centred_tile
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = (".tif", ".tiff")

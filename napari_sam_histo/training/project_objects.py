@@ -71,9 +71,9 @@ class StoredObject:
 
 def accepted_tiles(sessions, blended, edited: tuple | None = None) -> list[TileExample]:
     """An accepted object's ``TileExample``s from the annotator's state at Accept (as
-    ``slide_adaptation.tile_examples`` cuts them: the object's tiles at its finest level, the
+    ``examples.tile_examples`` cuts them: the object's tiles at its finest level, the
     accepted or hand-edited mask cut to each, the clicks there), each with its tile."""
-    from .slide_adaptation import tile_examples
+    from .examples import tile_examples
 
     sessions = list(sessions)
     if not sessions:

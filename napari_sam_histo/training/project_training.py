@@ -4,7 +4,7 @@ The project's objects (``training.project_store``) are split by slide (``project
 slides accepted last are held out; with one slide, its last-accepted objects), a tissue head
 (``training.tissue_training``) is trained on the rest from the stored embeddings (no encoder runs),
 and both zero-shot SAM and the new decoder re-click every held-out object with the benchmark's
-clicker (``adaptation.reclick``: NoC@85 within 10 clicks). The decoder file records what it was
+clicker (``reclick.reclick``: NoC@85 within 10 clicks). The decoder file records what it was
 trained on (classes, objects, slides, date) and those held-out figures, and says whether it is
 better than SAM there; one that is not is still written, labelled so, and never meant as a default.
 
@@ -29,9 +29,9 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from .adaptation import GATE_IOU, GATE_MAX_CLICKS, reclick
 from .project_split import split_by_slide
 from .project_store import ProjectStore
+from .reclick import GATE_IOU, GATE_MAX_CLICKS, reclick
 from .tissue_training import TissueRecipe, TrainingState, train_tissue_head
 
 BETTER = "better than zero-shot SAM on its held-out objects"

@@ -24,42 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..evaluation.clicker import next_click
-from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
+from ..evaluation.metrics import noc
 from ..models.slide_refiner import MIN_AGREEMENT, SlideRefiner, TileRefiner, colour_features, fit_slide_refiner, refiner_samples
 from .examples import AdaptationExample
+from .reclick import click_example
 
 SNAPSHOT_CLICKS = (2, 4, 7, 12, 20)  # SAM's logits after these clicks of a re-click teach the refiner
 MIN_JUDGED = 3  # objects the refiner must have been judged on before it is offered
-
-
-def click_example(predictor, embedding, target: np.ndarray, max_clicks: int, goal: float, refine=None,
-                  keep: tuple = (), stop: bool = True) -> tuple[list[float], list[torch.Tensor]]:
-    """Click one object on one tile with the benchmark's clicker, through the annotator's
-    ``ClickSession`` (``refine``: a ``TileRefiner``, shown by its click evidence): the IoU after each
-    click (stopping at ``goal`` when ``stop``) and SAM's own logits (CPU) after the clicks in ``keep``."""
-    from ..engine.session import ClickSession
-    from ..engine.tiles import TileBox
-
-    target = np.asarray(target, bool)
-    height, width = target.shape
-    session = ClickSession(predictor, TileBox(0, 0, 0, width, height), embedding, threshold=LOGIT_THRESHOLD,
-                           refine=refine)
-    prediction = np.zeros_like(target)
-    clicked = np.zeros_like(target)
-    ious, kept = [], []
-    for n in range(1, max_clicks + 1):
-        click = next_click(target, prediction, clicked)
-        if click is None:
-            break
-        clicked[click.row, click.col] = True
-        prediction = session.add_click(*click.xy, click.positive).mask
-        if n in keep:
-            kept.append(session.sam_logits.detach().float().cpu().clone())
-        ious.append(iou(prediction, target))
-        if stop and ious[-1] >= goal:
-            break
-    return ious or [iou(prediction, target)], kept
 
 
 @dataclass
