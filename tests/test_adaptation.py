@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam_histo.adaptation.decoder_adapter import DecoderAdapter
+from napari_sam_histo.adaptation.worker import AdaptationWorker
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
-from napari_sam_histo.training.adaptation_worker import AdaptationWorker
-from napari_sam_histo.training.decoder_adapter import DecoderAdapter
 from napari_sam_histo.training.examples import AdaptationExample
 
 
@@ -165,7 +165,7 @@ def test_the_gate_keeps_the_base_decoder_when_the_copy_is_worse(mobile_sam):
 
 
 def test_the_gate_takes_only_a_strictly_better_copy_on_enough_held_out_objects(tiny_model, monkeypatch):
-    from napari_sam_histo.training import decoder_adapter
+    from napari_sam_histo.adaptation import decoder_adapter
     from napari_sam_histo.training.reclick import Reclick
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")

@@ -112,9 +112,9 @@ def test_the_panel_says_what_it_does_within_a_second_of_an_accept(dock, qtbot):
 
 
 def test_the_panels_gate_sizes_are_the_adapters():
-    from napari_sam_histo.training import adaptation, slide_refinement
+    from napari_sam_histo.adaptation import settings, slide_refinement
 
-    assert adaptation_panel.MIN_HELD_OUT == adaptation.MIN_HELD_OUT
+    assert adaptation_panel.MIN_HELD_OUT == settings.MIN_HELD_OUT
     assert adaptation_panel.MIN_JUDGED == slide_refinement.MIN_JUDGED
 
 

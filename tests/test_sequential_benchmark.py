@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from napari_sam_histo.adaptation.sequential_benchmark import WARM_UP, group_samples, run_benchmark
 from napari_sam_histo.errors import InputError
-from napari_sam_histo.training.sequential_benchmark import WARM_UP, group_samples, run_benchmark
 
 from .case_dataset import write_case_dataset
 

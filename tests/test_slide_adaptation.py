@@ -1,4 +1,4 @@
-"""The annotator learning from accepted objects (training.slide_adaptation): examples cut from an
+"""The annotator learning from accepted objects (adaptation.slide_adaptation): examples cut from an
 accepted object's tiles, the next object decoding with what the adapter offers, Accept never
 waiting for a step, switch off and reset (tiny random SAM: mechanics)."""
 
@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+from napari_sam_histo.adaptation.slide_adaptation import SlideAdaptation
 from napari_sam_histo.engine.annotator import Annotator
 from napari_sam_histo.engine.blending import Blend
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
@@ -14,7 +15,6 @@ from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.slides.reader import from_array
 from napari_sam_histo.training.examples import tile_examples
-from napari_sam_histo.training.slide_adaptation import SlideAdaptation
 
 
 class _Session:

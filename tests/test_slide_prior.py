@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam_histo.adaptation.decoder_adapter import DecoderAdapter
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.errors import CheckpointError
 from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint, save_decoder_checkpoint
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint
 from napari_sam_histo.models.slide_prior import SlidePrior, SlidePriorDecoder, context_features, example_cells, fit_slide_prior
-from napari_sam_histo.training.decoder_adapter import DecoderAdapter
 from napari_sam_histo.training.examples import AdaptationExample
 
 
@@ -97,7 +97,7 @@ def _disc_examples(predictor, n, seed=0, size=128):
 
 
 def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatch):
-    from napari_sam_histo.training import decoder_adapter
+    from napari_sam_histo.adaptation import decoder_adapter
     from napari_sam_histo.training.reclick import Reclick
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
@@ -115,7 +115,7 @@ def test_the_adapter_judges_the_prior_alone_without_steps(tiny_model, monkeypatc
 
 def _gated_adapter(predictor, monkeypatch, passes=True, n=9):
     """An adapter whose gate (re-clicks mocked) has judged ``n`` examples: a third held out."""
-    from napari_sam_histo.training import decoder_adapter
+    from napari_sam_histo.adaptation import decoder_adapter
     from napari_sam_histo.training.reclick import Reclick
 
     adapter = DecoderAdapter(predictor, steps_per_object=1, lr=1e-3)

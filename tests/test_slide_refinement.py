@@ -1,4 +1,4 @@
-"""The slide refiner learning from accepted objects (training.slide_refinement): every object is
+"""The slide refiner learning from accepted objects (adaptation.slide_refinement): every object is
 judged by the refiner fitted before it, then teaches it; offered only once it has needed fewer
 clicks than the base decoder on ``MIN_JUDGED`` objects (tiny random SAM: its masks are poor, the
 objects' colour is plain, so a refiner can only win by reading the colour)."""
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam_histo.adaptation.slide_refinement import SlideRefinement
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.training.examples import AdaptationExample
 from napari_sam_histo.training.reclick import click_example
-from napari_sam_histo.training.slide_refinement import SlideRefinement
 
 
 def _object(seed, size=96):

@@ -1,4 +1,4 @@
-"""The Annotator dock's view of the decoder learning from this slide (``training.slide_adaptation``):
+"""The Annotator dock's view of the decoder learning from this slide (``adaptation.slide_adaptation``):
 a switch, what it has learned and whether the adapted copy is in use, Reset and Save.
 
 Thin on purpose: the adaptation runs on its own thread and reports its state through
@@ -12,15 +12,15 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-MIN_HELD_OUT = 3  # training.adaptation.MIN_HELD_OUT (not imported: that would import torch on the GUI thread)
-MIN_JUDGED = 3  # training.slide_refinement.MIN_JUDGED (the same)
+MIN_HELD_OUT = 3  # adaptation.settings.MIN_HELD_OUT (not imported: that would import torch on the GUI thread)
+MIN_JUDGED = 3  # adaptation.slide_refinement.MIN_JUDGED (the same)
 
 OFF_TEXT = "Off: every object is decoded by the decoder chosen above."
 
 
 def describe(state) -> str:
     """What the learning is doing and what it has learned, in words a pathologist can read
-    (``training.adaptation.AdaptationState``)."""
+    (``adaptation.settings.AdaptationState``)."""
     if not state.enabled:
         return OFF_TEXT
     objects = state.objects + state.queued

@@ -1,6 +1,6 @@
 """One annotating session built from a UI's settings: the slide opened (``open_slide``), the model
 loaded, its predictor with an embedding cache (on disk in the slide's store when asked), the
-annotator, and the slide's learning (``training.slide_adaptation``), which a Start on the same
+annotator, and the slide's learning (``adaptation.slide_adaptation``), which a Start on the same
 slide with the same model and decoder carries on (``carry_learning``).
 
 Everything here is slow (a model load, a slide open): a UI calls it on a worker thread. Importing
@@ -20,8 +20,8 @@ from ..engine.tiles import DEFAULT_TILE_SIZE
 from ..slides.source import ImageSource
 
 if TYPE_CHECKING:  # torch: imported when a session is built (on a worker thread), not with the UI
+    from ..adaptation.slide_adaptation import SlideAdaptation
     from ..engine.annotator import Annotator
-    from ..training.slide_adaptation import SlideAdaptation
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,11 @@ def build_annotator(config: AnnotatorConfig, source: ImageSource, learnt: SlideA
     ``learnt`` (the learning of the annotator it replaces) is reusable for the same slide, model and
     decoder: then it stays None and ``carry_learning`` hands ``learnt`` on once the old annotator
     is stopped. ``load_model(name, device)``: ``models.registry.load_model`` unless given."""
+    from ..adaptation.slide_adaptation import SlideAdaptation
     from ..cohort.store import is_precomputed
     from ..engine.annotator import Annotator
     from ..engine.embedding_cache import EmbeddingCache
     from ..engine.predictor import Predictor
-    from ..training.slide_adaptation import SlideAdaptation
 
     if load_model is None:
         from ..models.registry import load_model
@@ -131,7 +131,7 @@ def carry_learning(annotator: Annotator, previous: Annotator | None, enabled: bo
     what is handed on). Does nothing when ``annotator`` has its learning already."""
     if annotator.adaptation is not None:
         return
-    from ..training.slide_adaptation import SlideAdaptation
+    from ..adaptation.slide_adaptation import SlideAdaptation
 
     learnt = previous.adaptation if previous is not None else None
     if learnt is not None and learnt.reusable_for(annotator.predictor, annotator.source.identity):

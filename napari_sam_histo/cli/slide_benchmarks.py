@@ -44,8 +44,8 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
+    from ..adaptation.sequential_benchmark import format_table, run_benchmark
     from ..models.slide_refiner import MIN_AGREEMENT
-    from ..training.sequential_benchmark import format_table, run_benchmark
 
     if args.prior_weight is not None and not (0 <= args.prior_weight < float("inf")):
         print(f"--prior-weight {args.prior_weight} must be a finite number >= 0 (0: no slide prior).", file=sys.stderr)

@@ -101,7 +101,7 @@ class Annotator:
 
     @property
     def adaptation(self) -> SlideLearning | None:
-        """The slide's learning (set by a UI: ``training.slide_adaptation``), or None."""
+        """The slide's learning (set by a UI: ``adaptation.slide_adaptation``), or None."""
         return self.object.adaptation
 
     @adaptation.setter

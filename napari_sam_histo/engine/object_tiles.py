@@ -109,7 +109,7 @@ class ObjectTiles:
         self.work = work if work is not None else DirectWork(predictor, source)
         self.closed = False  # (the annotator stopped: nothing is kept any more)
         # what the current object's tiles decode with: ``predictor``, or the decoder adapted to this
-        # slide (``adaptation``, set by a UI: ``training.slide_adaptation``), chosen at the object's
+        # slide (``adaptation``, set by a UI: ``adaptation.slide_adaptation``), chosen at the object's
         # first click and kept for all its tiles
         self.adaptation: SlideLearning | None = None
         self.recorder: AcceptedObjects | None = None

@@ -13,7 +13,7 @@ from .tiles import TileBox
 
 
 class SlideLearning(Protocol):
-    """What the annotator needs of the slide's learning (``training.slide_adaptation``, set by a UI
+    """What the annotator needs of the slide's learning (``adaptation.slide_adaptation``, set by a UI
     as ``adaptation``)."""
 
     enabled: bool  # the slide is being learnt

@@ -7,7 +7,7 @@ among those deeper than half that maximum, so clicks land well inside errors but
 the same pixel (the evaluation clicker, ``evaluation.clicker``, always takes the deepest one).
 
 ``simulated_click_loss`` is the training step built on them, shared by the offline training loop
-(``training.trainer``) and the online adaptation (``training.decoder_adapter``).
+(``training.trainer``) and the online adaptation (``adaptation.decoder_adapter``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The annotator learning from the slide in front of the user: every accepted object becomes
-training examples for a background adapter (``decoder_adapter``, run by ``adaptation_worker``; the
-design: ``training.adaptation``), and every new object decodes with what the adapter offers (its
+training examples for a background adapter (``decoder_adapter``, run by ``worker``; the
+design: ``adaptation.settings``), and every new object decodes with what the adapter offers (its
 copy only once the never-worse gate passed). The annotator (``engine``, which imports nothing of
-training) holds one as ``annotator.adaptation`` and calls ``predictor()`` and ``refiner()`` at an
+the adaptation) holds one as ``annotator.adaptation`` and calls ``predictor()`` and ``refiner()`` at an
 object's first click and ``add_object`` on Accept.
 
 An example costs no encoder call: it is a tile the object was clicked on, with the embedding the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..engine.blending import Blend
 from ..models.slide_refiner import MIN_AGREEMENT
-from .examples import AdaptationExample, centred_tile, tile_examples
+from ..training.examples import AdaptationExample, centred_tile, tile_examples
 
 MAX_EXAMPLES = 32  # each keeps one tile embedding (4 MiB in float32): 128 MiB at most per slide
 
@@ -42,9 +42,9 @@ class SlideAdaptation:
                  steps_per_object: int | None = None, seed: int = 0,
                  on_change: Callable | None = None, slide: str | None = None,
                  min_agreement: float = MIN_AGREEMENT) -> None:
-        from .adaptation import STEPS_PER_OBJECT
-        from .adaptation_worker import AdaptationWorker
         from .decoder_adapter import DecoderAdapter
+        from .settings import STEPS_PER_OBJECT
+        from .worker import AdaptationWorker
 
         self.adapter = DecoderAdapter(predictor, steps_per_object or STEPS_PER_OBJECT, seed=seed,
                                       max_examples=MAX_EXAMPLES, min_agreement=min_agreement)
@@ -212,7 +212,7 @@ class SlideAdaptation:
         """Whether an annotator started on ``slide`` (its identity) with ``predictor`` can go on with
         what this one learned: the same slide, model (name, weights hash), device and decoder, and
         this adaptation still running."""
-        from .adaptation import model_key
+        from .settings import model_key
 
         return (self.slide is not None and slide == self.slide and not self.worker.stopped
                 and model_key(predictor) == model_key(self.adapter.base))

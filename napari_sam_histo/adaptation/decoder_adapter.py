@@ -1,7 +1,7 @@
 """The online adaptation's decoder adapter: a per-slide copy of the annotator's decoder, the
 accepted objects' examples (training and held out), the optimisation steps, the never-worse gate,
-the slide prior and refiner on top, and saving the copy (the design: ``training.adaptation``).
-It holds no thread: ``adaptation_worker.AdaptationWorker`` runs it in the background."""
+the slide prior and refiner on top, and saving the copy (the design: ``adaptation.settings``).
+It holds no thread: ``worker.AdaptationWorker`` runs it in the background."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ from ..models.decoders import DecoderChoice, SingleMaskDecoder
 from ..models.residual_decoder import ResidualMaskDecoder
 from ..models.slide_prior import CONTEXT, PRIOR_WEIGHT, SlidePrior, SlidePriorDecoder
 from ..models.slide_refiner import MIN_AGREEMENT
-from .adaptation import (
+from ..training.click_simulation import simulated_click_loss
+from ..training.examples import AdaptationExample
+from ..training.prompted_forward import PromptedForward
+from ..training.reclick import Reclick, reclick
+from .prior import PriorFitter
+from .settings import (
     BATCH_SIZE,
     CORRECTION_LEARNING_RATE,
     HOLD_OUT_EVERY,
@@ -30,11 +35,6 @@ from .adaptation import (
     GateScores,
     model_key,
 )
-from .adaptation_prior import PriorFitter
-from .click_simulation import simulated_click_loss
-from .examples import AdaptationExample
-from .prompted_forward import PromptedForward
-from .reclick import Reclick, reclick
 from .slide_refinement import SlideRefinement
 
 

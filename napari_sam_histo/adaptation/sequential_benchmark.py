@@ -3,7 +3,7 @@ in order, with and without the decoder adapting to the objects accepted so far.
 
 For each group of objects (a ``case_id`` of the manifest, or the whole folder as one slide) the
 objects are clicked in name order with RITM's clicker, as the patch benchmark clicks them. Object
-k is clicked with the predictor the adapter offers after objects 1..k-1 (``adaptation``:
+k is clicked with the predictor the adapter offers after objects 1..k-1 (``adaptation.settings``:
 the copy only when its never-worse gate passed, and the slide refiner only when its gate passed);
 after it the object is "accepted" and the
 adaptation owed for it runs to completion before object k+1, as it would while the user moves on.
@@ -83,9 +83,9 @@ def run_group(predictor, samples: list, adapt: bool, group: str = "", max_clicks
     (IoU; 0: always, a diagnostic). ``accepted``: one of ``ACCEPTED``."""
     from ..evaluation.runner import SamClickModel, run_sample
     from ..models.slide_prior import PRIOR_WEIGHT
-    from .adaptation import STEPS_PER_OBJECT
+    from ..training.examples import AdaptationExample
     from .decoder_adapter import DecoderAdapter
-    from .examples import AdaptationExample
+    from .settings import STEPS_PER_OBJECT
 
     steps = STEPS_PER_OBJECT if steps_per_object is None else steps_per_object
     weight = PRIOR_WEIGHT if prior_weight is None else prior_weight
@@ -193,7 +193,7 @@ def run_benchmark(dataset: str | Path, out_dir: str | Path, model="vit_t", decod
     from ..errors import InputError
     from ..models.registry import load_model
     from ..models.slide_prior import PRIOR_WEIGHT
-    from .adaptation import STEPS_PER_OBJECT
+    from .settings import STEPS_PER_OBJECT
 
     if accepted not in ACCEPTED:
         raise InputError(f"accepted {accepted!r}: choose one of {', '.join(ACCEPTED)}.")

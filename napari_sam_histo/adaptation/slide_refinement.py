@@ -26,8 +26,8 @@ import torch
 
 from ..evaluation.metrics import noc
 from ..models.slide_refiner import MIN_AGREEMENT, SlideRefiner, TileRefiner, colour_features, fit_slide_refiner, refiner_samples
-from .examples import AdaptationExample
-from .reclick import click_example
+from ..training.examples import AdaptationExample
+from ..training.reclick import click_example
 
 SNAPSHOT_CLICKS = (2, 4, 7, 12, 20)  # SAM's logits after these clicks of a re-click teach the refiner
 MIN_JUDGED = 3  # objects the refiner must have been judged on before it is offered

@@ -22,9 +22,9 @@ candidates and their ranking, and a few steps can only move it as far as the exa
 more clicks.) ``md`` checkpoints (single-mask) train their token 0, as they were trained; the
 modified decoder trains whole, the residual decoder its correction. On top of the copy a *slide
 prior* (``models.slide_prior``: a logistic read-out of the embedding, fitted on the training
-examples by ``adaptation_prior``, its logit added to the masks at weight ``prior_weight``) carries
+examples by ``prior.PriorFitter``, its logit added to the masks at weight ``prior_weight``) carries
 what the accepted objects look like to the next object; the gate judges copy and prior together.
-A *slide refiner* (``training.slide_refinement``: a pixel classifier over SAM's logit and the
+A *slide refiner* (``slide_refinement``: a pixel classifier over SAM's logit and the
 tile's colour, shown per object where its clicks favour it) learns from every accepted object with
 pixels, judged by a gate of its own (each object re-clicked with the refiner fitted before it); it
 works over whichever decoder decodes the object. Deterministic under ``seed`` for the same examples
@@ -32,9 +32,10 @@ arriving between the same steps (the sequential benchmark; in the dock the user'
 that).
 
 The parts: this module holds the settings, what a UI shows (``AdaptationState``) and what the
-others share (the gate's measure is ``training.reclick``); ``decoder_adapter.DecoderAdapter`` holds the copy,
-the examples, the steps and the gate, and no thread; ``adaptation_worker.AdaptationWorker`` runs it
-in the background; ``slide_adaptation.SlideAdaptation`` connects it to the annotator.
+others share (the gate's measure is ``training.reclick``); ``decoder_adapter.DecoderAdapter``
+holds the copy, the examples, the steps and the gate, and no thread; ``worker.AdaptationWorker``
+runs it in the background; ``slide_adaptation.SlideAdaptation`` connects it to the annotator;
+``sequential_benchmark`` measures it.
 """
 
 from __future__ import annotations

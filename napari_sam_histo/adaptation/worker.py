@@ -1,6 +1,6 @@
 """The online adaptation's background thread: it runs a ``DecoderAdapter``'s work (queued
 examples, earlier objects' examples, steps, the slide refiner, the gate) at the lowest CPU
-priority, yielding to every click (the design: ``training.adaptation``)."""
+priority, yielding to every click (the design: ``adaptation.settings``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 
-from .adaptation import FIRST_SLICE_S, TURN_TIMEOUT_S, AdaptationState
+from ..training.examples import AdaptationExample
+from ..training.thread_priority import lower_priority
 from .decoder_adapter import DecoderAdapter
-from .examples import AdaptationExample
-from .thread_priority import lower_priority
+from .settings import FIRST_SLICE_S, TURN_TIMEOUT_S, AdaptationState
 
 
 class AdaptationWorker:
