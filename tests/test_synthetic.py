@@ -1,5 +1,5 @@
-"""Synthetic training pairs (``training.synthetic``): blobs, composites, stain jitter, crops, the
-written dataset and its refusals. Tiny self-made images only."""
+"""Synthetic training pairs (``training.synthetic``, ``training.synthetic_images``): blobs,
+composites, stain jitter, crops, the written dataset and its refusals. Tiny self-made images only."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from scipy import ndimage
 from napari_sam_histo.errors import InputError
 from napari_sam_histo.evaluation.dataset import Sample, find_pairs, load_samples
 from napari_sam_histo.training import synthetic as sy
+from napari_sam_histo.training import synthetic_images as si
 
 
 def _tissue(shape, seed, colour=(200, 110, 170), grain=2.0):
@@ -47,7 +48,7 @@ def _dataset(root, count=3, shape=(96, 128)):
 @pytest.mark.parametrize("fraction", [0.01, 0.05, 0.3, 0.9])
 def test_blob_covers_the_asked_fraction_in_one_piece_without_holes(fraction):
     for seed in range(3):
-        blob = sy.smooth_blob((90, 150), np.random.default_rng(seed), fraction)
+        blob = si.smooth_blob((90, 150), np.random.default_rng(seed), fraction)
         assert blob.shape == (90, 150) and blob.dtype == bool
         assert abs(blob.mean() - fraction) <= 0.25 * fraction + 0.005
         assert ndimage.label(blob)[1] == 1
@@ -55,36 +56,36 @@ def test_blob_covers_the_asked_fraction_in_one_piece_without_holes(fraction):
 
 
 def test_blob_fraction_is_clipped_to_1_to_90_percent():
-    assert sy.smooth_blob((80, 80), np.random.default_rng(0), 1.0).mean() <= 0.93
-    assert sy.smooth_blob((80, 80), np.random.default_rng(0), 0.0).mean() >= 0.007
+    assert si.smooth_blob((80, 80), np.random.default_rng(0), 1.0).mean() <= 0.93
+    assert si.smooth_blob((80, 80), np.random.default_rng(0), 0.0).mean() >= 0.007
 
 
 def test_same_seed_same_output_other_seed_other_output():
     image = _tissue((60, 90), 0)
-    blob = [sy.smooth_blob((60, 90), np.random.default_rng(s), 0.3) for s in (4, 4, 5)]
+    blob = [si.smooth_blob((60, 90), np.random.default_rng(s), 0.3) for s in (4, 4, 5)]
     assert np.array_equal(blob[0], blob[1]) and not np.array_equal(blob[0], blob[2])
-    jitter = [sy.stain_jitter(image, np.random.default_rng(s), 1.0) for s in (4, 4, 5)]
+    jitter = [si.stain_jitter(image, np.random.default_rng(s), 1.0) for s in (4, 4, 5)]
     assert np.array_equal(jitter[0], jitter[1]) and not np.array_equal(jitter[0], jitter[2])
     back, fore = _tissue((60, 90), 1), _tissue((60, 90), 2, colour=(120, 60, 150))
-    composite = [sy.texture_composite(back, fore, np.random.default_rng(s)) for s in (4, 4)]
+    composite = [si.texture_composite(back, fore, np.random.default_rng(s)) for s in (4, 4)]
     assert np.array_equal(composite[0][0], composite[1][0]) and np.array_equal(composite[0][1], composite[1][1])
 
 
 def test_stain_jitter_changes_colours_within_bounds_and_zero_strength_is_identity():
     image = _tissue((40, 50), 3)
-    assert np.array_equal(sy.stain_jitter(image, np.random.default_rng(0), 0.0), image)
-    out = sy.stain_jitter(image, np.random.default_rng(0), 1.0)
+    assert np.array_equal(si.stain_jitter(image, np.random.default_rng(0), 0.0), image)
+    out = si.stain_jitter(image, np.random.default_rng(0), 1.0)
     assert out.dtype == np.uint8 and out.shape == image.shape
     change = np.abs(out.astype(int) - image).mean()
     assert 1 < change < 60
     white = np.full((10, 10, 3), 255, np.uint8)  # glass stays near-white
-    assert sy.stain_jitter(white, np.random.default_rng(1), 1.0).min() > 180
+    assert si.stain_jitter(white, np.random.default_rng(1), 1.0).min() > 180
 
 
 def test_composite_mask_is_where_the_foreground_shows_with_a_soft_border():
     back = np.full((80, 120, 3), 40, np.uint8)
     fore = np.full((80, 120, 3), 220, np.uint8)
-    image, mask = sy.texture_composite(back, fore, np.random.default_rng(0), fraction=0.3, feather=3, match=0)
+    image, mask = si.texture_composite(back, fore, np.random.default_rng(0), fraction=0.3, feather=3, match=0)
     assert 0.2 < mask.mean() < 0.4 and ndimage.label(mask)[1] == 1
     grey = image.mean(axis=2)
     assert np.all(grey[mask] >= 130) and np.all(grey[~mask] <= 130)
@@ -97,8 +98,8 @@ def test_composite_mask_is_where_the_foreground_shows_with_a_soft_border():
 def test_composite_match_pulls_the_foreground_colour_towards_the_background():
     back = _tissue((60, 90), 1, colour=(200, 120, 170))
     fore = _tissue((60, 90), 2, colour=(120, 60, 150))
-    plain, mask = sy.texture_composite(back, fore, np.random.default_rng(0), fraction=0.4, match=0)
-    matched, mask2 = sy.texture_composite(back, fore, np.random.default_rng(0), fraction=0.4, match=1)
+    plain, mask = si.texture_composite(back, fore, np.random.default_rng(0), fraction=0.4, match=0)
+    matched, mask2 = si.texture_composite(back, fore, np.random.default_rng(0), fraction=0.4, match=1)
     assert np.array_equal(mask, mask2)
     gap = lambda im: np.abs(im[mask].mean(0) - im[~mask].mean(0)).sum()  # noqa: E731
     assert gap(matched) < 0.3 * gap(plain)
@@ -106,7 +107,7 @@ def test_composite_match_pulls_the_foreground_colour_towards_the_background():
 
 def test_composite_refuses_images_of_two_sizes():
     with pytest.raises(InputError, match="one size"):
-        sy.texture_composite(_tissue((20, 30), 0), _tissue((20, 31), 1), np.random.default_rng(0))
+        si.texture_composite(_tissue((20, 30), 0), _tissue((20, 31), 1), np.random.default_rng(0))
 
 
 def test_crops_are_non_square_with_object_fraction_in_bounds():
@@ -115,7 +116,7 @@ def test_crops_are_non_square_with_object_fraction_in_bounds():
     mask = ((yy - 100) ** 2 + (xx - 150) ** 2 < 40 ** 2) | ((yy - 30) ** 2 + (xx - 40) ** 2 < 15 ** 2)
     rng = np.random.default_rng(0)
     for _ in range(15):
-        crop = sy.random_crop(image, mask, rng, 64, 180, min_fraction=0.05, max_fraction=0.6)
+        crop = si.random_crop(image, mask, rng, 64, 180, min_fraction=0.05, max_fraction=0.6)
         assert crop is not None
         pixels, sub = crop
         assert pixels.shape[:2] == sub.shape and pixels.shape[0] != pixels.shape[1]
@@ -128,26 +129,26 @@ def test_crop_component_keeps_only_the_object_under_the_point():
     mask = np.zeros((100, 160), bool)
     mask[20:50, 20:60] = True
     mask[60:90, 100:140] = True
-    crop = sy.random_crop(image, mask, np.random.default_rng(0), 160, 160, max_fraction=0.9,
+    crop = si.random_crop(image, mask, np.random.default_rng(0), 160, 160, max_fraction=0.9,
                           component=True, point=(35, 40), max_aspect=1.6)
     assert crop is not None
     _, sub = crop
     assert sub[35, 40] and ndimage.label(sub)[1] == 1
     assert sub.sum() == 30 * 40  # the other square is background now
-    whole = sy.random_crop(image, mask, np.random.default_rng(0), 160, 160, max_aspect=1.6)
+    whole = si.random_crop(image, mask, np.random.default_rng(0), 160, 160, max_aspect=1.6)
     assert ndimage.label(whole[1])[1] == 2
 
 
 def test_crop_returns_none_when_no_crop_fits():
     image = _tissue((60, 80), 0)
-    assert sy.random_crop(image, np.zeros((60, 80), bool), np.random.default_rng(0), 30, 60) is None
-    assert sy.random_crop(image, np.ones((60, 80), bool), np.random.default_rng(0), 30, 60,
+    assert si.random_crop(image, np.zeros((60, 80), bool), np.random.default_rng(0), 30, 60) is None
+    assert si.random_crop(image, np.ones((60, 80), bool), np.random.default_rng(0), 30, 60,
                           max_fraction=0.5) is None
 
 
 def test_tissue_fraction_tells_tissue_from_glass():
-    assert sy.tissue_fraction(_tissue((30, 30), 0)) > 0.9
-    assert sy.tissue_fraction(np.full((30, 30, 3), 245, np.uint8)) < 0.05
+    assert si.tissue_fraction(_tissue((30, 30), 0)) > 0.9
+    assert si.tissue_fraction(np.full((30, 30, 3), 245, np.uint8)) < 0.05
 
 
 def test_dataset_is_written_deterministically_and_read_by_find_pairs(tmp_path):
