@@ -6,6 +6,7 @@ A project is a folder (the slides' folder, or one the user picks); its store is 
 
     project.json          the manifest: {"format": "napari-sam-histo-project", "version": 1, ...}
     objects/<entry>.json  one accepted object: class, slide, provenance, its tiles (box, embedding key, clicks)
+                          (``project_records``)
     objects/<entry>.<n>.npz  its masks, one per tile at the tile's resolution (compressed; named by its .json)
     embeddings/           the tiles' embeddings (``EmbeddingCache`` store, float16), keyed as the annotator keys them
 
@@ -36,7 +37,6 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,12 +46,11 @@ from ..atomic import atomic_path, write_text
 from ..engine.embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
 from ..engine.predictor import Predictor
 from ..errors import InputError
-from ..slides.boxes import TileBox
 from .examples import AdaptationExample
-from .project_objects import SlideRef, StoredObject, StoredTile, TileExample
+from .project_objects import SlideRef, StoredObject, TileExample
+from .project_records import VERSION, object_record, read_object_record
 
 FORMAT = "napari-sam-histo-project"
-VERSION = 1  # of the manifest and of every object's .json; a store of a newer version is refused
 FOLDER = ".sam-histo-project"
 MANIFEST = "project.json"
 OBJECTS = "objects"
@@ -70,16 +69,6 @@ def _now() -> str:
 
 def _entry_name(slide_identity: str, object_id: str) -> str:
     return hashlib.sha256(f"{slide_identity}|{object_id}".encode()).hexdigest()[:24]
-
-
-def _box_json(box: TileBox) -> dict:
-    return {"level": box.level, "x": box.x, "y": box.y, "width": box.width, "height": box.height,
-            "downsample": box.downsample, "virtual": box.virtual, "level0_box": list(box.level0_box)}
-
-
-def _box_from(data: dict) -> TileBox:
-    return TileBox(int(data["level"]), int(data["x"]), int(data["y"]), int(data["width"]), int(data["height"]),
-                   float(data["downsample"]), bool(data.get("virtual", False)))
 
 
 class ProjectStore:
@@ -166,33 +155,12 @@ class ProjectStore:
                 if path.name.startswith("."):
                     continue  # a record being written (or left by a killed writer): not an object
                 try:
-                    found[path.stem] = self._read_object(path)
+                    found[path.stem] = read_object_record(path)
                 except InputError as err:
                     problems.append(str(err))
         with self._lock:
             self._objects, self.problems = found, problems
         self._remove_orphans(ORPHAN_AGE_S)
-
-    def _read_object(self, path: Path) -> StoredObject:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            version = int(data.get("version", 0))
-            if version > VERSION:
-                raise InputError(f"{path} was written by a newer napari-sam-histo (object format version {version}; "
-                                 f"this one reads up to {VERSION}); it is left out.")
-            slide = SlideRef(**data["slide"])
-            tiles = tuple(StoredTile(_box_from(t["box"]), EmbeddingKey(**t["embedding_key"]),
-                                     tuple((float(x), float(y), bool(p)) for x, y, p in t["clicks"]))
-                          for t in data["tiles"])
-            return StoredObject(path.stem, str(data["object_id"]), str(data["class"]), slide, str(data["accepted_at"]),
-                                str(data["origin"]), str(data["model"]), str(data["weights_hash"]),
-                                dict(data.get("decoder") or {}), tiles, str(data["masks"]),
-                                tuple(data.get("signature") or ()))
-        except InputError:
-            raise
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise InputError(f"{path}: not a readable project object ({type(err).__name__}: {err}); "
-                             "it is left out.") from err
 
     def objects(self, slides=None, classes=None) -> list[StoredObject]:
         """The objects, oldest accepted first; ``slides`` (names or identities) and ``classes``
@@ -348,15 +316,8 @@ class ProjectStore:
     def _commit(self, entry, object_id, class_name, slide, tiles, keys, predictor, origin, decoder,
                 signature) -> StoredObject:
         """The object's masks, then its record (the commit), its embeddings being stored already."""
-        record = {
-            "version": VERSION, "object_id": str(object_id), "class": str(class_name), "origin": origin,
-            "accepted_at": self._accepted_at(), "slide": asdict(slide),
-            "model": predictor.model.name, "weights_hash": predictor.model.weights_hash,
-            "decoder": dict(decoder or {}), "signature": [_plain(v) for v in signature],
-            "tiles": [{"box": _box_json(t.box), "embedding_key": asdict(key),
-                       "clicks": [[float(x), float(y), bool(p)] for x, y, p in t.clicks],
-                       "mask_shape": list(np.shape(t.target))} for t, key in zip(tiles, keys)],
-        }
+        record = object_record(object_id, class_name, origin, self._accepted_at(), slide, predictor, decoder,
+                               signature, tiles, keys)
         masks_name = f"{entry}.{uuid.uuid4().hex[:8]}.npz"  # a new name each time: a replaced object's
         record["masks"] = masks_name  # old masks stay whole until the record naming the new ones is in place
         masks_path, json_path = self.objects_dir / masks_name, self.objects_dir / f"{entry}.json"
@@ -367,7 +328,7 @@ class ProjectStore:
         except BaseException:
             masks_path.unlink(missing_ok=True)
             raise
-        stored = self._read_object(json_path)
+        stored = read_object_record(json_path)
         with self._lock:
             replaced = self._objects.get(entry)
             self._objects[entry] = stored
@@ -438,10 +399,6 @@ class ProjectStore:
 def _write_record(path: Path, record: dict) -> None:
     """An object's .json (the commit of the object; atomic)."""
     write_text(path, json.dumps(record, indent=1))
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _remove_folder(path: Path) -> None:
