@@ -28,7 +28,8 @@ from ..engine.predictor import Predictor
 from ..engine.tiles import DEFAULT_TILE_SIZE
 from ..errors import InputError
 from .examples import centred_tile
-from .project_store import ProjectStore, SlideRef, TileExample
+from .project_objects import SlideRef, TileExample
+from .project_store import ProjectStore
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 LABEL_SUFFIXES = (".tif", ".tiff")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .project_store import StoredObject
+from .project_objects import StoredObject
 
 
 @dataclass(frozen=True)
