@@ -10,7 +10,8 @@ from napari_sam_histo.errors import CheckpointError, InputError
 from napari_sam_histo.models.registry import random_model
 from napari_sam_histo.training.click_simulation import error_click, first_click
 from napari_sam_histo.training.nfl_loss import normalized_focal_loss
-from napari_sam_histo.training.trainer import TrainConfig, Trainer, lr_for_epoch
+from napari_sam_histo.training.train_config import TrainConfig, lr_for_epoch
+from napari_sam_histo.training.trainer import Trainer
 
 from .test_benchmark import _disk, write_pair
 

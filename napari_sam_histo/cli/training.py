@@ -75,7 +75,8 @@ def _cmd_train_from_project(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..training.trainer import TrainConfig, train
+    from ..training.train_config import TrainConfig
+    from ..training.trainer import train
 
     if args.from_project is not None:
         return _cmd_train_from_project(args)

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,49 +28,12 @@ from ..errors import CheckpointError, InputError
 from ..evaluation.metrics import summarize
 from .click_simulation import simulated_click_loss
 from .data import TrainingPatch, load_patches, split_by_group, write_manifest
-from .nfl_loss import DEFAULT_ALPHA, DEFAULT_GAMMA
 from .prompted_forward import ImageGeometry, PromptedForward
 from .scenarios import get_scenario, prepare_modules
+from .train_config import TrainConfig, lr_for_epoch
 
 STATE_FORMAT = "napari-sam-histo-training-state"
 STATE_FILE = "training-state.pt"
-
-
-@dataclass
-class TrainConfig:
-    datasets: list[str]  # split into train/val by group (unless ``val`` is given)
-    out_dir: str
-    scenario: str = "modified"
-    model: str = "vit_t"
-    extra_train: list[str] = field(default_factory=list)  # training only, never validated
-    components: list[str] = field(default_factory=list)  # training only, one object per connected region
-    val: list[str] = field(default_factory=list)  # explicit validation datasets (no split)
-    stride: int = 1  # every stride-th pair of each dataset (a spread-out subset)
-    min_object_px: int = 64  # smaller connected regions of ``components`` datasets are left out
-    embedding_store: str | None = None  # on-disk float16 embedding cache shared with later runs
-    validate_start: bool = False  # validate the untrained weights first (epoch 0; residual = SAM)
-    val_fraction: float = 0.2
-    hold_out: float = 0.0  # this fraction of the datasets' groups is kept out of training and
-    # validation altogether (holdout_manifest.csv: cases to test on that the decoder never saw)
-    group_by: str | None = "case_id"  # manifest column that keeps one slide's patches together
-    epochs: int = 30
-    lr: float = 5e-4
-    lr_milestones: tuple[int, ...] = (20, 25)  # epochs at which lr is multiplied by lr_gamma
-    lr_gamma: float = 0.1
-    batch_size: int = 8
-    max_extra_clicks: int = 3
-    mask_prompt_prob: float = 0.8
-    nfl_alpha: float = DEFAULT_ALPHA
-    nfl_gamma: float = DEFAULT_GAMMA
-    val_iou: float = 0.85
-    val_max_clicks: int = 20
-    val_limit: int | None = None  # validate on the first N validation patches each epoch
-    limit: int | None = None  # use only the first N pairs of each dataset (quick runs)
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA; "off"
-    allow_cpu: bool = False  # let encoder-training scenarios run on a CPU (tests, tiny models)
-    resume: bool = False
 
 
 @dataclass
@@ -89,11 +52,6 @@ def runtime_info(device: torch.device, precision: str) -> dict:
 
     return {"device": device.type, "device_name": device_name(device), "precision": precision,
             **{key: str(value) for key, value in versions().items()}, "threads": torch.get_num_threads()}
-
-
-def lr_for_epoch(config: TrainConfig, epoch: int) -> float:
-    """The paper's step schedule (epochs 0-based: x0.1 from epoch 20 and again from 25)."""
-    return config.lr * config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones)
 
 
 class Trainer:
