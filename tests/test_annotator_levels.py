@@ -72,7 +72,7 @@ def test_continuation_grows_the_object_into_the_tile_beyond_a_cut_border_and_und
                                                                                             monkeypatch):
     import numpy as np
 
-    from napari_sam_histo.engine import annotator as annotator_module
+    from napari_sam_histo.engine import continuation
     from napari_sam_histo.slides.reader import from_array
 
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
@@ -97,7 +97,7 @@ def test_continuation_grows_the_object_into_the_tile_beyond_a_cut_border_and_und
         assert len(annotator.redo().boxes) == 2
     finally:
         annotator.close(wait=True)
-    assert annotator_module.MAX_CONTINUATION_TILES == 8
+    assert continuation.MAX_CONTINUATION_TILES == 8
 
 
 def _growing(tiny_model, cuts):

@@ -6,15 +6,8 @@ keeps them in its Shapes layer); the slide source is the caller's too: ``close``
 and leaves the source open for reuse.
 
 Continuation (``continue_object``; in the background after each click when ``continuation=True``,
-as the dock runs it): where the object reaches a border of its tiles that is not the slide's, the
-neighbouring tile (centred on that point, at the last click's level) is computed and decoded from
-the object's clicks inside it, a positive point where the object was cut, and the object's logits
-over the overlap as mask prompt (unknown beyond it), so the object grows past the border without a
-click there. It grows only where the cut lies inside ``view`` (the box the user looks at, set by a
-UI): never past a border the user has not seen; an object whose first mask floods its tile does not
-grow. At most ``MAX_CONTINUATION_TILES`` grown tiles per object; a new click, Clear or Accept stops
-it; the tiles it adds belong to the click that caused them (undo removes them with it), and the next
-click empties them (in its own undo step) so that the object grows again from its corrected shape.
+as the dock runs it): the object grows past the borders of its tiles inside the view without a click
+there (``continuation``).
 
 Threads: clicks and the other actions run in order on one worker thread (a click made while its
 tile's embedding is computing waits for it, later clicks wait their turn), so a UI never blocks.
@@ -35,6 +28,7 @@ from contextlib import contextmanager
 from ..annotations.cleaning import DEFAULT_TOLERANCE
 from ..annotations.geometry import Polygon
 from ..slides.source import ImageSource
+from .continuation import Continuation
 from .object_state import AnnotatorState, ObjectSnapshot, Undoable
 from .object_tiles import ObjectTiles
 from .predictor import Predictor
@@ -43,8 +37,6 @@ from .tile_choice import REUSE_MARGIN
 from .tile_colours import COLOUR_PREFETCH
 from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
 from .working_levels import WorkingLevel
-
-MAX_CONTINUATION_TILES = 8  # tiles one object may grow into by itself
 
 
 class Annotator:
@@ -61,8 +53,6 @@ class Annotator:
         self._lock = self.object.lock
         self.prefetch_radius = int(prefetch_radius)
         self.continuation = bool(continuation)
-        self._continuation_generation = 0  # a newer request (after a newer click) stops an older one
-        self._continuation_futures: list[Future] = []
         # Called as listener(event, box, purpose) with event "started"/"finished" and purpose
         # "click"/"prefetch", from worker threads, when an embedding is really being computed.
         self.listeners: list[Callable[[str, TileBox, str], None]] = []
@@ -76,7 +66,8 @@ class Annotator:
         self._closed = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-clicks")
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-prefetch")
-        self._continuer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-histo-continuation")
+        self._continuation = Continuation(self.object, self._embedding, self._notify, self._idle,
+                                          self._queued_actions, lambda: self._closed)
 
     # -- the object (``ObjectTiles``), with background work around it ----------------------------
     def click(self, x0: float, y0: float, positive: bool = True, downsample: float | None = None) -> AnnotatorState:
@@ -84,7 +75,7 @@ class Annotator:
         object's continuation in the background when ``continuation`` is on."""
         state = self.object.click(x0, y0, positive, downsample)
         if self.continuation:
-            self._schedule_continuation()
+            self._continuation.schedule()
         return state
 
     # What the object is and does (``ObjectTiles``), read and changed from any thread; a UI queues
@@ -186,75 +177,23 @@ class Annotator:
     def tile_colour(self, box: TileBox):
         return self.object.tile_colour(box)
 
-    # -- continuation ----------------------------------------------------------------------------
-    def _superseded(self, generation: int | None) -> bool:
-        return generation is not None and generation != self._continuation_generation
-
+    # -- continuation (``continuation``) --------------------------------------------------------
     def continue_object(self, generation: int | None = None) -> list[TileBox]:
-        """Grow the object into the tiles beyond its cut borders (see the module), one at a time,
-        until none is left, the budget is spent, or the object changes (a click, undo, Clear,
-        Accept, or a newer ``generation`` of background continuation); returns the tiles added."""
-        added = []
-        while True:
-            with self._lock:
-                if self._closed or self.grown >= MAX_CONTINUATION_TILES or self._superseded(generation):
-                    return added
-                found = self.object.growth_tile()
-                if found is None:
-                    return added
-                revision = self.object.revision
-            px, py, box = found
-            embedding = self._embedding(box, "continuation")  # outside the lock: seconds
-            with self._lock:
-                if self.object.revision != revision or self._closed or self._queued_actions():
-                    return added  # the object changed (or a click is queued) meanwhile: the next click asks again
-                if self._superseded(generation):
-                    return added
-                self.object.grow(px, py, box, embedding)
-                added.append(box)
-            self._notify("extended", box, "continuation")
-
-    def _schedule_continuation(self) -> None:
-        """``continue_object`` on its own thread (prefetching must not delay it), after the queued
-        clicks; a newer click's request supersedes it."""
-        with self._lock:
-            if self._closed:
-                return
-            self.stop_continuation()  # the previous request gives way
-            generation = self._continuation_generation
-
-            def run():
-                while not self._idle.wait(0.05):  # clicks first
-                    if self._superseded(generation) or self._closed:
-                        return []
-                return self.continue_object(generation)
-
-            self._continuation_futures = [self._continuer.submit(run)]
+        """``Continuation.grow``: the tiles the object grew into."""
+        return self._continuation.grow(generation)
 
     @property
     def continuing(self) -> bool:
         """Whether the object is still growing by itself in the background."""
-        with self._lock:
-            return any(not future.done() for future in self._continuation_futures)
+        return self._continuation.running
 
     def stop_continuation(self) -> None:
         """Stop the background continuation before its next tile (a UI's switch)."""
-        with self._lock:
-            self._continuation_generation += 1
-            for future in self._continuation_futures:
-                future.cancel()
+        self._continuation.stop()
 
     def wait_continuation(self, timeout: float | None = None) -> None:
         """Until the background continuation requested so far is done (tests, the benchmark)."""
-        with self._lock:
-            futures = list(self._continuation_futures)
-        from concurrent.futures import CancelledError
-
-        for future in futures:
-            try:
-                future.result(timeout)
-            except CancelledError:
-                pass
+        self._continuation.wait(timeout)
 
     # -- background work -----------------------------------------------------------------------
     def _embedding(self, box: TileBox, purpose: str):
@@ -289,7 +228,7 @@ class Annotator:
         with self._count_lock:  # (not self._lock: a UI thread must never wait for a running decode)
             self._queued += 1
             self._idle.clear()
-            self._continuation_generation += 1  # a queued click or action stops continuation now
+            self._continuation.supersede()  # a queued click or action stops continuation now
 
         def run():
             try:
@@ -405,12 +344,12 @@ class Annotator:
             self._closed = True
             self.object.closed = True
             self._generation += 1
-            self._continuation_generation += 1
-            for future in self._prefetch_futures + self._continuation_futures:
+            for future in self._prefetch_futures:
                 future.cancel()
+            self._continuation.stop()
         self._worker.shutdown(wait=wait, cancel_futures=True)
         self._prefetcher.shutdown(wait=wait, cancel_futures=True)
-        self._continuer.shutdown(wait=wait, cancel_futures=True)
+        self._continuation.shutdown(wait=wait)
         if self.adaptation is not None:
             self.adaptation.close(wait=wait)
         self.object.closed = True  # (``tile_colour`` keeps nothing once closed)
@@ -432,4 +371,4 @@ class _Work:
         return key in self.annotator._fetching
 
     def changed(self) -> None:
-        self.annotator._continuation_generation += 1  # a continuation of the object before must not land
+        self.annotator._continuation.supersede()  # a continuation of the object before must not land
