@@ -21,6 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 CLICK_SLOP = 4  # screen pixels a press may move and still be a click, not a drag
+# the dock's help line
+BINDINGS = ("Left click: positive point · right click or Alt+click: negative · Enter: accept · Escape: cancel "
+            "the object · Ctrl-Z / Ctrl-Shift-Z: undo / redo (clicks act while the active layer is in pan/zoom "
+            "mode) · paint on 'SAM current object' to correct by hand")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The "Annotator" dock: click on a slide, refine, correct by hand, accept, export. It lays out
-its parts, forwards to them and draws the annotator's state; the session itself is built outside Qt
-(``assembly.annotating``) on a worker thread, and every part is a module of this package (see
-``__init__``; the mouse and keys: ``canvas_input``).
+its parts and forwards to them (the annotator's state is drawn by ``clicking``); the session itself
+is built outside Qt (``assembly.annotating``) on a worker thread, and every part is a module of this
+package (see ``__init__``; the mouse and keys: ``canvas_input``).
 
 Manual correction: *SAM current object* is an ordinary Labels layer; painting or erasing on it
 (napari's brush and eraser) changes the object, and Accept takes the painted mask. A click after
@@ -16,7 +16,6 @@ from __future__ import annotations
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
-from ...annotations.cleaning import min_area_px
 from ...errors import SamHistoError
 from ..adaptation_panel import AdaptationPanel
 from ..annotator_settings import AnnotatorSettings, warm_up
@@ -24,22 +23,20 @@ from ..gui_threads import GuiThreads
 from ..object_list import ObjectList
 from ..project_panel import ProjectPanel
 from .accepted import AcceptedObjects
-from .canvas_input import CanvasInput
+from .canvas_input import BINDINGS, CanvasInput
 from .classes import ClassPicker
 from .click_queue import ClickQueue
+from .clicking import Clicking
 from .edits import Edits
-from .history import ClickStep, History
+from .history import History
 from .progress import EmbeddingProgress, Prefetch
-from .resume import LiveSettings, Resume
+from .resume import Resume
 from .session import Session
 from .transfer import Transfer
 from .view import View, tile_text
 from .working_layers import WorkingLayers
 
 WARM_UP_DELAY_MS = 300
-BINDINGS = ("Left click: positive point · right click or Alt+click: negative · Enter: accept · Escape: cancel "
-            "the object · Ctrl-Z / Ctrl-Shift-Z: undo / redo (clicks act while the active layer is in pan/zoom "
-            "mode) · paint on 'SAM current object' to correct by hand")
 
 
 class AnnotatorDock(QWidget):
@@ -49,6 +46,7 @@ class AnnotatorDock(QWidget):
         self.threads = GuiThreads(self)
         self.session = Session(self)  # (the parts below ask it for the annotator and the slide)
         self.edits = Edits(self)
+        self.clicking = Clicking(self)
         self.history = History()
         self.view = View(napari_viewer)
         self.layers = WorkingLayers(napari_viewer)
@@ -56,7 +54,8 @@ class AnnotatorDock(QWidget):
         self.queue = ClickQueue(self.threads, lambda: self.annotator, lambda: self.prefetch.stop())
         self.prefetch = Prefetch(self, self._start_prefetch)
         self.progress = EmbeddingProgress(self.threads, lambda: self.annotator, self.say,
-                                          lambda box: tile_text(self.annotator, self.source, box), self._grown)
+                                          lambda box: tile_text(self.annotator, self.source, box),
+                                          self.clicking.grown)
         self._build()
         self.accepted = AcceptedObjects(self.threads, self.history, self.object_list,
                                         lambda: self.source.mpp if self.source is not None else None,
@@ -216,19 +215,7 @@ class AnnotatorDock(QWidget):
 
     def add_click(self, x0: float, y0: float, positive: bool = True) -> None:
         """A click at level-0 pixel (x0, y0); the mask is drawn when the decoder has run."""
-        if not self.ready():
-            return
-        try:
-            self.annotator.check_click(x0, y0)
-        except SamHistoError as err:
-            self.show_error(err)
-            return
-        self.layers.add_click(x0, y0, positive)  # drawn at once; the mask follows when the decoder has run
-        self.history.record(ClickStep())
-        self.view_moved()
-        level = self.view_level()
-        self.queue.submit(lambda a: a.submit_click(x0, y0, positive, level.downsample), self.show_state, self._failed)
-        self.say("Clicked…" if self.pending == 1 else f"{self.pending} clicks queued…")
+        self.clicking.add_click(x0, y0, positive)
 
     def undo(self) -> None:
         """Undo the last click, Accept, Clear or deletion, whichever came last."""
@@ -243,49 +230,7 @@ class AnnotatorDock(QWidget):
 
     def accept(self) -> None:
         """Accept the object being clicked (or its hand-corrected mask) as the current class."""
-        if not self.ready():
-            return
-        name = self.class_picker.name
-        self.class_picker.color(name)  # a class typed in is added to the list with a colour
-        min_area = min_area_px(self.min_area_spin.value(), self.source.mpp)
-        tolerance, edited, view = self.simplify_spin.value(), self.layers.edited_mask(), self.view_box()
-        self.queue.submit(lambda a: a.submit_accept_undoable(name, min_area, tolerance, edited, view),
-                          self.edits.accepted, self._failed)
-
-    def _failed(self, err) -> None:
-        """An action failed: said, and what the annotator holds now is drawn (it changed nothing)."""
-        self.show_error(err)
-        self.show_state(self.annotator.state(), said=True)
-
-    def show_state(self, state, said: bool = False) -> None:
-        """Draw an ``AnnotatorState`` (after an action, or grown by itself past a tile border);
-        ``said``: the status already says what happened."""
-        if self.annotator is None:
-            return
-        self.layers.draw(state, self.image_layer.scale)
-        if self.pending:
-            return
-        self.resume.object_changed(state, self._live_settings())
-        if state.clicks and not said:
-            clicks, n = len(state.clicks), len(state.boxes)
-            levels = sorted({b.downsample for b in state.boxes}, reverse=True)
-            where = " and ".join(self.session.level_text(d) for d in levels)  # coarse to fine
-            self.say(f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
-                     + (f" at {where}" if where else "")
-                     + (", border refined as on this slide's accepted objects" if state.refined else "")
-                     + f". Enter accepts as {self.class_picker.name}, Escape cancels.")
-        self.schedule_prefetch()
-
-    def _live_settings(self) -> LiveSettings:
-        """How the object being clicked is kept on disk now."""
-        name = self.class_picker.name
-        return LiveSettings(name, self.classes.get(name, (200, 0, 0)), min_area_px(self.min_area_spin.value(),
-                                                                                   self.source.mpp),
-                            self.simplify_spin.value(), self.source.mpp)
-
-    def _grown(self, annotator) -> None:
-        """The object grew into a tile by itself: draw it (unless clicks are queued)."""
-        self.threads.run(annotator.state, lambda state: self.edits.show_grown(annotator, state), lambda err: None)
+        self.clicking.accept()
 
     def _set_growing(self, on: bool) -> None:
         """Continuation past tile borders on or off for the running annotator (off stops it before
@@ -294,10 +239,6 @@ class AnnotatorDock(QWidget):
             self.annotator.continuation = bool(on)
             if not on:
                 self.annotator.stop_continuation()
-
-    def _on_paint(self, event=None) -> None:
-        if self.layers.drawn is not None:
-            self.say("Corrected by hand: Enter accepts the painted object; a new click starts again from SAM's mask.")
 
     # -- the view -------------------------------------------------------------------------------
     def view_box(self) -> tuple[float, float, float, float]:

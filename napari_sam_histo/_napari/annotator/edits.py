@@ -34,7 +34,8 @@ class Edits:
         """Undo (or redo) one step."""
         dock = self.dock
         if isinstance(step, ClickStep):
-            dock.queue.submit(lambda a: a.submit_undo() if undo else a.submit_redo(), dock.show_state, dock._failed)
+            dock.queue.submit(lambda a: a.submit_undo() if undo else a.submit_redo(), dock.clicking.show_state,
+                              dock.clicking.failed)
         elif isinstance(step, (AcceptStep, ClearStep)):
             what = "Accept" if isinstance(step, AcceptStep) else "Clear"
             if isinstance(step, AcceptStep) and step.obj is not None:
@@ -46,11 +47,11 @@ class Edits:
                 dock.accepted.changed()
 
             def done(state) -> None:
-                dock.show_state(state)
+                dock.clicking.show_state(state)
                 dock.say(f"{'Undid' if undo else 'Redid'} {what}. {dock.count_text()}")
 
             dock.queue.submit(lambda a: a.submit_restore(step.snapshot) if undo else a.submit_clear(), done,
-                              dock._failed)
+                              dock.clicking.failed)
         elif isinstance(step, DeleteStep):
             if undo:
                 dock.accepted.add(step.objects, dock.class_picker.color)
@@ -67,13 +68,13 @@ class Edits:
         if not dock.annotator.clicks and not dock.pending:
             dock.say(f"No object is being clicked. {dock.count_text()}")
             return
-        dock.queue.submit(lambda a: a.submit_clear_undoable(), self._cleared, dock._failed)
+        dock.queue.submit(lambda a: a.submit_clear_undoable(), self._cleared, dock.clicking.failed)
 
     def _cleared(self, cleared) -> None:
         dock = self.dock
         if not cleared.before.empty:
             dock.history.record(ClearStep(cleared.before))
-        dock.show_state(cleared.result)
+        dock.clicking.show_state(cleared.result)
         dock.say(f"Cleared the object being clicked (Ctrl-Z brings it back). {dock.count_text()}")
 
     def accepted(self, accepted) -> None:
@@ -90,7 +91,7 @@ class Edits:
 
     def _accept_steps(self, obj):
         dock = self.dock
-        dock.show_state(EMPTY_STATE)
+        dock.clicking.show_state(EMPTY_STATE)
         if obj is None:
             dock.say(f"Nothing to accept: the object is empty. {dock.count_text()}")
             return
@@ -112,7 +113,7 @@ class Edits:
             dock.say("The object also continues past the tile border; a new click shows it "
                      "(Enter accepts what you painted).")
             return
-        dock.show_state(state)
+        dock.clicking.show_state(state)
         dock.say(f"The object continues past the tile border ({count(len(state.boxes), 'tile')}). Enter accepts as "
                  f"{dock.class_picker.name}, Escape cancels.")
 

@@ -151,7 +151,7 @@ class Session:
         self._still_setting_up(layer)
         hooks, camera = dock.canvas_input, dock.view.camera
         dock.accepted.connect(hooks.connect)
-        hooks.connect(dock.layers.current.events.paint, dock._on_paint)
+        hooks.connect(dock.layers.current.events.paint, dock.clicking.painted)
         dock.viewer.layers.selection.active = layer
         hooks.attach([dock.viewer, dock.layers.current, dock.layers.clicks],
                      KeyActions(accept=lambda: dock.accept(), cancel=lambda: dock.clear(), undo=lambda: dock.undo(),

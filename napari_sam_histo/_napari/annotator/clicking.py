@@ -1,0 +1,87 @@
+"""The object being clicked, as the dock shows it: a click drawn at once and queued on the
+annotator (the mask follows when the decoder has run), Accept queued with the dock's cleaning and
+the view, every state the annotator hands back drawn with a status line saying what it is, a failed
+action said, and how the live object is kept on disk (``resume``)."""
+
+from __future__ import annotations
+
+from ...annotations.cleaning import min_area_px
+from ...errors import SamHistoError
+from .history import ClickStep
+from .resume import LiveSettings
+
+
+class Clicking:
+    def __init__(self, dock) -> None:
+        """``dock``: the ``AnnotatorDock`` whose annotator, layers, queue and status the clicks go through."""
+        self.dock = dock
+
+    def add_click(self, x0: float, y0: float, positive: bool = True) -> None:
+        dock = self.dock
+        if not dock.ready():
+            return
+        try:
+            dock.annotator.check_click(x0, y0)
+        except SamHistoError as err:
+            dock.show_error(err)
+            return
+        dock.layers.add_click(x0, y0, positive)  # drawn at once; the mask follows when the decoder has run
+        dock.history.record(ClickStep())
+        dock.view_moved()
+        level = dock.view_level()
+        dock.queue.submit(lambda a: a.submit_click(x0, y0, positive, level.downsample), self.show_state, self.failed)
+        dock.say("Clicked…" if dock.pending == 1 else f"{dock.pending} clicks queued…")
+
+    def accept(self) -> None:
+        dock = self.dock
+        if not dock.ready():
+            return
+        name = dock.class_picker.name
+        dock.class_picker.color(name)  # a class typed in is added to the list with a colour
+        min_area = min_area_px(dock.min_area_spin.value(), dock.source.mpp)
+        tolerance, edited, view = dock.simplify_spin.value(), dock.layers.edited_mask(), dock.view_box()
+        dock.queue.submit(lambda a: a.submit_accept_undoable(name, min_area, tolerance, edited, view),
+                          dock.edits.accepted, self.failed)
+
+    def failed(self, err) -> None:
+        """An action failed: said, and what the annotator holds now is drawn (it changed nothing)."""
+        self.dock.show_error(err)
+        self.show_state(self.dock.annotator.state(), said=True)
+
+    def show_state(self, state, said: bool = False) -> None:
+        """Draw an ``AnnotatorState`` (after an action, or grown by itself past a tile border);
+        ``said``: the status already says what happened."""
+        dock = self.dock
+        if dock.annotator is None:
+            return
+        dock.layers.draw(state, dock.image_layer.scale)
+        if dock.pending:
+            return
+        dock.resume.object_changed(state, self.live_settings())
+        if state.clicks and not said:
+            clicks, n = len(state.clicks), len(state.boxes)
+            levels = sorted({b.downsample for b in state.boxes}, reverse=True)
+            where = " and ".join(dock.session.level_text(d) for d in levels)  # coarse to fine
+            dock.say(f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
+                     + (f" at {where}" if where else "")
+                     + (", border refined as on this slide's accepted objects" if state.refined else "")
+                     + f". Enter accepts as {dock.class_picker.name}, Escape cancels.")
+        dock.schedule_prefetch()
+
+    def live_settings(self) -> LiveSettings:
+        """How the object being clicked is kept on disk now."""
+        dock = self.dock
+        name = dock.class_picker.name
+        return LiveSettings(name, dock.classes.get(name, (200, 0, 0)), min_area_px(dock.min_area_spin.value(),
+                                                                                   dock.source.mpp),
+                            dock.simplify_spin.value(), dock.source.mpp)
+
+    def grown(self, annotator) -> None:
+        """The object grew into a tile by itself: draw it (unless clicks are queued)."""
+        self.dock.threads.run(annotator.state, lambda state: self.dock.edits.show_grown(annotator, state),
+                              lambda err: None)
+
+    def painted(self, event=None) -> None:
+        if self.dock.layers.drawn is not None:
+            self.dock.say("Corrected by hand: Enter accepts the painted object; a new click starts again from "
+                          "SAM's mask.")
