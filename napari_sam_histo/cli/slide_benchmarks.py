@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .threads import add_threads_argument, use_threads
+
 
 def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
     from ..errors import InputError
@@ -21,10 +23,7 @@ def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise InputError(f"--modes {args.modes!r}: choose from {', '.join(MODES)} (comma-separated).")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     if args.small_objects:
         summary = run_small_objects(args.regions, args.out, model=args.model, decoder=args.decoder,
                                     device=args.device, per_slide=args.per_slide, max_clicks=args.max_clicks,
@@ -56,10 +55,7 @@ def _cmd_sequential_benchmark(args: argparse.Namespace) -> int:
     if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
         print(f"--min-agreement {args.min_agreement} must lie in [0, 1] (0: no agreement rule).", file=sys.stderr)
         return 2
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     summary = run_benchmark(args.dataset, args.out, model=args.model, decoder=args.decoder, device=args.device,
                             group_by=None if args.group_by == "none" else args.group_by,
                             components=args.components, stride=args.stride, max_objects=args.max_objects,
@@ -95,7 +91,7 @@ def add_slide_benchmark(sub: argparse._SubParsersAction) -> None:
     sb.add_argument("--model", default="vit_t")
     sb.add_argument("--decoder", default="sam")
     sb.add_argument("--device", default="cpu")
-    sb.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_argument(sb)
     sb.add_argument("--no-fallback", action="store_true",
                     help="show SAM's usual decode even where it loses the object (to measure without the fallback)")
     sb.set_defaults(func=_cmd_slide_benchmark)
@@ -134,6 +130,6 @@ def add_sequential_benchmark(sub: argparse._SubParsersAction) -> None:
     seq.add_argument("--model", default="vit_t")
     seq.add_argument("--decoder", default="sam")
     seq.add_argument("--device", default="cpu")
-    seq.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_argument(seq)
     seq.add_argument("--quiet", action="store_true")
     seq.set_defaults(func=_cmd_sequential_benchmark)

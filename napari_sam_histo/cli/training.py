@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from .threads import add_threads_argument, use_threads
+
 
 def _cmd_learning_curve(args: argparse.Namespace) -> int:
     from ..training.learning_curve import format_table, join_reports, run_learning_curve
@@ -23,10 +25,7 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
         print("learning-curve needs a DATASET (or --join REPORT ...).", file=sys.stderr)
         return 2
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     recipe = TissueRecipe(steps=args.steps, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
                           lr=args.lr, batch_size=args.batch_size, seed=args.recipe_seed,
                           corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
@@ -141,7 +140,7 @@ def add_learning_curve(sub: argparse._SubParsersAction) -> None:
     lc.add_argument("--model", default="vit_t")
     lc.add_argument("--device", default="cpu")
     lc.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the decoder's precision")
-    lc.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_argument(lc)
     lc.add_argument("--quiet", action="store_true")
     lc.set_defaults(func=_cmd_learning_curve)
 
