@@ -34,7 +34,7 @@ def dock(make_napari_viewer, qtbot, mobile_sam, slide):
     widget.device_combo.setCurrentText("cpu")
     widget.prefetch_check.setChecked(False)  # on in the prefetch test only: it costs encoder time
     # pinned to level 0: these tests know its tiles; "auto" (the default) has tests of its own
-    # (test_gui_slide_scale.py)
+    # (napari/test_gui_slide_scale.py)
     assert widget.level_combo.currentData() == "auto"
     widget.level_combo.setCurrentIndex(widget.level_combo.findData(0))
     widget.start()
