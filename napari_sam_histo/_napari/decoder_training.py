@@ -57,7 +57,7 @@ class DecoderTraining(QWidget):
         layout.addLayout(name_row)
         layout.addLayout(buttons)
         layout.addWidget(self.state)
-        self.recipe = None  # training.tissue_training.TissueRecipe; None: its defaults
+        self.recipe = None  # a training.recipes.DecoderRecipe; None: the project training's default
         self._cancel = threading.Event()
         self._job: threading.Thread | None = None
         self.train_button.clicked.connect(self.start)

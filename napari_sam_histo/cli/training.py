@@ -14,7 +14,6 @@ from .threads import add_threads_argument, use_threads
 
 def _cmd_learning_curve(args: argparse.Namespace) -> int:
     from ..training.learning_curve import format_table, join_reports, run_learning_curve
-    from ..training.tissue_training import TissueRecipe
 
     if args.join:
         summary = join_reports(args.join, args.out)
@@ -26,9 +25,7 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
         return 2
 
     use_threads(args.threads)
-    recipe = TissueRecipe(steps=args.steps, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
-                          lr=args.lr, batch_size=args.batch_size, seed=args.recipe_seed,
-                          corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
+    recipe = _recipe(args, args.recipe_seed)
     summary = run_learning_curve(args.dataset, args.out, group_by=None if args.group_by == "none" else args.group_by,
                                  shots=args.shots, seeds=args.seeds, components=args.components,
                                  min_object_px=args.min_object_px, max_clicks=args.max_clicks,
@@ -45,6 +42,32 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace, seed: int):
+    """The recipe ``--recipe`` names, with the options given (the recipe's own defaults for the rest)."""
+    if args.recipe == "tissue-head":
+        from ..training.tissue_training import TissueRecipe
+
+        return TissueRecipe(steps=args.steps, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
+                            lr=args.lr or 1e-3, batch_size=args.batch_size, seed=seed,
+                            corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
+    from ..training.decoder_finetune import FinetuneRecipe
+
+    return FinetuneRecipe(lr=args.lr or FinetuneRecipe.lr, epochs=args.epochs, l2sp=args.l2sp,
+                          dagger_rounds=args.dagger_rounds, seed=seed)
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", choices=("finetune", "tissue-head"), default="finetune",
+                        help="finetune: SAM's decoder trained on the states of every click, kept near SAM's weights "
+                             "(the default); tissue-head: a head that corrects SAM's first mask")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's, 3e-5 / 1e-3)")
+    parser.add_argument("--epochs", type=float, default=2.0, help="finetune: passes over the click states")
+    parser.add_argument("--l2sp", type=float, default=1.0, help="finetune: pull of the weights towards SAM's")
+    parser.add_argument("--dagger-rounds", type=int, default=0,
+                        help="rounds of re-clicking the training objects with the decoder being trained, then "
+                             "training on")
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from ..training.synthetic import run_from_args
 
@@ -57,7 +80,6 @@ def _cmd_train_from_project(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..models.registry import load_model
     from ..training.project_training import train_from_project
-    from ..training.tissue_training import TissueRecipe
 
     if args.dataset:
         raise InputError("train --from-project trains on the project's objects: give no dataset folders with it.")
@@ -65,7 +87,15 @@ def _cmd_train_from_project(args: argparse.Namespace) -> int:
     if out.suffix != ".pt":
         raise InputError(f"train --from-project writes one decoder file: --out {args.out} must end in .pt.")
     predictor = Predictor(load_model(args.model, args.device), "sam", cache=EmbeddingCache(max_bytes=1 << 28))
-    result = train_from_project(args.from_project, out, predictor, TissueRecipe(seed=args.seed),
+    if args.recipe == "tissue-head":
+        from ..training.tissue_training import TissueRecipe
+
+        recipe = TissueRecipe(seed=args.seed)
+    else:
+        from ..training.decoder_finetune import FinetuneRecipe
+
+        recipe = FinetuneRecipe(seed=args.seed)
+    result = train_from_project(args.from_project, out, predictor, recipe,
                                 held_out_fraction=args.held_out_fraction, name=args.name,
                                 log=None if args.quiet else print)
     print(f"{result.path}: {result.verdict} (NoC@85 on {result.held_out['objects']} held-out objects: "
@@ -126,16 +156,14 @@ def add_learning_curve(sub: argparse._SubParsersAction) -> None:
     lc.add_argument("--test-fraction", type=float, default=0.3, help="share of the objects whose groups are tested")
     lc.add_argument("--embedding-store", default=None,
                     help="folder that keeps every image's embedding (float16) so reruns cost only training")
-    lc.add_argument("--steps", type=int, default=800, help="the tissue head's training steps")
-    lc.add_argument("--dagger-rounds", type=int, default=0,
-                    help="rounds of re-clicking the training objects with the head, then training on")
-    lc.add_argument("--dagger-steps", type=int, default=500, help="training steps after each DAgger round")
-    lc.add_argument("--lr", type=float, default=1e-3)
+    _add_recipe_arguments(lc)
+    lc.add_argument("--steps", type=int, default=800, help="tissue-head: training steps")
+    lc.add_argument("--dagger-steps", type=int, default=500, help="tissue-head: training steps after each DAgger round")
     lc.add_argument("--corrected-clicks", type=int, default=1,
-                    help="the head corrects an object's masks up to this many clicks; SAM alone answers later "
-                         "clicks (-1: every click)")
-    lc.add_argument("--batch-size", type=int, default=8)
-    lc.add_argument("--recipe-seed", type=int, default=0, help="seed of the head's initialisation and batches")
+                    help="tissue-head: the head corrects an object's masks up to this many clicks; SAM alone "
+                         "answers later clicks (-1: every click)")
+    lc.add_argument("--batch-size", type=int, default=8, help="tissue-head: batch size")
+    lc.add_argument("--recipe-seed", type=int, default=0, help="seed of the recipe's initialisation and order")
     lc.add_argument("--save-decoders", action="store_true", help="write each trained decoder into --out")
     lc.add_argument("--model", default="vit_t")
     lc.add_argument("--device", default="cpu")
@@ -164,6 +192,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--name", default=None, help="with --from-project: the decoder's name (default: the file's)")
     tr.add_argument("--held-out-fraction", type=float, default=0.25,
                     help="with --from-project: at least this share of the objects is held out, by whole slides")
+    tr.add_argument("--recipe", choices=("finetune", "tissue-head"), default="finetune",
+                    help="with --from-project: finetune (SAM's decoder trained on the states of every click, kept "
+                         "near SAM's weights; the default) or tissue-head (a head that corrects SAM's first mask)")
     tr.add_argument("--scenario", choices=("md", "ie_md", "whole", "modified", "residual"), default="modified",
                     help="md: SAM's decoder; ie_md: image encoder + decoder; whole: all; modified: Kim et al.'s "
                          "decoder; residual: SAM's decoder frozen + a trained correction (untrained = SAM)")

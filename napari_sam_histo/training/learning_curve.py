@@ -1,5 +1,6 @@
-"""The learning-curve benchmark: how many clicks a project decoder (``training.tissue_training``)
-saves on cases it never saw, against how many of the lab's objects it learnt from.
+"""The learning-curve benchmark: how many clicks a project decoder (a ``training.recipes``
+recipe: ``decoder_finetune`` or ``tissue_training``) saves on cases it never saw, against how many
+of the lab's objects it learnt from.
 
 Per seed, the dataset's groups (a manifest column such as EBHI-Seg's ``case_id``, one slide or
 case each; without the column every image is its own group) are split by a seeded hash
@@ -89,8 +90,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def table_rows(per_seed: dict) -> list[dict]:
-    """Rows of ``format_table`` from ``summary["seeds"]`` (seed -> {"sam": scores, "k": {k: scores}})."""
+def table_rows(per_seed: dict, method: str = "tissue decoder") -> list[dict]:
+    """Rows of ``format_table`` from ``summary["seeds"]`` (seed -> {"sam": scores, "k": {k: scores}});
+    ``method`` names the trained decoders."""
     seeds = sorted(per_seed, key=int)
     rows = []
 
@@ -110,7 +112,7 @@ def table_rows(per_seed: dict) -> list[dict]:
     shots = sorted({int(k) for s in seeds for k in per_seed[s]["k"]})
     for k in shots:
         entries = [per_seed[s]["k"].get(str(k)) for s in seeds]
-        rows.append(row("tissue decoder", k, entries))
+        rows.append(row(method, k, entries))
     return rows
 
 
@@ -160,7 +162,6 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
     from ..evaluation.runner import SamClickModel, run_sample
     from ..evaluation.runtime import device_name
     from ..models.registry import load_model
-    from ..models.tissue_decoder import save_tissue_decoder
     from .examples import AdaptationExample
     from .tissue_training import TissueRecipe, prepare, simulate, train_tissue_head
 
@@ -209,7 +210,7 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
         summary = {"source": str(dataset), "group_by": group_by, "components": components, "shots": shots,
                    "seeds": sorted(int(s) for s in per_seed), "max_clicks": max_clicks, "stop_iou": STOP_IOU,
                    "test_fraction": test_fraction, "test_objects": test_objects, "model": loaded.name,
-                   "recipe": recipe.as_dict(), "runtime": predictor_runtime(sam), "skipped": skipped,
+                   "recipe": recipe.as_dict(), "method": recipe.label, "runtime": predictor_runtime(sam), "skipped": skipped,
                    "wall_s": time.perf_counter() - started, "partial": partial, "seeds_detail": per_seed}
         write_report(out, summary, object_rows)
         return summary
@@ -238,33 +239,35 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
                 continue
             chosen = train[:k]
             examples = [AdaptationExample(embedding(p.sample), np.asarray(p.sample.target, bool)) for p in chosen]
-            missing = [i for i, p in enumerate(chosen) if p.sample.sample_id not in zero_shot]
-            if missing:
-                states, seconds = simulate(sam, [prepare(examples[i], image_size) for i in missing], None, recipe)
-                for i, s, t in zip(missing, states, seconds):
-                    zero_shot[chosen[i].sample.sample_id] = (s, t)
-            trained = train_tissue_head(sam, examples, recipe,
-                                        zero_shot_states=[zero_shot[p.sample.sample_id][0] for p in chosen],
-                                        zero_shot_seconds=[zero_shot[p.sample.sample_id][1] for p in chosen],
-                                        log=log)
+            if isinstance(recipe, TissueRecipe):  # its zero-shot states serve every k: clicked once
+                missing = [i for i, p in enumerate(chosen) if p.sample.sample_id not in zero_shot]
+                if missing:
+                    states, seconds = simulate(sam, [prepare(examples[i], image_size) for i in missing], None, recipe)
+                    for i, s, t in zip(missing, states, seconds):
+                        zero_shot[chosen[i].sample.sample_id] = (s, t)
+                trained = train_tissue_head(sam, examples, recipe,
+                                            zero_shot_states=[zero_shot[p.sample.sample_id][0] for p in chosen],
+                                            zero_shot_seconds=[zero_shot[p.sample.sample_id][1] for p in chosen],
+                                            log=log)
+            else:
+                trained = recipe.train(sam, examples, log=log)
             predictor = Predictor(loaded, trained.choice, cache=cache, precision=precision)
-            results = click(predictor, f"tissue k={k}", test)
+            results = click(predictor, f"{recipe.name} k={k}", test)
             scores = _scores(results, max_clicks)
             scores["train_s"] = trained.report["train_s"]
             scores["embed_s"] = float(sum(embed_s.get(i, 0.0) for i in {p.sample.identity for p in chosen}))
             scores["report"] = trained.report
             entry["k"][str(k)] = scores
-            object_rows += [[seed, k, "tissue decoder", p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
+            object_rows += [[seed, k, recipe.label, p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
                              f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]
             log(f"seed {seed}: k={k}: NoC@85 {scores['noc@85']:.2f} (SAM {entry['sam']['noc@85']:.2f}), "
                 f"mIoU@1 {scores['miou@1']:.3f} (SAM {entry['sam']['miou@1']:.3f}), trained in "
                 f"{scores['train_s']:.0f} s")
             if save_decoders:
-                save_tissue_decoder(out / f"tissue-seed{seed}-k{k}.pt", loaded, trained.head, True,
-                                    metrics={"noc@85": scores["noc@85"], "sam_noc@85": entry["sam"]["noc@85"]},
-                                    config=recipe.as_dict(),
-                                    provenance={"dataset": str(dataset), "objects": k, "seed": seed},
-                                    corrected_clicks=recipe.corrected_clicks)
+                trained.save(out / f"{recipe.name}-seed{seed}-k{k}.pt", loaded,
+                             metrics={"noc@85": scores["noc@85"], "sam_noc@85": entry["sam"]["noc@85"]},
+                             config=recipe.as_dict(),
+                             provenance={"dataset": str(dataset), "objects": k, "seed": seed})
             report(partial=True)
     return report(partial=False)
 
@@ -274,7 +277,7 @@ OBJECT_COLUMNS = ["seed", "k", "method", "sample", "group", "noc85", "final_iou"
 
 def write_report(out: Path, summary: dict, object_rows: list) -> None:
     """``summary.json`` (with the table's rows), ``objects.csv``, ``table.md``, ``noc85-vs-k.png``."""
-    summary["rows"] = table_rows(summary["seeds_detail"])
+    summary["rows"] = table_rows(summary["seeds_detail"], summary.get("method", "tissue decoder"))
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     write_csv(out / "objects.csv", OBJECT_COLUMNS, object_rows)
     write_text(out / "table.md", format_table(summary["rows"]) + "\n")

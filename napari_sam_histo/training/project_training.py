@@ -1,8 +1,9 @@
 """A decoder trained on a project's own objects, judged on slides it never saw.
 
 The project's objects (``training.project_store``) are split by slide (``project_split``: the
-slides accepted last are held out; with one slide, its last-accepted objects), a tissue head
-(``training.tissue_training``) is trained on the rest from the stored embeddings (no encoder runs),
+slides accepted last are held out; with one slide, its last-accepted objects), a decoder is trained
+on the rest by a recipe (``training.recipes``; by default SAM's decoder fine-tuned,
+``training.decoder_finetune``) from the stored embeddings (no encoder runs),
 and both zero-shot SAM and the new decoder re-click every held-out object with the benchmark's
 clicker (``reclick.reclick``: NoC@85 within 10 clicks). The decoder file records what it was
 trained on (classes, objects, slides, date) and those held-out figures, and says whether it is
@@ -10,7 +11,7 @@ better than SAM there; one that is not is still written, labelled so, and never 
 
 A training stopped before it ends (cancelled, napari closed, a crash, a full disk) leaves its last
 state beside the decoder file (``training_state_file``, rewritten atomically every
-``tissue_training.CHECKPOINT_EVERY`` steps); training the same project into the same file again goes
+few dozen steps); training the same project into the same file again goes
 on from there when the objects, the model and the recipe are the same, and starts afresh (the old
 state replaced) when they are not. The state is removed once the decoder is written.
 """
@@ -29,10 +30,11 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError
+from .decoder_finetune import FinetuneRecipe
 from .project_split import split_by_slide
 from .project_store import ProjectStore
+from .recipes import DecoderRecipe
 from .reclick import GATE_IOU, GATE_MAX_CLICKS, reclick
-from .tissue_training import TissueRecipe, TrainingState, train_tissue_head
 
 BETTER = "better than zero-shot SAM on its held-out objects"
 NOT_BETTER = "not better than zero-shot SAM on its held-out objects: kept, never offered as the default"
@@ -71,7 +73,7 @@ def training_state_file(out: str | Path) -> Path:
     return out.with_name(out.stem + STATE_SUFFIX)
 
 
-def _fingerprint(split, predictor, recipe: TissueRecipe) -> str:
+def _fingerprint(split, predictor, recipe: DecoderRecipe) -> str:
     """What a saved state must have been trained on to be resumed: the objects on each side, the
     model's weights, the recipe."""
     parts = {"training": sorted(o.entry for o in split.training), "held_out": sorted(o.entry for o in split.held_out),
@@ -79,7 +81,7 @@ def _fingerprint(split, predictor, recipe: TissueRecipe) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _saved_state(path: Path, fingerprint: str, log) -> TrainingState | None:
+def _saved_state(path: Path, fingerprint: str, recipe: DecoderRecipe, log):
     """The state saved at ``path`` if it belongs to this training, else None (told in the log)."""
     import torch
 
@@ -90,7 +92,7 @@ def _saved_state(path: Path, fingerprint: str, log) -> TrainingState | None:
         if data.get("fingerprint") != fingerprint:
             log(f"{path.name} is the state of a training on other objects or settings: starting afresh.")
             return None
-        return TrainingState.from_dict(data["state"])
+        return recipe.state_from_dict(data["state"])
     except Exception as err:  # noqa: BLE001 - a damaged state costs a fresh start, never a failure
         log(f"{path.name} cannot be read ({type(err).__name__}): starting afresh.")
         return None
@@ -103,7 +105,7 @@ def _keep_state(path: Path, fingerprint: str, log):
 
     failed = []
 
-    def keep(state: TrainingState) -> None:
+    def keep(state) -> None:
         try:
             with atomic_path(path) as tmp:
                 torch.save({"fingerprint": fingerprint, "state": state.as_dict()}, tmp)
@@ -115,17 +117,17 @@ def _keep_state(path: Path, fingerprint: str, log):
     return keep
 
 
-def train_from_project(project: str | Path, out: str | Path, predictor, recipe: TissueRecipe | None = None,
+def train_from_project(project: str | Path, out: str | Path, predictor, recipe: DecoderRecipe | None = None,
                        held_out_fraction: float = 0.25, max_clicks: int = GATE_MAX_CLICKS, name: str | None = None,
                        log: Callable[[str], None] | None = print,
                        cancel: Callable[[], bool] | None = None, resume: bool = True) -> ProjectDecoder:
-    """Train a tissue decoder for ``predictor`` (SAM's own decoder) on the objects of ``project``,
+    """Train a decoder by ``recipe`` for ``predictor`` (SAM's own decoder) on the objects of ``project``,
     judge it on the held-out ones against zero-shot SAM and write it to ``out`` (atomic). Only the
     objects embedded by ``predictor``'s model count. ``InputError`` (nothing written) for a folder
     that is no project, a project without objects of this model, or too few objects to hold any out.
     With ``resume`` a state left by a stopped training of the same objects goes on (see the module)."""
     log = log or (lambda message: None)
-    recipe = recipe or TissueRecipe()
+    recipe = recipe or FinetuneRecipe()
     store = ProjectStore(project)
     objects = store.objects()
     if not objects:
@@ -148,9 +150,9 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
     started = time.perf_counter()
     state_path = training_state_file(out)
     fingerprint = _fingerprint(split, predictor, recipe)
-    saved = _saved_state(state_path, fingerprint, log) if resume else None
-    trained = train_tissue_head(predictor, training, recipe, log=log, cancel=cancel, resume=saved,
-                                on_checkpoint=_keep_state(state_path, fingerprint, log))
+    saved = _saved_state(state_path, fingerprint, recipe, log) if resume else None
+    trained = recipe.train(predictor, training, log=log, cancel=cancel, resume=saved,
+                           on_checkpoint=_keep_state(state_path, fingerprint, log))
     if cancel is not None and cancel():
         raise InputError(f"Training was cancelled; no decoder was written. Training {Path(out).name} again "
                          f"goes on from where it stopped.")
@@ -173,10 +175,7 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
                   "slides": sorted({o.slide.name for o in split.training}),
                   "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
                   "held_out": figures, "verdict": BETTER if better else NOT_BETTER}
-    from ..models.tissue_decoder import save_tissue_decoder
-
-    path = save_tissue_decoder(out, predictor.model, trained.head, True, metrics=figures, config=recipe.as_dict(),
-                               provenance=provenance, corrected_clicks=recipe.corrected_clicks)
+    path = trained.save(out, predictor.model, metrics=figures, config=recipe.as_dict(), provenance=provenance)
     state_path.unlink(missing_ok=True)
     report = {**trained.report, "total_s": time.perf_counter() - started}
     log(f"held out ({figures['objects']} objects): NoC@{GATE_IOU:.2f} SAM {figures['sam_noc']:.2f}, this decoder "

@@ -72,6 +72,9 @@ class TissueRecipe:
     corrected_clicks: int | None = CORRECTED_CLICKS  # the head corrects objects with at most this many clicks
     seed: int = 0
 
+    name = "tissue-head"  # class attributes (``training.recipes.DecoderRecipe``), not settings
+    label = "tissue decoder"
+
     def __post_init__(self) -> None:
         for name in ("steps", "dagger_rounds", "dagger_steps"):
             if int(getattr(self, name)) < 0:
@@ -90,6 +93,14 @@ class TissueRecipe:
         out = asdict(self)
         out["dilations"] = list(self.dilations)
         return out
+
+    def train(self, predictor, examples, log=None, cancel=None, resume=None, on_checkpoint=None) -> TrainedTissue:
+        """``train_tissue_head`` with this recipe (``training.recipes.DecoderRecipe``)."""
+        return train_tissue_head(predictor, examples, self, log=log, cancel=cancel, resume=resume,
+                                 on_checkpoint=on_checkpoint)
+
+    def state_from_dict(self, data: dict) -> TrainingState:
+        return TrainingState.from_dict(data)
 
 
 @dataclass
@@ -137,6 +148,15 @@ class TrainedTissue:
     head: TissueHead
     choice: DecoderChoice  # the trained decoder, ready for a ``Predictor``
     report: dict  # seconds (simulate, fit, dagger), steps, states, last loss, recipe
+    corrected_clicks: int | None = CORRECTED_CLICKS
+
+    def save(self, path, model, metrics: dict | None = None, config: dict | None = None,
+             provenance: dict | None = None):
+        """Write the decoder file (``models.tissue_decoder.save_tissue_decoder``)."""
+        from ..models.tissue_decoder import save_tissue_decoder
+
+        return save_tissue_decoder(path, model, self.head, True, metrics=metrics, config=config,
+                                   provenance=provenance, corrected_clicks=self.corrected_clicks)
 
 
 def on_frame(mask: np.ndarray, input_size, original_size, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,4 +412,5 @@ def train_tissue_head(predictor, examples: list[AdaptationExample], recipe: Tiss
     # wall time, with the zero-shot clicking charged at what it took where the caller kept it
     report["train_s"] = time.perf_counter() - started + (report["simulate_s"] if zero_shot_states is not None else 0.0)
     module = TissueDecoder(predictor.sam.mask_decoder, head, recipe.corrected_clicks).to(predictor.device).eval()
-    return TrainedTissue(head, DecoderChoice(KIND, module, "training", True, name="tissue"), report)
+    return TrainedTissue(head, DecoderChoice(KIND, module, "training", True, name="tissue"), report,
+                         recipe.corrected_clicks)

@@ -11,7 +11,7 @@ from napari_sam_histo.errors import InputError
 from napari_sam_histo.training.learning_curve import SAM, TABLE_COLUMNS, load_objects, run_learning_curve, split
 from napari_sam_histo.training.tissue_training import TissueRecipe
 
-from .case_dataset import write_case_dataset
+from ..case_dataset import write_case_dataset
 
 TINY = TissueRecipe(steps=5, batch_size=2, max_clicks=2, dagger_rounds=1, dagger_steps=2, width=8)
 
@@ -65,7 +65,7 @@ def test_the_report_has_its_columns_and_a_k_too_large_is_skipped_with_a_line(tmp
     rows = list(csv.DictReader(open(out / "objects.csv")))
     assert {r["method"] for r in rows} == {SAM, "tissue decoder"}
     assert (out / "noc85-vs-k.png").stat().st_size > 1000
-    assert (out / "tissue-seed1-k4.pt").is_file()
+    assert (out / "tissue-head-seed1-k4.pt").is_file()
 
 
 def test_a_dataset_of_one_group_or_bad_shots_is_refused_with_a_message(tmp_path, tiny_model):

@@ -1,0 +1,351 @@
+"""A project decoder by fine-tuning SAM's own decoder on a lab's accepted objects, on a CPU.
+
+1. **States.** Each training object is clicked with zero-shot SAM as the benchmark clicks (RITM's
+   rule, ``evaluation.clicker``, through the product's ``ClickSession``; at most ``max_clicks``, or
+   until IoU ``stop_iou``). Every prompt the decoder is given on the way is a *state*: the clicks
+   so far, the previous click's low-resolution logits (the mask prompt), one mask or three (the
+   first click), including the alternatives the session decodes when a click would lose the
+   object. Forward passes only, once per object.
+2. **Fit.** A copy of SAM's decoder trains on the states, one state a step, ``epochs`` passes over
+   them in a seeded order. The loss: for the candidate mask closest to the object's mask, binary
+   cross-entropy plus Dice on SAM's 256x256 frame (SAM's padding left out), as SAM was trained;
+   plus the squared error of the decoder's IoU prediction for every candidate (so the first
+   click's choice among three masks keeps working); plus ``l2sp`` times the squared distance of
+   every weight from SAM's own (L2-SP). The image encoder never runs (the examples carry their
+   cached embeddings) and SAM's prompt encoder is frozen: a step is one forward and backward pass
+   of the decoder (~0.3-0.7 s on 2 CPU cores).
+3. **Optional DAgger rounds** (``dagger_rounds``): the objects are clicked again with the decoder
+   being trained, its states added, and the fit goes on for half as many steps again.
+
+Why the whole decoder, with clicks at every step, and why L2-SP: a head that corrects SAM's first
+mask (``training.tissue_training``) made the first mask better and saved no clicks; fine-tuning on
+first clicks made corrections worse. Training on the states of every click teaches the decoder the
+tissue *as an answer to clicks*, and the pull towards SAM's weights keeps what SAM knows about
+clicks when only a few dozen objects are seen (``docs/project-decoders.md`` has the figures).
+
+The result is a plain SAM decoder (``decoder_kind`` "sam", three masks for a first click): every
+path that runs SAM's decoder runs it, the CPU runtime's compiled networks included.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..errors import InputError
+from ..evaluation.clicker import next_click
+from ..evaluation.metrics import LOGIT_THRESHOLD, iou
+from ..models.decoders import DecoderChoice
+from .examples import AdaptationExample
+from .tissue_training import on_frame
+
+KIND = "sam"  # what the result is: a SAM decoder with other weights
+SCENARIO = "project-finetune"
+CHECKPOINT_EVERY = 100  # steps between two saved training states (a state is the decoder + Adam's moments)
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """Everything that decides what is learnt (recorded in the checkpoint)."""
+
+    lr: float = 3e-5
+    epochs: float = 2.0  # steps of the first fit = epochs x states
+    l2sp: float = 1.0  # weight of the squared distance from SAM's weights
+    max_clicks: int = 10  # clicks per object when collecting states
+    stop_iou: float = 0.9
+    dagger_rounds: int = 0
+    seed: int = 0
+
+    name = "finetune"  # class attributes (``training.recipes.DecoderRecipe``), not settings
+    label = "fine-tuned decoder"
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise InputError(f"lr {self.lr!r} must be a finite number > 0.")
+        if not (self.epochs > 0 and np.isfinite(self.epochs)):
+            raise InputError(f"epochs {self.epochs!r} must be a finite number > 0.")
+        if not (self.l2sp >= 0 and np.isfinite(self.l2sp)):
+            raise InputError(f"l2sp {self.l2sp!r} must be a finite number >= 0.")
+        if int(self.max_clicks) < 1:
+            raise InputError(f"max_clicks {self.max_clicks!r} must be >= 1.")
+        if int(self.dagger_rounds) < 0:
+            raise InputError(f"dagger_rounds {self.dagger_rounds!r} must be >= 0.")
+        if not 0 < self.stop_iou <= 1:
+            raise InputError(f"stop_iou {self.stop_iou!r} must lie in (0, 1].")
+
+    def as_dict(self) -> dict:
+        return {"recipe": self.name, **asdict(self)}
+
+    def train(self, predictor, examples, log=None, cancel=None, resume=None, on_checkpoint=None) -> FinetunedDecoder:
+        """``finetune_decoder`` with this recipe (``training.recipes.DecoderRecipe``)."""
+        return finetune_decoder(predictor, examples, self, log=log, cancel=cancel, resume=resume,
+                                on_checkpoint=on_checkpoint)
+
+    def state_from_dict(self, data: dict) -> FinetuneState:
+        return FinetuneState.from_dict(data)
+
+
+@dataclass
+class ClickState:
+    """One prompt the decoder was given: points on SAM's input frame, their labels, the mask
+    prompt (256x256 logits, float16) or None, and whether three masks were asked for."""
+
+    points: torch.Tensor  # (n, 2) float32
+    labels: torch.Tensor  # (n,) int64
+    mask: torch.Tensor | None
+    multimask: bool
+
+
+@dataclass
+class FinetuneState:
+    """Where a fine-tuning stands, to go on in another process: the decoder's and the optimizer's
+    weights, the phase (0 the first fit, ``r`` DAgger round ``r``), the steps done in it, the
+    losses and the random generator. The states are not kept: clicking with zero-shot SAM gives
+    them again, the same. Tensors, lists, dicts and numbers only (``torch.load(weights_only=True)``)."""
+
+    decoder: dict
+    optimizer: dict | None
+    phase: int
+    steps_done: int
+    losses: list[float]
+    rng: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FinetuneState:
+        return cls(**{name: data[name] for name in ("decoder", "optimizer", "phase", "steps_done", "losses", "rng")})
+
+
+@dataclass
+class FinetunedDecoder:
+    """The trained decoder (as the predictor's choice), its module and the training's report."""
+
+    module: torch.nn.Module
+    choice: DecoderChoice
+    report: dict = field(default_factory=dict)
+
+    def save(self, path, model, metrics: dict | None = None, config: dict | None = None,
+             provenance: dict | None = None):
+        return save_finetuned_decoder(path, model, self.module, metrics, config, provenance)
+
+
+def _check_base(predictor) -> None:
+    choice = predictor.decoder
+    if choice.kind != "sam" or choice.module is not predictor.sam.mask_decoder:
+        raise InputError(f"A project decoder is fine-tuned from SAM's own decoder; this predictor decodes with "
+                         f"{choice.name or choice.kind!r}. Choose the 'sam' decoder to train one.")
+
+
+def _recording_predictor(predictor, module: torch.nn.Module, record: list):
+    """A PyTorch float32 predictor on ``module`` that appends every prompt it decodes to ``record``."""
+    from ..engine.predictor import Predictor
+
+    class Recording(Predictor):
+        def decode(self, embedding, points_xy, labels, mask_input=None, multimask=False):
+            scale = np.array([embedding.input_size[1] / embedding.original_size[1],
+                              embedding.input_size[0] / embedding.original_size[0]], np.float32)
+            points = np.asarray(points_xy, np.float32).reshape(-1, 2) * scale
+            mask = None if mask_input is None else mask_input.detach().reshape(*mask_input.shape[-2:]).to(
+                "cpu", torch.float16).clone()
+            record.append(ClickState(torch.from_numpy(points), torch.as_tensor(np.asarray(labels, np.int64)), mask,
+                                     bool(multimask)))
+            return super().decode(embedding, points_xy, labels, mask_input, multimask)
+
+    return Recording(predictor.model, DecoderChoice(KIND, module, "training", True), cache=predictor.cache,
+                     precision="fp32", decoder_mode="pytorch", encoder_mode=predictor.encoder_mode)
+
+
+def collect_states(predictor, module: torch.nn.Module, examples: list[AdaptationExample], recipe: FinetuneRecipe,
+                   cancel: Callable[[], bool] | None = None) -> list[list[ClickState]]:
+    """Click every example with ``module`` as SAM's decoder (see the module); each one's states."""
+    from ..engine.session import ClickSession
+    from ..engine.tiles import TileBox
+
+    record: list[ClickState] = []
+    clicking = _recording_predictor(predictor, module.eval(), record)
+    out = []
+    for example in examples:
+        if cancel is not None and cancel():
+            break
+        record.clear()
+        target = np.asarray(example.target, bool)
+        height, width = target.shape
+        session = ClickSession(clicking, TileBox(0, 0, 0, width, height), example.embedding,
+                               threshold=LOGIT_THRESHOLD)
+        prediction = np.zeros(target.shape, bool)
+        clicked = np.zeros(target.shape, bool)
+        for _ in range(int(recipe.max_clicks)):
+            click = next_click(target, prediction, clicked)
+            if click is None:
+                break
+            clicked[click.row, click.col] = True
+            prediction = session.add_click(*click.xy, click.positive).mask
+            if iou(prediction, target) >= recipe.stop_iou:
+                break
+        out.append(list(record))
+    return out
+
+
+def _frame(example: AdaptationExample, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    target = np.asarray(example.target, bool)
+    if target.shape != tuple(example.embedding.original_size):
+        raise InputError(f"An example's mask is {target.shape[1]}x{target.shape[0]} but its tile is "
+                         f"{example.embedding.original_size[1]}x{example.embedding.original_size[0]}.")
+    if not target.any():
+        raise InputError("An example's mask is empty: there is no object to learn from.")
+    frame, valid = on_frame(target, example.embedding.input_size, example.embedding.original_size, image_size)
+    return frame.float(), valid
+
+
+def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy + Dice of each of ``logits`` (M, H, W) against ``target`` (H, W, in
+    [0, 1]) where ``valid``; one loss per mask."""
+    t = target[None].expand_as(logits)
+    v = valid[None].expand_as(logits).float()
+    bce = (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * v).sum((1, 2)) / v.sum((1, 2)).clamp_min(1)
+    p = torch.sigmoid(logits) * v
+    dice = 1 - (2 * (p * t).sum((1, 2)) + 1) / (p.sum((1, 2)) + (t * v).sum((1, 2)) + 1)
+    return bce + dice
+
+
+def _step_loss(decoder, sam, features, image_pe, state: ClickState, target, valid, anchor: dict, l2sp: float):
+    with torch.no_grad():
+        mask = None if state.mask is None else state.mask.float()[None, None]
+        sparse, dense = sam.prompt_encoder(points=(state.points[None], state.labels[None]), boxes=None, masks=mask)
+    low, iou_pred = decoder(image_embeddings=features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                            dense_prompt_embeddings=dense, multimask_output=state.multimask)
+    low = low[0]
+    losses = mask_losses(low, target, valid)
+    with torch.no_grad():
+        predicted = (low > 0).float() * valid
+        inside = target * valid
+        true_iou = (predicted * inside).sum((1, 2)) / ((predicted + inside) > 0.5).float().sum((1, 2)).clamp_min(1)
+    best = int(torch.argmin(losses.detach()))
+    loss = losses[best] + F.mse_loss(iou_pred[0], true_iou)
+    if l2sp:
+        loss = loss + l2sp * sum(((p - anchor[name]) ** 2).sum() for name, p in decoder.named_parameters())
+    return loss, float(losses[best].detach())
+
+
+def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: FinetuneRecipe = FinetuneRecipe(),
+                     log: Callable[[str], None] | None = None, cancel: Callable[[], bool] | None = None,
+                     resume: FinetuneState | None = None,
+                     on_checkpoint: Callable[[FinetuneState], None] | None = None,
+                     checkpoint_every: int = CHECKPOINT_EVERY) -> FinetunedDecoder:
+    """Fine-tune a copy of ``predictor``'s SAM decoder on ``examples`` (see the module).
+    ``on_checkpoint`` receives the training's state every ``checkpoint_every`` steps, at the end of
+    each phase and when cancelled; ``resume`` goes on from such a state (same examples and recipe:
+    the caller checks), with the same result as a run never stopped."""
+    _check_base(predictor)
+    if not examples:
+        raise InputError("No examples to fine-tune a decoder on.")
+    started = time.perf_counter()
+    sam = predictor.sam
+    image_size = int(sam.image_encoder.img_size)
+    frames = [_frame(e, image_size) for e in examples]
+    features = [e.embedding.features.detach().to("cpu", torch.float32).reshape(1, *e.embedding.features.shape[-3:])
+                for e in examples]
+    image_pe = sam.prompt_encoder.get_dense_pe().detach().to("cpu", torch.float32)
+    base = sam.mask_decoder
+    decoder = copy.deepcopy(base).to("cpu", torch.float32)
+    for parameter in decoder.parameters():
+        parameter.requires_grad_(True)
+    anchor = {name: p.detach().clone() for name, p in decoder.named_parameters()}
+    rng = np.random.default_rng([recipe.seed, len(examples)])
+    report = {"objects": len(examples), "recipe": recipe.as_dict(), "resumed_at": None, "states": []}
+    phase, done, optimizer_state, losses = 0, 0, None, []
+    if resume is not None:
+        decoder.load_state_dict(resume.decoder)
+        rng.bit_generator.state = resume.rng
+        phase, done, optimizer_state, losses = resume.phase, resume.steps_done, resume.optimizer, list(resume.losses)
+        report["resumed_at"] = {"phase": phase, "steps_done": done}
+        if log is not None:
+            log(f"fine-tuning: resuming at step {done} of phase {phase}")
+    t = time.perf_counter()
+    # zero-shot SAM's states: the same in every run, so a resumed training clicks them again
+    states = collect_states(predictor, base, examples, recipe, cancel)
+    if phase > 0:  # a resumed DAgger round: the rounds before it clicked with the decoder of their time
+        # (not kept); clicking once more with the resumed decoder stands in for them
+        more = collect_states(predictor, copy.deepcopy(decoder), examples, recipe, cancel)
+        states = [a + b for a, b in zip(states, more)]
+    report["simulate_s"] = time.perf_counter() - t
+
+    def checkpoint(phase_: int, steps_done: int, optimizer) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(FinetuneState({k: v.detach().clone() for k, v in decoder.state_dict().items()},
+                                        None if optimizer is None else optimizer.state_dict(),
+                                        phase_, steps_done, list(losses), rng.bit_generator.state))
+
+    def run_phase(phase_: int, steps: int) -> None:
+        nonlocal done, optimizer_state
+        pool = [(i, j) for i, s in enumerate(states) for j in range(len(s))]
+        if not pool:
+            raise InputError("No training states: none of the objects could be clicked.")
+        optimizer = torch.optim.AdamW(decoder.parameters(), lr=recipe.lr, weight_decay=0.0)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        decoder.train()
+        for step in range(done, steps):
+            if cancel is not None and cancel():
+                checkpoint(phase_, step, optimizer)
+                break
+            i, j = pool[int(rng.integers(len(pool)))]
+            loss, mask_loss = _step_loss(decoder, sam, features[i], image_pe, states[i][j], *frames[i], anchor,
+                                         recipe.l2sp)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the decoder's loss became {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(mask_loss)
+            if (step + 1) % max(int(checkpoint_every), 1) == 0 or step + 1 == steps:
+                checkpoint(phase_, step + 1, optimizer)
+        decoder.eval()
+        done, optimizer_state = 0, None
+
+    with torch.inference_mode(False), torch.enable_grad():
+        for phase_ in range(phase, int(recipe.dagger_rounds) + 1):
+            if cancel is not None and cancel():
+                break
+            if phase_ > 0 and not (resume is not None and phase_ == phase):
+                t = time.perf_counter()
+                more = collect_states(predictor, copy.deepcopy(decoder), examples, recipe, cancel)
+                states = [a + b for a, b in zip(states, more)]
+                report["simulate_s"] += time.perf_counter() - t
+            count = sum(len(s) for s in states)
+            report["states"].append(count)
+            steps = int(round(recipe.epochs * count)) if phase_ == 0 else int(round(recipe.epochs * count / 2))
+            t = time.perf_counter()
+            run_phase(phase_, steps)
+            if log is not None:
+                log(f"fine-tuning: phase {phase_}: {count} states, {steps} steps in {time.perf_counter() - t:.0f} s, "
+                    f"loss {np.mean(losses[:20]) if losses else float('nan'):.4f} -> "
+                    f"{np.mean(losses[-20:]) if losses else float('nan'):.4f}")
+    for parameter in decoder.parameters():
+        parameter.requires_grad_(False)
+    decoder = decoder.to(predictor.device).eval()
+    report["steps"] = len(losses)
+    report["first_loss"] = float(np.mean(losses[:20])) if losses else None
+    report["last_loss"] = float(np.mean(losses[-20:])) if losses else None
+    report["train_s"] = time.perf_counter() - started
+    return FinetunedDecoder(decoder, DecoderChoice(KIND, decoder, "training", True, name="fine-tuned"), report)
+
+
+def save_finetuned_decoder(path, model, decoder: torch.nn.Module, metrics: dict | None = None,
+                           config: dict | None = None, provenance: dict | None = None):
+    """Write ``decoder`` (float32) as a decoder checkpoint for ``model``; atomic. ``provenance``
+    (tissue, training_data, verdict, ...) goes into the metadata, where the picker reads it."""
+    from ..models.decoder_checkpoint import decoder_metadata, save_decoder_checkpoint
+
+    metadata = decoder_metadata(KIND, model.name, model.weights_hash, SCENARIO, True, metrics, config)
+    metadata["mask_outputs"] = "multi"
+    metadata.update(dict(provenance or {}))
+    return save_decoder_checkpoint(path, decoder, metadata)

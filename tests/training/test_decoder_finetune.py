@@ -1,0 +1,117 @@
+"""The fine-tuned project decoder (SAM's decoder trained on the states of every click): it learns,
+stays a plain SAM decoder that loads where decoders are chosen, resumes bit for bit, and refuses
+what it cannot train on (tiny random SAM: mechanics only)."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam_histo.engine.embedding_cache import EmbeddingCache
+from napari_sam_histo.engine.predictor import Predictor
+from napari_sam_histo.errors import InputError
+from napari_sam_histo.models.decoder_checkpoint import decoder_file_note, read_decoder_checkpoint
+from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
+from napari_sam_histo.training.decoder_finetune import (
+    FinetuneRecipe,
+    FinetuneState,
+    collect_states,
+    finetune_decoder,
+    mask_losses,
+)
+from napari_sam_histo.training.examples import AdaptationExample
+
+SMALL = FinetuneRecipe(lr=1e-3, epochs=3, l2sp=0.0, max_clicks=3, seed=0)
+
+
+def _disc_image(size=96, centre=(40, 50), radius=20, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    target = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2
+    image = np.where(target[..., None], [120, 50, 150], [235, 200, 220]) + rng.normal(0, 8, (size, size, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), target
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def examples(predictor):
+    out = []
+    for i in range(3):
+        image, target = _disc_image(centre=(40 + 3 * i, 45 + 2 * i), radius=15 + 2 * i, seed=i)
+        out.append(AdaptationExample(predictor.embed(image), target))
+    return out
+
+
+def _weights(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_the_states_are_every_prompt_the_decoder_was_given(predictor, examples):
+    states = collect_states(predictor, predictor.sam.mask_decoder, examples[:1], SMALL)[0]
+    assert 1 <= len(states) and states[0].multimask and states[0].mask is None  # the first click: three masks
+    assert [len(s.points) for s in states[:2]] == sorted(len(s.points) for s in states[:2])
+    later = [s for s in states if not s.multimask]
+    assert all(s.mask is not None and s.mask.shape == (256, 256) for s in later if len(s.points) > 1)
+
+
+def test_mask_losses_are_lowest_for_the_target_itself():
+    target = torch.zeros(8, 8)
+    target[2:6, 2:6] = 1
+    valid = torch.ones(8, 8, dtype=torch.bool)
+    logits = torch.stack([(target * 2 - 1) * 10, -(target * 2 - 1) * 10])
+    losses = mask_losses(logits, target, valid)
+    assert losses[0] < 0.05 < 1.5 < losses[1]
+
+
+@pytest.mark.slow
+def test_fine_tuning_learns_and_the_decoder_file_loads_as_a_sam_decoder(predictor, examples, tmp_path):
+    lines = []
+    trained = finetune_decoder(predictor, examples, SMALL, log=lines.append)
+    assert trained.choice.kind == "sam" and trained.choice.trained
+    assert trained.report["steps"] == round(SMALL.epochs * trained.report["states"][0]) > 0
+    assert trained.report["last_loss"] < trained.report["first_loss"]
+    assert any("phase 0" in line for line in lines)
+    sam_weights = _weights(predictor.sam.mask_decoder)
+    assert any(not torch.equal(v, sam_weights[k]) for k, v in _weights(trained.module).items())
+    assert all(torch.equal(v, sam_weights[k]) for k, v in _weights(predictor.sam.mask_decoder).items())  # SAM untouched
+    path = trained.save(tmp_path / "mine.pt", predictor.model, metrics={"noc@85": 1.0},
+                        config=SMALL.as_dict(), provenance={"tissue": "test discs", "training_data": "3 objects"})
+    metadata, _ = read_decoder_checkpoint(path)
+    assert metadata["decoder_kind"] == "sam" and metadata["config"]["recipe"] == "finetune"
+    assert decoder_file_note(path)[0] == "trained on test discs"
+    loaded = build_decoder_from_checkpoint(predictor.model, path)
+    assert all(torch.equal(v, _weights(trained.module)[k]) for k, v in _weights(loaded.module).items())
+    assert choose_decoder(predictor.model, str(path)).kind == "sam"
+
+
+@pytest.mark.slow
+def test_a_stopped_fine_tuning_resumes_to_the_same_weights(predictor, examples):
+    recipe = FinetuneRecipe(lr=1e-3, epochs=2, l2sp=0.5, max_clicks=2, seed=4)
+    straight = finetune_decoder(predictor, examples, recipe)
+    saved = []
+    stop_at = 2  # stop after the second checkpoint
+    trained = finetune_decoder(predictor, examples, recipe, cancel=lambda: len(saved) >= stop_at,
+                               on_checkpoint=lambda state: saved.append(state.as_dict()), checkpoint_every=3)
+    assert trained.report["steps"] < straight.report["steps"]
+    state = recipe.state_from_dict(saved[-1])
+    assert isinstance(state, FinetuneState) and state.steps_done == 6
+    resumed = finetune_decoder(predictor, examples, recipe, resume=state)
+    assert resumed.report["resumed_at"] == {"phase": 0, "steps_done": 6}
+    assert all(torch.equal(v, _weights(straight.module)[k]) for k, v in _weights(resumed.module).items())
+
+
+def test_it_refuses_what_it_cannot_train(predictor, examples):
+    with pytest.raises(InputError, match="No examples"):
+        finetune_decoder(predictor, [], SMALL)
+    empty = AdaptationExample(examples[0].embedding, np.zeros_like(np.asarray(examples[0].target, bool)))
+    with pytest.raises(InputError, match="empty"):
+        finetune_decoder(predictor, [empty], SMALL)
+    for bad in ({"lr": 0.0}, {"epochs": -1}, {"l2sp": float("nan")}, {"max_clicks": 0}, {"stop_iou": 1.5}):
+        with pytest.raises(InputError):
+            FinetuneRecipe(**bad)
+    modified = Predictor(predictor.model, choose_decoder(predictor.model, "modified", allow_untrained=True))
+    with pytest.raises(InputError, match="SAM's own decoder"):
+        finetune_decoder(modified, examples, SMALL)
