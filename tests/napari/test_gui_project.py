@@ -13,6 +13,7 @@ pytest.importorskip("napari")
 
 import napari_sam_histo  # noqa: E402
 from napari_sam_histo._napari.project_panel import OFF_TEXT  # noqa: E402
+from napari_sam_histo.training.decoder_finetune import FinetuneRecipe  # noqa: E402
 from napari_sam_histo.training.project_store import ProjectStore  # noqa: E402
 from napari_sam_histo.training.tissue_training import TissueRecipe  # noqa: E402
 
@@ -66,7 +67,7 @@ def _two_objects_kept(dock, qtbot):
 def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_verdict(dock, qtbot, slide):
     panel = _two_objects_kept(dock, qtbot)
     training = panel.training
-    training.recipe = TissueRecipe(steps=10, batch_size=2, max_clicks=2)  # mechanics, not a good decoder
+    training.recipe = FinetuneRecipe(epochs=1, max_clicks=2)  # the default recipe, shortened: mechanics
     training.name_edit.clear()
     qtbot.keyClicks(training.name_edit, "my stroma")
     qtbot.mouseClick(training.train_button, Qt.MouseButton.LeftButton)
