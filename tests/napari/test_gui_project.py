@@ -94,7 +94,7 @@ def test_a_cancelled_training_is_offered_again_and_goes_on_where_it_stopped(dock
 
     panel = _two_objects_kept(dock, qtbot)
     training = panel.training
-    training.recipe = TissueRecipe(steps=2000, batch_size=2, max_clicks=2)
+    training.recipe = TissueRecipe(steps=300, batch_size=2, max_clicks=2)
     training.name_edit.clear()
     qtbot.keyClicks(training.name_edit, "my stroma")
     written = slide.parent / "decoders" / "my-stroma.pt"
@@ -110,7 +110,7 @@ def test_a_cancelled_training_is_offered_again_and_goes_on_where_it_stopped(dock
     lines = []
     shown = training._progress
     training._progress = lambda line: (lines.append(line), shown(line))
-    training.recipe = TissueRecipe(steps=2000, batch_size=2, max_clicks=2)
+    training.recipe = TissueRecipe(steps=300, batch_size=2, max_clicks=2)
     qtbot.mouseClick(training.train_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: training.train_button.isEnabled(), timeout=600_000)
     assert written.exists() and not state.exists(), training.state.text()
