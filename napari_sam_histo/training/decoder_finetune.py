@@ -43,7 +43,7 @@ from ..evaluation.clicker import next_click
 from ..evaluation.metrics import LOGIT_THRESHOLD, iou
 from ..models.decoders import DecoderChoice
 from .examples import AdaptationExample
-from .tissue_training import on_frame
+from .tissue_training import example_on_frame, require_sam_decoder
 
 KIND = "sam"  # what the result is: a SAM decoder with other weights
 SCENARIO = "project-finetune"
@@ -137,13 +137,6 @@ class FinetunedDecoder:
         return save_finetuned_decoder(path, model, self.module, metrics, config, provenance)
 
 
-def _check_base(predictor) -> None:
-    choice = predictor.decoder
-    if choice.kind != "sam" or choice.module is not predictor.sam.mask_decoder:
-        raise InputError(f"A project decoder is fine-tuned from SAM's own decoder; this predictor decodes with "
-                         f"{choice.name or choice.kind!r}. Choose the 'sam' decoder to train one.")
-
-
 def _recording_predictor(predictor, module: torch.nn.Module, record: list):
     """A PyTorch float32 predictor on ``module`` that appends every prompt it decodes to ``record``."""
     from ..engine.predictor import Predictor
@@ -194,17 +187,6 @@ def collect_states(predictor, module: torch.nn.Module, examples: list[Adaptation
     return out
 
 
-def _frame(example: AdaptationExample, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    target = np.asarray(example.target, bool)
-    if target.shape != tuple(example.embedding.original_size):
-        raise InputError(f"An example's mask is {target.shape[1]}x{target.shape[0]} but its tile is "
-                         f"{example.embedding.original_size[1]}x{example.embedding.original_size[0]}.")
-    if not target.any():
-        raise InputError("An example's mask is empty: there is no object to learn from.")
-    frame, valid = on_frame(target, example.embedding.input_size, example.embedding.original_size, image_size)
-    return frame.float(), valid
-
-
 def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy + Dice of each of ``logits`` (M, H, W) against ``target`` (H, W, in
     [0, 1]) where ``valid``; one loss per mask."""
@@ -244,13 +226,13 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     ``on_checkpoint`` receives the training's state every ``checkpoint_every`` steps, at the end of
     each phase and when cancelled; ``resume`` goes on from such a state (same examples and recipe:
     the caller checks), with the same result as a run never stopped."""
-    _check_base(predictor)
+    require_sam_decoder(predictor, "A project decoder is fine-tuned from")
     if not examples:
         raise InputError("No examples to fine-tune a decoder on.")
     started = time.perf_counter()
     sam = predictor.sam
     image_size = int(sam.image_encoder.img_size)
-    frames = [_frame(e, image_size) for e in examples]
+    frames = [example_on_frame(e, image_size) for e in examples]
     features = [e.embedding.features.detach().to("cpu", torch.float32).reshape(1, *e.embedding.features.shape[-3:])
                 for e in examples]
     image_pe = sam.prompt_encoder.get_dense_pe().detach().to("cpu", torch.float32)

@@ -173,14 +173,19 @@ def on_frame(mask: np.ndarray, input_size, original_size, image_size: int) -> tu
     return F.avg_pool2d(full, scale)[0, 0], F.avg_pool2d(valid, scale)[0, 0] > 0.5
 
 
-def prepare(example: AdaptationExample, image_size: int) -> PreparedObject:
+def example_on_frame(example: AdaptationExample, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``on_frame`` of an example's mask, which must fit its tile and hold an object (``InputError``)."""
     target = np.asarray(example.target, bool)
     if target.shape != tuple(example.embedding.original_size):
         raise InputError(f"An example's mask is {target.shape[1]}x{target.shape[0]} but its tile is "
                          f"{example.embedding.original_size[1]}x{example.embedding.original_size[0]}.")
     if not target.any():
         raise InputError("An example's mask is empty: there is no object to learn from.")
-    frame, valid = on_frame(target, example.embedding.input_size, example.embedding.original_size, image_size)
+    return on_frame(target, example.embedding.input_size, example.embedding.original_size, image_size)
+
+
+def prepare(example: AdaptationExample, image_size: int) -> PreparedObject:
+    frame, valid = example_on_frame(example, image_size)
     return PreparedObject(example, example.embedding.features[0].detach().to("cpu", torch.float16),
                           frame.half(), valid)
 
@@ -214,10 +219,12 @@ class _States:
         return self
 
 
-def _check_base(predictor) -> None:
+def require_sam_decoder(predictor, what: str = "A tissue head learns over") -> None:
+    """``InputError`` unless ``predictor`` decodes with its model's own SAM decoder, which project
+    decoders start from; ``what`` begins the message (the recipe's relation to SAM's decoder)."""
     choice = predictor.decoder
     if choice.kind != "sam" or choice.module is not predictor.sam.mask_decoder:
-        raise InputError(f"A tissue head learns over SAM's own decoder; this predictor decodes with "
+        raise InputError(f"{what} SAM's own decoder; this predictor decodes with "
                          f"{choice.name or choice.kind!r}. Choose the 'sam' decoder to train one.")
 
 
@@ -229,7 +236,7 @@ def simulate(predictor, objects: list[PreparedObject], head: TissueHead | None, 
     from ..engine.session import ClickSession
     from ..engine.tiles import TileBox
 
-    _check_base(predictor)
+    require_sam_decoder(predictor)
     states = _States()
     head = head if head is not None else TissueHead(int(predictor.sam.mask_decoder.transformer_dim),
                                                     recipe.width, recipe.dilations, recipe.projection)
@@ -323,7 +330,7 @@ def train_tissue_head(predictor, examples: list[AdaptationExample], recipe: Tiss
     training state every ``checkpoint_every`` steps, at the end of each phase and when cancelled;
     ``resume`` goes on from such a state (same examples and recipe: the caller checks), with the
     same result as a run that was never stopped."""
-    _check_base(predictor)
+    require_sam_decoder(predictor)
     if not examples:
         raise InputError("No examples to train a tissue head on.")
     started = time.perf_counter()

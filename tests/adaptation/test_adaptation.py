@@ -16,19 +16,13 @@ from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
 from napari_sam_histo.training.examples import AdaptationExample
 
-
-def _disc_image(size=128, centre=(60, 70), radius=30, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    target = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2
-    image = np.where(target[..., None], [120, 50, 150], [235, 200, 220]) + rng.normal(0, 8, (size, size, 3))
-    return np.clip(image, 0, 255).astype(np.uint8), target
+from ..discs import disc_image
 
 
 def _examples(predictor, n, seed=0):
     out = []
     for i in range(n):
-        image, target = _disc_image(centre=(50 + 3 * i, 60 + 2 * i), radius=20 + i, seed=seed + i)
+        image, target = disc_image(128, centre=(50 + 3 * i, 60 + 2 * i), radius=20 + i, seed=seed + i)
         out.append(AdaptationExample(predictor.embed(image), target))
     return out
 
@@ -119,7 +113,7 @@ def test_a_click_queued_during_adaptation_runs_before_the_next_step(tiny_model):
     from napari_sam_histo.engine.annotator import Annotator
     from napari_sam_histo.slides.reader import from_array
 
-    image, _ = _disc_image(size=256)
+    image, _ = disc_image(256, centre=(60, 70), radius=30)
     source = from_array(image, "disc.png")
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     annotator = Annotator(predictor, source, level=0, tile_size=256)

@@ -20,15 +20,9 @@ from napari_sam_histo.training.decoder_finetune import (
 )
 from napari_sam_histo.training.examples import AdaptationExample
 
+from ..discs import disc_image
+
 SMALL = FinetuneRecipe(lr=1e-3, epochs=3, l2sp=0.0, max_clicks=3, seed=0)
-
-
-def _disc_image(size=96, centre=(40, 50), radius=20, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    target = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2
-    image = np.where(target[..., None], [120, 50, 150], [235, 200, 220]) + rng.normal(0, 8, (size, size, 3))
-    return np.clip(image, 0, 255).astype(np.uint8), target
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def predictor(tiny_model):
 def examples(predictor):
     out = []
     for i in range(3):
-        image, target = _disc_image(centre=(40 + 3 * i, 45 + 2 * i), radius=15 + 2 * i, seed=i)
+        image, target = disc_image(96, centre=(40 + 3 * i, 45 + 2 * i), radius=15 + 2 * i, seed=i)
         out.append(AdaptationExample(predictor.embed(image), target))
     return out
 
