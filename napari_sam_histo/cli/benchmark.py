@@ -146,7 +146,8 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
 def add_prepare(sub: argparse._SubParsersAction) -> None:
     prep = sub.add_parser("prepare", help="cut benchmark patches from a WSI and its tumor annotation")
     prep.add_argument("slide", help="the WSI (.svs, .ndpi, .mrxs, .tif, ...)")
-    prep.add_argument("--annotations", required=True, help="GeoJSON (QuPath, level-0 pixels) or ASAP XML")
+    prep.add_argument("--annotations", required=True,
+                      help="GeoJSON (QuPath, level-0 pixels), ASAP XML, or a binary mask image of the slide's size")
     prep.add_argument("--classes", nargs="+", default=None, help="keep only these classes/groups (default: all)")
     prep.add_argument("--magnification", type=float, required=True, help="working magnification, e.g. 5 or 10")
     prep.add_argument("--base-magnification", type=float, default=None,

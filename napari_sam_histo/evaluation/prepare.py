@@ -3,9 +3,11 @@
 At a chosen magnification (5x, 10x, ...), the slide is covered by non-overlapping square patches
 (400x400 by default); a patch is kept when its tumor fraction is within [0.2, 0.8]; each kept patch
 is written as ``images/<stem>.png`` + ``masks/<stem>.png`` (0/255) and listed in ``manifest.csv``
-with its source slide, level, level-0 box and tumor fraction. The fraction is computed from the
-polygons first; pixels are read only for kept patches, one patch at a time, from the pyramid level
-nearest above the target scale: the whole slide is never in memory.
+with its source slide, level, level-0 box and tumor fraction. A folder gathers the patches of
+several slides: preparing a slide into it replaces that slide's rows of the manifest and keeps the
+others'. The fraction is computed from the polygons first; pixels are read only for kept patches,
+one patch at a time, from the pyramid level nearest above the target scale: the whole slide is
+never in memory.
 """
 
 from __future__ import annotations
@@ -122,12 +124,25 @@ def prepare_patches(
             })
         if progress is not None:
             progress(row + 1, rows)
+    others = [row for row in _manifest_rows(out_dir / "manifest.csv") if row.get("source_slide") != source.name]
     with atomic_path(out_dir / "manifest.csv") as tmp:
         with open(tmp, "w", newline="") as stream:
             writer = csv.DictWriter(stream, MANIFEST_COLUMNS)
             writer.writeheader()
-            writer.writerows(rows_out)
+            writer.writerows(others + rows_out)
     return PrepareResult(len(rows_out), candidates, out_dir)
+
+
+def _manifest_rows(path: Path) -> list[dict]:
+    """The rows of a manifest ``prepare`` wrote before (none when there is none)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        if reader.fieldnames != MANIFEST_COLUMNS:
+            raise InputError(f"{path}: a manifest with other columns than prepare writes; "
+                             f"choose an empty folder for --out.")
+        return list(reader)
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

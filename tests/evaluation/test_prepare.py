@@ -145,3 +145,42 @@ def test_prepare_cli(tmp_path, capsys):
     assert (tmp_path / "d" / "manifest.csv").is_file()
     assert main(["prepare", str(SAMPLE_SLIDE), "--annotations", str(tmp_path / "none.geojson"),
                  "--magnification", "5", "--out", str(tmp_path / "e")]) == 2
+
+
+def test_a_mask_image_is_read_as_polygons_of_its_regions(tmp_path):
+    mask = np.zeros((40, 60), np.uint8)
+    mask[5:15, 5:25] = 255
+    mask[20:35, 30:55] = 255
+    mask[24:28, 40:44] = 0  # a hole
+    iio.imwrite(tmp_path / "m.png", mask)
+    polygons = read_polygons(tmp_path / "m.png")
+    assert len(polygons) == 2 and all(p.name == "Tumor" for p in polygons)
+    assert np.array_equal(rasterize(polygons, (0, 0), 1.0, mask.shape), mask > 0)
+    noisy = mask.copy()
+    noisy[noisy == 0] = 3  # a JPEG mask's noise around 0
+    iio.imwrite(tmp_path / "m.jpg", np.stack([noisy] * 3, -1), quality=95)
+    assert np.mean(rasterize(read_polygons(tmp_path / "m.jpg"), (0, 0), 1.0, mask.shape) == (mask > 0)) > 0.98
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="bad.png: not a readable mask image"):
+        read_polygons(tmp_path / "bad.png")
+    iio.imwrite(tmp_path / "empty.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(InputError, match="empty.png: no polygon"):
+        read_polygons(tmp_path / "empty.png")
+
+
+def test_a_folder_gathers_the_patches_of_several_slides(tmp_path):
+    from napari_sam_histo.slides.reader import from_array
+
+    def slide(name, colour):
+        return from_array(np.full((512, 512, 3), colour, np.uint8), name=name)
+
+    half = [Polygon(_square(0, 0, 128, 512), name="Tumor")]  # half of a 256-px patch, a quarter of a 512-px one
+    prepare_patches(slide("a.png", 200), half, tmp_path, magnification=1, patch_size=256, base=1)
+    prepare_patches(slide("b.png", 100), half, tmp_path, magnification=1, patch_size=256, base=1)
+    prepare_patches(slide("a.png", 200), half, tmp_path, magnification=1, patch_size=512, base=1)  # again
+    rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
+    assert sorted((r["source_slide"], r["width0"]) for r in rows) == [("a.png", "512"), ("b.png", "256"),
+                                                                      ("b.png", "256")]
+    (tmp_path / "manifest.csv").write_text("image,mask\nx.png,y.png\n")
+    with pytest.raises(InputError, match="other columns"):
+        prepare_patches(slide("c.png", 50), half, tmp_path, magnification=1, patch_size=256, base=1)
