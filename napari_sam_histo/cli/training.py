@@ -47,13 +47,19 @@ def _recipe(args: argparse.Namespace, seed: int):
     if args.recipe == "tissue-head":
         from ..training.tissue_training import TissueRecipe
 
-        return TissueRecipe(steps=args.steps, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
+        return TissueRecipe(steps=args.steps, dagger_rounds=_given(args.dagger_rounds, TissueRecipe.dagger_rounds),
+                            dagger_steps=args.dagger_steps,
                             lr=args.lr or 1e-3, batch_size=args.batch_size, seed=seed,
                             corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
     from ..training.decoder_finetune import FinetuneRecipe
 
     return FinetuneRecipe(lr=args.lr or FinetuneRecipe.lr, epochs=args.epochs, l2sp=args.l2sp,
-                          dagger_rounds=args.dagger_rounds, seed=seed)
+                          dagger_rounds=_given(args.dagger_rounds, FinetuneRecipe.dagger_rounds), seed=seed)
+
+
+def _given(value, default):
+    """An option's value, or the recipe's default where the option was not given."""
+    return default if value is None else value
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +69,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's, 3e-5 / 1e-3)")
     parser.add_argument("--epochs", type=float, default=2.0, help="finetune: passes over the click states")
     parser.add_argument("--l2sp", type=float, default=1.0, help="finetune: pull of the weights towards SAM's")
-    parser.add_argument("--dagger-rounds", type=int, default=0,
+    parser.add_argument("--dagger-rounds", type=int, default=None,
                         help="rounds of re-clicking the training objects with the decoder being trained, then "
-                             "training on")
+                             "training on (default: the recipe's, 1 / 0)")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

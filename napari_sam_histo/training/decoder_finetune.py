@@ -14,8 +14,9 @@
    every weight from SAM's own (L2-SP). The image encoder never runs (the examples carry their
    cached embeddings) and SAM's prompt encoder is frozen: a step is one forward and backward pass
    of the decoder (~0.3-0.7 s on 2 CPU cores).
-3. **Optional DAgger rounds** (``dagger_rounds``): the objects are clicked again with the decoder
-   being trained, its states added, and the fit goes on for half as many steps again.
+3. **DAgger rounds** (``dagger_rounds``, one by default): the objects are clicked again with the
+   decoder being trained, its states added (the prompts a user meets with this decoder), and the
+   fit goes on for half as many steps again.
 
 Why the whole decoder, with clicks at every step, and why L2-SP: a head that corrects SAM's first
 mask (``training.tissue_training``) made the first mask better and saved no clicks; fine-tuning on
@@ -59,7 +60,7 @@ class FinetuneRecipe:
     l2sp: float = 1.0  # weight of the squared distance from SAM's weights
     max_clicks: int = 10  # clicks per object when collecting states
     stop_iou: float = 0.9
-    dagger_rounds: int = 0
+    dagger_rounds: int = 1  # re-clicking the objects with the decoder being trained, then training on
     seed: int = 0
 
     name = "finetune"  # class attributes (``training.recipes.DecoderRecipe``), not settings
@@ -106,8 +107,9 @@ class ClickState:
 class FinetuneState:
     """Where a fine-tuning stands, to go on in another process: the decoder's and the optimizer's
     weights, the phase (0 the first fit, ``r`` DAgger round ``r``), the steps done in it, the
-    losses and the random generator. The states are not kept: clicking with zero-shot SAM gives
-    them again, the same. Tensors, lists, dicts and numbers only (``torch.load(weights_only=True)``)."""
+    losses, the random generator and the decoder's weights when each DAgger round so far began.
+    The states are not kept: clicking with zero-shot SAM, and with each round's decoder, gives them
+    again, the same. Tensors, lists, dicts and numbers only (``torch.load(weights_only=True)``)."""
 
     decoder: dict
     optimizer: dict | None
@@ -115,13 +117,15 @@ class FinetuneState:
     steps_done: int
     losses: list[float]
     rng: dict
+    round_starts: list = field(default_factory=list)  # one decoder state dict per DAgger round begun
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> FinetuneState:
-        return cls(**{name: data[name] for name in ("decoder", "optimizer", "phase", "steps_done", "losses", "rng")})
+        return cls(**{name: data[name] for name in ("decoder", "optimizer", "phase", "steps_done", "losses", "rng")},
+                   round_starts=list(data.get("round_starts", [])))
 
 
 @dataclass
@@ -243,28 +247,35 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     anchor = {name: p.detach().clone() for name, p in decoder.named_parameters()}
     rng = np.random.default_rng([recipe.seed, len(examples)])
     report = {"objects": len(examples), "recipe": recipe.as_dict(), "resumed_at": None, "states": []}
-    phase, done, optimizer_state, losses = 0, 0, None, []
+    phase, done, optimizer_state, losses, round_starts = 0, 0, None, [], []
     if resume is not None:
         decoder.load_state_dict(resume.decoder)
         rng.bit_generator.state = resume.rng
         phase, done, optimizer_state, losses = resume.phase, resume.steps_done, resume.optimizer, list(resume.losses)
+        round_starts = list(resume.round_starts)
         report["resumed_at"] = {"phase": phase, "steps_done": done}
         if log is not None:
             log(f"fine-tuning: resuming at step {done} of phase {phase}")
     t = time.perf_counter()
-    # zero-shot SAM's states: the same in every run, so a resumed training clicks them again
+    # zero-shot SAM's states, then each DAgger round's begun so far, clicked with the decoder of
+    # its time: the same in every run, so a resumed training clicks them again
     states = collect_states(predictor, base, examples, recipe, cancel)
-    if phase > 0:  # a resumed DAgger round: the rounds before it clicked with the decoder of their time
-        # (not kept); clicking once more with the resumed decoder stands in for them
-        more = collect_states(predictor, copy.deepcopy(decoder), examples, recipe, cancel)
+    for round_ in range(phase):
+        clicking = copy.deepcopy(decoder)
+        if round_ < len(round_starts):
+            clicking.load_state_dict(round_starts[round_])
+        more = collect_states(predictor, clicking, examples, recipe, cancel)
         states = [a + b for a, b in zip(states, more)]
     report["simulate_s"] = time.perf_counter() - t
 
+    def weights() -> dict:
+        return {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+
     def checkpoint(phase_: int, steps_done: int, optimizer) -> None:
         if on_checkpoint is not None:
-            on_checkpoint(FinetuneState({k: v.detach().clone() for k, v in decoder.state_dict().items()},
-                                        None if optimizer is None else optimizer.state_dict(),
-                                        phase_, steps_done, list(losses), rng.bit_generator.state))
+            on_checkpoint(FinetuneState(weights(), None if optimizer is None else optimizer.state_dict(),
+                                        phase_, steps_done, list(losses), rng.bit_generator.state,
+                                        list(round_starts)))
 
     def run_phase(phase_: int, steps: int) -> None:
         nonlocal done, optimizer_state
@@ -299,6 +310,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
                 break
             if phase_ > 0 and not (resume is not None and phase_ == phase):
                 t = time.perf_counter()
+                round_starts.append(weights())
                 more = collect_states(predictor, copy.deepcopy(decoder), examples, recipe, cancel)
                 states = [a + b for a, b in zip(states, more)]
                 report["simulate_s"] += time.perf_counter() - t

@@ -65,9 +65,11 @@ def test_fine_tuning_learns_and_the_decoder_file_loads_as_a_sam_decoder(predicto
     lines = []
     trained = finetune_decoder(predictor, examples, SMALL, log=lines.append)
     assert trained.choice.kind == "sam" and trained.choice.trained
-    assert trained.report["steps"] == round(SMALL.epochs * trained.report["states"][0]) > 0
+    first, dagger = trained.report["states"]  # zero-shot SAM's states; then those of one DAgger round added
+    assert dagger > first > 0
+    assert trained.report["steps"] == round(SMALL.epochs * first) + round(SMALL.epochs * dagger / 2)
     assert trained.report["last_loss"] < trained.report["first_loss"]
-    assert any("phase 0" in line for line in lines)
+    assert any("phase 0" in line for line in lines) and any("phase 1" in line for line in lines)
     sam_weights = _weights(predictor.sam.mask_decoder)
     assert any(not torch.equal(v, sam_weights[k]) for k, v in _weights(trained.module).items())
     assert all(torch.equal(v, sam_weights[k]) for k, v in _weights(predictor.sam.mask_decoder).items())  # SAM untouched
@@ -82,18 +84,23 @@ def test_fine_tuning_learns_and_the_decoder_file_loads_as_a_sam_decoder(predicto
 
 
 @pytest.mark.slow
-def test_a_stopped_fine_tuning_resumes_to_the_same_weights(predictor, examples):
-    recipe = FinetuneRecipe(lr=1e-3, epochs=2, l2sp=0.5, max_clicks=2, seed=4)
+@pytest.mark.parametrize("phase", [0, 1])  # stopped in the first fit, or in the DAgger round
+def test_a_stopped_fine_tuning_resumes_to_the_same_weights(predictor, examples, phase):
+    recipe = FinetuneRecipe(lr=1e-2, epochs=2, l2sp=0.5, max_clicks=3, seed=4, dagger_rounds=1)
     straight = finetune_decoder(predictor, examples, recipe)
     saved = []
-    stop_at = 2  # stop after the second checkpoint
-    trained = finetune_decoder(predictor, examples, recipe, cancel=lambda: len(saved) >= stop_at,
+
+    def stop() -> bool:  # after the second checkpoint of the phase
+        return bool(saved) and saved[-1]["phase"] == phase and saved[-1]["steps_done"] == 6
+
+    trained = finetune_decoder(predictor, examples, recipe, cancel=stop,
                                on_checkpoint=lambda state: saved.append(state.as_dict()), checkpoint_every=3)
     assert trained.report["steps"] < straight.report["steps"]
     state = recipe.state_from_dict(saved[-1])
-    assert isinstance(state, FinetuneState) and state.steps_done == 6
+    assert isinstance(state, FinetuneState) and (state.phase, state.steps_done) == (phase, 6)
+    assert len(state.round_starts) == phase  # the decoder that clicked the round's states
     resumed = finetune_decoder(predictor, examples, recipe, resume=state)
-    assert resumed.report["resumed_at"] == {"phase": 0, "steps_done": 6}
+    assert resumed.report["resumed_at"] == {"phase": phase, "steps_done": 6}
     assert all(torch.equal(v, _weights(straight.module)[k]) for k, v in _weights(resumed.module).items())
 
 
