@@ -116,13 +116,13 @@ def table_rows(per_seed: dict, method: str = "tissue decoder") -> list[dict]:
     return rows
 
 
-def write_figure(path: Path, source: str, per_seed: dict) -> Path:
+def write_figure(path: Path, source: str, per_seed: dict, method: str = "tissue decoder") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
     seeds = sorted(per_seed, key=int)
     means: dict[int, list] = {}
     for index, seed in enumerate(seeds):
@@ -130,12 +130,12 @@ def write_figure(path: Path, source: str, per_seed: dict) -> Path:
         values = [per_seed[seed]["k"][str(k)]["noc@85"] for k in ks]
         for k, v in zip(ks, values):
             means.setdefault(k, []).append(v)
-        ax.plot(ks, values, "o-", color=f"C{index}", alpha=0.45, markersize=3, label=f"tissue decoder, seed {seed}")
+        ax.plot(ks, values, "o-", color=f"C{index}", alpha=0.45, markersize=3, label=f"{method}, seed {seed}")
         ax.axhline(per_seed[seed]["sam"]["noc@85"], color=f"C{index}", linestyle="--", linewidth=1, alpha=0.6,
                    label=f"zero-shot SAM, seed {seed}")
     if means:
         ks = sorted(means)
-        ax.plot(ks, [np.mean(means[k]) for k in ks], "s-", color="black", markersize=4, label="tissue decoder, mean")
+        ax.plot(ks, [np.mean(means[k]) for k in ks], "s-", color="black", markersize=4, label=f"{method}, mean")
         ax.axhline(np.mean([per_seed[seed]["sam"]["noc@85"] for seed in seeds]), color="black", linestyle="--",
                    linewidth=1, label="zero-shot SAM, mean")
     ax.set_xscale("log")
@@ -144,7 +144,8 @@ def write_figure(path: Path, source: str, per_seed: dict) -> Path:
     ax.set_xlabel("training objects (k)")
     ax.set_ylabel("NoC@85 on held-out cases")
     ax.set_title(source, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, never over them
+    fig.tight_layout()
     return write_png(path, fig)
 
 
@@ -281,7 +282,8 @@ def write_report(out: Path, summary: dict, object_rows: list) -> None:
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     write_csv(out / "objects.csv", OBJECT_COLUMNS, object_rows)
     write_text(out / "table.md", format_table(summary["rows"]) + "\n")
-    write_figure(out / "noc85-vs-k.png", Path(summary["source"]).name, summary["seeds_detail"])
+    write_figure(out / "noc85-vs-k.png", Path(summary["source"]).name, summary["seeds_detail"],
+                 summary.get("method", "tissue decoder"))
 
 
 def join_reports(folders: list, out_dir: str | Path) -> dict:
