@@ -91,6 +91,13 @@ def click(viewer, x0: float, y0: float, button: int = 1, modifiers=()) -> None:
         _mouse(viewer, kind, position=world(x0, y0), pos=at, button=button, modifiers=list(modifiers))
 
 
+def click_image(dock, x0: float, y0: float, button: int = 1) -> None:
+    """A user's click at level-0 (x0, y0) of the annotated image, whatever its scale."""
+    position = tuple(dock.image_layer.data_to_world((y0, x0)))
+    for kind in ("mouse_press", "mouse_release"):
+        _mouse(dock.viewer, kind, position=position, pos=np.array([100.0, 100.0]), button=button)
+
+
 def press(viewer, key: int) -> None:
     """A key press and release on the canvas, through napari's key map (as the canvas sends them)."""
     from app_model.types import KeyBinding

@@ -260,12 +260,17 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     # zero-shot SAM's states, then each DAgger round's begun so far, clicked with the decoder of
     # its time: the same in every run, so a resumed training clicks them again
     states = collect_states(predictor, base, examples, recipe, cancel)
+
+    def add_round_states(clicking: torch.nn.Module) -> None:
+        nonlocal states
+        more = collect_states(predictor, clicking, examples, recipe, cancel)
+        states = [a + b for a, b in zip(states, more)]
+
     for round_ in range(phase):
         clicking = copy.deepcopy(decoder)
         if round_ < len(round_starts):
             clicking.load_state_dict(round_starts[round_])
-        more = collect_states(predictor, clicking, examples, recipe, cancel)
-        states = [a + b for a, b in zip(states, more)]
+        add_round_states(clicking)
     report["simulate_s"] = time.perf_counter() - t
 
     def weights() -> dict:
@@ -311,8 +316,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
             if phase_ > 0 and not (resume is not None and phase_ == phase):
                 t = time.perf_counter()
                 round_starts.append(weights())
-                more = collect_states(predictor, copy.deepcopy(decoder), examples, recipe, cancel)
-                states = [a + b for a, b in zip(states, more)]
+                add_round_states(copy.deepcopy(decoder))
                 report["simulate_s"] += time.perf_counter() - t
             count = sum(len(s) for s in states)
             report["states"].append(count)

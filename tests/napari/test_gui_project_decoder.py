@@ -18,7 +18,7 @@ from napari_sam_histo.evaluation.metrics import iou  # noqa: E402
 from napari_sam_histo.evaluation.slide_benchmark import write_pyramid  # noqa: E402
 from napari_sam_histo.training.decoder_finetune import FinetuneRecipe  # noqa: E402
 
-from ..annotator_gui import _mouse, _wait, press  # noqa: E402
+from ..annotator_gui import _wait, click_image, press  # noqa: E402
 from ..nests import nest_image  # noqa: E402
 
 SIZE, NESTS = 768, 8
@@ -45,10 +45,7 @@ def _clicks_for(dock, qtbot, target) -> int:
     for n in range(1, MAX_CLICKS + 1):
         click = next_click(target, shown, clicked)
         clicked[click.row, click.col] = True
-        position = tuple(dock.image_layer.data_to_world((click.row, click.col)))
-        for kind in ("mouse_press", "mouse_release"):
-            _mouse(dock.viewer, kind, position=position, pos=np.array([100.0, 100.0]),
-                   button=1 if click.positive else 2)
+        click_image(dock, click.col, click.row, button=1 if click.positive else 2)
         _wait(dock, qtbot)
         shown = _shown(dock, target.shape)
         if iou(shown, target) >= GOAL:

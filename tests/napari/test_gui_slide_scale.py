@@ -14,7 +14,7 @@ from napari_sam_histo._napari.annotator.working_layers import CURRENT  # noqa: E
 from napari_sam_histo._napari.sample_data import cmu1_region  # noqa: E402
 from napari_sam_histo.evaluation.slide_benchmark import write_pyramid  # noqa: E402
 
-from ..annotator_gui import FRAGMENT, _mouse, _wait, dock, slide  # noqa: E402,F401
+from ..annotator_gui import FRAGMENT, _wait, click_image, dock, slide  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -47,13 +47,6 @@ def _started(make_napari_viewer, qtbot, path, level=None, tile=None, grow=None, 
     return viewer, dock
 
 
-def _click(dock, x0, y0, button=1):
-    """A user's click at level-0 (x0, y0) of the annotated image, whatever its scale."""
-    position = tuple(dock.image_layer.data_to_world((y0, x0)))
-    for kind in ("mouse_press", "mouse_release"):
-        _mouse(dock.viewer, kind, position=position, pos=np.array([100.0, 100.0]), button=button)
-
-
 @pytest.mark.gui
 def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines_as_one_object(
         make_napari_viewer, qtbot, mobile_sam, no_mpp_slide):
@@ -64,7 +57,7 @@ def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines
     assert "following the view" in dock.status.text()
     try:
         viewer.reset_view()  # the whole slide on screen
-        _click(dock, *FRAGMENT)
+        click_image(dock, *FRAGMENT)
         _wait(dock, qtbot)
         state = dock.annotator.state()
         (coarse,) = state.boxes
@@ -80,7 +73,7 @@ def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines
         height, width = viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size
         viewer.camera.zoom = max(width, height) / 600 / float(dock.image_layer.scale[-1])
         assert dock.view_level().downsample == 1.0
-        _click(dock, (border[0] - 3) * coarse.downsample, border[1] * coarse.downsample, button=2)  # negative
+        click_image(dock, (border[0] - 3) * coarse.downsample, border[1] * coarse.downsample, button=2)  # negative
         _wait(dock, qtbot)
         refined = dock.annotator.state()
         assert {b.downsample for b in refined.boxes} == {coarse.downsample, 1.0}  # one object, two levels
@@ -125,9 +118,9 @@ def test_an_object_across_a_tile_border_has_no_straight_cut_there(make_napari_vi
     # 256-px tiles: the tissue fragment is larger than one; the tiles are the clicks' own (no growth)
     viewer, dock = _started(make_napari_viewer, qtbot, slide, level=0, tile=256, grow=False)
     try:
-        _click(dock, *FRAGMENT)
-        _click(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # beyond the first tile's left border
-        _click(dock, FRAGMENT[0], FRAGMENT[1] + 200)  # and below it
+        click_image(dock, *FRAGMENT)
+        click_image(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # beyond the first tile's left border
+        click_image(dock, FRAGMENT[0], FRAGMENT[1] + 200)  # and below it
         _wait(dock, qtbot)
         boxes = dock.annotator.state().boxes
         assert len(boxes) >= 2 and len(dock.annotator.clicks) == 3
@@ -158,7 +151,7 @@ def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make
     viewer, dock = _started(make_napari_viewer, qtbot, no_mpp_slide, level=1, grow=False,  # level 1: 1/4
                             before_start=no_cleaning)
     try:
-        _click(dock, *FRAGMENT)
+        click_image(dock, *FRAGMENT)
         _wait(dock, qtbot)
         current = viewer.layers[CURRENT]
         assert np.allclose(current.scale[-2:], 4.0, atol=0.01)
@@ -188,8 +181,8 @@ def test_the_object_grows_past_a_tile_border_without_a_click_there(make_napari_v
     assert growing == [True]  # on by default
     try:
         viewer.reset_view()  # the whole slide on screen: the object grows only inside the view
-        _click(dock, *FRAGMENT)
-        _click(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # the second click's tissue reaches its tiles' borders
+        click_image(dock, *FRAGMENT)
+        click_image(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # the second click's tissue reaches its tiles' borders
         _wait(dock, qtbot)
         # two clicks open at most two tiles; the next tiles are computed and decoded by themselves
         qtbot.waitUntil(lambda: len(dock.annotator.state().boxes) > 2 and "continues past" in dock.status.text(),
