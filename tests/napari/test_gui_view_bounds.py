@@ -12,8 +12,8 @@ from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
 from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, TILES  # noqa: E402
 from napari_sam_histo._napari.reader import slide_stem  # noqa: E402
 
-from ..annotator_gui import _wait, press, slide  # noqa: E402,F401
-from .test_gui_slide_scale import _click, _started  # noqa: E402
+from ..annotator_gui import _wait, click_image, press, slide  # noqa: E402,F401
+from .test_gui_slide_scale import _started  # noqa: E402
 
 SPOT = (700, 2400)  # stroma of the large tissue region: at a coarse level SAM takes the tissue around it
 VIEW_SIDE = 1200  # level-0 pixels across the view
@@ -40,7 +40,7 @@ def test_a_click_at_a_coarse_level_with_growth_on_accepts_only_what_the_view_sho
         qtbot.wait(50)
         shown = dock.view_box()
         assert dock.view_level().downsample >= 4  # a coarse level: a 256-px tile spans about the view
-        _click(dock, *SPOT)
+        click_image(dock, *SPOT)
         _wait(dock, qtbot)
         dock.annotator.wait_continuation(120)
         qtbot.wait(300)  # the grown tiles are drawn
@@ -77,7 +77,7 @@ def test_an_image_opened_while_annotating_goes_under_the_annotators_layers(make_
         qtbot.waitUntil(lambda: names().index("second slide") < min(
             names().index(n) for n in (ANNOTATIONS, CURRENT, TILES, CLICKS)), timeout=5_000)
         viewer.layers.selection.active = viewer.layers["second slide"]
-        _click(dock, 2091, 615)  # still the slide being annotated that is clicked
+        click_image(dock, 2091, 615)  # still the slide being annotated that is clicked
         _wait(dock, qtbot)
         assert len(viewer.layers[CLICKS].data) == 1 and len(dock.annotator.clicks) == 1
     finally:
@@ -98,7 +98,7 @@ def test_the_status_names_the_level_in_view_and_the_decoder_as_chosen(make_napar
         assert describe_downsample(dock.view_level().downsample, dock.source.mpp) in text  # not level 0's
         assert dock.view_level().downsample > 1
         viewer.reset_view()  # the whole slide on screen
-        _click(dock, 2091, 615)
+        click_image(dock, 2091, 615)
         _wait(dock, qtbot)
         press(viewer, KeyCode.Enter)
         qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
