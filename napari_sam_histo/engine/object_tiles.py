@@ -37,11 +37,9 @@ coarse outline).
 The object's shape is its tiles' logits blended (``blending``: overlapping tiles averaged with
 weights that fall at inner borders, finer levels over coarser), thresholded and vectorised once over
 their joint extent, so it is not cut at tile borders and keeps its holes. Undo/redo follow the
-clicks across tiles and levels. ``cut_points`` and ``grow`` are what continuation (``annotator``)
-grows the object with, only inside ``view``; a click empties the tiles the object grew into by
-itself (they were decoded from its shape before the click), so a correction applies to the whole
-object and growth starts again from the corrected shape. ``accept(view=...)`` refuses an object that
-reaches beyond the view (``BeyondView``): what is accepted is what the user saw.
+clicks across tiles and levels. The object grows by itself past its tiles' borders, only inside
+``view`` (``growth``, which it holds). ``accept(view=...)`` refuses an object that reaches beyond the
+view (``BeyondView``): what is accepted is what the user saw.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_c
 from ..errors import InputError
 from ..slides.source import ImageSource
 from .blending import Blend, TileLogits, blend, sample_field
-from .growth import cut_points
+from .growth import ObjectGrowth
 from .object_state import (
     AnnotatorState,
     BeyondView,
@@ -116,14 +114,14 @@ class ObjectTiles:
         self._decoding = predictor
         self._refining = None  # the slide refiner the object's tiles use (``adaptation.refiner()``), or None
         self.source = source
-        self._sessions: dict[str, ClickSession] = {}
+        self.sessions: dict[str, ClickSession] = {}  # the click sessions of the object's tiles, by tile key
         self.tiles = TileChoice(predictor, source, level, tile_size, reuse_margin,
-                                lambda key: key in self._sessions or self.work.fetching(key))
+                                lambda key: key in self.sessions or self.work.fetching(key))
         # How a new object's first tile picks among SAM's candidates (``session.FIRST_MASK_RULES``)
-        # when the tile spans the view (``_spans_view``: auto's levels do): "unflooded" refuses a
-        # candidate that covers most of the tile (a click on a small nest at a coarse level otherwise
-        # takes the whole tissue core). A tile much smaller than the view (a finer level pinned) takes
-        # SAM's own choice: an object larger than such a tile is what the user sees.
+        # when the tile spans the view (``ObjectGrowth.spans_view``: auto's levels do): "unflooded"
+        # refuses a candidate that covers most of the tile (a click on a small nest at a coarse level
+        # otherwise takes the whole tissue core). A tile much smaller than the view (a finer level
+        # pinned) takes SAM's own choice: an object larger than such a tile is what the user sees.
         self.first_mask = first_mask
         self.honour_clicks = bool(honour_clicks)
         # The level-0 box (x0, y0, x1, y1) the user looks at, set by a UI (None: no bound). The object
@@ -133,8 +131,9 @@ class ObjectTiles:
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)
         self.lock = threading.RLock()  # guards the state below; held by the worker while it changes it
         self.revision = 0  # counts the object's changes: work that started before one does not land
-        self._history: list[TileStep] = []
-        self._redo: list[TileStep] = []
+        self.history: list[TileStep] = []  # the object's clicks, each with the tiles it went to and grew into
+        self.undone: list[TileStep] = []  # the steps undone, that redo brings back
+        self.growth = ObjectGrowth(self)
         self.colours = TileColours(source.read_region, self._keeps_colour)
 
     def _refine_for(self, box: TileBox):
@@ -146,9 +145,9 @@ class ObjectTiles:
         from ..models.slide_refiner import TileRefiner
 
         evidence = None
-        if self._history:
-            taken = self._history[-1].taken
-            last = self._sessions.get(taken[0]) if taken else None
+        if self.history:
+            taken = self.history[-1].taken
+            last = self.sessions.get(taken[0]) if taken else None
             evidence = last.evidence if last is not None else None
         return TileRefiner(self._refining, None, evidence=evidence, colour=lambda: self.tile_colour(box))
 
@@ -209,16 +208,14 @@ class ObjectTiles:
             self.tiles.know(boxes)
 
     def cut_boxes(self) -> list[TileBox]:
-        """The tiles the current object's next clicks would open where a tile border cuts it."""
-        with self.lock:
-            return [self.tiles.box_for(px, py, self.grid) for px, py in self.cut_points()]
+        return self.growth.cut_boxes()
 
     # -- where a click goes ----------------------------------------------------------------------
     def _route(self, grid: TileGrid, x0: float, y0: float, positive: bool) -> tuple[list[ClickSession], TileBox | None]:
         """The object's tiles that take the level-0 click, and the new tile it opens (or None)."""
         d = grid.downsample
         x, y = x0 / d, y0 / d
-        active = self._active()
+        active = self.active_sessions()
         same = [s for s in active if s.box.downsample == d and s.box.contains(x, y)]
         finer = [s for s in active if s.box.downsample < d
                  and s.box.contains(x0 / s.box.downsample, y0 / s.box.downsample)]
@@ -230,10 +227,15 @@ class ObjectTiles:
         box = self.tiles.box_for(x, y, grid)
         return [s for s in same + finer if s.box != box], box
 
-    def _clicks_in(self, box: TileBox) -> list[tuple[float, float, bool]]:
+    def new_session(self, box: TileBox, embedding, first_mask: str = "iou") -> ClickSession:
+        """A click session of the object's on tile ``box``, decoding as the object's other tiles do."""
+        return ClickSession(self._decoding, box, embedding, refine=self._refine_for(box), first_mask=first_mask,
+                            honour_clicks=self.honour_clicks)
+
+    def clicks_in(self, box: TileBox) -> list[tuple[float, float, bool]]:
         """The object's clicks inside ``box``, in its pixels (a new tile starts from them)."""
         d = box.downsample
-        return [(cx / d - box.x, cy / d - box.y, p) for cx, cy, p in (s.click for s in self._history)
+        return [(cx / d - box.x, cy / d - box.y, p) for cx, cy, p in (s.click for s in self.history)
                 if box.contains(cx / d, cy / d)]
 
     # -- actions ---------------------------------------------------------------------------------
@@ -245,25 +247,24 @@ class ObjectTiles:
         x, y = self.tiles.level_point(x0, y0, grid)
         x0, y0 = x * grid.downsample, y * grid.downsample
         with self.lock:
-            if not self._sessions:  # a new object (not one whose clicks were all undone: it keeps its decoder)
+            if not self.sessions:  # a new object (not one whose clicks were all undone: it keeps its decoder)
                 self._decoding = self.adaptation.predictor() if self.adaptation is not None else self.predictor
                 self._refining = self.adaptation.refiner() if self.adaptation is not None else None
             self.tiles.working = working
             holders, box = self._route(grid, x0, y0, positive)
-            session = self._sessions.get(box.key()) if box is not None else None
+            session = self.sessions.get(box.key()) if box is not None else None
             if box is not None:
                 self.tiles.known[box.key()] = box
         if box is not None and session is None:
             # Outside the lock: the embedding may take seconds, and readers must not wait for it.
-            spans = self._spans_view(max(box.shape) * box.downsample)
-            session = ClickSession(self._decoding, box, self.work.embedding(box, "click"), refine=self._refine_for(box),
-                                   first_mask=self.first_mask if spans else "iou", honour_clicks=self.honour_clicks)
+            spans = self.growth.spans_view(max(box.shape) * box.downsample)
+            session = self.new_session(box, self.work.embedding(box, "click"), self.first_mask if spans else "iou")
         with self.lock:
             keys = []
             if session is not None:
                 prompt = self._mask_prompt(session) if not session.clicks else None
-                session.add_clicks(self._clicks_in(box) + [(x - box.x, y - box.y, positive)], mask_prompt=prompt)
-                self._sessions[box.key()] = session
+                session.add_clicks(self.clicks_in(box) + [(x - box.x, y - box.y, positive)], mask_prompt=prompt)
+                self.sessions[box.key()] = session
                 keys.append(box.key())
             for holder in holders:
                 hd = holder.box.downsample
@@ -272,39 +273,39 @@ class ObjectTiles:
             # A click changes the whole object: tiles it grew into by itself were decoded from its shape
             # before the click, so they are emptied (undoable, in this step) and continuation grows
             # them again from the new shape, as far as the view allows.
-            dropped = tuple(sorted(self._grown_only() - set(keys)))
+            dropped = tuple(sorted(self.growth.grown_only() - set(keys)))
             for key in dropped:
-                self._sessions[key].reset()
-            self._history.append(TileStep((float(x0), float(y0), bool(positive)), tuple(keys), dropped))
+                self.sessions[key].reset()
+            self.history.append(TileStep((float(x0), float(y0), bool(positive)), tuple(keys), dropped))
             self.revision += 1
-            self._redo.clear()
+            self.undone.clear()
             return self._state()
 
     def undo(self) -> AnnotatorState:
         with self.lock:
             self._changed_whole()  # (before: a continuation of the undone click must not land)
-            if self._history:
-                step = self._history.pop()
+            if self.history:
+                step = self.history.pop()
                 for key in step.keys:
-                    self._sessions[key].undo()
-                self._redo.append(step)
+                    self.sessions[key].undo()
+                self.undone.append(step)
             return self._state()
 
     def redo(self) -> AnnotatorState:
         with self.lock:
             self._changed_whole()
-            if self._redo:
-                step = self._redo.pop()
+            if self.undone:
+                step = self.undone.pop()
                 for key in step.keys:
-                    self._sessions[key].redo()
-                self._history.append(step)
+                    self.sessions[key].redo()
+                self.history.append(step)
             return self._state()
 
     def clear(self) -> AnnotatorState:
         """Forget the object being clicked (its tiles' embeddings stay cached); ``snapshot`` taken
         before brings it back."""
         with self.lock:
-            self._sessions, self._history, self._redo = {}, [], []  # new containers: a snapshot keeps the old
+            self.sessions, self.history, self.undone = {}, [], []  # new containers: a snapshot keeps the old
             self._changed_whole()
             return self._state()
 
@@ -312,13 +313,13 @@ class ObjectTiles:
         """The object being clicked, whole (its tiles' sessions with their undo, its clicks), so a UI
         can undo an Accept or a Clear: ``restore`` puts it back."""
         with self.lock:
-            return ObjectSnapshot(dict(self._sessions), list(self._history), list(self._redo))
+            return ObjectSnapshot(dict(self.sessions), list(self.history), list(self.undone))
 
     def restore(self, snapshot: ObjectSnapshot) -> AnnotatorState:
         with self.lock:
-            self._sessions, self._history, self._redo = (dict(snapshot.sessions), list(snapshot.history),
+            self.sessions, self.history, self.undone = (dict(snapshot.sessions), list(snapshot.history),
                                                          list(snapshot.redo))
-            for session in self._sessions.values():
+            for session in self.sessions.values():
                 self.tiles.known[session.box.key()] = session.box
                 self._decoding = session.predictor  # the restored object goes on with its own decoder
                 self._refining = session.refine.refiner if session.refine is not None else None
@@ -363,27 +364,27 @@ class ObjectTiles:
             if not polygons:
                 self.clear()
                 return None
-            finest = min((s.box for s in self._active()), key=lambda b: b.downsample, default=None)
-            decoding = self._decoding if self._active() else self.predictor
+            finest = min((s.box for s in self.active_sessions()), key=lambda b: b.downsample, default=None)
+            decoding = self._decoding if self.active_sessions() else self.predictor
             obj = AnnotatedObject(polygons, class_name, self.add_class(class_name), self.predictor.model.name,
-                                  len(self._history),
+                                  len(self.history),
                                   {**self.predictor.provenance.properties(),  # the decoder as chosen, its hash
                                    "slide": self.source.name, "slide_identity": self.source.identity,
                                    "decoder_kind": decoding.decoder.kind,  # what ran (adapted: maybe "residual")
                                    "adapted": decoding is not self.predictor,
-                                   "refined": any(s.refined for s in self._active()),
+                                   "refined": any(s.refined for s in self.active_sessions()),
                                    "level": finest.level if finest is not None else self.level,
                                    "downsample": finest.downsample if finest is not None else d,
                                    "edited": edited is not None})
             if self.adaptation is not None:  # examples for the slide's adapter (queued; no waiting)
                 try:
-                    self.adaptation.add_object(self._active(), result, edited, key=obj.id,
+                    self.adaptation.add_object(self.active_sessions(), result, edited, key=obj.id,
                                                read_tile=self.source.read_region, tile_colour=self.tile_colour)
                 except Exception:  # learning is a bonus: the object is accepted whatever happens there
                     pass
             if self.recorder is not None:  # the project's training set (cut now, written by its writer)
                 try:
-                    self.recorder.add_accepted(obj, self._active(), result, edited)
+                    self.recorder.add_accepted(obj, self.active_sessions(), result, edited)
                 except Exception:  # keeping it is a bonus too: the object is accepted whatever happens there
                     pass
             self.clear()
@@ -408,17 +409,17 @@ class ObjectTiles:
     def clicks(self) -> list[tuple[float, float, bool]]:
         """The current object's clicks in level-0 pixels, in order."""
         with self.lock:
-            return [step.click for step in self._history]
+            return [step.click for step in self.history]
 
-    def _active(self) -> list[ClickSession]:
-        return [s for s in self._sessions.values() if s.clicks]
+    def active_sessions(self) -> list[ClickSession]:
+        return [s for s in self.sessions.values() if s.clicks]
 
     def _blend(self, sam: bool = False) -> Blend | None:
         """The object's tiles blended: what they show, or (``sam``) SAM's own logits, which a new
         tile's mask prompt is made of (a refined tile's logits are on another scale)."""
         with self.lock:
             tiles = [TileLogits(s.box, s.sam_logits if sam else s.logits, self._level_size(s.box))
-                     for s in self._active()]
+                     for s in self.active_sessions()]
         return blend(tiles)
 
     def _level_size(self, box: TileBox) -> tuple[int, int]:
@@ -435,11 +436,11 @@ class ObjectTiles:
             ox, oy, ow, oh = other.level0_box
             return ox < bx + bw and bx < ox + ow and oy < by + bh and by < oy + oh
 
-        if not any(s.box.downsample > box.downsample and overlaps(s.box) for s in self._active()):
+        if not any(s.box.downsample > box.downsample and overlaps(s.box) for s in self.active_sessions()):
             return None
-        return self._overlap_prompt(session)
+        return self.overlap_prompt(session)
 
-    def _overlap_prompt(self, session: ClickSession):
+    def overlap_prompt(self, session: ClickSession):
         """The object's logits over ``session``'s tile, unknown beyond its tiles (mask prompt), or None."""
         result = self._blend(sam=True)
         if result is None:
@@ -461,8 +462,8 @@ class ObjectTiles:
         with self.lock:
             result = self._blend()
             mask = None if result is None else ((result.x, result.y), result.mask())
-            active = self._active()
-            return AnnotatorState(tuple(step.click for step in self._history), mask,
+            active = self.active_sessions()
+            return AnnotatorState(tuple(step.click for step in self.history), mask,
                                   tuple(s.box for s in active),
                                   result.downsample if result is not None else self.grid.downsample,
                                   any(s.refined for s in active))
@@ -478,79 +479,14 @@ class ObjectTiles:
         d = result.downsample
         return clean_polygons(result.mask(), (result.x * d, result.y * d), d, min_area, tolerance)
 
-    # -- growing by itself (continuation, see ``annotator``) -------------------------------------
+    # -- growing by itself (``growth``; continuation, see ``annotator``) --------------------------
     def cut_points(self) -> list[tuple[float, float]]:
-        """Level points where the current object's mask reaches an inner border of its tiles, largest
-        cut first (``growth.cut_points``): the object probably goes on there, and its next click lands
-        just beyond."""
-        with self.lock:
-            grid, active = self.grid, self._active()
-            d = grid.downsample
-            here = [s for s in active if s.box.downsample == d]
-            if not here:
-                return []
-            masks = [s.mask() for s in here]
-        return cut_points([s.box for s in here], masks, [s.box for s in active if s.box.downsample != d], grid)
+        return self.growth.cut_points()
 
-    @property
-    def grown(self) -> int:
-        """How many of the object's tiles it grew into by itself and holds now (undone or dropped
-        growth does not count)."""
-        with self.lock:
-            return len(self._grown_only())
-
-    def _grown_only(self) -> set[str]:
-        """The object's tiles that continuation decoded and no click went to."""
-        taken = {key for step in self._history for key in step.taken}
-        return {key for step in self._history for key in step.grown
-                if key not in taken and key in self._sessions and self._sessions[key].clicks}
-
-    def _spans_view(self, side0: float) -> bool:
-        """Whether a tile ``side0`` level-0 pixels across spans at least half the view's longer side
-        (as auto's levels do): a mask filling it fills what the user sees, and what reaches past its
-        border is more often a leak than a larger object."""
-        view = self.view
-        return view is not None and side0 >= 0.5 * max(view[2] - view[0], view[3] - view[1])
-
-    def _in_view(self, x0: float, y0: float) -> bool:
-        view = self.view
-        return view is None or (view[0] <= x0 <= view[2] and view[1] <= y0 <= view[3])
+    grown = property(lambda self: self.growth.grown)
 
     def growth_tile(self) -> tuple[float, float, TileBox] | None:
-        """Where the object would grow next: the first cut point (level x, level y) whose tile holds
-        none of its clicks yet, and that tile (made known); None when the object is empty or a redo
-        is pending (growing would rewrite what redo brings back)."""
-        with self.lock:
-            if not self._history or self._redo:
-                return None
-            d = self.grid.downsample
-            if self._spans_view(self.tile_size * d):
-                # the tile holds about what the user sees (auto's levels): what reaches past its border
-                # inside the view is SAM's mask leaking over the tissue around a small object far
-                # more often than a large object (measured on GlaS glands: growth lowered 22 of 58
-                # objects' IoU); a positive click there opens a tile for a large one
-                return None
-            for px, py in self.cut_points():
-                if not self._in_view(px * d, py * d):
-                    continue  # a border the user has not seen: the object stops there
-                box = self.tiles.box_for(px, py, self.grid)
-                session = self._sessions.get(box.key())
-                if session is None or not session.clicks:  # (no redo is pending: checked above)
-                    self.tiles.known[box.key()] = box
-                    return px, py, box
-            return None
+        return self.growth.next_tile()
 
     def grow(self, px: float, py: float, box: TileBox, embedding) -> None:
-        """Add tile ``box`` (``embedding``: its embedding) to the object: decoded from the object's
-        clicks inside it, a positive seed at level (px, py) where a border cut the object, and the
-        object's logits over the overlap as mask prompt. It belongs to the last click (undone with it)."""
-        with self.lock:
-            session = self._sessions.get(box.key()) or ClickSession(self._decoding, box, embedding,
-                                                                    refine=self._refine_for(box),
-                                                                    honour_clicks=self.honour_clicks)
-            seed = (px - box.x, py - box.y, True)  # inside the object, where a border cut it
-            session.add_clicks(self._clicks_in(box) + [seed], mask_prompt=self._overlap_prompt(session))
-            self._sessions[box.key()] = session
-            last = self._history[-1]
-            self._history[-1] = TileStep(last.click, last.taken, last.dropped, last.grown + (box.key(),))
-            self.revision += 1
+        self.growth.grow(px, py, box, embedding)

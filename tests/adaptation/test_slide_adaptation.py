@@ -78,7 +78,7 @@ def test_accepted_objects_teach_the_adapter_and_the_next_object_uses_what_it_off
     offered = Predictor(annotator.predictor.model, "sam", cache=annotator.predictor.cache, precision="fp32")
     adaptation.predictor = lambda: offered  # as if the copy had passed the gate
     annotator.submit_click(130, 120, True).result(timeout=120)
-    assert all(s.predictor is offered for s in annotator.object._active())
+    assert all(s.predictor is offered for s in annotator.object.active_sessions())
     assert annotator.submit_accept().result(timeout=60).properties["adapted"] is True
 
 
@@ -153,7 +153,7 @@ def test_the_slide_refiner_learns_in_the_background_and_refines_the_next_objects
     offered = SlideRefiner(weight, 0.0, min_agreement=NO_AGREEMENT)
     adaptation.refiner = lambda: offered  # as if its gate had passed
     annotator.submit_click(130, 120, True).result(timeout=120)
-    sessions = annotator.object._active()
+    sessions = annotator.object.active_sessions()
     assert sessions and all(isinstance(s.refine, TileRefiner) and s.refine.refiner is offered for s in sessions)
     assert sessions[0].refined  # an object's first mask is the refined one
     assert annotator.state().refined  # what a UI draws says so
@@ -207,7 +207,7 @@ def test_a_tile_opened_later_starts_from_the_objects_click_evidence(annotator):
 
     annotator.adaptation = _Adaptation()
     annotator.submit_click(130, 120, True).result(timeout=120)
-    first = annotator.object._active()[0]
+    first = annotator.object.active_sessions()[0]
     favour_sam = ClickEvidence(0.0, start="sam")
     favour_sam.loss = {"sam": 0.0, "refined": 50.0}
     first._history[-1].evidence = favour_sam  # as if the object's clicks had gone against the refiner
@@ -227,7 +227,7 @@ def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_obje
     adaptation = SlideAdaptation(annotator.predictor, annotator.quiet, steps_per_object=0)
     annotator.adaptation = adaptation
     annotator.submit_click(130, 120, True).result(timeout=120)
-    box = annotator.object._active()[0].box
+    box = annotator.object.active_sessions()[0].box
     annotator.submit_accept().result(timeout=60)
     assert adaptation.worker.wait_idle(120) and adaptation.worker.error is None
     assert callable(adaptation.adapter.examples[0].colour)
@@ -240,7 +240,7 @@ def test_a_tiles_colour_is_made_once_for_the_refiners_learning_and_the_next_obje
     offered = SlideRefiner(torch.randn(FEATURES), 0.5, min_agreement=NO_AGREEMENT)
     adaptation.refiner = lambda: offered
     annotator.submit_click(130, 120, True).result(timeout=120)
-    session = annotator.object._active()[0]
+    session = annotator.object.active_sessions()[0]
     assert session.refined and reads == []  # the kept colour, not the pixels
     from_pixels = TileRefiner(offered, lambda: _disc())
     from_pixels(session.sam_logits)

@@ -38,7 +38,7 @@ def fresh(tiny_model):
 
 
 def _sessions(annotator):
-    return {key: s for key, s in annotator.object._sessions.items() if s.clicks}
+    return {key: s for key, s in annotator.object.sessions.items() if s.clicks}
 
 
 def test_an_object_across_a_tile_border_is_one_polygon_not_two():
@@ -69,7 +69,7 @@ def test_later_clicks_inside_the_tile_reuse_it_and_outside_open_a_tile_centred_o
     second = TileBox(0, 1700 - 512, 800 - 512, 1024, 1024)
     assert set(state.boxes) == {first, second} and fresh.predictor.encoder_calls == calls + 1
     # the new tile starts from the object's earlier clicks that fall inside it, in order
-    assert [(c.x + second.x, c.y + second.y, c.positive) for c in fresh.object._sessions[second.key()].clicks] == [
+    assert [(c.x + second.x, c.y + second.y, c.positive) for c in fresh.object.sessions[second.key()].clicks] == [
         (1200, 900, False), (1200, 700, True), (1700, 800, True)]
     assert [c[:2] for c in fresh.clicks] == [(1030, 700), (1200, 900), (1200, 700), (1700, 800)]
     (x, y), mask = state.mask  # over both tiles' joint extent

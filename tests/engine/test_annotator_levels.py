@@ -38,7 +38,7 @@ def test_a_finer_click_refines_the_coarse_object_as_one_object_and_undo_steps_ba
     assert set(state.boxes) == {coarse, fine}  # one object, two levels
     low_res_frame = (auto.predictor.image_size // 4,) * 2  # SAM's low-res frame
     assert prompts and prompts[0] is not None and tuple(prompts[0].shape[-2:]) == low_res_frame
-    assert len(auto.object._sessions[coarse.key()].clicks) == 1  # the coarse tile did not take the fine click
+    assert len(auto.object.sessions[coarse.key()].clicks) == 1  # the coarse tile did not take the fine click
     assert state.downsample == 1.0
     (x, y), mask = state.mask
     assert x * 1.0 <= coarse.x * 8 and (x + mask.shape[1]) >= (coarse.x + coarse.width) * 8  # the whole object
@@ -53,7 +53,7 @@ def test_a_coarse_click_reaches_the_finer_tiles_that_hold_it(auto):
     auto.click(3000, 2000, downsample=8.0)
     fine = next(b for b in auto.click(3100, 2050, downsample=1.0).boxes if b.downsample == 1.0)
     auto.click(3120, 2060, positive=False, downsample=8.0)
-    assert len(auto.object._sessions[fine.key()].clicks) == 3  # its own start (2 clicks) and the coarse click
+    assert len(auto.object.sessions[fine.key()].clicks) == 3  # its own start (2 clicks) and the coarse click
 
 
 @pytest.mark.slow
@@ -84,14 +84,14 @@ def test_continuation_grows_the_object_into_the_tile_beyond_a_cut_border_and_und
         # the object reaches the first tile's right border at x = 956 (a random model cuts nothing
         # reliably, so the border point is given)
         cuts = iter([[(950.5, 300.5)], [(950.5, 300.5)], [], []])
-        monkeypatch.setattr(annotator.object, "cut_points", lambda: next(cuts, []))
+        monkeypatch.setattr(annotator.object.growth, "cut_points", lambda: next(cuts, []))
         first = annotator.submit_click(700, 300).result()
         annotator.wait_continuation(60)
         state = annotator.state()
         assert len(first.boxes) == 1 and len(state.boxes) == 2  # grown by itself, no click there
         grown = next(b for b in state.boxes if b not in first.boxes)
         assert grown.x < 950.5 < grown.x + grown.width and ("extended", "continuation") in events
-        session = annotator.object._sessions[grown.key()]
+        session = annotator.object.sessions[grown.key()]
         assert [(c.x + grown.x, c.positive) for c in session.clicks] == [(700.0, True), (950.5, True)]
         assert annotator.undo().boxes == ()  # the click and the tile it grew into go together
         assert len(annotator.redo().boxes) == 2
@@ -108,7 +108,7 @@ def _growing(tiny_model, cuts):
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     image = np.random.default_rng(1).integers(0, 255, (600, 1400, 3), dtype=np.uint8)
     annotator = Annotator(predictor, from_array(image, "wide.png"), level=0, tile_size=512, continuation=True)
-    annotator.object.cut_points = cuts
+    annotator.object.growth.cut_points = cuts
     return annotator
 
 
@@ -122,10 +122,10 @@ def test_an_undo_right_after_a_click_stops_its_continuation_and_redo_brings_the_
         undone = annotator.submit_undo()  # Ctrl-Z at once
         second.result(), undone.result()
         annotator.wait_continuation(30)
-        assert [len(step.keys) for step in annotator.object._history] == [1]  # nothing grew into the undone state
+        assert [len(step.keys) for step in annotator.object.history] == [1]  # nothing grew into the undone state
         state = annotator.redo()
         box = next(b for b in state.boxes if b.x > 600)
-        assert len(annotator.object._sessions[box.key()].clicks) == 1  # click B is still in its tile
+        assert len(annotator.object.sessions[box.key()].clicks) == 1  # click B is still in its tile
         assert annotator.undo().boxes == state.boxes[:1]
     finally:
         annotator.close(wait=True)

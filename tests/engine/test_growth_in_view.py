@@ -21,7 +21,7 @@ def growing(tiny_model):
     predictor = Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
     image = np.random.default_rng(1).integers(0, 255, (600, 1400, 3), dtype=np.uint8)
     annotator = Annotator(predictor, from_array(image, "wide.png"), level=0, tile_size=512)
-    annotator.object.cut_points = lambda: [CUT]
+    annotator.object.growth.cut_points = lambda: [CUT]
     yield annotator
     annotator.close(wait=True)
 
@@ -38,22 +38,22 @@ def test_the_object_grows_only_where_the_view_shows_the_cut(growing):
 def test_a_click_empties_the_grown_tiles_and_growth_starts_again_from_the_new_shape(growing):
     first = growing.click(700, 300)
     [grown] = growing.continue_object()
-    before = growing.object._sessions[grown.key()].logits.clone()
+    before = growing.object.sessions[grown.key()].logits.clone()
     state = growing.click(650, 320, positive=False)  # inside the first tile only
     assert state.boxes == first.boxes  # the grown tile was emptied with the click
-    assert growing.object._history[-1].dropped == (grown.key(),) and growing.grown == 0
+    assert growing.object.history[-1].dropped == (grown.key(),) and growing.grown == 0
     assert growing.continue_object() == [grown]  # grown again from the corrected object
     assert len(growing.state().boxes) == 2 and growing.grown == 1
     undone = growing.undo()  # the click, its emptying and its regrowth go together
     assert set(undone.boxes) == {first.boxes[0], grown} and growing.grown == 1
-    assert np.array_equal(growing.object._sessions[grown.key()].logits, before)
+    assert np.array_equal(growing.object.sessions[grown.key()].logits, before)
     assert growing.undo().boxes == ()
 
 
 def test_no_growth_where_the_tile_spans_the_view(growing):
     growing.view = (0, 0, 1000, 600)  # the 512-px tile spans about the view (as auto's levels do)
     state = growing.click(700, 300)
-    [session] = [growing.object._sessions[b.key()] for b in state.boxes]
+    [session] = [growing.object.sessions[b.key()] for b in state.boxes]
     assert session.first_mask == "unflooded"  # SAM's smaller candidate when the best one takes the tile
     assert growing.continue_object() == []  # past its border inside the view: a leak, not an object
     growing.view = (0, 0, 1400, 600)  # zoomed out: the tile is a small part of the view
@@ -98,4 +98,4 @@ def test_an_accepted_object_names_the_decoder_as_chosen(tiny_model, growing):
 def test_a_tile_much_smaller_than_the_view_takes_sams_own_first_mask(growing):
     growing.view = (0, 0, 1400, 1400)  # a 512-px tile in a 1400-px view: a finer level pinned
     state = growing.click(700, 300)
-    assert growing.object._sessions[state.boxes[0].key()].first_mask == "iou"
+    assert growing.object.sessions[state.boxes[0].key()].first_mask == "iou"
