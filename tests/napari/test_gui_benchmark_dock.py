@@ -14,9 +14,11 @@ pytest.importorskip("napari")
 from qtpy.QtCore import QPoint, QRect, QSettings, QStandardPaths, Qt, QTimer  # noqa: E402
 from qtpy.QtWidgets import QApplication, QMessageBox, QScrollArea  # noqa: E402
 
-import napari_sam_histo._napari.benchmark_dock as benchmark_dock  # noqa: E402
-from napari_sam_histo._napari.benchmark_dock import PLOT_MIN_HEIGHT, REPLAY_BLOCKED_TIP, BenchmarkDock  # noqa: E402
+import napari_sam_histo._napari.benchmark_run as benchmark_run  # noqa: E402
+from napari_sam_histo._napari.benchmark_dock import BenchmarkDock  # noqa: E402
 from napari_sam_histo._napari.benchmark_replay import REPLAY_PREFIX  # noqa: E402
+from napari_sam_histo._napari.benchmark_replay_panel import REPLAY_BLOCKED_TIP  # noqa: E402
+from napari_sam_histo._napari.benchmark_results import PLOT_MIN_HEIGHT  # noqa: E402
 from napari_sam_histo._napari.benchmark_settings import (  # noqa: E402
     APPLICATION,
     DEFAULT_REPORT_FOLDER,
@@ -72,7 +74,7 @@ def test_run_fills_the_table_then_replay_steps_through_the_clicks(dock, qtbot, t
     qtbot.waitUntil(lambda: REPLAY_PREFIX + "prediction" in dock.viewer.layers, timeout=60_000)
     layers = dock.viewer.layers
     assert layers[REPLAY_PREFIX + "image"].rgb and layers[REPLAY_PREFIX + "ground truth"].contour == 2
-    n_clicks = len(dock._replay.ious)
+    n_clicks = len(dock.replay.result.ious)
     assert dock.slider.maximum() == n_clicks and len(layers[REPLAY_PREFIX + "clicks"].data) == 1
     first = layers[REPLAY_PREFIX + "prediction"].data.copy()
     assert first.any()
@@ -138,13 +140,13 @@ class Gated:
 @pytest.fixture
 def tiny_dock(make_napari_viewer, tmp_path, monkeypatch, tiny_model):
     """The dock on a shown viewer, building the tiny model's methods instead of loading weights."""
-    monkeypatch.setattr(benchmark_dock, "build_methods", lambda config: tiny_methods(tiny_model)[:1])
+    monkeypatch.setattr(benchmark_run, "build_methods", lambda config: tiny_methods(tiny_model)[:1])
     return _docked(make_napari_viewer(show=True), tmp_path, 3)
 
 
 def _run(dock, qtbot):
     qtbot.mouseClick(dock.run_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dock._worker is None and dock.run_button.isEnabled(), timeout=120_000)
+    qtbot.waitUntil(lambda: dock.benchmark.worker is None and dock.run_button.isEnabled(), timeout=120_000)
 
 
 def _rows(folder):
@@ -169,7 +171,7 @@ def test_a_report_folder_in_use_is_resumed_or_a_new_folder_taken_never_overwritt
     dock.limit_spin.setValue(0)  # all images
     dock.ask_existing_report = answer("cancel")
     qtbot.mouseClick(dock.run_button, Qt.MouseButton.LeftButton)
-    assert asked == [report] and dock._worker is None and "already holds a report" in dock.status.text()
+    assert asked == [report] and dock.benchmark.worker is None and "already holds a report" in dock.status.text()
     assert (report / "samples.csv").read_bytes() == before
 
     dock.ask_existing_report = answer("new")
@@ -213,25 +215,25 @@ def test_the_question_offers_resume_a_new_folder_and_cancel(tiny_dock, qtbot, tm
 def test_replay_cannot_use_the_predictor_of_a_running_benchmark(tiny_dock, qtbot, monkeypatch):
     dock = tiny_dock
     gate = threading.Event()
-    tiny = benchmark_dock.build_methods
-    monkeypatch.setattr(benchmark_dock, "build_methods", lambda config: [Gated(m, gate) for m in tiny(config)])
+    tiny = benchmark_run.build_methods
+    monkeypatch.setattr(benchmark_run, "build_methods", lambda config: [Gated(m, gate) for m in tiny(config)])
     try:
         qtbot.mouseClick(dock.run_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: dock.sample_combo.count() == 1, timeout=60_000)  # s0 done, s1 held
-        running = dock._methods[0].predictor
+        running = dock.benchmark.methods[0].predictor
         decoded = running.last_decoder_s
         assert not dock.replay_button.isEnabled() and dock.replay_button.toolTip() == REPLAY_BLOCKED_TIP
         qtbot.mouseClick(dock.replay_button, Qt.MouseButton.LeftButton)
         dock.start_replay()  # even called directly
-        assert dock._replay_worker is None and "while a benchmark runs" in dock.status.text()
+        assert dock.replay.worker is None and "while a benchmark runs" in dock.status.text()
         assert running.last_decoder_s == decoded  # nothing decoded on the run's predictor
     finally:
         gate.set()
-    qtbot.waitUntil(lambda: dock._worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: dock.benchmark.worker is None, timeout=120_000)
     assert dock.replay_button.isEnabled() and "while a benchmark runs" not in dock.replay_button.toolTip()
     qtbot.mouseClick(dock.replay_button, Qt.MouseButton.LeftButton)
     assert not dock.run_button.isEnabled()  # and no run while the replay goes on
-    qtbot.waitUntil(lambda: dock._replay_worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: dock.replay.worker is None, timeout=60_000)
     assert dock.run_button.isEnabled() and REPLAY_PREFIX + "prediction" in dock.viewer.layers
 
 
@@ -243,7 +245,7 @@ def test_replay_moves_the_view_to_the_image_and_outlines_the_truth(tiny_dock, qt
     _run(dock, qtbot)
     dock.sample_combo.setCurrentText("s1")
     qtbot.mouseClick(dock.replay_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dock._replay is not None and dock._replay_worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: dock.replay.result is not None and dock.replay.worker is None, timeout=60_000)
     image = viewer.layers[REPLAY_PREFIX + "image"]
     (top, left), (bottom, right) = image.extent.world[:, -2:]
     y, x = viewer.camera.center[-2:]
@@ -355,7 +357,7 @@ def test_a_replay_over_a_slide_in_micrometres_is_drawn_in_micrometres_beside_it(
     seen = len(notification_manager.records)
     dock.sample_combo.setCurrentText("s1")
     qtbot.mouseClick(dock.replay_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dock._replay is not None and dock._replay_worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: dock.replay.result is not None and dock.replay.worker is None, timeout=60_000)
     qtbot.wait(300)  # napari checks the layers' units when it next draws
     replayed = [viewer.layers[REPLAY_PREFIX + name] for name in ("image", "prediction", "ground truth", "clicks")]
     for layer in replayed:
