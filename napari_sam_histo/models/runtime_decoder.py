@@ -1,15 +1,17 @@
 """A click's decoder compiled by the CPU runtime (``models.cpu_runtime``), PyTorch where it cannot be.
 
 The decoder module the predictor runs (SAM's own, ``md``, ``modified``, a trained checkpoint of
-those, with or without a slide prior) is exported with the number of prompt tokens
-left free, with the prompt encoder's embedding of the mask prompt inside (measured ~25 % of a
-click's work on 2 CPU cores when it ran in PyTorch), one network per ``multimask_output`` value (a
-Python flag) and per mask prompt given or not, built at first use or ahead of time (``prepare``), cached on disk
-like the encoder and checked against the module
-at two prompt-token counts. Measured on 2 AVX512 cores (``docs/cpu-runtime.md``): SAM's decoder
-and the modified decoder run 2-3x faster than the same module in float32 PyTorch in float32
-(relative error ~1e-6), and in bfloat16 (``precision``; ~1e-2, the same clicks in the benchmark)
-1.5-2.5x faster than the bfloat16 PyTorch copy the predictor used on such CPUs.
+those, with or without a slide prior) is exported with the number of prompt tokens left free, with
+the prompt encoder's embedding of the mask prompt inside (measured ~25 % of a click's work on 2 CPU
+cores when it ran in PyTorch), one network per ``multimask_output`` value (a Python flag) and per
+mask prompt given or not, built at first use or ahead of time (``prepare``), cached on disk like the
+encoder and checked against the module at two prompt-token counts. SAM's decoder and the modified
+one (not with a slide prior) are exported in token layout (``models.token_layout``): the image
+embedding enters as tokens laid out once per tile, so no click re-lays out the image side. Measured
+on 2 AVX512 cores (``docs/cpu-runtime.md``): SAM's decoder and the modified decoder run 2-3x faster
+than the same module in float32 PyTorch in float32 (relative error ~1e-6), and in bfloat16
+(``precision``; ~1e-2, the same clicks in the benchmark) 1.5-2.5x faster than the bfloat16 PyTorch
+copy the predictor used on such CPUs.
 
 Not compiled, and run by PyTorch: a decoder whose forward branches on its inputs (the tissue
 decoder corrects only the first clicks of an object: a traced graph would freeze that branch),
@@ -29,7 +31,7 @@ from itertools import chain
 import torch
 from torch import nn
 
-from . import cpu_runtime
+from . import cpu_runtime, token_layout
 from .fast_encoder import start_build, tensors_fingerprint
 
 _CHECK_TOKENS = (3, 6)  # prompt-token counts the network is checked at (built at the first)
@@ -62,12 +64,6 @@ def weighted_layers(module: nn.Module) -> list[nn.Module]:
             if any(True for _ in chain(sub.parameters(recurse=False), sub.buffers(recurse=False)))]
 
 
-def in_training(module: nn.Module) -> bool:
-    """Whether any layer of ``module`` that holds weights is in training mode (a wrapper without
-    weights of its own, e.g. ``SingleMaskDecoder``, may be left in training mode harmlessly)."""
-    return any(sub.training for sub in weighted_layers(module))
-
-
 class _Forward(nn.Module):
     """The decoder with its keyword call, its multimask flag and the image's positional encoding
     fixed: three tensors in, two out. The positional encoding is the same for every tile of a
@@ -93,6 +89,7 @@ class _Forward(nn.Module):
 
 
 def _example(image_pe: torch.Tensor, tokens: int, masked: bool) -> tuple[torch.Tensor, ...]:
+    """Example inputs in the decoder's own layout: image and dense embeddings as (1, C, H, W)."""
     generator = torch.Generator().manual_seed(tokens)
     dim, h, w = image_pe.shape[1:]
     last = torch.randn(1, 1, 4 * h, 4 * w, generator=generator) if masked else torch.randn(1, dim, h, w,
@@ -100,23 +97,63 @@ def _example(image_pe: torch.Tensor, tokens: int, masked: bool) -> tuple[torch.T
     return (torch.randn(1, dim, h, w, generator=generator), torch.randn(1, tokens, dim, generator=generator), last)
 
 
+class TokenLayoutNetwork:
+    """A network compiled from ``token_layout.TokenLayoutForward``, called like the decoder's
+    (``_Forward``'s) with the image embedding, and the dense embedding, as (1, C, H, W): each is
+    laid out as tokens once per tensor (``token_layout.ImageTokens``), so once per tile."""
+
+    def __init__(self, network: cpu_runtime.CompiledNetwork, masked: bool) -> None:
+        self.network = network
+        self.masked = masked
+        self._image = token_layout.ImageTokens()
+        self._dense = token_layout.ImageTokens()
+
+    @property
+    def info(self) -> dict:
+        return self.network.info
+
+    def to_tokens(self, image: torch.Tensor, sparse: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._image(image), sparse, last if self.masked else self._dense(last)
+
+    def __call__(self, image: torch.Tensor, sparse: torch.Tensor, last: torch.Tensor):
+        return self.network(*self.to_tokens(image, sparse, last))
+
+
 def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
                   mask_embedding: nn.Module | None = None, precision: str = cpu_runtime.PRECISION,
-                  ) -> cpu_runtime.CompiledNetwork:
+                  ) -> cpu_runtime.CompiledNetwork | TokenLayoutNetwork:
     """The compiled network of ``decoder`` for one ``multimask`` value, taking the mask prompt
     through ``mask_embedding`` when given, else the dense embedding, in ``precision``
     (``RuntimeRefused`` where it differs from the modules by more than that precision's
-    ``cpu_runtime.MAX_RELATIVE_ERRORS``, at any checked prompt-token count)."""
+    ``cpu_runtime.MAX_RELATIVE_ERRORS``, at any checked prompt-token count). Decoders that
+    ``token_layout`` supports are exported in token layout (the image side never transposed at a
+    click) when their token-layout forward matches their own, else in their own layout."""
     masked = mask_embedding is not None
+    tokens_first = token_layout.supports(decoder, mask_embedding)
     with torch.inference_mode(False), torch.no_grad():  # export traces: no inference tensors
         forward = _Forward(decoder, multimask, image_pe, mask_embedding).eval()
+        example = _example(image_pe, _CHECK_TOKENS[0], masked)
+        exported, names = forward, ("image_embeddings", "sparse", "mask" if masked else "dense")
+        if tokens_first:
+            candidate = token_layout.TokenLayoutForward(decoder, multimask, image_pe, mask_embedding).eval()
+            error = token_layout.check(candidate, forward, example)
+            tokens_first = error <= token_layout.MAX_RELATIVE_ERROR
+            if not tokens_first:  # exported in the decoder's own layout: slower, the same masks
+                warnings.warn(f"{type(decoder).__name__} in token layout differs from its own forward by "
+                              f"{error:.2g} (relative); its network keeps the decoder's layout.", RuntimeWarning,
+                              stacklevel=2)
+        if tokens_first:
+            exported = candidate
+            example = (token_layout.as_tokens(example[0]), example[1],
+                       example[2] if masked else token_layout.as_tokens(example[2]))
+            names = ("image_tokens", "sparse", "mask" if masked else "dense_tokens")
         spec = cpu_runtime.NetworkSpec(
-            f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}{'-masked' if masked else ''}",
-            forward, _example(image_pe, _CHECK_TOKENS[0], masked),
-            ("image_embeddings", "sparse", "mask" if masked else "dense"),
-            ("low_res_logits", "iou"), {"sparse": {1: "tokens"}}, precision)
-        network = cpu_runtime.compile_network(spec)
-        if not network.info["from_cache"]:
+            f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}{'-masked' if masked else ''}"
+            f"{'-tokens' if tokens_first else ''}",
+            exported, example, names, ("low_res_logits", "iou"), {"sparse": {1: "tokens"}}, precision)
+        compiled = cpu_runtime.compile_network(spec)
+        network = TokenLayoutNetwork(compiled, masked) if tokens_first else compiled
+        if not compiled.info["from_cache"]:
             for tokens in _CHECK_TOKENS[1:]:  # the token axis really is free in the compiled graph
                 inputs = _example(image_pe, tokens, masked)
                 error = max(cpu_runtime.relative_error(o, r) for o, r in zip(network(*inputs), forward(*inputs)))
@@ -148,7 +185,7 @@ class CompiledDecoder:
         self._layers = weighted_layers(decoder) + weighted_layers(mask_embedding)
         self._tensors = [t for m in (decoder, mask_embedding) for t in chain(m.parameters(), m.buffers())]
         self._fingerprint = tensors_fingerprint(self._tensors)
-        self._networks: dict[tuple[bool, bool], cpu_runtime.CompiledNetwork] = {}
+        self._networks: dict[tuple[bool, bool], cpu_runtime.CompiledNetwork | TokenLayoutNetwork] = {}
         self._done = {variant: threading.Event() for variant in _VARIANTS}
         self._claimed: set[tuple[bool, bool]] = set()
         self._lock = threading.Lock()
@@ -157,7 +194,8 @@ class CompiledDecoder:
         self.info: dict = {}  # of the last network built: backend, precision, relative_error, build_s
 
 
-    def network(self, multimask: bool, masked: bool = False, wait: bool = True) -> cpu_runtime.CompiledNetwork | None:
+    def network(self, multimask: bool, masked: bool = False, wait: bool = True,
+                ) -> cpu_runtime.CompiledNetwork | TokenLayoutNetwork | None:
         """The network for ``multimask`` taking a mask prompt (``masked``) or the dense embedding,
         built now if needed (``wait=False``: started in the background, None until done), or None
         where PyTorch must run."""

@@ -1,0 +1,113 @@
+"""The decoders written in token layout for the CPU runtime: the same logits and IoUs as the
+decoders' own forward for SAM's, the modified and the single-mask decoder, with and without a mask
+prompt; the image embedding laid out once per tile; a decoder it does not cover keeps its layout.
+Mechanics, on a tiny random SAM."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam_histo.models import cpu_runtime, runtime_decoder, token_layout
+from napari_sam_histo.models.decoders import SingleMaskDecoder
+from napari_sam_histo.models.modified_decoder import ModifiedMaskDecoder
+from napari_sam_histo.models.registry import random_model
+from napari_sam_histo.models.residual_decoder import ResidualMaskDecoder
+from napari_sam_histo.models.slide_prior import SlidePrior, SlidePriorDecoder
+from napari_sam_histo.models.tissue_decoder import TissueDecoder
+
+
+@pytest.fixture
+def tiny():
+    return random_model("tiny", "cpu", seed=3)
+
+
+def _decoders(tiny):
+    sam = tiny.sam.mask_decoder
+    torch.manual_seed(0)
+    return {"sam": sam, "modified": ModifiedMaskDecoder.from_sam_decoder(sam).eval(),
+            "single": SingleMaskDecoder(ModifiedMaskDecoder.from_sam_decoder(sam).eval())}
+
+
+def _inputs(pe, masked, seed=1, tokens=5):
+    g = torch.Generator().manual_seed(seed)
+    dim, h, w = pe.shape[1:]
+    last = 3 * torch.randn(1, 1, 4 * h, 4 * w, generator=g) if masked else torch.randn(1, dim, h, w, generator=g)
+    return torch.randn(1, dim, h, w, generator=g), torch.randn(1, tokens, dim, generator=g), last
+
+
+@pytest.mark.parametrize("name", ["sam", "modified", "single"])
+def test_the_token_layout_gives_the_decoders_own_outputs(tiny, name):
+    decoder = _decoders(tiny)[name]
+    pe = tiny.sam.prompt_encoder.get_dense_pe()
+    embed_mask = tiny.sam.prompt_encoder.mask_downscaling
+    for multimask in (True, False):
+        for masked in (True, False):
+            mask_embedding = embed_mask if masked else None
+            own = runtime_decoder._Forward(decoder, multimask, pe, mask_embedding).eval()
+            tokens = token_layout.TokenLayoutForward(decoder, multimask, pe, mask_embedding).eval()
+            image, sparse, last = _inputs(pe, masked)
+            with torch.no_grad():
+                expected = own(image, sparse, last)
+                got = tokens(token_layout.as_tokens(image), sparse, last if masked else token_layout.as_tokens(last))
+            for g, e in zip(got, expected):
+                assert g.shape == e.shape  # three masks or one, as the decoder answers
+            assert token_layout.check(tokens, own, (image, sparse, last)) <= token_layout.MAX_RELATIVE_ERROR
+    # and a changed weight shows: the check compares with the decoder, it does not trust the rewrite
+    changed = copy.deepcopy(decoder)
+    with torch.no_grad():
+        next(iter(changed.parameters())).add_(1.0)
+    own = runtime_decoder._Forward(decoder, False, pe, embed_mask).eval()
+    rewritten = token_layout.TokenLayoutForward(changed, False, pe, embed_mask).eval()
+    assert token_layout.check(rewritten, own, _inputs(pe, True)) > token_layout.MAX_RELATIVE_ERROR
+
+
+def test_decoders_it_does_not_cover_are_named(tiny):
+    sam = tiny.sam.mask_decoder
+    embed_mask = tiny.sam.prompt_encoder.mask_downscaling
+    assert token_layout.supports(sam, embed_mask) and token_layout.supports(sam, None)
+    prior = SlidePriorDecoder(sam, SlidePrior(sam.transformer_dim))
+    assert not token_layout.supports(prior, embed_mask)  # the prior reads the (C, H, W) embedding
+    assert not token_layout.supports(ResidualMaskDecoder.from_sam_decoder(sam), embed_mask)
+    assert not token_layout.supports(TissueDecoder(sam), embed_mask)
+    assert not token_layout.supports(sam, torch.nn.Sequential(torch.nn.Conv2d(1, 8, 2, stride=2)))
+    with pytest.raises(ValueError):
+        token_layout.TokenLayoutForward(TissueDecoder(sam), False, tiny.sam.prompt_encoder.get_dense_pe())
+
+
+def test_the_image_is_laid_out_once_per_embedding():
+    tokens = token_layout.ImageTokens()
+    a, b = torch.randn(1, 8, 4, 5), torch.randn(1, 8, 4, 5)
+    first = tokens(a)
+    assert first.shape == (1, 20, 8) and torch.equal(first[0, 7], a[0, :, 1, 2])
+    assert tokens(a) is first  # the same tile's next click: not laid out again
+    second = tokens(b)
+    assert second is not first and torch.equal(second, token_layout.as_tokens(b))
+
+
+@pytest.mark.skipif(not cpu_runtime.available(), reason="the CPU runtime (openvino, onnx) is not installed")
+def test_the_runtime_builds_token_layout_networks_and_falls_back_to_the_own_layout(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SAM_HISTO_CACHE", str(tmp_path / "cache"))
+    sam = tiny.sam.mask_decoder
+    pe = tiny.sam.prompt_encoder.get_dense_pe()
+    embed_mask = tiny.sam.prompt_encoder.mask_downscaling
+    network = runtime_decoder.build_network(sam, pe, False, embed_mask)
+    assert isinstance(network, runtime_decoder.TokenLayoutNetwork) and network.info["path"].find("-tokens-") > 0
+    image, sparse, last = _inputs(pe, True, tokens=3)
+    with torch.no_grad():
+        expected = runtime_decoder._Forward(sam, False, pe, embed_mask)(image, sparse, last)
+    got = network(image, sparse, last)  # called like the decoder: (1, C, H, W) in
+    assert float((got[0] - expected[0]).norm() / expected[0].norm()) <= 1e-4
+
+    monkeypatch.setattr(token_layout, "check", lambda *args: 1.0)  # a rewrite that would not match
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = runtime_decoder.build_network(sam, pe, True, embed_mask)
+    assert not isinstance(plain, runtime_decoder.TokenLayoutNetwork) and "-tokens-" not in plain.info["path"]
+    assert any("token layout" in str(w.message) for w in caught)
+    got = plain(image, sparse, last)
+    with torch.no_grad():
+        expected = runtime_decoder._Forward(sam, True, pe, embed_mask)(image, sparse, last)
+    assert np.allclose(got[0].numpy(), expected[0].numpy(), rtol=1e-3, atol=1e-4)
