@@ -116,11 +116,12 @@ def write_csv(path: str | Path, header, rows) -> Path:
 
 
 def write_png(path: str | Path, fig, dpi: int = 110) -> Path:
-    """Lay out a matplotlib figure, write it to ``path`` as a PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Lay out a matplotlib figure and write it to ``path`` as a PNG atomically.
 
+    ``fig`` is a bare ``matplotlib.figure.Figure`` with an Agg canvas, never one of pyplot's: the
+    figures are drawn inside napari's process, whose matplotlib backend and pyplot state stay as
+    they are."""
     fig.tight_layout()
     with atomic_path(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
     return Path(path)

@@ -162,12 +162,12 @@ def format_table(source: str, base: dict, adapted: dict) -> str:
 
 
 def write_figure(path: Path, source: str, base: dict, adapted: dict) -> Path:
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    fig = Figure(figsize=(5.5, 3.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for name, s, style in (("SAM decoder as shipped", base, "o-"), ("adapting to accepted objects", adapted, "s-")):
         xs = sorted(int(i) for i in s["noc85_by_index"])
         ax.plot(xs, [s["noc85_by_index"][i] for i in xs], style, label=name, markersize=3)

@@ -321,14 +321,14 @@ def load_region(region: Region, upscale: float = 1.0) -> tuple[np.ndarray, np.nd
 def write_figure(path: Path, rgb: np.ndarray, target: np.ndarray, runs: list[RegionRun]) -> Path:
     """One panel per mode: the region (downsampled), the true outline (green), the object after
     the last click (yellow) and its tiles (cyan, thicker for coarser levels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     step = max(1, max(rgb.shape[:2]) // 1000)
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.2 * rgb.shape[0] / rgb.shape[1] + 0.6))
+    fig = Figure(figsize=(4.2 * len(runs), 4.2 * rgb.shape[0] / rgb.shape[1] + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(runs))
     for ax, run in zip(np.atleast_1d(axes), runs):
         ax.imshow(rgb[::step, ::step])
         ax.contour(target[::step, ::step], levels=[0.5], colors="lime", linewidths=1.0)

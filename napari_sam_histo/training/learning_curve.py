@@ -117,12 +117,12 @@ def table_rows(per_seed: dict, method: str = "tissue decoder") -> list[dict]:
 
 
 def write_figure(path: Path, source: str, per_seed: dict, method: str = "tissue decoder") -> Path:
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    fig = Figure(figsize=(7.5, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     seeds = sorted(per_seed, key=int)
     means: dict[int, list] = {}
     for index, seed in enumerate(seeds):
