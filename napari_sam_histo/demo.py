@@ -45,7 +45,7 @@ def run_headless(out_dir: str | Path = "out/demo", model: str = "vit_t", device:
     from .engine.predictor import Predictor
     from .engine.session import ClickSession
     from .engine.tiles import TileGrid
-    from .evaluation.clicker import next_click
+    from .evaluation.click_loop import click_object
     from .models.registry import load_model
     from .slides.reader import open_image
 
@@ -63,18 +63,9 @@ def run_headless(out_dir: str | Path = "out/demo", model: str = "vit_t", device:
     rgb = source.read_region(box)
     target = tissue_mask(rgb)
 
-    click_times, ious = [], []
-    clicked = np.zeros(target.shape, bool)
-    for _ in range(DEMO_CLICKS):
-        click = next_click(target, session.mask(), clicked)
-        if click is None:
-            break
-        clicked[click.row, click.col] = True
-        t0 = time.perf_counter()
-        result = session.add_click(*click.xy, positive=click.positive)
-        click_times.append(time.perf_counter() - t0)
-        inter = np.logical_and(result.mask, target).sum()
-        ious.append(float(inter / max(np.logical_or(result.mask, target).sum(), 1)))
+    clicked = click_object(lambda click: session.add_click(*click.xy, positive=click.positive).mask, target,
+                           DEMO_CLICKS, stop_iou=None)
+    click_times, ious = clicked.seconds, clicked.ious
 
     mask = session.mask()
     with atomic_path(out_dir / "mask.png") as tmp:

@@ -16,9 +16,10 @@ from typing import Protocol
 
 import numpy as np
 
-from .clicker import AutoClick, next_click
+from .click_loop import click_object
+from .clicker import AutoClick
 from .dataset import Sample
-from .metrics import LOGIT_THRESHOLD, iou
+from .metrics import LOGIT_THRESHOLD
 
 
 class ObjectClicks(Protocol):
@@ -109,7 +110,7 @@ class SamClickModel:
 
     def begin(self, sample: Sample) -> _SamObject:
         from ..engine.session import ClickSession
-        from ..engine.tiles import TileBox
+        from ..slides.boxes import TileBox
 
         height, width = sample.target.shape
         calls = self.predictor.encoder_calls
@@ -152,25 +153,17 @@ class _SamObject:
 def run_sample(model: InteractiveModel, sample: Sample, max_clicks: int = 20, stop_iou: float | None = 0.9,
                load_s: float = 0.0, keep_masks: bool = False) -> SampleResult:
     """Click until ``stop_iou`` (None: always ``max_clicks``) and record IoU and time per click."""
-    result = SampleResult(model.name, sample.sample_id, masks=[] if keep_masks else None)
+    result = SampleResult(model.name, sample.sample_id)
     started = time.perf_counter()
     session = model.begin(sample)
     result.begin_s = time.perf_counter() - started
-    prediction = np.zeros(sample.target.shape, bool)
-    clicked = np.zeros(sample.target.shape, bool)
-    for _ in range(max_clicks):
-        click = next_click(sample.target, prediction, clicked, sample.ignore)
-        if click is None:  # prediction equals the target wherever it counts
-            break
-        clicked[click.row, click.col] = True
-        prediction = session.click(*click.xy, click.positive)
-        result.clicks.append(click)
-        result.ious.append(iou(prediction, sample.target, sample.ignore))
+
+    def record(_: int) -> None:
         result.decoder_s.append(session.last_decoder_s)
         result.fallbacks += session.last_fallback is not None
-        if keep_masks:
-            result.masks.append(prediction)
-        if stop_iou is not None and result.ious[-1] >= stop_iou:
-            break
+
+    clicked = click_object(lambda click: session.click(*click.xy, click.positive), sample.target, max_clicks,
+                           stop_iou, sample.ignore, keep_masks, after_click=record)
+    result.clicks, result.ious, result.masks = clicked.clicks, clicked.ious, clicked.masks
     result.total_s = load_s + time.perf_counter() - started + session.charged_encoder_s
     return result

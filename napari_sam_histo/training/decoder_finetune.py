@@ -40,8 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import InputError
-from ..evaluation.clicker import next_click
-from ..evaluation.metrics import LOGIT_THRESHOLD, iou
+from ..evaluation.click_loop import click_tile
 from ..models.decoders import DecoderChoice
 from .examples import AdaptationExample
 from .tissue_training import example_on_frame, require_sam_decoder
@@ -163,9 +162,6 @@ def _recording_predictor(predictor, module: torch.nn.Module, record: list):
 def collect_states(predictor, module: torch.nn.Module, examples: list[AdaptationExample], recipe: FinetuneRecipe,
                    cancel: Callable[[], bool] | None = None) -> list[list[ClickState]]:
     """Click every example with ``module`` as SAM's decoder (see the module); each one's states."""
-    from ..engine.session import ClickSession
-    from ..engine.tiles import TileBox
-
     record: list[ClickState] = []
     clicking = _recording_predictor(predictor, module.eval(), record)
     out = []
@@ -173,20 +169,7 @@ def collect_states(predictor, module: torch.nn.Module, examples: list[Adaptation
         if cancel is not None and cancel():
             break
         record.clear()
-        target = np.asarray(example.target, bool)
-        height, width = target.shape
-        session = ClickSession(clicking, TileBox(0, 0, 0, width, height), example.embedding,
-                               threshold=LOGIT_THRESHOLD)
-        prediction = np.zeros(target.shape, bool)
-        clicked = np.zeros(target.shape, bool)
-        for _ in range(int(recipe.max_clicks)):
-            click = next_click(target, prediction, clicked)
-            if click is None:
-                break
-            clicked[click.row, click.col] = True
-            prediction = session.add_click(*click.xy, click.positive).mask
-            if iou(prediction, target) >= recipe.stop_iou:
-                break
+        click_tile(clicking, example.embedding, example.target, recipe.max_clicks, recipe.stop_iou)
         out.append(list(record))
     return out
 

@@ -9,8 +9,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..evaluation.clicker import next_click
-from ..evaluation.metrics import LOGIT_THRESHOLD, iou, noc
+from ..evaluation.click_loop import click_tile
+from ..evaluation.metrics import iou, noc
 from .examples import AdaptationExample
 
 GATE_IOU = 0.85
@@ -27,30 +27,11 @@ class Reclick(NamedTuple):
 def click_example(predictor, embedding, target: np.ndarray, max_clicks: int, goal: float, refine=None,
                   keep: tuple = (), stop: bool = True) -> tuple[list[float], list[torch.Tensor]]:
     """Click one object on one tile with the benchmark's clicker, through the annotator's
-    ``ClickSession`` (``refine``: a ``TileRefiner``, shown by its click evidence): the IoU after each
-    click (stopping at ``goal`` when ``stop``) and SAM's own logits (CPU) after the clicks in ``keep``."""
-    from ..engine.session import ClickSession
-    from ..engine.tiles import TileBox
-
-    target = np.asarray(target, bool)
-    height, width = target.shape
-    session = ClickSession(predictor, TileBox(0, 0, 0, width, height), embedding, threshold=LOGIT_THRESHOLD,
-                           refine=refine)
-    prediction = np.zeros_like(target)
-    clicked = np.zeros_like(target)
-    ious, kept = [], []
-    for n in range(1, max_clicks + 1):
-        click = next_click(target, prediction, clicked)
-        if click is None:
-            break
-        clicked[click.row, click.col] = True
-        prediction = session.add_click(*click.xy, click.positive).mask
-        if n in keep:
-            kept.append(session.sam_logits.detach().float().cpu().clone())
-        ious.append(iou(prediction, target))
-        if stop and ious[-1] >= goal:
-            break
-    return ious or [iou(prediction, target)], kept
+    ``ClickSession`` (``evaluation.click_loop.click_tile``; ``refine``: a ``TileRefiner``, shown by
+    its click evidence): the IoU after each click (stopping at ``goal`` when ``stop``) and SAM's own
+    logits (CPU) after the clicks in ``keep``."""
+    clicked = click_tile(predictor, embedding, target, max_clicks, goal if stop else None, refine, keep)
+    return clicked.ious or [iou(clicked.mask, target)], clicked.sam_logits
 
 
 def reclick(predictor, example: AdaptationExample, max_clicks: int = GATE_MAX_CLICKS) -> Reclick:

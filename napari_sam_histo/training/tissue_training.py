@@ -40,8 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import InputError
-from ..evaluation.clicker import next_click
-from ..evaluation.metrics import LOGIT_THRESHOLD, iou
+from ..evaluation.click_loop import click_tile
 from ..models.decoders import DecoderChoice
 from ..models.tissue_decoder import CORRECTED_CLICKS, DILATIONS, KIND, PROJECTION, WIDTH, TissueDecoder, TissueHead
 from .examples import AdaptationExample
@@ -233,8 +232,6 @@ def simulate(predictor, objects: list[PreparedObject], head: TissueHead | None, 
     """Click every object with SAM (+ ``head``) as the benchmark clicks (see the module); each
     object's recorded states and the seconds its clicking took."""
     from ..engine.predictor import Predictor
-    from ..engine.session import ClickSession
-    from ..engine.tiles import TileBox
 
     require_sam_decoder(predictor)
     states = _States()
@@ -251,20 +248,7 @@ def simulate(predictor, objects: list[PreparedObject], head: TissueHead | None, 
     for obj in objects:
         started = time.perf_counter()
         states.masks = []
-        embedding = obj.example.embedding
-        target = np.asarray(obj.example.target, bool)
-        height, width = target.shape
-        session = ClickSession(clicking, TileBox(0, 0, 0, width, height), embedding, threshold=LOGIT_THRESHOLD)
-        prediction = np.zeros(target.shape, bool)
-        clicked = np.zeros(target.shape, bool)
-        for _ in range(max_clicks):
-            click = next_click(target, prediction, clicked)
-            if click is None:
-                break
-            clicked[click.row, click.col] = True
-            prediction = session.add_click(*click.xy, click.positive).mask
-            if iou(prediction, target) >= recipe.stop_iou:
-                break
+        click_tile(clicking, obj.example.embedding, obj.example.target, max_clicks, recipe.stop_iou)
         out.append(states.masks)
         seconds.append(time.perf_counter() - started)
     return out, seconds
