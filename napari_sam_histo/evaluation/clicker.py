@@ -35,8 +35,39 @@ class AutoClick:
         return float(self.col), float(self.row)
 
 
-def _padded_edt(mask: np.ndarray) -> np.ndarray:
+def padded_edt(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's Euclidean distance to the nearest pixel outside ``mask``, the image border
+    counting as outside (one pixel of zero padding)."""
     return distance_transform_edt(np.pad(mask, 1, constant_values=False))[1:-1, 1:-1]
+
+
+@dataclass(frozen=True)
+class LargerError:
+    """The error region a corrective click goes into (``larger_error``)."""
+
+    positive: bool  # the missed object (FN) is the deeper error, so the click adds to the mask
+    distance: np.ndarray  # each pixel's distance inside that error (0 outside it and where clicked)
+    depth: float  # the largest of them
+
+
+def larger_error(target: np.ndarray, prediction: np.ndarray, clicked: np.ndarray | None = None,
+                 ignore: np.ndarray | None = None) -> LargerError | None:
+    """Of the missed object (FN) and the false positive (FP) of ``prediction`` outside ``ignore``,
+    the one reaching deeper from its border (``padded_edt``; pixels in ``clicked`` left out), a tie
+    going to FP; None when there is no error."""
+    target = np.asarray(target, dtype=bool)
+    prediction = np.asarray(prediction, dtype=bool)
+    valid = np.ones_like(target) if ignore is None else ~np.asarray(ignore, dtype=bool)
+    fn_dist = padded_edt(target & ~prediction & valid)
+    fp_dist = padded_edt(~target & prediction & valid)
+    if clicked is not None:
+        fn_dist[clicked] = 0
+        fp_dist[clicked] = 0
+    fn_max, fp_max = float(fn_dist.max()), float(fp_dist.max())
+    if fn_max == 0 and fp_max == 0:
+        return None
+    positive = fn_max > fp_max
+    return LargerError(positive, fn_dist if positive else fp_dist, max(fn_max, fp_max))
 
 
 def next_click(
@@ -46,20 +77,8 @@ def next_click(
     ignore: np.ndarray | None = None,
 ) -> AutoClick | None:
     """The next click, or None when prediction and target agree everywhere that counts."""
-    target = np.asarray(target, dtype=bool)
-    prediction = np.asarray(prediction, dtype=bool)
-    valid = np.ones_like(target) if ignore is None else ~np.asarray(ignore, dtype=bool)
-    fn = target & ~prediction & valid
-    fp = ~target & prediction & valid
-    fn_dist = _padded_edt(fn)
-    fp_dist = _padded_edt(fp)
-    if clicked is not None:
-        fn_dist[clicked] = 0
-        fp_dist[clicked] = 0
-    fn_max, fp_max = float(fn_dist.max()), float(fp_dist.max())
-    if fn_max == 0 and fp_max == 0:
+    error = larger_error(target, prediction, clicked, ignore)
+    if error is None:
         return None
-    positive = fn_max > fp_max
-    dist = fn_dist if positive else fp_dist
-    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return AutoClick(int(row), int(col), positive)
+    row, col = np.unravel_index(int(np.argmax(error.distance)), error.distance.shape)
+    return AutoClick(int(row), int(col), error.positive)

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
-from ..evaluation.clicker import AutoClick, _padded_edt
+from ..evaluation.clicker import AutoClick, larger_error
 from ..evaluation.metrics import LOGIT_THRESHOLD
 from .nfl_loss import DEFAULT_ALPHA, DEFAULT_GAMMA, normalized_focal_loss
 from .prompted_forward import ImageGeometry, PromptedForward
@@ -35,18 +35,12 @@ def first_click(target: np.ndarray, rng: np.random.Generator) -> AutoClick:
 
 def error_click(target: np.ndarray, prediction: np.ndarray, rng: np.random.Generator) -> AutoClick | None:
     """A click sampled from the larger error region of ``prediction``; None when there is no error."""
-    target = np.asarray(target, dtype=bool)
-    prediction = np.asarray(prediction, dtype=bool)
-    fn_dist = _padded_edt(target & ~prediction)
-    fp_dist = _padded_edt(~target & prediction)
-    fn_max, fp_max = float(fn_dist.max()), float(fp_dist.max())
-    if fn_max == 0 and fp_max == 0:
+    error = larger_error(target, prediction)
+    if error is None:
         return None
-    positive = fn_max > fp_max
-    dist = fn_dist if positive else fp_dist
-    rows, cols = np.nonzero(dist > max(fn_max, fp_max) / 2.0)
+    rows, cols = np.nonzero(error.distance > error.depth / 2.0)
     pick = int(rng.integers(rows.size))
-    return AutoClick(int(rows[pick]), int(cols[pick]), positive)
+    return AutoClick(int(rows[pick]), int(cols[pick]), error.positive)
 
 
 def simulated_click_loss(forward: PromptedForward, features: torch.Tensor, geometry: list[ImageGeometry],

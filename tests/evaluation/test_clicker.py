@@ -97,10 +97,10 @@ def test_opencv_is_not_bit_reproducible_which_is_why_ties_need_care():
     """Documents the reason for the tolerance above: the same mask through OpenCV twice may differ."""
     import cv2
 
-    from napari_sam_histo.evaluation.clicker import _padded_edt
+    from napari_sam_histo.evaluation.clicker import padded_edt
 
     target = _random_blobs(np.random.default_rng(14))
-    ours = [_padded_edt(target) for _ in range(3)]
+    ours = [padded_edt(target) for _ in range(3)]
     assert all(np.array_equal(ours[0], o) for o in ours)  # ours: deterministic
     theirs = [cv2.distanceTransform(np.pad(target, 1).astype(np.uint8), cv2.DIST_L2, 0) for _ in range(20)]
     assert all(np.allclose(theirs[0], t, rtol=1e-6) for t in theirs)  # OpenCV: equal up to rounding
