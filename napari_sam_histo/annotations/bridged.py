@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import Polygon, _signed_area
+from .geometry import Polygon, signed_area
 
 
 def to_bridged_ring(polygon: Polygon) -> np.ndarray:
@@ -21,13 +21,13 @@ def to_bridged_ring(polygon: Polygon) -> np.ndarray:
     exterior = np.asarray(polygon.exterior, float)
     if not polygon.holes:
         return exterior
-    sign = np.sign(_signed_area(exterior))
+    sign = np.sign(signed_area(exterior))
     attached: dict[int, list[np.ndarray]] = {}
     for hole in polygon.holes:
         hole = np.asarray(hole, float)
         if len(hole) < 3:
             continue
-        if np.sign(_signed_area(hole)) == sign:
+        if np.sign(signed_area(hole)) == sign:
             hole = hole[::-1]
         distances = ((hole[:, None, :] - exterior[None, :, :]) ** 2).sum(axis=2)
         j, i = np.unravel_index(int(np.argmin(distances)), distances.shape)
@@ -66,7 +66,7 @@ def from_bridged_ring(ring) -> list[Polygon]:
     if not closed:
         return [Polygon(ring)]
     outer = np.array(stack) if len(stack) >= 3 else closed.pop()
-    sign = np.sign(_signed_area(outer))
-    holes = [c for c in closed if np.sign(_signed_area(c)) != sign]
-    parts = [Polygon(c) for c in closed if np.sign(_signed_area(c)) == sign]
+    sign = np.sign(signed_area(outer))
+    holes = [c for c in closed if np.sign(signed_area(c)) != sign]
+    parts = [Polygon(c) for c in closed if np.sign(signed_area(c)) == sign]
     return [Polygon(outer, holes)] + parts

@@ -109,7 +109,9 @@ def rasterize(polygons: list[Polygon], origin: tuple[float, float], downsample: 
     return mask & ~exclusion
 
 
-def _signed_area(ring: np.ndarray) -> float:
+def signed_area(ring: np.ndarray) -> float:
+    """The area inside ``ring`` ((N, 2) x, y; the closing edge implied), signed by the ring's
+    orientation (the shoelace formula): rings that turn opposite ways have opposite signs."""
     x, y = ring[:, 0], ring[:, 1]
     return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
 
@@ -149,7 +151,7 @@ def mask_to_polygons(mask: np.ndarray, origin: tuple[float, float] = (0.0, 0.0),
             ring = ring[:-1]
         if len(ring) < 3 or region == 0:
             continue
-        if _signed_area(ring) > 0:
+        if signed_area(ring) > 0:
             outer[region] = ring
         else:
             holes.setdefault(region, []).append(ring)
@@ -159,4 +161,4 @@ def mask_to_polygons(mask: np.ndarray, origin: tuple[float, float] = (0.0, 0.0),
 
 def polygon_area(polygon: Polygon) -> float:
     """Area in squared coordinate units (level-0 pixels), holes subtracted."""
-    return abs(_signed_area(polygon.exterior)) - sum(abs(_signed_area(h)) for h in polygon.holes)
+    return abs(signed_area(polygon.exterior)) - sum(abs(signed_area(h)) for h in polygon.holes)
