@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_precision_argument
+
 
 def _first_masks(text: str) -> list[str]:
     from ..engine.session import FIRST_MASK_RULES
@@ -119,9 +121,8 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
                        help="feed the previous logits back as SAM's mask prompt (on), points only (off), or both")
     bench.add_argument("--stride", type=int, default=1, help="only every K-th image (sorted by name)")
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="the decoder's: auto is bf16 where it is native (Ampere+ GPUs, CPUs with "
-                            "AVX512-BF16/AMX), fp32 elsewhere; the report records what ran")
+    add_precision_argument(bench, "the decoder's: auto is bf16 where it is native (Ampere+ GPUs, CPUs with "
+                                  "AVX512-BF16/AMX), fp32 elsewhere; the report records what ran")
     bench.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                        help="run the images on dask.distributed: 'local' starts a LocalCluster (one 1-thread "
                             "process per core, or one GPU worker); an address (tcp://host:8786) uses a running "

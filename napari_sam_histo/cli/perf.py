@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import add_precision_argument
+
 
 def _cmd_perf(args: argparse.Namespace) -> int:
     from ..perf import format_report, run_perf
@@ -46,8 +48,8 @@ def add_perf(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--device", default="auto")
     perf.add_argument("--clicks", type=int, default=24, help="clicks timed per decoder (at least 20)")
     perf.add_argument("--encoder-runs", type=int, default=3)
-    perf.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                      help="the decoders' (auto: the product's default; bf16 runs the CPU runtime's bfloat16 networks)")
+    add_precision_argument(perf, "the decoders' (auto: the product's default; bf16 runs the CPU runtime's bfloat16 "
+                                 "networks)")
     perf.add_argument("--random-weights", action="store_true", help="random-init weights of the model's architecture")
     perf.add_argument("--json", action="store_true", help="print one JSON object")
     perf.set_defaults(func=_cmd_perf)

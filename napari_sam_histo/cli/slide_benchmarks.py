@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .threads import add_threads_argument, use_threads
+from .options import add_model_options
+from .threads import use_threads
 
 
 def _cmd_slide_benchmark(args: argparse.Namespace) -> int:
@@ -88,10 +89,7 @@ def add_slide_benchmark(sub: argparse._SubParsersAction) -> None:
     sb.add_argument("--stride", type=int, default=1, help="every N-th region")
     sb.add_argument("--limit", type=int, default=None)
     sb.add_argument("--tile-size", type=int, default=1024)
-    sb.add_argument("--model", default="vit_t")
-    sb.add_argument("--decoder", default="sam")
-    sb.add_argument("--device", default="cpu")
-    add_threads_argument(sb)
+    add_model_options(sb, decoder=True)
     sb.add_argument("--no-fallback", action="store_true",
                     help="show SAM's usual decode even where it loses the object (to measure without the fallback)")
     sb.set_defaults(func=_cmd_slide_benchmark)
@@ -127,9 +125,6 @@ def add_sequential_benchmark(sub: argparse._SubParsersAction) -> None:
     seq.add_argument("--embedding-store", default=None,
                      help="folder that keeps every image's embedding (float16) so later runs skip the encoder")
     seq.add_argument("--seed", type=int, default=0)
-    seq.add_argument("--model", default="vit_t")
-    seq.add_argument("--decoder", default="sam")
-    seq.add_argument("--device", default="cpu")
-    add_threads_argument(seq)
+    add_model_options(seq, decoder=True)
     seq.add_argument("--quiet", action="store_true")
     seq.set_defaults(func=_cmd_sequential_benchmark)

@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from .threads import add_threads_argument, use_threads
+from .options import add_model_options
+from .threads import use_threads
 
 
 def _cmd_learning_curve(args: argparse.Namespace) -> int:
@@ -171,10 +172,7 @@ def add_learning_curve(sub: argparse._SubParsersAction) -> None:
     lc.add_argument("--batch-size", type=int, default=8, help="tissue-head: batch size")
     lc.add_argument("--recipe-seed", type=int, default=0, help="seed of the recipe's initialisation and order")
     lc.add_argument("--save-decoders", action="store_true", help="write each trained decoder into --out")
-    lc.add_argument("--model", default="vit_t")
-    lc.add_argument("--device", default="cpu")
-    lc.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the decoder's precision")
-    add_threads_argument(lc)
+    add_model_options(lc, precision_help="the decoder's precision")
     lc.add_argument("--quiet", action="store_true")
     lc.set_defaults(func=_cmd_learning_curve)
 
