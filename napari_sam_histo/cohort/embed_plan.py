@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine.tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
+from ..engine.tiles import DEFAULT_TILE_SIZE, TileGrid
 from ..engine.working_levels import WorkingLevel, level_with_downsample, working_levels
 from ..errors import InputError
+from ..slides.boxes import TileBox
 from ..slides.tissue import MIN_TISSUE_FRACTION, tissue_mask
 
 

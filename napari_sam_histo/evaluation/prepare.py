@@ -21,8 +21,8 @@ import numpy as np
 
 from ..annotations.geometry import Polygon, rasterize
 from ..atomic import atomic_path
-from ..engine.tiles import TileBox
 from ..errors import InputError
+from ..slides.boxes import TileBox
 from ..slides.source import ImageSource
 
 MANIFEST_COLUMNS = ["stem", "image", "mask", "source_slide", "magnification", "level", "downsample",

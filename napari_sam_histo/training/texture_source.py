@@ -75,7 +75,7 @@ class TextureSource:
 
             source = open_image(path)
             width, height = source.level_dimensions[0]
-            from ..engine.tiles import TileBox
+            from ..slides.boxes import TileBox
 
             self._cache[path] = source.read_region(TileBox(0, 0, 0, width, height))
             source.close()
@@ -94,7 +94,7 @@ class TextureSource:
             left = int(rng.integers(0, image.shape[1] - region[1] + 1))
             pixels = image[top:top + region[0], left:left + region[1]]
             return Texture(resize_pixels(pixels, shape), f"{self.name}:{pair.stem}", self.case_of(pair.stem))
-        from ..engine.tiles import TileBox
+        from ..slides.boxes import TileBox
 
         slide = self._slide
         wanted = (height * scale, width * scale)  # level-0 pixels

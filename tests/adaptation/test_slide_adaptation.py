@@ -12,7 +12,7 @@ from napari_sam_histo.engine.annotator import Annotator
 from napari_sam_histo.engine.blending import Blend
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
-from napari_sam_histo.engine.tiles import TileBox
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import from_array
 from napari_sam_histo.training.examples import tile_examples
 

@@ -10,8 +10,8 @@ from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.object_state import combine_tile_masks
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.session import ClickSession
-from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.errors import InputError
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import from_array
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (1500, 2500, 3), dtype=np.uint8)  # 2500 wide, 1500 high

@@ -6,7 +6,7 @@ import pytest
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.session import ClickSession
-from napari_sam_histo.engine.tiles import TileBox
+from napari_sam_histo.slides.boxes import TileBox
 
 # A small tissue fragment lying alone on the glass (top right of the slide), and its tile.
 FRAGMENT_TILE = TileBox(0, 1196, 100, 1024, 1024)

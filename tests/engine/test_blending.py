@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from napari_sam_histo.engine.blending import MAX_OBJECT_PIXELS, TileLogits, blend, output_grid, sample_field
-from napari_sam_histo.engine.tiles import TileBox
+from napari_sam_histo.slides.boxes import TileBox
 
 
 def test_overlapping_tiles_that_disagree_meet_smoothly_not_at_a_straight_cut():

@@ -7,9 +7,10 @@ import torch
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.engine.session import ClickSession
-from napari_sam_histo.engine.tiles import TileBox, TileGrid
+from napari_sam_histo.engine.tiles import TileGrid
 from napari_sam_histo.errors import InputError
 from napari_sam_histo.models.slide_refiner import MIN_AGREEMENT, REFINED_LEAD
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import from_array
 
 

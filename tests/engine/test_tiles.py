@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from napari_sam_histo.engine.tiles import TileBox, TileGrid
+from napari_sam_histo.engine.tiles import TileGrid
 from napari_sam_histo.errors import InputError
+from napari_sam_histo.slides.boxes import TileBox
 
 
 def test_edge_tiles_are_full_size_and_shifted_inward():

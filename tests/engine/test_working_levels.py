@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.engine.working_levels import auto_level, level_with_downsample, working_levels
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import ArraySource, from_array
 
 

@@ -10,7 +10,6 @@ import pytest
 import tifffile
 
 from napari_sam_histo.engine.annotator import AnnotatorState
-from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.evaluation.slide_benchmark import (
     GROWING,
     MODES,
@@ -30,6 +29,7 @@ from napari_sam_histo.evaluation.slide_small_objects import (
     run_small_objects,
     summarize_small,
 )
+from napari_sam_histo.slides.boxes import TileBox
 
 
 def _region_folder(folder, shape, boxes_by_stem, seed):

@@ -13,7 +13,6 @@ import torch
 
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
-from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.models import cpu_runtime, fast_encoder, runtime_decoder
 from napari_sam_histo.models.decoders import (
     DecoderChoice,
@@ -25,6 +24,7 @@ from napari_sam_histo.models.modified_decoder import ModifiedMaskDecoder
 from napari_sam_histo.models.registry import random_model
 from napari_sam_histo.models.residual_decoder import ResidualMaskDecoder
 from napari_sam_histo.models.tissue_decoder import TissueDecoder
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import from_array
 
 pytestmark = pytest.mark.skipif(not cpu_runtime.available(), reason="the CPU runtime (openvino, onnx) is not installed")

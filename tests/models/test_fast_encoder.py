@@ -10,10 +10,10 @@ import torch
 
 from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
-from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.models import fast_encoder
 from napari_sam_histo.models.device import FAST_ENCODER_ENV
 from napari_sam_histo.models.registry import random_model
+from napari_sam_histo.slides.boxes import TileBox
 
 TILE = TileBox(0, 1024, 1024, 1024, 1024)  # real H&E of the CMU-1 region
 

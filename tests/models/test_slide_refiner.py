@@ -140,8 +140,8 @@ def test_a_click_sessions_evidence_takes_its_tile_refiners_lead(tiny_model):
     click evidence weighs SAM's errors with."""
     from napari_sam_histo.engine.predictor import Predictor
     from napari_sam_histo.engine.session import ClickSession
-    from napari_sam_histo.engine.tiles import TileBox
     from napari_sam_histo.models.slide_refiner import REFINED_LEAD, TileRefiner
+    from napari_sam_histo.slides.boxes import TileBox
 
     image = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     predictor = Predictor(tiny_model, "sam", precision="fp32")

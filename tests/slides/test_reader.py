@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.errors import InputError
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import open_image
 
 from ..conftest import SAMPLE_SLIDE

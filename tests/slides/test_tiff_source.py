@@ -6,8 +6,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.errors import InputError
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import ArraySource, OpenSlideSource, open_image
 from napari_sam_histo.slides.tiff_source import TiffSource
 

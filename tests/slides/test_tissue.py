@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from napari_sam_histo.cohort.embed_plan import lattice_tiles, plan_levels, plan_slide
-from napari_sam_histo.engine.tiles import TileBox, TileGrid
+from napari_sam_histo.engine.tiles import TileGrid
 from napari_sam_histo.engine.working_levels import working_levels
 from napari_sam_histo.errors import InputError
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import ArraySource, from_array
 from napari_sam_histo.slides.tissue import otsu_threshold, overview, tissue_mask
 

@@ -236,8 +236,8 @@ def test_cli_train_reports_a_missing_dataset(tmp_path, capsys):
 def test_shipped_decoders_load_for_mobile_sam_and_segment(mobile_sam, kind):
     from napari_sam_histo.engine.predictor import Predictor
     from napari_sam_histo.engine.session import ClickSession
-    from napari_sam_histo.engine.tiles import TileBox
     from napari_sam_histo.evaluation.clicker import next_click
+    from napari_sam_histo.slides.boxes import TileBox
 
     predictor = Predictor(mobile_sam, kind)
     assert predictor.decoder.trained and predictor.decoder.kind == ("sam" if kind == "md" else "modified")
