@@ -33,12 +33,13 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from . import export_warnings
 
 RUNTIME = "openvino"
 PRECISION = "f32"  # the default: the embeddings and masks stay PyTorch's within 1e-4
@@ -50,18 +51,6 @@ MAX_RELATIVE_ERRORS = {"f32": 1e-4, "bf16": 5e-2}
 CPU_RUNTIME_ENV = "NAPARI_SAM_HISTO_CPU_RUNTIME"
 CACHE_FOLDER = "cpu-runtime"
 FORMAT = 2  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
-
-# Filters set once here, not ``catch_warnings`` around the export (not thread-safe; builds may run
-# in a background thread): the TorchScript-based exporter's deprecation notice and the tracer's
-# notes on Python values it freezes (the shapes are fixed, or declared dynamic, on purpose).
-warnings.filterwarnings("ignore", message=r".*dynamo=False.*", category=DeprecationWarning)
-warnings.filterwarnings("ignore", message=r".*torch\.onnx.*deprecated.*")
-warnings.filterwarnings("ignore", message=r"Constant folding", category=UserWarning)
-warnings.filterwarnings("ignore", message=r"The shape inference of", category=UserWarning)
-warnings.filterwarnings("ignore", message=r"ONNX export mode is set to TrainingMode\.EVAL", category=UserWarning)
-warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
-                        module=r"(mobile_sam|segment_anything|torch|napari_sam_histo)\b")
-
 
 class RuntimeRefused(RuntimeError):
     """The compiled network's outputs differ from PyTorch's beyond its precision's tolerance
@@ -234,7 +223,7 @@ def compile_network(spec: NetworkSpec, root: Path | None = None) -> CompiledNetw
         # a copy: exporting calls ``train(False)``, which some modules answer by replacing buffers
         # (TinyViT's attention biases), and the original's weights must stay as they are
         module = copy.deepcopy(spec.module).eval()
-        with torch.no_grad():
+        with torch.no_grad(), export_warnings.silenced():
             torch.onnx.export(module, spec.inputs, str(onnx_path), dynamo=False, opset_version=17,
                               input_names=list(spec.input_names), output_names=list(spec.output_names),
                               dynamic_axes=spec.dynamic_axes)

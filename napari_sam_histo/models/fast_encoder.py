@@ -46,19 +46,12 @@ from itertools import chain
 
 import torch
 
-from . import cpu_runtime
+from . import cpu_runtime, export_warnings
 
 # Relative (L2) error of the copy's output against eager above which it is refused. The measured
 # error is ~2e-6 (conv+BN folding and oneDNN's summation order); bf16 would be ~1e-2.
 MAX_RELATIVE_ERROR = 1e-4
 EXIT_WAIT_S = 60.0  # at exit, how long to wait for a build still running (builds take 6-14 s here)
-
-# Filters set once here, not ``catch_warnings`` around the build: that swaps the process-wide filter
-# list and is not thread-safe, and the build may run in a background thread. PyTorch 2.14 marks
-# TorchScript deprecated (FutureWarning on each use); should it go, the build fails and we stay eager.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
-warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"(mobile_sam|segment_anything)\b")
-
 
 @dataclass
 class _Entry:
@@ -278,7 +271,7 @@ def build_torchscript(encoder: torch.nn.Module, image_size: int, device: torch.d
     random tracing input). Traces a deep copy, so the original module is left untouched."""
     example = example_input(image_size, device)
     recording = _Recording(copy.deepcopy(encoder).eval())
-    with torch.inference_mode():
+    with torch.inference_mode(), export_warnings.silenced():
         traced = torch.jit.trace(recording, example, check_trace=False)
         reference = recording.seen[-1]
         optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
