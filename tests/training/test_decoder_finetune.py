@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.errors import InputError
 from napari_sam_histo.models.decoder_checkpoint import decoder_file_note, read_decoder_checkpoint
@@ -20,23 +19,8 @@ from napari_sam_histo.training.decoder_finetune import (
 )
 from napari_sam_histo.training.examples import AdaptationExample
 
-from ..discs import disc_image
-
+DISC_EXAMPLES = 3  # the ``examples`` fixture (conftest.py)
 SMALL = FinetuneRecipe(lr=1e-3, epochs=3, l2sp=0.0, max_clicks=3, seed=0)
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def examples(predictor):
-    out = []
-    for i in range(3):
-        image, target = disc_image(96, centre=(40 + 3 * i, 45 + 2 * i), radius=15 + 2 * i, seed=i)
-        out.append(AdaptationExample(predictor.embed(image), target))
-    return out
 
 
 def _weights(module):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam_histo.engine.embedding_cache import EmbeddingCache
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.errors import CheckpointError, InputError
 from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint, save_decoder_checkpoint
@@ -15,23 +14,8 @@ from napari_sam_histo.models.tissue_decoder import KIND, TissueDecoder, TissueHe
 from napari_sam_histo.training.examples import AdaptationExample
 from napari_sam_histo.training.tissue_training import TissueRecipe, on_frame, train_tissue_head
 
-from ..discs import disc_image
-
+DISC_EXAMPLES = 4  # the ``examples`` fixture (conftest.py)
 SMALL = TissueRecipe(steps=30, batch_size=4, max_clicks=3, dagger_rounds=1, dagger_steps=10, width=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, "sam", cache=EmbeddingCache(), precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def examples(predictor):
-    out = []
-    for i in range(4):
-        image, target = disc_image(96, centre=(40 + 3 * i, 45 + 2 * i), radius=15 + 2 * i, seed=i)
-        out.append(AdaptationExample(predictor.embed(image), target))
-    return out
 
 
 @pytest.fixture(scope="module")
