@@ -1,15 +1,12 @@
-"""Shared pieces of the Annotator dock's GUI tests: the slide, the started dock, napari events."""
+"""Shared pieces of the Annotator dock's GUI tests: places on the sample slide, clicks and keys through
+napari's own dispatch, the slide opened again. The fixtures (``slide``, the started ``dock``) are in
+tests/napari/conftest.py."""
 
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from napari_sam_histo._napari.annotator.dock import AnnotatorDock
-
-from .conftest import SAMPLE_SLIDE
 
 FRAGMENT = (2091, 615)  # a tissue fragment alone on the glass, level-0 (x, y)
 STRIP = (500, 1040)  # a strip of stroma across the grid line y = 1024 (y 1005..1154), with a gap inside
@@ -17,38 +14,15 @@ GRID_LINE_Y = 1024
 MPP = 0.499  # the slide's µm per level-0 pixel: world coordinates are level-0 pixels times this
 
 
-@pytest.fixture
-def slide(tmp_path):
-    """A copy of the CC0 slide in a folder of the test's own (the autosave sidecar goes beside it)."""
-    return Path(shutil.copy(SAMPLE_SLIDE, tmp_path / SAMPLE_SLIDE.name))
-
-
-@pytest.fixture
-def dock(make_napari_viewer, qtbot, mobile_sam, slide):
-    viewer = make_napari_viewer()
-    viewer.open(str(slide), plugin="napari-sam-histo")
-    widget = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(widget)
-    assert widget.layer_combo.currentText() == "cmu-1-small-region"
-    widget.model_combo.setCurrentText("vit_t")
-    widget.device_combo.setCurrentText("cpu")
-    widget.prefetch_check.setChecked(False)  # on in the prefetch test only: it costs encoder time
-    # pinned to level 0: these tests know its tiles; "auto" (the default) has tests of its own
-    # (napari/test_gui_slide_scale.py)
-    assert widget.level_combo.currentData() == "auto"
-    widget.level_combo.setCurrentIndex(widget.level_combo.findData(0))
-    widget.start()
-    qtbot.waitUntil(lambda: widget.annotator is not None, timeout=120_000)
-    yield widget
-    widget.close_session(wait=True)
-
-
-def _wait(dock, qtbot, timeout=120_000):
+def wait_idle(dock, qtbot, timeout=120_000):
+    """Wait until every click and action queued on the dock has come back and been drawn."""
     qtbot.waitUntil(lambda: dock.pending == 0, timeout=timeout)
 
 
 @dataclass
-class _Event:
+class MouseEvent:
+    """The fields of a napari mouse event that its callbacks read."""
+
     type: str
     button: int = 1
     position: tuple = (0.0, 0.0)  # world
@@ -63,7 +37,7 @@ class _Event:
     native: object = None
 
 
-def _mouse(viewer, kind, **kwargs):
+def send_mouse(viewer, kind, **kwargs):
     """Send a mouse event through napari's own dispatch (as its tests do)."""
     import wrapt
     from napari.utils.interactions import (
@@ -73,10 +47,9 @@ def _mouse(viewer, kind, **kwargs):
         mouse_release_callbacks,
     )
 
-    event = wrapt.ObjectProxy(_Event(kind, **kwargs))
+    event = wrapt.ObjectProxy(MouseEvent(kind, **kwargs))
     {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
      "mouse_release": mouse_release_callbacks, "mouse_double_click": mouse_double_click_callbacks}[kind](viewer, event)
-
 
 
 def world(x0: float, y0: float) -> tuple[float, float]:
@@ -88,14 +61,14 @@ def click(viewer, x0: float, y0: float, button: int = 1, modifiers=()) -> None:
     """A user's click (press and release in place) at level-0 (x0, y0)."""
     at = np.array([100.0, 100.0])
     for kind in ("mouse_press", "mouse_release"):
-        _mouse(viewer, kind, position=world(x0, y0), pos=at, button=button, modifiers=list(modifiers))
+        send_mouse(viewer, kind, position=world(x0, y0), pos=at, button=button, modifiers=list(modifiers))
 
 
 def click_image(dock, x0: float, y0: float, button: int = 1) -> None:
     """A user's click at level-0 (x0, y0) of the annotated image, whatever its scale."""
     position = tuple(dock.image_layer.data_to_world((y0, x0)))
     for kind in ("mouse_press", "mouse_release"):
-        _mouse(dock.viewer, kind, position=position, pos=np.array([100.0, 100.0]), button=button)
+        send_mouse(dock.viewer, kind, position=position, pos=np.array([100.0, 100.0]), button=button)
 
 
 def press(viewer, key: int) -> None:

@@ -17,7 +17,7 @@ from napari_sam_histo._napari import adaptation_panel  # noqa: E402
 from napari_sam_histo._napari.adaptation_panel import OFF_TEXT  # noqa: E402
 from napari_sam_histo._napari.annotator.working_layers import CURRENT  # noqa: E402
 
-from ..annotator_gui import FRAGMENT, _wait, click, dock, press, slide  # noqa: E402,F401
+from ..annotator_gui import FRAGMENT, click, press, wait_idle  # noqa: E402
 
 
 def _toggle(qtbot, check) -> None:
@@ -39,7 +39,7 @@ def test_the_panel_learns_from_accepted_objects_saves_resets_and_switches_off(do
 
     n = len(dock.object_list.ids)
     click(dock.viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     press(dock.viewer, KeyCode.Enter)
     qtbot.waitUntil(lambda: len(dock.object_list.ids) == n + 1, timeout=60_000)
     qtbot.waitUntil(lambda: "2 of 2 training steps done." in panel.state_label.text(), timeout=180_000)
@@ -99,9 +99,9 @@ def test_the_panel_says_what_it_does_within_a_second_of_an_accept(dock, qtbot):
     label = panel.state_label.text
     for n in (1, 2):
         click(dock.viewer, *FRAGMENT)
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         press(dock.viewer, KeyCode.Enter)
-        _wait(dock, qtbot)  # accepted: the annotator has handed the object over
+        wait_idle(dock, qtbot)  # accepted: the annotator has handed the object over
         accepted = time.perf_counter()
         wanted = f"Learning from {n} accepted object{'s' if n > 1 else ''}:"
         qtbot.waitUntil(lambda wanted=wanted: wanted in label(), timeout=5_000)
@@ -136,17 +136,17 @@ def test_an_object_the_refiner_shapes_says_so_and_its_switch_turns_it_off(dock, 
         "active": lambda self: refiner, "pending": 0, "scores": lambda self: (4.0, 2.0, 3)})())
     assert adaptation.refiner() is refiner  # offered to the next object
     click(dock.viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     assert dock.annotator.state().refined
     qtbot.waitUntil(lambda: "border refined" in dock.status.text(), timeout=10_000)
     refined_area = int(dock.viewer.layers[CURRENT].data.sum())
     press(dock.viewer, KeyCode.Escape)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
 
     _toggle(qtbot, panel.refiner_check)
     assert adaptation.refiner() is None
     click(dock.viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     assert not dock.annotator.state().refined
     qtbot.waitUntil(lambda: "click" in dock.status.text(), timeout=10_000)
     assert "border refined" not in dock.status.text()

@@ -13,14 +13,13 @@ from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, T
 from napari_sam_histo.annotations.bridged import to_bridged_ring  # noqa: E402
 from napari_sam_histo.annotations.geometry import Polygon, polygon_area, rasterize  # noqa: E402
 
-from ..annotator_gui import FRAGMENT, GRID_LINE_Y, STRIP, _mouse, _wait, dock, slide  # noqa: E402,F401
+from ..annotator_gui import FRAGMENT, GRID_LINE_Y, STRIP, send_mouse, wait_idle  # noqa: E402
 
 
-@pytest.mark.gui
 def test_click_accept_export_and_reimport(dock, qtbot, tmp_path):
     dock.add_click(*FRAGMENT)
     assert len(dock.viewer.layers[CLICKS].data) == 1  # the click shows at once
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     current = dock.viewer.layers[CURRENT]
     assert current.data.any() and current.data.shape == (1024, 1024)
     qtbot.waitUntil(lambda: len(dock.viewer.layers[TILES].data) == 1, timeout=5_000)  # its tile is outlined (next turn)
@@ -35,7 +34,7 @@ def test_click_accept_export_and_reimport(dock, qtbot, tmp_path):
     dock.add_click(*FRAGMENT)  # the next object's first click shows (the old selection is gone)
     assert len(dock.viewer.layers[CLICKS].data) == 1
     dock.clear()
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
 
     geojson = dock.export_geojson(tmp_path / "slide.geojson").result()
     [feature] = json.loads(geojson.read_text())["features"]
@@ -48,28 +47,26 @@ def test_click_accept_export_and_reimport(dock, qtbot, tmp_path):
     assert added.result() == 0 and len(dock.objects()) == 1  # the file's object is here already
 
 
-@pytest.mark.gui
 def test_undo_and_clicks_outside_the_slide(dock, qtbot):
     dock.add_click(*FRAGMENT)
     dock.add_click(FRAGMENT[0] + 40, FRAGMENT[1], positive=False)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     assert len(dock.annotator.clicks) == 2
     dock.undo()
-    _wait(dock, qtbot, 60_000)
+    wait_idle(dock, qtbot, 60_000)
     assert len(dock.annotator.clicks) == 1 and len(dock.viewer.layers[CLICKS].data) == 1
     dock.add_click(FRAGMENT[0] - 20, FRAGMENT[1])  # shows at once (no stale point selection in the way)
     assert len(dock.viewer.layers[CLICKS].data) == 2
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     dock.add_click(5000, 10)
     assert dock.status.text().startswith("⚠") and "outside" in dock.status.text()
 
 
-@pytest.mark.gui
 def test_a_click_near_a_grid_line_gives_an_object_not_cut_there_with_its_hole_drawn(dock, qtbot):
     """The strip crosses y = 1024, a line of the fixed grid: the tile centred on the click holds it
     whole. Accepted, it is drawn in its class's colour with the gap inside it left empty."""
     dock.add_click(*STRIP)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     [box] = dock.annotator.state().boxes
     assert box.y < GRID_LINE_Y - 256 and box.y + box.height > GRID_LINE_Y + 256
     (x, y), mask = dock.annotator.current_mask()
@@ -117,7 +114,6 @@ def _inside(polygon: Polygon) -> tuple[float, float]:
     return np.floor(x0) + c + 0.5, np.floor(y0) + r + 0.5
 
 
-@pytest.mark.gui
 def test_napari_draws_a_bridged_hole_empty():
     from napari.layers import Shapes
 
@@ -129,7 +125,6 @@ def test_napari_draws_a_bridged_hole_empty():
     assert mask[10, 10] and not mask[45, 45]
 
 
-@pytest.mark.gui
 def test_prefetch_runs_in_the_background_with_progress(dock, qtbot):
     dock.viewer.camera.center = (0, 1500 * 0.499, 1000 * 0.499)  # world (µm): level-0 (x 1000, y 1500)
     dock.annotator.prefetch_radius = 0  # one lattice tile around the view: enough to test, cheaper
@@ -147,11 +142,10 @@ def test_prefetch_runs_in_the_background_with_progress(dock, qtbot):
     calls = dock.annotator.predictor.encoder_calls
     dock.grow_check.setChecked(False)  # (growing past the tile's border would add a tile of its own)
     dock.add_click(1000, 1500)  # a first click well inside the prefetched tile reuses it
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     assert dock.annotator.state().boxes == (box,) and dock.annotator.predictor.encoder_calls == calls
 
 
-@pytest.mark.gui
 def test_mouse_clicks_drags_and_keys(dock, qtbot, monkeypatch):
     viewer, seen = dock.viewer, []
     # napari's pixel centre (col 2091) is level-0 2091.5 in the corner convention (coordinates.py)
@@ -159,26 +153,26 @@ def test_mouse_clicks_drags_and_keys(dock, qtbot, monkeypatch):
                         lambda x, y, positive=True: seen.append((round(x - 0.5), round(y - 0.5), positive)))
     world = tuple(np.array([FRAGMENT[1], FRAGMENT[0]]) * 0.499)  # (row, col) in µm
     at = np.array([100.0, 100.0])
-    _mouse(viewer, "mouse_press", position=world, pos=at)
-    _mouse(viewer, "mouse_release", position=world, pos=at)
+    send_mouse(viewer, "mouse_press", position=world, pos=at)
+    send_mouse(viewer, "mouse_release", position=world, pos=at)
     assert seen == [(*FRAGMENT, True)]  # a click
-    _mouse(viewer, "mouse_press", position=world, pos=at, button=2)
-    _mouse(viewer, "mouse_release", position=world, pos=at, button=2)
-    _mouse(viewer, "mouse_press", position=world, pos=at, modifiers=["Alt"])
-    _mouse(viewer, "mouse_release", position=world, pos=at, modifiers=["Alt"])
+    send_mouse(viewer, "mouse_press", position=world, pos=at, button=2)
+    send_mouse(viewer, "mouse_release", position=world, pos=at, button=2)
+    send_mouse(viewer, "mouse_press", position=world, pos=at, modifiers=["Alt"])
+    send_mouse(viewer, "mouse_release", position=world, pos=at, modifiers=["Alt"])
     assert seen[1:] == [(*FRAGMENT, False)] * 2  # right click, Alt + click: negative
     zoom = viewer.camera.zoom
-    _mouse(viewer, "mouse_double_click", position=world, pos=at)
+    send_mouse(viewer, "mouse_double_click", position=world, pos=at)
     assert len(seen) == 4  # the second click of a double click counts…
     assert viewer.camera.zoom == zoom  # …and does not zoom
-    _mouse(viewer, "mouse_press", position=world, pos=at)
-    _mouse(viewer, "mouse_move", position=world, pos=at + 30, is_dragging=True)
-    _mouse(viewer, "mouse_release", position=world, pos=at + 30)
+    send_mouse(viewer, "mouse_press", position=world, pos=at)
+    send_mouse(viewer, "mouse_move", position=world, pos=at + 30, is_dragging=True)
+    send_mouse(viewer, "mouse_release", position=world, pos=at + 30)
     assert len(seen) == 4  # a drag pans; it is no click
     viewer.layers.selection.active = viewer.layers[ANNOTATIONS]
     viewer.layers[ANNOTATIONS].mode = "add_polygon"
-    _mouse(viewer, "mouse_press", position=world, pos=at)
-    _mouse(viewer, "mouse_release", position=world, pos=at)
+    send_mouse(viewer, "mouse_press", position=world, pos=at)
+    send_mouse(viewer, "mouse_release", position=world, pos=at)
     assert len(seen) == 4  # drawing shapes by hand keeps its clicks
     viewer.layers[ANNOTATIONS].mode = "pan_zoom"
 
@@ -204,7 +198,6 @@ def test_mouse_clicks_drags_and_keys(dock, qtbot, monkeypatch):
     assert double_click_to_zoom in viewer.mouse_double_click_callbacks  # napari's zoom is back
 
 
-@pytest.mark.gui
 def test_embeddings_can_be_kept_on_disk_per_slide(dock, qtbot, tmp_path, monkeypatch):
     from napari_sam_histo.assembly import annotating
     from napari_sam_histo.models.weights import cache_dir
@@ -220,5 +213,5 @@ def test_embeddings_can_be_kept_on_disk_per_slide(dock, qtbot, tmp_path, monkeyp
     assert dock.annotator is not old, dock.status.text()
     assert dock.annotator.predictor.cache.store_dir == tmp_path / "store"
     dock.add_click(*FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     assert len(list((tmp_path / "store").glob("*.zarr"))) == 1

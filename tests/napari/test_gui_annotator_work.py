@@ -21,19 +21,7 @@ from napari_sam_histo._napari.annotator.session import NOT_STARTED  # noqa: E402
 from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT  # noqa: E402
 from napari_sam_histo.annotations.geometry import polygon_area  # noqa: E402
 
-from ..annotator_gui import (  # noqa: E402,F401
-    FRAGMENT,
-    MPP,
-    STRIP,
-    _Event,
-    _wait,
-    click,
-    dock,
-    press,
-    reopen,
-    slide,
-    world,
-)
+from ..annotator_gui import FRAGMENT, MPP, STRIP, MouseEvent, click, press, reopen, wait_idle, world  # noqa: E402
 
 UNDO, REDO = KeyMod.CtrlCmd | KeyCode.KeyZ, KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ
 
@@ -42,7 +30,7 @@ def _accept_one(dock, qtbot, at=FRAGMENT) -> None:
     """Click once at ``at`` and press Enter; wait until the object is in the layer."""
     n = len(dock.object_list.ids)
     click(dock.viewer, *at)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     press(dock.viewer, KeyCode.Enter)
     qtbot.waitUntil(lambda: dock.pending == 0 and len(dock.object_list.ids) == n + 1, timeout=60_000)
 
@@ -68,11 +56,10 @@ def _export(dock, qtbot, monkeypatch, path) -> dict:
     return json.loads(written.read_text())
 
 
-@pytest.mark.gui
 def test_start_again_keeps_accepted_objects_and_asks_before_dropping_clicks(dock, qtbot, monkeypatch, tmp_path):
     _accept_one(dock, qtbot)
     click(dock.viewer, *STRIP)  # an object being clicked
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     old = dock.annotator
     monkeypatch.setattr(dock, "confirm", lambda question: False)
     dock.decoder_combo.setCurrentText("sam")
@@ -93,7 +80,6 @@ def test_start_again_keeps_accepted_objects_and_asks_before_dropping_clicks(dock
     assert len(collection["features"]) == 1  # the object accepted before Start is exported
 
 
-@pytest.mark.gui
 def test_the_layer_is_the_truth_deletions_and_vertex_edits_are_exported(dock, qtbot, monkeypatch, tmp_path):
     _accept_one(dock, qtbot)
     _accept_one(dock, qtbot, at=STRIP)
@@ -134,43 +120,41 @@ def _rings(geometry):
     return geometry["coordinates"] if geometry["type"] == "Polygon" else [r for p in geometry["coordinates"] for r in p]
 
 
-@pytest.mark.gui
 def test_undo_redo_cover_accept_and_clear_and_escape_cancels(dock, qtbot):
     viewer = dock.viewer
     _accept_one(dock, qtbot)
     [obj_id] = dock.object_list.ids
     press(viewer, UNDO)  # undo Accept: the object leaves the layer and is being clicked again
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     qtbot.waitUntil(lambda: dock.object_list.ids == [], timeout=5_000)
     assert len(dock.annotator.clicks) == 1
     assert dock.viewer.layers[CURRENT].data.any() and len(viewer.layers[CLICKS].data) == 1
     press(viewer, REDO)  # redo Accept
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     qtbot.waitUntil(lambda: dock.object_list.ids == [obj_id], timeout=5_000)
     assert dock.annotator.clicks == []
     click(viewer, *STRIP)
     click(viewer, STRIP[0] + 30, STRIP[1], button=2)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     press(viewer, KeyCode.Escape)  # cancels the object being clicked, as in QuPath
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     assert dock.annotator.clicks == [] and not viewer.layers[CURRENT].data.any()
     assert "Cleared" in dock.status.text() and "1 object on this slide" in dock.status.text()
     press(viewer, UNDO)  # undo Clear
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     assert len(dock.annotator.clicks) == 2 and len(viewer.layers[CLICKS].data) == 2
     press(viewer, UNDO)  # then the clicks, one by one
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     assert len(dock.annotator.clicks) == 1
 
 
-@pytest.mark.gui
 def test_a_mask_painted_by_hand_is_the_object_accepted(dock, qtbot):
     import wrapt
     from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
     viewer = dock.viewer
     click(viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     current = viewer.layers[CURRENT]
     sam_pixels = int(current.data.sum())
     # paint a disc with napari's brush well away from the fragment, inside the object's tile
@@ -179,7 +163,7 @@ def test_a_mask_painted_by_hand_is_the_object_accepted(dock, qtbot):
     current.brush_size = 40
     target = (FRAGMENT[0] - 300, FRAGMENT[1] + 250)
     for kind, dispatch in (("mouse_press", mouse_press_callbacks), ("mouse_release", mouse_release_callbacks)):
-        dispatch(current, wrapt.ObjectProxy(_Event(kind, position=world(*target))))
+        dispatch(current, wrapt.ObjectProxy(MouseEvent(kind, position=world(*target))))
     assert current.data.sum() > sam_pixels and "by hand" in dock.status.text()
     current.mode = "pan_zoom"
     press(viewer, KeyCode.Enter)
@@ -195,7 +179,6 @@ def _contains(polygon, point) -> bool:
     return MplPath(polygon.exterior).contains_point(point)
 
 
-@pytest.mark.gui
 def test_autosave_beside_the_slide_and_resume_on_reopening(make_napari_viewer, dock, qtbot, slide, monkeypatch):
     _accept_one(dock, qtbot)
     qtbot.waitUntil(lambda: dock.last_autosave is not None and dock.last_autosave.done(), timeout=10_000)
@@ -220,7 +203,6 @@ def test_autosave_beside_the_slide_and_resume_on_reopening(make_napari_viewer, d
     declined.close_session(wait=True)
 
 
-@pytest.mark.gui
 def test_importing_a_file_already_loaded_adds_nothing(dock, qtbot, monkeypatch, tmp_path):
     _accept_one(dock, qtbot)
     collection = _export(dock, qtbot, monkeypatch, tmp_path / "objects.geojson")
@@ -238,7 +220,6 @@ def test_importing_a_file_already_loaded_adds_nothing(dock, qtbot, monkeypatch, 
         assert len(dock.object_list.ids) == 1
 
 
-@pytest.mark.gui
 def test_object_list_zooms_reclassifies_and_deletes(dock, qtbot):
     _accept_one(dock, qtbot)
     _accept_one(dock, qtbot, at=STRIP)
@@ -263,11 +244,10 @@ def test_object_list_zooms_reclassifies_and_deletes(dock, qtbot):
     qtbot.waitUntil(lambda: table.rowCount() == 2, timeout=5_000)
 
 
-@pytest.mark.gui
 def test_accepted_geometry_is_cleaned_and_shown_as_saved(dock, qtbot):
     assert dock.min_area_spin.suffix() == " µm²" and dock.min_area_spin.value() == 10.0
     click(dock.viewer, *STRIP)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     raw = dock.annotator.current_polygons()
     press(dock.viewer, KeyCode.Enter)
     qtbot.waitUntil(lambda: dock.pending == 0 and len(dock.object_list.ids) == 1, timeout=60_000)
@@ -281,7 +261,6 @@ def test_accepted_geometry_is_cleaned_and_shown_as_saved(dock, qtbot):
     assert len(dock.viewer.layers[ANNOTATIONS].data) == len(obj.polygons)  # one shape per part on screen
 
 
-@pytest.mark.gui
 def test_sources_are_reused_and_everything_bound_is_taken_back(dock, qtbot, monkeypatch):
     viewer = dock.viewer
     hooks = dock.canvas_input
@@ -302,7 +281,6 @@ def test_sources_are_reused_and_everything_bound_is_taken_back(dock, qtbot, monk
     qtbot.waitUntil(lambda: bool(closed), timeout=10_000)
 
 
-@pytest.mark.gui
 def test_an_image_of_another_reader_is_refused_not_loaded(dock, qtbot):
     viewer = dock.viewer
     levels = [np.zeros((4096, 4096, 3), np.uint8), np.zeros((2048, 2048, 3), np.uint8)]
@@ -314,7 +292,6 @@ def test_an_image_of_another_reader_is_refused_not_loaded(dock, qtbot):
     assert dock.annotator is old
 
 
-@pytest.mark.gui
 def test_buttons_before_start_say_what_to_do(make_napari_viewer, qtbot, slide):
     viewer = make_napari_viewer()
     widget = AnnotatorDock(viewer)
@@ -328,12 +305,11 @@ def test_buttons_before_start_say_what_to_do(make_napari_viewer, qtbot, slide):
     assert widget.min_area_spin.suffix() == " µm²" and widget.min_area_spin.value() == 10.0  # before Start
 
 
-@pytest.mark.gui
 def test_status_speaks_in_magnification_and_save_dialogs_suggest_a_name(dock, qtbot, monkeypatch, tmp_path, slide):
     said, set_text = [], dock.status.setText
     monkeypatch.setattr(dock.status, "setText", lambda text: said.append(text) or set_text(text))
     click(dock.viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     computing = [t for t in said if t.startswith("Computing")]
     assert computing and "x (0.50 µm/px)" in computing[0] and "511×511 µm" in computing[0]
     assert not [t for t in said if "L0:" in t]  # no tile keys
@@ -346,13 +322,12 @@ def test_status_speaks_in_magnification_and_save_dialogs_suggest_a_name(dock, qt
     qtbot.waitUntil(lambda: (tmp_path / "labels.ome.tif").exists(), timeout=30_000)  # the extension is added
 
 
-@pytest.mark.gui
 def test_start_waits_for_running_clicks_and_takes_no_clicks_while_loading(dock, qtbot, monkeypatch):
     click(dock.viewer, *FRAGMENT)  # its embedding takes seconds: the click is still running
     assert dock.pending == 1
     qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
     assert "Wait until" in dock.status.text()
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     old = dock.annotator
     monkeypatch.setattr(dock, "confirm", lambda question: True)
     qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
@@ -363,7 +338,6 @@ def test_start_waits_for_running_clicks_and_takes_no_clicks_while_loading(dock, 
     assert dock.start_button.isEnabled()
 
 
-@pytest.mark.gui
 def test_removing_the_dock_saves_closes_and_takes_everything_back(dock, qtbot, monkeypatch, slide):
     viewer = dock.viewer
     closed = []
@@ -376,7 +350,6 @@ def test_removing_the_dock_saves_closes_and_takes_everything_back(dock, qtbot, m
     assert len(json.loads(sidecar.read_text())["features"]) == 1
 
 
-@pytest.mark.gui
 def test_a_shape_drawn_by_hand_is_an_object_of_its_own(dock, qtbot):
     from napari_sam_histo._napari.annotation_layer import rows_of
 
@@ -390,7 +363,6 @@ def test_a_shape_drawn_by_hand_is_an_object_of_its_own(dock, qtbot):
     assert "Deleted 1 object" in dock.status.text() and not len(shapes.data)
 
 
-@pytest.mark.gui
 def test_deleting_a_layer_the_dock_draws_on_stops_annotating_and_says_so(dock, qtbot):
     dock.viewer.layers.remove(CLICKS)
     assert dock.annotator is None and "was deleted" in dock.status.text()
@@ -398,7 +370,6 @@ def test_deleting_a_layer_the_dock_draws_on_stops_annotating_and_says_so(dock, q
     assert "was deleted" in dock.status.text() and not dock.pending
 
 
-@pytest.mark.gui
 def test_the_dock_stays_usable_when_layers_go_while_it_works(dock, qtbot, monkeypatch):
     monkeypatch.setattr(dock, "confirm", lambda question: True)
     click(dock.viewer, *FRAGMENT)  # still running when the user deletes the clicks layer

@@ -41,7 +41,6 @@ def _assert_on_screen(window, scroll: QScrollArea, widgets: dict) -> None:
         assert window.rect().contains(_rect_in(widget, window)), f"{name} lies outside the window"
 
 
-@pytest.mark.gui
 @pytest.mark.parametrize("annotator_first", [True, False], ids=["annotator-first", "benchmark-first"])
 @pytest.mark.parametrize("screen", SCREENS, ids=[f"{w}x{h}" for w, h in SCREENS])
 def test_both_docks_are_usable_together(make_napari_viewer, qtbot, tmp_path, screen, annotator_first):

@@ -8,7 +8,7 @@ from qtpy.QtCore import Qt
 pytest.importorskip("napari")
 
 
-from ..annotator_gui import FRAGMENT, _wait, click, dock, press, reopen, slide  # noqa: E402,F401
+from ..annotator_gui import FRAGMENT, click, press, reopen, wait_idle  # noqa: E402
 
 
 def _restart(dock, qtbot):
@@ -17,12 +17,11 @@ def _restart(dock, qtbot):
     qtbot.waitUntil(lambda: dock.annotator is not None and dock.annotator is not old, timeout=120_000)
 
 
-@pytest.mark.gui
 def test_start_again_keeps_what_was_learned_for_the_same_slide_and_model(dock, qtbot):
     dock.adaptation_panel.check.setChecked(True)
     learnt = dock.annotator.adaptation
     click(dock.viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     press(dock.viewer, KeyCode.Enter)
     qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
     _restart(dock, qtbot)  # the same slide, model and decoder
@@ -34,10 +33,9 @@ def test_start_again_keeps_what_was_learned_for_the_same_slide_and_model(dock, q
     assert dock.annotator.adaptation is not learnt
 
 
-@pytest.mark.gui
 def test_objects_from_earlier_work_are_learned_from(make_napari_viewer, dock, qtbot, slide, monkeypatch):
     click(dock.viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     press(dock.viewer, KeyCode.Enter)
     qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
     qtbot.waitUntil(lambda: dock.last_autosave is not None and dock.last_autosave.done(), timeout=10_000)

@@ -9,18 +9,17 @@ from app_model.types import KeyCode
 pytest.importorskip("napari")
 
 
-from ..annotator_gui import FRAGMENT, _wait, click, dock, press, reopen, slide  # noqa: E402,F401
+from ..annotator_gui import FRAGMENT, click, press, reopen, wait_idle  # noqa: E402
 
 
 def _live_file(slide):
     return slide.with_name(slide.name + ".sam-annotations.live.geojson")
 
 
-@pytest.mark.gui
 def test_the_object_being_clicked_is_kept_on_quit_and_offered_back(make_napari_viewer, dock, qtbot, slide,
                                                                    monkeypatch):
     click(dock.viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     live = _live_file(slide)
     qtbot.waitUntil(live.exists, timeout=10_000)
     [feature] = json.loads(live.read_text())["features"]
@@ -38,7 +37,7 @@ def test_the_object_being_clicked_is_kept_on_quit_and_offered_back(make_napari_v
         qtbot.waitUntil(lambda: not live.exists(), timeout=10_000)  # taken in: not offered twice
         # a new object is kept while clicked and gone once accepted
         click(viewer, 600, 1040)
-        _wait(again, qtbot)
+        wait_idle(again, qtbot)
         qtbot.waitUntil(live.exists, timeout=10_000)
         press(viewer, KeyCode.Enter)
         qtbot.waitUntil(lambda: len(again.object_list.ids) == 2, timeout=60_000)

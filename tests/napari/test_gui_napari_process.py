@@ -26,7 +26,6 @@ def _run_in_a_fresh_napari(code: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.gui
 def test_model_loads_after_napari_opened_its_window(mobile_sam):
     result = _run_in_a_fresh_napari(CODE)
     assert "loaded vit_t" in result.stdout
@@ -45,7 +44,6 @@ viewer.close()
 """
 
 
-@pytest.mark.gui
 def test_opening_the_docks_imports_no_torch_on_the_gui_thread():
     # importing torch costs seconds; the docks open while napari waits, so they must not (the
     # decoder list is read from models.shipped, torch is warmed up later on a worker)
@@ -79,7 +77,6 @@ napari.run()
 """
 
 
-@pytest.mark.gui
 def test_quitting_napari_right_after_start_exits_cleanly(mobile_sam):
     # the optimized encoder builds for 6-14 s in a daemon thread after Start; quitting during the
     # build used to abort the process at exit ("terminate called without an active exception")

@@ -17,10 +17,9 @@ from napari_sam_histo.training.decoder_finetune import FinetuneRecipe  # noqa: E
 from napari_sam_histo.training.project_store import ProjectStore  # noqa: E402
 from napari_sam_histo.training.tissue_training import TissueRecipe  # noqa: E402
 
-from ..annotator_gui import FRAGMENT, STRIP, _wait, click, dock, press, slide  # noqa: E402,F401
+from ..annotator_gui import FRAGMENT, STRIP, click, press, wait_idle  # noqa: E402
 
 
-@pytest.mark.gui
 def test_accepted_objects_are_kept_in_the_project_and_deleted_ones_leave_it(dock, qtbot, slide):
     panel = dock.project_panel
     assert panel.state.text() == OFF_TEXT and dock.annotator.recorder is None
@@ -28,7 +27,7 @@ def test_accepted_objects_are_kept_in_the_project_and_deleted_ones_leave_it(dock
     qtbot.waitUntil(lambda: dock.annotator.recorder is not None, timeout=30_000)
     assert "0 objects on 0 slides" in panel.state.text() and str(slide.parent) in panel.state.text()
     click(dock.viewer, *FRAGMENT)
-    _wait(dock, qtbot)
+    wait_idle(dock, qtbot)
     press(dock.viewer, KeyCode.Enter)
     qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
     panel.flush(timeout=60)
@@ -56,14 +55,13 @@ def _two_objects_kept(dock, qtbot):
     qtbot.waitUntil(lambda: dock.annotator.recorder is not None, timeout=30_000)
     for n, where in enumerate((FRAGMENT, STRIP), start=1):
         click(dock.viewer, *where)
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         press(dock.viewer, KeyCode.Enter)
         qtbot.waitUntil(lambda n=n: len(dock.object_list.ids) == n, timeout=60_000)
     panel.flush(timeout=60)
     return panel
 
 
-@pytest.mark.gui
 def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_verdict(dock, qtbot, slide):
     panel = _two_objects_kept(dock, qtbot)
     training = panel.training
@@ -88,7 +86,6 @@ def test_a_decoder_trained_on_the_project_joins_the_picker_with_its_held_out_ver
 
 
 
-@pytest.mark.gui
 def test_a_cancelled_training_is_offered_again_and_goes_on_where_it_stopped(dock, qtbot, slide):
     from napari_sam_histo.training.project_training import training_state_file
 

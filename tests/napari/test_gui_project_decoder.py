@@ -18,7 +18,7 @@ from napari_sam_histo.evaluation.metrics import iou  # noqa: E402
 from napari_sam_histo.evaluation.slide_benchmark import write_pyramid  # noqa: E402
 from napari_sam_histo.training.decoder_finetune import FinetuneRecipe  # noqa: E402
 
-from ..annotator_gui import _wait, click_image, press  # noqa: E402
+from ..annotator_gui import click_image, press, wait_idle  # noqa: E402
 from ..nests import nest_image  # noqa: E402
 
 SIZE, NESTS = 768, 8
@@ -46,7 +46,7 @@ def _clicks_for(dock, qtbot, target) -> int:
         click = next_click(target, shown, clicked)
         clicked[click.row, click.col] = True
         click_image(dock, click.col, click.row, button=1 if click.positive else 2)
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         shown = _shown(dock, target.shape)
         if iou(shown, target) >= GOAL:
             return n
@@ -68,7 +68,6 @@ def _start(dock, qtbot, path, decoder=None):
     qtbot.waitUntil(lambda: dock.annotator is not None and dock.annotator is not before, timeout=120_000)
 
 
-@pytest.mark.gui
 def test_nests_accepted_on_two_slides_train_a_decoder_that_needs_fewer_clicks_on_a_third(
         make_napari_viewer, qtbot, mobile_sam, tmp_path, monkeypatch):
     slides, labels = [], []
@@ -117,7 +116,7 @@ def test_nests_accepted_on_two_slides_train_a_decoder_that_needs_fewer_clicks_on
             for nest in range(1, NESTS + 1):
                 clicks[name].append(_clicks_for(dock, qtbot, truth == nest))
                 press(viewer, KeyCode.Escape)  # not accepted: the third slide only measures
-                _wait(dock, qtbot)
+                wait_idle(dock, qtbot)
         sam, trained = sum(clicks["sam"]), sum(clicks[str(decoder)])
         assert trained < sam, clicks
     finally:

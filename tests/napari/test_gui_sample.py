@@ -5,7 +5,6 @@ import pytest
 pytest.importorskip("napari")
 
 
-@pytest.mark.gui
 def test_sample_opens_in_napari(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-sam-histo", "cmu1_region")
@@ -16,7 +15,6 @@ def test_sample_opens_in_napari(make_napari_viewer):
     assert screenshot.std() > 5  # the canvas really drew the slide
 
 
-@pytest.mark.gui
 def test_slide_opens_through_our_reader(make_napari_viewer):
     from ..conftest import SAMPLE_SLIDE
 

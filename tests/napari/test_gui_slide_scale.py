@@ -14,7 +14,7 @@ from napari_sam_histo._napari.annotator.working_layers import CURRENT  # noqa: E
 from napari_sam_histo._napari.sample_data import cmu1_region  # noqa: E402
 from napari_sam_histo.evaluation.slide_benchmark import write_pyramid  # noqa: E402
 
-from ..annotator_gui import FRAGMENT, _wait, click_image, dock, slide  # noqa: E402,F401
+from ..annotator_gui import FRAGMENT, click_image, wait_idle  # noqa: E402
 
 
 @pytest.fixture
@@ -47,7 +47,6 @@ def _started(make_napari_viewer, qtbot, path, level=None, tile=None, grow=None, 
     return viewer, dock
 
 
-@pytest.mark.gui
 def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines_as_one_object(
         make_napari_viewer, qtbot, mobile_sam, no_mpp_slide):
     levels = []
@@ -58,7 +57,7 @@ def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines
     try:
         viewer.reset_view()  # the whole slide on screen
         click_image(dock, *FRAGMENT)
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         state = dock.annotator.state()
         (coarse,) = state.boxes
         assert coarse.downsample >= 2  # not level 0: the tile holds what is on screen
@@ -74,7 +73,7 @@ def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines
         viewer.camera.zoom = max(width, height) / 600 / float(dock.image_layer.scale[-1])
         assert dock.view_level().downsample == 1.0
         click_image(dock, (border[0] - 3) * coarse.downsample, border[1] * coarse.downsample, button=2)  # negative
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         refined = dock.annotator.state()
         assert {b.downsample for b in refined.boxes} == {coarse.downsample, 1.0}  # one object, two levels
         assert refined.downsample == 1.0 and np.allclose(current.scale[-2:], 1.0)
@@ -88,7 +87,7 @@ def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines
         dock.undo()  # the Accept
         qtbot.waitUntil(lambda: dock.pending == 0 and not dock.object_list.ids, timeout=60_000)
         dock.undo()  # the fine click: back to the coarse outline
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         assert dock.annotator.state().boxes == (coarse,)
     finally:
         dock.close_session(wait=True)
@@ -113,7 +112,6 @@ def _border_runs(polygons, boxes, axis):
     return longest
 
 
-@pytest.mark.gui
 def test_an_object_across_a_tile_border_has_no_straight_cut_there(make_napari_viewer, qtbot, mobile_sam, slide):
     # 256-px tiles: the tissue fragment is larger than one; the tiles are the clicks' own (no growth)
     viewer, dock = _started(make_napari_viewer, qtbot, slide, level=0, tile=256, grow=False)
@@ -121,7 +119,7 @@ def test_an_object_across_a_tile_border_has_no_straight_cut_there(make_napari_vi
         click_image(dock, *FRAGMENT)
         click_image(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # beyond the first tile's left border
         click_image(dock, FRAGMENT[0], FRAGMENT[1] + 200)  # and below it
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         boxes = dock.annotator.state().boxes
         assert len(boxes) >= 2 and len(dock.annotator.clicks) == 3
         dock.accept()
@@ -139,7 +137,6 @@ def _world_bounds(layer, rows, cols):
     return corners.min(axis=0), corners.max(axis=0)
 
 
-@pytest.mark.gui
 def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make_napari_viewer, qtbot,
                                                                             mobile_sam, no_mpp_slide):
     # one pixel convention (napari_sam_histo.coordinates): at 1/4 the live mask and the accepted
@@ -152,7 +149,7 @@ def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make
                             before_start=no_cleaning)
     try:
         click_image(dock, *FRAGMENT)
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         current = viewer.layers[CURRENT]
         assert np.allclose(current.scale[-2:], 4.0, atol=0.01)
         rows, cols = np.nonzero(np.asarray(current.data))
@@ -172,7 +169,6 @@ def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make
         dock.close_session(wait=True)
 
 
-@pytest.mark.gui
 def test_the_object_grows_past_a_tile_border_without_a_click_there(make_napari_viewer, qtbot, mobile_sam, slide):
     growing = []
     # 256-px tiles: the tissue fragment is larger than one
@@ -183,7 +179,7 @@ def test_the_object_grows_past_a_tile_border_without_a_click_there(make_napari_v
         viewer.reset_view()  # the whole slide on screen: the object grows only inside the view
         click_image(dock, *FRAGMENT)
         click_image(dock, FRAGMENT[0] - 200, FRAGMENT[1])  # the second click's tissue reaches its tiles' borders
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         # two clicks open at most two tiles; the next tiles are computed and decoded by themselves
         qtbot.waitUntil(lambda: len(dock.annotator.state().boxes) > 2 and "continues past" in dock.status.text(),
                         timeout=180_000)
@@ -194,7 +190,7 @@ def test_the_object_grows_past_a_tile_border_without_a_click_there(make_napari_v
         assert np.asarray(current.data).shape[1] > 256 or np.asarray(current.data).shape[0] > 256  # drawn whole
         dock.grow_check.setChecked(False)  # the switch stops it
         dock.undo()  # the click and what it grew go together
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         assert len(dock.annotator.state().boxes) == 1 and len(dock.annotator.clicks) == 1
     finally:
         dock.close_session(wait=True)

@@ -12,7 +12,7 @@ from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
 from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, TILES  # noqa: E402
 from napari_sam_histo._napari.reader import slide_stem  # noqa: E402
 
-from ..annotator_gui import _wait, click_image, press, slide  # noqa: E402,F401
+from ..annotator_gui import click_image, press, wait_idle  # noqa: E402
 from .test_gui_slide_scale import _started  # noqa: E402
 
 SPOT = (700, 2400)  # stroma of the large tissue region: at a coarse level SAM takes the tissue around it
@@ -31,7 +31,6 @@ def _bounds(obj):
     return (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))
 
 
-@pytest.mark.gui
 def test_a_click_at_a_coarse_level_with_growth_on_accepts_only_what_the_view_showed(make_napari_viewer, qtbot,
                                                                                     mobile_sam, slide):
     viewer, dock = _started(make_napari_viewer, qtbot, slide, tile=256, grow=True, show=True)
@@ -41,7 +40,7 @@ def test_a_click_at_a_coarse_level_with_growth_on_accepts_only_what_the_view_sho
         shown = dock.view_box()
         assert dock.view_level().downsample >= 4  # a coarse level: a 256-px tile spans about the view
         click_image(dock, *SPOT)
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         dock.annotator.wait_continuation(120)
         qtbot.wait(300)  # the grown tiles are drawn
         assert dock.annotator.grown <= 2  # free, it spread through 7 tiles across the slide
@@ -67,7 +66,6 @@ def test_a_click_at_a_coarse_level_with_growth_on_accepts_only_what_the_view_sho
         dock.close_session(wait=True)
 
 
-@pytest.mark.gui
 def test_an_image_opened_while_annotating_goes_under_the_annotators_layers(make_napari_viewer, qtbot, mobile_sam,
                                                                           slide):
     viewer, dock = _started(make_napari_viewer, qtbot, slide, level=0, grow=False)
@@ -78,13 +76,12 @@ def test_an_image_opened_while_annotating_goes_under_the_annotators_layers(make_
             names().index(n) for n in (ANNOTATIONS, CURRENT, TILES, CLICKS)), timeout=5_000)
         viewer.layers.selection.active = viewer.layers["second slide"]
         click_image(dock, 2091, 615)  # still the slide being annotated that is clicked
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         assert len(viewer.layers[CLICKS].data) == 1 and len(dock.annotator.clicks) == 1
     finally:
         dock.close_session(wait=True)
 
 
-@pytest.mark.gui
 def test_the_status_names_the_level_in_view_and_the_decoder_as_chosen(make_napari_viewer, qtbot, mobile_sam, slide):
     def md(dock):
         dock.decoder_combo.setCurrentText("md")
@@ -99,7 +96,7 @@ def test_the_status_names_the_level_in_view_and_the_decoder_as_chosen(make_napar
         assert dock.view_level().downsample > 1
         viewer.reset_view()  # the whole slide on screen
         click_image(dock, 2091, 615)
-        _wait(dock, qtbot)
+        wait_idle(dock, qtbot)
         press(viewer, KeyCode.Enter)
         qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
         assert ", 1 click," in dock.status.text()
