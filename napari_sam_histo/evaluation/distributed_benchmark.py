@@ -120,13 +120,38 @@ def _probe(config: BenchmarkConfig, run: str) -> tuple[str, dict, list[str]]:
     return get_worker().address, held.runtime, [m.name for m in held.methods]
 
 
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample of the pair that a method skips (the report lists it, with the reason)."""
+
+    method: str
+    sample_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """A sample a method clicked: its result, with the method's encoder calls and store loads since
+    the pair began."""
+
+    result: SampleResult
+    encoder_calls: int
+    store_loads: int | None
+
+
+@dataclass(frozen=True)
+class PairFailure:
+    """A pair whose task failed: the exception it raised on the worker (or the worker's death)."""
+
+    error: BaseException
+
+
 @dataclass
 class PairOutcome:
-    """What a worker sends back for one pair: entries in the single-process order, each a skip
-    ``(method, sample, reason)`` or a result with the method's encoder calls and store loads
-    since the pair began; the whole pair's counts; where it ran and on what."""
+    """What a worker sends back for one pair: its samples in the single-process order, each skipped
+    or scored; the whole pair's counts; where it ran and on what."""
 
-    entries: list[tuple] = field(default_factory=list)
+    entries: list[SkippedSample | ScoredSample] = field(default_factory=list)
     encoder_calls: dict[str, int] = field(default_factory=dict)
     store_loads: dict[str, int | None] = field(default_factory=dict)
     worker: str = ""
@@ -157,10 +182,10 @@ def _run_pair(config: BenchmarkConfig, run: str, pair: PairSpec, done: frozenset
                 if (method.name, sample.sample_id) in done:
                     continue
                 if isinstance(sample, Skipped):
-                    outcome.entries.append(("skip", method.name, sample.sample_id, sample.reason))
+                    outcome.entries.append(SkippedSample(method.name, sample.sample_id, sample.reason))
                     continue
                 result = run_sample(method, sample, config.max_clicks, config.stop_iou, load_s)
-                outcome.entries.append(("ok", result, *counts(method)))
+                outcome.entries.append(ScoredSample(result, *counts(method)))
             load_s = 0.0
         for method in methods:
             outcome.encoder_calls[method.name], outcome.store_loads[method.name] = counts(method)
@@ -251,7 +276,7 @@ def _drive(client, config, pairs, cancel, writer, run, task_resources, n_workers
     whole_images = not (config.instances or config.components)
     needed = [not (whole_images and all((m, pair.stem) in writer.done for m in writer.methods)) for pair in pairs]
     done_keys = [_done_in(pair, writer.done) if need else frozenset() for pair, need in zip(pairs, needed)]
-    finished: dict[int, PairOutcome | BaseException] = {}
+    finished: dict[int, PairOutcome | PairFailure] = {}
     base_calls = {m: 0 for m in writer.methods}  # this run's encoder calls and store loads, as one process counts
     base_loads: dict[str, int | None] = {m: None for m in writer.methods}
     window, submitted, failed = 2 * max(n_workers, 1), 0, False
@@ -279,7 +304,7 @@ def _drive(client, config, pairs, cancel, writer, run, task_resources, n_workers
                 try:
                     finished[index] = future.result()
                 except Exception as err:  # the task's exception, re-raised here, or the worker died
-                    finished[index] = err
+                    finished[index] = PairFailure(err)
                     failed = True
         if cancel is not None and cancel.is_set():
             stop()
@@ -288,22 +313,23 @@ def _drive(client, config, pairs, cancel, writer, run, task_resources, n_workers
         results: list[SampleResult] = []
         if needed[head]:
             outcome = finished.pop(head)
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, PairFailure):
                 stop()
                 writer.write(partial=True)
+                error = outcome.error
                 raise BenchmarkWorkerError(
-                    f"The benchmark failed on the image {pair.image_path} ({type(outcome).__name__}: {outcome}); "
-                    f"the partial report of the {head} images before it is in {config.out_dir}.") from outcome
+                    f"The benchmark failed on the image {pair.image_path} ({type(error).__name__}: {error}); "
+                    f"the partial report of the {head} images before it is in {config.out_dir}.") from error
             if outcome.runtime != runtime:
                 stop()
                 writer.write(partial=True)
                 raise BenchmarkWorkerError(f"The worker {outcome.worker} that ran {pair.image_path} runs on another "
                                            f"runtime than the report's ({outcome.runtime} vs {runtime}).")
             for entry in outcome.entries:
-                if entry[0] == "skip":
-                    writer.skip(*entry[1:])
+                if isinstance(entry, SkippedSample):
+                    writer.skip(entry.method, entry.sample_id, entry.reason)
                     continue
-                result, calls, loads = entry[1:]
+                result, calls, loads = entry.result, entry.encoder_calls, entry.store_loads
                 method = result.method
                 writer.add(result, base_calls[method] + calls,
                            None if loads is None else (base_loads[method] or 0) + loads)
