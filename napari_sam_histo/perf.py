@@ -227,16 +227,16 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
 def format_report(r: dict) -> str:
     ms = lambda s: f"{1000 * s:7.1f} ms"  # noqa: E731
     lines = [
-        f"model {r['model']} ({r['weights']}) on {r['device']}: {r['cpu']} ({r['cpu_features']}), "
-        f"{r['torch_threads']} threads, {r['clicks']} clicks per decoder",
-        f"encoder, one 1024x1024 tile      {r['encoder_s_per_tile']:7.2f} s  end to end (read + preprocess + "
-        f"{r['encoder_mode']} {r['encoder_precision']} encoder, {r['encoder_backend']})",
+        (f"model {r['model']} ({r['weights']}) on {r['device']}: {r['cpu']} ({r['cpu_features']}), "
+         f"{r['torch_threads']} threads, {r['clicks']} clicks per decoder"),
+        (f"encoder, one 1024x1024 tile      {r['encoder_s_per_tile']:7.2f} s  end to end (read + preprocess + "
+         f"{r['encoder_mode']} {r['encoder_precision']} encoder, {r['encoder_backend']})"),
         f"raw fp32 eager encoder forward   {r['encoder_raw_fp32_s_per_tile']:7.2f} s  "
         f"-> speed-up end to end over raw: {r['encoder_speedup_vs_raw']:.2f}x"
         + (f"; optimized encoder built once in {r['encoder_build_s']:.1f} s" if r["encoder_mode"] == "optimized" else ""),
         f"encoder calls for 1 tile, {r['clicks']} clicks + revisit: {r['encoder_calls_per_tile']}",
-        f"{'decoder':10} {'backend':18} {'prec':4} {'click p50':>10} {'click p95':>10} {'raw p50':>10} "
-        f"{'click/raw':>9} {'fp32 click':>10} {'fp32 raw':>10} {'vs fp32':>7} {'torch click':>11} {'vs torch':>8}",
+        (f"{'decoder':10} {'backend':18} {'prec':4} {'click p50':>10} {'click p95':>10} {'raw p50':>10} "
+         f"{'click/raw':>9} {'fp32 click':>10} {'fp32 raw':>10} {'vs fp32':>7} {'torch click':>11} {'vs torch':>8}"),
     ]
     for name, d in r["decoders"].items():
         lines.append(

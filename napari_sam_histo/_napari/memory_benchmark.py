@@ -120,12 +120,12 @@ def format_report(report: dict) -> str:
     gb = 1e9
     size, written = report["size"], report["written"]
     lines = [
-        f"slide-memory: synthetic {size}x{size} RGB OME-TIFF, {report['tile']}px JPEG tiles, "
-        f"{len(written['levels'])} levels (SubIFDs), {written['tiles']} tiles",
-        f"  file: {written['bytes'] / gb:.2f} GB, written in {written['seconds']:.1f} s"
-        f"{' -> ' + report['path'] if report['kept'] else ' (deleted)'}",
-        f"  level 0 as one array would be {size * size * 3 / gb:.1f} GB; opened as {report['source']}, "
-        f"mpp {report['mpp']}",
+        (f"slide-memory: synthetic {size}x{size} RGB OME-TIFF, {report['tile']}px JPEG tiles, "
+         f"{len(written['levels'])} levels (SubIFDs), {written['tiles']} tiles"),
+        (f"  file: {written['bytes'] / gb:.2f} GB, written in {written['seconds']:.1f} s"
+         f"{' -> ' + report['path'] if report['kept'] else ' (deleted)'}"),
+        (f"  level 0 as one array would be {size * size * 3 / gb:.1f} GB; opened as {report['source']}, "
+         f"mpp {report['mpp']}"),
         f"  {'step':44} {'time':>9} {'peak RSS':>10} {'RSS now':>10}",
     ]
     for s in report["stages"]:

@@ -148,8 +148,8 @@ def summarize(runs: list[ObjectRun], max_clicks: int, thresholds=DEFAULT_THRESHO
 
 
 def format_table(source: str, base: dict, adapted: dict) -> str:
-    lines = ["| source | run | groups | objects scored | NoC@80 | NoC@85 | NoC@90 | NoF@85 | mIoU@1 | mIoU@5 | "
-             "adaptation s/object | copy in use | refiner offered |",
+    lines = [("| source | run | groups | objects scored | NoC@80 | NoC@85 | NoC@90 | NoF@85 | mIoU@1 | mIoU@5 | "
+              "adaptation s/object | copy in use | refiner offered |"),
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, s in (("base", base), ("adapted", adapted)):
         curve = s["miou_per_click"]

@@ -83,10 +83,10 @@ class EmbedSummary:
         share = f", {self.background / self.lattice:.0%}" if self.lattice else ""
         lines = [
             f"slides: {self.slides}" + (f" ({self.slides_failed} could not be embedded)" if self.slides_failed else ""),
-            f"tiles: {self.planned} planned ({self.background} of {self.lattice} skipped as background{share}), "
-            f"{self.already} already stored, {self.computed} computed, {self.failed} failed",
-            f"speed: {self.tiles_per_s:.2f} tiles/s over {self.compute_s:.1f} s of computing, "
-            f"{self.wall_s:.1f} s wall",
+            (f"tiles: {self.planned} planned ({self.background} of {self.lattice} skipped as background{share}), "
+             f"{self.already} already stored, {self.computed} computed, {self.failed} failed"),
+            (f"speed: {self.tiles_per_s:.2f} tiles/s over {self.compute_s:.1f} s of computing, "
+             f"{self.wall_s:.1f} s wall"),
             f"store: {self.store}",
         ]
         if self.interrupted:

@@ -277,8 +277,8 @@ def summarize_runs(runs: list[RegionRun], max_clicks: int, thresholds=DEFAULT_TH
 
 
 def format_table(summary: dict) -> str:
-    lines = ["| mode | n | NoC@80 | NoC@85 | NoC@90 | mIoU@1 | mIoU@5 | mIoU@10 | mIoU@20 | first mask (s) | "
-             "encoder calls | seam-band IoU | IoU elsewhere | collapses (regions) | fallbacks |",
+    lines = [("| mode | n | NoC@80 | NoC@85 | NoC@90 | mIoU@1 | mIoU@5 | mIoU@10 | mIoU@20 | first mask (s) | "
+              "encoder calls | seam-band IoU | IoU elsewhere | collapses (regions) | fallbacks |"),
              "| --- " + "| ---: " * 14 + "|"]
     for mode, e in summary.items():
         curve = e["miou_per_click"]

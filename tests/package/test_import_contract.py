@@ -42,10 +42,10 @@ def add_import(package_parent: Path, module: str, line: str) -> None:
 
 
 @pytest.mark.parametrize("module, line, broken", [
-    ("slides/reader.py", "from ..evaluation import metrics", "napari_sam_histo.slides is not allowed to import "
-                                                             "napari_sam_histo.evaluation"),
-    ("engine/tiles.py", "from .._napari import reader", "napari_sam_histo.engine is not allowed to import "
-                                                       "napari_sam_histo._napari"),
+    ("slides/reader.py", "from ..evaluation import metrics", ("napari_sam_histo.slides is not allowed to import "
+                                                              "napari_sam_histo.evaluation")),
+    ("engine/tiles.py", "from .._napari import reader", ("napari_sam_histo.engine is not allowed to import "
+                                                        "napari_sam_histo._napari")),
     ("evaluation/runner.py", "import qtpy", "napari_sam_histo.evaluation is not allowed to import qtpy"),
     ("cli/__init__.py", "import napari", "napari_sam_histo.cli is not allowed to import napari"),
     ("slides/boxes.py", "from . import reader", "No cycles are allowed in napari_sam_histo.slides"),
