@@ -94,7 +94,7 @@ def write_label_tiff(path: str | Path, objects: list[AnnotatedObject], level0_si
     # failure in either (a full disk) leaves the previous pair as it was.
     with atomic_path(path, overwrite=overwrite) as tmp, atomic_path(sidecar, overwrite=True) as tmp_classes:
         with tifffile.TiffWriter(tmp, ome=True, bigtiff=width * height > 2**31) as tif:
-            options = dict(tile=(tile, tile), compression="zlib", dtype=dtype, photometric="minisblack")
+            options = {"tile": (tile, tile), "compression": "zlib", "dtype": dtype, "photometric": "minisblack"}
             tif.write(_tiles(objects, class_ids, (height, width), downsample, tile, dtype), shape=(height, width),
                       subifds=levels - 1, metadata=metadata, **options)
             for level in range(1, levels):

@@ -277,8 +277,8 @@ def _drive(client, config, pairs, cancel, writer, run, task_resources, n_workers
     needed = [not (whole_images and all((m, pair.stem) in writer.done for m in writer.methods)) for pair in pairs]
     done_keys = [_done_in(pair, writer.done) if need else frozenset() for pair, need in zip(pairs, needed)]
     finished: dict[int, PairOutcome | PairFailure] = {}
-    base_calls = {m: 0 for m in writer.methods}  # this run's encoder calls and store loads, as one process counts
-    base_loads: dict[str, int | None] = {m: None for m in writer.methods}
+    base_calls = dict.fromkeys(writer.methods, 0)  # this run's encoder calls and store loads, as one process counts
+    base_loads: dict[str, int | None] = dict.fromkeys(writer.methods)
     window, submitted, failed = 2 * max(n_workers, 1), 0, False
     signal = threading.Event()  # set by the client's thread when a task finishes
 

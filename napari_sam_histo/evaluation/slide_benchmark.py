@@ -122,7 +122,7 @@ def write_pyramid(path: Path, rgb: np.ndarray, mpp: float | None, downsamples=(1
     with atomic_path(path, overwrite=True) as tmp:
         with tifffile.TiffWriter(tmp, ome=True) as tif:
             for i, level in enumerate(levels):
-                extra = dict(subifds=len(levels) - 1, metadata=metadata) if i == 0 else dict(subfiletype=1)
+                extra = {"subifds": len(levels) - 1, "metadata": metadata} if i == 0 else {"subfiletype": 1}
                 tif.write(level, tile=(tile, tile), compression="zlib", photometric="rgb", **extra)
     return path
 

@@ -54,7 +54,7 @@ def encode_tiles(tile: int, quality: int = 80) -> list[bytes]:
 
 
 def _tile_options(quality: int) -> dict:
-    return dict(photometric="rgb", compression="jpeg", compressionargs={"level": quality})
+    return {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": quality}}
 
 
 def level_shapes(size: int, tile: int) -> list[tuple[int, int]]:
@@ -88,7 +88,7 @@ def write_synthetic_slide(path: str | Path, size: int, tile: int = 512, mpp: flo
     with atomic_path(path, overwrite=True) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
             for i, shape in enumerate(shapes):
-                extra = dict(subifds=len(shapes) - 1, metadata=metadata) if i == 0 else dict(subfiletype=1)
+                extra = {"subifds": len(shapes) - 1, "metadata": metadata} if i == 0 else {"subfiletype": 1}
                 tif.write(_tile_bytes(shape, tile, encoded), shape=(*shape, 3), **extra, **options)
     tiles = sum(math.ceil(h / tile) * math.ceil(w / tile) for h, w in shapes)
     return {"levels": [list(s) for s in shapes], "tiles": tiles, "bytes": Path(path).stat().st_size,

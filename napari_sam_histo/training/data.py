@@ -56,7 +56,7 @@ def split_by_group(patches: list[TrainingPatch], val_fraction: float, seed: int
         raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
     groups = sorted({p.group for p in patches},
                     key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    sizes = {g: 0 for g in groups}
+    sizes = dict.fromkeys(groups, 0)
     for patch in patches:
         sizes[patch.group] += 1
     wanted, chosen, count = val_fraction * len(patches), set(), 0

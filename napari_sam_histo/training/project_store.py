@@ -378,7 +378,7 @@ class ProjectStore:
         candidates = []
         if self.objects_dir.is_dir():
             candidates += [p for p in self.objects_dir.glob("*.npz") if p.name not in named]
-            candidates += [p for p in self.objects_dir.glob(".*.json")]  # records a killed writer left half-written
+            candidates += list(self.objects_dir.glob(".*.json"))  # records a killed writer left half-written
         if self.cache.store_dir.is_dir():
             candidates += [p for p in self.cache.store_dir.glob("*.zarr") if p.stem not in used]
         for path in candidates:

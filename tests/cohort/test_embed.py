@@ -24,7 +24,7 @@ from napari_sam_histo.slides.reader import open_image
 from ..slides.test_tissue import half_glass
 
 TILE = 256
-TINY = dict(model="tiny", random_weights=True, tile_size=TILE, progress=False, log=lambda line: None)
+TINY = {"model": "tiny", "random_weights": True, "tile_size": TILE, "progress": False, "log": lambda line: None}
 
 
 @pytest.fixture(scope="module")

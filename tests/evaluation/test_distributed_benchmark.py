@@ -113,8 +113,8 @@ def runs(tmp_path_factory, cluster, single_methods):
         single_summary = run_benchmark(config_for(data, root / "single"), single_methods(), on_result=single.append)
     spread_summary = run_benchmark(config_for(data, root / "spread", scheduler=cluster, workers=2),
                                    on_result=spread.append, progress=lambda done, total: events.append((done, total)))
-    return dict(root=root, data=data, single=single, spread=spread, events=events, scheduler=cluster,
-                single_summary=single_summary, spread_summary=spread_summary)
+    return {"root": root, "data": data, "single": single, "spread": spread, "events": events, "scheduler": cluster,
+            "single_summary": single_summary, "spread_summary": spread_summary}
 
 
 @pytest.mark.slow

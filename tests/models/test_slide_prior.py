@@ -74,8 +74,8 @@ def test_the_wrapper_adds_the_weighted_prior_and_is_the_decoder_at_weight_zero(t
     pe = tiny_model.sam.prompt_encoder.get_dense_pe()
     sparse, dense = tiny_model.sam.prompt_encoder(points=(torch.tensor([[[100.0, 200.0]]]), torch.tensor([[1]])),
                                                   boxes=None, masks=None)
-    args = dict(image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=True)
+    args = {"image_embeddings": features, "image_pe": pe, "sparse_prompt_embeddings": sparse,
+            "dense_prompt_embeddings": dense, "multimask_output": True}
     with torch.no_grad():
         base, base_iou = decoder(**args)
         same, _ = SlidePriorDecoder(decoder, prior, 0.0)(**args)

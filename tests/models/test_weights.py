@@ -15,7 +15,7 @@ DIGEST = "sha256:" + hashlib.sha256(CONTENT).hexdigest()
 
 
 def _source(**kw):
-    defaults = dict(name="fake", filename="fake.pt", expected_hash=DIGEST, urls=("https://example.invalid/x.pt",))
+    defaults = {"name": "fake", "filename": "fake.pt", "expected_hash": DIGEST, "urls": ("https://example.invalid/x.pt",)}
     defaults.update(kw)
     return WeightsSource(**defaults)
 

@@ -120,8 +120,8 @@ def patches_dir(tmp_path):
 
 
 def _config(data, out, **overrides):
-    settings = dict(scenario="modified", epochs=2, batch_size=2, lr=1e-3, val_fraction=0.3, val_max_clicks=2,
-                    max_extra_clicks=1, seed=3)
+    settings = {"scenario": "modified", "epochs": 2, "batch_size": 2, "lr": 1e-3, "val_fraction": 0.3, "val_max_clicks": 2,
+                "max_extra_clicks": 1, "seed": 3}
     settings.update(overrides)
     return TrainConfig([str(data)], str(out), **settings)
 
