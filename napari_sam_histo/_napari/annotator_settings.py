@@ -9,6 +9,7 @@ on it.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -262,10 +263,8 @@ class AnnotatorSettings(QWidget):
             self._fill_layers()
         except RuntimeError:  # napari deleted the dock with its window: stop listening to its layers
             for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-                try:
+                with contextlib.suppress(TypeError, ValueError, RuntimeError):
                     emitter.disconnect(self.fill_layers)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
 
     def _fill_layers(self) -> None:
         current = self.layer_combo.currentText()

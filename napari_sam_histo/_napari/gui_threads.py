@@ -9,6 +9,7 @@ runs a generator one step per event-loop turn, so napari repaints between steps 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -37,10 +38,8 @@ class GuiThreads:
 
     def emit(self, callback, value) -> None:
         """From any thread: call ``callback(value)`` on the GUI thread."""
-        try:
+        with contextlib.suppress(RuntimeError):  # the widget was deleted meanwhile
             self._relay.done.emit(callback, value)
-        except RuntimeError:  # the widget was deleted meanwhile
-            pass
 
     def relay(self, future: Future, done: Callable[[Any], None], failed: Callable[[Exception], None]) -> None:
         """When ``future`` is done, ``done(result)`` or ``failed(exception)`` on the GUI thread; an

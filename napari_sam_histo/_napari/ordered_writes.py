@@ -6,6 +6,7 @@ already under way), and waited for before napari closes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -53,10 +54,8 @@ class OrderedWrites(QObject):
         if self._timer.isActive():
             self.write_now()
         if self.last is not None:
-            try:
+            with contextlib.suppress(Exception):  # already shown by the write's callback
                 self.last.result(timeout)  # the writes before it ran first, on the same thread
-            except Exception:  # already shown by the write's callback
-                pass
 
     def close(self) -> None:
         self.flush()

@@ -4,6 +4,7 @@ priority, yielding to every click (the design: ``adaptation.settings``)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -167,10 +168,8 @@ class AdaptationWorker:
 
     def _changed(self) -> None:
         if self.on_change is not None:
-            try:
+            with contextlib.suppress(Exception):  # a UI's failure must not stop the adaptation
                 self.on_change(replace(self.adapter.state(), activity=self.activity))
-            except Exception:  # a UI's failure must not stop the adaptation
-                pass
 
     def _doing(self, activity: str) -> None:
         """What the thread does now; ``on_change`` hears when that changes."""

@@ -17,6 +17,7 @@ by (path, size, mtime) in the cache folder, so a multi-GB file is hashed once, n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -105,10 +106,8 @@ def _write_memo(memo: dict) -> None:
         os.replace(tmp.name, _memo_path())
     except OSError:
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp.name)
-            except OSError:
-                pass
 
 
 def weights_hash(path: str | Path, expected: str | None = None) -> str:
@@ -152,10 +151,8 @@ def candidate_paths(source: WeightsSource) -> list[Path]:
         folder = Path(override).expanduser()
         paths += [folder / f"{source.name}.pt", folder / f"{source.name}.pth", folder / source.filename]
     paths.append(models_dir() / source.filename)
-    try:
+    with contextlib.suppress(ImportError):  # micro-sam is a dependency, but the core must not break without it
         paths.append(microsam_models_dir() / source.name)
-    except ImportError:  # micro-sam is a dependency, but the core must not break without it
-        pass
     return paths
 
 

@@ -11,6 +11,7 @@ header says TIFF; "not recognised" only for a file that is not a slide at all.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,10 +137,8 @@ def _try_openslide(path: Path) -> OpenSlideSource | None:
         raise InputError(truncated_message(path, f"OpenSlide: {err}")) from err
     props = dict(slide.properties)
     mpp = None
-    try:
+    with contextlib.suppress(KeyError, ValueError):
         mpp = (float(props[openslide.PROPERTY_NAME_MPP_X]), float(props[openslide.PROPERTY_NAME_MPP_Y]))
-    except (KeyError, ValueError):
-        pass
     return OpenSlideSource(
         name=path.name,
         identity=file_identity(path, props.get(openslide.PROPERTY_NAME_QUICKHASH1)),

@@ -30,6 +30,7 @@ for the never-worse check.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -390,10 +391,8 @@ class ProjectStore:
             if path.suffix == ".zarr":
                 _remove_folder(path)
             else:
-                try:
+                with contextlib.suppress(OSError):  # a project on a read-only share: what is left stays, harmless
                     path.unlink(missing_ok=True)
-                except OSError:  # a project on a read-only share: what is left stays, harmless
-                    pass
 
 
 def _write_record(path: Path, record: dict) -> None:
