@@ -62,7 +62,7 @@ def warm_up() -> list[str]:
         from vispy.visuals.line.dash_atlas import DashAtlas
 
         DashAtlas()
-    except Exception:  # napari's private helpers moved: the first Start pays instead
+    except Exception:  # noqa: BLE001 - napari's private helpers moved: the first Start pays instead
         pass
     return available_models()
 
@@ -205,7 +205,7 @@ class AnnotatorSettings(QWidget):
 
             try:
                 return decoder_file_note(name)
-            except Exception as err:  # an unreadable file is said under the picker, never raised
+            except Exception as err:  # noqa: BLE001 - an unreadable file is said under the picker, never raised
                 return "not a decoder file napari-sam-histo can read", str(err)
 
         self._threads.run(read, lambda note: self._decoder_file_read(name, note),

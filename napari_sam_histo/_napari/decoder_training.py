@@ -131,7 +131,7 @@ class DecoderTraining(QWidget):
             result = train_from_project(folder, out, predictor, self.recipe, name=name or None,
                                         log=lambda line: self.threads.emit(self._progress, line),
                                         cancel=self._cancel.is_set)
-        except Exception as err:  # shown in the panel, never raised into Qt
+        except Exception as err:  # noqa: BLE001 - shown in the panel, never raised into Qt
             self.threads.emit(self._failed, err)
             return
         self.threads.emit(self._done, result)

@@ -47,7 +47,7 @@ class GuiThreads:
         def finished(f):
             try:
                 result = f.result()
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - handed to ``failed``, never raised into Qt
                 self.emit(failed, err)
                 return
             self.emit(done, result)
@@ -72,7 +72,7 @@ class GuiThreads:
                 next(generator)
             except StopIteration:
                 return
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - handed to ``on_error``, never raised into Qt
                 if on_error is not None:
                     on_error(err)
                 return

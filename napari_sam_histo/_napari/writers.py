@@ -111,7 +111,7 @@ def parse_color(value) -> tuple[int, int, int] | None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 rgba = np.asarray(transform_color(value.strip()), float).reshape(-1)[:3]
-        except Exception:  # napari raises ValueError (or warns) for an unknown colour name
+        except Exception:  # noqa: BLE001 - napari raises ValueError (or warns) for an unknown colour name
             return None
         return tuple(int(round(c * 255)) for c in rgba)
     try:

@@ -162,7 +162,7 @@ class SlideAdaptation:
             return None
         try:
             example, skipped = resumed_example(obj, self.adapter.base, *reading)
-        except Exception:  # the slide went away or a tile cannot be read: nothing to learn from it
+        except Exception:  # noqa: BLE001 - the slide went away or a tile cannot be read: nothing to learn from it
             example, skipped = None, None
         with self._lock:
             if not self._resumed or self._resumed[0][0] is not obj:

@@ -109,7 +109,7 @@ class SlideRefinement:
             example = obj.examples.pop(0)
             try:
                 self._learn_tile(obj, example, base, refiner)
-            except Exception:  # the slide went away, a tile cannot be read or does not fit: nothing to learn here
+            except Exception:  # noqa: BLE001 - the slide went away, a tile cannot be read or does not fit: nothing to learn here
                 continue
         try:
             if obj.samples:

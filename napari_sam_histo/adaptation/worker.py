@@ -133,7 +133,7 @@ class AdaptationWorker:
                 continue
             try:
                 future.set_result(function())
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - the job's caller gets it from its future
                 future.set_exception(err)
             if self.adapter.owed > owed:  # an object to train on: its first steps come soon
                 self._first_slice = True
@@ -278,7 +278,7 @@ class AdaptationWorker:
                 self._judge()
                 self._run_tasks()
                 self._refine()
-            except Exception as err:  # adaptation is a bonus: it never takes the annotator down
+            except Exception as err:  # noqa: BLE001 - adaptation is a bonus: it never takes the annotator down
                 self.error = f"{type(err).__name__}: {err}"
             self._unit_done()
             self.activity = ""

@@ -53,7 +53,7 @@ def _cuda_devices() -> int:
         import torch
 
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
+    except Exception:  # noqa: BLE001 - no torch or no working CUDA: no GPUs to count
         return 0
 
 

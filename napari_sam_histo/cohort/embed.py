@@ -131,7 +131,7 @@ def plan_cohort(paths, level="auto", magnification=None, tile_size=1024, tissue_
                 mpp = source.mpp
             finally:
                 source.close()
-        except Exception as err:  # a bad slide costs that slide only
+        except Exception as err:  # noqa: BLE001 - a bad slide costs that slide only
             summary.slides_failed += 1
             message = str(err) if isinstance(err, InputError) else f"{path}: {type(err).__name__}: {err}"
             summary.errors.append(message)
@@ -247,7 +247,7 @@ def _run(client, plans, root, model, device, batch_size, random_weights, progres
             plan, boxes = futures[future]
             try:
                 summary.add(future.result())
-            except Exception as err:  # the worker died twice, or the task raised
+            except Exception as err:  # noqa: BLE001 - the worker died twice, or the task raised
                 summary.failed += len(boxes)
                 summary.errors.append(f"{plan.name}: a batch of {len(boxes)} tiles failed ({type(err).__name__}: {err})")
             bar.update(len(boxes))

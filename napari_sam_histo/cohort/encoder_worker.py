@@ -128,7 +128,7 @@ def embed_batch(recipe: ModelRecipe, path: str, identity: str, store_dir: str, b
         if source.identity != identity:
             raise RuntimeError(f"{path} is not the slide that was planned (changed since, or another file at that "
                                "path on this worker); workers must see the slides at the same paths")
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - a slide this worker cannot open costs its batch only
         result.failed = len(boxes)
         result.errors.append(f"{path}: {err}")
         return result
@@ -140,7 +140,7 @@ def embed_batch(recipe: ModelRecipe, path: str, identity: str, store_dir: str, b
         started = time.perf_counter()
         try:
             embedding = predictor.embed(source.read_region(box))
-        except Exception as err:  # one bad tile (damaged data) costs that tile only
+        except Exception as err:  # noqa: BLE001 - one bad tile (damaged data) costs that tile only
             result.failed += 1
             result.errors.append(f"{source.name} {box.key()}: {type(err).__name__}: {err}")
             continue

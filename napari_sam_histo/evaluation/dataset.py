@@ -140,12 +140,12 @@ def load_samples(pair: PairSpec, instances: bool = False, ignore_value: int | No
         return
     try:
         raw_image = _read(pair.image_path)
-    except Exception as err:  # image libraries raise many types for unreadable files
+    except Exception as err:  # noqa: BLE001 - image libraries raise many types for unreadable files
         yield Skipped(pair.stem, pair, f"the image file could not be read: {_why_unreadable(pair.image_path, err)}")
         return
     try:
         mask = _read(pair.mask_path)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - as for the image: many types for unreadable files
         yield Skipped(pair.stem, pair, f"the mask file could not be read: {_why_unreadable(pair.mask_path, err)}")
         return
     if raw_image.dtype != np.uint8:

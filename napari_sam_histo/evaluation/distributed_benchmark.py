@@ -303,7 +303,7 @@ def _drive(client, config, pairs, cancel, writer, run, task_resources, n_workers
                 index = pending.pop(future)
                 try:
                     finished[index] = future.result()
-                except Exception as err:  # the task's exception, re-raised here, or the worker died
+                except Exception as err:  # noqa: BLE001 - the task's exception, re-raised here, or the worker died
                     finished[index] = PairFailure(err)
                     failed = True
         if cancel is not None and cancel.is_set():

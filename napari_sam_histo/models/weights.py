@@ -177,7 +177,7 @@ def fetch_weights(source: WeightsSource, progress: bool = True) -> Path:
         try:
             _download(url, target, source.expected_hash, progress)
             return target
-        except Exception as err:  # network errors come in many types; each is reported below
+        except Exception as err:  # noqa: BLE001 - network errors come in many types; each is reported below
             _raise_if_disk_full(err, source, target)
             failures.append(f"{url}: {err.__class__.__name__}: {err}")
     if source.pypi_sdist is not None:

@@ -60,7 +60,7 @@ def tiff_damage(path: Path) -> str | None:
                 ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
                 if ends and max(ends) > size:
                     return f"image {i} needs {max(ends)} bytes"
-    except Exception:  # a directory tifffile cannot parse: the reader tried next reports it
+    except Exception:  # noqa: BLE001 - a directory tifffile cannot parse: the reader tried next reports it
         return None
     finally:
         logger.setLevel(level)
