@@ -34,7 +34,8 @@ def test_both_runs_click_every_object_and_score_those_after_the_warm_up(tmp_path
         assert summary[run]["n_objects"] == 2 and summary[run]["n_groups"] == 1
         assert sorted(int(i) for i in summary[run]["noc85_by_index"]) == list(range(1, WARM_UP + 3))
     assert summary["base"]["adapt_s_per_object"] == 0.0 and summary["adapted"]["adapt_s_per_object"] > 0
-    rows = list(csv.DictReader(open(out / "objects.csv")))
+    with open(out / "objects.csv") as stream:
+        rows = list(csv.DictReader(stream))
     assert len(rows) == 2 * (WARM_UP + 2)
     assert all(r["copy_in_use"] == "0" for r in rows if r["run"] == "base")
     assert json.loads((out / "summary.json").read_text())["warm_up"] == WARM_UP
@@ -57,7 +58,8 @@ def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_
     summary = run_benchmark(root, tmp_path / "out", model=tiny_model, decoder="sam", max_clicks=4,
                             steps_per_object=0, prior_weight=0, accepted="reference", min_agreement=0.0,
                             log=lambda message: None)
-    rows = [r for r in csv.DictReader(open(tmp_path / "out" / "objects.csv")) if r["run"] == "adapted"]
+    with open(tmp_path / "out" / "objects.csv") as stream:
+        rows = [r for r in csv.DictReader(stream) if r["run"] == "adapted"]
     offered = [r["refiner_offered"] == "1" for r in rows]
     assert not any(offered[:4])  # three objects judged before it can be offered
     assert all(offered[4:])  # and then it wins on these colour-plain objects
@@ -67,7 +69,8 @@ def test_the_slide_refiner_is_offered_after_its_gate_and_the_objects_say_so(tmp_
     ungated = run_benchmark(root, tmp_path / "out2", model=tiny_model, decoder="sam", max_clicks=2,
                             steps_per_object=0, prior_weight=0, gated=False, min_agreement=0.0,
                             log=lambda message: None)
-    rows = [r for r in csv.DictReader(open(tmp_path / "out2" / "objects.csv")) if r["run"] == "adapted"]
+    with open(tmp_path / "out2" / "objects.csv") as stream:
+        rows = [r for r in csv.DictReader(stream) if r["run"] == "adapted"]
     assert [r["refiner_offered"] for r in rows[:2]] == ["0", "1"] and ungated["adapted"]["refined_share"] == 1.0
     with pytest.raises(InputError, match="accepted 'later'"):
         run_benchmark(root, tmp_path / "out3", model=tiny_model, accepted="later", log=lambda message: None)

@@ -40,7 +40,8 @@ def test_two_exports_with_different_class_sets_give_tumor_the_same_pixel_value(t
                                                           "3": "Mucin", "4": "Necrosis"}
     # the GeoJSON export of the same folder gives the same ids
     [path] = write_shapes_geojson(str(tmp_path / "third.geojson"), *_layer(["Necrosis", "Tumor"]))
-    ours = [f["properties"]["napari-sam-histo"] for f in json.loads(open(path).read())["features"]]
+    with open(path) as stream:
+        ours = [f["properties"]["napari-sam-histo"] for f in json.loads(stream.read())["features"]]
     assert [o["class_id"] for o in ours] == [4, 1]
     assert ClassTable.load(tmp_path / TABLE_NAME).ids() == {"Tumor": 1, "Stroma": 2, "Mucin": 3, "Necrosis": 4}
 

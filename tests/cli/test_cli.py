@@ -61,8 +61,8 @@ def test_benchmark_cli_is_deterministic_and_prints_the_papers_table(tmp_path, ca
     for run in ("a", "b"):
         assert main(["benchmark", str(data), "--model", "vit_t", "--device", "cpu", "--max-clicks", "5",
                      "--out", str(tmp_path / run), "--quiet"]) == 0
-        rows.append([(r["sample"], r["clicks"], r["iou_1"], r["final_iou"])
-                     for r in csv.DictReader(open(tmp_path / run / "samples.csv"))])
+        with open(tmp_path / run / "samples.csv") as stream:
+            rows.append([(r["sample"], r["clicks"], r["iou_1"], r["final_iou"]) for r in csv.DictReader(stream)])
     assert rows[0] == rows[1] and len(rows[0]) == 2
     out = capsys.readouterr().out
     assert "NoC@80" in out and "vit_t+sam" in out and "report:" in out

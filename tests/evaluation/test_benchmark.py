@@ -101,7 +101,8 @@ def test_report_files_and_summary_fields(tmp_path):
     for key in ("n_samples", "noc@80", "noc@85", "noc@90", "nof@85", "nof@90", "miou_per_click",
                 "spc_decoder_s", "spc_total_s", "encoder_calls"):
         assert key in summary["methods"]["oracle"]
-    rows = list(csv.DictReader(open(tmp_path / "r" / "samples.csv")))
+    with open(tmp_path / "r" / "samples.csv") as stream:
+        rows = list(csv.DictReader(stream))
     assert len(rows) == 6 and {r["method"] for r in rows} == {"oracle", "stuck"}
     table = (tmp_path / "r" / "table.txt").read_text()
     assert table.splitlines()[0].startswith("runtime: torch ")  # what ran: precision, device, versions
@@ -221,7 +222,8 @@ def test_an_image_without_a_mask_is_skipped_with_the_reason(tmp_path, layout):
     m = summary["methods"]["oracle"]
     assert m["n_samples"] == 1 and list(m["skipped"]) == ["s1"]
     assert m["skipped"]["s1"].startswith("no mask was found for the image ") and "s1.png" in m["skipped"]["s1"]
-    rows = list(csv.DictReader(open(tmp_path / "r" / "samples.csv")))
+    with open(tmp_path / "r" / "samples.csv") as stream:
+        rows = list(csv.DictReader(stream))
     assert [(r["sample"], r["status"]) for r in rows] == [("s0", "ok"), ("s1", "skipped")]
 
 
@@ -327,7 +329,8 @@ def test_collapses_and_fallbacks_are_reported_and_survive_a_resume(tmp_path):
     config = BenchmarkConfig(str(data), str(tmp_path / "r"), max_clicks=4, full_curve=True)
     whole = run_benchmark(config, methods=[Collapses()])["methods"]["collapses"]
     assert (whole["collapses"], whole["collapsed_samples"], whole["fallbacks"]) == (9, 3, 3)
-    assert [r["fallbacks"] for r in csv.DictReader(open(tmp_path / "r" / "samples.csv"))] == ["1"] * 3
+    with open(tmp_path / "r" / "samples.csv") as stream:
+        assert [r["fallbacks"] for r in csv.DictReader(stream)] == ["1"] * 3
     table = (tmp_path / "r" / "table.txt").read_text().splitlines()
     assert table[1].split()[-3:] == ["Collapses", "Fallbacks", "n"] and table[3].split()[-4:] == ["9", "(3)", "3", "3"]
     cancel = threading.Event()

@@ -73,7 +73,8 @@ def test_patches_from_the_real_slide_match_the_hand_computed_fractions(tmp_path)
     source = open_image(SAMPLE_SLIDE)  # 2220 x 2967 at 20x (its objective power)
     tumor = Polygon(_square(500, 300, 1900, 2600), [_square(900, 900, 1300, 1300)], "Tumor")
     result = prepare_patches(source, [tumor], tmp_path, magnification=10)
-    rows = {r["stem"]: r for r in csv.DictReader(open(tmp_path / "manifest.csv"))}
+    with open(tmp_path / "manifest.csv") as stream:
+        rows = {r["stem"]: r for r in csv.DictReader(stream)}
     # 10x = downsample 2: 400 px patches cover 800 level-0 px; 2 columns x 3 rows of whole patches.
     assert float(rows["cmu-1-small-region_x0_y0"]["tumor_fraction"]) == pytest.approx(300 * 500 / 800**2, abs=1e-4)
     assert float(rows["cmu-1-small-region_x800_y800"]["tumor_fraction"]) == pytest.approx(
@@ -103,7 +104,8 @@ def test_pyramid_level_is_chosen_and_magnification_read_from_mpp(tmp_path):
     assert base_magnification(source) == pytest.approx(40.0)  # 0.25 um/px
     polygon = Polygon(_square(0, 0, 768, 2048), name="Tumor")
     prepare_patches(source, [polygon], tmp_path / "out", magnification=10, patch_size=256, min_fraction=0.2)
-    rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv")))
+    with open(tmp_path / "out" / "manifest.csv") as stream:
+        rows = list(csv.DictReader(stream))
     # 40x -> 10x is downsample 4: a 256 px patch covers 1024 level-0 px, 1 column x 2 rows.
     assert [(r["x0"], r["y0"], r["level"]) for r in rows] == [("0", "0", "2"), ("0", "1024", "2")]
     assert all(float(r["tumor_fraction"]) == pytest.approx(0.75) for r in rows)
@@ -178,7 +180,8 @@ def test_a_folder_gathers_the_patches_of_several_slides(tmp_path):
     prepare_patches(slide("a.png", 200), half, tmp_path, magnification=1, patch_size=256, base=1)
     prepare_patches(slide("b.png", 100), half, tmp_path, magnification=1, patch_size=256, base=1)
     prepare_patches(slide("a.png", 200), half, tmp_path, magnification=1, patch_size=512, base=1)  # again
-    rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
+    with open(tmp_path / "manifest.csv") as stream:
+        rows = list(csv.DictReader(stream))
     assert sorted((r["source_slide"], r["width0"]) for r in rows) == [("a.png", "512"), ("b.png", "256"),
                                                                       ("b.png", "256")]
     (tmp_path / "manifest.csv").write_text("image,mask\nx.png,y.png\n")

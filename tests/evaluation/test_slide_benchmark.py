@@ -65,7 +65,8 @@ def test_every_mode_runs_through_the_annotator_and_writes_its_report(regions, tm
         assert len(entry["miou_per_click"]) == 3 and 1 <= entry["noc@85"] <= 3
         assert entry["encoder_calls"] >= 1
         assert entry["collapses"] >= 0 and entry["fallbacks"] >= 0
-    rows = list(csv.DictReader(open(out / "runs.csv")))
+    with open(out / "runs.csv") as stream:
+        rows = list(csv.DictReader(stream))
     levels = {mode: {float(r["downsample"]) for r in rows if r["mode"] == mode} for mode in ("level0", "auto")}
     assert levels["level0"] == {1.0} and levels["auto"] == {2.0}  # a 600 px region, 256 px tiles: one tile at 1/2
     assert json.loads((out / "summary.json").read_text())["tile_size"] == 256

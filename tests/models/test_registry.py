@@ -108,7 +108,7 @@ def _zip_without_torch(path):
     (lambda p: p.write_text("<!DOCTYPE html><html><body>404</body></html>"), "HTML/XML page"),
     (lambda p: p.write_bytes(b"PK\x03\x04" + b"\x00" * 200), "truncated or corrupt"),
     (_zip_without_torch, "a zip archive without the data.pkl"),
-    (lambda p: __import__("pickle").dump({"w": [1, 2]}, open(p, "wb")), "plain Python pickle"),
+    (lambda p: p.write_bytes(__import__("pickle").dumps({"w": [1, 2]})), "plain Python pickle"),
 ])
 def test_a_file_that_is_no_pytorch_checkpoint_says_so(tmp_path, empty_cache, write, words):
     path = tmp_path / "model.pth"

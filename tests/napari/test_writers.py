@@ -21,7 +21,8 @@ def test_shapes_layer_to_geojson_with_classes(tmp_path):
     objects = read_geojson(path)
     assert [o.class_name for o in objects] == ["Tumor", "Stroma"]
     assert objects[0].polygons[0].exterior.min(axis=0).tolist() == [20, 10]  # (x, y) from (row, col)
-    props = json.loads(open(path).read())["features"][0]["properties"]
+    with open(path) as stream:
+        props = json.loads(stream.read())["features"][0]["properties"]
     assert props["measurements"]["Area µm^2"] == 40 * 60 * 0.25
 
 

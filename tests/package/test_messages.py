@@ -135,7 +135,8 @@ def test_a_full_disk_while_saving_a_decoder_checkpoint(tmp_path, tiny_model, mon
     from napari_sam_histo.models.decoder_checkpoint import decoder_metadata, save_decoder_checkpoint
 
     def full(obj, f, *args, **kwargs):
-        open(f, "wb").write(b"partial")
+        with open(f, "wb") as stream:
+            stream.write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")  # no errno
 
     monkeypatch.setattr(decoder_checkpoint.torch, "save", full)

@@ -62,7 +62,8 @@ def test_the_report_has_its_columns_and_a_k_too_large_is_skipped_with_a_line(tmp
         assert not set(detail["train_groups"]) & set(detail["test_groups"])
         assert set(detail["k"]) == {"2", "4"}
         assert detail["k"]["4"]["train_s"] > 0 and detail["k"]["4"]["n"] == detail["sam"]["n"]
-    rows = list(csv.DictReader(open(out / "objects.csv")))
+    with open(out / "objects.csv") as stream:
+        rows = list(csv.DictReader(stream))
     assert {r["method"] for r in rows} == {SAM, "tissue decoder"}
     assert (out / "noc85-vs-k.png").stat().st_size > 1000
     assert (out / "tissue-head-seed1-k4.pt").is_file()
@@ -91,7 +92,10 @@ def test_seeds_run_apart_join_into_one_report_and_a_repeated_seed_is_refused(tmp
     assert tissue["seeds"] == 2
     assert tissue["noc85_per_seed"] == [runs[0]["seeds_detail"]["0"]["k"]["2"]["noc@85"],
                                         runs[1]["seeds_detail"]["1"]["k"]["2"]["noc@85"]]
-    assert len(list(csv.DictReader(open(tmp_path / "joined" / "objects.csv")))) == sum(
-        len(list(csv.DictReader(open(tmp_path / f"s{s}" / "objects.csv")))) for s in (0, 1))
+    def count_rows(folder):
+        with open(folder / "objects.csv") as stream:
+            return len(list(csv.DictReader(stream)))
+
+    assert count_rows(tmp_path / "joined") == sum(count_rows(tmp_path / f"s{s}") for s in (0, 1))
     with pytest.raises(InputError, match="repeats seed"):
         join_reports([tmp_path / "s0", tmp_path / "s0"], tmp_path / "again")

@@ -191,7 +191,8 @@ def test_crops_come_from_composites_when_no_source_has_masks(tmp_path):
     _save(second, _tissue((260, 300), 2, colour=(140, 70, 170), grain=6))
     manifest = sy.make_synthetic_dataset(tmp_path / "out", [first, second], n=2, seed=0, sizes=(64, 100),
                                          kinds=["crop"])
-    rows = list(csv.DictReader(open(manifest, newline="")))
+    with open(manifest, newline="") as stream:
+        rows = list(csv.DictReader(stream))
     assert [row["kind"] for row in rows] == ["crop", "crop"]
     assert all(0.01 <= float(row["fg_frac"]) <= 0.9 for row in rows)
 
