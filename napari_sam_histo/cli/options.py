@@ -11,9 +11,9 @@ from .threads import add_threads_argument
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def add_precision_argument(parser: argparse.ArgumentParser, help: str) -> None:
-    """``--precision`` (``PRECISIONS``, default auto) of the decoder; ``help`` says what auto means there."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=help)
+def add_precision_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--precision`` (``PRECISIONS``, default auto) of the decoder; ``help_text`` says what auto means there."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=help_text)
 
 
 def add_model_options(parser: argparse.ArgumentParser, device: str = "cpu", decoder: bool = False,

@@ -312,7 +312,7 @@ def test_the_prefetcher_makes_colour_for_its_first_tiles_only_and_keeps_them(tin
         annotator.close(wait=True)
 
 
-def _object(centre, radius, downsample=None, id=None):
+def _object(centre, radius, downsample=None, id=None):  # noqa: A002 - callers pass id=, as AnnotatedObject names it
     from napari_sam_histo.annotations.geometry import Polygon
     from napari_sam_histo.annotations.objects import AnnotatedObject
 

@@ -40,7 +40,7 @@ def _slide(path, seed=0, size=512):
     return path
 
 
-def _disc(centre, radius=40, class_name="Tumor", id=None, **properties):
+def _disc(centre, radius=40, class_name="Tumor", id=None, **properties):  # noqa: A002 - callers pass id=, as AnnotatedObject names it
     angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     ring = np.stack([centre[0] + radius * np.cos(angles), centre[1] + radius * np.sin(angles)], axis=1)
     return AnnotatedObject([Polygon(ring)], class_name, properties=dict(properties), **({"id": id} if id else {}))
