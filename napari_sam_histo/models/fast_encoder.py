@@ -77,8 +77,8 @@ _builds: list[threading.Thread] = []  # background builds (``start_build``; guar
 def _wait_for_builds(timeout: float = EXIT_WAIT_S) -> None:
     """At interpreter exit, let a background build finish first. Its thread is a daemon (a build
     never keeps napari open by itself), but one still inside TorchScript while the interpreter
-    tears torch down aborts the process ("terminate called without an active exception"): napari
-    quit a few seconds after Start used to end that way. atexit runs after the non-daemon threads
+    tears torch down aborts the process ("terminate called without an active exception"), as napari
+    quit a few seconds after Start would without this wait. atexit runs after the non-daemon threads
     are joined and while daemon threads still run."""
     deadline = time.monotonic() + timeout
     with _lock:

@@ -32,9 +32,9 @@ PIXELS_PER_SNAPSHOT = 3000  # drawn from the whole tile, and as many again near 
 NEAR_BORDER = 10.0  # |logit| under this is "near SAM's border"
 FEATURES = 1 + 6 * len(SCALES)  # logit, colour at each scale, colour x logit at each scale
 # Nats by which SAM must lead at an object's clicks to be shown instead of the refiner. A click sits
-# on an error of what was shown, which might count against the shown mask too often, so a lead was
-# tried: 0, 1, 2, 4 on six EBHI-Seg cases (two of them also in the offline figures of docs/benchmarks.md) gave 9.72,
-# 9.92, 9.96, 10.04 clicks (SAM 10.96): none (docs/benchmarks.md).
+# on an error of what was shown, which might count against the shown mask too often. Leads of 0, 1, 2
+# and 4 on six EBHI-Seg cases (two of them also in the offline figures of docs/benchmarks.md) take 9.72,
+# 9.92, 9.96 and 10.04 clicks (SAM 10.96): no lead (docs/benchmarks.md).
 REFINED_LEAD = 0.0
 # The refiner moves SAM's border; a refined mask that overlaps SAM's by less than this (IoU) is not
 # a border moved but another object (on RINGS: a tumour tile refined by a refiner that learnt benign

@@ -159,7 +159,7 @@ def test_the_provenance_of_md_says_md_with_its_architecture_and_file_hash(tmp_pa
                         lambda base, kind="modified": path if (base, kind) == (tiny_model.name, "md") else None)
     predictor = Predictor(tiny_model, "md", precision="fp32", encoder_mode="eager")
     provenance = predictor.provenance
-    assert predictor.decoder.kind == "sam"  # the architecture, which is what used to be reported
+    assert predictor.decoder.kind == "sam"  # the architecture; the provenance names the decoder as chosen
     assert (provenance.decoder, provenance.decoder_kind) == ("md", "sam")
     assert provenance.decoder_hash == f"sha256:{sha256[:12]}"
     assert provenance.model == tiny_model.name and provenance.model_hash == tiny_model.weights_hash

@@ -79,7 +79,7 @@ napari.run()
 
 def test_quitting_napari_right_after_start_exits_cleanly(mobile_sam):
     # the optimized encoder builds for 6-14 s in a daemon thread after Start; quitting during the
-    # build used to abort the process at exit ("terminate called without an active exception")
+    # build must not abort the process at exit ("terminate called without an active exception")
     from pathlib import Path
 
     slide = Path(__file__).resolve().parents[2] / "resources" / "cmu-1-small-region.svs"

@@ -140,7 +140,7 @@ def _world_bounds(layer, rows, cols):
 def test_an_accepted_object_lies_where_its_mask_was_shown_at_a_coarse_level(make_napari_viewer, qtbot,
                                                                             mobile_sam, no_mpp_slide):
     # one pixel convention (napari_sam_histo.coordinates): at 1/4 the live mask and the accepted
-    # shape used to be 1.5 level-0 pixels apart
+    # shape coincide (two conventions would put them 1.5 level-0 pixels apart)
     def no_cleaning(dock):
         dock.min_area_spin.setValue(0)
         dock.simplify_spin.setValue(0)
