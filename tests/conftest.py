@@ -68,6 +68,30 @@ def sample_source():
 
 
 @pytest.fixture
+def patches_dir(tmp_path):
+    """Six synthetic patches in three 'cases' (manifest column case_id), blobs on noise (the
+    training tests' data, in tests/training and tests/models)."""
+    import csv
+
+    from .evaluation.test_benchmark import _disk, write_pair
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        mask = _disk((48, 48), (20 + i, 24), 10 + i)
+        image = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
+        image[mask] += 150
+        write_pair(root, f"p{i}", image, (mask * 255).astype(np.uint8))
+        rows.append({"stem": f"p{i}", "case_id": f"case{i // 2}"})
+    with open(root / "manifest.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["stem", "case_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -10,7 +10,7 @@ from napari_sam_histo.models.registry import random_model
 from napari_sam_histo.models.residual_decoder import ResidualMaskDecoder
 from napari_sam_histo.training.trainer import Trainer
 
-from ..training.test_training import _config, patches_dir  # noqa: F401  (fixture)
+from ..training.test_training import _config
 
 
 def _decode(predictor, image, points, labels, multimask):
@@ -49,7 +49,7 @@ def test_forward_best_is_the_corrected_candidate_sam_ranks_first(tiny_model):
 
 
 @pytest.mark.slow
-def test_residual_training_moves_only_the_correction_and_lowers_the_loss(patches_dir, tmp_path):  # noqa: F811
+def test_residual_training_moves_only_the_correction_and_lowers_the_loss(patches_dir, tmp_path):
     model = random_model("tiny", "cpu")
     before = {k: v.clone() for k, v in model.sam.state_dict().items()}
     trainer = Trainer(_config(patches_dir, tmp_path / "run", scenario="residual", lr=3e-3, max_extra_clicks=0),
@@ -65,7 +65,7 @@ def test_residual_training_moves_only_the_correction_and_lowers_the_loss(patches
         torch.testing.assert_close(value, before[f"mask_decoder.{key}"], rtol=0, atol=0)
 
 
-def test_md_trains_a_copy_so_sams_own_decoder_stays_sams(patches_dir, tmp_path):  # noqa: F811
+def test_md_trains_a_copy_so_sams_own_decoder_stays_sams(patches_dir, tmp_path):
     model = random_model("tiny", "cpu")
     before = {k: v.clone() for k, v in model.sam.mask_decoder.state_dict().items()}
     trainer = Trainer(_config(patches_dir, tmp_path / "run", scenario="md", lr=3e-3, max_extra_clicks=0),
@@ -80,7 +80,7 @@ def test_md_trains_a_copy_so_sams_own_decoder_stays_sams(patches_dir, tmp_path):
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
 
 
-def test_md_checkpoint_answers_the_first_click_with_the_mask_it_trained(patches_dir, tmp_path):  # noqa: F811
+def test_md_checkpoint_answers_the_first_click_with_the_mask_it_trained(patches_dir, tmp_path):
     from napari_sam_histo.engine.predictor import Predictor
     from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint
 
@@ -97,7 +97,7 @@ def test_md_checkpoint_answers_the_first_click_with_the_mask_it_trained(patches_
 
 @pytest.mark.slow
 def test_residual_run_with_embedding_store_validates_sam_first_and_reuses_embeddings(
-        patches_dir, tmp_path):  # noqa: F811
+        patches_dir, tmp_path):
     from napari_sam_histo.engine.predictor import Predictor
 
     store = tmp_path / "store"
@@ -135,7 +135,7 @@ def test_a_float16_store_gives_the_same_embedding_computed_or_read_back(tmp_path
 
 
 def test_md_is_validated_as_its_checkpoint_runs_and_a_random_start_is_not_called_trained(
-        patches_dir, tmp_path):  # noqa: F811
+        patches_dir, tmp_path):
     from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint
 
     md = Trainer(_config(patches_dir, tmp_path / "md", scenario="md", epochs=0), random_model("tiny", "cpu"),
@@ -151,7 +151,7 @@ def test_md_is_validated_as_its_checkpoint_runs_and_a_random_start_is_not_called
     assert metadata["trained"] is True  # untrained residual == SAM: a usable decoder
 
 
-def test_a_residual_checkpoint_keeps_sams_part_from_the_model_not_the_file(patches_dir, tmp_path):  # noqa: F811
+def test_a_residual_checkpoint_keeps_sams_part_from_the_model_not_the_file(patches_dir, tmp_path):
     from napari_sam_histo.engine.predictor import Predictor
     from napari_sam_histo.models.decoder_checkpoint import read_decoder_checkpoint, save_decoder_checkpoint
 

@@ -13,7 +13,7 @@ from napari_sam_histo.training.nfl_loss import normalized_focal_loss
 from napari_sam_histo.training.train_config import TrainConfig, lr_for_epoch
 from napari_sam_histo.training.trainer import Trainer
 
-from ..evaluation.test_benchmark import _disk, write_pair
+from ..evaluation.test_benchmark import _disk
 
 
 # -- loss ---------------------------------------------------------------------------------------
@@ -97,28 +97,7 @@ def test_batched_sam_decoder_equals_sams_own_forward(tiny_model):
         torch.testing.assert_close(batched[i, 0], single, rtol=1e-4, atol=1e-4)
 
 
-# -- the loop -----------------------------------------------------------------------------------
-@pytest.fixture
-def patches_dir(tmp_path):
-    """Six synthetic patches in three 'cases' (manifest column case_id), blobs on noise."""
-    import csv
-
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        mask = _disk((48, 48), (20 + i, 24), 10 + i)
-        image = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
-        image[mask] += 150
-        write_pair(root, f"p{i}", image, (mask * 255).astype(np.uint8))
-        rows.append({"stem": f"p{i}", "case_id": f"case{i // 2}"})
-    with open(root / "manifest.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=["stem", "case_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
+# -- the loop (its patches: ``patches_dir`` in tests/conftest.py) ------------------------------
 def _config(data, out, **overrides):
     settings = {"scenario": "modified", "epochs": 2, "batch_size": 2, "lr": 1e-3, "val_fraction": 0.3, "val_max_clicks": 2,
                 "max_extra_clicks": 1, "seed": 3}
