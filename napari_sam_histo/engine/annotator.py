@@ -20,6 +20,7 @@ an embedding starts and finishes being computed (a UI shows progress with that).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,10 +30,10 @@ from ..annotations.cleaning import DEFAULT_TOLERANCE
 from ..annotations.geometry import Polygon
 from ..slides.source import ImageSource
 from .continuation import Continuation
+from .embedding_cache import Embedding
 from .object_state import AnnotatorState, ObjectSnapshot, Undoable
 from .object_tiles import ObjectTiles
-from .predictor import Predictor
-from .protocols import AcceptedObjects, SlideLearning
+from .protocols import AcceptedObjectSink, SlideLearning, TilePredictor
 from .tile_choice import REUSE_MARGIN
 from .tile_colours import COLOUR_PREFETCH
 from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
@@ -40,7 +41,7 @@ from .working_levels import WorkingLevel
 
 
 class Annotator:
-    def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
+    def __init__(self, predictor: TilePredictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
                  prefetch_radius: int = 1, continuation: bool = False, first_mask: str = "unflooded",
                  honour_clicks: bool = True) -> None:
@@ -100,12 +101,12 @@ class Annotator:
         self.object.adaptation = adaptation
 
     @property
-    def recorder(self) -> AcceptedObjects | None:
+    def recorder(self) -> AcceptedObjectSink | None:
         """Where accepted objects go besides the slide's learning (a project's), or None."""
         return self.object.recorder
 
     @recorder.setter
-    def recorder(self, recorder: AcceptedObjects | None) -> None:
+    def recorder(self, recorder: AcceptedObjectSink | None) -> None:
         self.object.recorder = recorder
 
     @property
@@ -196,7 +197,7 @@ class Annotator:
         self._continuation.wait(timeout)
 
     # -- background work -----------------------------------------------------------------------
-    def _embedding(self, box: TileBox, purpose: str):
+    def _embedding(self, box: TileBox, purpose: str) -> Embedding:
         @contextmanager
         def computing():
             self._notify("started", box, purpose)
@@ -215,10 +216,8 @@ class Annotator:
 
     def _notify(self, event: str, box: TileBox, purpose: str) -> None:
         for listener in list(self.listeners):
-            try:
+            with contextlib.suppress(Exception):  # a listener's failure must not stop the work
                 listener(event, box, purpose)
-            except Exception:  # a listener's failure must not stop the work
-                pass
 
     def _queued_actions(self) -> int:
         with self._count_lock:
@@ -332,10 +331,8 @@ class Annotator:
             self._embedding(box, "prefetch")
             if i < COLOUR_PREFETCH and not self._closed and self.object.refiner_offered():
                 # the slide refiner's colour of the tile too (0.2 s beside seconds)
-                try:
+                with contextlib.suppress(Exception):  # its pixels cannot be read now: a click makes them or shows SAM's mask
                     self.tile_colour(box)
-                except Exception:  # its pixels cannot be read now: a click makes them or shows SAM's mask
-                    pass
             done.append(box)
         return done
 
@@ -364,7 +361,7 @@ class _Work:
     def __init__(self, annotator: Annotator) -> None:
         self.annotator = annotator
 
-    def embedding(self, box: TileBox, purpose: str):
+    def embedding(self, box: TileBox, purpose: str) -> Embedding:
         return self.annotator._embedding(box, purpose)
 
     def fetching(self, key: str) -> bool:

@@ -16,10 +16,12 @@ the object grows again from its corrected shape.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
+from .embedding_cache import Embedding
 from .object_tiles import ObjectTiles
 from .tiles import TileBox
 
@@ -34,7 +36,8 @@ class Continuation:
     the one running: the annotator bumps it (``supersede``) when a click or action is queued or the
     object's clicks are replaced."""
 
-    def __init__(self, tiles: ObjectTiles, embedding: Callable, notify: Callable, idle: threading.Event,
+    def __init__(self, tiles: ObjectTiles, embedding: Callable[[TileBox, str], Embedding],
+                 notify: Callable[[str, TileBox, str], None], idle: threading.Event,
                  busy: Callable[[], int], closed: Callable[[], bool]) -> None:
         self.tiles = tiles
         self._lock = tiles.lock
@@ -110,10 +113,8 @@ class Continuation:
         with self._lock:
             futures = list(self._futures)
         for future in futures:
-            try:
+            with contextlib.suppress(CancelledError):
                 future.result(timeout)
-            except CancelledError:
-                pass
 
     def shutdown(self, wait: bool = False) -> None:
         self._thread.shutdown(wait=wait, cancel_futures=True)

@@ -205,7 +205,7 @@ class EmbeddingCache:
                 return None
             entry = Embedding(features, tuple(attrs["input_size"]), tuple(attrs["original_size"]),
                               float(attrs.get("encode_s", 0.0)))
-        except Exception:  # an unreadable entry (truncated, foreign) is recomputed, never used
+        except Exception:  # noqa: BLE001 - an unreadable entry (truncated, foreign) is recomputed, never used
             return None
         self._touch(path)
         return entry
@@ -245,7 +245,7 @@ class EmbeddingCache:
                 if not final.is_dir():
                     raise
                 return True  # another writer's rename came first (a folder cannot replace a full one)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - zarr, a codec, a full or read-only disk: a recompute next session
             self._save_failed(err)
             return False
         finally:
@@ -255,7 +255,7 @@ class EmbeddingCache:
         self._touch(final)
         try:
             self._account(final.name, _folder_bytes(final))
-        except Exception as err:  # measuring or evicting failed: the entry itself is fine
+        except Exception as err:  # noqa: BLE001 - measuring or evicting failed: the entry itself is fine
             self._save_failed(err)
         return True
 
@@ -265,7 +265,7 @@ class EmbeddingCache:
             import zarr
 
             return dict(zarr.open_array(str(path), mode="r").attrs).get("key")
-        except Exception:  # unreadable or vanished: not a valid entry
+        except Exception:  # noqa: BLE001 - unreadable or vanished: not a valid entry
             return None
 
     def _save_failed(self, err: Exception) -> None:

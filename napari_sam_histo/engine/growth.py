@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .embedding_cache import Embedding
 from .object_state import TileStep, combine_tile_masks
 from .session import ClickSession
 from .tile_choice import TileChoice
@@ -82,7 +83,7 @@ class GrowingObject(Protocol):
 
     def active_sessions(self) -> list[ClickSession]: ...  # the sessions of the tiles that hold clicks
 
-    def new_session(self, box: TileBox, embedding, first_mask: str = "iou") -> ClickSession: ...
+    def new_session(self, box: TileBox, embedding: Embedding, first_mask: str = "iou") -> ClickSession: ...
 
     def clicks_in(self, box: TileBox) -> list[tuple[float, float, bool]]: ...  # in ``box``'s pixels
 
@@ -165,7 +166,7 @@ class ObjectGrowth:
                     return px, py, box
             return None
 
-    def grow(self, px: float, py: float, box: TileBox, embedding) -> None:
+    def grow(self, px: float, py: float, box: TileBox, embedding: Embedding) -> None:
         """Add tile ``box`` (``embedding``: its embedding) to the object: decoded from the object's
         clicks inside it, a positive seed at level (px, py) where a border cut the object, and the
         object's logits over the overlap as mask prompt. It belongs to the last click (undone with it)."""

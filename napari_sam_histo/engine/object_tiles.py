@@ -44,6 +44,7 @@ view (``BeyondView``): what is accepted is what the user saw.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -54,6 +55,7 @@ from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_c
 from ..errors import InputError
 from ..slides.source import ImageSource
 from .blending import Blend, TileLogits, blend, sample_field
+from .embedding_cache import Embedding
 from .growth import ObjectGrowth
 from .object_state import (
     AnnotatorState,
@@ -64,8 +66,7 @@ from .object_state import (
     box_within,
     mask_extent,
 )
-from .predictor import Predictor
-from .protocols import AcceptedObjects, SlideLearning, TileWork
+from .protocols import AcceptedObjectSink, SlideLearning, TilePredictor, TileWork
 from .session import FIRST_MASK_RULES, ClickSession
 from .tile_choice import REUSE_MARGIN, TileChoice
 from .tile_colours import TileColours
@@ -78,10 +79,10 @@ UNKNOWN_LOGIT = 0.0  # a continuation tile's mask prompt beyond the object's til
 class DirectWork:
     """``TileWork`` with no threads: the predictor computes (or finds) each tile's embedding."""
 
-    def __init__(self, predictor: Predictor, source: ImageSource) -> None:
+    def __init__(self, predictor: TilePredictor, source: ImageSource) -> None:
         self.predictor, self.source = predictor, source
 
-    def embedding(self, box: TileBox, purpose: str):
+    def embedding(self, box: TileBox, purpose: str) -> Embedding:
         return self.predictor.embedding_for(self.source, box)
 
     def fetching(self, key: str) -> bool:
@@ -92,7 +93,7 @@ class DirectWork:
 
 
 class ObjectTiles:
-    def __init__(self, predictor: Predictor, source: ImageSource, level: int | str = 0,
+    def __init__(self, predictor: TilePredictor, source: ImageSource, level: int | str = 0,
                  tile_size: int = DEFAULT_TILE_SIZE, reuse_margin: float = REUSE_MARGIN,
                  first_mask: str = "unflooded", honour_clicks: bool = True, work: TileWork | None = None) -> None:
         """``level``: a pyramid level (fixed) or ``"auto"`` (each click at the level a UI passes,
@@ -110,8 +111,8 @@ class ObjectTiles:
         # slide (``adaptation``, set by a UI: ``adaptation.slide_adaptation``), chosen at the object's
         # first click and kept for all its tiles
         self.adaptation: SlideLearning | None = None
-        self.recorder: AcceptedObjects | None = None
-        self._decoding = predictor
+        self.recorder: AcceptedObjectSink | None = None
+        self._decoding: TilePredictor = predictor
         self._refining = None  # the slide refiner the object's tiles use (``adaptation.refiner()``), or None
         self.source = source
         self.sessions: dict[str, ClickSession] = {}  # the click sessions of the object's tiles, by tile key
@@ -166,7 +167,7 @@ class ObjectTiles:
         """Whether a new object would be refined now (the prefetcher then makes tiles' colour too)."""
         try:
             return self.adaptation is not None and self.adaptation.refiner() is not None
-        except Exception:  # an adaptation that cannot say: nothing to prepare
+        except Exception:  # noqa: BLE001 - an adaptation that cannot say: nothing to prepare
             return False
 
     def _changed_whole(self) -> None:
@@ -227,7 +228,7 @@ class ObjectTiles:
         box = self.tiles.box_for(x, y, grid)
         return [s for s in same + finer if s.box != box], box
 
-    def new_session(self, box: TileBox, embedding, first_mask: str = "iou") -> ClickSession:
+    def new_session(self, box: TileBox, embedding: Embedding, first_mask: str = "iou") -> ClickSession:
         """A click session of the object's on tile ``box``, decoding as the object's other tiles do."""
         return ClickSession(self._decoding, box, embedding, refine=self._refine_for(box), first_mask=first_mask,
                             honour_clicks=self.honour_clicks)
@@ -377,16 +378,12 @@ class ObjectTiles:
                                    "downsample": finest.downsample if finest is not None else d,
                                    "edited": edited is not None})
             if self.adaptation is not None:  # examples for the slide's adapter (queued; no waiting)
-                try:
+                with contextlib.suppress(Exception):  # learning is a bonus: the object is accepted whatever happens there
                     self.adaptation.add_object(self.active_sessions(), result, edited, key=obj.id,
                                                read_tile=self.source.read_region, tile_colour=self.tile_colour)
-                except Exception:  # learning is a bonus: the object is accepted whatever happens there
-                    pass
             if self.recorder is not None:  # the project's training set (cut now, written by its writer)
-                try:
+                with contextlib.suppress(Exception):  # keeping it is a bonus too: the object is accepted whatever happens there
                     self.recorder.add_accepted(obj, self.active_sessions(), result, edited)
-                except Exception:  # keeping it is a bonus too: the object is accepted whatever happens there
-                    pass
             self.clear()
             return obj
 
@@ -488,5 +485,5 @@ class ObjectTiles:
     def growth_tile(self) -> tuple[float, float, TileBox] | None:
         return self.growth.next_tile()
 
-    def grow(self, px: float, py: float, box: TileBox, embedding) -> None:
+    def grow(self, px: float, py: float, box: TileBox, embedding: Embedding) -> None:
         self.growth.grow(px, py, box, embedding)

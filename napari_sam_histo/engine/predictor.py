@@ -35,6 +35,7 @@ from ..models.registry import LoadedModel
 from ..slides.reader import ImageSource
 from ..slides.rgb import PREPROCESSING_ID, to_rgb_uint8
 from .embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
+from .protocols import EmbeddingStore
 from .tiles import TileBox
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -70,7 +71,7 @@ class Predictor:
         self,
         model: LoadedModel,
         decoder: DecoderChoice | str = "sam",
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingStore | None = None,
         precision: str = "auto",
         encoder_precision: str = "fp32",
         allow_untrained: bool = False,
@@ -90,7 +91,7 @@ class Predictor:
         self.sam = model.sam
         self.device = model.device
         self.decoder = decoder if isinstance(decoder, DecoderChoice) else choose_decoder(model, decoder, allow_untrained)
-        self.cache = cache if cache is not None else EmbeddingCache()
+        self.cache: EmbeddingStore = cache if cache is not None else EmbeddingCache()
         fast_bf16 = bf16_is_fast(self.device)
         # "auto" is resolved here, once, as for the encoder: ``decoder_mode`` says what was chosen,
         # ``last_decoder_path`` what ran for the last click ("pytorch" while a network is built,

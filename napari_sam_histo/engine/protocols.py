@@ -1,15 +1,100 @@
-"""What the engine takes from outside it, as protocols: the slide's learning and a project's
+"""What the engine takes from outside it, as protocols: the predictor a tile's clicks decode with
+(``TilePredictor``: ``predictor.Predictor``) and the store of tiles' embeddings it keeps
+(``EmbeddingStore``: ``embedding_cache.EmbeddingCache``), the slide's learning and a project's
 recorder (set on the annotator by a UI; ``training`` provides them, and the engine imports nothing
 of training), the embeddings a tile's clicks decode with (``TileWork``: the annotator's threads, or
-the predictor directly), and a tile's refiner (``models.slide_refiner.TileRefiner``). The product's
-classes and the tests' fakes both implement them."""
+the predictor directly), a tile's refiner (``models.slide_refiner.TileRefiner``), and what the
+learning and the recorder read of an accepted object's tiles (``ClickedTile``: ``session.ClickSession``).
+The product's classes and the tests' fakes both implement them."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from .embedding_cache import Embedding
+import numpy as np
+import torch
+
+from ..annotations.objects import AnnotatedObject
+from ..models.decoders import DecoderChoice, Provenance
+from ..models.registry import LoadedModel
+from ..models.slide_refiner import SlideRefiner
+from ..slides.source import ImageSource
+from .blending import Blend
+from .embedding_cache import Embedding, EmbeddingKey
 from .tiles import TileBox
+
+
+@runtime_checkable
+class EmbeddingStore(Protocol):
+    """What the engine uses of a store of tiles' embeddings (``embedding_cache.EmbeddingCache``):
+    the predictor computes each embedding through it, and a new object's first tile is chosen
+    among the tiles it holds."""
+
+    store_dir: Path | None  # the disk store's folder (None: memory only)
+
+    def __contains__(self, key: EmbeddingKey) -> bool: ...  # held in memory
+
+    def stored(self, key: EmbeddingKey, verify: bool = False) -> bool: ...  # held in the disk store
+
+    def get_or_compute(self, key: EmbeddingKey, compute: Callable[[], Embedding],
+                       device: torch.device | str | None = None) -> Embedding: ...
+
+
+@runtime_checkable
+class Decoded(Protocol):
+    """What one decode gives (``predictor.Prediction``)."""
+
+    low_res_logits: torch.Tensor  # (K, 256, 256): feed one back as the next mask prompt
+    iou_predictions: torch.Tensor  # (K,)
+
+
+@runtime_checkable
+class TilePredictor(Protocol):
+    """What the engine's click path uses of a predictor (``predictor.Predictor``): the tiles'
+    embeddings (``embedding_for``, through ``cache``), a click's decode (``decode``, ``upscale``) and
+    what an accepted object records of the model and decoder that drew it."""
+
+    model: LoadedModel  # its name goes into an accepted object
+    decoder: DecoderChoice  # its kind too (an adapted predictor's: maybe "residual")
+    device: torch.device  # where a mask prompt must be
+    image_size: int  # the encoder's input side; SAM's low-resolution frame is a quarter of it
+    cache: EmbeddingStore
+    last_decoder_s: float  # the decoder's seconds in the last ``decode``
+
+    @property
+    def provenance(self) -> Provenance: ...  # the model and decoder as chosen, recorded at Accept
+
+    def key_for(self, image_identity: str, tile_key: str) -> EmbeddingKey: ...
+
+    def embedding_for(self, source: ImageSource, box: TileBox, computing=None) -> Embedding: ...
+
+    def decode(self, embedding: Embedding, points_xy: np.ndarray, labels: np.ndarray,
+               mask_input: torch.Tensor | None = None, multimask: bool = False) -> Decoded: ...
+
+    def upscale(self, embedding: Embedding, low_res_logits: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class TileClick(Protocol):
+    """A click on a tile (``session.Click``)."""
+
+    x: float  # column, in the tile's pixels
+    y: float  # row
+    positive: bool
+
+
+@runtime_checkable
+class ClickedTile(Protocol):
+    """One tile of an accepted object as the slide's learning and a project's recorder read it
+    (``session.ClickSession``)."""
+
+    box: TileBox
+    embedding: Embedding
+
+    @property
+    def clicks(self) -> Sequence[TileClick]: ...
 
 
 class SlideLearning(Protocol):
@@ -19,23 +104,26 @@ class SlideLearning(Protocol):
     enabled: bool  # the slide is being learnt
     refine_borders: bool  # with the slide refiner (its tiles' colours are then kept)
 
-    def predictor(self): ...  # the ``Predictor`` a new object decodes with
+    def predictor(self) -> TilePredictor: ...  # the predictor a new object decodes with
 
-    def refiner(self): ...  # the slide refiner a new object's tiles use, or None
+    def refiner(self) -> SlideRefiner | None: ...  # the slide refiner a new object's tiles use, or None
 
-    def add_object(self, sessions, blended, edited=None, key=None, read_tile=None, tile_colour=None) -> int: ...
+    def add_object(self, sessions: Sequence[ClickedTile], blended: Blend | None, edited: tuple | None = None,
+                   key: str | None = None, read_tile: Callable[[TileBox], np.ndarray] | None = None,
+                   tile_colour: Callable[[TileBox], object] | None = None) -> int: ...
 
     def take_turn(self, timeout: float | None = None) -> bool: ...  # one unit of learning, now
 
     def close(self, wait: bool = True) -> None: ...
 
 
-class AcceptedObjects(Protocol):
+class AcceptedObjectSink(Protocol):
     """Where the annotator hands every accepted object besides the slide's learning: a project's
     training set (``training.project_objects.ProjectRecorder``, set by a UI as ``recorder``). It
     must return at once (the writing is its own writer's)."""
 
-    def add_accepted(self, obj, sessions, blended, edited=None): ...
+    def add_accepted(self, obj: AnnotatedObject, sessions: Sequence[ClickedTile], blended: Blend | None,
+                     edited: tuple | None = None): ...
 
 
 class TileWork(Protocol):

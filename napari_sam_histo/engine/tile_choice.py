@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..slides.source import ImageSource
-from .predictor import Predictor
+from .protocols import TilePredictor
 from .tiles import TileBox, TileGrid
 from .working_levels import WorkingLevel, auto_level, level_with_downsample, working_levels
 
@@ -30,7 +30,7 @@ REUSE_MARGIN = 0.25  # a reused tile must hold the click at least a quarter tile
 
 
 class TileChoice:
-    def __init__(self, predictor: Predictor, source: ImageSource, level: int | str, tile_size: int,
+    def __init__(self, predictor: TilePredictor, source: ImageSource, level: int | str, tile_size: int,
                  reuse_margin: float, in_use: Callable[[str], bool]) -> None:
         """``in_use(key)``: the tile's embedding costs nothing more (the object clicks on it, or it
         is being computed now)."""
