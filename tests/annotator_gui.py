@@ -81,7 +81,7 @@ def press(viewer, key: int) -> None:
     handler.release_key(binding)
 
 
-def reopen(make_napari_viewer, qtbot, monkeypatch, slide, answer: bool = True, before_start=None):
+def reopen(make_napari_viewer, qtbot, slide, answer: bool = True, before_start=None):
     """The slide opened again in a new napari, the Annotator dock added and Start pressed (CPU, no
     prefetching); every question the dock asks is answered ``answer`` and recorded. Returns the dock
     (not yet started: wait for what the test needs) and the questions asked."""
@@ -89,10 +89,9 @@ def reopen(make_napari_viewer, qtbot, monkeypatch, slide, answer: bool = True, b
 
     viewer = make_napari_viewer()
     viewer.open(str(slide), plugin="napari-sam-histo")
-    again = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(again)
     asked = []
-    monkeypatch.setattr(again, "confirm", lambda question: asked.append(question) or answer)
+    again = AnnotatorDock(viewer, confirm=lambda question: asked.append(question) or answer)
+    viewer.window.add_dock_widget(again)
     again.device_combo.setCurrentText("cpu")
     again.prefetch_check.setChecked(False)
     if before_start is not None:

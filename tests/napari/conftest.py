@@ -16,14 +16,34 @@ def slide(tmp_path):
     return Path(shutil.copy(SAMPLE_SLIDE, tmp_path / SAMPLE_SLIDE.name))
 
 
+class Answers:
+    """The dock's questions (``AnnotatorDock``'s ``confirm``), each one kept in ``asked`` and answered
+    ``answer``."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+
+    def __call__(self, question: str) -> bool:
+        self.asked.append(question)
+        return self.answer
+
+
 @pytest.fixture
-def dock(make_napari_viewer, qtbot, mobile_sam, slide):
-    """The Annotator dock on ``slide`` in a new napari, started (vit_t on the CPU, no prefetching)."""
+def answers():
+    """What the ``dock`` answers when it asks (Yes, unless a test sets ``answer``)."""
+    return Answers()
+
+
+@pytest.fixture
+def dock(make_napari_viewer, qtbot, mobile_sam, slide, answers):
+    """The Annotator dock on ``slide`` in a new napari, started (vit_t on the CPU, no prefetching);
+    its questions are answered by ``answers``."""
     from napari_sam_histo._napari.annotator.dock import AnnotatorDock  # Qt: only where a test asks for the dock
 
     viewer = make_napari_viewer()
     viewer.open(str(slide), plugin="napari-sam-histo")
-    widget = AnnotatorDock(viewer)
+    widget = AnnotatorDock(viewer, confirm=answers)
     viewer.window.add_dock_widget(widget)
     assert widget.layer_combo.currentText() == "cmu-1-small-region"
     widget.model_combo.setCurrentText("vit_t")

@@ -56,17 +56,18 @@ def _export(dock, qtbot, monkeypatch, path) -> dict:
     return json.loads(written.read_text())
 
 
-def test_start_again_keeps_accepted_objects_and_asks_before_dropping_clicks(dock, qtbot, monkeypatch, tmp_path):
+def test_start_again_keeps_accepted_objects_and_asks_before_dropping_clicks(dock, answers, qtbot, monkeypatch,
+                                                                              tmp_path):
     _accept_one(dock, qtbot)
     click(dock.viewer, *STRIP)  # an object being clicked
     wait_idle(dock, qtbot)
     old = dock.annotator
-    monkeypatch.setattr(dock, "confirm", lambda question: False)
+    answers.answer = False
     dock.decoder_combo.setCurrentText("sam")
     qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
     assert dock.annotator is old and len(old.clicks) == 1 and "cancelled" in dock.status.text()
-    asked = []
-    monkeypatch.setattr(dock, "confirm", lambda question: asked.append(question) or True)
+    answers.answer, asked = True, answers.asked
+    asked.clear()
     source = dock.source
     qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: dock.annotator is not old and dock.annotator is not None, timeout=120_000)
@@ -179,7 +180,7 @@ def _contains(polygon, point) -> bool:
     return MplPath(polygon.exterior).contains_point(point)
 
 
-def test_autosave_beside_the_slide_and_resume_on_reopening(make_napari_viewer, dock, qtbot, slide, monkeypatch):
+def test_autosave_beside_the_slide_and_resume_on_reopening(make_napari_viewer, dock, qtbot, slide):
     _accept_one(dock, qtbot)
     qtbot.waitUntil(lambda: dock.last_autosave is not None and dock.last_autosave.done(), timeout=10_000)
     sidecar = slide.with_name(slide.name + ".sam-annotations.geojson")
@@ -188,7 +189,7 @@ def test_autosave_beside_the_slide_and_resume_on_reopening(make_napari_viewer, d
     dock.close_session(wait=True)
 
     def reopen_answering(answer: bool):
-        again, asked = reopen(make_napari_viewer, qtbot, monkeypatch, slide, answer)
+        again, asked = reopen(make_napari_viewer, qtbot, slide, answer)
         qtbot.waitUntil(lambda: again.autosave_path is not None, timeout=120_000)
         return again, asked
 
@@ -322,14 +323,14 @@ def test_status_speaks_in_magnification_and_save_dialogs_suggest_a_name(dock, qt
     qtbot.waitUntil(lambda: (tmp_path / "labels.ome.tif").exists(), timeout=30_000)  # the extension is added
 
 
-def test_start_waits_for_running_clicks_and_takes_no_clicks_while_loading(dock, qtbot, monkeypatch):
+def test_start_waits_for_running_clicks_and_takes_no_clicks_while_loading(dock, answers, qtbot):
     click(dock.viewer, *FRAGMENT)  # its embedding takes seconds: the click is still running
     assert dock.pending == 1
     qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
     assert "Wait until" in dock.status.text()
     wait_idle(dock, qtbot)
     old = dock.annotator
-    monkeypatch.setattr(dock, "confirm", lambda question: True)
+    answers.answer = True
     qtbot.mouseClick(dock.start_button, Qt.MouseButton.LeftButton)
     assert not dock.start_button.isEnabled()
     click(dock.viewer, *STRIP)  # while the new settings load: refused, said, nothing queued
@@ -370,8 +371,8 @@ def test_deleting_a_layer_the_dock_draws_on_stops_annotating_and_says_so(dock, q
     assert "was deleted" in dock.status.text() and not dock.pending
 
 
-def test_the_dock_stays_usable_when_layers_go_while_it_works(dock, qtbot, monkeypatch):
-    monkeypatch.setattr(dock, "confirm", lambda question: True)
+def test_the_dock_stays_usable_when_layers_go_while_it_works(dock, answers, qtbot):
+    answers.answer = True
     click(dock.viewer, *FRAGMENT)  # still running when the user deletes the clicks layer
     dock.viewer.layers.remove(CLICKS)
     assert dock.pending == 0

@@ -33,7 +33,7 @@ def test_start_again_keeps_what_was_learned_for_the_same_slide_and_model(dock, q
     assert dock.annotator.adaptation is not learnt
 
 
-def test_objects_from_earlier_work_are_learned_from(make_napari_viewer, dock, qtbot, slide, monkeypatch):
+def test_objects_from_earlier_work_are_learned_from(make_napari_viewer, dock, qtbot, slide):
     click(dock.viewer, *FRAGMENT)
     wait_idle(dock, qtbot)
     press(dock.viewer, KeyCode.Enter)
@@ -41,7 +41,7 @@ def test_objects_from_earlier_work_are_learned_from(make_napari_viewer, dock, qt
     qtbot.waitUntil(lambda: dock.last_autosave is not None and dock.last_autosave.done(), timeout=10_000)
     dock.close_session(wait=True)
 
-    again, _ = reopen(make_napari_viewer, qtbot, monkeypatch, slide,
+    again, _ = reopen(make_napari_viewer, qtbot, slide,
                       before_start=lambda dock: dock.adaptation_panel.check.setChecked(True))
     try:
         qtbot.waitUntil(lambda: len(again.object_list.ids) == 1, timeout=120_000)  # resumed

@@ -16,8 +16,7 @@ def _live_file(slide):
     return slide.with_name(slide.name + ".sam-annotations.live.geojson")
 
 
-def test_the_object_being_clicked_is_kept_on_quit_and_offered_back(make_napari_viewer, dock, qtbot, slide,
-                                                                   monkeypatch):
+def test_the_object_being_clicked_is_kept_on_quit_and_offered_back(make_napari_viewer, dock, qtbot, slide):
     click(dock.viewer, *FRAGMENT)
     wait_idle(dock, qtbot)
     live = _live_file(slide)
@@ -27,7 +26,7 @@ def test_the_object_being_clicked_is_kept_on_quit_and_offered_back(make_napari_v
     dock.close_session(wait=True)  # napari quits with the object not accepted
     assert live.exists()
 
-    again, asked = reopen(make_napari_viewer, qtbot, monkeypatch, slide)
+    again, asked = reopen(make_napari_viewer, qtbot, slide)
     viewer = again.viewer
     try:
         qtbot.waitUntil(lambda: len(again.object_list.ids) == 1, timeout=120_000)

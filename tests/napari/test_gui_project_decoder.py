@@ -69,7 +69,7 @@ def _start(dock, qtbot, path, decoder=None):
 
 
 def test_nests_accepted_on_two_slides_train_a_decoder_that_needs_fewer_clicks_on_a_third(
-        make_napari_viewer, qtbot, mobile_sam, tmp_path, monkeypatch):
+        make_napari_viewer, qtbot, mobile_sam, tmp_path):
     slides, labels = [], []
     for seed in (11, 12, 13):
         pixels, label = nest_image(SIZE, seed, NESTS)
@@ -77,9 +77,8 @@ def test_nests_accepted_on_two_slides_train_a_decoder_that_needs_fewer_clicks_on
         slides.append(write_pyramid(tmp_path / f"nests-{seed}.ome.tif", pixels, 0.5, downsamples=(1,)))
         labels.append(label)
     viewer = make_napari_viewer()
-    dock = AnnotatorDock(viewer)
+    dock = AnnotatorDock(viewer, confirm=lambda question: True)
     viewer.window.add_dock_widget(dock)
-    monkeypatch.setattr(dock, "confirm", lambda question: True)
     dock.device_combo.setCurrentText("cpu")
     dock.prefetch_check.setChecked(False)
     try:

@@ -15,6 +15,7 @@ the mouse (a click is a press and release without moving), the keys, and napari'
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,10 +87,8 @@ class CanvasInput:
         """Give back every event, key and mouse callback taken (napari's own bindings return)."""
         self._attached = False
         for emitter, callback in self.connections:
-            try:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 emitter.disconnect(callback)
-            except (TypeError, ValueError, RuntimeError):
-                pass
         self.connections.clear()
         for target, key, previous in reversed(self.bound):
             target.bind_key(key, previous if callable(previous) else None, overwrite=True)

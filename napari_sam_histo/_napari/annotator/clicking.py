@@ -5,14 +5,76 @@ action said, and how the live object is kept on disk (``resume``)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from qtpy.QtWidgets import QDoubleSpinBox
+
 from ...annotations.cleaning import min_area_px
 from ...errors import SamHistoError
-from .history import ClickStep
-from .resume import LiveSettings
+from ..gui_threads import GuiThreads
+from .classes import ClassPicker
+from .click_queue import ClickQueue
+from .edits import Edits
+from .history import ClickStep, History
+from .resume import LiveSettings, Resume
+from .session import Session
+from .working_layers import WorkingLayers
+
+if TYPE_CHECKING:  # (the dock imports torch off the GUI thread, after it is drawn)
+    from napari.layers import Image
+
+    from ...engine.annotator import Annotator
+    from ...engine.working_levels import WorkingLevel
+    from ...slides.source import ImageSource
+
+
+@runtime_checkable
+class ClickingDock(Protocol):
+    """What ``Clicking`` uses of the dock (``AnnotatorDock``)."""
+
+    threads: GuiThreads
+    history: History
+    queue: ClickQueue
+    class_picker: ClassPicker
+    layers: WorkingLayers
+    resume: Resume
+    session: Session
+    edits: Edits
+    min_area_spin: QDoubleSpinBox  # the cleaning at Accept
+    simplify_spin: QDoubleSpinBox
+
+    @property
+    def annotator(self) -> Annotator | None: ...
+
+    @property
+    def source(self) -> ImageSource | None: ...  # the open slide
+
+    @property
+    def image_layer(self) -> Image | None: ...
+
+    @property
+    def pending(self) -> int: ...  # clicks and actions queued, not yet drawn
+
+    @property
+    def classes(self) -> dict[str, tuple[int, int, int]]: ...  # every class's colour
+
+    def ready(self) -> bool: ...  # takes a click or an action now (if not, the status says why)
+
+    def say(self, text: str) -> None: ...
+
+    def show_error(self, err: Exception) -> None: ...
+
+    def view_box(self) -> tuple[float, float, float, float]: ...
+
+    def view_level(self) -> WorkingLevel: ...
+
+    def view_moved(self, *_) -> None: ...
+
+    def schedule_prefetch(self, *_) -> None: ...
 
 
 class Clicking:
-    def __init__(self, dock) -> None:
+    def __init__(self, dock: ClickingDock) -> None:
         """``dock``: the ``AnnotatorDock`` whose annotator, layers, queue and status the clicks go through."""
         self.dock = dock
 

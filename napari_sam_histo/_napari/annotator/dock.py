@@ -13,6 +13,8 @@ arrive, so napari never blocks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
@@ -39,10 +41,21 @@ from .working_layers import WorkingLayers
 WARM_UP_DELAY_MS = 300
 
 
+def ask(parent: QWidget, question: str) -> bool:
+    """A Yes/No dialog over ``parent`` (No unless the user says Yes)."""
+    answer = QMessageBox.question(parent, "SAM Histo", question,
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
+
+
 class AnnotatorDock(QWidget):
-    def __init__(self, napari_viewer, parent=None) -> None:
+    def __init__(self, napari_viewer, parent=None, confirm: Callable[[str], bool] | None = None) -> None:
+        """``confirm(question)``: asked before anything is discarded (None: a Yes/No dialog over the
+        dock, ``ask``)."""
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.confirm: Callable[[str], bool] = confirm if confirm is not None else lambda question: ask(self, question)
         self.threads = GuiThreads(self)
         self.session = Session(self)  # (the parts below ask it for the annotator and the slide)
         self.edits = Edits(self)
@@ -171,13 +184,6 @@ class AnnotatorDock(QWidget):
     def show_error(self, err) -> None:
         message = str(err) if isinstance(err, SamHistoError) else f"{err.__class__.__name__}: {err}"
         self.status.setText(f"⚠ {message}")
-
-    def confirm(self, question: str) -> bool:
-        """Ask before anything is discarded (tests replace this)."""
-        answer = QMessageBox.question(self, "SAM Histo", question,
-                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                      QMessageBox.StandardButton.No)
-        return answer == QMessageBox.StandardButton.Yes
 
     def count_text(self) -> str:
         return self.accepted.count_text()

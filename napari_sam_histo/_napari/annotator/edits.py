@@ -6,13 +6,72 @@ after every click queued before it)."""
 
 from __future__ import annotations
 
-from ...engine.object_state import EMPTY_STATE, BeyondView
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ...engine.object_state import EMPTY_STATE, AnnotatorState, BeyondView
+from ..gui_threads import GuiThreads
+from ..project_panel import ProjectPanel
 from ..wording import count
-from .history import AcceptStep, ClearStep, ClickStep, DeleteStep
+from .accepted import AcceptedObjects
+from .classes import ClassPicker
+from .click_queue import ClickQueue
+from .history import AcceptStep, ClearStep, ClickStep, DeleteStep, History
+from .session import Session
+from .working_layers import WorkingLayers
+
+if TYPE_CHECKING:  # (the dock imports torch off the GUI thread, after it is drawn)
+    from napari.layers import Shapes
+
+    from ...engine.annotator import Annotator
+    from ...slides.source import ImageSource
+
+
+@runtime_checkable
+class Drawing(Protocol):
+    """The dock's ``Clicking``, as the edits draw what the annotator hands back."""
+
+    def show_state(self, state: AnnotatorState, said: bool = False) -> None: ...
+
+    def failed(self, err: Exception) -> None: ...  # an action failed: said, and the object drawn as it is
+
+
+@runtime_checkable
+class EditsDock(Protocol):
+    """What ``Edits`` uses of the dock (``AnnotatorDock``)."""
+
+    threads: GuiThreads
+    history: History
+    queue: ClickQueue
+    accepted: AcceptedObjects
+    class_picker: ClassPicker
+    layers: WorkingLayers
+    project_panel: ProjectPanel
+    session: Session
+    clicking: Drawing
+
+    @property
+    def annotator(self) -> Annotator | None: ...
+
+    @property
+    def source(self) -> ImageSource | None: ...  # the open slide
+
+    @property
+    def layer(self) -> Shapes | None: ...  # the accepted objects
+
+    @property
+    def pending(self) -> int: ...  # clicks and actions queued, not yet drawn
+
+    def ready(self) -> bool: ...  # takes a click or an action now (if not, the status says why)
+
+    def say(self, text: str) -> None: ...
+
+    def count_text(self) -> str: ...
+
+    def fit_view(self, x0: float, y0: float, x1: float, y1: float, fill: float = 0.8) -> None: ...
 
 
 class Edits:
-    def __init__(self, dock) -> None:
+    def __init__(self, dock: EditsDock) -> None:
         """``dock``: the ``AnnotatorDock`` whose history, queue and layers the edits go through."""
         self.dock = dock
 

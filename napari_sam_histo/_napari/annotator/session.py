@@ -6,23 +6,120 @@ threads stop reading it). A layer the annotator needs that the user deletes stop
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from qtpy.QtWidgets import QPushButton
+
 from ...assembly.annotating import assemble, carry_learning
 from ...errors import InputError, SamHistoError
 from .. import annotation_layer
-from ..annotator_settings import source_spec
+from ..adaptation_panel import AdaptationPanel
+from ..annotator_settings import AnnotatorSettings, source_spec
+from ..gui_threads import GuiThreads
+from ..project_panel import ProjectPanel
 from ..wording import count
-from .canvas_input import KeyActions
-from .view import level_text
-from .working_layers import NAMES
+from .accepted import AcceptedObjects
+from .canvas_input import CanvasInput, KeyActions
+from .classes import ClassPicker
+from .click_queue import ClickQueue
+from .history import History
+from .progress import EmbeddingProgress, Prefetch
+from .resume import Resume
+from .view import View, level_text
+from .working_layers import NAMES, WorkingLayers
+
+if TYPE_CHECKING:  # (the dock imports torch off the GUI thread, after it is drawn)
+    from napari.layers import Image, Shapes
+    from napari.viewer import Viewer
+
+    from ...engine.annotator import Annotator
+    from ...engine.working_levels import WorkingLevel
 
 NOT_STARTED = "⚠ Press Start annotating first (pick the slide under Image)."
 
 
+@runtime_checkable
+class Painting(Protocol):
+    """The dock's ``Clicking``, as a session hooks it to the object's layer."""
+
+    def painted(self, event=None) -> None: ...  # the user painted on the object being clicked
+
+
+@runtime_checkable
+class Suggesting(Protocol):
+    """The dock's ``Transfer``, as a session asks it where the slide's files go."""
+
+    def suggested(self, suffix: str) -> str: ...  # a file beside the slide, named after it
+
+
+@runtime_checkable
+class SessionDock(Protocol):
+    """What a ``Session`` uses of the dock (``AnnotatorDock``): the parts it sets up for a new
+    annotator and takes down again, what it says and asks, and the actions its keys call."""
+
+    viewer: Viewer
+    threads: GuiThreads
+    settings: AnnotatorSettings  # what Start builds
+    start_button: QPushButton
+    adaptation_panel: AdaptationPanel
+    project_panel: ProjectPanel
+    class_picker: ClassPicker
+    accepted: AcceptedObjects
+    resume: Resume
+    transfer: Suggesting
+    clicking: Painting
+    view: View
+    layers: WorkingLayers
+    canvas_input: CanvasInput
+    queue: ClickQueue
+    history: History
+    progress: EmbeddingProgress
+    prefetch: Prefetch
+
+    @property
+    def pending(self) -> int: ...  # clicks and actions queued, not yet drawn
+
+    @property
+    def image_layer(self) -> Image | None: ...
+
+    @property
+    def layer(self) -> Shapes | None: ...  # the accepted objects
+
+    def say(self, text: str) -> None: ...
+
+    def show_error(self, err: Exception) -> None: ...
+
+    def confirm(self, question: str) -> bool: ...  # asked before anything is discarded
+
+    def count_text(self) -> str: ...
+
+    def accept(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def undo(self) -> None: ...
+
+    def redo(self) -> None: ...
+
+    def view_level(self) -> WorkingLevel: ...
+
+    def view_moved(self, *_) -> None: ...
+
+    def schedule_prefetch(self, *_) -> None: ...
+
+    def keep_layers_on_top(self) -> None: ...
+
+    def learn_from_layer(self) -> None: ...
+
+    def close_session(self, wait: bool = False) -> None: ...
+
+
 class Session:
-    def __init__(self, dock) -> None:
+    def __init__(self, dock: SessionDock) -> None:
         """``dock``: the ``AnnotatorDock`` whose parts the session sets up and takes down."""
         self.dock = dock
-        self.annotator = None
+        self.annotator: Annotator | None = None
         self.source = None  # the open slide, reused by every Start on the same image
         self._source_of = None  # the image layer ``source`` was opened for
         self._stopped = None  # the last annotator stopped: its threads may still read the slide
@@ -229,10 +326,8 @@ class Session:
                                   (dock.viewer.layers.events.removed, self.layer_removed),
                                   (dock.viewer.layers.events.inserted, dock.settings.fill_layers),
                                   (dock.viewer.layers.events.removed, dock.settings.fill_layers)):
-            try:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 emitter.disconnect(callback)
-            except (TypeError, ValueError, RuntimeError):
-                pass
         if self.source is not None:
             source = self._closed_source = self.source
             if old is not None and not wait:  # its threads may still read the slide: close after them
