@@ -223,7 +223,7 @@ class ClickSession:
         if self.refine is not None:
             try:
                 evidence = self._scored(new)
-            except Exception:  # the refiner cannot run on this tile: SAM's mask, as without one
+            except Exception:  # noqa: BLE001 - the refiner cannot run on this tile: SAM's mask, as without one
                 self.refine = None
         best = self._choose_first(prediction) if first else 0
         low_res, iou = prediction.low_res_logits[best], float(prediction.iou_predictions[best])
@@ -244,7 +244,8 @@ class ClickSession:
                 candidate, refined = self._refined(logits)
                 if refined:
                     shown = candidate + self.threshold
-            except Exception:  # the tile's pixels cannot be read (or the maps made): SAM's mask, as without one
+            except Exception:  # noqa: BLE001 - the tile's pixels cannot be read (or the maps made): SAM's mask, as
+                # without one
                 self.refine, evidence = None, None
         self._history.append(_State(clicks, low_res, shown, iou, logits if shown is not logits else None,
                                     evidence, refined, fallback, alternatives))
