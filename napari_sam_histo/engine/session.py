@@ -34,9 +34,9 @@ import torch
 
 from ..errors import InputError
 from ..models.slide_refiner import ClickEvidence, masks_agree
+from ..slides.source import ImageSource
 from .embedding_cache import Embedding
-from .predictor import Predictor
-from .protocols import TileRefinement
+from .protocols import TilePredictor, TileRefinement
 from .tiles import TileBox
 
 # How the first click's mask is chosen among SAM's three candidates:
@@ -102,7 +102,7 @@ class SessionResult:
 class ClickSession:
     """Clicks on one tile. ``embedding`` is computed by the predictor (once) when not given."""
 
-    def __init__(self, predictor: Predictor, box: TileBox, embedding: Embedding, threshold: float = 0.0,
+    def __init__(self, predictor: TilePredictor, box: TileBox, embedding: Embedding, threshold: float = 0.0,
                  mask_prompt: bool = True, first_mask: str = "iou", refine: TileRefinement | None = None,
                  honour_clicks: bool = True) -> None:
         """``threshold`` is the logit above which a pixel is in the mask (SAM's 0.0; the benchmark
@@ -128,7 +128,7 @@ class ClickSession:
         self._redo: list[_State] = []
 
     @classmethod
-    def on_tile(cls, predictor: Predictor, source, box: TileBox) -> ClickSession:
+    def on_tile(cls, predictor: TilePredictor, source: ImageSource, box: TileBox) -> ClickSession:
         return cls(predictor, box, predictor.embedding_for(source, box))
 
     # -- state --------------------------------------------------------------------------------
