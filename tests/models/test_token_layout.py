@@ -111,3 +111,21 @@ def test_the_runtime_builds_token_layout_networks_and_falls_back_to_the_own_layo
     with torch.no_grad():
         expected = runtime_decoder._Forward(sam, True, pe, embed_mask)(image, sparse, last)
     assert np.allclose(got[0].numpy(), expected[0].numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not cpu_runtime.available(), reason="the CPU runtime (openvino, onnx) is not installed")
+def test_preparing_runs_the_next_clicks_network_at_each_warm_token_count(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SAM_HISTO_CACHE", str(tmp_path / "cache"))
+    seen = []
+    original = runtime_decoder.TokenLayoutNetwork.__call__
+
+    def counting(self, image, sparse, last):
+        seen.append((self.masked, sparse.shape[1]))
+        return original(self, image, sparse, last)
+
+    monkeypatch.setattr(runtime_decoder.TokenLayoutNetwork, "__call__", counting)
+    compiled = runtime_decoder.compiled_decoder(tiny.sam.mask_decoder, tiny.sam.prompt_encoder.get_dense_pe(),
+                                                tiny.sam.prompt_encoder.mask_downscaling)
+    compiled.prepare_now()
+    warmed = [tokens for masked, tokens in seen if masked]
+    assert set(runtime_decoder.WARM_TOKENS) <= set(warmed)
