@@ -157,10 +157,10 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
     """The report (see the module); ``precision`` is the decoders' (``Predictor``'s)."""
     from .engine.embedding_cache import EmbeddingCache
     from .engine.predictor import Predictor
-    from .engine.tiles import TileBox
     from .models import cpu_runtime
     from .models.decoders import choose_decoder
     from .models.registry import get_spec, load_model, random_model
+    from .slides.boxes import TileBox
     from .slides.reader import from_array
 
     clicks = max(int(clicks), 20)

@@ -8,7 +8,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "resources" / "cmu-1-small-reg
 
 
 def cmu1_region():
-    from ..engine.tiles import TileBox
+    from ..slides.boxes import TileBox
     from ..slides.reader import open_image
 
     source = open_image(SAMPLE)

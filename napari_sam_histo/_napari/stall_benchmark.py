@@ -98,7 +98,7 @@ def mosaic_slide(folder: Path, repeat: int) -> Path:
     and more (``repeat`` 17: 37,740 x 50,439 px) never needs the whole image in memory."""
     import tifffile
 
-    from ..engine.tiles import TileBox
+    from ..slides.boxes import TileBox
     from ..slides.reader import open_image
 
     source = open_image(SAMPLE)

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 
 from ..annotations.cleaning import DEFAULT_TOLERANCE
 from ..annotations.geometry import Polygon
+from ..slides.boxes import TileBox
 from ..slides.source import ImageSource
 from .continuation import Continuation
 from .embedding_cache import Embedding
@@ -36,7 +37,7 @@ from .object_tiles import ObjectTiles
 from .protocols import AcceptedObjectSink, SlideLearning, TilePredictor
 from .tile_choice import REUSE_MARGIN
 from .tile_colours import COLOUR_PREFETCH
-from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
+from .tiles import DEFAULT_TILE_SIZE, TileGrid
 from .working_levels import WorkingLevel
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .tiles import TileBox
+from ..slides.boxes import TileBox
 
 BLEND_MARGIN = 1 / 8  # of a tile's side: the ramp at inner borders
 MIN_WEIGHT = 1e-3  # a tile alone at its inner border still decides there

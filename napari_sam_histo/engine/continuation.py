@@ -21,9 +21,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
+from ..slides.boxes import TileBox
 from .embedding_cache import Embedding
 from .object_tiles import ObjectTiles
-from .tiles import TileBox
 
 MAX_CONTINUATION_TILES = 8  # tiles one object may grow into by itself
 

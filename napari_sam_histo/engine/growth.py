@@ -18,11 +18,12 @@ from typing import Protocol
 
 import numpy as np
 
+from ..slides.boxes import TileBox
 from .embedding_cache import Embedding
 from .object_state import TileStep, combine_tile_masks
 from .session import ClickSession
 from .tile_choice import TileChoice
-from .tiles import TileBox, TileGrid
+from .tiles import TileGrid
 
 MAX_CUT_TILES = 4  # continuation tiles prefetched where the current object is cut by a tile border
 

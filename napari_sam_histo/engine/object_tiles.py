@@ -53,6 +53,7 @@ from ..annotations.cleaning import DEFAULT_TOLERANCE, clean_polygons
 from ..annotations.geometry import Polygon
 from ..annotations.objects import DEFAULT_CLASSES, AnnotatedObject, next_class_color
 from ..errors import InputError
+from ..slides.boxes import TileBox
 from ..slides.source import ImageSource
 from .blending import Blend, TileLogits, blend, sample_field
 from .embedding_cache import Embedding
@@ -70,7 +71,7 @@ from .protocols import AcceptedObjectSink, SlideLearning, TilePredictor, TileWor
 from .session import FIRST_MASK_RULES, ClickSession
 from .tile_choice import REUSE_MARGIN, TileChoice
 from .tile_colours import TileColours
-from .tiles import DEFAULT_TILE_SIZE, TileBox, TileGrid
+from .tiles import DEFAULT_TILE_SIZE, TileGrid
 from .working_levels import WorkingLevel
 
 UNKNOWN_LOGIT = 0.0  # a continuation tile's mask prompt beyond the object's tiles: neither in nor out

@@ -32,11 +32,11 @@ from ..models.decoders import DecoderChoice, Provenance, choose_decoder, provena
 from ..models.device import bf16_is_fast, optimized_encoder_is_fast
 from ..models.point_prompts import PointPrompts
 from ..models.registry import LoadedModel
+from ..slides.boxes import TileBox
 from ..slides.reader import ImageSource
 from ..slides.rgb import PREPROCESSING_ID, to_rgb_uint8
 from .embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
 from .protocols import EmbeddingStore
-from .tiles import TileBox
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # How the image encoder runs: "optimized" is a traced, frozen float32 copy (models.fast_encoder),

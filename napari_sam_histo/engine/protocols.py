@@ -20,10 +20,10 @@ from ..annotations.objects import AnnotatedObject
 from ..models.decoders import DecoderChoice, Provenance
 from ..models.registry import LoadedModel
 from ..models.slide_refiner import SlideRefiner
+from ..slides.boxes import TileBox
 from ..slides.source import ImageSource
 from .blending import Blend
 from .embedding_cache import Embedding, EmbeddingKey
-from .tiles import TileBox
 
 
 @runtime_checkable

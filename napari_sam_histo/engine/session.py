@@ -34,10 +34,10 @@ import torch
 
 from ..errors import InputError
 from ..models.slide_refiner import ClickEvidence, masks_agree
+from ..slides.boxes import TileBox
 from ..slides.source import ImageSource
 from .embedding_cache import Embedding
 from .protocols import TilePredictor, TileRefinement
-from .tiles import TileBox
 
 # How the first click's mask is chosen among SAM's three candidates:
 # "iou": the highest predicted IoU (SAM's own choice); "unflooded": the same among candidates that

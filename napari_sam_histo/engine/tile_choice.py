@@ -21,9 +21,10 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import InputError
+from ..slides.boxes import TileBox
 from ..slides.source import ImageSource
 from .protocols import TilePredictor
-from .tiles import TileBox, TileGrid
+from .tiles import TileGrid
 from .working_levels import WorkingLevel, auto_level, level_with_downsample, working_levels
 
 REUSE_MARGIN = 0.25  # a reused tile must hold the click at least a quarter tile from its inner borders

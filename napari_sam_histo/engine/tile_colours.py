@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .tiles import TileBox
+from ..slides.boxes import TileBox
 
 MAX_COLOUR_TILES = 8
 COLOUR_PREFETCH = 4

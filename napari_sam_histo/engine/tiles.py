@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..slides.boxes import TileBox  # noqa: F401 (the grid hands out slide boxes; imported from here too)
+from ..slides.boxes import TileBox
 
 DEFAULT_TILE_SIZE = 1024
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_sam_histo._napari.stall_benchmark import SAMPLE, mosaic_slide
-from napari_sam_histo.engine.tiles import TileBox
+from napari_sam_histo.slides.boxes import TileBox
 from napari_sam_histo.slides.reader import open_image
 
 

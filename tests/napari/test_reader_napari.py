@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from napari_sam_histo._napari.reader import get_reader
-from napari_sam_histo.engine.tiles import TileBox
 from napari_sam_histo.errors import InputError
+from napari_sam_histo.slides.boxes import TileBox
 
 from ..conftest import SAMPLE_SLIDE
 
