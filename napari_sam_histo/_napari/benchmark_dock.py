@@ -16,6 +16,7 @@ dataset and report folder are remembered across openings and napari sessions
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from qtpy.QtCore import QSettings, Qt, QTimer
@@ -44,11 +45,15 @@ from .dock_tabs import TabsWithPartners, needed_width
 
 
 class BenchmarkDock(QWidget):
-    def __init__(self, napari_viewer, parent=None, settings: QSettings | None = None) -> None:
+    def __init__(self, napari_viewer, parent=None, settings: QSettings | None = None,
+                 ask_report: Callable[[Path], str] | None = None) -> None:
         """``settings``: where the dataset and report folder are remembered (the plugin's own
-        user settings file when ``None``)."""
+        user settings file when ``None``). ``ask_report(folder)``: the user's choice for a report
+        folder that already holds a report, "resume", "new" or "cancel" (a dialog when ``None``,
+        ``benchmark_run.ask_existing_report``)."""
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.ask_existing_report = ask_report or (lambda folder: ask_existing_report(self, folder))
         self.paths = BenchmarkPaths(settings if settings is not None else user_settings())
         self.benchmark = BenchmarkRun(self._on_methods, self._on_event, self._on_error, self._on_finished)
         self._build()
@@ -129,11 +134,6 @@ class BenchmarkDock(QWidget):
     def config(self) -> BenchmarkConfig:
         """The form as a config; ``InputError`` naming the field that is wrong."""
         return self.settings_box.config()
-
-    def ask_existing_report(self, folder: Path) -> str:
-        """The user's choice for a report folder that holds a report: "resume", "new" or "cancel"
-        (``benchmark_run.ask_existing_report``; tests replace this method to answer without a dialog)."""
-        return ask_existing_report(self, folder)
 
     def start(self) -> None:
         if self.benchmark.running:

@@ -360,7 +360,7 @@ def run_benchmark(regions_dir: str | Path, out_dir: str | Path, model: str = "vi
     out = Path(out_dir)
     (out / "slides").mkdir(parents=True, exist_ok=True)
     regions = find_regions(regions_dir, stride)[:limit]
-    loaded = load_model(model, device) if isinstance(model, str) else model  # or a LoadedModel (tests)
+    loaded = load_model(model, device) if isinstance(model, str) else model  # or a model already loaded
     runs: list[RegionRun] = []
     for region in regions:
         rgb, target, mpp = load_region(region, upscale)

@@ -172,7 +172,7 @@ def run_small_objects(regions_dir: str | Path, out_dir: str | Path, model: str =
     regions = find_regions(regions_dir, stride)[:limit]
     if not regions:
         raise InputError(f"{regions_dir}: no image/mask pairs found.")
-    loaded = load_model(model, device) if isinstance(model, str) else model  # or a LoadedModel (tests)
+    loaded = load_model(model, device) if isinstance(model, str) else model  # or a model already loaded
     objects: list[ObjectRun] = []
     slides = []
     for start in range(0, len(regions), per_slide):
