@@ -278,5 +278,4 @@ def build_torchscript(encoder: torch.nn.Module, image_size: int, device: torch.d
         # the check's run is also the warm-up: TorchScript's profiling executor specialises the
         # graph on its first run (~15 % slower); from the second on, i.e. the first tile, it is fast
         out = optimized(example)
-    relative_error = float((out.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
-    return optimized, relative_error
+    return optimized, cpu_runtime.relative_error(out, reference)
