@@ -25,6 +25,15 @@ def test_rgba_is_composited_on_white():
     assert tuple(out[7, 7]) == (255, 255, 255)
 
 
+def test_rgba_compositing_rounds_every_value_and_alpha_to_nearest():
+    # every (channel value, alpha) pair against the real-valued blend, rounded: cached embeddings
+    # depend on these exact pixels
+    value, alpha = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    rgba = np.stack([value, 255 - value, value // 2, alpha], axis=-1).astype(np.uint8)
+    exact = np.rint(rgba[..., :3] * (alpha[..., None] / 255.0) + 255.0 * (1 - alpha[..., None] / 255.0))
+    assert np.array_equal(to_rgb_uint8(rgba), exact.astype(np.uint8))
+
+
 def test_sixteen_bit_is_stretched_to_full_range():
     image = np.linspace(1000, 3000, 8 * 8 * 3).reshape(8, 8, 3).astype(np.uint16)
     out = to_rgb_uint8(image)
