@@ -40,7 +40,11 @@ def warm_up() -> list[str]:
     numba is installed) and build vispy's line dash patterns, off the GUI thread: they cost seconds on it
     otherwise (``gui-stalls``).
     Returns the models whose weights are on disk."""
-    import dask.array  # noqa: F401
+    import dask.array
+
+    # dask's first compute looks for a distributed client, importing dask.distributed (~0.25 s):
+    # napari's first drawing of a slide would pay it on the GUI thread
+    dask.array.ones(2, chunks=1).sum().compute()
     import scipy.ndimage  # noqa: F401
     import skimage.draw  # noqa: F401
     import skimage.measure  # noqa: F401

@@ -149,6 +149,16 @@ def large_objects(width: int, height: int, count: int = 3, vertices: int = 3000)
     return objects
 
 
+def overviews_read(viewer) -> bool:
+    """Every slide layer's background overview is read (the layer is redrawn a poll later)."""
+    from napari.layers import Image
+
+    from ..slides.background_level import BackgroundLevel
+
+    return all(level.done.is_set() for layer in viewer.layers if isinstance(layer, Image) and layer.multiscale
+               for level in layer.data if isinstance(level, BackgroundLevel))
+
+
 def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
         timeout: float = 300.0, explain: bool = False, level: str | int = "auto",
         adapt: bool = False, refiner_offered: bool = False) -> list[Stall]:
@@ -207,7 +217,7 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     # napari stalls meanwhile whatever the user does; timed on its own, before the slide is opened
     timed("warm-up after opening the dock (imports on a worker)", lambda: None, lambda: dock.warmed_up)
     timed("open the slide", lambda: viewer.open(str(copy), plugin="napari-sam-histo"),
-          lambda: dock.layer_combo.count() > 0)
+          lambda: dock.layer_combo.count() > 0 and overviews_read(viewer))
     dock.model_combo.setCurrentText(model)
     dock.device_combo.setCurrentText(device)
     index = dock.level_combo.findData(level if level == "auto" else int(level))
@@ -292,7 +302,8 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     state["second"] = mosaic_slide(work, 2)  # made before the timing: a file the user already has
     timed("open a second slide while annotating",
           lambda: viewer.open(str(state["second"]), plugin="napari-sam-histo"),
-          lambda: dock.layer_combo.count() > 1 and dock.layer_combo.findText(state["second"].name.split(".")[0]) >= 0)
+          lambda: dock.layer_combo.count() > 1 and dock.layer_combo.findText(state["second"].name.split(".")[0]) >= 0
+          and overviews_read(viewer))
     dock.close_session(wait=True)
     heartbeat.timer.stop()
     if sampler is not None:

@@ -54,11 +54,12 @@ def level_array(source: ImageSource, level: int, chunk: int = CHUNK, downsample:
     return da.map_blocks(read_block, dtype=np.uint8, chunks=(rows, cols, (3,)), meta=np.empty((0, 0, 0), np.uint8))
 
 
-def multiscale(source: ImageSource, chunk: int = CHUNK) -> list:
-    """All useful levels, finest first (napari's multiscale order), then virtual levels down to
+def level_plan(source: ImageSource) -> list[tuple[int, float | None]]:
+    """The display levels as (pyramid level read, downsample or None for the level's own): all
+    useful levels, finest first (napari's multiscale order), then virtual levels down to
     ``OVERVIEW_SIDE`` when the coarsest is larger."""
     levels = [0] + [i for i in range(1, source.level_count) if min(source.level_dimensions[i]) >= MIN_LEVEL_SIDE]
-    arrays = [level_array(source, i, chunk) for i in levels]
+    plan: list[tuple[int, float | None]] = [(i, None) for i in levels]
     downsample = source.level_downsamples[levels[-1]]
     width, height = source.level_dimensions[levels[-1]]
     while max(width, height) > OVERVIEW_SIDE:
@@ -67,5 +68,10 @@ def multiscale(source: ImageSource, chunk: int = CHUNK) -> list:
         if downsample / source.level_downsamples[read] > MAX_VIRTUAL_FACTOR + 1e-6:
             break  # each chunk would read too much: napari reads the coarsest level as it is
         width, height = source.size_at(downsample, read)
-        arrays.append(level_array(source, read, chunk, downsample))
-    return arrays
+        plan.append((read, downsample))
+    return plan
+
+
+def multiscale(source: ImageSource, chunk: int = CHUNK) -> list:
+    """The display levels of ``level_plan`` as dask arrays."""
+    return [level_array(source, level, chunk, downsample) for level, downsample in level_plan(source)]

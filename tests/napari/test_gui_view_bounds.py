@@ -10,7 +10,7 @@ pytest.importorskip("napari")
 
 from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
 from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, TILES  # noqa: E402
-from napari_sam_histo._napari.reader import slide_stem  # noqa: E402
+from napari_sam_histo._napari.slide_layer_data import slide_stem  # noqa: E402
 
 from ..annotator_gui import click_image, press, wait_idle  # noqa: E402
 from .test_gui_slide_scale import _started  # noqa: E402

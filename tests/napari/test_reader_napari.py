@@ -50,6 +50,8 @@ def test_corrupt_slide_is_a_clear_error(tmp_path):
 def test_ome_subifd_pyramid_opens_as_lazy_multiscale_in_microns(tmp_path):
     import tifffile
 
+    from napari_sam_histo.slides.background_level import BackgroundLevel
+
     level0 = np.random.default_rng(1).integers(0, 255, (1200, 1100, 3), dtype=np.uint8)
     path = tmp_path / "scan.ome.tiff"
     with tifffile.TiffWriter(path, ome=True) as tif:
@@ -61,9 +63,11 @@ def test_ome_subifd_pyramid_opens_as_lazy_multiscale_in_microns(tmp_path):
     assert kind == "image" and meta["name"] == "scan" and meta["multiscale"]
     assert meta["scale"] == (0.25, 0.25) and meta["units"] == "µm"
     assert [d.shape for d in data] == [(1200, 1100, 3), (600, 550, 3), (300, 275, 3)]
-    assert all(type(d).__module__.startswith("dask") for d in data)
+    assert all(type(d).__module__.startswith("dask") for d in data[:-1])  # lazy: nothing read yet
+    assert isinstance(data[-1], BackgroundLevel)  # the overview, read on a thread
     assert meta["metadata"]["level_downsamples"] == [1.0, 2.0, 4.0]
     assert np.array_equal(np.asarray(data[1][500:600, 400:550]), level0[::2, ::2][500:600, 400:550])
+    assert data[-1].wait(30) and np.array_equal(np.asarray(data[-1]), level0[::4, ::4])
 
 
 def test_edge_chunks_thinner_than_eight_pixels_are_read(tmp_path):

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QFileDialog
 from ...annotations.objects import not_yet_in
 from ...errors import InputError, SamHistoError
 from .. import annotation_layer
-from ..reader import slide_stem
+from ..slide_layer_data import slide_stem
 from ..wording import count
 from .accepted import AcceptedObjects
 from .classes import ClassPicker
