@@ -1,7 +1,7 @@
-"""napari reader: slides and pyramidal (OME-)TIFFs open as lazy multiscale images (``slides.lazy``),
-plain images whole (``slide_layer_data``). The coarsest level of a multiscale slide is read on a
-background thread (``slides.background_level``) and the layer redrawn when it is complete, so
-opening a slide never waits for its overview.
+"""napari reader: slides and pyramidal (OME-)TIFFs open as multiscale images read chunk by chunk,
+plain images whole (``slide_layer_data``). The levels of a multiscale slide are read on threads
+(``slides.progressive_level``) and the layer is redrawn as their chunks arrive, so neither opening
+a slide nor moving around it waits for a read.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ def get_reader(path):
 
 
 def read_image(path):
-    from ..slides.background_level import BackgroundLevel
-    from .overview_refresh import refresh_when_read
+    from ..slides.progressive_level import ProgressiveLevel
+    from .chunk_refresh import refresh_as_read
     from .slide_layer_data import slide_layer_data
 
     layers = slide_layer_data(path)
     for data, kwargs, _ in layers:
-        if kwargs["multiscale"] and isinstance(data[-1], BackgroundLevel):
-            refresh_when_read(data[-1])
+        if kwargs["multiscale"] and isinstance(data[-1], ProgressiveLevel):
+            refresh_as_read(data[-1].reader)
     return layers

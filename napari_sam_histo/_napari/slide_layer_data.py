@@ -3,9 +3,9 @@
 
 Layer metadata carries what the annotator needs: the slide path, its identity (the embedding-cache
 key), microns per pixel and the level downsamples. The layer's scale is in µm when the slide
-states its pixel size, so napari's scale bar and measurements are physical. The coarsest level of a
-multiscale slide is a ``BackgroundLevel``, read on a thread: the caller refreshes the layer when it
-is complete.
+states its pixel size, so napari's scale bar and measurements are physical. The levels of a
+multiscale slide are ``ProgressiveLevel``s, read on threads: the caller redraws the layer as their
+chunks arrive.
 """
 
 from __future__ import annotations
@@ -22,19 +22,22 @@ def slide_stem(name: str) -> str:
 
 def slide_layer_data(path) -> list[tuple]:
     """napari layer data for the slide or image at ``path`` (one image layer)."""
-    from ..slides.background_level import BackgroundLevel
     from ..slides.lazy import level_array, level_plan
+    from ..slides.progressive_level import ChunkReader, ProgressiveLevel
     from ..slides.reader import open_image
 
     if isinstance(path, (list, tuple)):
         path = path[0]
     source = open_image(path)
     plan = level_plan(source)
-    levels = [level_array(source, level, downsample=downsample) for level, downsample in plan]
-    if len(levels) > 1:
-        # napari reads the whole coarsest level on its GUI thread as it creates the layer: read it
-        # in the background instead, white until it is there
-        levels[-1] = BackgroundLevel(source, *plan[-1])
+    if len(plan) > 1:
+        # napari reads the chunks in view on its GUI thread: these levels answer at once and read
+        # on threads, the coarsest one (napari's first drawing) whole from the start
+        reader = ChunkReader(source)
+        levels = [ProgressiveLevel(reader, i, level, downsample, read_all=i == len(plan) - 1)
+                  for i, (level, downsample) in enumerate(plan)]
+    else:  # one small level: napari reads it whole, once
+        levels = [level_array(source, 0)]
     scale = (source.mpp[1], source.mpp[0]) if source.mpp else (1.0, 1.0)
     metadata = {
         "slide_path": str(Path(path).resolve()),

@@ -150,13 +150,24 @@ def large_objects(width: int, height: int, count: int = 3, vertices: int = 3000)
 
 
 def overviews_read(viewer) -> bool:
-    """Every slide layer's background overview is read (the layer is redrawn a poll later)."""
+    """Every chunk the slide layers asked for is read (the layers are redrawn a poll later)."""
     from napari.layers import Image
 
-    from ..slides.background_level import BackgroundLevel
+    from ..slides.progressive_level import ProgressiveLevel
 
-    return all(level.done.is_set() for layer in viewer.layers if isinstance(layer, Image) and layer.multiscale
-               for level in layer.data if isinstance(level, BackgroundLevel))
+    return all(level.reader.idle() for layer in viewer.layers if isinstance(layer, Image) and layer.multiscale
+               for level in layer.data if isinstance(level, ProgressiveLevel))
+
+
+def chunks_read(viewer) -> int:
+    """Chunks read so far for the slide layers (``ChunkReader.generation``, summed)."""
+    from napari.layers import Image
+
+    from ..slides.progressive_level import ProgressiveLevel
+
+    readers = {id(level.reader): level.reader for layer in viewer.layers if isinstance(layer, Image)
+               and layer.multiscale for level in layer.data if isinstance(level, ProgressiveLevel)}
+    return sum(reader.generation for reader in readers.values())
 
 
 def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
@@ -218,6 +229,25 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     timed("warm-up after opening the dock (imports on a worker)", lambda: None, lambda: dock.warmed_up)
     timed("open the slide", lambda: viewer.open(str(copy), plugin="napari-sam-histo"),
           lambda: dock.layer_combo.count() > 0 and overviews_read(viewer))
+    slide_layer = viewer.layers[-1]
+    home = (viewer.camera.zoom, tuple(viewer.camera.center))
+
+    def look_at(zoom: float, centre: tuple) -> None:
+        state["generation"], state["moved"] = chunks_read(viewer), time.perf_counter()
+        viewer.camera.zoom, viewer.camera.center = zoom, centre
+
+    def new_chunks_drawn() -> bool:
+        """The chunks the new view asked for are read (napari asks when it draws, an event-loop
+        turn or two after the camera moved; none where they were read before)."""
+        asked = chunks_read(viewer) > state["generation"] or time.perf_counter() - state["moved"] > 0.5
+        return asked and overviews_read(viewer)
+
+    # a pathologist looks closer before clicking: level-0 chunks, read on threads as napari asks
+    height, width = slide_layer.data[0].shape[:2]
+    centre = np.array(slide_layer.data_to_world((height / 2, width / 2)))
+    timed("zoom in to full resolution", lambda: look_at(home[0] * 8, tuple(centre)), new_chunks_drawn)
+    timed("pan across the slide", lambda: look_at(home[0] * 8, tuple(centre * 0.4)), new_chunks_drawn)
+    timed("zoom out to the whole slide", lambda: look_at(*home), lambda: True)
     dock.model_combo.setCurrentText(model)
     dock.device_combo.setCurrentText(device)
     index = dock.level_combo.findData(level if level == "auto" else int(level))

@@ -25,33 +25,39 @@ def test_slide_opens_through_our_reader(make_napari_viewer):
     assert viewer.screenshot(canvas_only=True).std() > 5
 
 
-def test_slide_overview_is_read_in_the_background_and_then_drawn(make_napari_viewer, qtbot, monkeypatch):
-    """napari slices a new layer's coarsest level on its GUI thread: ours is read on a thread
-    (white until then), and the layer is redrawn once it is complete."""
+def test_slide_chunks_are_read_in_the_background_and_then_drawn(make_napari_viewer, qtbot, monkeypatch):
+    """napari slices a layer's chunks in view on its GUI thread: ours answer at once (white until
+    read, on threads), and the layer is redrawn as they arrive."""
     import threading
 
     import numpy as np
 
-    from napari_sam_histo.slides.background_level import BackgroundLevel
+    from napari_sam_histo.slides.progressive_level import ChunkReader, ProgressiveLevel
 
     from ..conftest import SAMPLE_SLIDE
 
     release = threading.Event()
-    read = BackgroundLevel._read
+    work = ChunkReader._work
 
-    def held_read(self, source):
+    def held_work(self):
         release.wait(30)
-        read(self, source)
+        work(self)
 
-    monkeypatch.setattr(BackgroundLevel, "_read", held_read)
+    monkeypatch.setattr(ChunkReader, "_work", held_work)
     viewer = make_napari_viewer()
-    [layer] = viewer.open(str(SAMPLE_SLIDE), plugin="napari-sam-histo")  # returns while the read is held
+    [layer] = viewer.open(str(SAMPLE_SLIDE), plugin="napari-sam-histo")  # returns while every read is held
     overview = layer.data[-1]
-    assert isinstance(overview, BackgroundLevel) and not overview.done.is_set()
+    assert isinstance(overview, ProgressiveLevel) and not overview.reader.idle()
     before = layer.thumbnail.copy()
     centre = before[8:24, 12:20, :3]  # inside the slide's part of the (padded) thumbnail
     assert np.all(centre == 255)  # white: nothing read yet
     release.set()
     # redrawn with the slide's pixels once read
     qtbot.waitUntil(lambda: layer.thumbnail[8:24, 12:20, :3].std() > 5, timeout=20000)
-    assert overview.error is None
+    assert overview.reader.errors == []
+    # a zoomed-in view asks for level-0 chunks: drawn once read, without the test asking for them
+    viewer.camera.zoom, viewer.camera.center = 8 * viewer.camera.zoom, (0, 700, 500)
+    qtbot.waitUntil(lambda: overview.reader.idle() and viewer.screenshot(canvas_only=True).std() > 5, timeout=20000)
+    # the layer deleted: its reader stops and drops its chunks
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: overview.reader.closed, timeout=5000)
