@@ -11,56 +11,31 @@ from qtpy.QtWidgets import QDoubleSpinBox
 
 from ...annotations.cleaning import min_area_px
 from ...errors import SamHistoError
-from ..gui_threads import GuiThreads
-from .classes import ClassPicker
-from .click_queue import ClickQueue
 from .edits import Edits
-from .history import ClickStep, History
+from .history import ClickStep
+from .object_actions_dock import ObjectActionsDock
 from .resume import LiveSettings, Resume
-from .session import Session
-from .working_layers import WorkingLayers
 
 if TYPE_CHECKING:  # (the dock imports torch off the GUI thread, after it is drawn)
     from napari.layers import Image
 
-    from ...engine.annotator import Annotator
     from ...engine.working_levels import WorkingLevel
-    from ...slides.source import ImageSource
 
 
 @runtime_checkable
-class ClickingDock(Protocol):
+class ClickingDock(ObjectActionsDock, Protocol):
     """What ``Clicking`` uses of the dock (``AnnotatorDock``)."""
 
-    threads: GuiThreads
-    history: History
-    queue: ClickQueue
-    class_picker: ClassPicker
-    layers: WorkingLayers
     resume: Resume
-    session: Session
     edits: Edits
     min_area_spin: QDoubleSpinBox  # the cleaning at Accept
     simplify_spin: QDoubleSpinBox
 
     @property
-    def annotator(self) -> Annotator | None: ...
-
-    @property
-    def source(self) -> ImageSource | None: ...  # the open slide
-
-    @property
     def image_layer(self) -> Image | None: ...
 
     @property
-    def pending(self) -> int: ...  # clicks and actions queued, not yet drawn
-
-    @property
     def classes(self) -> dict[str, tuple[int, int, int]]: ...  # every class's colour
-
-    def ready(self) -> bool: ...  # takes a click or an action now (if not, the status says why)
-
-    def say(self, text: str) -> None: ...
 
     def show_error(self, err: Exception) -> None: ...
 

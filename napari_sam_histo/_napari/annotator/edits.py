@@ -9,21 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ...engine.object_state import EMPTY_STATE, AnnotatorState, BeyondView
-from ..gui_threads import GuiThreads
 from ..project_panel import ProjectPanel
 from ..wording import count
 from .accepted import AcceptedObjects
-from .classes import ClassPicker
-from .click_queue import ClickQueue
-from .history import AcceptStep, ClearStep, ClickStep, DeleteStep, History
-from .session import Session
-from .working_layers import WorkingLayers
+from .history import AcceptStep, ClearStep, ClickStep, DeleteStep
+from .object_actions_dock import ObjectActionsDock
 
 if TYPE_CHECKING:  # (the dock imports torch off the GUI thread, after it is drawn)
     from napari.layers import Shapes
-
-    from ...engine.annotator import Annotator
-    from ...slides.source import ImageSource
 
 
 @runtime_checkable
@@ -36,34 +29,15 @@ class Drawing(Protocol):
 
 
 @runtime_checkable
-class EditsDock(Protocol):
+class EditsDock(ObjectActionsDock, Protocol):
     """What ``Edits`` uses of the dock (``AnnotatorDock``)."""
 
-    threads: GuiThreads
-    history: History
-    queue: ClickQueue
     accepted: AcceptedObjects
-    class_picker: ClassPicker
-    layers: WorkingLayers
     project_panel: ProjectPanel
-    session: Session
     clicking: Drawing
 
     @property
-    def annotator(self) -> Annotator | None: ...
-
-    @property
-    def source(self) -> ImageSource | None: ...  # the open slide
-
-    @property
     def layer(self) -> Shapes | None: ...  # the accepted objects
-
-    @property
-    def pending(self) -> int: ...  # clicks and actions queued, not yet drawn
-
-    def ready(self) -> bool: ...  # takes a click or an action now (if not, the status says why)
-
-    def say(self, text: str) -> None: ...
 
     def count_text(self) -> str: ...
 
