@@ -24,17 +24,32 @@ OVERVIEW_SIDE = 1024
 MAX_VIRTUAL_FACTOR = 4  # a virtual level's chunk reads at most 4 x 4 chunks of the level under it
 
 
+def level_geometry(source: ImageSource, level: int, downsample: float | None = None) -> tuple[float, bool, int, int]:
+    """(downsample, virtual, width, height) of display level ``level`` of ``source``; with
+    ``downsample`` coarser than the level's own, the virtual level read from it and resized."""
+    virtual = downsample is not None and abs(downsample / source.level_downsamples[level] - 1) > 1e-6
+    if virtual:
+        width, height = source.size_at(downsample, level)
+        return downsample, True, width, height
+    width, height = source.level_dimensions[level]
+    return source.level_downsamples[level], False, width, height
+
+
+def chunk_box(level: int, downsample: float, virtual: bool, y0: int, y1: int, x0: int, x1: int,
+              ) -> tuple[TileBox, tuple[int, int]]:
+    """The box read for chunk [y0:y1, x0:x1] of a display level, and where the chunk starts in it:
+    an edge chunk a few pixels thin is read as a MIN_SIDE-wide box reaching back into the level,
+    and cropped (``read_region`` refuses boxes smaller than SAM's minimum input)."""
+    ry0, rx0 = max(0, min(y0, y1 - MIN_SIDE)), max(0, min(x0, x1 - MIN_SIDE))
+    return TileBox(level, rx0, ry0, x1 - rx0, y1 - ry0, downsample, virtual), (y0 - ry0, x0 - rx0)
+
+
 def level_array(source: ImageSource, level: int, chunk: int = CHUNK, downsample: float | None = None):
     """Level ``level`` of ``source`` as a (H, W, 3) uint8 dask array of ``chunk``-sized blocks; with
     ``downsample`` (coarser than the level's own), the virtual level read from it and resized."""
     import dask.array as da
 
-    virtual = downsample is not None and abs(downsample / source.level_downsamples[level] - 1) > 1e-6
-    if virtual:
-        width, height = source.size_at(downsample, level)
-    else:
-        width, height = source.level_dimensions[level]
-        downsample = source.level_downsamples[level]
+    downsample, virtual, width, height = level_geometry(source, level, downsample)
     rows = tuple(min(chunk, height - y) for y in range(0, height, chunk))
     cols = tuple(min(chunk, width - x) for x in range(0, width, chunk))
     tops, lefts = np.cumsum((0,) + rows[:-1]), np.cumsum((0,) + cols[:-1])
@@ -44,12 +59,8 @@ def level_array(source: ImageSource, level: int, chunk: int = CHUNK, downsample:
         # front (~55 MB for the 51k chunks of a 100k x 100k slide); block_id costs nothing
         row, col, _ = block_id
         y0, x0 = int(tops[row]), int(lefts[col])
-        y1, x1 = y0 + rows[row], x0 + cols[col]
-        # an edge chunk a few pixels thin is read as a MIN_SIDE-wide box, reaching back into the
-        # level, and cropped: read_region refuses boxes smaller than SAM's minimum input
-        ry0, rx0 = max(0, min(y0, y1 - MIN_SIDE)), max(0, min(x0, x1 - MIN_SIDE))
-        region = source.read_region(TileBox(level, rx0, ry0, x1 - rx0, y1 - ry0, downsample, virtual))
-        return region[y0 - ry0:, x0 - rx0:]
+        box, (dy, dx) = chunk_box(level, downsample, virtual, y0, y0 + rows[row], x0, x0 + cols[col])
+        return source.read_region(box)[dy:, dx:]
 
     return da.map_blocks(read_block, dtype=np.uint8, chunks=(rows, cols, (3,)), meta=np.empty((0, 0, 0), np.uint8))
 

@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 import numpy as np
 
 from .boxes import TileBox
-from .rgb import MIN_SIDE
+from .lazy import chunk_box, level_geometry
 from .source import ImageSource
 
 LOG = logging.getLogger(__name__)
@@ -149,12 +149,8 @@ class ProgressiveLevel:
 
     def __init__(self, reader: ChunkReader, index: int, level: int, downsample: float | None = None,
                  chunk: int = CHUNK, read_all: bool = False) -> None:
-        source = reader.source
-        own = source.level_downsamples[level]
-        self.virtual = downsample is not None and abs(downsample / own - 1) > 1e-6
-        self.downsample = downsample if self.virtual else own
+        self.downsample, self.virtual, width, height = level_geometry(reader.source, level, downsample)
         self.level, self.index, self.chunk, self.reader = level, index, chunk, reader
-        width, height = source.size_at(self.downsample, level) if self.virtual else source.level_dimensions[level]
         self.shape = (height, width, 3)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
@@ -164,7 +160,7 @@ class ProgressiveLevel:
             for top in range(0, height, chunk):
                 for left in range(0, width, chunk):
                     bottom, right = min(top + chunk, height), min(left + chunk, width)
-                    box, offset = self._box(top, bottom, left, right)
+                    box, offset = chunk_box(level, self.downsample, self.virtual, top, bottom, left, right)
                     reader.request((index, top, left), box, offset, into=(self._whole, top, left))
 
     def __len__(self) -> int:
@@ -208,16 +204,8 @@ class ProgressiveLevel:
                 key = (self.index, top, left)
                 pixels = self.reader.get(key)
                 if pixels is None:
-                    self.reader.request(key, *self._box(top, bottom, left, right))
+                    self.reader.request(key, *chunk_box(self.level, self.downsample, self.virtual, top, bottom, left, right))
                     continue
                 ty0, ty1, tx0, tx1 = max(y0, top), min(y1, bottom), max(x0, left), min(x1, right)
                 out[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] = pixels[ty0 - top:ty1 - top, tx0 - left:tx1 - left]
         return out
-
-    def _box(self, top: int, bottom: int, left: int, right: int) -> tuple[TileBox, tuple[int, int]]:
-        """The box read for one chunk and where the chunk starts in it: a chunk a few pixels thin
-        is read as a MIN_SIDE-wide box reaching back into the level (``read_region`` refuses
-        smaller boxes), and cropped."""
-        ry0, rx0 = max(0, min(top, bottom - MIN_SIDE)), max(0, min(left, right - MIN_SIDE))
-        box = TileBox(self.level, rx0, ry0, right - rx0, bottom - ry0, self.downsample, self.virtual)
-        return box, (top - ry0, left - rx0)
