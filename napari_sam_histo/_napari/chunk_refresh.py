@@ -53,8 +53,13 @@ def layers_showing(reader: ChunkReader) -> list:
     import napari
 
     viewer = napari.current_viewer()
-    if viewer is None:
-        return []
-    return [layer for layer in viewer.layers
-            if isinstance(layer, napari.layers.Image) and layer.multiscale
-            and any(isinstance(level, ProgressiveLevel) and level.reader is reader for level in layer.data)]
+    return [] if viewer is None else [layer for layer in viewer.layers if reader in readers_of(layer)]
+
+
+def readers_of(layer) -> set[ChunkReader]:
+    """The chunk readers behind a multiscale image layer's levels (none for any other layer)."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image) or not layer.multiscale:
+        return set()
+    return {level.reader for level in layer.data if isinstance(level, ProgressiveLevel)}

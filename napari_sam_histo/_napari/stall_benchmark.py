@@ -149,25 +149,21 @@ def large_objects(width: int, height: int, count: int = 3, vertices: int = 3000)
     return objects
 
 
+def slide_readers(viewer) -> set:
+    """The chunk readers of the viewer's slide layers."""
+    from .chunk_refresh import readers_of
+
+    return set().union(*(readers_of(layer) for layer in viewer.layers))
+
+
 def overviews_read(viewer) -> bool:
     """Every chunk the slide layers asked for is read (the layers are redrawn a poll later)."""
-    from napari.layers import Image
-
-    from ..slides.progressive_level import ProgressiveLevel
-
-    return all(level.reader.idle() for layer in viewer.layers if isinstance(layer, Image) and layer.multiscale
-               for level in layer.data if isinstance(level, ProgressiveLevel))
+    return all(reader.idle() for reader in slide_readers(viewer))
 
 
 def chunks_read(viewer) -> int:
     """Chunks read so far for the slide layers (``ChunkReader.generation``, summed)."""
-    from napari.layers import Image
-
-    from ..slides.progressive_level import ProgressiveLevel
-
-    readers = {id(level.reader): level.reader for layer in viewer.layers if isinstance(layer, Image)
-               and layer.multiscale for level in layer.data if isinstance(level, ProgressiveLevel)}
-    return sum(reader.generation for reader in readers.values())
+    return sum(reader.generation for reader in slide_readers(viewer))
 
 
 def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cpu", repeat: int = 1,
