@@ -54,7 +54,9 @@ def _recipe(args: argparse.Namespace, seed: int):
                             corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
     from ..training.decoder_finetune import FinetuneRecipe
 
-    return FinetuneRecipe(lr=args.lr or FinetuneRecipe.lr, epochs=args.epochs, l2sp=args.l2sp,
+    return FinetuneRecipe(lr=args.lr or FinetuneRecipe.lr, epochs=args.epochs,
+                          l2sp=_given(args.l2sp, FinetuneRecipe.l2sp),
+                          max_clicks=_given(args.state_clicks, FinetuneRecipe.max_clicks),
                           dagger_rounds=_given(args.dagger_rounds, FinetuneRecipe.dagger_rounds), seed=seed)
 
 
@@ -69,10 +71,14 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                              "(the default); tissue-head: a head that corrects SAM's first mask")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's, 3e-5 / 1e-3)")
     parser.add_argument("--epochs", type=float, default=2.0, help="finetune: passes over the click states")
-    parser.add_argument("--l2sp", type=float, default=1.0, help="finetune: pull of the weights towards SAM's")
+    parser.add_argument("--l2sp", type=float, default=None,
+                        help="finetune: pull of the weights towards SAM's (default: the recipe's, 0)")
+    parser.add_argument("--state-clicks", type=int, default=None,
+                        help="finetune: clicks per training object when collecting its states (default: the "
+                             "recipe's, 20)")
     parser.add_argument("--dagger-rounds", type=int, default=None,
                         help="rounds of re-clicking the training objects with the decoder being trained, then "
-                             "training on (default: the recipe's, 1 / 0)")
+                             "training on (default: the recipe's, 0)")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

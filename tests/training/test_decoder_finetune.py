@@ -20,7 +20,7 @@ from napari_sam_histo.training.decoder_finetune import (
 from napari_sam_histo.training.examples import AdaptationExample
 
 DISC_EXAMPLES = 3  # the ``examples`` fixture (conftest.py)
-SMALL = FinetuneRecipe(lr=1e-3, epochs=3, l2sp=0.0, max_clicks=3, seed=0)
+SMALL = FinetuneRecipe(lr=1e-3, epochs=3, l2sp=0.0, max_clicks=3, dagger_rounds=1, seed=0)
 
 
 def _weights(module):
