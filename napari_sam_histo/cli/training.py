@@ -54,7 +54,7 @@ def _recipe(args: argparse.Namespace, seed: int):
                             corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
     from ..training.decoder_finetune import FinetuneRecipe
 
-    return FinetuneRecipe(lr=args.lr or FinetuneRecipe.lr, epochs=args.epochs,
+    return FinetuneRecipe(lr=args.lr or FinetuneRecipe.lr, epochs=_given(args.epochs, FinetuneRecipe.epochs),
                           l2sp=_given(args.l2sp, FinetuneRecipe.l2sp),
                           max_clicks=_given(args.state_clicks, FinetuneRecipe.max_clicks),
                           dagger_rounds=_given(args.dagger_rounds, FinetuneRecipe.dagger_rounds), seed=seed)
@@ -70,7 +70,8 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finetune: SAM's decoder trained on the states of every click, kept near SAM's weights "
                              "(the default); tissue-head: a head that corrects SAM's first mask")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's, 3e-5 / 1e-3)")
-    parser.add_argument("--epochs", type=float, default=2.0, help="finetune: passes over the click states")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="finetune: passes over the click states (default: the recipe's, 2)")
     parser.add_argument("--l2sp", type=float, default=None,
                         help="finetune: pull of the weights towards SAM's (default: the recipe's, 0)")
     parser.add_argument("--state-clicks", type=int, default=None,
