@@ -57,7 +57,8 @@ def _recipe(args: argparse.Namespace, seed: int):
     return FinetuneRecipe(lr=args.lr or FinetuneRecipe.lr, epochs=_given(args.epochs, FinetuneRecipe.epochs),
                           l2sp=_given(args.l2sp, FinetuneRecipe.l2sp),
                           max_clicks=_given(args.state_clicks, FinetuneRecipe.max_clicks),
-                          dagger_rounds=_given(args.dagger_rounds, FinetuneRecipe.dagger_rounds), seed=seed)
+                          dagger_rounds=_given(args.dagger_rounds, FinetuneRecipe.dagger_rounds), seed=seed,
+                          base=_given(args.base, FinetuneRecipe.base))
 
 
 def _given(value, default):
@@ -77,6 +78,10 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-clicks", type=int, default=None,
                         help="finetune: clicks per training object when collecting its states (default: the "
                              "recipe's, 20)")
+    # the names of ``training.decoder_finetune.BASES``, written out so that building the parser imports no torch
+    parser.add_argument("--base", choices=("sam", "modified"), default=None,
+                        help="finetune: the decoder it starts from: SAM's own or the shipped modified decoder "
+                             "(default: the recipe's, sam)")
     parser.add_argument("--dagger-rounds", type=int, default=None,
                         help="rounds of re-clicking the training objects with the decoder being trained, then "
                              "training on (default: the recipe's, 0)")

@@ -26,8 +26,11 @@ never brings to IoU 0.85 are the ones that need clicks 11 to 20, and their state
 removes most clicks. The settings were chosen on a development split of cases
 (``docs/project-decoders.md`` has the figures).
 
-The result is a plain SAM decoder (``decoder_kind`` "sam", three masks for a first click): every
-path that runs SAM's decoder runs it, the CPU runtime's compiled networks included.
+The start (``base``): SAM's own decoder by default, or the shipped ``modified`` decoder of Kim et
+al. (trained on colorectal biopsies; on tissue like its own it starts far ahead of SAM, elsewhere
+far behind: the held-out check says which to keep). The result is a decoder of the start's kind
+(a SAM decoder, three masks for a first click; or a modified decoder): every path that runs that
+kind runs it, the CPU runtime's compiled networks included.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from ..models.decoders import DecoderChoice
 from .examples import AdaptationExample
 from .tissue_training import example_on_frame, require_sam_decoder
 
-KIND = "sam"  # what the result is: a SAM decoder with other weights
+BASES = ("sam", "modified")  # decoders a fine-tuning can start from (``models.decoders.choose_decoder`` names)
 SCENARIO = "project-finetune"
 CHECKPOINT_EVERY = 100  # steps between two saved training states (a state is the decoder + Adam's moments)
 
@@ -63,6 +66,7 @@ class FinetuneRecipe:
     stop_iou: float = 0.9
     dagger_rounds: int = 0  # re-clicking the objects with the decoder being trained, then training on
     seed: int = 0
+    base: str = "sam"  # the decoder it starts from: SAM's own, or the shipped "modified" (``BASES``)
 
     name = "finetune"  # class attributes (``training.recipes.DecoderRecipe``), not settings
     label = "fine-tuned decoder"
@@ -80,6 +84,8 @@ class FinetuneRecipe:
             raise InputError(f"dagger_rounds {self.dagger_rounds!r} must be >= 0.")
         if not 0 < self.stop_iou <= 1:
             raise InputError(f"stop_iou {self.stop_iou!r} must lie in (0, 1].")
+        if self.base not in BASES:
+            raise InputError(f"base {self.base!r}: choose one of {', '.join(BASES)}.")
 
     def as_dict(self) -> dict:
         return {"recipe": self.name, **asdict(self)}
@@ -139,11 +145,22 @@ class FinetunedDecoder:
 
     def save(self, path, model, metrics: dict | None = None, config: dict | None = None,
              provenance: dict | None = None):
-        return save_finetuned_decoder(path, model, self.module, metrics, config, provenance)
+        return save_finetuned_decoder(path, model, self.module, metrics, config, provenance, self.choice.kind)
 
 
-def _recording_predictor(predictor, module: torch.nn.Module, record: list):
-    """A PyTorch float32 predictor on ``module`` that appends every prompt it decodes to ``record``."""
+def base_decoder(model, base: str) -> DecoderChoice:
+    """The decoder a fine-tuning starts from: the model's own SAM decoder, or a shipped one
+    (``BASES``; a ``CheckpointError`` where the model has none shipped)."""
+    from ..models.decoders import choose_decoder
+
+    if base not in BASES:
+        raise InputError(f"base {base!r}: choose one of {', '.join(BASES)}.")
+    return choose_decoder(model, base)
+
+
+def _recording_predictor(predictor, module: torch.nn.Module, kind: str, record: list):
+    """A PyTorch float32 predictor on ``module`` (a ``kind`` decoder) that appends every prompt it
+    decodes to ``record``."""
     from ..engine.predictor import Predictor
 
     class Recording(Predictor):
@@ -157,15 +174,16 @@ def _recording_predictor(predictor, module: torch.nn.Module, record: list):
                                      bool(multimask)))
             return super().decode(embedding, points_xy, labels, mask_input, multimask)
 
-    return Recording(predictor.model, DecoderChoice(KIND, module, "training", True), cache=predictor.cache,
+    return Recording(predictor.model, DecoderChoice(kind, module, "training", True), cache=predictor.cache,
                      precision="fp32", decoder_mode="pytorch", encoder_mode=predictor.encoder_mode)
 
 
 def collect_states(predictor, module: torch.nn.Module, examples: list[AdaptationExample], recipe: FinetuneRecipe,
-                   cancel: Callable[[], bool] | None = None) -> list[list[ClickState]]:
-    """Click every example with ``module`` as SAM's decoder (see the module); each one's states."""
+                   cancel: Callable[[], bool] | None = None, kind: str = "sam") -> list[list[ClickState]]:
+    """Click every example with ``module`` (a ``kind`` decoder) as the decoder (see the module);
+    each one's states."""
     record: list[ClickState] = []
-    clicking = _recording_predictor(predictor, module.eval(), record)
+    clicking = _recording_predictor(predictor, module.eval(), kind, record)
     out = []
     for example in examples:
         if cancel is not None and cancel():
@@ -225,7 +243,8 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     features = [e.embedding.features.detach().to("cpu", torch.float32).reshape(1, *e.embedding.features.shape[-3:])
                 for e in examples]
     image_pe = sam.prompt_encoder.get_dense_pe().detach().to("cpu", torch.float32)
-    base = sam.mask_decoder
+    start = base_decoder(predictor.model, recipe.base)
+    base, kind = start.module, start.kind
     decoder = copy.deepcopy(base).to("cpu", torch.float32)
     for parameter in decoder.parameters():
         parameter.requires_grad_(True)
@@ -244,11 +263,11 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     t = time.perf_counter()
     # zero-shot SAM's states, then each DAgger round's begun so far, clicked with the decoder of
     # its time: the same in every run, so a resumed training clicks them again
-    states = collect_states(predictor, base, examples, recipe, cancel)
+    states = collect_states(predictor, base, examples, recipe, cancel, kind)
 
     def add_round_states(clicking: torch.nn.Module) -> None:
         nonlocal states
-        more = collect_states(predictor, clicking, examples, recipe, cancel)
+        more = collect_states(predictor, clicking, examples, recipe, cancel, kind)
         states = [a + b for a, b in zip(states, more)]
 
     for round_ in range(phase):
@@ -319,16 +338,17 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     report["first_loss"] = float(np.mean(losses[:20])) if losses else None
     report["last_loss"] = float(np.mean(losses[-20:])) if losses else None
     report["train_s"] = time.perf_counter() - started
-    return FinetunedDecoder(decoder, DecoderChoice(KIND, decoder, "training", True, name="fine-tuned"), report)
+    return FinetunedDecoder(decoder, DecoderChoice(kind, decoder, "training", True, name="fine-tuned"), report)
 
 
 def save_finetuned_decoder(path, model, decoder: torch.nn.Module, metrics: dict | None = None,
-                           config: dict | None = None, provenance: dict | None = None):
-    """Write ``decoder`` (float32) as a decoder checkpoint for ``model``; atomic. ``provenance``
-    (tissue, training_data, verdict, ...) goes into the metadata, where the picker reads it."""
+                           config: dict | None = None, provenance: dict | None = None, kind: str = "sam"):
+    """Write ``decoder`` (float32; a ``kind`` decoder) as a decoder checkpoint for ``model``;
+    atomic. ``provenance`` (tissue, training_data, verdict, ...) goes into the metadata, where the
+    picker reads it."""
     from ..models.decoder_checkpoint import decoder_metadata, save_decoder_checkpoint
 
-    metadata = decoder_metadata(KIND, model.name, model.weights_hash, SCENARIO, True, metrics, config)
+    metadata = decoder_metadata(kind, model.name, model.weights_hash, SCENARIO, True, metrics, config)
     metadata["mask_outputs"] = "multi"
     metadata.update(dict(provenance or {}))
     return save_decoder_checkpoint(path, decoder, metadata)

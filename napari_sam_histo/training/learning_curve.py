@@ -96,24 +96,32 @@ def table_rows(per_seed: dict, method: str = "tissue decoder") -> list[dict]:
     seeds = sorted(per_seed, key=int)
     rows = []
 
-    def row(method, k, entries):
+    def row(method, k, entries, against_sam=True):
         sam = [per_seed[s]["sam"]["noc@85"] for s, e in zip(seeds, entries) if e is not None]
         entries = [e for e in entries if e is not None]
         out = {"method": method, "k": k, "seeds": len(entries), "n": sum(e["n"] for e in entries) // max(len(entries), 1)}
         for key in ("noc@80", "noc@85", "noc@90", "miou@1", "miou@5", "miou@10"):
             out[key] = _mean(e[key] for e in entries)
         out["noc85_per_seed"] = [e["noc@85"] for e in entries]
-        out["ratio"] = None if k is None or not sam or not _mean(sam) else out["noc@85"] / _mean(sam)
+        out["ratio"] = None if not against_sam or not sam or not _mean(sam) else out["noc@85"] / _mean(sam)
         out["train_s"] = _mean(e.get("train_s") for e in entries)
         out["embed_s"] = _mean(e.get("embed_s") for e in entries)
         return out
 
-    rows.append(row(SAM, None, [per_seed[s]["sam"] for s in seeds]))
+    rows.append(row(SAM, None, [per_seed[s]["sam"] for s in seeds], against_sam=False))
+    bases = [per_seed[s].get("base") for s in seeds]
+    if any(bases):  # the decoder the fine-tuning started from, as shipped (trained on none of the objects)
+        rows.append(row(base_label(next(b for b in bases if b)["name"]), None, bases))
     shots = sorted({int(k) for s in seeds for k in per_seed[s]["k"]})
     for k in shots:
         entries = [per_seed[s]["k"].get(str(k)) for s in seeds]
         rows.append(row(method, k, entries))
     return rows
+
+
+def base_label(base: str) -> str:
+    """The table's name for the shipped decoder a fine-tuning started from, untrained on the lab's objects."""
+    return f"{base} decoder as shipped"
 
 
 def write_figure(path: Path, source: str, per_seed: dict, method: str = "tissue decoder") -> Path:
@@ -163,6 +171,7 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
     from ..evaluation.runner import SamClickModel, run_sample
     from ..evaluation.runtime import device_name
     from ..models.registry import load_model
+    from .decoder_finetune import FinetuneRecipe, base_decoder
     from .examples import AdaptationExample
     from .tissue_training import TissueRecipe, prepare, simulate, train_tissue_head
 
@@ -231,6 +240,14 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
         object_rows += [[seed, "", SAM, p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
                          f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]
         log(f"seed {seed}: {SAM}: NoC@85 {entry['sam']['noc@85']:.2f} on {len(test)} objects")
+        if isinstance(recipe, FinetuneRecipe) and recipe.base != "sam":
+            start = Predictor(loaded, base_decoder(loaded, recipe.base), cache=cache, precision=precision)
+            results = click(start, base_label(recipe.base), test)
+            entry["base"] = {"name": recipe.base, **_scores(results, max_clicks)}
+            object_rows += [[seed, "", base_label(recipe.base), p.sample.sample_id, p.group,
+                             noc(r.ious, 0.85, max_clicks), f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)]
+                            for p, r in zip(test, results)]
+            log(f"seed {seed}: {base_label(recipe.base)}: NoC@85 {entry['base']['noc@85']:.2f}")
         for k in shots:
             if k > len(train):
                 line = (f"seed {seed}: k={k} skipped: the training groups hold {len(train)} objects "

@@ -25,3 +25,18 @@ def examples(request, predictor):
         image, target = disc_image(96, centre=(40 + 3 * i, 45 + 2 * i), radius=15 + 2 * i, seed=i)
         out.append(AdaptationExample(predictor.embed(image), target))
     return out
+
+
+@pytest.fixture()
+def shipped_modified(predictor, tmp_path, monkeypatch):
+    """A "shipped" modified decoder for the tiny model (the package ships one for MobileSAM only)."""
+    import napari_sam_histo.models.decoders as decoders
+    from napari_sam_histo.models.decoder_checkpoint import decoder_metadata, save_decoder_checkpoint
+    from napari_sam_histo.models.modified_decoder import ModifiedMaskDecoder
+
+    model = predictor.model
+    module = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder)
+    path = save_decoder_checkpoint(tmp_path / "decoder-modified-tiny.pt", module,
+                                   decoder_metadata("modified", model.name, model.weights_hash, "test", True))
+    monkeypatch.setattr(decoders, "shipped_decoder_path", lambda base, kind="modified": path)
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

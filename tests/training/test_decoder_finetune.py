@@ -100,3 +100,29 @@ def test_it_refuses_what_it_cannot_train(predictor, examples):
     modified = Predictor(predictor.model, choose_decoder(predictor.model, "modified", allow_untrained=True))
     with pytest.raises(InputError, match="SAM's own decoder"):
         finetune_decoder(modified, examples, SMALL)
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_the_shipped_modified_decoder_keeps_its_architecture(predictor, examples, tmp_path,
+                                                                             shipped_modified):
+    recipe = FinetuneRecipe(lr=1e-3, epochs=1, max_clicks=2, base="modified")
+    trained = finetune_decoder(predictor, examples[:2], recipe)
+    assert trained.choice.kind == "modified" and trained.report["steps"] > 0
+    after = _weights(trained.module)
+    assert after.keys() == shipped_modified.keys()
+    assert any(not torch.equal(v, shipped_modified[k]) for k, v in after.items())  # it learnt from its start
+    path = trained.save(tmp_path / "mine.pt", predictor.model, config=recipe.as_dict())
+    metadata, _ = read_decoder_checkpoint(path)
+    assert metadata["decoder_kind"] == "modified" and metadata["config"]["base"] == "modified"
+    loaded = choose_decoder(predictor.model, str(path))
+    assert loaded.kind == "modified"
+    assert all(torch.equal(v, after[k]) for k, v in _weights(loaded.module).items())
+
+
+def test_a_base_that_is_not_shipped_or_not_known_is_refused(predictor, examples):
+    from napari_sam_histo.errors import CheckpointError
+
+    with pytest.raises(InputError, match="base 'md'"):
+        FinetuneRecipe(base="md")
+    with pytest.raises(CheckpointError, match="modified decoder"):  # none ships for the tiny model
+        finetune_decoder(predictor, examples[:1], FinetuneRecipe(max_clicks=1, base="modified"))
