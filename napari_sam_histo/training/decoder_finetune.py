@@ -51,6 +51,7 @@ from .examples import AdaptationExample
 from .tissue_training import example_on_frame, require_sam_decoder
 
 BASES = ("sam", "modified")  # decoders a fine-tuning can start from (``models.decoders.choose_decoder`` names)
+AUTO = "auto"  # the base chosen by the training objects' clicks (``choose_base``)
 SCENARIO = "project-finetune"
 CHECKPOINT_EVERY = 100  # steps between two saved training states (a state is the decoder + Adam's moments)
 
@@ -66,7 +67,9 @@ class FinetuneRecipe:
     stop_iou: float = 0.9
     dagger_rounds: int = 0  # re-clicking the objects with the decoder being trained, then training on
     seed: int = 0
-    base: str = "sam"  # the decoder it starts from: SAM's own, or the shipped "modified" (``BASES``)
+    # the decoder it starts from: SAM's own, the shipped "modified", or "auto": the one of ``BASES``
+    # that needs the fewest clicks on the training objects themselves (``choose_base``)
+    base: str = "sam"
 
     name = "finetune"  # class attributes (``training.recipes.DecoderRecipe``), not settings
     label = "fine-tuned decoder"
@@ -84,8 +87,8 @@ class FinetuneRecipe:
             raise InputError(f"dagger_rounds {self.dagger_rounds!r} must be >= 0.")
         if not 0 < self.stop_iou <= 1:
             raise InputError(f"stop_iou {self.stop_iou!r} must lie in (0, 1].")
-        if self.base not in BASES:
-            raise InputError(f"base {self.base!r}: choose one of {', '.join(BASES)}.")
+        if self.base not in (*BASES, AUTO):
+            raise InputError(f"base {self.base!r}: choose one of {', '.join((*BASES, AUTO))}.")
 
     def as_dict(self) -> dict:
         return {"recipe": self.name, **asdict(self)}
@@ -182,16 +185,48 @@ def collect_states(predictor, module: torch.nn.Module, examples: list[Adaptation
                    cancel: Callable[[], bool] | None = None, kind: str = "sam") -> list[list[ClickState]]:
     """Click every example with ``module`` (a ``kind`` decoder) as the decoder (see the module);
     each one's states."""
+    return _click_examples(predictor, module, kind, examples, recipe, cancel)[0]
+
+
+def _click_examples(predictor, module: torch.nn.Module, kind: str, examples: list[AdaptationExample],
+                    recipe: FinetuneRecipe, cancel: Callable[[], bool] | None = None):
+    """(each example's states, each one's IoU after every click)."""
     record: list[ClickState] = []
     clicking = _recording_predictor(predictor, module.eval(), kind, record)
-    out = []
+    states, ious = [], []
     for example in examples:
         if cancel is not None and cancel():
             break
         record.clear()
-        click_tile(clicking, example.embedding, example.target, recipe.max_clicks, recipe.stop_iou)
-        out.append(list(record))
-    return out
+        clicked = click_tile(clicking, example.embedding, example.target, recipe.max_clicks, recipe.stop_iou)
+        states.append(list(record))
+        ious.append(clicked.ious)
+    return states, ious
+
+
+def choose_base(predictor, examples: list[AdaptationExample], recipe: FinetuneRecipe,
+                cancel: Callable[[], bool] | None = None) -> tuple[DecoderChoice, list, dict]:
+    """The start of ``recipe`` (its base, or for ``AUTO`` the one of ``BASES`` whose mean NoC@85 on
+    ``examples`` is lowest, SAM's on a tie; a base the model has none of is left out), the states
+    of clicking the examples with it, and every base's NoC@85 measured. The examples are the
+    objects about to be trained on, but no base has seen them: for the bases they are held out."""
+    from ..errors import CheckpointError
+    from ..evaluation.metrics import noc
+
+    names = BASES if recipe.base == AUTO else (recipe.base,)
+    best, scores = None, {}
+    for name in names:
+        try:
+            start = base_decoder(predictor.model, name)
+        except CheckpointError:
+            if recipe.base != AUTO:
+                raise
+            continue
+        states, ious = _click_examples(predictor, start.module, start.kind, examples, recipe, cancel)
+        scores[name] = float(np.mean([noc(x, 0.85, recipe.max_clicks) for x in ious])) if ious else float("nan")
+        if best is None or scores[name] < scores[best[0]]:
+            best = (name, start, states)
+    return best[1], best[2], scores
 
 
 def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -243,14 +278,20 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     features = [e.embedding.features.detach().to("cpu", torch.float32).reshape(1, *e.embedding.features.shape[-3:])
                 for e in examples]
     image_pe = sam.prompt_encoder.get_dense_pe().detach().to("cpu", torch.float32)
-    start = base_decoder(predictor.model, recipe.base)
+    t = time.perf_counter()
+    # zero-shot states of the start (for AUTO, of every base: the one needing fewest clicks starts)
+    start, states, base_scores = choose_base(predictor, examples, recipe, cancel)
     base, kind = start.module, start.kind
+    report_base = {"base": start.name or kind, "base_noc85": base_scores}
+    if log is not None and recipe.base == AUTO:
+        log(f"fine-tuning: starting from {start.name or kind} (NoC@85 on the training objects: "
+            + ", ".join(f"{name} {value:.2f}" for name, value in base_scores.items()) + ")")
     decoder = copy.deepcopy(base).to("cpu", torch.float32)
     for parameter in decoder.parameters():
         parameter.requires_grad_(True)
     anchor = {name: p.detach().clone() for name, p in decoder.named_parameters()}
     rng = np.random.default_rng([recipe.seed, len(examples)])
-    report = {"objects": len(examples), "recipe": recipe.as_dict(), "resumed_at": None, "states": []}
+    report = {"objects": len(examples), "recipe": recipe.as_dict(), "resumed_at": None, "states": [], **report_base}
     phase, done, optimizer_state, losses, round_starts = 0, 0, None, [], []
     if resume is not None:
         decoder.load_state_dict(resume.decoder)
@@ -260,10 +301,8 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
         report["resumed_at"] = {"phase": phase, "steps_done": done}
         if log is not None:
             log(f"fine-tuning: resuming at step {done} of phase {phase}")
-    t = time.perf_counter()
-    # zero-shot SAM's states, then each DAgger round's begun so far, clicked with the decoder of
-    # its time: the same in every run, so a resumed training clicks them again
-    states = collect_states(predictor, base, examples, recipe, cancel, kind)
+    # the start's zero-shot states (above), then each DAgger round's begun so far, clicked with the
+    # decoder of its time: the same in every run, so a resumed training clicks them again
 
     def add_round_states(clicking: torch.nn.Module) -> None:
         nonlocal states

@@ -119,6 +119,24 @@ def test_fine_tuning_from_the_shipped_modified_decoder_keeps_its_architecture(pr
     assert all(torch.equal(v, after[k]) for k, v in _weights(loaded.module).items())
 
 
+@pytest.mark.slow
+def test_auto_starts_from_the_base_that_needs_fewer_clicks_on_the_training_objects(predictor, examples,
+                                                                                  shipped_modified):
+    lines = []
+    trained = finetune_decoder(predictor, examples[:2], FinetuneRecipe(lr=1e-3, epochs=1, max_clicks=2, base="auto"),
+                               log=lines.append)
+    scores = trained.report["base_noc85"]
+    assert set(scores) == {"sam", "modified"}
+    assert trained.report["base"] == min(scores, key=lambda name: (scores[name], name != "sam"))
+    assert trained.choice.kind == trained.report["base"]
+    assert any("starting from" in line for line in lines)
+
+
+def test_auto_without_a_shipped_decoder_starts_from_sam(predictor, examples):
+    trained = finetune_decoder(predictor, examples[:1], FinetuneRecipe(lr=1e-3, epochs=1, max_clicks=1, base="auto"))
+    assert trained.report["base"] == "sam" and set(trained.report["base_noc85"]) == {"sam"}
+
+
 def test_a_base_that_is_not_shipped_or_not_known_is_refused(predictor, examples):
     from napari_sam_histo.errors import CheckpointError
 
