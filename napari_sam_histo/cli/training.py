@@ -68,8 +68,8 @@ def _given(value, default):
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", choices=("finetune", "tissue-head"), default="finetune",
-                        help="finetune: SAM's decoder trained on the states of every click, kept near SAM's weights "
-                             "(the default); tissue-head: a head that corrects SAM's first mask")
+                        help="finetune: a decoder trained on the states of every click (the default); "
+                             "tissue-head: a head that corrects SAM's first mask")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's, 3e-5 / 1e-3)")
     parser.add_argument("--epochs", type=float, default=None,
                         help="finetune: passes over the click states (default: the recipe's, 2)")
@@ -113,7 +113,7 @@ def _cmd_train_from_project(args: argparse.Namespace) -> int:
     else:
         from ..training.decoder_finetune import FinetuneRecipe
 
-        recipe = FinetuneRecipe(seed=args.seed)
+        recipe = FinetuneRecipe(seed=args.seed, base=_given(args.base, FinetuneRecipe.base))
     result = train_from_project(args.from_project, out, predictor, recipe,
                                 held_out_fraction=args.held_out_fraction, name=args.name,
                                 log=None if args.quiet else print)
@@ -209,8 +209,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--held-out-fraction", type=float, default=0.25,
                     help="with --from-project: at least this share of the objects is held out, by whole slides")
     tr.add_argument("--recipe", choices=("finetune", "tissue-head"), default="finetune",
-                    help="with --from-project: finetune (SAM's decoder trained on the states of every click, kept "
-                         "near SAM's weights; the default) or tissue-head (a head that corrects SAM's first mask)")
+                    help="with --from-project: finetune (a decoder trained on the states of every click; the "
+                         "default) or tissue-head (a head that corrects SAM's first mask)")
+    tr.add_argument("--base", choices=("sam", "modified", "auto"), default=None,
+                    help="with --from-project --recipe finetune: the decoder it starts from (default: the recipe's)")
     tr.add_argument("--scenario", choices=("md", "ie_md", "whole", "modified", "residual"), default="modified",
                     help="md: SAM's decoder; ie_md: image encoder + decoder; whole: all; modified: Kim et al.'s "
                          "decoder; residual: SAM's decoder frozen + a trained correction (untrained = SAM)")

@@ -133,3 +133,15 @@ def test_a_state_of_other_objects_or_a_damaged_one_starts_afresh(tmp_path, proje
     lines.clear()
     train_from_project(project, out, predictor, RECIPE, log=lines.append)
     assert any("other objects or settings" in line for line in lines)
+
+
+def test_the_cli_passes_the_chosen_base_to_the_fine_tuning(tmp_path, project, predictor, monkeypatch):
+    import napari_sam_histo.models.registry as registry
+    import napari_sam_histo.training.project_training as project_training
+
+    seen = []
+    monkeypatch.setattr(registry, "load_model", lambda name, device: predictor.model)
+    monkeypatch.setattr(project_training, "train_from_project", lambda *args, **kwargs: seen.append(args[3]) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["train", "--from-project", str(project), "--out", str(tmp_path / "a.pt"), "--base", "auto"])
+    assert seen[0].name == "finetune" and seen[0].base == "auto"
