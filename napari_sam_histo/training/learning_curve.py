@@ -119,6 +119,23 @@ def table_rows(per_seed: dict, method: str = "tissue decoder") -> list[dict]:
     return rows
 
 
+def _shipped_start(model, recipe):
+    """The shipped decoder a fine-tuning recipe may start from (its base; for ``auto`` the shipped
+    one among its bases, where the model has one), or None (SAM's, or another recipe)."""
+    from ..errors import CheckpointError
+    from .decoder_finetune import AUTO, BASES, FinetuneRecipe, base_decoder
+
+    if not isinstance(recipe, FinetuneRecipe) or recipe.base == "sam":
+        return None
+    for name in ([b for b in BASES if b != "sam"] if recipe.base == AUTO else [recipe.base]):
+        try:
+            return base_decoder(model, name)
+        except CheckpointError:
+            if recipe.base != AUTO:
+                raise
+    return None
+
+
 def base_label(base: str) -> str:
     """The table's name for the shipped decoder a fine-tuning started from, untrained on the lab's objects."""
     return f"{base} decoder as shipped"
@@ -171,7 +188,6 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
     from ..evaluation.runner import SamClickModel, run_sample
     from ..evaluation.runtime import device_name
     from ..models.registry import load_model
-    from .decoder_finetune import FinetuneRecipe, base_decoder
     from .examples import AdaptationExample
     from .tissue_training import TissueRecipe, prepare, simulate, train_tissue_head
 
@@ -240,14 +256,15 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
         object_rows += [[seed, "", SAM, p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
                          f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]
         log(f"seed {seed}: {SAM}: NoC@85 {entry['sam']['noc@85']:.2f} on {len(test)} objects")
-        if isinstance(recipe, FinetuneRecipe) and recipe.base != "sam":
-            start = Predictor(loaded, base_decoder(loaded, recipe.base), cache=cache, precision=precision)
-            results = click(start, base_label(recipe.base), test)
-            entry["base"] = {"name": recipe.base, **_scores(results, max_clicks)}
-            object_rows += [[seed, "", base_label(recipe.base), p.sample.sample_id, p.group,
-                             noc(r.ious, 0.85, max_clicks), f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)]
-                            for p, r in zip(test, results)]
-            log(f"seed {seed}: {base_label(recipe.base)}: NoC@85 {entry['base']['noc@85']:.2f}")
+        shipped = _shipped_start(loaded, recipe)
+        if shipped is not None:
+            start = Predictor(loaded, shipped, cache=cache, precision=precision)
+            label = base_label(shipped.name)
+            results = click(start, label, test)
+            entry["base"] = {"name": shipped.name, **_scores(results, max_clicks)}
+            object_rows += [[seed, "", label, p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
+                             f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]
+            log(f"seed {seed}: {label}: NoC@85 {entry['base']['noc@85']:.2f}")
         for k in shots:
             if k > len(train):
                 line = (f"seed {seed}: k={k} skipped: the training groups hold {len(train)} objects "
@@ -278,7 +295,9 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
             entry["k"][str(k)] = scores
             object_rows += [[seed, k, recipe.label, p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
                              f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]
-            log(f"seed {seed}: k={k}: NoC@85 {scores['noc@85']:.2f} (SAM {entry['sam']['noc@85']:.2f}), "
+            started_from = trained.report.get("base")  # a fine-tuning's start (its report's)
+            log(f"seed {seed}: k={k}: NoC@85 {scores['noc@85']:.2f} (SAM {entry['sam']['noc@85']:.2f}"
+                + (f"; started from {started_from}" if started_from else "") + "), "
                 f"mIoU@1 {scores['miou@1']:.3f} (SAM {entry['sam']['miou@1']:.3f}), trained in "
                 f"{scores['train_s']:.0f} s")
             if save_decoders:

@@ -167,11 +167,13 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
                "sam_mean_iou": float(np.mean(sam_iou)), "decoder_mean_iou": float(np.mean(new_iou))}
     better = figures["decoder_noc"] < figures["sam_noc"]
     classes = sorted({o.class_name for o in split.training})
+    start = trained.report.get("base", "sam")  # the decoder the training started from (a recipe's report)
     provenance = {"name": name or Path(out).stem, "project": str(Path(project).resolve()),
                   "tissue": f"this project's {', '.join(classes)}",
                   "training_data": f"{len(split.training)} objects of {trained_slides} slide(s) of the project "
-                                   f"{Path(project).name}",
-                  "classes": classes, "objects": len(split.training),
+                                   f"{Path(project).name}"
+                                   + ("" if start == "sam" else f", starting from the shipped {start} decoder"),
+                  "started_from": start, "classes": classes, "objects": len(split.training),
                   "slides": sorted({o.slide.name for o in split.training}),
                   "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
                   "held_out": figures, "verdict": BETTER if better else NOT_BETTER}

@@ -102,19 +102,21 @@ def test_seeds_run_apart_join_into_one_report_and_a_repeated_seed_is_refused(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("base", ["modified", "auto"])
 def test_a_fine_tuning_from_a_shipped_decoder_reports_that_decoder_untrained_too(tmp_path, dataset, tiny_model,
-                                                                                 shipped_modified):
+                                                                                 shipped_modified, base):
     from napari_sam_histo.training.decoder_finetune import FinetuneRecipe
     from napari_sam_histo.training.learning_curve import base_label
 
     out = tmp_path / "out"
     summary = run_learning_curve(dataset, out, group_by="case_id", shots=[2], seeds=1, max_clicks=2,
                                  model=tiny_model, precision="fp32", log=None,
-                                 recipe=FinetuneRecipe(lr=1e-3, epochs=1, max_clicks=2, base="modified"))
+                                 recipe=FinetuneRecipe(lr=1e-3, epochs=1, max_clicks=2, base=base))
     base = summary["seeds_detail"]["0"]["base"]
     assert base["name"] == "modified" and base["n"] == summary["seeds_detail"]["0"]["sam"]["n"]
     methods = [row["method"] for row in summary["rows"]]
     assert methods == [SAM, base_label("modified"), "fine-tuned decoder"]
     assert summary["rows"][0]["ratio"] is None and summary["rows"][1]["ratio"] is not None
+    assert summary["seeds_detail"]["0"]["k"]["2"]["report"]["base"] in ("sam", "modified")
     with open(out / "objects.csv") as stream:
         assert base_label("modified") in {r["method"] for r in csv.DictReader(stream)}
