@@ -52,6 +52,10 @@ from .tissue_training import example_on_frame, require_sam_decoder
 
 BASES = ("sam", "modified")  # decoders a fine-tuning can start from (``models.decoders.choose_decoder`` names)
 AUTO = "auto"  # the base chosen by the training objects' clicks (``choose_base``)
+# clicks per object (NoC@85 on the training objects) a shipped base must save against SAM's for
+# ``AUTO`` to start from it: with ten to a few dozen objects, a smaller lead is within what another
+# draw of objects changes, and starting from a decoder trained on other tissue is the bigger bet
+BASE_MARGIN = 1.0
 SCENARIO = "project-finetune"
 CHECKPOINT_EVERY = 100  # steps between two saved training states (a state is the decoder + Adam's moments)
 
@@ -207,7 +211,8 @@ def _click_examples(predictor, module: torch.nn.Module, kind: str, examples: lis
 def choose_base(predictor, examples: list[AdaptationExample], recipe: FinetuneRecipe,
                 cancel: Callable[[], bool] | None = None) -> tuple[DecoderChoice, list, dict]:
     """The start of ``recipe`` (its base, or for ``AUTO`` the one of ``BASES`` whose mean NoC@85 on
-    ``examples`` is lowest, SAM's on a tie; a base the model has none of is left out), the states
+    ``examples`` is lowest by at least ``BASE_MARGIN`` against the one before, SAM's first; a base
+    the model has none of is left out), the states
     of clicking the examples with it, and every base's NoC@85 measured. The examples are the
     objects about to be trained on, but no base has seen them: for the bases they are held out."""
     from ..errors import CheckpointError
@@ -224,7 +229,7 @@ def choose_base(predictor, examples: list[AdaptationExample], recipe: FinetuneRe
             continue
         states, ious = _click_examples(predictor, start.module, start.kind, examples, recipe, cancel)
         scores[name] = float(np.mean([noc(x, 0.85, recipe.max_clicks) for x in ious])) if ious else float("nan")
-        if best is None or scores[name] < scores[best[0]]:
+        if best is None or scores[name] <= scores[best[0]] - BASE_MARGIN:
             best = (name, start, states)
     return best[1], best[2], scores
 
