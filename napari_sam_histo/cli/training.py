@@ -81,8 +81,8 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     # ``training.decoder_finetune.BASES`` and ``AUTO``, written out so that building the parser imports no torch
     parser.add_argument("--base", choices=("sam", "modified", "auto"), default=None,
                         help="finetune: the decoder it starts from: SAM's own, the shipped modified decoder, or auto "
-                             "(the shipped one where it needs at least a click fewer than SAM on the training "
-                             "objects; default: the recipe's, sam)")
+                             "(the shipped one where it needs fewer clicks than SAM on more training objects than chance "
+                             "explains; default: the recipe's, sam)")
     parser.add_argument("--dagger-rounds", type=int, default=None,
                         help="rounds of re-clicking the training objects with the decoder being trained, then "
                              "training on (default: the recipe's, 0)")

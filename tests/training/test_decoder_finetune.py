@@ -11,12 +11,12 @@ from napari_sam_histo.errors import InputError
 from napari_sam_histo.models.decoder_checkpoint import decoder_file_note, read_decoder_checkpoint
 from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
 from napari_sam_histo.training.decoder_finetune import (
-    BASE_MARGIN,
     FinetuneRecipe,
     FinetuneState,
     collect_states,
     finetune_decoder,
     mask_losses,
+    sign_test,
 )
 from napari_sam_histo.training.examples import AdaptationExample
 
@@ -128,9 +128,18 @@ def test_auto_starts_from_the_base_that_needs_fewer_clicks_on_the_training_objec
                                log=lines.append)
     scores = trained.report["base_noc85"]
     assert set(scores) == {"sam", "modified"}
-    assert trained.report["base"] == ("modified" if scores["modified"] <= scores["sam"] - BASE_MARGIN else "sam")
+    assert trained.report["base"] in ("sam", "modified")
+    if scores["modified"] >= scores["sam"]:
+        assert trained.report["base"] == "sam"
     assert trained.choice.kind == trained.report["base"]
     assert any("starting from" in line for line in lines)
+
+
+def test_the_sign_test_is_the_binomial_tail():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(1 / 32)  # all five better: significant at 5 %
+    assert sign_test(3, 1) == pytest.approx(5 / 16)  # three of four: not
+    assert sign_test(8, 1) < 0.05 < sign_test(7, 2)
 
 
 def test_auto_without_a_shipped_decoder_starts_from_sam(predictor, examples):
@@ -145,3 +154,23 @@ def test_a_base_that_is_not_shipped_or_not_known_is_refused(predictor, examples)
         FinetuneRecipe(base="md")
     with pytest.raises(CheckpointError, match="modified decoder"):  # none ships for the tiny model
         finetune_decoder(predictor, examples[:1], FinetuneRecipe(max_clicks=1, base="modified"))
+
+
+@pytest.mark.parametrize("sam, modified, chosen", [
+    ([5, 5, 5, 5, 5], [1, 1, 1, 1, 1], "modified"),  # better on all five
+    ([14, 14, 14, 14, 14], [9, 9, 9, 20, 14], "sam"),  # lower mean, but 3 better and 1 worse: chance
+    ([20] * 10, [20] * 9 + [12], "sam"),  # one object reached: chance
+])
+def test_auto_starts_from_a_shipped_decoder_only_where_it_is_better_on_more_objects_than_chance(
+        predictor, examples, monkeypatch, sam, modified, chosen):
+    import napari_sam_histo.training.decoder_finetune as finetune
+
+    clicks = {"sam": sam, "modified": modified}
+
+    def clicked(predictor_, module, kind, examples_, recipe, cancel=None):  # IoU 0.9 at the object's NoC
+        return [[] for _ in clicks[kind]], [[0.5] * (n - 1) + [0.9] for n in clicks[kind]]
+
+    monkeypatch.setattr(finetune, "_click_examples", clicked)
+    monkeypatch.setattr(finetune, "base_decoder", lambda model, name: finetune.DecoderChoice(name, None, "", True, name))
+    start, _, scores = finetune.choose_base(predictor, examples * 4, FinetuneRecipe(base="auto"))
+    assert start.name == chosen and scores == {"sam": np.mean(sam), "modified": np.mean(modified)}
