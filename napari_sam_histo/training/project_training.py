@@ -168,6 +168,13 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
     better = figures["decoder_noc"] < figures["sam_noc"]
     classes = sorted({o.class_name for o in split.training})
     start = trained.report.get("base", "sam")  # the decoder the training started from (a recipe's report)
+    if start != "sam":  # a shipped decoder as it is: fine-tuning it may have cost more than it gained
+        from ..models.decoders import choose_decoder
+
+        shipped = Predictor(predictor.model, choose_decoder(predictor.model, start), cache=predictor.cache,
+                            precision=predictor.precision)
+        start_noc, _ = _held_out_figures(shipped, held_out, max_clicks)
+        figures.update(start=start, start_noc=float(np.mean(start_noc)))
     provenance = {"name": name or Path(out).stem, "project": str(Path(project).resolve()),
                   "tissue": f"this project's {', '.join(classes)}",
                   "training_data": f"{len(split.training)} objects of {trained_slides} slide(s) of the project "
@@ -182,5 +189,8 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
     report = {**trained.report, "total_s": time.perf_counter() - started}
     log(f"held out ({figures['objects']} objects): NoC@{GATE_IOU:.2f} SAM {figures['sam_noc']:.2f}, this decoder "
         f"{figures['decoder_noc']:.2f} -> {BETTER if better else NOT_BETTER}")
+    if figures.get("start_noc", np.inf) < figures["decoder_noc"]:
+        log(f"the shipped {start} decoder as it is needs fewer clicks on the held-out objects "
+            f"({figures['start_noc']:.2f}): choose '{start}' in the decoder picker rather than this one")
     log(f"wrote {path} ({report['total_s']:.0f} s)")
     return ProjectDecoder(Path(path), better, figures, provenance, report)

@@ -145,3 +145,19 @@ def test_the_cli_passes_the_chosen_base_to_the_fine_tuning(tmp_path, project, pr
     with pytest.raises(ZeroDivisionError):
         main(["train", "--from-project", str(project), "--out", str(tmp_path / "a.pt"), "--base", "auto"])
     assert seen[0].name == "finetune" and seen[0].base == "auto"
+
+
+@pytest.mark.slow
+def test_a_decoder_started_from_a_shipped_one_is_judged_against_that_one_too(tmp_path, project, predictor,
+                                                                             shipped_modified):
+    from napari_sam_histo.training.decoder_finetune import FinetuneRecipe
+
+    lines = []
+    recipe = FinetuneRecipe(lr=1e-3, epochs=1, max_clicks=2, base="modified")
+    result = train_from_project(project, tmp_path / "lab.pt", predictor, recipe, log=lines.append)
+    assert result.held_out["start"] == "modified" and result.held_out["start_noc"] >= 1
+    assert result.provenance["started_from"] == "modified"
+    assert "starting from the shipped modified decoder" in result.provenance["training_data"]
+    advised = any("choose 'modified'" in line for line in lines)
+    assert advised == (result.held_out["start_noc"] < result.held_out["decoder_noc"])
+    assert choose_decoder(predictor.model, str(result.path)).kind == "modified"
