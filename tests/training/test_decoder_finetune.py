@@ -14,9 +14,9 @@ from napari_sam_histo.training.decoder_finetune import (
     FinetuneRecipe,
     FinetuneState,
     collect_states,
+    fewer_clicks_p,
     finetune_decoder,
     mask_losses,
-    sign_test,
 )
 from napari_sam_histo.training.examples import AdaptationExample
 
@@ -135,11 +135,13 @@ def test_auto_starts_from_the_base_that_needs_fewer_clicks_on_the_training_objec
     assert any("starting from" in line for line in lines)
 
 
-def test_the_sign_test_is_the_binomial_tail():
-    assert sign_test(0, 0) == 1.0
-    assert sign_test(5, 0) == pytest.approx(1 / 32)  # all five better: significant at 5 %
-    assert sign_test(3, 1) == pytest.approx(5 / 16)  # three of four: not
-    assert sign_test(8, 1) < 0.05 < sign_test(7, 2)
+def test_fewer_clicks_needs_more_than_chance():
+    assert fewer_clicks_p([3, 3], [3, 3]) == 1.0  # every object ties
+    assert fewer_clicks_p([1] * 5, [5] * 5) == pytest.approx(1 / 32)  # all five better
+    assert fewer_clicks_p([9, 9, 9, 20, 14], [14] * 5) > 0.05  # three better, one worse: chance
+    big_wins = [2] * 13 + [9] * 8
+    assert fewer_clicks_p(big_wins, [12] * 13 + [8] * 8) < 0.05  # 13 objects 10 clicks fewer, 8 one more
+    assert fewer_clicks_p([20] * 10, [1] * 10) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_auto_without_a_shipped_decoder_starts_from_sam(predictor, examples):
@@ -158,6 +160,7 @@ def test_a_base_that_is_not_shipped_or_not_known_is_refused(predictor, examples)
 
 @pytest.mark.parametrize("sam, modified, chosen", [
     ([5, 5, 5, 5, 5], [1, 1, 1, 1, 1], "modified"),  # better on all five
+    ([12] * 13 + [8] * 8, [2] * 13 + [9] * 8, "modified"),  # far better on 13, a click worse on 8
     ([14, 14, 14, 14, 14], [9, 9, 9, 20, 14], "sam"),  # lower mean, but 3 better and 1 worse: chance
     ([20] * 10, [20] * 9 + [12], "sam"),  # one object reached: chance
 ])
