@@ -50,11 +50,11 @@ def _recipe(args: argparse.Namespace, seed: int):
 
         return TissueRecipe(steps=args.steps, dagger_rounds=_given(args.dagger_rounds, TissueRecipe.dagger_rounds),
                             dagger_steps=args.dagger_steps,
-                            lr=args.lr or 1e-3, batch_size=args.batch_size, seed=seed,
+                            lr=_given(args.lr, TissueRecipe.lr), batch_size=args.batch_size, seed=seed,
                             corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
     from ..training.decoder_finetune import FinetuneRecipe
 
-    return FinetuneRecipe(lr=args.lr or FinetuneRecipe.lr, epochs=_given(args.epochs, FinetuneRecipe.epochs),
+    return FinetuneRecipe(lr=_given(args.lr, FinetuneRecipe.lr), epochs=_given(args.epochs, FinetuneRecipe.epochs),
                           l2sp=_given(args.l2sp, FinetuneRecipe.l2sp),
                           max_clicks=_given(args.state_clicks, FinetuneRecipe.max_clicks),
                           dagger_rounds=_given(args.dagger_rounds, FinetuneRecipe.dagger_rounds), seed=seed,

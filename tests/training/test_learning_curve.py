@@ -120,3 +120,11 @@ def test_a_fine_tuning_from_a_shipped_decoder_reports_that_decoder_untrained_too
     assert summary["seeds_detail"]["0"]["k"]["2"]["report"]["base"] in ("sam", "modified")
     with open(out / "objects.csv") as stream:
         assert base_label("modified") in {r["method"] for r in csv.DictReader(stream)}
+
+
+def test_a_learning_rate_of_zero_is_refused_not_replaced(tmp_path, dataset, capsys):
+    from napari_sam_histo.cli import main
+
+    for recipe in ("finetune", "tissue-head"):
+        assert main(["learning-curve", str(dataset), "--recipe", recipe, "--lr", "0", "--out", str(tmp_path)]) == 2
+        assert "lr 0.0" in capsys.readouterr().err
