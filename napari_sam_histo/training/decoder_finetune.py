@@ -74,8 +74,8 @@ class FinetuneRecipe:
     stop_iou: float = 0.9
     dagger_rounds: int = 0  # re-clicking the objects with the decoder being trained, then training on
     seed: int = 0
-    # the decoder it starts from: SAM's own, the shipped "modified", or "auto": the one of ``BASES``
-    # that needs the fewest clicks on the training objects themselves (``choose_base``)
+    # the decoder it starts from: SAM's own, the shipped "modified", or "auto": the shipped one where
+    # it needs fewer clicks than SAM's on the training objects by more than chance (``choose_base``)
     base: str = "sam"
 
     name = "finetune"  # class attributes (``training.recipes.DecoderRecipe``), not settings
@@ -168,6 +168,21 @@ def base_decoder(model, base: str) -> DecoderChoice:
     return choose_decoder(model, base)
 
 
+def candidate_bases(model, recipe: FinetuneRecipe) -> list[DecoderChoice]:
+    """The decoders ``recipe`` may start from, SAM's first: its base alone (a ``CheckpointError``
+    where it is not shipped for ``model``), or for ``AUTO`` every one of ``BASES`` the model has."""
+    from ..errors import CheckpointError
+
+    out = []
+    for name in BASES if recipe.base == AUTO else (recipe.base,):
+        try:
+            out.append(base_decoder(model, name))
+        except CheckpointError:
+            if recipe.base != AUTO:
+                raise
+    return out
+
+
 def _recording_predictor(predictor, module: torch.nn.Module, kind: str, record: list):
     """A PyTorch float32 predictor on ``module`` (a ``kind`` decoder) that appends every prompt it
     decodes to ``record``."""
@@ -230,18 +245,11 @@ def choose_base(predictor, examples: list[AdaptationExample], recipe: FinetuneRe
     lowest mean among such; a base the model has none of is left out). Returns the start, the
     states of clicking the examples with it, and every base's mean NoC@85. The examples are the
     objects about to be trained on, but no base has seen them: for the bases they are held out."""
-    from ..errors import CheckpointError
     from ..evaluation.metrics import noc
 
-    names = BASES if recipe.base == AUTO else (recipe.base,)
     best, scores, per_object = None, {}, {}
-    for name in names:
-        try:
-            start = base_decoder(predictor.model, name)
-        except CheckpointError:
-            if recipe.base != AUTO:
-                raise
-            continue
+    for start in candidate_bases(predictor.model, recipe):
+        name = start.name
         states, ious = _click_examples(predictor, start.module, start.kind, examples, recipe, cancel)
         per_object[name] = np.array([noc(x, 0.85, recipe.max_clicks) for x in ious], float)
         scores[name] = float(per_object[name].mean()) if ious else float("nan")

@@ -122,18 +122,11 @@ def table_rows(per_seed: dict, method: str = "tissue decoder") -> list[dict]:
 def _shipped_start(model, recipe):
     """The shipped decoder a fine-tuning recipe may start from (its base; for ``auto`` the shipped
     one among its bases, where the model has one), or None (SAM's, or another recipe)."""
-    from ..errors import CheckpointError
-    from .decoder_finetune import AUTO, BASES, FinetuneRecipe, base_decoder
+    from .decoder_finetune import FinetuneRecipe, candidate_bases
 
     if not isinstance(recipe, FinetuneRecipe) or recipe.base == "sam":
         return None
-    for name in ([b for b in BASES if b != "sam"] if recipe.base == AUTO else [recipe.base]):
-        try:
-            return base_decoder(model, name)
-        except CheckpointError:
-            if recipe.base != AUTO:
-                raise
-    return None
+    return next((choice for choice in candidate_bases(model, recipe) if choice.name != "sam"), None)
 
 
 def base_label(base: str) -> str:
