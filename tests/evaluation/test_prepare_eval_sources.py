@@ -1,21 +1,15 @@
 """The pure parts of scripts/prepare-eval-sources (no shared data needed)."""
 
-import importlib.machinery
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "prepare-eval-sources"
+from ..scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def pes():
-    loader = importlib.machinery.SourceFileLoader("prepare_eval_sources", str(SCRIPT))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    return load_script("prepare-eval-sources")
 
 
 def test_downscale_area_is_the_rounded_block_mean(pes):

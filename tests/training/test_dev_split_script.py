@@ -1,26 +1,19 @@
 """scripts/dev-split: a dataset's copy without the cases learning-curve reports test on."""
 
 import csv
-import importlib.machinery
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from napari_sam_histo.training.learning_curve import load_objects
 
 from ..case_dataset import write_case_dataset
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "dev-split"
+from ..scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def dev_split():
-    loader = importlib.machinery.SourceFileLoader("dev_split", str(SCRIPT))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    return load_script("dev-split")
 
 
 def test_the_copy_leaves_out_every_tested_case_and_keeps_the_rest(tmp_path, dev_split, capsys):
