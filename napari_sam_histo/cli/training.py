@@ -56,6 +56,7 @@ def _recipe(args: argparse.Namespace, seed: int):
 
     return FinetuneRecipe(lr=_given(args.lr, FinetuneRecipe.lr), epochs=_given(args.epochs, FinetuneRecipe.epochs),
                           l2sp=_given(args.l2sp, FinetuneRecipe.l2sp),
+                          distill=_given(args.distill, FinetuneRecipe.distill),
                           max_clicks=_given(args.state_clicks, FinetuneRecipe.max_clicks),
                           dagger_rounds=_given(args.dagger_rounds, FinetuneRecipe.dagger_rounds), seed=seed,
                           base=_given(args.base, FinetuneRecipe.base))
@@ -75,6 +76,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finetune: passes over the click states (default: the recipe's, 2)")
     parser.add_argument("--l2sp", type=float, default=None,
                         help="finetune: pull of the weights towards SAM's (default: the recipe's, 0)")
+    parser.add_argument("--distill", type=float, default=None,
+                        help="finetune: weight of the start decoder's own mask as a target on corrective clicks, "
+                             "to keep how it answers corrections (default: the recipe's, 0)")
     parser.add_argument("--state-clicks", type=int, default=None,
                         help="finetune: clicks per training object when collecting its states (default: the "
                              "recipe's, 20)")

@@ -11,7 +11,8 @@
    cross-entropy plus Dice on SAM's 256x256 frame (SAM's padding left out), as SAM was trained;
    plus the squared error of the decoder's IoU prediction for every candidate (so the first
    click's choice among three masks keeps working); plus ``l2sp`` times the squared distance of
-   every weight from SAM's own (L2-SP, off by default). The image encoder never runs (the examples
+   every weight from SAM's own (L2-SP, off by default); plus ``distill`` times the cross-entropy
+   towards the start decoder's own mask on corrective clicks (off by default). The image encoder never runs (the examples
    carry their cached embeddings) and SAM's prompt encoder is frozen: a step is one forward and
    backward pass of the decoder (~0.3-0.7 s on 2 CPU cores).
 3. **DAgger rounds** (``dagger_rounds``, none by default): the objects are clicked again with the
@@ -70,6 +71,10 @@ class FinetuneRecipe:
     lr: float = 3e-5
     epochs: float = 2.0  # steps of the first fit = epochs x states
     l2sp: float = 0.0  # weight of the squared distance from SAM's weights (L2-SP; off by default)
+    # weight of the start decoder's own mask as a second target on corrective clicks (states of two
+    # clicks or more; binary cross-entropy towards its probabilities): keeps how the start answers
+    # corrections while the first masks learn the tissue (off by default)
+    distill: float = 0.0
     max_clicks: int = 20  # clicks per object when collecting states (as many as the benchmark's)
     stop_iou: float = 0.9
     dagger_rounds: int = 0  # re-clicking the objects with the decoder being trained, then training on
@@ -88,6 +93,8 @@ class FinetuneRecipe:
             raise InputError(f"epochs {self.epochs!r} must be a finite number > 0.")
         if not (self.l2sp >= 0 and np.isfinite(self.l2sp)):
             raise InputError(f"l2sp {self.l2sp!r} must be a finite number >= 0.")
+        if not (self.distill >= 0 and np.isfinite(self.distill)):
+            raise InputError(f"distill {self.distill!r} must be a finite number >= 0.")
         if int(self.max_clicks) < 1:
             raise InputError(f"max_clicks {self.max_clicks!r} must be >= 1.")
         if int(self.dagger_rounds) < 0:
@@ -275,12 +282,14 @@ def mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor)
     return bce + dice
 
 
-def _step_loss(decoder, sam, features, image_pe, state: ClickState, target, valid, anchor: dict, l2sp: float):
+def _step_loss(decoder, sam, features, image_pe, state: ClickState, target, valid, anchor: dict, l2sp: float,
+               teacher: torch.nn.Module | None = None, distill: float = 0.0):
     with torch.no_grad():
         mask = None if state.mask is None else state.mask.float()[None, None]
         sparse, dense = sam.prompt_encoder(points=(state.points[None], state.labels[None]), boxes=None, masks=mask)
-    low, iou_pred = decoder(image_embeddings=features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-                            dense_prompt_embeddings=dense, multimask_output=state.multimask)
+    prompts = {"image_embeddings": features, "image_pe": image_pe, "sparse_prompt_embeddings": sparse,
+               "dense_prompt_embeddings": dense, "multimask_output": state.multimask}
+    low, iou_pred = decoder(**prompts)
     low = low[0]
     losses = mask_losses(low, target, valid)
     with torch.no_grad():
@@ -289,6 +298,13 @@ def _step_loss(decoder, sam, features, image_pe, state: ClickState, target, vali
         true_iou = (predicted * inside).sum((1, 2)) / ((predicted + inside) > 0.5).float().sum((1, 2)).clamp_min(1)
     best = int(torch.argmin(losses.detach()))
     loss = losses[best] + F.mse_loss(iou_pred[0], true_iou)
+    if distill and teacher is not None and len(state.labels) > 1:
+        with torch.no_grad():
+            taught = torch.sigmoid(teacher(**prompts)[0][0])
+        v = valid[None].expand_as(low).float()
+        kept = (F.binary_cross_entropy_with_logits(low, taught, reduction="none") * v).sum((1, 2)) / v.sum(
+            (1, 2)).clamp_min(1)
+        loss = loss + distill * kept[best]
     if l2sp:
         loss = loss + l2sp * sum(((p - anchor[name]) ** 2).sum() for name, p in decoder.named_parameters())
     return loss, float(losses[best].detach())
@@ -325,6 +341,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     for parameter in decoder.parameters():
         parameter.requires_grad_(True)
     anchor = {name: p.detach().clone() for name, p in decoder.named_parameters()}
+    teacher = copy.deepcopy(base).to("cpu", torch.float32).eval() if recipe.distill else None
     rng = np.random.default_rng([recipe.seed, len(examples)])
     report = {"objects": len(examples), "recipe": recipe.as_dict(), "resumed_at": None, "states": [], **report_base}
     phase, done, optimizer_state, losses, round_starts = 0, 0, None, [], []
@@ -375,7 +392,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
                 break
             i, j = pool[int(rng.integers(len(pool)))]
             loss, mask_loss = _step_loss(decoder, sam, features[i], image_pe, states[i][j], *frames[i], anchor,
-                                         recipe.l2sp)
+                                         recipe.l2sp, teacher, recipe.distill)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the decoder's loss became {loss.item()}")
             optimizer.zero_grad(set_to_none=True)

@@ -177,3 +177,34 @@ def test_auto_starts_from_a_shipped_decoder_only_where_it_is_better_on_more_obje
     monkeypatch.setattr(finetune, "base_decoder", lambda model, name: finetune.DecoderChoice(name, None, "", True, name))
     start, _, scores = finetune.choose_base(predictor, examples * 4, FinetuneRecipe(base="auto"))
     assert start.name == chosen and scores == {"sam": np.mean(sam), "modified": np.mean(modified)}
+
+
+@pytest.mark.slow
+def test_distillation_keeps_the_start_decoders_answer_to_corrective_clicks(predictor, examples):
+    """With ``distill`` the corrective clicks' masks stay closer to the start decoder's own than
+    without it; the first click's still learn."""
+    recipe = FinetuneRecipe(lr=1e-2, epochs=3, max_clicks=3, seed=0)
+    states = collect_states(predictor, predictor.sam.mask_decoder, examples, recipe)
+    corrective = [(i, s) for i, object_states in enumerate(states) for s in object_states if len(s.labels) > 1]
+    assert corrective
+
+    def masks(module):
+        out = []
+        image_pe = predictor.sam.prompt_encoder.get_dense_pe()
+        with torch.no_grad():
+            for i, s in corrective:
+                mask = None if s.mask is None else s.mask.float()[None, None]
+                sparse, dense = predictor.sam.prompt_encoder(points=(s.points[None], s.labels[None]), boxes=None,
+                                                             masks=mask)
+                features = examples[i].embedding.features.reshape(1, *examples[i].embedding.features.shape[-3:])
+                out.append(torch.sigmoid(module(image_embeddings=features.float(), image_pe=image_pe,
+                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                multimask_output=False)[0][0]))
+        return torch.cat(out)
+
+    start = masks(predictor.sam.mask_decoder)
+    drift = {w: float((masks(finetune_decoder(predictor, examples, FinetuneRecipe(
+        lr=1e-2, epochs=3, max_clicks=3, seed=0, distill=w)).module) - start).abs().mean()) for w in (0.0, 10.0)}
+    assert drift[10.0] < 0.5 * drift[0.0]
+    with pytest.raises(InputError):
+        FinetuneRecipe(distill=-1.0)
