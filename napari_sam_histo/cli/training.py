@@ -171,7 +171,8 @@ def add_learning_curve(sub: argparse._SubParsersAction) -> None:
     lc.add_argument("--seeds", type=int, default=2, help="seeded splits of the groups into training and test")
     lc.add_argument("--first-seed", type=int, default=0, help="the seeds run are FIRST .. FIRST + SEEDS - 1")
     lc.add_argument("--join", nargs="+", default=None, metavar="REPORT",
-                    help="instead of running: join the reports of runs on other seeds (same settings) into --out")
+                    help="instead of running: join the reports of runs on other seeds, or of other k on the same "
+                         "seed (same settings), into --out")
     lc.add_argument("--components", action="store_true", help="each connected region of a mask is an object")
     lc.add_argument("--min-object-px", type=int, default=0, help="with --components: smallest region kept")
     lc.add_argument("--stride", type=int, default=1, help="every N-th image pair")

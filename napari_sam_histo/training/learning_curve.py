@@ -317,7 +317,9 @@ def write_report(out: Path, summary: dict, object_rows: list) -> None:
 
 def join_reports(folders: list, out_dir: str | Path) -> dict:
     """One report from the reports of runs on other seeds of the same dataset and settings (e.g.
-    seeds run side by side: ``--first-seed``); ``InputError`` when they differ or share a seed."""
+    seeds run side by side: ``--first-seed``), or of other k on the same seed and split (e.g. k=100
+    run after k=10 and 25); ``InputError`` when they differ, split a seed otherwise or repeat a k."""
+    import copy
     import csv
 
     summaries, rows = [], []
@@ -337,11 +339,24 @@ def join_reports(folders: list, out_dir: str | Path) -> dict:
                              f"the same settings on other seeds are joined.")
     joined = dict(summaries[0])
     detail: dict = {}
+    split = ("train_groups", "test_groups", "test_objects")
     for summary, folder in zip(summaries, folders):
-        shared = set(detail) & set(summary["seeds_detail"])
-        if shared:
-            raise InputError(f"{folder} repeats seed(s) {', '.join(sorted(shared))}; join runs of other seeds.")
-        detail.update(summary["seeds_detail"])
+        for seed, part in summary["seeds_detail"].items():
+            if seed not in detail:
+                detail[seed] = copy.deepcopy(part)
+                continue
+            mine = detail[seed]
+            if any(mine.get(key) != part.get(key) for key in split):
+                raise InputError(f"{folder} repeats seed {seed} with another split; join runs of other seeds.")
+            repeated = set(mine["k"]) & set(part["k"])
+            if repeated:
+                raise InputError(f"{folder} repeats seed {seed} at k={', '.join(sorted(repeated, key=int))}; join "
+                                 f"runs of other seeds or other k.")
+            mine["k"].update(part["k"])
+    unique: dict = {}
+    for row in rows:  # a seed's zero-shot rows are in each of its runs: once each
+        unique.setdefault(tuple(row[:4]), row)
+    rows = list(unique.values())
     joined.update(seeds_detail=detail, seeds=sorted(int(s) for s in detail),
                   skipped=[line for s in summaries for line in s["skipped"]],
                   partial=any(s.get("partial") for s in summaries), wall_s=sum(s["wall_s"] for s in summaries),

@@ -97,8 +97,15 @@ def test_seeds_run_apart_join_into_one_report_and_a_repeated_seed_is_refused(tmp
             return len(list(csv.DictReader(stream)))
 
     assert count_rows(tmp_path / "joined") == sum(count_rows(tmp_path / f"s{s}") for s in (0, 1))
-    with pytest.raises(InputError, match="repeats seed"):
+    with pytest.raises(InputError, match="repeats seed 0 at k=2"):
         join_reports([tmp_path / "s0", tmp_path / "s0"], tmp_path / "again")
+    # another k on the same seed (the same split) joins in: one zero-shot row per object, both k
+    run_learning_curve(dataset, tmp_path / "s0k3", shots=[3], seeds=1, first_seed=0, max_clicks=2,
+                       model=tiny_model, recipe=TINY, precision="fp32", log=None)
+    merged = join_reports([tmp_path / "s0", tmp_path / "s0k3", tmp_path / "s1"], tmp_path / "merged")
+    assert set(merged["seeds_detail"]["0"]["k"]) == {"2", "3"} and set(merged["seeds_detail"]["1"]["k"]) == {"2"}
+    assert {r["k"] for r in merged["rows"] if r["k"] is not None} == {2, 3}
+    assert count_rows(tmp_path / "merged") == count_rows(tmp_path / "joined") + count_rows(tmp_path / "s0k3") // 2
 
 
 @pytest.mark.slow
