@@ -315,6 +315,19 @@ def write_report(out: Path, summary: dict, object_rows: list) -> None:
                  summary.get("method", "tissue decoder"))
 
 
+def _recipe_settings(summary: dict) -> dict | None:
+    """A report's recipe with the settings added to it since filled in with their defaults (a
+    setting is added off by default, so a report that predates it was measured with it off)."""
+    from .decoder_finetune import FinetuneRecipe
+    from .tissue_training import TissueRecipe
+
+    recipe = summary.get("recipe")
+    for cls in (FinetuneRecipe, TissueRecipe):
+        if recipe and summary.get("method") == cls.label:
+            return {**cls().as_dict(), **recipe}
+    return recipe
+
+
 def join_reports(folders: list, out_dir: str | Path) -> dict:
     """One report from the reports of runs on other seeds of the same dataset and settings (e.g.
     seeds run side by side: ``--first-seed``), or of other k on the same seed and split (e.g. k=100
@@ -332,6 +345,8 @@ def join_reports(folders: list, out_dir: str | Path) -> dict:
         except (OSError, ValueError, KeyError) as err:
             raise InputError(f"{folder}: not a learning-curve report that can be read ({err}).") from err
     same = ("source", "group_by", "components", "max_clicks", "test_fraction", "test_objects", "model", "recipe")
+    for summary in summaries:
+        summary["recipe"] = _recipe_settings(summary)
     for summary, folder in zip(summaries[1:], folders[1:]):
         differ = [key for key in same if summary.get(key) != summaries[0].get(key)]
         if differ:

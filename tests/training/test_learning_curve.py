@@ -14,6 +14,7 @@ from napari_sam_histo.training.tissue_training import TissueRecipe
 from ..case_dataset import write_case_dataset
 
 TINY = TissueRecipe(steps=5, batch_size=2, max_clicks=2, dagger_rounds=1, dagger_steps=2, width=8)
+LATER_SETTING = "weight_decay"  # one of TINY's settings at its default, as if added after a report was written
 
 
 def _dataset(root, cases):
@@ -99,6 +100,21 @@ def test_seeds_run_apart_join_into_one_report_and_a_repeated_seed_is_refused(tmp
     assert count_rows(tmp_path / "joined") == sum(count_rows(tmp_path / f"s{s}") for s in (0, 1))
     with pytest.raises(InputError, match="repeats seed 0 at k=2"):
         join_reports([tmp_path / "s0", tmp_path / "s0"], tmp_path / "again")
+    # a report that predates a recipe setting was run with it off (its default): it joins with that, not with it on
+    stored = json.loads((tmp_path / "s1" / "summary.json").read_text())
+    for value, joins in ((None, True), (TINY.as_dict()[LATER_SETTING] * 2, False)):
+        if value is None:
+            stored["recipe"].pop(LATER_SETTING)
+        else:
+            stored["recipe"][LATER_SETTING] = value
+        (tmp_path / "s1" / "summary.json").write_text(json.dumps(stored))
+        if joins:
+            assert join_reports([tmp_path / "s0", tmp_path / "s1"], tmp_path / "older")["seeds"] == [0, 1]
+        else:
+            with pytest.raises(InputError, match="other recipe"):
+                join_reports([tmp_path / "s0", tmp_path / "s1"], tmp_path / "older")
+    stored["recipe"][LATER_SETTING] = TINY.as_dict()[LATER_SETTING]
+    (tmp_path / "s1" / "summary.json").write_text(json.dumps(stored))
     # another k on the same seed (the same split) joins in: one zero-shot row per object, both k
     run_learning_curve(dataset, tmp_path / "s0k3", shots=[3], seeds=1, first_seed=0, max_clicks=2,
                        model=tiny_model, recipe=TINY, precision="fp32", log=None)
