@@ -54,9 +54,13 @@ def _recipe(args: argparse.Namespace, seed: int):
                             corrected_clicks=None if args.corrected_clicks < 0 else args.corrected_clicks)
     from ..training.decoder_finetune import FinetuneRecipe
 
+    # a rate, passes or distillation given applies to whichever decoder the fine-tuning starts from
     return FinetuneRecipe(lr=_given(args.lr, FinetuneRecipe.lr), epochs=_given(args.epochs, FinetuneRecipe.epochs),
+                          shipped_lr=_given(args.lr, FinetuneRecipe.shipped_lr),
+                          shipped_epochs=_given(args.epochs, FinetuneRecipe.shipped_epochs),
                           l2sp=_given(args.l2sp, FinetuneRecipe.l2sp),
                           distill=_given(args.distill, FinetuneRecipe.distill),
+                          shipped_distill=_given(args.distill, FinetuneRecipe.shipped_distill),
                           max_clicks=_given(args.state_clicks, FinetuneRecipe.max_clicks),
                           dagger_rounds=_given(args.dagger_rounds, FinetuneRecipe.dagger_rounds), seed=seed,
                           base=_given(args.base, FinetuneRecipe.base))
@@ -71,14 +75,16 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", choices=("finetune", "tissue-head"), default="finetune",
                         help="finetune: a decoder trained on the states of every click (the default); "
                              "tissue-head: a head that corrects SAM's first mask")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's, 3e-5 / 1e-3)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: the recipe's, 3e-5 / 1e-3; finetune from a shipped decoder 1e-5)")
     parser.add_argument("--epochs", type=float, default=None,
-                        help="finetune: passes over the click states (default: the recipe's, 2)")
+                        help="finetune: passes over the click states (default: the recipe's, 2; from a shipped "
+                             "decoder 1)")
     parser.add_argument("--l2sp", type=float, default=None,
                         help="finetune: pull of the weights towards SAM's (default: the recipe's, 0)")
     parser.add_argument("--distill", type=float, default=None,
                         help="finetune: weight of the start decoder's own mask as a target on corrective clicks, "
-                             "to keep how it answers corrections (default: the recipe's, 0)")
+                             "to keep how it answers corrections (default: the recipe's, 0; from a shipped decoder 1)")
     parser.add_argument("--state-clicks", type=int, default=None,
                         help="finetune: clicks per training object when collecting its states (default: the "
                              "recipe's, 20)")

@@ -316,15 +316,15 @@ def write_report(out: Path, summary: dict, object_rows: list) -> None:
 
 
 def _recipe_settings(summary: dict) -> dict | None:
-    """A report's recipe with the settings added to it since filled in with their defaults (a
-    setting is added off by default, so a report that predates it was measured with it off)."""
+    """A report's recipe with the settings added to it since filled in as they were when it ran."""
     from .decoder_finetune import FinetuneRecipe
     from .tissue_training import TissueRecipe
 
     recipe = summary.get("recipe")
-    for cls in (FinetuneRecipe, TissueRecipe):
-        if recipe and summary.get("method") == cls.label:
-            return {**cls().as_dict(), **recipe}
+    if recipe and summary.get("method") == FinetuneRecipe.label:
+        return FinetuneRecipe.completed(recipe)
+    if recipe and summary.get("method") == TissueRecipe.label:
+        return {**TissueRecipe().as_dict(), **recipe}
     return recipe
 
 

@@ -9,7 +9,7 @@ import torch
 from napari_sam_histo.engine.predictor import Predictor
 from napari_sam_histo.errors import InputError
 from napari_sam_histo.models.decoder_checkpoint import decoder_file_note, read_decoder_checkpoint
-from napari_sam_histo.models.decoders import build_decoder_from_checkpoint, choose_decoder
+from napari_sam_histo.models.decoders import DecoderChoice, build_decoder_from_checkpoint, choose_decoder
 from napari_sam_histo.training.decoder_finetune import (
     FinetuneRecipe,
     FinetuneState,
@@ -208,3 +208,21 @@ def test_distillation_keeps_the_start_decoders_answer_to_corrective_clicks(predi
     assert drift[10.0] < 0.5 * drift[0.0]
     with pytest.raises(InputError):
         FinetuneRecipe(distill=-1.0)
+
+
+def test_a_start_from_a_shipped_decoder_has_settings_of_its_own():
+    """Gentler settings for a decoder already trained on histology; a report that predates them
+    reads as it ran (the shipped start with SAM's settings, no distillation)."""
+    recipe = FinetuneRecipe()
+    sam = DecoderChoice("sam", torch.nn.Identity(), "checkpoint", True, name="sam")
+    shipped = DecoderChoice("modified", torch.nn.Identity(), "resources", True, name="modified")
+    assert recipe.settings_for(sam) == (recipe.lr, recipe.epochs, recipe.distill) == (3e-5, 2.0, 0.0)
+    assert recipe.settings_for(shipped) == (1e-5, 1.0, 1.0)
+    older = {k: v for k, v in FinetuneRecipe(lr=2e-5, base="auto").as_dict().items()
+             if not k.startswith("shipped_") and k != "distill"}
+    completed = FinetuneRecipe.completed(older)
+    assert (completed["shipped_lr"], completed["shipped_epochs"], completed["shipped_distill"]) == (2e-5, 2.0, 0.0)
+    assert completed["distill"] == 0.0 and completed["base"] == "auto"
+    for bad in ({"shipped_lr": 0.0}, {"shipped_epochs": float("inf")}, {"shipped_distill": -1.0}):
+        with pytest.raises(InputError):
+            FinetuneRecipe(**bad)

@@ -140,7 +140,12 @@ def test_a_fine_tuning_from_a_shipped_decoder_reports_that_decoder_untrained_too
     methods = [row["method"] for row in summary["rows"]]
     assert methods == [SAM, base_label("modified"), "fine-tuned decoder"]
     assert summary["rows"][0]["ratio"] is None and summary["rows"][1]["ratio"] is not None
-    assert summary["seeds_detail"]["0"]["k"]["2"]["report"]["base"] in ("sam", "modified")
+    report = summary["seeds_detail"]["0"]["k"]["2"]["report"]
+    assert report["base"] in ("sam", "modified")
+    # a shipped start trains with the recipe's settings for it, SAM's with SAM's
+    expected = (1e-3, 1, 0.0) if report["base"] == "sam" else (FinetuneRecipe.shipped_lr, FinetuneRecipe.shipped_epochs,
+                                                               FinetuneRecipe.shipped_distill)
+    assert tuple(report["settings"].values()) == expected
     with open(out / "objects.csv") as stream:
         assert base_label("modified") in {r["method"] for r in csv.DictReader(stream)}
 
