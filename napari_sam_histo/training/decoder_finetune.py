@@ -355,8 +355,9 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     # zero-shot states of the start (for AUTO, of every base: the one needing fewest clicks starts)
     start, states, base_scores = choose_base(predictor, examples, recipe, cancel)
     base, kind = start.module, start.kind
-    report_base = {"base": start.name or kind, "base_noc85": base_scores}
-    report_base["settings"] = dict(zip(("lr", "epochs", "distill"), recipe.settings_for(start)))
+    lr, epochs, distill = recipe.settings_for(start)
+    report_base = {"base": start.name or kind, "base_noc85": base_scores,
+                   "settings": {"lr": lr, "epochs": epochs, "distill": distill}}
     if log is not None and recipe.base == AUTO:
         log(f"fine-tuning: starting from {start.name or kind} (NoC@85 on the training objects: "
             + ", ".join(f"{name} {value:.2f}" for name, value in base_scores.items()) + ")")
@@ -364,7 +365,6 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     for parameter in decoder.parameters():
         parameter.requires_grad_(True)
     anchor = {name: p.detach().clone() for name, p in decoder.named_parameters()}
-    lr, epochs, distill = recipe.settings_for(start)
     teacher = copy.deepcopy(base).to("cpu", torch.float32).eval() if distill else None
     rng = np.random.default_rng([recipe.seed, len(examples)])
     report = {"objects": len(examples), "recipe": recipe.as_dict(), "resumed_at": None, "states": [], **report_base}
