@@ -316,15 +316,15 @@ def write_report(out: Path, summary: dict, object_rows: list) -> None:
 
 
 def _recipe_settings(summary: dict) -> dict | None:
-    """A report's recipe with the settings added to it since filled in as they were when it ran."""
+    """A report's recipe with the settings added to it since filled in as they were when it ran
+    (by the recipe whose decoders the report names: ``DecoderRecipe.completed``)."""
     from .decoder_finetune import FinetuneRecipe
     from .tissue_training import TissueRecipe
 
     recipe = summary.get("recipe")
-    if recipe and summary.get("method") == FinetuneRecipe.label:
-        return FinetuneRecipe.completed(recipe)
-    if recipe and summary.get("method") == TissueRecipe.label:
-        return {**TissueRecipe().as_dict(), **recipe}
+    for kind in (FinetuneRecipe, TissueRecipe):
+        if recipe and summary.get("method") == kind.label:
+            return kind.completed(recipe)
     return recipe
 
 

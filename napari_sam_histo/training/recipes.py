@@ -31,6 +31,12 @@ class DecoderRecipe(Protocol):
 
     def as_dict(self) -> dict: ...
 
+    @classmethod
+    def completed(cls, recorded: dict) -> dict:
+        """A recipe as a report recorded it (``as_dict``), with the settings added to the recipe
+        since filled in as they were when it ran: a report joined later reads as it ran."""
+        ...
+
     def train(self, predictor, examples: list, log: Callable[[str], None] | None = None,
               cancel: Callable[[], bool] | None = None, resume: Any = None,
               on_checkpoint: Callable[[Any], None] | None = None) -> TrainedDecoder:

@@ -93,6 +93,11 @@ class TissueRecipe:
         out["dilations"] = list(self.dilations)
         return out
 
+    @classmethod
+    def completed(cls, recorded: dict) -> dict:
+        """A recipe as a report recorded it, with the settings added since at their defaults."""
+        return {**cls().as_dict(), **recorded}
+
     def train(self, predictor, examples, log=None, cancel=None, resume=None, on_checkpoint=None) -> TrainedTissue:
         """``train_tissue_head`` with this recipe (``training.recipes.DecoderRecipe``)."""
         return train_tissue_head(predictor, examples, self, log=log, cancel=cancel, resume=resume,

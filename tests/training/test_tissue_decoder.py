@@ -170,3 +170,10 @@ def test_a_state_of_another_training_is_refused(predictor, examples):
                       on_checkpoint=states.append, checkpoint_every=5)
     with pytest.raises(InputError, match="another training"):
         train_tissue_head(predictor, examples, SMALL, resume=states[-1])
+
+
+def test_a_report_that_predates_a_setting_reads_with_its_default():
+    older = {k: v for k, v in TissueRecipe(steps=50).as_dict().items() if k != "corrected_clicks"}
+    completed = TissueRecipe.completed(older)
+    assert completed["steps"] == 50
+    assert completed["corrected_clicks"] == TissueRecipe().corrected_clicks
