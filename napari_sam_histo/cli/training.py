@@ -92,7 +92,7 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", choices=("sam", "modified", "auto"), default=None,
                         help="finetune: the decoder it starts from: SAM's own, the shipped modified decoder, or auto "
                              "(the shipped one where it needs fewer clicks than SAM on more training objects than chance "
-                             "explains; default: the recipe's, sam)")
+                             "explains; default: the recipe's, auto)")
     parser.add_argument("--dagger-rounds", type=int, default=None,
                         help="rounds of re-clicking the training objects with the decoder being trained, then "
                              "training on (default: the recipe's, 0)")

@@ -145,6 +145,12 @@ def test_the_cli_passes_the_chosen_base_to_the_fine_tuning(tmp_path, project, pr
     with pytest.raises(ZeroDivisionError):
         main(["train", "--from-project", str(project), "--out", str(tmp_path / "a.pt"), "--base", "auto"])
     assert seen[0].name == "finetune" and seen[0].base == "auto"
+    # without --base, where the start is chosen by the training objects' clicks (as in the dock)
+    for base in (None, "sam"):
+        with pytest.raises(ZeroDivisionError):
+            main(["train", "--from-project", str(project), "--out", str(tmp_path / "a.pt")]
+                 + (["--base", base] if base else []))
+    assert [recipe.base for recipe in seen[1:]] == ["auto", "sam"]
 
 
 @pytest.mark.slow
