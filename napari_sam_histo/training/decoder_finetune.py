@@ -62,6 +62,7 @@ AUTO = "auto"  # the base chosen by the training objects' clicks (``choose_base`
 BASE_SIGNIFICANCE = 0.05
 SCENARIO = "project-finetune"
 CHECKPOINT_EVERY = 100  # steps between two saved training states (a state is the decoder + Adam's moments)
+PROGRESS_EVERY_S = 15.0  # at most one progress line (objects clicked, steps fitted) in this many seconds
 
 
 @dataclass(frozen=True)
@@ -235,16 +236,35 @@ def _recording_predictor(predictor, module: torch.nn.Module, kind: str, record: 
                      precision="fp32", decoder_mode="pytorch", encoder_mode=predictor.encoder_mode)
 
 
+class _Progress:
+    """Progress lines for ``log``, at most one every ``PROGRESS_EVERY_S`` seconds besides the last
+    (a training in the dock says what it does; a command's output stays short)."""
+
+    def __init__(self, log: Callable[[str], None] | None) -> None:
+        self.log = log
+        self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        now = time.perf_counter()
+        if self.log is not None and (done == total or now - self.last >= PROGRESS_EVERY_S):
+            self.last = now
+            self.log(f"{what}: {done} of {total}")
+
+
 def collect_states(predictor, module: torch.nn.Module, examples: list[AdaptationExample], recipe: FinetuneRecipe,
-                   cancel: Callable[[], bool] | None = None, kind: str = "sam") -> list[list[ClickState]]:
+                   cancel: Callable[[], bool] | None = None, kind: str = "sam",
+                   log: Callable[[str], None] | None = None) -> list[list[ClickState]]:
     """Click every example with ``module`` (a ``kind`` decoder) as the decoder (see the module);
     each one's states."""
-    return _click_examples(predictor, module, kind, examples, recipe, cancel)[0]
+    return _click_examples(predictor, module, kind, examples, recipe, cancel,
+                           _Progress(log), f"fine-tuning: clicking the objects with the {kind} decoder being trained")[0]
 
 
 def _click_examples(predictor, module: torch.nn.Module, kind: str, examples: list[AdaptationExample],
-                    recipe: FinetuneRecipe, cancel: Callable[[], bool] | None = None):
-    """(each example's states, each one's IoU after every click)."""
+                    recipe: FinetuneRecipe, cancel: Callable[[], bool] | None = None,
+                    progress: Callable[[int, int, str], None] | None = None, what: str = ""):
+    """(each example's states, each one's IoU after every click); ``progress(done, total, what)``
+    after each example."""
     record: list[ClickState] = []
     clicking = _recording_predictor(predictor, module.eval(), kind, record)
     states, ious = [], []
@@ -255,6 +275,8 @@ def _click_examples(predictor, module: torch.nn.Module, kind: str, examples: lis
         clicked = click_tile(clicking, example.embedding, example.target, recipe.max_clicks, recipe.stop_iou)
         states.append(list(record))
         ious.append(clicked.ious)
+        if progress is not None:
+            progress(len(states), len(examples), what)
     return states, ious
 
 
@@ -270,19 +292,23 @@ def fewer_clicks_p(mine, sam) -> float:
 
 
 def choose_base(predictor, examples: list[AdaptationExample], recipe: FinetuneRecipe,
-                cancel: Callable[[], bool] | None = None) -> tuple[DecoderChoice, list, dict]:
+                cancel: Callable[[], bool] | None = None,
+                log: Callable[[str], None] | None = None) -> tuple[DecoderChoice, list, dict]:
     """The start of ``recipe``: its base; for ``AUTO`` SAM's decoder unless a shipped one of
     ``BASES`` needs fewer clicks (NoC@85) than SAM's on ``examples`` (``fewer_clicks_p`` <=
     ``BASE_SIGNIFICANCE``) and fewer on average (the one with the
     lowest mean among such; a base the model has none of is left out). Returns the start, the
     states of clicking the examples with it, and every base's mean NoC@85. The examples are the
-    objects about to be trained on, but no base has seen them: for the bases they are held out."""
+    objects about to be trained on, but no base has seen them: for the bases they are held out.
+    ``log`` receives progress lines."""
     from ..evaluation.metrics import noc
 
     best, scores, per_object = None, {}, {}
+    progress = _Progress(log)
     for start in candidate_bases(predictor.model, recipe):
         name = start.name
-        states, ious = _click_examples(predictor, start.module, start.kind, examples, recipe, cancel)
+        states, ious = _click_examples(predictor, start.module, start.kind, examples, recipe, cancel, progress,
+                                       f"fine-tuning: clicking the training objects with the {name} decoder")
         per_object[name] = np.array([noc(x, 0.85, recipe.max_clicks) for x in ious], float)
         scores[name] = float(per_object[name].mean()) if ious else float("nan")
         if best is None:
@@ -356,7 +382,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
     image_pe = sam.prompt_encoder.get_dense_pe().detach().to("cpu", torch.float32)
     t = time.perf_counter()
     # zero-shot states of the start (for AUTO, of every base: the one needing fewest clicks starts)
-    start, states, base_scores = choose_base(predictor, examples, recipe, cancel)
+    start, states, base_scores = choose_base(predictor, examples, recipe, cancel, log)
     base, kind = start.module, start.kind
     lr, epochs, distill = recipe.settings_for(start)
     report_base = {"base": start.name or kind, "base_noc85": base_scores,
@@ -385,7 +411,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
 
     def add_round_states(clicking: torch.nn.Module) -> None:
         nonlocal states
-        more = collect_states(predictor, clicking, examples, recipe, cancel, kind)
+        more = collect_states(predictor, clicking, examples, recipe, cancel, kind, log)
         states = [a + b for a, b in zip(states, more)]
 
     for round_ in range(phase):
@@ -413,6 +439,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
         decoder.train()
+        progress = _Progress(log)
         for step in range(done, steps):
             if cancel is not None and cancel():
                 checkpoint(phase_, step, optimizer)
@@ -428,6 +455,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
             losses.append(mask_loss)
             if (step + 1) % max(int(checkpoint_every), 1) == 0 or step + 1 == steps:
                 checkpoint(phase_, step + 1, optimizer)
+            progress(step + 1, steps, f"fine-tuning: phase {phase_}: step")
         decoder.eval()
         done, optimizer_state = 0, None
 

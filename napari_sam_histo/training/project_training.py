@@ -159,6 +159,7 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
     from ..engine.predictor import Predictor
 
     mine = Predictor(predictor.model, trained.choice, cache=predictor.cache, precision=predictor.precision)
+    log(f"judging the new decoder: clicking the {len(held_out)} held-out objects with it and with zero-shot SAM")
     sam_noc, sam_iou = _held_out_figures(predictor, held_out, max_clicks)
     new_noc, new_iou = _held_out_figures(mine, held_out, max_clicks)
     figures = {"objects": len(held_out), "slides": split.held_out_slides, "by": split.by,

@@ -36,6 +36,26 @@ def test_the_states_are_every_prompt_the_decoder_was_given(predictor, examples):
     assert all(s.mask is not None and s.mask.shape == (256, 256) for s in later if len(s.points) > 1)
 
 
+def test_a_training_says_what_it_is_doing_while_it_clicks_and_fits(predictor, examples, monkeypatch):
+    """Progress lines for the dock's panel: the objects clicked and the steps fitted, at most one a
+    ``PROGRESS_EVERY_S`` besides the last of each."""
+    import napari_sam_histo.training.decoder_finetune as finetune
+
+    lines = []
+    finetune_decoder(predictor, examples[:2], FinetuneRecipe(lr=1e-3, epochs=2, max_clicks=2), log=lines.append)
+    clicking = [line for line in lines if "clicking the training objects with the sam decoder" in line]
+    steps = [line for line in lines if "phase 0: step" in line]
+    assert clicking == ["fine-tuning: clicking the training objects with the sam decoder: 2 of 2"]  # the last only
+    assert len(steps) == 1 and steps[0].endswith(" of " + steps[0].rsplit(" ", 1)[-1])
+    monkeypatch.setattr(finetune, "PROGRESS_EVERY_S", 0.0)
+    lines.clear()
+    finetune_decoder(predictor, examples[:2], FinetuneRecipe(lr=1e-3, epochs=2, max_clicks=2), log=lines.append)
+    assert [line.rsplit(": ", 1)[-1] for line in lines if "clicking the training objects" in line] == ["1 of 2",
+                                                                                                      "2 of 2"]
+    fitted = [line.rsplit(": ", 1)[-1] for line in lines if "phase 0: step" in line]
+    assert fitted[0].startswith("1 of ") and len(fitted) == int(fitted[0].split(" of ")[1])
+
+
 def test_mask_losses_are_lowest_for_the_target_itself():
     target = torch.zeros(8, 8)
     target[2:6, 2:6] = 1
@@ -170,7 +190,8 @@ def test_auto_starts_from_a_shipped_decoder_only_where_it_is_better_on_more_obje
 
     clicks = {"sam": sam, "modified": modified}
 
-    def clicked(predictor_, module, kind, examples_, recipe, cancel=None):  # IoU 0.9 at the object's NoC
+    def clicked(predictor_, module, kind, examples_, recipe, cancel=None, progress=None, what=""):  # IoU 0.9 at
+        # the object's NoC
         return [[] for _ in clicks[kind]], [[0.5] * (n - 1) + [0.9] for n in clicks[kind]]
 
     monkeypatch.setattr(finetune, "_click_examples", clicked)
