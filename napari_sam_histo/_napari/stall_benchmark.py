@@ -20,6 +20,7 @@ import numpy as np
 
 from ..annotations.geojson import write_geojson
 from ..errors import InputError
+from .annotator.view import camera
 
 HEARTBEAT_MS = 20
 TRAILING_S = 0.3  # after an action's result is on screen, its stall window stays open this long
@@ -226,11 +227,11 @@ def run(slide: str | Path | None = None, model: str = "vit_t", device: str = "cp
     timed("open the slide", lambda: viewer.open(str(copy), plugin="napari-sam-histo"),
           lambda: dock.layer_combo.count() > 0 and overviews_read(viewer))
     slide_layer = viewer.layers[-1]
-    home = (viewer.camera.zoom, tuple(viewer.camera.center))
+    home = (camera(viewer).zoom, tuple(camera(viewer).center))
 
     def look_at(zoom: float, centre: tuple) -> None:
         state["generation"], state["moved"] = chunks_read(viewer), time.perf_counter()
-        viewer.camera.zoom, viewer.camera.center = zoom, centre
+        camera(viewer).zoom, camera(viewer).center = zoom, centre
 
     def new_chunks_drawn() -> bool:
         """The chunks the new view asked for are read (napari asks when it draws, an event-loop

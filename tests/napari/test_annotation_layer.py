@@ -6,6 +6,7 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_sam_histo._napari import annotation_layer  # noqa: E402
+from napari_sam_histo._napari.annotator.view import camera
 from napari_sam_histo.annotations.geometry import Polygon  # noqa: E402
 from napari_sam_histo.annotations.objects import AnnotatedObject  # noqa: E402
 
@@ -106,7 +107,7 @@ def test_a_click_inside_an_accepted_object_selects_it_in_select_mode(make_napari
     def click_at(x0, y0):
         """Press and release on the canvas pixel showing level-0 pixel (x0, y0)."""
         world = np.asarray(layer.data_to_world((y0, x0)))[-2:]
-        row, col = (world - np.asarray(viewer.camera.center[-2:])) * viewer.camera.zoom
+        row, col = (world - np.asarray(camera(viewer).center[-2:])) * camera(viewer).zoom
         at = QPoint(round(canvas.width() / 2 + col), round(canvas.height() / 2 + row))
         layer.selected_data = set()
         qtbot.mouseMove(canvas, at)

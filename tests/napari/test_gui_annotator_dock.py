@@ -9,6 +9,7 @@ import tifffile
 pytest.importorskip("napari")
 
 from napari_sam_histo._napari.annotation_layer import ANNOTATIONS, FACE_ALPHA  # noqa: E402
+from napari_sam_histo._napari.annotator.view import camera
 from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, TILES  # noqa: E402
 from napari_sam_histo.annotations.bridged import to_bridged_ring  # noqa: E402
 from napari_sam_histo.annotations.geometry import Polygon, polygon_area, rasterize  # noqa: E402
@@ -126,7 +127,7 @@ def test_napari_draws_a_bridged_hole_empty():
 
 
 def test_prefetch_runs_in_the_background_with_progress(dock, qtbot):
-    dock.viewer.camera.center = (0, 1500 * 0.499, 1000 * 0.499)  # world (µm): level-0 (x 1000, y 1500)
+    camera(dock.viewer).center = (0, 1500 * 0.499, 1000 * 0.499)  # world (µm): level-0 (x 1000, y 1500)
     dock.annotator.prefetch_radius = 0  # one lattice tile around the view: enough to test, cheaper
     dock.prefetch_check.setChecked(True)
     dock.prefetch_now()
@@ -161,10 +162,10 @@ def test_mouse_clicks_drags_and_keys(dock, qtbot, monkeypatch):
     send_mouse(viewer, "mouse_press", position=world, pos=at, modifiers=["Alt"])
     send_mouse(viewer, "mouse_release", position=world, pos=at, modifiers=["Alt"])
     assert seen[1:] == [(*FRAGMENT, False)] * 2  # right click, Alt + click: negative
-    zoom = viewer.camera.zoom
+    zoom = camera(viewer).zoom
     send_mouse(viewer, "mouse_double_click", position=world, pos=at)
     assert len(seen) == 4  # the second click of a double click counts…
-    assert viewer.camera.zoom == zoom  # …and does not zoom
+    assert camera(viewer).zoom == zoom  # …and does not zoom
     send_mouse(viewer, "mouse_press", position=world, pos=at)
     send_mouse(viewer, "mouse_move", position=world, pos=at + 30, is_dragging=True)
     send_mouse(viewer, "mouse_release", position=world, pos=at + 30)

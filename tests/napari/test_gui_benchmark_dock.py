@@ -15,6 +15,7 @@ from qtpy.QtCore import QPoint, QRect, QSettings, QStandardPaths, Qt, QTimer  # 
 from qtpy.QtWidgets import QApplication, QMessageBox, QScrollArea  # noqa: E402
 
 import napari_sam_histo._napari.benchmark_run as benchmark_run  # noqa: E402
+from napari_sam_histo._napari.annotator.view import camera
 from napari_sam_histo._napari.benchmark_dock import BenchmarkDock  # noqa: E402
 from napari_sam_histo._napari.benchmark_replay import REPLAY_PREFIX  # noqa: E402
 from napari_sam_histo._napari.benchmark_replay_panel import REPLAY_BLOCKED_TIP  # noqa: E402
@@ -248,9 +249,9 @@ def test_replay_moves_the_view_to_the_image_and_outlines_the_truth(tiny_dock, qt
     qtbot.waitUntil(lambda: dock.replay.result is not None and dock.replay.worker is None, timeout=60_000)
     image = viewer.layers[REPLAY_PREFIX + "image"]
     (top, left), (bottom, right) = image.extent.world[:, -2:]
-    y, x = viewer.camera.center[-2:]
+    y, x = camera(viewer).center[-2:]
     assert top <= y <= bottom and left <= x <= right
-    assert viewer.camera.zoom * (right - left) > 0.5 * min(viewer.canvas.size)  # zoomed to fill the view
+    assert camera(viewer).zoom * (right - left) > 0.5 * min(viewer.canvas.size)  # zoomed to fill the view
     truth = viewer.layers[REPLAY_PREFIX + "ground truth"]
     names = [layer.name for layer in viewer.layers]
     assert truth.visible and truth.opacity == 1 and truth.data.any() and truth.contour >= 2
@@ -371,6 +372,6 @@ def test_a_replay_over_a_slide_in_micrometres_is_drawn_in_micrometres_beside_it(
     (top, left), (bottom, right) = image.extent.world[:, -2:]
     (_, _), (_, slide_right) = slide.extent.world[:, -2:]
     assert left > slide_right  # beside the slide, not over it
-    y, x = viewer.camera.center[-2:]
+    y, x = camera(viewer).center[-2:]
     assert top <= y <= bottom and left <= x <= right  # and the view on it
-    assert viewer.camera.zoom * (right - left) > 0.5 * min(viewer.canvas.size)
+    assert camera(viewer).zoom * (right - left) > 0.5 * min(viewer.canvas.size)

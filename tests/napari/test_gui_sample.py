@@ -2,6 +2,8 @@
 
 import pytest
 
+from napari_sam_histo._napari.annotator.view import camera
+
 pytest.importorskip("napari")
 
 
@@ -56,7 +58,7 @@ def test_slide_chunks_are_read_in_the_background_and_then_drawn(make_napari_view
     qtbot.waitUntil(lambda: layer.thumbnail[8:24, 12:20, :3].std() > 5, timeout=20000)
     assert overview.reader.errors == []
     # a zoomed-in view asks for level-0 chunks: drawn once read, without the test asking for them
-    viewer.camera.zoom, viewer.camera.center = 8 * viewer.camera.zoom, (0, 700, 500)
+    camera(viewer).zoom, camera(viewer).center = 8 * camera(viewer).zoom, (0, 700, 500)
     qtbot.waitUntil(lambda: overview.reader.idle() and viewer.screenshot(canvas_only=True).std() > 5, timeout=20000)
     # the layer deleted: its reader stops and drops its chunks
     viewer.layers.remove(layer)

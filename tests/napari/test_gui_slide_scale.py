@@ -10,6 +10,7 @@ pytest.importorskip("napari")
 
 from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
 from napari_sam_histo._napari.annotator.dock import AnnotatorDock  # noqa: E402
+from napari_sam_histo._napari.annotator.view import camera
 from napari_sam_histo._napari.annotator.working_layers import CURRENT  # noqa: E402
 from napari_sam_histo._napari.sample_data import cmu1_region  # noqa: E402
 from napari_sam_histo.evaluation.slide_benchmark import write_pyramid  # noqa: E402
@@ -67,10 +68,10 @@ def test_auto_level_follows_the_view_on_a_slide_without_a_pixel_size_and_refines
         ys, xs = np.nonzero(mask)
         border = (int(xs.max()) + x, int(ys[xs.argmax()]) + y)  # the mask's rightmost pixel (its downsample)
         # zoom in on the object's right border (about 600 level-0 px on screen) and correct it there
-        viewer.camera.center = tuple(dock.image_layer.data_to_world((border[1] * coarse.downsample,
+        camera(viewer).center = tuple(dock.image_layer.data_to_world((border[1] * coarse.downsample,
                                                                      border[0] * coarse.downsample)))
         height, width = viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size
-        viewer.camera.zoom = max(width, height) / 600 / float(dock.image_layer.scale[-1])
+        camera(viewer).zoom = max(width, height) / 600 / float(dock.image_layer.scale[-1])
         assert dock.view_level().downsample == 1.0
         click_image(dock, (border[0] - 3) * coarse.downsample, border[1] * coarse.downsample, button=2)  # negative
         wait_idle(dock, qtbot)

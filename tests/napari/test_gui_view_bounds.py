@@ -9,6 +9,7 @@ from app_model.types import KeyCode
 pytest.importorskip("napari")
 
 from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
+from napari_sam_histo._napari.annotator.view import camera
 from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, TILES  # noqa: E402
 from napari_sam_histo._napari.slide_layer_data import slide_stem  # noqa: E402
 
@@ -21,9 +22,9 @@ VIEW_SIDE = 1200  # level-0 pixels across the view
 
 def _look_at(viewer, dock, x0, y0, side):
     """Centre the view on level-0 (x0, y0), ``side`` level-0 pixels across its longer side."""
-    viewer.camera.center = tuple(dock.image_layer.data_to_world((y0, x0)))
+    camera(viewer).center = tuple(dock.image_layer.data_to_world((y0, x0)))
     height, width = viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size
-    viewer.camera.zoom = max(width, height) / side / float(dock.image_layer.scale[-1])
+    camera(viewer).zoom = max(width, height) / side / float(dock.image_layer.scale[-1])
 
 
 def _bounds(obj):
