@@ -101,12 +101,20 @@ def test_nests_accepted_on_two_slides_train_a_decoder_that_needs_fewer_clicks_on
         training.recipe = FinetuneRecipe(lr=1e-4, epochs=4, dagger_rounds=0)
         training.name_edit.clear()
         qtbot.keyClicks(training.name_edit, "nests")
+        shown = []  # what the panel's state line said, in order
+        say = training.state.setText
+        training.state.setText = lambda text: (shown.append(text), say(text))
         qtbot.mouseClick(training.train_button, Qt.MouseButton.LeftButton)
         # about a minute on a quiet 2-core machine; training runs at the lowest CPU priority, so other
         # jobs on the machine can stretch it many times (over 10 minutes at a load average of 8)
         qtbot.waitUntil(lambda: training.train_button.isEnabled(), timeout=1_500_000)
         decoder = tmp_path / "decoders" / "nests.pt"
         assert decoder.exists(), training.state.text()
+        # the panel said what the training was doing, step by step, before its verdict
+        stages = ("clicking the training objects with the sam decoder", "phase 0: step", "judging the new decoder",
+                  "nests.pt:")
+        firsts = [next((i for i, text in enumerate(shown) if stage in text), None) for stage in stages]
+        assert None not in firsts and firsts == sorted(firsts), shown
 
         third, truth = slides[2], labels[2]
         clicks = {}
