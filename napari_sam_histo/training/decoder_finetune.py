@@ -126,11 +126,15 @@ class FinetuneRecipe:
     @classmethod
     def completed(cls, recorded: dict) -> dict:
         """A recipe as a report recorded it, with the settings added since filled in as they were
-        then: ``distill`` off, and a shipped start with the same settings as SAM's."""
+        then: ``distill`` off, and a shipped start with the same settings as SAM's. A start from
+        SAM's decoder alone (``base`` "sam") never uses a shipped start's settings: they are left
+        out, so runs that differ only there read as the same recipe."""
         out = {**cls().as_dict(), **recorded}
         for name in ("lr", "epochs", "distill"):
             if f"shipped_{name}" not in recorded:
                 out[f"shipped_{name}"] = out[name]
+            if out.get("base") == BASES[0]:
+                del out[f"shipped_{name}"]
         return out
 
     def train(self, predictor, examples, log=None, cancel=None, resume=None, on_checkpoint=None) -> FinetunedDecoder:

@@ -244,6 +244,11 @@ def test_a_start_from_a_shipped_decoder_has_settings_of_its_own():
     completed = FinetuneRecipe.completed(older)
     assert (completed["shipped_lr"], completed["shipped_epochs"], completed["shipped_distill"]) == (2e-5, 2.0, 0.0)
     assert completed["distill"] == 0.0 and completed["base"] == "auto"
+    # from SAM's decoder alone a shipped start's settings never apply: runs differing there are one recipe
+    sam_only = FinetuneRecipe(base="sam").as_dict()
+    older_sam_only = {k: v for k, v in sam_only.items() if not k.startswith("shipped_")}
+    assert FinetuneRecipe.completed(sam_only) == FinetuneRecipe.completed(older_sam_only)
+    assert not any(k.startswith("shipped_") for k in FinetuneRecipe.completed(sam_only))
     for bad in ({"shipped_lr": 0.0}, {"shipped_epochs": float("inf")}, {"shipped_distill": -1.0}):
         with pytest.raises(InputError):
             FinetuneRecipe(**bad)
