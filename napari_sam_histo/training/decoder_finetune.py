@@ -459,7 +459,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
             losses.append(mask_loss)
             if (step + 1) % max(int(checkpoint_every), 1) == 0 or step + 1 == steps:
                 checkpoint(phase_, step + 1, optimizer)
-            progress(step + 1, steps, f"fine-tuning: phase {phase_}: step")
+            progress(step + 1, steps, f"fine-tuning: phase {phase_}, steps")
         decoder.eval()
         done, optimizer_state = 0, None
 

@@ -111,7 +111,7 @@ def test_nests_accepted_on_two_slides_train_a_decoder_that_needs_fewer_clicks_on
         decoder = tmp_path / "decoders" / "nests.pt"
         assert decoder.exists(), training.state.text()
         # the panel said what the training was doing, step by step, before its verdict
-        stages = ("clicking the training objects with the sam decoder", "phase 0: step", "judging the new decoder",
+        stages = ("clicking the training objects with the sam decoder", "phase 0, steps", "judging the new decoder",
                   "nests.pt:")
         firsts = [next((i for i, text in enumerate(shown) if stage in text), None) for stage in stages]
         assert None not in firsts and firsts == sorted(firsts), shown

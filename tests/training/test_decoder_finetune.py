@@ -44,7 +44,7 @@ def test_a_training_says_what_it_is_doing_while_it_clicks_and_fits(predictor, ex
     lines = []
     finetune_decoder(predictor, examples[:2], FinetuneRecipe(lr=1e-3, epochs=2, max_clicks=2), log=lines.append)
     clicking = [line for line in lines if "clicking the training objects with the sam decoder" in line]
-    steps = [line for line in lines if "phase 0: step" in line]
+    steps = [line for line in lines if "phase 0, steps" in line]
     assert clicking == ["fine-tuning: clicking the training objects with the sam decoder: 2 of 2"]  # the last only
     assert len(steps) == 1 and steps[0].endswith(" of " + steps[0].rsplit(" ", 1)[-1])
     monkeypatch.setattr(finetune, "PROGRESS_EVERY_S", 0.0)
@@ -52,7 +52,7 @@ def test_a_training_says_what_it_is_doing_while_it_clicks_and_fits(predictor, ex
     finetune_decoder(predictor, examples[:2], FinetuneRecipe(lr=1e-3, epochs=2, max_clicks=2), log=lines.append)
     assert [line.rsplit(": ", 1)[-1] for line in lines if "clicking the training objects" in line] == ["1 of 2",
                                                                                                       "2 of 2"]
-    fitted = [line.rsplit(": ", 1)[-1] for line in lines if "phase 0: step" in line]
+    fitted = [line.rsplit(": ", 1)[-1] for line in lines if "phase 0, steps" in line]
     assert fitted[0].startswith("1 of ") and len(fitted) == int(fitted[0].split(" of ")[1])
 
 
