@@ -249,6 +249,9 @@ def test_a_start_from_a_shipped_decoder_has_settings_of_its_own():
     older_sam_only = {k: v for k, v in sam_only.items() if not k.startswith("shipped_")}
     assert FinetuneRecipe.completed(sam_only) == FinetuneRecipe.completed(older_sam_only)
     assert not any(k.startswith("shipped_") for k in FinetuneRecipe.completed(sam_only))
+    # a report from before a start could be chosen started from SAM's decoder, whatever the default is now
+    before_bases = {k: v for k, v in older_sam_only.items() if k not in ("base", "distill")}
+    assert FinetuneRecipe.completed(before_bases) == FinetuneRecipe.completed(sam_only)
     for bad in ({"shipped_lr": 0.0}, {"shipped_epochs": float("inf")}, {"shipped_distill": -1.0}):
         with pytest.raises(InputError):
             FinetuneRecipe(**bad)
