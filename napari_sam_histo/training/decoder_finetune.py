@@ -127,9 +127,9 @@ class FinetuneRecipe:
     def completed(cls, recorded: dict) -> dict:
         """A recipe as a report recorded it, with the settings added since filled in as they were
         then: ``distill`` off, the start SAM's decoder (``base`` came with the shipped starts), and a
-        shipped start with the same settings as SAM's. A start from
-        SAM's decoder alone (``base`` "sam") never uses a shipped start's settings: they are left
-        out, so runs that differ only there read as the same recipe."""
+        shipped start with the same settings as SAM's. A start from SAM's decoder alone (``base``
+        "sam") never uses a shipped start's settings: they are left out, so runs that differ only
+        there read as the same recipe."""
         out = {**cls().as_dict(), **recorded}
         if "base" not in recorded:
             out["base"] = BASES[0]
