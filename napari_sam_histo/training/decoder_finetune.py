@@ -244,18 +244,19 @@ def _recording_predictor(predictor, module: torch.nn.Module, kind: str, record: 
 
 
 class _Progress:
-    """Progress lines for ``log``, at most one every ``PROGRESS_EVERY_S`` seconds besides the last
-    (a training in the dock says what it does; a command's output stays short)."""
+    """Progress lines "``what``: done of total" for ``log``, at most one every ``PROGRESS_EVERY_S``
+    seconds besides the last (a training in the dock says what it does; a command's output stays
+    short)."""
 
-    def __init__(self, log: Callable[[str], None] | None) -> None:
-        self.log = log
+    def __init__(self, log: Callable[[str], None] | None, what: str) -> None:
+        self.log, self.what = log, what
         self.last = time.perf_counter()
 
-    def __call__(self, done: int, total: int, what: str) -> None:
+    def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
         if self.log is not None and (done == total or now - self.last >= PROGRESS_EVERY_S):
             self.last = now
-            self.log(f"{what}: {done} of {total}")
+            self.log(f"{self.what}: {done} of {total}")
 
 
 def collect_states(predictor, module: torch.nn.Module, examples: list[AdaptationExample], recipe: FinetuneRecipe,
@@ -263,15 +264,15 @@ def collect_states(predictor, module: torch.nn.Module, examples: list[Adaptation
                    log: Callable[[str], None] | None = None) -> list[list[ClickState]]:
     """Click every example with ``module`` (a ``kind`` decoder) as the decoder (see the module);
     each one's states."""
-    return _click_examples(predictor, module, kind, examples, recipe, cancel,
-                           _Progress(log), f"fine-tuning: clicking the objects with the {kind} decoder being trained")[0]
+    progress = _Progress(log, f"fine-tuning: clicking the objects with the {kind} decoder being trained")
+    return _click_examples(predictor, module, kind, examples, recipe, cancel, progress)[0]
 
 
 def _click_examples(predictor, module: torch.nn.Module, kind: str, examples: list[AdaptationExample],
                     recipe: FinetuneRecipe, cancel: Callable[[], bool] | None = None,
-                    progress: Callable[[int, int, str], None] | None = None, what: str = ""):
-    """(each example's states, each one's IoU after every click); ``progress(done, total, what)``
-    after each example."""
+                    progress: Callable[[int, int], None] | None = None):
+    """(each example's states, each one's IoU after every click); ``progress(done, total)`` after
+    each example."""
     record: list[ClickState] = []
     clicking = _recording_predictor(predictor, module.eval(), kind, record)
     states, ious = [], []
@@ -283,7 +284,7 @@ def _click_examples(predictor, module: torch.nn.Module, kind: str, examples: lis
         states.append(list(record))
         ious.append(clicked.ious)
         if progress is not None:
-            progress(len(states), len(examples), what)
+            progress(len(states), len(examples))
     return states, ious
 
 
@@ -311,11 +312,10 @@ def choose_base(predictor, examples: list[AdaptationExample], recipe: FinetuneRe
     from ..evaluation.metrics import noc
 
     best, scores, per_object = None, {}, {}
-    progress = _Progress(log)
     for start in candidate_bases(predictor.model, recipe):
         name = start.name
-        states, ious = _click_examples(predictor, start.module, start.kind, examples, recipe, cancel, progress,
-                                       f"fine-tuning: clicking the training objects with the {name} decoder")
+        progress = _Progress(log, f"fine-tuning: clicking the training objects with the {name} decoder")
+        states, ious = _click_examples(predictor, start.module, start.kind, examples, recipe, cancel, progress)
         per_object[name] = np.array([noc(x, 0.85, recipe.max_clicks) for x in ious], float)
         scores[name] = float(per_object[name].mean()) if ious else float("nan")
         if best is None:
@@ -446,7 +446,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
         decoder.train()
-        progress = _Progress(log)
+        progress = _Progress(log, f"fine-tuning: phase {phase_}, steps")
         for step in range(done, steps):
             if cancel is not None and cancel():
                 checkpoint(phase_, step, optimizer)
@@ -462,7 +462,7 @@ def finetune_decoder(predictor, examples: list[AdaptationExample], recipe: Finet
             losses.append(mask_loss)
             if (step + 1) % max(int(checkpoint_every), 1) == 0 or step + 1 == steps:
                 checkpoint(phase_, step + 1, optimizer)
-            progress(step + 1, steps, f"fine-tuning: phase {phase_}, steps")
+            progress(step + 1, steps)
         decoder.eval()
         done, optimizer_state = 0, None
 

@@ -190,8 +190,8 @@ def test_auto_starts_from_a_shipped_decoder_only_where_it_is_better_on_more_obje
 
     clicks = {"sam": sam, "modified": modified}
 
-    def clicked(predictor_, module, kind, examples_, recipe, cancel=None, progress=None, what=""):  # IoU 0.9 at
-        # the object's NoC
+    def clicked(predictor_, module, kind, examples_, recipe, cancel=None, progress=None):  # IoU 0.9 at the
+        # object's NoC
         return [[] for _ in clicks[kind]], [[0.5] * (n - 1) + [0.9] for n in clicks[kind]]
 
     monkeypatch.setattr(finetune, "_click_examples", clicked)
