@@ -216,3 +216,37 @@ def test_embeddings_can_be_kept_on_disk_per_slide(dock, qtbot, tmp_path, monkeyp
     dock.add_click(*FRAGMENT)
     wait_idle(dock, qtbot)
     assert len(list((tmp_path / "store").glob("*.zarr"))) == 1
+
+
+def test_enter_in_the_class_box_adds_the_class_and_does_not_accept(dock, qtbot):
+    """Typing a new class and pressing Enter in the class box adds the class and makes it the one
+    the object will be accepted as; the object being clicked stays live (Enter on the canvas
+    accepts it)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    dock.add_click(*FRAGMENT)
+    wait_idle(dock, qtbot)
+    line = dock.class_combo.lineEdit()
+    line.selectAll()
+    QTest.keyClicks(line, "Gland")
+    QTest.keyClick(line, Qt.Key.Key_Return)
+    qtbot.wait(200)
+    wait_idle(dock, qtbot)
+    assert not dock.objects() and len(dock.annotator.clicks) == 1
+    assert dock.class_combo.findText("Gland") >= 0 and dock.class_picker.name == "Gland"
+    assert "Gland" in dock.status.text() and "Gland" in dock.classes
+
+
+def test_the_status_follows_the_object_back_to_none(dock, qtbot):
+    """Undoing an object's only click leaves no object: the status says so (not the last click's
+    text), and Enter then says there is nothing to accept."""
+    dock.add_click(*FRAGMENT)
+    wait_idle(dock, qtbot)
+    assert dock.status.text().startswith("1 click")
+    dock.undo()
+    wait_idle(dock, qtbot)
+    assert not dock.annotator.clicks and dock.status.text().startswith("No object is being clicked")
+    dock.accept()
+    wait_idle(dock, qtbot)
+    assert "nothing to accept" in dock.status.text() and not dock.objects()

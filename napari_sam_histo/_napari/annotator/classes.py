@@ -1,11 +1,13 @@
 """The class picker: the class the next object is accepted as (type a new one and press Enter to
-add it), its colour (click to change), and the slide folder's class table
-(``annotations.class_table``), which gives every class its id in every export."""
+add it: that Enter stays in the box and never accepts the object), its colour (click to change),
+and the slide folder's class table (``annotations.class_table``), which gives every class its id in
+every export."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QColorDialog, QComboBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
@@ -16,13 +18,16 @@ from ...errors import SamHistoError
 class ClassPicker(QWidget):
     def __init__(self, on_error: Callable[[Exception], None], say: Callable[[str], None],
                  recoloured: Callable[[str], None], layer: Callable[[], object],
-                 shown: Callable[[tuple[int, int, int]], None], parent=None) -> None:
+                 shown: Callable[[tuple[int, int, int]], None], chosen: Callable[[str, bool], None],
+                 parent=None) -> None:
         """``on_error``/``say``: the dock's status; ``recoloured(name)``: class ``name`` has a new
         colour (the accepted objects follow); ``layer()``: the annotations layer, whose metadata
         names the class table (or None); ``shown(color)``: the chosen class's colour, for the object
-        being clicked."""
+        being clicked; ``chosen(name, added)``: the user picked class ``name`` from the list or
+        typed it and pressed Enter (``added``: a new class)."""
         super().__init__(parent)
         self.on_error, self.say, self.recoloured, self.layer, self.shown = on_error, say, recoloured, layer, shown
+        self.chosen = chosen
         self.classes: dict[str, tuple[int, int, int]] = dict(DEFAULT_CLASSES)  # the annotator shares it
         self.table = None  # the slide folder's class table: ids and colours
         row = QHBoxLayout(self)
@@ -35,10 +40,29 @@ class ClassPicker(QWidget):
         self.color_button.setToolTip("the class's colour (click to change)")
         self.color_button.clicked.connect(self._pick_color)
         self.combo.currentTextChanged.connect(lambda text: self.show_color())
+        self.combo.activated.connect(lambda index: self.chosen(self.name, False))
+        # Enter in the box adds the typed class; unhandled, it would reach napari's Enter (accept)
+        self.combo.lineEdit().installEventFilter(self)
         row.addWidget(QLabel("Class"))
         row.addWidget(self.combo, 1)
         row.addWidget(self.color_button)
         self.show_color()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if (watched is self.combo.lineEdit() and event.type() == QEvent.Type.KeyPress
+                and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)):
+            self.choose_typed()
+            return True
+        return super().eventFilter(watched, event)
+
+    def choose_typed(self) -> None:
+        """The class typed in the box becomes the chosen one, added to the list if it is new."""
+        name = self.name
+        added = name not in self.classes
+        self.color(name)
+        self.combo.setCurrentIndex(self.combo.findText(name))
+        self.show_color()
+        self.chosen(name, added)
 
     @property
     def name(self) -> str:

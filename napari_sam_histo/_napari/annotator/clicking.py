@@ -73,6 +73,9 @@ class Clicking:
         dock = self.dock
         if not dock.ready():
             return
+        if not dock.annotator.clicks and not dock.pending and dock.layers.edited_mask() is None:
+            dock.say(f"No object is being clicked: nothing to accept. {dock.count_text()}")
+            return
         name = dock.class_picker.name
         dock.class_picker.color(name)  # a class typed in is added to the list with a colour
         min_area = min_area_px(dock.min_area_spin.value(), dock.source.mpp)
@@ -95,15 +98,32 @@ class Clicking:
         if dock.pending:
             return
         dock.resume.object_changed(state, self.live_settings())
-        if state.clicks and not said:
-            clicks, n = len(state.clicks), len(state.boxes)
-            levels = sorted({b.downsample for b in state.boxes}, reverse=True)
-            where = " and ".join(dock.session.level_text(d) for d in levels)  # coarse to fine
-            dock.say(f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
-                     + (f" at {where}" if where else "")
-                     + (", border refined as on this slide's accepted objects" if state.refined else "")
-                     + f". Enter accepts as {dock.class_picker.name}, Escape cancels.")
+        if not said:
+            dock.say(self.state_text(state))
         dock.schedule_prefetch()
+
+    def state_text(self, state) -> str:
+        """What the status says of the object being clicked (or that there is none)."""
+        dock = self.dock
+        if not state.clicks:
+            return f"No object is being clicked: click on the slide to start one. {dock.count_text()}"
+        clicks, n = len(state.clicks), len(state.boxes)
+        levels = sorted({b.downsample for b in state.boxes}, reverse=True)
+        where = " and ".join(dock.session.level_text(d) for d in levels)  # coarse to fine
+        return (f"{clicks} click{'s' * (clicks != 1)}" + (f" across {n} tiles" if n > 1 else "")
+                + (f" at {where}" if where else "")
+                + (", border refined as on this slide's accepted objects" if state.refined else "")
+                + f". Enter accepts as {dock.class_picker.name}, Escape cancels.")
+
+    def class_chosen(self, name: str, added: bool) -> None:
+        """The user chose class ``name`` (``added``: typed in, new): the status says what Enter on
+        the slide will do now."""
+        dock = self.dock
+        first = f"Class {name} added." if added else f"Class {name} chosen."
+        if dock.annotator is None or dock.pending or not dock.annotator.clicks:
+            dock.say(f"{first} The next object you accept is {name}.")
+            return
+        dock.say(f"{first} Enter on the slide accepts the object being clicked as {name}, Escape cancels.")
 
     def live_settings(self) -> LiveSettings:
         """How the object being clicked is kept on disk now."""

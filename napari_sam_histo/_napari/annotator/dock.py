@@ -116,7 +116,8 @@ class AnnotatorDock(QWidget):
             s.min_area_spin, s.simplify_spin, s.prefetch_check, s.grow_check, s.disk_check)
         self.grow_check.toggled.connect(self._set_growing)
         self.class_picker = ClassPicker(self.show_error, self.say, self._recoloured, lambda: self.accepted.layer,
-                                   lambda color: self.layers.colour(color) if self.annotator is not None else None)
+                                        lambda color: self.layers.colour(color) if self.annotator is not None else None,
+                                        lambda name, added: self.clicking.class_chosen(name, added))
         self.class_combo = self.class_picker.combo
         layout.addWidget(self.class_picker)
         self.start_button = QPushButton("Start annotating")
