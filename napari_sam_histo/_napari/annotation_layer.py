@@ -42,15 +42,17 @@ def _defaults(class_name: str = "", object_id: str = "", clicks: int = 0, model:
 
 
 def layer_for(viewer, image_layer, identity: str, edge_width: float = 3.0):
-    """The annotations layer of the slide shown by ``image_layer`` (named ``ANNOTATIONS``),
-    created if needed; another slide's layer of that name is renamed, never removed."""
+    """The annotations layer of the slide shown by ``image_layer`` (named ``ANNOTATIONS``, shown),
+    created if needed; another slide's layer of that name is renamed and hidden (its objects are
+    not drawn over this slide), never removed."""
     name = image_layer.name
     mine = next((lay for lay in viewer.layers if lay.metadata.get("annotations_of") == identity), None)
     if ANNOTATIONS in viewer.layers and viewer.layers[ANNOTATIONS] is not mine:
         other = viewer.layers[ANNOTATIONS]
         other.name = f"{ANNOTATIONS} ({other.metadata.get('slide_name', 'other image')})"
+        other.visible = False
     if mine is not None:
-        mine.name = ANNOTATIONS
+        mine.name, mine.visible = ANNOTATIONS, True
         return mine
     metadata = dict(image_layer.metadata, annotations_of=identity, slide_name=name)
     scale = tuple(image_layer.scale[-2:])

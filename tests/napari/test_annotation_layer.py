@@ -64,7 +64,7 @@ def test_redo_of_a_partial_deletion_removes_only_those_parts(layer):
     assert len(annotation_layer.rows_of(layer, other.id)) == 1
 
 
-def test_another_slides_layer_is_renamed_not_replaced(layer):
+def test_another_slides_layer_is_renamed_and_hidden_not_replaced(layer):
     from napari.layers import Image
 
     layer, _, _ = layer
@@ -73,8 +73,10 @@ def test_another_slides_layer_is_renamed_not_replaced(layer):
     second = annotation_layer.layer_for(viewer, Image(np.zeros((8, 8)), name="slide two"), "slide-2")
     assert second is not layer and second.name == annotation_layer.ANNOTATIONS
     assert layer.name.startswith(annotation_layer.ANNOTATIONS + " (") and len(layer.data) == 4
+    assert not layer.visible and second.visible  # the first slide's objects are not drawn over the second
     back = annotation_layer.layer_for(viewer, Image(np.zeros((8, 8))), "slide-1")
     assert back is layer and layer.name == annotation_layer.ANNOTATIONS
+    assert layer.visible and not second.visible
 
 
 def _ring(cx, cy, rx, ry, n=240):
