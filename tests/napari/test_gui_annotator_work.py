@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QFileDialog  # noqa: E402
 from napari_sam_histo._napari.annotation_layer import ANNOTATIONS  # noqa: E402
 from napari_sam_histo._napari.annotator.dock import AnnotatorDock  # noqa: E402
 from napari_sam_histo._napari.annotator.session import NOT_STARTED  # noqa: E402
-from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT  # noqa: E402
+from napari_sam_histo._napari.annotator.working_layers import CLICKS, CURRENT, TILES  # noqa: E402
 from napari_sam_histo.annotations.geometry import polygon_area  # noqa: E402
 
 from ..annotator_gui import FRAGMENT, MPP, STRIP, MouseEvent, click, press, reopen, wait_idle, world  # noqa: E402
@@ -344,9 +344,13 @@ def test_removing_the_dock_saves_closes_and_takes_everything_back(dock, qtbot, m
     closed = []
     monkeypatch.setattr(dock.source, "close", lambda: closed.append(True))
     _accept_one(dock, qtbot)
+    click(viewer, *STRIP)  # an object being clicked when the dock goes
+    wait_idle(dock, qtbot)
     viewer.window.remove_dock_widget(dock)  # what napari's close button on the dock does
     qtbot.waitUntil(lambda: bool(closed), timeout=30_000)
     assert dock.canvas_input.on_mouse not in viewer.mouse_drag_callbacks and not dock.canvas_input.bound
+    # the dock's working layers go with it (the live object is on disk); the accepted objects stay
+    assert not any(name in viewer.layers for name in (CURRENT, TILES, CLICKS)) and ANNOTATIONS in viewer.layers
     sidecar = slide.with_name(slide.name + ".sam-annotations.geojson")
     assert len(json.loads(sidecar.read_text())["features"]) == 1
 

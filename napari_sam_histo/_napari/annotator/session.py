@@ -328,6 +328,8 @@ class Session:
                                   (dock.viewer.layers.events.removed, dock.settings.fill_layers)):
             with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 emitter.disconnect(callback)
+        with contextlib.suppress(RuntimeError, KeyError, ValueError):  # napari may be tearing its viewer down
+            dock.layers.remove()
         if self.source is not None:
             source = self._closed_source = self.source
             if old is not None and not wait:  # its threads may still read the slide: close after them

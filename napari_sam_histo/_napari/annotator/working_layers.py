@@ -67,6 +67,13 @@ class WorkingLayers:
         """Annotating stopped: tiles still to be drawn for it are not drawn."""
         self.drawn_boxes = None
 
+    def remove(self) -> None:
+        """The dock is gone: its layers go too (the object being clicked is on disk, and the next
+        Start offers it back), so nothing left on screen looks like accepted work."""
+        for name in self.present():
+            self.viewer.layers.remove(name)
+        self.made, self.drawn, self.drawn_boxes = False, None, ()
+
     def finish(self) -> None:
         """Every layer is made: the brush paints the object, the eraser removes from it."""
         self.made = True
