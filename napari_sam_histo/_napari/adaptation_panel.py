@@ -113,7 +113,10 @@ class AdaptationPanel(QGroupBox):
         self.refiner_check.setChecked(True)
         self.refiner_check.setEnabled(False)  # with the switch above
         self.refiner_check.toggled.connect(self._refiner_toggled)
-        layout.addWidget(self.refiner_check)
+        indented = QHBoxLayout()  # an option of the switch above: drawn under it, indented
+        indented.addSpacing(20)
+        indented.addWidget(self.refiner_check)
+        layout.addLayout(indented)
         self.state_label = QLabel(OFF_TEXT)
         self.state_label.setWordWrap(True)
         layout.addWidget(self.state_label)
