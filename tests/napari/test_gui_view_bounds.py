@@ -79,6 +79,16 @@ def test_an_image_opened_while_annotating_goes_under_the_annotators_layers(make_
         click_image(dock, 2091, 615)  # still the slide being annotated that is clicked
         wait_idle(dock, qtbot)
         assert len(viewer.layers[CLICKS].data) == 1 and len(dock.annotator.clicks) == 1
+        # Start on the slide again (hidden meanwhile, under the second image): it is shown, above that image
+        slide_layer = dock.image_layer
+        slide_layer.visible = False
+        dock.clear()
+        wait_idle(dock, qtbot)
+        dock.start()
+        qtbot.waitUntil(lambda: dock.annotator is not None and not dock.session.starting, timeout=120_000)
+        assert slide_layer.visible
+        assert names().index("second slide") < names().index(slide_layer.name) < min(
+            names().index(n) for n in (ANNOTATIONS, CURRENT, TILES, CLICKS))
     finally:
         dock.close_session(wait=True)
 

@@ -249,6 +249,7 @@ class Session:
         hooks, camera = dock.canvas_input, dock.view.camera
         dock.accepted.connect(hooks.connect)
         hooks.connect(dock.layers.current.events.paint, dock.clicking.painted)
+        dock.view.show_slide(layer, [dock.accepted.layer, *(dock.viewer.layers[n] for n in dock.layers.present())])
         dock.viewer.layers.selection.active = layer
         hooks.attach([dock.viewer, dock.layers.current, dock.layers.clicks],
                      KeyActions(accept=lambda: dock.accept(), cancel=lambda: dock.clear(), undo=lambda: dock.undo(),

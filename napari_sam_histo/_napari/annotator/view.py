@@ -84,6 +84,19 @@ class View:
             layers.move(above[0], lowest)
 
 
+    def show_slide(self, image, ours) -> None:
+        """The slide annotation starts on is shown: visible, above every other image layer, and
+        below ``ours`` (what the user sees is what the clicks go to)."""
+        from napari.layers import Image
+
+        layers = self.viewer.layers
+        image.visible = True
+        others = [i for i, layer in enumerate(layers) if isinstance(layer, Image) and layer is not image]
+        if others and layers.index(image) < max(others):
+            layers.move(layers.index(image), max(others) + 1)  # an insertion point: lands just above it
+        self.keep_on_top(ours)
+
+
 def level_text(annotator, source, downsample: float | None = None) -> str:
     """A working level as a user reads it: magnification (or downsample) and µm per pixel; with
     "auto", that the level follows the view."""
