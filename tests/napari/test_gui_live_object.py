@@ -43,3 +43,37 @@ def test_the_object_being_clicked_is_kept_on_quit_and_offered_back(make_napari_v
         qtbot.waitUntil(lambda: not live.exists(), timeout=10_000)
     finally:
         again.close_session(wait=True)
+
+
+def test_the_earlier_objects_are_offered_before_the_object_being_clicked(make_napari_viewer, dock, qtbot, slide,
+                                                                        monkeypatch):
+    """Both an accepted object and one being clicked were kept: at the next Start the accepted
+    objects are offered first, then the unaccepted one, even when the accepted ones take longer to
+    read; both are added."""
+    from napari_sam_histo.annotations import autosave
+
+    click(dock.viewer, *FRAGMENT)
+    wait_idle(dock, qtbot)
+    press(dock.viewer, KeyCode.Enter)
+    qtbot.waitUntil(lambda: len(dock.object_list.ids) == 1, timeout=60_000)
+    click(dock.viewer, 600, 1040)
+    wait_idle(dock, qtbot)
+    qtbot.waitUntil(_live_file(slide).exists, timeout=10_000)
+    dock.close_session(wait=True)
+
+    load = autosave.load
+
+    def slow_sidecar(path, *args, **kwargs):
+        if not str(path).endswith(".live.geojson"):
+            import time
+
+            time.sleep(1.0)  # the accepted objects' file is read last
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(autosave, "load", slow_sidecar)
+    again, asked = reopen(make_napari_viewer, qtbot, slide)
+    try:
+        qtbot.waitUntil(lambda: len(again.object_list.ids) == 2, timeout=120_000)
+        assert len(asked) == 2 and "Resume them?" in asked[0] and "not accepted yet" in asked[1]
+    finally:
+        again.close_session(wait=True)

@@ -39,6 +39,7 @@ class Resume:
         self.add_loaded, self.learn = add_loaded, learn
         self.path: Path | None = None  # the sidecar autosaved to (None: not yet, or off)
         self.resuming = False  # while the slide's earlier autosave is being read
+        self._after_resume: list[Callable[[], None]] = []  # questions that wait for the resume question
         self.closed = False
         self.writes = OrderedWrites(threads, AUTOSAVE_DELAY_MS, self._job, on_error, "autosave", parent)
         self.live = LiveObjectKeeper(threads, on_error, parent)  # the object being clicked, on disk
@@ -49,6 +50,13 @@ class Resume:
         pixel size); the new one is autosaved once it is resumed (or not)."""
         self.writes.flush()
         self.path, self.resuming = None, False
+        self._after_resume.clear()
+
+    def _resume_done(self) -> None:
+        """The earlier objects are resumed (or not): what waited for that question runs now."""
+        waiting, self._after_resume = self._after_resume, []
+        for then in waiting:
+            then()
 
     def changed(self) -> None:
         if self.path is not None:
@@ -100,11 +108,13 @@ class Resume:
                 self.accepted.changed()
                 if n:
                     self.learn()
+                self._resume_done()
 
         def autosave_off(err) -> None:  # the sidecar stays as it is; nothing overwrites it
             self.resuming = False
             self.on_error(InputError(f"Autosave is off for this slide: {path} could not be set aside ({err}). "
                                      "Export your objects by hand."))
+            self._resume_done()
 
         def unreadable(err):
             if self.accepted.layer is not layer:
@@ -166,6 +176,9 @@ class Resume:
 
         def loaded(objects):
             if not still():
+                return
+            if self.resuming:  # the accepted objects are offered first: asked after that question
+                self._after_resume.append(lambda: loaded(objects))
                 return
             try:
                 if objects and self.confirm(
