@@ -265,10 +265,14 @@ class AnnotatorDock(QWidget):
     def fit_view(self, x0: float, y0: float, x1: float, y1: float, fill: float = 0.8) -> None:
         self.view.fit(x0, y0, x1, y1, fill)
 
+    def annotator_layers(self) -> list:
+        """The layers the annotator draws on: the accepted objects and the working layers there are."""
+        return [self.layer, *(self.viewer.layers[n] for n in self.layers.present())]
+
     def keep_layers_on_top(self) -> None:
         """Every image layer above one of the annotator's layers goes just below them."""
         if self.annotator is not None:
-            self.view.keep_on_top([self.layer, *(self.viewer.layers[n] for n in self.layers.present())])
+            self.view.keep_on_top(self.annotator_layers())
 
     def schedule_prefetch(self, *_) -> None:
         if self.annotator is not None and self.prefetch_check.isChecked():

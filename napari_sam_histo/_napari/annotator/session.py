@@ -108,6 +108,8 @@ class SessionDock(Protocol):
 
     def schedule_prefetch(self, *_) -> None: ...
 
+    def annotator_layers(self) -> list: ...  # the accepted objects' layer and the working layers
+
     def keep_layers_on_top(self) -> None: ...
 
     def learn_from_layer(self) -> None: ...
@@ -249,7 +251,7 @@ class Session:
         hooks, camera = dock.canvas_input, dock.view.camera
         dock.accepted.connect(hooks.connect)
         hooks.connect(dock.layers.current.events.paint, dock.clicking.painted)
-        dock.view.show_slide(layer, [dock.accepted.layer, *(dock.viewer.layers[n] for n in dock.layers.present())])
+        dock.view.show_slide(layer, dock.annotator_layers())
         dock.viewer.layers.selection.active = layer
         hooks.attach([dock.viewer, dock.layers.current, dock.layers.clicks],
                      KeyActions(accept=lambda: dock.accept(), cancel=lambda: dock.clear(), undo=lambda: dock.undo(),

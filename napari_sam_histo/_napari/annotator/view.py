@@ -83,7 +83,6 @@ class View:
                 return
             layers.move(above[0], lowest)
 
-
     def show_slide(self, image, ours) -> None:
         """The slide annotation starts on is shown: visible, above every other image layer, and
         below ``ours`` (what the user sees is what the clicks go to)."""
