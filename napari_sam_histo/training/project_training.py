@@ -5,7 +5,7 @@ slides accepted last are held out; with one slide, its last-accepted objects), a
 on the rest by a recipe (``training.recipes``; by default SAM's decoder fine-tuned,
 ``training.decoder_finetune``) from the stored embeddings (no encoder runs),
 and both zero-shot SAM and the new decoder re-click every held-out object with the benchmark's
-clicker (``reclick.reclick``: NoC@85 within 10 clicks). The decoder file records what it was
+clicker (``held_out_check``: NoC@85 within 10 clicks). The decoder file records what it was
 trained on (classes, objects, slides, date) and those held-out figures, and says whether it is
 better than SAM there; one that is not is still written, labelled so, and never meant as a default.
 
@@ -31,10 +31,11 @@ import numpy as np
 from ..atomic import atomic_path
 from ..errors import InputError
 from .decoder_finetune import FinetuneRecipe
+from .held_out_check import check_held_out, mean_clicks
 from .project_split import split_by_slide
 from .project_store import ProjectStore
 from .recipes import DecoderRecipe
-from .reclick import GATE_IOU, GATE_MAX_CLICKS, reclick
+from .reclick import GATE_IOU, GATE_MAX_CLICKS
 
 BETTER = "better than zero-shot SAM on its held-out objects"
 NOT_BETTER = "not better than zero-shot SAM on its held-out objects: kept, never offered as the default"
@@ -53,15 +54,6 @@ class ProjectDecoder:
     @property
     def verdict(self) -> str:
         return BETTER if self.better else NOT_BETTER
-
-
-def _held_out_figures(predictor, examples, max_clicks: int) -> tuple[list[int], list[float]]:
-    nocs, ious = [], []
-    for example in examples:
-        n, mean_iou = reclick(predictor, example, max_clicks)
-        nocs.append(n)
-        ious.append(mean_iou)
-    return nocs, ious
 
 
 STATE_SUFFIX = ".training-state.pt"
@@ -160,13 +152,9 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
 
     mine = Predictor(predictor.model, trained.choice, cache=predictor.cache, precision=predictor.precision)
     log(f"judging the new decoder: clicking the {len(held_out)} held-out objects with it and with zero-shot SAM")
-    sam_noc, sam_iou = _held_out_figures(predictor, held_out, max_clicks)
-    new_noc, new_iou = _held_out_figures(mine, held_out, max_clicks)
-    figures = {"objects": len(held_out), "slides": split.held_out_slides, "by": split.by,
-               "iou": GATE_IOU, "max_clicks": max_clicks,
-               "sam_noc": float(np.mean(sam_noc)), "decoder_noc": float(np.mean(new_noc)),
-               "sam_mean_iou": float(np.mean(sam_iou)), "decoder_mean_iou": float(np.mean(new_iou))}
-    better = figures["decoder_noc"] < figures["sam_noc"]
+    check = check_held_out(predictor, mine, held_out, max_clicks)
+    figures = {**check.figures(), "slides": split.held_out_slides, "by": split.by}
+    better = check.better
     classes = sorted({o.class_name for o in split.training})
     start = trained.report.get("base", "sam")  # the decoder the training started from (a recipe's report)
     if start != "sam":  # a shipped decoder as it is: fine-tuning it may have cost more than it gained
@@ -174,8 +162,8 @@ def train_from_project(project: str | Path, out: str | Path, predictor, recipe: 
 
         shipped = Predictor(predictor.model, choose_decoder(predictor.model, start), cache=predictor.cache,
                             precision=predictor.precision)
-        start_noc, _ = _held_out_figures(shipped, held_out, max_clicks)
-        figures.update(start=start, start_noc=float(np.mean(start_noc)))
+        start_noc, _ = mean_clicks(shipped, held_out, max_clicks)
+        figures.update(start=start, start_noc=start_noc)
     provenance = {"name": name or Path(out).stem, "project": str(Path(project).resolve()),
                   "tissue": f"this project's {', '.join(classes)}",
                   "training_data": f"{len(split.training)} objects of {trained_slides} slide(s) of the project "
