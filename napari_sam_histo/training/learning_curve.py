@@ -13,16 +13,24 @@ groups) with the benchmark's clicker (``evaluation.runner.run_sample``, RITM's r
 on, up to ``max_clicks`` clicks, stopping at IoU 0.9).
 
 Reported per k (mean over seeds, and per seed): NoC@80/85/90, NoC@85 against zero-shot SAM's,
-mIoU after 1, 5 and 10 clicks, the training wall time (clicking the training objects with SAM,
+NoC@85 *as offered*, mIoU after 1, 5 and 10 clicks, the training wall time (clicking the training objects with SAM,
 fitting, DAgger; embedding apart, as ``embed s``: what computing those objects' embeddings took).
 Embeddings are computed once into a float16 store with ``embedding_store`` (keyed as the
 ``benchmark`` keys its store, so either reuses the other's), so a rerun costs only training and
 clicking. Output: ``table.md``, ``summary.json``, ``objects.csv`` and ``noc85-vs-k.png``.
+
+*As offered*: what a user with these k objects is offered. A project holds objects out and offers
+its decoder as the default only when it needs fewer clicks than zero-shot SAM on them
+(``held_out_check``), so for each k the objects such a project would hold out (``project_held_out``:
+a quarter of the project, from training groups none of the k objects is in, else the same groups'
+next objects; never a test object) judge the decoder trained on the k objects, and the test
+objects' NoC@85 as offered is the decoder's when it passes and zero-shot SAM's when it does not.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -36,8 +44,11 @@ SHOTS = (10, 25, 50, 100)
 TEST_FRACTION = 0.3
 STOP_IOU = max(DEFAULT_THRESHOLDS)
 SAM = "zero-shot SAM"
+HELD_OUT_FRACTION = 0.25  # of a project's objects, held out to judge its decoder (``train_from_project``'s)
 TABLE_COLUMNS = ("method", "k", "seeds", "test objects", "NoC@80", "NoC@85", "NoC@90", "NoC@85 vs SAM",
-                 "NoC@85 per seed", "mIoU@1", "mIoU@5", "mIoU@10", "train s", "embed s")
+                 "NoC@85 per seed", "as offered", "offered per seed", "mIoU@1", "mIoU@5", "mIoU@10", "train s",
+                 "embed s")
+OFFERED_NAMES = {"decoder": "decoder", "sam": "SAM"}
 
 
 def load_objects(dataset: str | Path, group_by: str | None, components: bool = False, min_object_px: int = 0,
@@ -65,6 +76,21 @@ def split(patches: list, seed: int, test_fraction: float = TEST_FRACTION, test_o
     return train, test
 
 
+def project_held_out(train: list, k: int, held_out_fraction: float = HELD_OUT_FRACTION) -> tuple[list, str]:
+    """(objects, how chosen): what a project whose training objects are ``train[:k]`` would hold out
+    to judge its decoder, taken from ``train[k:]`` (never a test object): as many as make
+    ``held_out_fraction`` of the project, from the groups none of the k objects is in ("other
+    groups": held-out slides), else from those groups ("same groups": one slide's later objects);
+    ([], "") when no training object is left."""
+    wanted = math.ceil(k * held_out_fraction / (1 - held_out_fraction))
+    used = {p.group for p in train[:k]}
+    others = [p for p in train[k:] if p.group not in used]
+    if others:
+        return others[:wanted], "other groups"
+    rest = train[k:wanted + k]
+    return rest, "same groups" if rest else ""
+
+
 def _scores(results: list, max_clicks: int) -> dict:
     s = summarize([r.ious for r in results], DEFAULT_THRESHOLDS, max_clicks)
     curve = s["miou_per_click"]
@@ -83,9 +109,11 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "| --- | " + " | ".join("---:" for _ in TABLE_COLUMNS[1:]) + " |"]
     for r in rows:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        offered = "" if r.get("offered_noc@85") is None else f"{r['offered_noc@85']:.2f} ({r['offered_ratio']:.2f}x)"
         lines.append(f"| {r['method']} | {r['k'] if r['k'] else '–'} | {r['seeds']} | {r['n']} | {fmt(r['noc@80'])} | "
                      f"{fmt(r['noc@85'])} | {fmt(r['noc@90'])} | {ratio} | "
-                     f"{' / '.join(fmt(v) for v in r['noc85_per_seed'])} | {fmt(r['miou@1'], 3)} | "
+                     f"{' / '.join(fmt(v) for v in r['noc85_per_seed'])} | {offered} | "
+                     f"{' / '.join(r.get('offered_per_seed') or [])} | {fmt(r['miou@1'], 3)} | "
                      f"{fmt(r['miou@5'], 3)} | {fmt(r['miou@10'], 3)} | {fmt(r['train_s'], 0)} | {fmt(r['embed_s'], 0)} |")
     return "\n".join(lines)
 
@@ -104,6 +132,11 @@ def table_rows(per_seed: dict, method: str = "tissue decoder") -> list[dict]:
             out[key] = _mean(e[key] for e in entries)
         out["noc85_per_seed"] = [e["noc@85"] for e in entries]
         out["ratio"] = None if not against_sam or not sam or not _mean(sam) else out["noc@85"] / _mean(sam)
+        offered = [e.get("offered_noc@85") for e in entries]
+        complete = against_sam and entries and all(v is not None for v in offered) and _mean(sam)
+        out["offered_noc@85"] = _mean(offered) if complete else None
+        out["offered_ratio"] = out["offered_noc@85"] / _mean(sam) if complete else None
+        out["offered_per_seed"] = [OFFERED_NAMES.get(e.get("offered"), "–") for e in entries] if complete else []
         out["train_s"] = _mean(e.get("train_s") for e in entries)
         out["embed_s"] = _mean(e.get("embed_s") for e in entries)
         return out
@@ -143,17 +176,23 @@ def write_figure(path: Path, source: str, per_seed: dict, method: str = "tissue 
     ax = fig.subplots()
     seeds = sorted(per_seed, key=int)
     means: dict[int, list] = {}
+    offered: dict[int, list] = {}
     for index, seed in enumerate(seeds):
         ks = sorted(int(k) for k in per_seed[seed]["k"])
         values = [per_seed[seed]["k"][str(k)]["noc@85"] for k in ks]
         for k, v in zip(ks, values):
             means.setdefault(k, []).append(v)
+            offered.setdefault(k, []).append(per_seed[seed]["k"][str(k)].get("offered_noc@85"))
         ax.plot(ks, values, "o-", color=f"C{index}", alpha=0.45, markersize=3, label=f"{method}, seed {seed}")
         ax.axhline(per_seed[seed]["sam"]["noc@85"], color=f"C{index}", linestyle="--", linewidth=1, alpha=0.6,
                    label=f"zero-shot SAM, seed {seed}")
     if means:
         ks = sorted(means)
         ax.plot(ks, [np.mean(means[k]) for k in ks], "s-", color="black", markersize=4, label=f"{method}, mean")
+        shown = [k for k in ks if None not in offered[k]]
+        if shown:
+            ax.plot(shown, [np.mean(offered[k]) for k in shown], "^:", color="black", markersize=4,
+                    label="as offered, mean")
         ax.axhline(np.mean([per_seed[seed]["sam"]["noc@85"] for seed in seeds]), color="black", linestyle="--",
                    linewidth=1, label="zero-shot SAM, mean")
     ax.set_xscale("log")
@@ -182,6 +221,7 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
     from ..evaluation.runtime import device_name
     from ..models.registry import load_model
     from .examples import AdaptationExample
+    from .held_out_check import check_held_out
     from .tissue_training import TissueRecipe, prepare, simulate, train_tissue_head
 
     log = log or (lambda line: None)
@@ -285,6 +325,17 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
             scores["train_s"] = trained.report["train_s"]
             scores["embed_s"] = float(sum(embed_s.get(i, 0.0) for i in {p.sample.identity for p in chosen}))
             scores["report"] = trained.report
+            held, held_by = project_held_out(train, k)
+            if held:  # what a project of these k objects would offer (see the module)
+                check = check_held_out(sam, predictor, [AdaptationExample(embedding(p.sample),
+                                                                          np.asarray(p.sample.target, bool))
+                                                        for p in held])
+                scores["held_out"] = {**check.figures(), "by": held_by, "better": check.better}
+                scores["offered"] = "decoder" if check.better else "sam"
+                scores["offered_noc@85"] = scores["noc@85"] if check.better else entry["sam"]["noc@85"]
+                log(f"seed {seed}: k={k}: held out as a project would ({check.objects} objects, {held_by}): "
+                    f"NoC@85 SAM {check.sam_noc:.2f}, this decoder {check.decoder_noc:.2f} -> offered: "
+                    f"{OFFERED_NAMES[scores['offered']]}")
             entry["k"][str(k)] = scores
             object_rows += [[seed, k, recipe.label, p.sample.sample_id, p.group, noc(r.ious, 0.85, max_clicks),
                              f"{r.ious[-1] if r.ious else 0:.4f}", len(r.ious)] for p, r in zip(test, results)]

@@ -8,7 +8,16 @@ import json
 import pytest
 
 from napari_sam_histo.errors import InputError
-from napari_sam_histo.training.learning_curve import SAM, TABLE_COLUMNS, load_objects, run_learning_curve, split
+from napari_sam_histo.training.learning_curve import (
+    SAM,
+    TABLE_COLUMNS,
+    format_table,
+    load_objects,
+    project_held_out,
+    run_learning_curve,
+    split,
+    table_rows,
+)
 from napari_sam_histo.training.tissue_training import TissueRecipe
 
 from ..case_dataset import write_case_dataset
@@ -43,6 +52,44 @@ def test_the_split_never_puts_a_group_on_both_sides_and_seeds_reproduce(dataset)
     assert len(test) == 2 and not {p.group for p in train} & {p.group for p in test}
 
 
+class _Object:
+    def __init__(self, name, group):
+        self.name, self.group = name, group
+
+
+def test_a_project_of_k_objects_holds_out_other_groups_first_then_its_own_later_objects():
+    train = [_Object(f"{g}{i}", g) for g, n in (("a", 4), ("b", 2), ("c", 5)) for i in range(n)]
+    train = [train[i] for i in (0, 4, 1, 2, 3, 5, 6, 7, 8, 9, 10)]  # a0 b0 a1 a2 a3 b1 c0 .. c4
+    held, by = project_held_out(train, 3)  # groups a and b trained on: one of group c (a quarter of 4)
+    assert by == "other groups" and [o.name for o in held] == ["c0"]
+    held, by = project_held_out(train, 6)  # a quarter of 8: two, from c
+    assert by == "other groups" and [o.name for o in held] == ["c0", "c1"]
+    held, by = project_held_out(train, 7)  # every group trained on: the next objects, never one of the 7
+    assert by == "same groups" and [o.name for o in held] == ["c1", "c2", "c3"]
+    assert project_held_out(train, 11) == ([], "")
+
+
+def _entry(noc, offered=None):
+    entry = {"n": 4, "noc@80": noc, "noc@85": noc, "noc@90": noc, "miou@1": 0.5, "miou@5": 0.6, "miou@10": 0.7}
+    if offered:
+        entry.update({"offered": offered, "offered_noc@85": noc if offered == "decoder" else 10.0})
+    return entry
+
+
+def test_as_offered_is_the_decoder_where_its_held_out_check_passed_and_sam_elsewhere():
+    per_seed = {"0": {"sam": _entry(10.0), "k": {"5": _entry(8.0, "decoder")}},
+                "1": {"sam": _entry(10.0), "k": {"5": _entry(12.0, "sam")}}}
+    row = [r for r in table_rows(per_seed) if r["k"] == 5][0]
+    assert row["noc@85"] == 10.0 and row["ratio"] == 1.0
+    assert row["offered_noc@85"] == 9.0 and row["offered_ratio"] == 0.9
+    assert row["offered_per_seed"] == ["decoder", "SAM"]
+    assert "| 9.00 (0.90x) | decoder / SAM |" in format_table(table_rows(per_seed))
+    for entry in per_seed["1"]["k"].values():  # a report written before the check: nothing claimed
+        del entry["offered"], entry["offered_noc@85"]
+    row = [r for r in table_rows(per_seed) if r["k"] == 5][0]
+    assert row["offered_noc@85"] is None and row["offered_per_seed"] == []
+
+
 @pytest.mark.slow
 def test_the_report_has_its_columns_and_a_k_too_large_is_skipped_with_a_line(tmp_path, dataset, tiny_model):
     lines = []
@@ -63,6 +110,13 @@ def test_the_report_has_its_columns_and_a_k_too_large_is_skipped_with_a_line(tmp
         assert not set(detail["train_groups"]) & set(detail["test_groups"])
         assert set(detail["k"]) == {"2", "4"}
         assert detail["k"]["4"]["train_s"] > 0 and detail["k"]["4"]["n"] == detail["sam"]["n"]
+        for k in ("2", "4"):  # judged on training-side objects as a project would; offered accordingly
+            scores = detail["k"][k]
+            held = scores["held_out"]
+            assert held["objects"] >= 1 and held["better"] == (held["decoder_noc"] < held["sam_noc"])
+            assert scores["offered"] == ("decoder" if held["better"] else "sam")
+            assert scores["offered_noc@85"] == (scores["noc@85"] if held["better"] else detail["sam"]["noc@85"])
+    assert any("held out as a project would" in line for line in lines)
     with open(out / "objects.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert {r["method"] for r in rows} == {SAM, "tissue decoder"}
