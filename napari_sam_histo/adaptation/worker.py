@@ -57,9 +57,10 @@ class AdaptationWorker:
         self._thread = threading.Thread(target=self._run, name="napari-sam-histo-adaptation", daemon=True)
         self._thread.start()
 
-    def add_example(self, example: AdaptationExample) -> None:
-        """Queue an example (returns at once; the worker adds it between steps)."""
-        self.submit(lambda: self.adapter.add_example(example))
+    def add_example(self, example: AdaptationExample) -> Future:
+        """Queue an example (returns at once; the worker adds it between steps, then the future
+        is done)."""
+        return self.submit(lambda: self.adapter.add_example(example))
 
     def submit(self, function: Callable) -> Future:
         """``function()`` on the worker thread between steps; its result or exception in the
