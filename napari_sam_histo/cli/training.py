@@ -67,7 +67,7 @@ def _recipe(args: argparse.Namespace, seed: int):
 
 
 def _given(value, default):
-    """An option's value, or the recipe's default where the option was not given."""
+    """An option's value, or the default of what it sets (a recipe's, the split's) where it was not given."""
     return default if value is None else value
 
 
@@ -109,6 +109,7 @@ def _cmd_train_from_project(args: argparse.Namespace) -> int:
     from ..engine.predictor import Predictor
     from ..errors import InputError
     from ..models.registry import load_model
+    from ..training.project_split import HELD_OUT_FRACTION
     from ..training.project_training import train_from_project
 
     if args.dataset:
@@ -126,7 +127,7 @@ def _cmd_train_from_project(args: argparse.Namespace) -> int:
 
         recipe = FinetuneRecipe(seed=args.seed, base=_given(args.base, FinetuneRecipe.base))
     result = train_from_project(args.from_project, out, predictor, recipe,
-                                held_out_fraction=args.held_out_fraction, name=args.name,
+                                held_out_fraction=_given(args.held_out_fraction, HELD_OUT_FRACTION), name=args.name,
                                 log=None if args.quiet else print)
     print(f"{result.path}: {result.verdict} (NoC@85 on {result.held_out['objects']} held-out objects: "
           f"SAM {result.held_out['sam_noc']:.2f}, this decoder {result.held_out['decoder_noc']:.2f})")
@@ -218,8 +219,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                     help="train a decoder for your tissue on a project's accepted and imported objects, judged on "
                          "the slides accepted last (held out) against zero-shot SAM")
     tr.add_argument("--name", default=None, help="with --from-project: the decoder's name (default: the file's)")
-    tr.add_argument("--held-out-fraction", type=float, default=0.25,
-                    help="with --from-project: at least this share of the objects is held out, by whole slides")
+    tr.add_argument("--held-out-fraction", type=float, default=None,
+                    help="with --from-project: at least this share of the objects is held out, by whole slides "
+                         "(default 0.25)")
     tr.add_argument("--recipe", choices=("finetune", "tissue-head"), default="finetune",
                     help="with --from-project: finetune (a decoder trained on the states of every click; the "
                          "default) or tissue-head (a head that corrects SAM's first mask)")

@@ -39,12 +39,12 @@ import numpy as np
 from ..atomic import write_csv, write_png, write_text
 from ..errors import InputError
 from ..evaluation.metrics import DEFAULT_THRESHOLDS, noc, summarize
+from .project_split import HELD_OUT_FRACTION
 
 SHOTS = (10, 25, 50, 100)
 TEST_FRACTION = 0.3
 STOP_IOU = max(DEFAULT_THRESHOLDS)
 SAM = "zero-shot SAM"
-HELD_OUT_FRACTION = 0.25  # of a project's objects, held out to judge its decoder (``train_from_project``'s)
 TABLE_COLUMNS = ("method", "k", "seeds", "test objects", "NoC@80", "NoC@85", "NoC@90", "NoC@85 vs SAM",
                  "NoC@85 per seed", "as offered", "offered per seed", "mIoU@1", "mIoU@5", "mIoU@10", "train s",
                  "embed s")

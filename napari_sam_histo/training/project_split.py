@@ -12,6 +12,8 @@ from pathlib import Path
 from ..errors import InputError
 from .project_objects import StoredObject
 
+HELD_OUT_FRACTION = 0.25  # of a project's objects, held out by default to judge its decoder
+
 
 @dataclass(frozen=True)
 class ProjectSplit:
@@ -27,7 +29,7 @@ class ProjectSplit:
         return sorted({o.slide.name for o in self.held_out})
 
 
-def split_by_slide(objects: list[StoredObject], held_out_fraction: float = 0.25,
+def split_by_slide(objects: list[StoredObject], held_out_fraction: float = HELD_OUT_FRACTION,
                    min_held_out: int = 1, project: str | Path = "the project") -> ProjectSplit:
     """Hold out whole slides: the slides whose objects were accepted last (the newest work stands
     for the next slides) until at least ``held_out_fraction`` of the objects (and ``min_held_out``)

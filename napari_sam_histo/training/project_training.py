@@ -32,7 +32,7 @@ from ..atomic import atomic_path
 from ..errors import InputError
 from .decoder_finetune import FinetuneRecipe
 from .held_out_check import check_held_out, mean_clicks
-from .project_split import split_by_slide
+from .project_split import HELD_OUT_FRACTION, split_by_slide
 from .project_store import ProjectStore
 from .recipes import DecoderRecipe
 from .reclick import GATE_IOU, GATE_MAX_CLICKS
@@ -110,7 +110,7 @@ def _keep_state(path: Path, fingerprint: str, log):
 
 
 def train_from_project(project: str | Path, out: str | Path, predictor, recipe: DecoderRecipe | None = None,
-                       held_out_fraction: float = 0.25, max_clicks: int = GATE_MAX_CLICKS, name: str | None = None,
+                       held_out_fraction: float = HELD_OUT_FRACTION, max_clicks: int = GATE_MAX_CLICKS, name: str | None = None,
                        log: Callable[[str], None] | None = print,
                        cancel: Callable[[], bool] | None = None, resume: bool = True) -> ProjectDecoder:
     """Train a decoder by ``recipe`` for ``predictor`` (SAM's own decoder) on the objects of ``project``,
