@@ -131,11 +131,12 @@ def table_rows(per_seed: dict, method: str = "tissue decoder") -> list[dict]:
         for key in ("noc@80", "noc@85", "noc@90", "miou@1", "miou@5", "miou@10"):
             out[key] = _mean(e[key] for e in entries)
         out["noc85_per_seed"] = [e["noc@85"] for e in entries]
-        out["ratio"] = None if not against_sam or not sam or not _mean(sam) else out["noc@85"] / _mean(sam)
+        sam_mean = _mean(sam) if against_sam else None
+        out["ratio"] = out["noc@85"] / sam_mean if sam_mean else None
         offered = [e.get("offered_noc@85") for e in entries]
-        complete = against_sam and entries and all(v is not None for v in offered) and _mean(sam)
+        complete = bool(sam_mean and entries and None not in offered)
         out["offered_noc@85"] = _mean(offered) if complete else None
-        out["offered_ratio"] = out["offered_noc@85"] / _mean(sam) if complete else None
+        out["offered_ratio"] = out["offered_noc@85"] / sam_mean if complete else None
         out["offered_per_seed"] = [OFFERED_NAMES.get(e.get("offered"), "–") for e in entries] if complete else []
         out["train_s"] = _mean(e.get("train_s") for e in entries)
         out["embed_s"] = _mean(e.get("embed_s") for e in entries)
