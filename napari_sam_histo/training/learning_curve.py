@@ -260,6 +260,9 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
         embed_s[sample.identity] = e.encode_s
         return e
 
+    def example(patch):
+        return AdaptationExample(embedding(patch.sample), np.asarray(patch.sample.target, bool))
+
     def click(predictor, name, test):
         method = SamClickModel(predictor, name, key_tag=key_tag)
         return [run_sample(method, p.sample, max_clicks, STOP_IOU) for p in test]
@@ -307,7 +310,7 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
                 skipped.append(line)
                 continue
             chosen = train[:k]
-            examples = [AdaptationExample(embedding(p.sample), np.asarray(p.sample.target, bool)) for p in chosen]
+            examples = [example(p) for p in chosen]
             if isinstance(recipe, TissueRecipe):  # its zero-shot states serve every k: clicked once
                 missing = [i for i, p in enumerate(chosen) if p.sample.sample_id not in zero_shot]
                 if missing:
@@ -328,9 +331,7 @@ def run_learning_curve(dataset: str | Path, out_dir: str | Path, group_by: str |
             scores["report"] = trained.report
             held, held_by = project_held_out(train, k)
             if held:  # what a project of these k objects would offer (see the module)
-                check = check_held_out(sam, predictor, [AdaptationExample(embedding(p.sample),
-                                                                          np.asarray(p.sample.target, bool))
-                                                        for p in held])
+                check = check_held_out(sam, predictor, [example(p) for p in held])
                 scores["held_out"] = {**check.figures(), "by": held_by, "better": check.better}
                 scores["offered"] = "decoder" if check.better else "sam"
                 scores["offered_noc@85"] = scores["noc@85"] if check.better else entry["sam"]["noc@85"]
