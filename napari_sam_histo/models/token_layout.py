@@ -70,16 +70,15 @@ def supports(decoder: nn.Module, mask_embedding: nn.Module | None) -> bool:
 
 def attention(layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """SAM's ``Attention`` (its projections and weights) on (1, N, C) inputs: the projections split
-    into heads and attended with ``scaled_dot_product_attention``, which the runtime compiles as one
-    attention kernel. Only the projected (N, C / 2) sides are split into heads, never the image
-    embedding itself.
+    into heads and attended with ``scaled_dot_product_attention``. Only the projected (N, C / 2) sides
+    are split into heads, never the image embedding itself.
 
     Why not every head in one matrix product (the small side spread block-diagonally over the heads,
-    zeros elsewhere, so the image side keeps its layout): those products multiply by the zeros too,
-    8x the work for SAM's 8 heads, and grow with the prompt tokens. Measured on 2 AMD EPYC cores
-    (AVX512-BF16, no AMX), SAM's bf16 decoder network at 8 / 16 / 32 prompt tokens: 23.1 / 24.6 /
-    29.4 ms block-diagonally, 19.4 / 20.3 / 21.8 ms split into heads; the modified decoder's
-    97.7 against 93.7 ms at 16."""
+    zeros elsewhere, so that not even the projections are split): those products multiply by the
+    zeros too, 8x the work for SAM's 8 heads, growing with the prompt tokens. Measured by
+    ``scripts/attention-layout-probe`` on 2 AMD EPYC cores (AVX512-BF16, no AMX), SAM's bf16 decoder
+    network at 8 / 16 / 32 prompt tokens: 26.3 / 28.7 / 34.4 ms block-diagonally, 22.6 / 22.8 /
+    23.8 ms head by head (``docs/cpu-runtime.md``)."""
     q, k, v = layer.q_proj(q), layer.k_proj(k), layer.v_proj(v)
     heads = layer.num_heads
     batch, queries, dim = q.shape
