@@ -70,8 +70,8 @@ def supports(decoder: nn.Module, mask_embedding: nn.Module | None) -> bool:
 
 def attention(layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """SAM's ``Attention`` (its projections and weights) on (1, N, C) inputs: the projections split
-    into heads and attended with ``scaled_dot_product_attention``. Only the projected (N, C / 2) sides
-    are split into heads, never the image embedding itself.
+    into heads and attended with ``scaled_dot_product_attention``. Only the projections (at the
+    layer's internal width) are split into heads, never the image embedding itself.
 
     Why not every head in one matrix product (the small side spread block-diagonally over the heads,
     zeros elsewhere, so that not even the projections are split): those products multiply by the
