@@ -77,7 +77,7 @@ def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
         same_clicks_s = times[(name, "pytorch")][0] if pytorch is not None else None
         results[name] = {
             "backend": product.decoder_backend if product.last_decoder_path == "runtime" else "pytorch",
-            "precision": "bf16" if product.decoder_bf16 else "fp32",
+            "precision": product.decoder_precision,
             "click_p50_s": _percentile(clicks_s, 50), "click_p95_s": _percentile(clicks_s, 95),
             "raw_p50_s": _percentile(forward_s, 50),
             "pytorch_fp32_click_p50_s": _percentile(raw_clicks_s, 50),
@@ -200,7 +200,7 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
         "cpu": cpu_name(),
         "cpu_features": cpu_runtime.cpu_features(),
         "torch_threads": torch.get_num_threads(),
-        "decoder_precision": "bf16" if sam_predictor.decoder_bf16 else "fp32",
+        "decoder_precision": sam_predictor.decoder_precision,
         "clicks": clicks,
         "encoder_s_per_tile": encoder["end_to_end_s"],
         "encoder_raw_fp32_s_per_tile": encoder["raw_s"],

@@ -7,8 +7,8 @@ import argparse
 
 from .threads import add_threads_argument
 
-# engine.predictor.PRECISIONS (not imported from there: building the parser loads no torch)
-PRECISIONS = ("auto", "fp32", "bf16")
+# engine.predictor.DECODER_PRECISIONS (not imported from there: building the parser loads no torch)
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def add_precision_argument(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -49,7 +49,7 @@ def add_perf(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--clicks", type=int, default=24, help="clicks timed per decoder (at least 20)")
     perf.add_argument("--encoder-runs", type=int, default=3)
     add_precision_argument(perf, "the decoders' (auto: the product's default; bf16 runs the CPU runtime's bfloat16 "
-                                 "networks)")
+                                 "networks, int8 those with a calibrated decoder's convolutions in int8)")
     perf.add_argument("--random-weights", action="store_true", help="random-init weights of the model's architecture")
     perf.add_argument("--json", action="store_true", help="print one JSON object")
     perf.set_defaults(func=_cmd_perf)

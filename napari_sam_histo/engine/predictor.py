@@ -9,8 +9,10 @@ PyTorch forward on 2 AVX512 cores, else a TorchScript copy; same embeddings to ~
 the first tile or ahead of time by ``prepare_encoder``; the module itself runs wherever the copy
 cannot be used. With ``decoder_mode="auto"`` the decoder of a real SAM architecture runs on a CPU
 as a network compiled by the same runtime (``models.runtime_decoder``; in bfloat16 where the CPU
-has it natively and ``precision`` is "auto" or "bf16", else float32), PyTorch where it cannot (no
-runtime, a decoder that branches on its inputs, weights being trained).
+has it natively and ``precision`` is "auto" or "bf16", else float32; with "auto" or "int8" a
+decoder shipped with int8 calibration computes its calibrated convolutions in int8,
+``models.int8_convolutions``), PyTorch where it cannot (no runtime, a decoder that branches on its
+inputs, weights being trained).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..models import cpu_runtime, fast_encoder, runtime_decoder
+from ..models import cpu_runtime, fast_encoder, int8_convolutions, runtime_decoder
 from ..models.architectures import SAM_ARCHITECTURES
 from ..models.decoders import DecoderChoice, Provenance, choose_decoder, provenance
 from ..models.device import bf16_is_fast, optimized_encoder_is_fast
@@ -38,7 +40,10 @@ from ..slides.rgb import PREPROCESSING_ID, to_rgb_uint8
 from .embedding_cache import Embedding, EmbeddingCache, EmbeddingKey
 from .protocols import EmbeddingStore
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # the encoder's
+# the decoder's: "int8" is bf16 with the calibrated convolutions of a decoder shipped with int8
+# calibration in int8 (bf16 alone for any other decoder)
+DECODER_PRECISIONS = (*PRECISIONS, "int8")
 # How the image encoder runs: "optimized" is a traced, frozen float32 copy (models.fast_encoder),
 # "eager" the module itself; "auto" picks optimized where it is measured faster (CPU, MobileSAM)
 # and the encoder runs in float32 (a bf16 encoder stays eager, under autocast).
@@ -53,6 +58,10 @@ DECODER_MODES = ("auto", "pytorch", "runtime")
 # for SAM's decoder, md and modified on at least two sources each, and never more than 0.12 clicks
 # worse on any of four; the click ran 1.4-2.9x faster. The encoder stays float32 (the cache's key).
 RUNTIME_BF16_AUTO = True
+# Whether precision "auto" computes a calibrated decoder's convolutions in int8 where it runs in
+# bfloat16 through the runtime: the shipped modified decoder's clicks need the same NoC@80/85/90
+# as float32 on EBHI-Seg and OCDC, and its network runs ~15 % faster (docs/cpu-runtime.md).
+RUNTIME_INT8_AUTO = True
 _CHANGING_DECODERS = ("adapted", "training")  # DecoderChoice.source of decoders refitted while in use
 
 
@@ -78,14 +87,14 @@ class Predictor:
         encoder_mode: str = "auto",
         decoder_mode: str = "auto",
     ) -> None:
-        if precision not in PRECISIONS or encoder_precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
+        if precision not in DECODER_PRECISIONS or encoder_precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {DECODER_PRECISIONS}, encoder_precision one of {PRECISIONS}")
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode must be one of {ENCODER_MODES}")
         if decoder_mode not in DECODER_MODES:
             raise ValueError(f"decoder_mode must be one of {DECODER_MODES}")
         self.model = model
-        # the precision asked for ("auto", "fp32", "bf16"): a predictor made from this one for
+        # the precision asked for ("auto", "fp32", "bf16", "int8"): a predictor made from this one for
         # another decoder (adaptation) passes it on, and "auto" resolves for that decoder anew
         self.precision = precision
         self.sam = model.sam
@@ -106,7 +115,13 @@ class Predictor:
         # runtime only where RUNTIME_BF16_AUTO says the benchmark allows it (docs/cpu-runtime.md);
         # the runtime's bf16 network and the PyTorch bf16 copy it falls back to agree
         auto_bf16 = fast_bf16 and (RUNTIME_BF16_AUTO or not runtime)
-        self.decoder_bf16 = precision == "bf16" or (precision == "auto" and auto_bf16)
+        self.decoder_bf16 = precision in ("bf16", "int8") or (precision == "auto" and auto_bf16)
+        # int8 convolutions: asked for, or "auto" in bf16 through the runtime; only for a decoder
+        # whose very weights were calibrated (``decoder_precision`` says what was chosen)
+        int8_calibration = None
+        if runtime and (precision == "int8" or (precision == "auto" and self.decoder_bf16 and RUNTIME_INT8_AUTO)):
+            int8_calibration = int8_convolutions.calibration_for(cpu_runtime.weights_digest(self.decoder.module))
+        self.decoder_precision = "int8" if int8_calibration else "bf16" if self.decoder_bf16 else "fp32"
         self.encoder_bf16 = encoder_precision == "bf16" or (encoder_precision == "auto" and fast_bf16)
         if encoder_mode == "optimized" and self.encoder_bf16:
             raise ValueError("encoder_mode='optimized' runs the encoder in float32; use encoder_precision='fp32'")
@@ -140,9 +155,10 @@ class Predictor:
         with torch.inference_mode():
             self._no_mask_dense = self.sam.prompt_encoder.no_mask_embed.weight.detach().float().cpu().reshape(
                 1, -1, 1, 1).expand(1, -1, *self._dense_pe.shape[-2:]).contiguous()
+        network_precision = {"int8": "int8", "bf16": "bf16", "fp32": "f32"}[self.decoder_precision]
         self._compiled_decoder = runtime_decoder.compiled_decoder(
             self.decoder.module, self._dense_pe, self.sam.prompt_encoder.mask_downscaling,
-            "bf16" if self.decoder_bf16 else "f32") if runtime else None
+            network_precision, int8_calibration) if runtime else None
 
     @cached_property
     def provenance(self) -> Provenance:

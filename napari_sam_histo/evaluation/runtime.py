@@ -48,7 +48,7 @@ class RunsOnDevice(Protocol):
     """What ``predictor_runtime`` reads of a ``Predictor``."""
 
     device: Any  # a torch.device, or its name
-    decoder_bf16: bool
+    decoder_precision: str  # "fp32", "bf16" or "int8" (bf16 with calibrated convolutions in int8)
     encoder_bf16: bool
     encoder_mode: str  # "eager" or "optimized" (models.fast_encoder)
 
@@ -59,7 +59,7 @@ def predictor_runtime(predictor: RunsOnDevice) -> dict:
 
     device = torch.device(predictor.device)
     entry = {
-        "decoder_precision": "bf16" if predictor.decoder_bf16 else "fp32",
+        "decoder_precision": predictor.decoder_precision,
         "encoder_precision": "bf16" if predictor.encoder_bf16 else "fp32",
         "encoder_mode": predictor.encoder_mode,  # "optimized": models.fast_encoder
         "device_type": device.type,

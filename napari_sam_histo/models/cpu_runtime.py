@@ -9,7 +9,8 @@ runtime keeps one dependency and one cache format, so OpenVINO it is.
 
 How: ``torch.onnx.export`` writes the module as ONNX (the same module the PyTorch path runs),
 OpenVINO reads it and compiles it for this CPU in the spec's precision (``INFERENCE_PRECISION_HINT``:
-float32 unless a decoder asks for bf16; on an AMX CPU OpenVINO would otherwise pick bf16 by itself),
+float32 unless a decoder asks for bf16; on an AMX CPU OpenVINO would otherwise pick bf16 by itself;
+"int8": bf16 with the calibrated convolutions' quantizers put into the graph, ``int8_convolutions``),
 the compiled network's outputs are compared with the module's own on the example inputs, and a
 network further than its precision's ``MAX_RELATIVE_ERRORS`` (relative L2, per output) is refused
 (``RuntimeRefused``). An accepted one is
@@ -39,15 +40,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import export_warnings
+from . import export_warnings, int8_convolutions
 
 RUNTIME = "openvino"
 PRECISION = "f32"  # the default: the embeddings and masks stay PyTorch's within 1e-4
 # the precisions a network may be compiled in, and how far (relative L2, per output) its outputs may
 # lie from the module's float32 ones: f32 measured ~1e-6 to 3e-6 for MobileSAM's encoder and
 # decoders; bf16 (decoders only, where the CPU has native bfloat16) ~1.1e-2 to 1.4e-2 on the decoders'
-# logits, with the same clicks needed in the benchmark (docs/cpu-runtime.md)
-MAX_RELATIVE_ERRORS = {"f32": 1e-4, "bf16": 5e-2}
+# logits, with the same clicks needed in the benchmark (docs/cpu-runtime.md); int8 (calibrated 3x3
+# convolutions in int8, the rest in bf16: ``int8_convolutions``) ~1e-2 to 3e-2 on the modified
+# decoder's logits at real clicks, 2.6e-2 on the check's random inputs
+MAX_RELATIVE_ERRORS = {"f32": 1e-4, "bf16": 5e-2, "int8": 1e-1}
+# OpenVINO's precision hint for each: int8 comes from the quantizers in the graph, the rest is bf16
+_HINTS = {"f32": "f32", "bf16": "bf16", "int8": "bf16"}
 CPU_RUNTIME_ENV = "NAPARI_SAM_HISTO_CPU_RUNTIME"
 CACHE_FOLDER = "cpu-runtime"
 FORMAT = 3  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
@@ -140,17 +145,24 @@ class NetworkSpec:
     output_names: tuple[str, ...]
     dynamic_axes: dict | None = None
     precision: str = PRECISION  # a key of MAX_RELATIVE_ERRORS; part of the cache key
+    # "int8" only: the calibration of each convolution computed in int8, by its name in
+    # the exported network (``int8_convolutions.quantize``)
+    int8_calibration: dict | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in MAX_RELATIVE_ERRORS:
             raise ValueError(f"precision {self.precision!r} must be one of {sorted(MAX_RELATIVE_ERRORS)}")
+        if (self.precision == "int8") != bool(self.int8_calibration):
+            raise ValueError("int8_calibration is given with precision 'int8', and only then")
 
     def key(self, digest: str) -> str:
         parts = {
             "format": FORMAT, "kind": self.kind, "class": f"{type(self.module).__module__}.{type(self.module).__qualname__}",
             "weights": digest, "inputs": [(n, str(t.dtype), tuple(t.shape)) for n, t in zip(self.input_names, self.inputs)],
             "outputs": list(self.output_names), "dynamic": self.dynamic_axes or {}, "precision": self.precision,
-            "runtime": runtime_version(), "torch": torch.__version__, "config": module_config(self.module),
+            "int8": [int8_convolutions.GRAPH, self.int8_calibration] if self.int8_calibration else {},
+            "runtime": runtime_version(), "torch": torch.__version__,
+            "config": module_config(self.module),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -186,7 +198,7 @@ def _compile(model, precision: str = PRECISION):
     """Compile for this CPU in ``precision``, on as many threads as PyTorch uses."""
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+    config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())}
     return ov.Core().compile_model(model, "CPU", config)
 
@@ -230,6 +242,8 @@ def compile_network(spec: NetworkSpec, root: Path | None = None) -> CompiledNetw
             reference = module(*spec.inputs)
         reference = (reference,) if isinstance(reference, torch.Tensor) else tuple(reference)
         model = _read(onnx_path)
+        if spec.int8_calibration:
+            model = int8_convolutions.quantize(model, spec.int8_calibration)
         compiled = _compile(model, spec.precision)
         network = CompiledNetwork(compiled, len(spec.output_names), {})
         outs = network(*spec.inputs)

@@ -121,9 +121,10 @@ class TokenLayoutNetwork:
 
 def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
                   mask_embedding: nn.Module | None = None, precision: str = cpu_runtime.PRECISION,
-                  ) -> cpu_runtime.CompiledNetwork | TokenLayoutNetwork:
+                  int8_calibration: dict | None = None) -> cpu_runtime.CompiledNetwork | TokenLayoutNetwork:
     """The compiled network of ``decoder`` for one ``multimask`` value, taking the mask prompt
-    through ``mask_embedding`` when given, else the dense embedding, in ``precision``
+    through ``mask_embedding`` when given, else the dense embedding, in ``precision`` ("int8" with
+    ``int8_calibration``, its convolutions' calibration: ``int8_convolutions``)
     (``RuntimeRefused`` where it differs from the modules by more than that precision's
     ``cpu_runtime.MAX_RELATIVE_ERRORS``, at any checked prompt-token count). Decoders that
     ``token_layout`` supports are exported in token layout (the image side never transposed at a
@@ -150,7 +151,8 @@ def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
         spec = cpu_runtime.NetworkSpec(
             f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}{'-masked' if masked else ''}"
             f"{'-tokens' if tokens_first else ''}",
-            exported, example, names, ("low_res_logits", "iou"), {"sparse": {1: "tokens"}}, precision)
+            exported, example, names, ("low_res_logits", "iou"), {"sparse": {1: "tokens"}}, precision,
+            int8_calibration if precision == "int8" else None)
         compiled = cpu_runtime.compile_network(spec)
         network = TokenLayoutNetwork(compiled, masked) if tokens_first else compiled
         if not compiled.info["from_cache"]:
@@ -168,6 +170,7 @@ def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
 # masks without a mask prompt, the next ones for one mask from the previous logits
 _VARIANTS = ((True, False), (False, True), (False, False), (True, True))
 _PREPARED = _VARIANTS[:2]
+_INT8_VARIANT = (False, True)  # the next-click network, the one ``scripts/int8-calibrate`` records
 # Prompt-token counts (an object's clicks + SAM's padding point) the prepared network for the
 # clicks after the first runs once when it is built: the first inference at a new token count costs
 # the runtime ~7 ms more (SAM's bf16 decoder on 2 AMD EPYC cores: 32 against 25 ms), and every click
@@ -182,8 +185,11 @@ class CompiledDecoder:
     per (multimask, mask prompt or not) as clicks ask for them, built once each."""
 
     def __init__(self, decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module,
-                 precision: str = cpu_runtime.PRECISION) -> None:
+                 precision: str = cpu_runtime.PRECISION, int8_calibration: dict | None = None) -> None:
+        if (precision == "int8") != bool(int8_calibration):
+            raise ValueError("int8_calibration is given with precision 'int8', and only then")
         self.precision = precision
+        self._int8_calibration = int8_calibration
         self._decoder = weakref.ref(decoder)
         self._mask_embedding = weakref.ref(mask_embedding)
         self._image_pe = image_pe.detach().float().cpu().clone()
@@ -261,8 +267,11 @@ class CompiledDecoder:
         try:
             decoder, mask_embedding = self._decoder(), self._mask_embedding()
             if decoder is not None and mask_embedding is not None:
+                # int8 for the network the calibration was recorded with (every click after an
+                # object's first); the first click's network in bf16
+                precision = self.precision if variant == _INT8_VARIANT or self.precision != "int8" else "bf16"
                 network = build_network(decoder, self._image_pe, multimask, mask_embedding if masked else None,
-                                        self.precision)
+                                        precision, self._int8_calibration)
                 self._networks[variant] = network
                 self.info = dict(network.info)
         except Exception as err:  # noqa: BLE001 - any failure means: PyTorch, never a failed click
@@ -278,7 +287,8 @@ _compiled: weakref.WeakKeyDictionary[nn.Module, dict[str, CompiledDecoder]] = we
 
 
 def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module,
-                     precision: str = cpu_runtime.PRECISION) -> CompiledDecoder:
+                     precision: str = cpu_runtime.PRECISION, int8_calibration: dict | None = None,
+                     ) -> CompiledDecoder:
     """The one ``CompiledDecoder`` of ``decoder`` in ``precision`` in this process (predictors on
     the same decoder module share it, so each network is built once); ``mask_embedding`` is the
     model's prompt encoder's ``mask_downscaling``."""
@@ -286,7 +296,8 @@ def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor, mask_embedding:
         entries = _compiled.setdefault(decoder, {})
         entry = entries.get(precision)
         if entry is None:
-            entry = entries[precision] = CompiledDecoder(decoder, image_pe, mask_embedding, precision)
+            entry = entries[precision] = CompiledDecoder(decoder, image_pe, mask_embedding, precision,
+                                                         int8_calibration)
         return entry
 
 

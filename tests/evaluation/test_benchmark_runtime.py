@@ -74,7 +74,7 @@ def sam_method(tiny_model, precision, name):
 
 def test_the_device_is_named_gpu_or_cpu_model(monkeypatch):
     class FakePredictor:
-        device, decoder_bf16, encoder_bf16, encoder_mode = torch.device("cuda"), True, False, "eager"
+        device, decoder_precision, encoder_bf16, encoder_mode = torch.device("cuda"), "bf16", False, "eager"
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert runtime_module.predictor_runtime(FakePredictor()) == {

@@ -1,0 +1,99 @@
+"""int8 3x3 convolutions for a compiled decoder network, from calibration shipped beside its weights.
+
+The modified decoder's upsampling path spends most of its click in 3x3 convolutions, which run at
+the CPU's bfloat16 peak (docs/cpu-runtime.md). Computed in int8 (AVX512-VNNI), the four
+convolutions of its first two blocks (64x64 and 128x128) take half the time; those of the last
+block (256x256) stay in bfloat16: quantized too they moved one object's IoU past the benchmark's
+threshold. Everything else in the network stays as compiled.
+
+How: each chosen convolution gets an OpenVINO ``FakeQuantize`` operation on its input (per tensor,
+256 levels, the range calibrated once on benchmark clicks of sources the decoder is not tested on,
+``scripts/int8-calibrate``), and its weights become int8 with a scale per output channel
+(symmetric, over their own largest magnitude, in the levels NNCF chose); OpenVINO then runs the
+convolution in int8. Written here rather than calling
+NNCF (OpenVINO's quantization library) at run time: NNCF needs the calibration inputs (megabytes
+per click), while its result is four numbers per convolution that ship in a small JSON file.
+
+The calibration is valid for the weights it was made with only: the file names their
+``cpu_runtime.weights_digest``, and a decoder with other weights (a trained or a project decoder)
+has none, so it runs in bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+SUFFIX = ".int8.json"  # beside the shipped decoder: decoder-modified-vit_t.pt -> decoder-modified-vit_t.int8.json
+FORMAT = 2  # of the calibration file
+GRAPH = 1  # how ``quantize`` changes a network, part of its cache key: bumped, cached int8 networks rebuild
+
+
+class CalibrationError(ValueError):
+    """A calibration file or its convolutions do not fit the network."""
+
+
+def calibration_files() -> list[Path]:
+    from .shipped import RESOURCES
+
+    return sorted(Path(RESOURCES).glob(f"*{SUFFIX}"))
+
+
+@cache
+def _read(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT or not isinstance(data.get("convolutions"), dict):
+        raise CalibrationError(f"{path}: not an int8 calibration of format {FORMAT}")
+    return data
+
+
+def calibration_for(weights: str, files: list[Path] | None = None) -> dict[str, dict] | None:
+    """The int8 calibration of each convolution to quantize, by its name in the exported network
+    (``{"input_range": [low, high], "weight_levels": 255 or 127, "weight_range": fraction}``), for
+    the decoder of these very ``weights`` (its ``cpu_runtime.weights_digest``); None where none
+    was calibrated."""
+    for path in calibration_files() if files is None else files:
+        try:
+            data = _read(path)
+        except (OSError, ValueError):
+            continue  # a damaged file: no int8, the decoder runs in bfloat16
+        if data.get("weights") == weights:
+            return data["convolutions"]
+    return None
+
+
+def quantize(model, calibration: dict[str, dict]):
+    """``model`` (an OpenVINO model, changed in place and returned) with the named convolutions in
+    int8 as NNCF chose: the input fake-quantized per tensor in 256 levels over its calibrated range,
+    the weights as int8 times a scale per output channel, symmetric, in ``weight_levels`` levels over
+    ``weight_range`` of their largest magnitude (NNCF gives some convolutions 7-bit weights, 127
+    levels, so that CPUs without VNNI cannot overflow their 16-bit sums). ``CalibrationError``
+    where a name is not a convolution with constant weights in the network."""
+    from openvino import opset13 as ops
+
+    convolutions = {op.get_friendly_name(): op for op in model.get_ops() if op.get_type_name() == "Convolution"}
+    missing = sorted(set(calibration) - set(convolutions))
+    if missing:
+        raise CalibrationError(f"the network has no convolution {missing[0]!r} (calibrated for another export)")
+    for name, spec in calibration.items():
+        conv = convolutions[name]
+        weights = conv.input(1).get_source_output()
+        if weights.get_node().get_type_name() != "Constant":
+            raise CalibrationError(f"convolution {name!r} has no constant weights")
+        w = weights.get_node().get_data().astype(np.float32)
+        largest = np.abs(w).reshape(w.shape[0], -1).max(axis=1).reshape(-1, *([1] * (w.ndim - 1)))
+        top = (int(spec["weight_levels"]) - 1) // 2  # 127, or 63 for 7-bit weights
+        scale = np.maximum(largest * np.float32(spec["weight_range"]) / top, np.float32(1e-12)).astype(np.float32)
+        integers = np.clip(np.round(w / scale), -top, top).astype(np.int8)
+        # int8 weights and their per-channel scale, as NNCF stores them: OpenVINO reads the pair as
+        # int8 weights (a FakeQuantize on float weights of 127 levels it would run in bf16)
+        weight = ops.multiply(ops.convert(ops.constant(integers), "f32"), ops.constant(scale))
+        low, high = (np.float32(v) for v in spec["input_range"])
+        activation = ops.fake_quantize(conv.input(0).get_source_output(), low, high, low, high, 256)
+        conv.input(0).replace_source_output(activation.output(0))
+        conv.input(1).replace_source_output(weight.output(0))
+    model.validate_nodes_and_infer_types()
+    return model

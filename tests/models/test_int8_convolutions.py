@@ -1,0 +1,131 @@
+"""int8 convolutions from shipped calibration: found only for the very weights calibrated, put into
+the compiled next-click network as quantizers on the named convolutions (their own cache entry,
+close to PyTorch), refused for a network without those convolutions (the clicks then run in
+PyTorch), and chosen by precision "auto" only where the decoder runs in bf16 through the runtime.
+Mechanics on tiny SAMs; the shipped file against the shipped decoder with the real weights."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam_histo.engine import predictor as predictor_module
+from napari_sam_histo.engine.predictor import Predictor
+from napari_sam_histo.models import cpu_runtime, int8_convolutions, runtime_decoder
+from napari_sam_histo.models.decoders import DecoderChoice, choose_decoder
+from napari_sam_histo.models.modified_decoder import ModifiedMaskDecoder
+from napari_sam_histo.models.registry import random_model
+
+pytestmark = pytest.mark.skipif(not cpu_runtime.available(), reason="the CPU runtime (openvino, onnx) is not installed")
+
+CONVOLUTIONS = [f"/upsampling/upsampling.{b}/{c}/Conv/WithoutBiases" for b in (0, 1) for c in ("conv1", "conv2")]
+
+
+@pytest.fixture(autouse=True)
+def runtime_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SAM_HISTO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(cpu_runtime.CPU_RUNTIME_ENV, raising=False)
+
+
+@pytest.fixture
+def modified():
+    """A tiny model and a modified decoder built from its SAM decoder."""
+    model = random_model("tiny", "cpu", seed=5)
+    torch.manual_seed(0)
+    decoder = ModifiedMaskDecoder.from_sam_decoder(model.sam.mask_decoder).eval()
+    return model, decoder
+
+
+def _spec(low=-4.0, high=4.0):
+    return {"input_range": [low, high], "weight_levels": 255, "weight_range": 1.0}
+
+
+def _calibration(tmp_path, decoder, names=CONVOLUTIONS, low=-4.0, high=4.0):
+    path = tmp_path / f"decoder-test{int8_convolutions.SUFFIX}"
+    path.write_text(json.dumps({"format": int8_convolutions.FORMAT, "weights": cpu_runtime.weights_digest(decoder),
+                                "convolutions": {n: _spec(low, high) for n in names}}))
+    return path
+
+
+def _tile(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+
+
+def test_calibration_is_found_for_the_very_weights_only(tmp_path, modified):
+    _model, decoder = modified
+    path = _calibration(tmp_path, decoder)
+    weights = cpu_runtime.weights_digest(decoder)
+    assert int8_convolutions.calibration_for(weights, [path]) == {n: _spec() for n in CONVOLUTIONS}
+    with torch.no_grad():
+        decoder.mask_head.bias.add_(0.1)  # other weights (training): the calibration is not theirs
+    assert int8_convolutions.calibration_for(cpu_runtime.weights_digest(decoder), [path]) is None
+    damaged = tmp_path / f"damaged{int8_convolutions.SUFFIX}"
+    damaged.write_text("{not json")
+    assert int8_convolutions.calibration_for(weights, [damaged]) is None
+
+
+def test_the_next_click_network_computes_the_named_convolutions_in_int8(tmp_path, modified):
+    import openvino as ov
+
+    model, decoder = modified
+    calibration = int8_convolutions.calibration_for(cpu_runtime.weights_digest(decoder), [_calibration(tmp_path, decoder)])
+    image_pe = model.sam.prompt_encoder.get_dense_pe()
+    mask_embedding = model.sam.prompt_encoder.mask_downscaling
+    int8 = runtime_decoder.build_network(decoder, image_pe, False, mask_embedding, "int8", calibration)
+    bf16 = runtime_decoder.build_network(decoder, image_pe, False, mask_embedding, "bf16")
+    assert int8.info["precision"] == "int8" and int8.info["path"] != bf16.info["path"]  # its own cache entry
+    saved = ov.Core().read_model(f"{int8.info['path']}/network.xml")
+    quantized = {t.get_node().get_friendly_name() for op in saved.get_ops() if op.get_type_name() == "FakeQuantize"
+                 for t in op.output(0).get_target_inputs()}
+    assert quantized == set(CONVOLUTIONS)  # inputs and weights of those four, nothing else
+    assert int8.info["relative_error"] <= cpu_runtime.MAX_RELATIVE_ERRORS["int8"]
+    with pytest.raises(ValueError):
+        runtime_decoder.build_network(decoder, image_pe, False, mask_embedding, "int8", None)
+
+
+def test_a_calibration_of_another_network_is_refused_and_clicks_run_in_pytorch(tmp_path, modified, monkeypatch):
+    model, decoder = modified
+    path = _calibration(tmp_path, decoder, names=["/upsampling/upsampling.9/conv1/Conv/WithoutBiases"])
+    monkeypatch.setattr(int8_convolutions, "calibration_files", lambda: [path])
+    choice = DecoderChoice("modified", decoder, "file", True)
+    runtime = Predictor(model, choice, precision="int8", decoder_mode="runtime")
+    assert runtime.decoder_precision == "int8"
+    embedding = runtime.embed(_tile())
+    points, labels = np.array([[50.0, 60.0], [90.0, 20.0]]), np.array([1, 0])
+    first = runtime.decode(embedding, points[:1], labels[:1], multimask=True)  # the first click's network: bf16
+    assert runtime.last_decoder_path == "runtime"
+    with pytest.warns(RuntimeWarning, match="no convolution"):
+        runtime.decode(embedding, points, labels, mask_input=first.low_res_logits[0])
+    assert runtime.last_decoder_path == "pytorch"
+
+
+def test_auto_chooses_int8_only_for_a_calibrated_decoder_in_bf16_through_the_runtime(tmp_path, modified, monkeypatch):
+    model, decoder = modified
+    path = _calibration(tmp_path, decoder)
+    monkeypatch.setattr(int8_convolutions, "calibration_files", lambda: [path])
+    monkeypatch.setattr(predictor_module, "bf16_is_fast", lambda device: True)
+    choice = DecoderChoice("modified", decoder, "file", True)
+    assert Predictor(model, choice, decoder_mode="runtime").decoder_precision == "int8"
+    assert Predictor(model, choice, precision="bf16", decoder_mode="runtime").decoder_precision == "bf16"
+    assert Predictor(model, choice, precision="fp32", decoder_mode="runtime").decoder_precision == "fp32"
+    assert Predictor(model, choice, decoder_mode="pytorch").decoder_precision == "bf16"  # no runtime, no int8
+    assert Predictor(model, "sam", precision="int8", decoder_mode="runtime").decoder_precision == "bf16"  # none
+    monkeypatch.setattr(predictor_module, "bf16_is_fast", lambda device: False)
+    assert Predictor(model, choice, decoder_mode="runtime").decoder_precision == "fp32"
+
+
+def test_the_shipped_calibration_belongs_to_the_shipped_modified_decoder(mobile_sam):
+    def calibration(name):
+        return int8_convolutions.calibration_for(cpu_runtime.weights_digest(choose_decoder(mobile_sam, name).module))
+
+    assert calibration("modified").keys() == set(CONVOLUTIONS)
+    assert calibration("md") is None
+
+
+def test_the_command_line_offers_the_decoder_precisions_the_predictor_takes():
+    from napari_sam_histo.cli.options import PRECISIONS
+
+    assert PRECISIONS == predictor_module.DECODER_PRECISIONS
+    with pytest.raises(ValueError):
+        Predictor(random_model("tiny", "cpu"), "sam", encoder_precision="int8")
