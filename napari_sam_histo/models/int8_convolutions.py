@@ -2,17 +2,17 @@
 
 The modified decoder's upsampling path spends most of its click in 3x3 convolutions, which run at
 the CPU's bfloat16 peak (docs/cpu-runtime.md). Computed in int8 (AVX512-VNNI), the four
-convolutions of its first two blocks (64x64 and 128x128) take half the time; those of the last
-block (256x256) stay in bfloat16: quantized too they moved one object's IoU past the benchmark's
-threshold. Everything else in the network stays as compiled.
+convolutions of its first two blocks (64x64 and 128x128) take about half the time; those of the
+last block (256x256) stay in bfloat16: quantized too, they kept one OCDC object just under the
+benchmark's IoU 0.85. Everything else in the network stays as compiled.
 
 How: each chosen convolution gets an OpenVINO ``FakeQuantize`` operation on its input (per tensor,
 256 levels, the range calibrated once on benchmark clicks of sources the decoder is not tested on,
 ``scripts/int8-calibrate``), and its weights become int8 with a scale per output channel
 (symmetric, over their own largest magnitude, in the levels NNCF chose); OpenVINO then runs the
-convolution in int8. Written here rather than calling
-NNCF (OpenVINO's quantization library) at run time: NNCF needs the calibration inputs (megabytes
-per click), while its result is four numbers per convolution that ship in a small JSON file.
+convolution in int8. Written here rather than calling NNCF (OpenVINO's quantization library) at
+run time: NNCF needs the calibration inputs (megabytes per click), while its result is four
+numbers per convolution that ship in a small JSON file.
 
 The calibration is valid for the weights it was made with only: the file names their
 ``cpu_runtime.weights_digest``, and a decoder with other weights (a trained or a project decoder)
