@@ -55,7 +55,7 @@ MAX_RELATIVE_ERRORS = {"f32": 1e-4, "bf16": 5e-2, "int8": 1e-1}
 _HINTS = {"f32": "f32", "bf16": "bf16", "int8": "bf16"}
 CPU_RUNTIME_ENV = "NAPARI_SAM_HISTO_CPU_RUNTIME"
 CACHE_FOLDER = "cpu-runtime"
-FORMAT = 3  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
+FORMAT = 4  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
 
 class RuntimeRefused(RuntimeError):
     """The compiled network's outputs differ from PyTorch's beyond its precision's tolerance

@@ -7,7 +7,9 @@ cores when it ran in PyTorch), one network per ``multimask_output`` value (a Pyt
 mask prompt given or not, built at first use or ahead of time (``prepare``), cached on disk like the
 encoder and checked against the module at two prompt-token counts. SAM's decoder and the modified
 one (not with a slide prior) are exported in token layout (``models.token_layout``): the image
-embedding enters as tokens laid out once per tile, so no click re-lays out the image side. Measured
+embedding enters as tokens laid out once per tile, so no click re-lays out the image side, and the
+next-click network also takes the first layer's projections of the image, computed once per tile
+(``token_layout.TileInputs``). Measured
 on 2 AVX512 cores (``docs/cpu-runtime.md``): SAM's decoder and the modified decoder run 2-3x faster
 than the same module in float32 PyTorch in float32 (relative error ~1e-6), and in bfloat16
 (``precision``; ~1e-2, the same clicks in the benchmark) 1.5-2.5x faster than the bfloat16 PyTorch
@@ -99,21 +101,23 @@ def _example(image_pe: torch.Tensor, tokens: int, masked: bool) -> tuple[torch.T
 
 class TokenLayoutNetwork:
     """A network compiled from ``token_layout.TokenLayoutForward``, called like the decoder's
-    (``_Forward``'s) with the image embedding, and the dense embedding, as (1, C, H, W): each is
-    laid out as tokens once per tensor (``token_layout.ImageTokens``), so once per tile."""
+    (``_Forward``'s) with the image embedding, and the dense embedding, as (1, C, H, W): what the
+    network takes from each is computed once per tensor (``token_layout.TileInputs``), so once per
+    tile."""
 
-    def __init__(self, network: cpu_runtime.CompiledNetwork, masked: bool) -> None:
+    def __init__(self, network: cpu_runtime.CompiledNetwork, forward: token_layout.TokenLayoutForward) -> None:
         self.network = network
-        self.masked = masked
-        self._image = token_layout.ImageTokens()
-        self._dense = token_layout.ImageTokens()
+        self.masked = forward.mask_features is not None
+        self._image = token_layout.TileInputs(forward)
+        self._dense = token_layout.TileInputs()
 
     @property
     def info(self) -> dict:
         return self.network.info
 
     def to_tokens(self, image: torch.Tensor, sparse: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._image(image), sparse, last if self.masked else self._dense(last)
+        image_tokens, *first_layer = self._image(image)
+        return image_tokens, sparse, last if self.masked else self._dense(last)[0], *first_layer
 
     def __call__(self, image: torch.Tensor, sparse: torch.Tensor, last: torch.Tensor):
         return self.network(*self.to_tokens(image, sparse, last))
@@ -145,16 +149,17 @@ def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
                               stacklevel=2)
         if tokens_first:
             exported = candidate
-            example = (token_layout.as_tokens(example[0]), example[1],
-                       example[2] if masked else token_layout.as_tokens(example[2]))
+            example = candidate.inputs(*example)
             names = ("image_tokens", "sparse", "mask" if masked else "dense_tokens")
+            if candidate.takes_first_layer:
+                names += ("first_keys", "first_values", "first_queries")
         spec = cpu_runtime.NetworkSpec(
             f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}{'-masked' if masked else ''}"
             f"{'-tokens' if tokens_first else ''}",
             exported, example, names, ("low_res_logits", "iou"), {"sparse": {1: "tokens"}}, precision,
             int8_calibration if precision == "int8" else None)
         compiled = cpu_runtime.compile_network(spec)
-        network = TokenLayoutNetwork(compiled, masked) if tokens_first else compiled
+        network = TokenLayoutNetwork(compiled, candidate) if tokens_first else compiled
         if not compiled.info["from_cache"]:
             for tokens in _CHECK_TOKENS[1:]:  # the token axis really is free in the compiled graph
                 inputs = _example(image_pe, tokens, masked)

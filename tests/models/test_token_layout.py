@@ -39,7 +39,8 @@ def _inputs(pe, masked, seed=1, tokens=5):
 
 
 @pytest.mark.parametrize("name", ["sam", "modified", "single"])
-def test_the_token_layout_gives_the_decoders_own_outputs(tiny, name):
+@pytest.mark.parametrize("reuse", [True, False])
+def test_the_token_layout_gives_the_decoders_own_outputs(tiny, name, reuse):
     decoder = _decoders(tiny)[name]
     pe = tiny.sam.prompt_encoder.get_dense_pe()
     embed_mask = tiny.sam.prompt_encoder.mask_downscaling
@@ -47,13 +48,17 @@ def test_the_token_layout_gives_the_decoders_own_outputs(tiny, name):
         for masked in (True, False):
             mask_embedding = embed_mask if masked else None
             own = runtime_decoder._Forward(decoder, multimask, pe, mask_embedding).eval()
-            tokens = token_layout.TokenLayoutForward(decoder, multimask, pe, mask_embedding).eval()
+            tokens = token_layout.TokenLayoutForward(decoder, multimask, pe, mask_embedding, reuse).eval()
             image, sparse, last = _inputs(pe, masked)
+            inputs = tokens.inputs(image, sparse, last)
+            # with a mask prompt and the image side reused, the first layer's three projections too
+            assert len(inputs) == (6 if masked and reuse else 3)
             with torch.no_grad():
                 expected = own(image, sparse, last)
-                got = tokens(token_layout.as_tokens(image), sparse, last if masked else token_layout.as_tokens(last))
+                got = tokens(*inputs)
             for g, e in zip(got, expected):
                 assert g.shape == e.shape  # three masks or one, as the decoder answers
+                assert torch.allclose(g, e, rtol=1e-4, atol=1e-5)
             assert token_layout.check(tokens, own, (image, sparse, last)) <= token_layout.MAX_RELATIVE_ERROR
     # and a changed weight shows: the check compares with the decoder, it does not trust the rewrite
     changed = copy.deepcopy(decoder)
@@ -78,13 +83,33 @@ def test_decoders_it_does_not_cover_are_named(tiny):
 
 
 def test_the_image_is_laid_out_once_per_embedding():
-    tokens = token_layout.ImageTokens()
+    tokens = token_layout.TileInputs()
     a, b = torch.randn(1, 8, 4, 5), torch.randn(1, 8, 4, 5)
     first = tokens(a)
-    assert first.shape == (1, 20, 8) and torch.equal(first[0, 7], a[0, :, 1, 2])
+    assert len(first) == 1 and first[0].shape == (1, 20, 8) and torch.equal(first[0][0, 7], a[0, :, 1, 2])
     assert tokens(a) is first  # the same tile's next click: not laid out again
     second = tokens(b)
-    assert second is not first and torch.equal(second, token_layout.as_tokens(b))
+    assert second is not first and torch.equal(second[0], token_layout.as_tokens(b))
+
+
+def test_the_first_layers_projections_are_computed_once_per_tile_with_the_weights_built_with(tiny):
+    sam = tiny.sam.mask_decoder
+    pe = tiny.sam.prompt_encoder.get_dense_pe()
+    forward = token_layout.TokenLayoutForward(sam, False, pe, tiny.sam.prompt_encoder.mask_downscaling).eval()
+    tile_inputs = token_layout.TileInputs(forward)
+    image, sparse, mask = _inputs(pe, True)
+    got = tile_inputs(image)
+    expected = forward.inputs(image, sparse, mask)
+    assert len(got) == 4 and torch.equal(got[0], expected[0])
+    for g, e in zip(got[1:], expected[3:]):
+        assert torch.allclose(g, e, rtol=1e-6, atol=1e-6)
+    assert tile_inputs(image) is got
+    with torch.no_grad():  # the decoder trained on afterwards: its network (and these inputs) are rebuilt, not
+        # changed under a running click
+        sam.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.add_(1.0)
+    assert torch.equal(token_layout.TileInputs(forward)(image.clone())[2], got[2])  # values: unchanged weight
+    assert not torch.allclose(token_layout.TileInputs(forward)(image.clone())[1], got[1])
+    assert torch.allclose(tile_inputs(image.clone())[1], got[1])
 
 
 @pytest.mark.skipif(not cpu_runtime.available(), reason="the CPU runtime (openvino, onnx) is not installed")
