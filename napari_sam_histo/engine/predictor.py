@@ -58,9 +58,10 @@ DECODER_MODES = ("auto", "pytorch", "runtime")
 # for SAM's decoder, md and modified on at least two sources each, and never more than 0.12 clicks
 # worse on any of four; the click ran 1.4-2.9x faster. The encoder stays float32 (the cache's key).
 RUNTIME_BF16_AUTO = True
-# Whether precision "auto" computes a calibrated decoder's convolutions in int8 where it runs in
-# bfloat16 through the runtime: the shipped modified decoder's clicks need the same NoC@80/85/90
-# as float32 on EBHI-Seg and OCDC, and its network runs ~15 % faster (docs/cpu-runtime.md).
+# Whether precision "auto" computes a calibrated decoder's convolutions in int8 through the
+# runtime (the rest of its network in bfloat16 where the CPU has it natively, else in float32): the
+# shipped modified decoder's clicks need the same NoC@80/85/90 as float32 on EBHI-Seg and OCDC, and
+# its network runs ~15 % faster (docs/cpu-runtime.md).
 RUNTIME_INT8_AUTO = True
 _CHANGING_DECODERS = ("adapted", "training")  # DecoderChoice.source of decoders refitted while in use
 
@@ -115,12 +116,19 @@ class Predictor:
         # runtime only where RUNTIME_BF16_AUTO says the benchmark allows it (docs/cpu-runtime.md);
         # the runtime's bf16 network and the PyTorch bf16 copy it falls back to agree
         auto_bf16 = fast_bf16 and (RUNTIME_BF16_AUTO or not runtime)
-        self.decoder_bf16 = precision in ("bf16", "int8") or (precision == "auto" and auto_bf16)
-        # int8 convolutions: asked for, or "auto" in bf16 through the runtime; only for a decoder
-        # whose very weights were calibrated (``decoder_precision`` says what was chosen)
+        # "int8" is bf16 around the int8 convolutions where bf16 is native, float32 elsewhere
+        # (``cpu_runtime.int8_rest_precision``), and so is its PyTorch fallback
+        self.decoder_bf16 = precision == "bf16" or (precision == "int8" and fast_bf16) \
+            or (precision == "auto" and auto_bf16)
+        # int8 convolutions: asked for, or "auto" through the runtime (where "auto" means bf16, or
+        # where the CPU has no native bf16); only for a decoder whose very weights were calibrated
+        # (``decoder_precision`` says what was chosen)
         int8_calibration = None
-        if runtime and (precision == "int8" or (precision == "auto" and self.decoder_bf16 and RUNTIME_INT8_AUTO)):
+        if runtime and (precision == "int8" or (precision == "auto" and RUNTIME_INT8_AUTO
+                                                and (self.decoder_bf16 or not fast_bf16))):
             int8_calibration = int8_convolutions.calibration_for(cpu_runtime.weights_digest(self.decoder.module))
+            if int8_calibration:  # 7-bit weights where the CPU may sum int8 products in 16 bits
+                int8_calibration = int8_convolutions.for_this_cpu(int8_calibration, fast_bf16)
         self.decoder_precision = "int8" if int8_calibration else "bf16" if self.decoder_bf16 else "fp32"
         self.encoder_bf16 = encoder_precision == "bf16" or (encoder_precision == "auto" and fast_bf16)
         if encoder_mode == "optimized" and self.encoder_bf16:

@@ -10,7 +10,8 @@ runtime keeps one dependency and one cache format, so OpenVINO it is.
 How: ``torch.onnx.export`` writes the module as ONNX (the same module the PyTorch path runs),
 OpenVINO reads it and compiles it for this CPU in the spec's precision (``INFERENCE_PRECISION_HINT``:
 float32 unless a decoder asks for bf16; on an AMX CPU OpenVINO would otherwise pick bf16 by itself;
-"int8": bf16 with the calibrated convolutions' quantizers put into the graph, ``int8_convolutions``),
+"int8": the calibrated convolutions' quantizers put into the graph, ``int8_convolutions``, the rest
+in bf16 where the CPU has it natively, else in f32: ``int8_rest_precision``),
 the compiled network's outputs are compared with the module's own on the example inputs, and a
 network further than its precision's ``MAX_RELATIVE_ERRORS`` (relative L2, per output) is refused
 (``RuntimeRefused``). An accepted one is
@@ -48,11 +49,9 @@ PRECISION = "f32"  # the default: the embeddings and masks stay PyTorch's within
 # lie from the module's float32 ones: f32 measured ~1e-6 to 3e-6 for MobileSAM's encoder and
 # decoders; bf16 (decoders only, where the CPU has native bfloat16) ~1.1e-2 to 1.4e-2 on the decoders'
 # logits, with the same clicks needed in the benchmark (docs/cpu-runtime.md); int8 (calibrated 3x3
-# convolutions in int8, the rest in bf16: ``int8_convolutions``) ~1e-2 to 3e-2 on the modified
+# convolutions in int8, the rest in bf16 or f32: ``int8_convolutions``) ~1e-2 to 3e-2 on the modified
 # decoder's logits at real clicks, 2.6e-2 on the check's random inputs
 MAX_RELATIVE_ERRORS = {"f32": 1e-4, "bf16": 5e-2, "int8": 1e-1}
-# OpenVINO's precision hint for each: int8 comes from the quantizers in the graph, the rest is bf16
-_HINTS = {"f32": "f32", "bf16": "bf16", "int8": "bf16"}
 CPU_RUNTIME_ENV = "NAPARI_SAM_HISTO_CPU_RUNTIME"
 CACHE_FOLDER = "cpu-runtime"
 FORMAT = 4  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
@@ -194,11 +193,26 @@ def _read(path: Path):
     return ov.Core().read_model(str(path))
 
 
+def int8_rest_precision() -> str:
+    """What an "int8" network computes in outside its int8 convolutions: "bf16" where the CPU has
+    native bfloat16 (AVX512-BF16, AMX), else "f32". Elsewhere bfloat16 is emulated, slower than
+    float32 (on the AMD EPYC capped at AVX2, OpenVINO ran the modified decoder's bf16-hinted int8
+    network on one thread, many times slower; with the f32 hint in 155 ms against 185 ms all in
+    f32: ``docs/cpu-runtime.md``). The exported network is the same either way: the choice is made
+    when it is compiled, so a cached one serves both."""
+    from .device import bf16_is_fast
+
+    return "bf16" if bf16_is_fast(torch.device("cpu")) else "f32"
+
+
 def _compile(model, precision: str = PRECISION):
-    """Compile for this CPU in ``precision``, on as many threads as PyTorch uses."""
+    """Compile for this CPU in ``precision``, on as many threads as PyTorch uses. OpenVINO's
+    precision hint is the precision itself; for "int8" (whose int8 comes from the quantizers in the
+    graph) the rest's, ``int8_rest_precision``."""
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+    hint = int8_rest_precision() if precision == "int8" else precision
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())}
     return ov.Core().compile_model(model, "CPU", config)
 

@@ -25,6 +25,7 @@ PyTorch: a click never fails because of this.
 
 from __future__ import annotations
 
+import json
 import threading
 import warnings
 import weakref
@@ -273,8 +274,9 @@ class CompiledDecoder:
             decoder, mask_embedding = self._decoder(), self._mask_embedding()
             if decoder is not None and mask_embedding is not None:
                 # int8 for the network the calibration was recorded with (every click after an
-                # object's first); the first click's network in bf16
-                precision = self.precision if variant == _INT8_VARIANT or self.precision != "int8" else "bf16"
+                # object's first); the first click's network in what the rest of the int8 one runs in
+                precision = self.precision if variant == _INT8_VARIANT or self.precision != "int8" \
+                    else cpu_runtime.int8_rest_precision()
                 network = build_network(decoder, self._image_pe, multimask, mask_embedding if masked else None,
                                         precision, self._int8_calibration)
                 self._networks[variant] = network
@@ -288,21 +290,21 @@ class CompiledDecoder:
 
 
 _lock = threading.Lock()
-_compiled: weakref.WeakKeyDictionary[nn.Module, dict[str, CompiledDecoder]] = weakref.WeakKeyDictionary()
+_compiled: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], CompiledDecoder]] = weakref.WeakKeyDictionary()
 
 
 def compiled_decoder(decoder: nn.Module, image_pe: torch.Tensor, mask_embedding: nn.Module,
                      precision: str = cpu_runtime.PRECISION, int8_calibration: dict | None = None,
                      ) -> CompiledDecoder:
-    """The one ``CompiledDecoder`` of ``decoder`` in ``precision`` in this process (predictors on
-    the same decoder module share it, so each network is built once); ``mask_embedding`` is the
-    model's prompt encoder's ``mask_downscaling``."""
+    """The one ``CompiledDecoder`` of ``decoder`` in ``precision`` (and ``int8_calibration``) in
+    this process (predictors on the same decoder module share it, so each network is built once);
+    ``mask_embedding`` is the model's prompt encoder's ``mask_downscaling``."""
+    key = (precision, json.dumps(int8_calibration, sort_keys=True))
     with _lock:
         entries = _compiled.setdefault(decoder, {})
-        entry = entries.get(precision)
+        entry = entries.get(key)
         if entry is None:
-            entry = entries[precision] = CompiledDecoder(decoder, image_pe, mask_embedding, precision,
-                                                         int8_calibration)
+            entry = entries[key] = CompiledDecoder(decoder, image_pe, mask_embedding, precision, int8_calibration)
         return entry
 
 

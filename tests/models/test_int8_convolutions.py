@@ -1,8 +1,9 @@
 """int8 convolutions from shipped calibration: found only for the very weights calibrated, put into
 the compiled next-click network as quantizers on the named convolutions (their own cache entry,
 close to PyTorch), refused for a network without those convolutions (the clicks then run in
-PyTorch), and chosen by precision "auto" only where the decoder runs in bf16 through the runtime.
-Mechanics on tiny SAMs; the shipped file against the shipped decoder with the real weights."""
+PyTorch), chosen by precision "auto" through the runtime, the rest of the network in bf16 where
+the CPU has it natively and in f32 where it does not. Mechanics on tiny SAMs; the shipped file
+against the shipped decoder with the real weights."""
 
 import json
 
@@ -100,7 +101,7 @@ def test_a_calibration_of_another_network_is_refused_and_clicks_run_in_pytorch(t
     assert runtime.last_decoder_path == "pytorch"
 
 
-def test_auto_chooses_int8_only_for_a_calibrated_decoder_in_bf16_through_the_runtime(tmp_path, modified, monkeypatch):
+def test_auto_chooses_int8_only_for_a_calibrated_decoder_through_the_runtime(tmp_path, modified, monkeypatch):
     model, decoder = modified
     path = _calibration(tmp_path, decoder)
     monkeypatch.setattr(int8_convolutions, "calibration_files", lambda: [path])
@@ -111,8 +112,51 @@ def test_auto_chooses_int8_only_for_a_calibrated_decoder_in_bf16_through_the_run
     assert Predictor(model, choice, precision="fp32", decoder_mode="runtime").decoder_precision == "fp32"
     assert Predictor(model, choice, decoder_mode="pytorch").decoder_precision == "bf16"  # no runtime, no int8
     assert Predictor(model, "sam", precision="int8", decoder_mode="runtime").decoder_precision == "bf16"  # none
+    # a CPU without native bf16: int8 convolutions with the rest in f32, and f32 where none are calibrated
     monkeypatch.setattr(predictor_module, "bf16_is_fast", lambda device: False)
-    assert Predictor(model, choice, decoder_mode="runtime").decoder_precision == "fp32"
+    on_avx2 = Predictor(model, choice, decoder_mode="runtime")
+    assert on_avx2.decoder_precision == "int8" and on_avx2.decoder_dtype == torch.float32  # its PyTorch fallback
+    # with 7-bit weights: such a CPU may sum int8 products in pairs into 16 bits
+    assert {spec["weight_levels"] for spec in on_avx2._compiled_decoder._int8_calibration.values()} == {127}
+    assert Predictor(model, choice, precision="int8", decoder_mode="runtime").decoder_dtype == torch.float32
+    assert Predictor(model, "sam", decoder_mode="runtime").decoder_precision == "fp32"
+    assert Predictor(model, "sam", precision="int8", decoder_mode="runtime").decoder_precision == "fp32"
+    assert Predictor(model, choice, decoder_mode="pytorch").decoder_precision == "fp32"
+    assert Predictor(model, choice, precision="fp32", decoder_mode="runtime").decoder_precision == "fp32"
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_an_int8_network_runs_the_rest_in_bf16_only_where_the_cpu_has_it(tmp_path, modified, monkeypatch, native_bf16):
+    from napari_sam_histo.models import device
+
+    model, decoder = modified
+    monkeypatch.setattr(device, "bf16_is_fast", lambda d: native_bf16)
+    rest = "bf16" if native_bf16 else "f32"
+    assert cpu_runtime.int8_rest_precision() == rest
+    hints = []
+    compile_model = cpu_runtime._compile
+
+    def recording(network, precision="f32"):
+        hints.append(precision)
+        return compile_model(network, precision)
+
+    monkeypatch.setattr(cpu_runtime, "_compile", recording)
+    import openvino as ov
+
+    seen = []
+    original = ov.Core.compile_model
+
+    def compiled_with(self, network, device_name=None, config=None):
+        seen.append((config or {}).get("INFERENCE_PRECISION_HINT"))
+        return original(self, network, device_name, config)
+
+    monkeypatch.setattr(ov.Core, "compile_model", compiled_with)
+    compiled = runtime_decoder.CompiledDecoder(decoder, model.sam.prompt_encoder.get_dense_pe(),
+                                               model.sam.prompt_encoder.mask_downscaling, "int8",
+                                               {n: _spec() for n in CONVOLUTIONS})
+    assert compiled.network(False, True) is not None and compiled.network(True, False) is not None
+    # the next-click network in int8 with the rest as the CPU allows, the first click's all in that precision
+    assert hints == ["int8", rest] and seen == [rest, rest]
 
 
 def test_the_shipped_calibration_belongs_to_the_shipped_modified_decoder(mobile_sam):
@@ -129,3 +173,12 @@ def test_the_command_line_offers_the_decoder_precisions_the_predictor_takes():
     assert PRECISIONS == predictor_module.DECODER_PRECISIONS
     with pytest.raises(ValueError):
         Predictor(random_model("tiny", "cpu"), "sam", encoder_precision="int8")
+
+
+def test_weights_become_7_bit_where_int8_products_may_be_summed_in_16_bits():
+    calibration = {"a": _spec(), "b": {"input_range": [-1.0, 2.0], "weight_levels": 127, "weight_range": 0.5}}
+    assert int8_convolutions.for_this_cpu(calibration, native_bf16=True) == calibration
+    seven = int8_convolutions.for_this_cpu(calibration, native_bf16=False)
+    assert seven["a"] == {"input_range": [-4.0, 4.0], **int8_convolutions.SEVEN_BIT}
+    assert seven["b"] == calibration["b"]  # already 7-bit: as NNCF chose
+    assert calibration["a"]["weight_levels"] == 255  # the shipped calibration is not changed
