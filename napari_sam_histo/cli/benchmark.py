@@ -123,7 +123,7 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--device", default="auto")
     add_precision_argument(bench, "the decoder's: auto is bf16 where it is native (Ampere+ GPUs, CPUs with "
                                   "AVX512-BF16/AMX), fp32 elsewhere, and int8 for the convolutions of a decoder "
-                                  "shipped with int8 calibration on a CPU in bf16; the report records what ran")
+                                  "shipped with int8 calibration on a CPU; the report records what ran")
     bench.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                        help="run the images on dask.distributed: 'local' starts a LocalCluster (one 1-thread "
                             "process per core, or one GPU worker); an address (tcp://host:8786) uses a running "
