@@ -151,9 +151,7 @@ def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
         if tokens_first:
             exported = candidate
             example = candidate.inputs(*example)
-            names = ("image_tokens", "sparse", "mask" if masked else "dense_tokens")
-            if candidate.takes_first_layer:
-                names += ("first_keys", "first_values", "first_queries")
+            names = candidate.input_names()
         spec = cpu_runtime.NetworkSpec(
             f"decoder-{type(decoder).__name__}-{'multi' if multimask else 'single'}{'-masked' if masked else ''}"
             f"{'-tokens' if tokens_first else ''}",

@@ -265,6 +265,11 @@ class TokenLayoutForward(nn.Module):
         masks = (hyper @ upscaled.view(1, c, h * w)).view(1, -1, h, w)
         return masks, iou[:, chosen]
 
+    def input_names(self) -> tuple[str, ...]:
+        """The names of ``forward``'s inputs, in their order (the exported network's)."""
+        names = ("image_tokens", "sparse", "mask" if self.mask_features is not None else "dense_tokens")
+        return names + (("first_keys", "first_values", "first_queries") if self.takes_first_layer else ())
+
     def inputs(self, image: torch.Tensor, sparse: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The forward's inputs from the decoder's own: the image embedding (1, C, H, W), the sparse
         embeddings, and the mask prompt or the dense embedding (1, C, H, W)."""
@@ -290,7 +295,11 @@ class TileInputs:
     def __init__(self, forward: TokenLayoutForward | None = None) -> None:
         self._first_layer = None
         if forward is not None and forward.takes_first_layer:
-            self._first_layer = copy.deepcopy(forward.decoder.transformer.layers[0]).float().cpu().eval()
+            layer = forward.decoder.transformer.layers[0]
+            # only the two cross-attentions ``first_layer_projections`` reads, not the layer's MLP
+            self._first_layer = copy.deepcopy(nn.ModuleDict({
+                "cross_attn_token_to_image": layer.cross_attn_token_to_image,
+                "cross_attn_image_to_token": layer.cross_attn_image_to_token})).float().cpu().eval()
             self._key_pe = forward.pe_tokens.detach().clone()
         self._last: tuple[torch.Tensor, int, tuple[torch.Tensor, ...]] | None = None
 
