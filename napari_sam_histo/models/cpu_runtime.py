@@ -54,7 +54,7 @@ PRECISION = "f32"  # the default: the embeddings and masks stay PyTorch's within
 MAX_RELATIVE_ERRORS = {"f32": 1e-4, "bf16": 5e-2, "int8": 1e-1}
 CPU_RUNTIME_ENV = "NAPARI_SAM_HISTO_CPU_RUNTIME"
 CACHE_FOLDER = "cpu-runtime"
-FORMAT = 4  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
+FORMAT = 5  # bumped when what is exported, or how, changes: older cached networks are then rebuilt
 
 class RuntimeRefused(RuntimeError):
     """The compiled network's outputs differ from PyTorch's beyond its precision's tolerance

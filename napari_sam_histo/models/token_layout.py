@@ -12,7 +12,10 @@ upscaling; only the attention's projections are split into heads (``attention``)
 
 It also leaves out work that is the same at every click on a tile (``TokenLayoutForward``'s
 ``reuse_image_side``): the first layer's projections of the image, taken once per tile, and the
-final attention's projections of the image, where only two to five output tokens are read.
+final attention's projections of the image, where only two to five output tokens are read. And
+the image's attention to the few prompt tokens takes its logits tokens first
+(``many_queries_attention``), which OpenVINO runs as plain matrix products instead of its attention
+kernel.
 
 SAM's ``TwoWayTransformer.forward`` and the decoders' ``predict_masks`` are written again below
 (about 50 lines) because they take and return (1, C, H, W) and lay it out inside; they use the
@@ -127,6 +130,27 @@ def few_queries_attention(layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v:
     return layer.out_proj(out.transpose(0, 1).reshape(1, count, dim))
 
 
+def many_queries_attention(layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SAM's ``Attention`` of ``layer`` with the image's many queries ``q`` (1, N, D) on a few keys and
+    values ``k``, ``v`` (1, T, D), all three already projected, the logits taken tokens first:
+    (heads, T, N), the softmax over the tokens' axis. SAM's attention splits the image's queries into
+    heads, (heads, N, D / heads), and OpenVINO fuses the two products and the softmax into one
+    attention kernel, which with so few keys took 1.4 ms where these plain matrix products and the
+    softmax take 0.4 ms (bf16, 2 AMD EPYC cores, per-layer counters, 12 tokens). The same arithmetic
+    up to float32 rounding (the scale is applied to the keys instead of the logits)."""
+    heads = layer.num_heads
+    count, dim = k.shape[1], k.shape[2]
+    per_head = dim // heads
+    # each head's keys in its own block of channels, zeros elsewhere: (heads * T, D)
+    blocks = torch.repeat_interleave(torch.eye(heads, dtype=k.dtype), per_head, dim=1).unsqueeze(1)
+    k_blocks = (k[0].unsqueeze(0) * blocks).reshape(heads * count, dim) * per_head ** -0.5
+    logits = k_blocks @ q[0].transpose(0, 1)  # (heads * T, N)
+    weights = torch.softmax(logits.reshape(heads, count, q.shape[1]), dim=1)  # (heads, T, N)
+    v_heads = v[0].reshape(count, heads, per_head).permute(1, 2, 0)  # (heads, D / heads, T)
+    out = (v_heads @ weights).reshape(dim, q.shape[1])  # (D, N)
+    return layer.out_proj(out.transpose(0, 1)).unsqueeze(0)
+
+
 def first_layer_projections(layer: nn.Module, keys: torch.Tensor, key_pe: torch.Tensor,
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three projections of the image side that the two-way transformer's first layer takes,
@@ -138,11 +162,12 @@ def first_layer_projections(layer: nn.Module, keys: torch.Tensor, key_pe: torch.
 
 def two_way(transformer: nn.Module, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor,
             first_layer: tuple[torch.Tensor, ...] | None = None, read: int | None = None,
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's ``TwoWayTransformer.forward`` on image tokens (1, N, C): (queries, keys). With
     ``first_layer`` the first layer's projections of ``keys`` are given (``first_layer_projections``),
     not computed; with ``read`` only the first ``read`` queries are returned, their final attention
-    on the image taken the other way round (``few_queries_attention``)."""
+    on the image taken the other way round (``few_queries_attention``); with ``tokens_first`` the
+    image's attention to the tokens takes its logits tokens first (``many_queries_attention``)."""
     queries = tokens
     for index, layer in enumerate(transformer.layers):
         if layer.skip_first_layer_pe:
@@ -162,7 +187,10 @@ def two_way(transformer: nn.Module, keys: torch.Tensor, key_pe: torch.Tensor, to
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + tokens
-        if given is not None:
+        if tokens_first:
+            image_queries = given[2] if given is not None else to_token.q_proj(keys + key_pe)
+            attended = many_queries_attention(to_token, image_queries, to_token.k_proj(q), to_token.v_proj(queries))
+        elif given is not None:
             attended = attend(to_token, given[2], to_token.k_proj(q), to_token.v_proj(queries))
         else:
             attended = attention(to_token, k, q, queries)
@@ -190,10 +218,13 @@ class TokenLayoutForward(nn.Module):
     product where the image side's is 256 wide); and the final attention is computed only for the
     output tokens whose result is read (``few_queries_attention``). Measured on 2 AMD EPYC cores
     (AVX512-BF16), SAM's next-click network in bf16: ~2.5 ms less of ~19 ms
-    (``docs/cpu-runtime.md``). The same arithmetic up to float32 rounding (tested)."""
+    (``docs/cpu-runtime.md``). With ``tokens_first_logits`` (the default) the image's attention to
+    the prompt tokens takes its logits tokens first (``many_queries_attention``). The same
+    arithmetic up to float32 rounding (tested)."""
 
     def __init__(self, decoder: nn.Module, multimask: bool, image_pe: torch.Tensor,
-                 mask_embedding: nn.Module | None = None, reuse_image_side: bool = True) -> None:
+                 mask_embedding: nn.Module | None = None, reuse_image_side: bool = True,
+                 tokens_first_logits: bool = True) -> None:
         super().__init__()
         from .modified_decoder import ModifiedMaskDecoder
 
@@ -206,6 +237,7 @@ class TokenLayoutForward(nn.Module):
         self.mask_features = None if mask_embedding is None else mask_embedding[:-1]
         self.mask_projection = None if mask_embedding is None else mask_embedding[-1]
         self.reuse_image_side = bool(reuse_image_side)
+        self.tokens_first_logits = bool(tokens_first_logits)
         self.register_buffer("pe_tokens", image_pe.detach().float().cpu().flatten(2).transpose(1, 2).contiguous())
 
     @property
@@ -248,7 +280,7 @@ class TokenLayoutForward(nn.Module):
             output_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
         tokens = torch.cat((output_tokens.unsqueeze(0), sparse), dim=1)
         read = self.read_tokens() if self.reuse_image_side else None
-        hs, keys = two_way(d.transformer, keys, self.pe_tokens, tokens, first, read)
+        hs, keys = two_way(d.transformer, keys, self.pe_tokens, tokens, first, read, self.tokens_first_logits)
         channels = keys.shape[-1]
         if self.modified:
             iou = d.iou_prediction_head(hs[:, 0, :])[:, :1]

@@ -1,6 +1,7 @@
 """The decoders written in token layout for the CPU runtime: the same logits and IoUs as the
 decoders' own forward for SAM's, the modified and the single-mask decoder, with and without a mask
-prompt; the image embedding laid out once per tile; a decoder it does not cover keeps its layout.
+prompt, the image side reused or not, the image's attention to the tokens taken tokens first or
+not; the image embedding laid out once per tile; a decoder it does not cover keeps its layout.
 Mechanics, on a tiny random SAM."""
 
 import copy
@@ -40,7 +41,8 @@ def _inputs(pe, masked, seed=1, tokens=5):
 
 @pytest.mark.parametrize("name", ["sam", "modified", "single"])
 @pytest.mark.parametrize("reuse", [True, False])
-def test_the_token_layout_gives_the_decoders_own_outputs(tiny, name, reuse):
+@pytest.mark.parametrize("tokens_first", [True, False])
+def test_the_token_layout_gives_the_decoders_own_outputs(tiny, name, reuse, tokens_first):
     decoder = _decoders(tiny)[name]
     pe = tiny.sam.prompt_encoder.get_dense_pe()
     embed_mask = tiny.sam.prompt_encoder.mask_downscaling
@@ -48,7 +50,8 @@ def test_the_token_layout_gives_the_decoders_own_outputs(tiny, name, reuse):
         for masked in (True, False):
             mask_embedding = embed_mask if masked else None
             own = runtime_decoder._Forward(decoder, multimask, pe, mask_embedding).eval()
-            tokens = token_layout.TokenLayoutForward(decoder, multimask, pe, mask_embedding, reuse).eval()
+            tokens = token_layout.TokenLayoutForward(decoder, multimask, pe, mask_embedding, reuse,
+                                                     tokens_first_logits=tokens_first).eval()
             image, sparse, last = _inputs(pe, masked)
             inputs = tokens.inputs(image, sparse, last)
             # with a mask prompt and the image side reused, the first layer's three projections too
@@ -154,3 +157,18 @@ def test_preparing_runs_the_next_clicks_network_at_each_warm_token_count(tiny, t
     compiled.prepare_now()
     warmed = [tokens for masked, tokens in seen if masked]
     assert set(runtime_decoder.WARM_TOKENS) <= set(warmed)
+
+
+@pytest.mark.parametrize("tokens", [1, 4, 13])
+def test_the_image_attends_to_few_tokens_tokens_first_as_sam_attends(tiny, tokens):
+    from segment_anything.modeling.transformer import Attention
+
+    torch.manual_seed(tokens)
+    layer = Attention(32, num_heads=4, downsample_rate=2).eval()
+    image, prompt = torch.randn(1, 50, 32), torch.randn(1, tokens, 32)
+    with torch.no_grad():
+        expected = layer(image, prompt, prompt)
+        got = token_layout.many_queries_attention(layer, layer.q_proj(image), layer.k_proj(prompt),
+                                                  layer.v_proj(prompt))
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
