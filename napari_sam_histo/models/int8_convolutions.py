@@ -3,9 +3,9 @@
 The modified decoder's upsampling path spends most of its click in 3x3 convolutions, which run at
 the CPU's bfloat16 peak (docs/cpu-runtime.md). Computed in int8 (AVX512-VNNI), the four 3x3
 convolutions of its first two blocks (64x64 and 128x128) take about half the time, and so do those
-blocks' 1x1 shortcuts; those of the last block (256x256) stay in bfloat16: quantized too, they kept
-one OCDC object just under the benchmark's IoU 0.85. Everything else in the network stays as
-compiled. On a CPU without native bfloat16 the rest runs in float32
+blocks' 1x1 shortcuts and the last block's (256x256) first 3x3 convolution; that block's second
+one stays in bfloat16: quantized too, it kept one OCDC object just under the benchmark's IoU 0.85.
+Everything else in the network stays as compiled. On a CPU without native bfloat16 the rest runs in float32
 (``cpu_runtime.int8_rest_precision``) and the weights are 7-bit (``for_this_cpu``): AVX2 alone has
 no VNNI.
 
