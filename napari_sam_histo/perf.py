@@ -16,7 +16,8 @@ those same clicks (``Predictor.last_decoder_s``); their ratio, i.e. what the cli
 network; and how often the encoder ran for one tile over all those clicks and a revisit (1 is
 right). The report names the CPU, its instruction sets, and each path's backend and precision.
 The modified decoder is timed with untrained new layers when no trained one exists: its speed
-does not depend on its weights.
+does not depend on its weights. Every timed call starts ``PAUSE_S`` after the one before, as a
+user's clicks do.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ import numpy as np
 import torch
 
 TILE = 1024
+# Each timed click (every path's) starts this long after the last one ended: a user's clicks are far
+# further apart, and PyTorch's OpenMP threads spin for a while after their work before they sleep,
+# competing with whatever runs next on the same cores. Back to back, SAM's bf16 runtime network took
+# 17.0 ms right after a PyTorch forward against 13.7 ms alone, and 14.2 ms 50 ms later (2 AMD EPYC
+# cores, docs/cpu-runtime.md).
+PAUSE_S = 0.1
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -53,7 +60,7 @@ def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
     the product's precision or None)`` on one decoder module: click latency through
     ``ClickSession.add_click`` and the decoder's own forward inside each click, every path taking
     the same clicks in turn (click by click), so that a busy machine slows all of them alike; after
-    three warm-up clicks each."""
+    three warm-up clicks each, and each timed click ``PAUSE_S`` after the one before."""
     from .engine.session import ClickSession
 
     sessions = {(name, which): ClickSession(predictor, box, embedding)
@@ -66,6 +73,7 @@ def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
     times = {key: ([], []) for key in sessions}
     for x, y, positive in clicks:
         for key, session in sessions.items():
+            time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             session.add_click(x, y, positive)
             times[key][0].append(time.perf_counter() - t0)
@@ -101,6 +109,7 @@ def _time_encoder(predictor, source, box, runs: int) -> dict:
     sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
 
     def raw() -> None:
+        time.sleep(PAUSE_S)
         with torch.inference_mode():
             pixels = predictor.preprocess(source.read_region(box))[0]
             sync()
@@ -111,6 +120,7 @@ def _time_encoder(predictor, source, box, runs: int) -> dict:
 
     def end_to_end() -> None:
         predictor.cache = EmbeddingCache()  # empty: the tile is really read and encoded
+        time.sleep(PAUSE_S)
         t0 = time.perf_counter()
         predictor.embedding_for(source, box)
         sync()
