@@ -262,7 +262,8 @@ class Predictor:
         rgb = to_rgb_uint8(image)
         original_size = rgb.shape[:2]
         h, w = self._resized_shape(original_size)
-        pixels = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float()
+        # a read-only tile (a cached slide region) is copied: PyTorch warns on read-only arrays
+        pixels = torch.from_numpy(np.require(rgb, requirements="W")).to(self.device).permute(2, 0, 1)[None].float()
         if (h, w) != tuple(original_size):
             # SAM's ResizeLongestSide resizes with PIL bilinear on uint8; antialiased bilinear
             # in torch matches it closely and keeps the work on the model's device.
