@@ -205,6 +205,12 @@ def int8_rest_precision() -> str:
     return "bf16" if bf16_is_fast(torch.device("cpu")) else "f32"
 
 
+def computes_in_bf16(precision: str) -> bool:
+    """Whether a network compiled here in ``precision`` computes in bfloat16 (outside any int8
+    convolutions)."""
+    return precision == "bf16" or (precision == "int8" and int8_rest_precision() == "bf16")
+
+
 def _compile(model, precision: str = PRECISION):
     """Compile for this CPU in ``precision``, on as many threads as PyTorch uses. OpenVINO's
     precision hint is the precision itself; for "int8" (whose int8 comes from the quantizers in the

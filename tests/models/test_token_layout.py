@@ -172,3 +172,28 @@ def test_the_image_attends_to_few_tokens_tokens_first_as_sam_attends(tiny, token
                                                   layer.v_proj(prompt))
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not cpu_runtime.available(), reason="the CPU runtime (openvino, onnx) is not installed")
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_the_image_attends_tokens_first_only_in_networks_that_compute_in_bf16(tiny, tmp_path, monkeypatch,
+                                                                               precision):
+    monkeypatch.setenv("NAPARI_SAM_HISTO_CACHE", str(tmp_path / "cache"))
+    built = []
+
+    class Recording(token_layout.TokenLayoutForward):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.tokens_first_logits)
+
+    monkeypatch.setattr(token_layout, "TokenLayoutForward", Recording)
+    runtime_decoder.build_network(tiny.sam.mask_decoder, tiny.sam.prompt_encoder.get_dense_pe(), False,
+                                  tiny.sam.prompt_encoder.mask_downscaling, precision)
+    assert built == [precision == "bf16"]
+
+
+@pytest.mark.parametrize("rest, expected", [("bf16", True), ("f32", False)])
+def test_an_int8_network_computes_in_bf16_where_its_rest_does(monkeypatch, rest, expected):
+    monkeypatch.setattr(cpu_runtime, "int8_rest_precision", lambda: rest)
+    assert cpu_runtime.computes_in_bf16("int8") is expected
+    assert cpu_runtime.computes_in_bf16("bf16") and not cpu_runtime.computes_in_bf16("f32")
