@@ -28,11 +28,10 @@ import numpy as np
 import torch
 
 TILE = 1024
-# Each timed click (every path's) starts this long after the last one ended: a user's clicks are far
+# Each timed call (every path's) starts this long after the last one ended: a user's clicks are far
 # further apart, and PyTorch's OpenMP threads spin for a while after their work before they sleep,
-# competing with whatever runs next on the same cores. Back to back, SAM's bf16 runtime network took
-# 17.0 ms right after a PyTorch forward against 13.7 ms alone, and 14.2 ms 50 ms later (2 AMD EPYC
-# cores, docs/cpu-runtime.md).
+# competing with whatever runs next on the same cores (back to back, SAM's bf16 click measured
+# ~24 ms against ~18 ms with the pause on 2 AMD EPYC cores: docs/cpu-runtime.md)
 PAUSE_S = 0.1
 
 
