@@ -16,8 +16,8 @@ those same clicks (``Predictor.last_decoder_s``); their ratio, i.e. what the cli
 network; and how often the encoder ran for one tile over all those clicks and a revisit (1 is
 right). The report names the CPU, its instruction sets, and each path's backend and precision.
 The modified decoder is timed with untrained new layers when no trained one exists: its speed
-does not depend on its weights. Every timed call starts ``PAUSE_S`` after the one before, as a
-user's clicks do.
+does not depend on its weights. Every timed call starts ``PAUSE_S`` (``--pause``) after the one
+before, as a user's clicks do.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 TILE = 1024
-# Each timed call (every path's) starts this long after the last one ended: a user's clicks are far
-# further apart, and PyTorch's OpenMP threads spin for a while after their work before they sleep,
-# competing with whatever runs next on the same cores (back to back, SAM's bf16 click measured
-# ~24 ms against ~18 ms with the pause on 2 AMD EPYC cores: docs/cpu-runtime.md)
+# Each timed call (every path's) starts this long after the last one ended, by default: a user's
+# clicks are far further apart, and PyTorch's OpenMP threads spin for a while after their work
+# before they sleep, competing with whatever runs next on the same cores (back to back, SAM's bf16
+# click measured ~24 ms against ~18 ms with the pause on 2 AMD EPYC cores: docs/cpu-runtime.md)
 PAUSE_S = 0.1
 
 
@@ -54,12 +54,12 @@ def _click_script(n: int, seed: int = 1) -> list[tuple[float, float, bool]]:
     return [(float(rng.integers(0, TILE)), float(rng.integers(0, TILE)), i % 3 != 2) for i in range(n)]
 
 
-def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
+def _time_decoders(pairs: dict, box, embedding, clicks, pause_s: float = PAUSE_S) -> dict:
     """For each decoder name, ``(product predictor, raw PyTorch fp32 predictor, PyTorch predictor at
     the product's precision or None)`` on one decoder module: click latency through
     ``ClickSession.add_click`` and the decoder's own forward inside each click, every path taking
     the same clicks in turn (click by click), so that a busy machine slows all of them alike; after
-    three warm-up clicks each, and each timed click ``PAUSE_S`` after the one before."""
+    three warm-up clicks each, and each timed click ``pause_s`` after the one before."""
     from .engine.session import ClickSession
 
     sessions = {(name, which): ClickSession(predictor, box, embedding)
@@ -72,7 +72,7 @@ def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
     times = {key: ([], []) for key in sessions}
     for x, y, positive in clicks:
         for key, session in sessions.items():
-            time.sleep(PAUSE_S)
+            time.sleep(pause_s)
             t0 = time.perf_counter()
             session.add_click(x, y, positive)
             times[key][0].append(time.perf_counter() - t0)
@@ -95,7 +95,7 @@ def _time_decoders(pairs: dict, box, embedding, clicks) -> dict:
     return results
 
 
-def _time_encoder(predictor, source, box, runs: int) -> dict:
+def _time_encoder(predictor, source, box, runs: int, pause_s: float = PAUSE_S) -> dict:
     """Medians of the raw fp32 eager encoder forward and of the default path end to end, run
     alternately so that a busy machine slows both alike; after one warm-up each (and the build of
     the optimized encoder, timed on its own)."""
@@ -108,10 +108,10 @@ def _time_encoder(predictor, source, box, runs: int) -> dict:
     sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
 
     def raw() -> None:
-        time.sleep(PAUSE_S)
         with torch.inference_mode():
             pixels = predictor.preprocess(source.read_region(box))[0]
             sync()
+            time.sleep(pause_s)
             t0 = time.perf_counter()
             module(pixels)
             sync()
@@ -119,7 +119,7 @@ def _time_encoder(predictor, source, box, runs: int) -> dict:
 
     def end_to_end() -> None:
         predictor.cache = EmbeddingCache()  # empty: the tile is really read and encoded
-        time.sleep(PAUSE_S)
+        time.sleep(pause_s)
         t0 = time.perf_counter()
         predictor.embedding_for(source, box)
         sync()
@@ -162,8 +162,10 @@ def cpu_name() -> str:
 
 
 def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, random_weights: bool = False,
-             encoder_runs: int = 3, precision: str = "auto") -> dict:
-    """The report (see the module); ``precision`` is the decoders' (``Predictor``'s)."""
+             encoder_runs: int = 3, precision: str = "auto", pause_s: float | None = None) -> dict:
+    """The report (see the module); ``precision`` is the decoders' (``Predictor``'s); each timed call
+    starts ``pause_s`` (None: ``PAUSE_S``) after the one before."""
+    pause_s = PAUSE_S if pause_s is None else max(float(pause_s), 0.0)
     from .engine.embedding_cache import EmbeddingCache
     from .engine.predictor import Predictor
     from .models import cpu_runtime
@@ -179,7 +181,7 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
     box = TileBox(0, 0, 0, TILE, TILE)
     cache = EmbeddingCache()
     sam_predictor = Predictor(loaded, "sam", cache=cache, precision=precision)
-    encoder = _time_encoder(sam_predictor, source, box, encoder_runs)
+    encoder = _time_encoder(sam_predictor, source, box, encoder_runs, pause_s)
 
     calls_before = sam_predictor.encoder_calls
     embedding = sam_predictor.embedding_for(source, box)
@@ -195,7 +197,7 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
         same = Predictor(loaded, choice, cache=cache, precision="bf16" if product.decoder_bf16 else "fp32",
                          decoder_mode="pytorch", encoder_mode="eager") if product.decoder_mode == "runtime" else None
         pairs[name] = (product, raw, same)
-    decoders = _time_decoders(pairs, box, embedding, script)
+    decoders = _time_decoders(pairs, box, embedding, script, pause_s)
     for name, timing in decoders.items():
         timing["build_s"] = build_s[name]
     sam_predictor.embedding_for(source, box)  # a revisit must not run the encoder again
@@ -211,6 +213,7 @@ def run_perf(model: str = "vit_t", device: str = "auto", clicks: int = 24, rando
         "torch_threads": torch.get_num_threads(),
         "decoder_precision": sam_predictor.decoder_precision,
         "clicks": clicks,
+        "pause_s": pause_s,
         "encoder_s_per_tile": encoder["end_to_end_s"],
         "encoder_raw_fp32_s_per_tile": encoder["raw_s"],
         "encoder_speedup_vs_raw": encoder["raw_s"] / encoder["end_to_end_s"],
@@ -237,7 +240,8 @@ def format_report(r: dict) -> str:
     ms = lambda s: f"{1000 * s:7.1f} ms"  # noqa: E731
     lines = [
         (f"model {r['model']} ({r['weights']}) on {r['device']}: {r['cpu']} ({r['cpu_features']}), "
-         f"{r['torch_threads']} threads, {r['clicks']} clicks per decoder"),
+         f"{r['torch_threads']} threads, {r['clicks']} clicks per decoder, each call {r['pause_s']:g} s after the "
+         "one before"),
         (f"encoder, one 1024x1024 tile      {r['encoder_s_per_tile']:7.2f} s  end to end (read + preprocess + "
          f"{r['encoder_mode']} {r['encoder_precision']} encoder, {r['encoder_backend']})"),
         f"raw fp32 eager encoder forward   {r['encoder_raw_fp32_s_per_tile']:7.2f} s  "

@@ -13,7 +13,8 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     from ..perf import format_report, run_perf
 
     report = run_perf(model=args.model, device=args.device, clicks=args.clicks,
-                      random_weights=args.random_weights, encoder_runs=args.encoder_runs, precision=args.precision)
+                      random_weights=args.random_weights, encoder_runs=args.encoder_runs, precision=args.precision,
+                      pause_s=args.pause)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
@@ -48,6 +49,8 @@ def add_perf(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--device", default="auto")
     perf.add_argument("--clicks", type=int, default=24, help="clicks timed per decoder (at least 20)")
     perf.add_argument("--encoder-runs", type=int, default=3)
+    perf.add_argument("--pause", type=float, default=None, metavar="SECONDS",
+                      help="time each call this long after the one before, as a user's clicks are (default 0.1)")
     add_precision_argument(perf, "the decoders' (auto: the product's default; bf16 runs the CPU runtime's bfloat16 "
                                  "networks, int8 those with a calibrated decoder's convolutions in int8)")
     perf.add_argument("--random-weights", action="store_true", help="random-init weights of the model's architecture")

@@ -56,7 +56,8 @@ def _read(path: Path) -> dict:
 def calibration_for(weights: str, files: list[Path] | None = None) -> dict[str, dict] | None:
     """The int8 calibration of each convolution to quantize, by its name in the exported network
     (``{"input_range": [low, high], "weight_levels": 255 or 127, "weight_range": fraction}``, and
-    ``"vnni_only": true`` for one computed in int8 only on a CPU with VNNI: ``for_this_cpu``), for
+    ``"native_bf16_only": true`` for one computed in int8 only where bfloat16 is native:
+    ``for_this_cpu``), for
     the decoder of these very ``weights`` (its ``cpu_runtime.weights_digest``); None where none
     was calibrated."""
     for path in calibration_files() if files is None else files:
@@ -80,14 +81,15 @@ def for_this_cpu(calibration: dict[str, dict], native_bf16: bool) -> dict[str, d
     Measured on the AMD EPYC capped at AVX2 (docs/cpu-runtime.md), with the first two blocks' 3x3
     convolutions in int8: with the calibration as made, one OCDC object of ten fell just under IoU
     0.85 (NoC@85 3.00 against float32's 1.90); with 7-bit weights the same NoC as float32 on OCDC,
-    0.04 fewer clicks on EBHI-Seg. A convolution calibrated ``"vnni_only"`` is left out there (it
-    stays in float32): the modified decoder's last block's first convolution, with which GlaS needed
-    0.36 more clicks than float32 for IoU 0.85 there. With the shipped calibration's other six that
-    OCDC object (IoU 0.857 in float32) falls under 0.85 again; EBHI-Seg and GlaS stay within 0.15."""
+    0.04 fewer clicks on EBHI-Seg. A convolution calibrated ``"native_bf16_only"`` is left out there
+    (it stays in float32): the modified decoder's last block's first convolution, with which GlaS
+    needed 0.36 more clicks than float32 for IoU 0.85 there. With the shipped calibration's other six
+    that OCDC object (IoU 0.857 in float32) falls under 0.85, as with 8-bit weights; EBHI-Seg and
+    GlaS stay within 0.15."""
     if native_bf16:
         return calibration
     return {name: dict(spec, **SEVEN_BIT) if spec["weight_levels"] != SEVEN_BIT["weight_levels"] else dict(spec)
-            for name, spec in calibration.items() if not spec.get("vnni_only", False)}
+            for name, spec in calibration.items() if not spec.get("native_bf16_only", False)}
 
 
 def quantize(model, calibration: dict[str, dict]):

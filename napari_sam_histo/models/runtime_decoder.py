@@ -141,9 +141,10 @@ def build_network(decoder: nn.Module, image_pe: torch.Tensor, multimask: bool,
         example = _example(image_pe, _CHECK_TOKENS[0], masked)
         exported, names = forward, ("image_embeddings", "sparse", "mask" if masked else "dense")
         if tokens_first:
-            # the image's attention to the tokens taken tokens first: faster in bfloat16, slower in
-            # float32 (SAM's next-click network at 16 tokens on 2 AMD EPYC cores: 14.7 against 15.3 ms
-            # in bf16, 27.6 against 25.6 ms in f32 limited to AVX2; docs/cpu-runtime.md)
+            # the image's attention to the tokens taken tokens first: faster in bfloat16 at an object's
+            # first clicks, slower in float32 (SAM's next-click network at 8 / 16 tokens on 2 AMD EPYC
+            # cores: 13.7 / 14.7 against 16.3 / 15.1 ms in bf16, 27.4 / 29.6 against 26.2 / 27.7 ms in
+            # f32 limited to AVX2; docs/cpu-runtime.md)
             candidate = token_layout.TokenLayoutForward(
                 decoder, multimask, image_pe, mask_embedding,
                 tokens_first_logits=cpu_runtime.computes_in_bf16(precision)).eval()

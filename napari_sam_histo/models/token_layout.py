@@ -13,9 +13,9 @@ upscaling; only the attention's projections are split into heads (``attention``)
 It also leaves out work that is the same at every click on a tile (``TokenLayoutForward``'s
 ``reuse_image_side``): the first layer's projections of the image, taken once per tile, and the
 final attention's projections of the image, where only two to five output tokens are read. And
-the image's attention to the few prompt tokens takes its logits tokens first
-(``many_queries_attention``), which OpenVINO runs as plain matrix products instead of its attention
-kernel.
+in networks that compute in bfloat16 the image's attention to the few prompt tokens takes its
+logits tokens first (``many_queries_attention``), which OpenVINO runs as plain matrix products
+instead of its attention kernel.
 
 SAM's ``TwoWayTransformer.forward`` and the decoders' ``predict_masks`` are written again below
 (about 50 lines) because they take and return (1, C, H, W) and lay it out inside; they use the
@@ -87,7 +87,8 @@ def attention(layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     zeros too, 8x the work for SAM's 8 heads, growing with the prompt tokens. Measured by
     ``scripts/attention-layout-probe`` on 2 AMD EPYC cores (AVX512-BF16, no AMX), SAM's bf16 decoder
     network at 8 / 16 / 32 prompt tokens: 26.3 / 28.7 / 34.4 ms block-diagonally, 22.6 / 22.8 /
-    23.8 ms head by head (``docs/cpu-runtime.md``)."""
+    23.8 ms head by head (``docs/cpu-runtime.md``). The image's attention to the tokens alone is the
+    exception in bfloat16 networks (``many_queries_attention``)."""
     return attend(layer, layer.q_proj(q), layer.k_proj(k), layer.v_proj(v))
 
 
@@ -135,14 +136,18 @@ def many_queries_attention(layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v
     values ``k``, ``v`` (1, T, D), all three already projected, the logits taken tokens first:
     (heads, T, N), the softmax over the tokens' axis. SAM's attention splits the image's queries into
     heads, (heads, N, D / heads), and OpenVINO fuses the two products and the softmax into one
-    attention kernel, which with so few keys took 1.4 ms where these plain matrix products and the
-    softmax take 0.4 ms (bf16, 2 AMD EPYC cores, per-layer counters, 12 tokens). The same arithmetic
-    up to float32 rounding (the scale is applied to the keys instead of the logits)."""
+    attention kernel, which with so few keys took 2.1 ms in SAM's bf16 network where these plain
+    matrix products and the softmax take ~0.4 ms (2 AMD EPYC cores, per-layer counters, 12 tokens).
+    The keys are spread block-diagonally over the heads (``attention`` says why not everywhere):
+    the zeros cost less than that kernel's overhead in bfloat16, more in float32, so the package
+    uses this form only in networks that compute in bfloat16 (``runtime_decoder.build_network``).
+    The same arithmetic up to float32 rounding (the scale is applied to the keys instead of the
+    logits)."""
     heads = layer.num_heads
     count, dim = k.shape[1], k.shape[2]
     per_head = dim // heads
     # each head's keys in its own block of channels, zeros elsewhere: (heads * T, D)
-    blocks = torch.repeat_interleave(torch.eye(heads, dtype=k.dtype), per_head, dim=1).unsqueeze(1)
+    blocks = torch.repeat_interleave(torch.eye(heads, dtype=k.dtype, device=k.device), per_head, dim=1).unsqueeze(1)
     k_blocks = (k[0].unsqueeze(0) * blocks).reshape(heads * count, dim) * per_head ** -0.5
     logits = k_blocks @ q[0].transpose(0, 1)  # (heads * T, N)
     weights = torch.softmax(logits.reshape(heads, count, q.shape[1]), dim=1)  # (heads, T, N)
@@ -218,9 +223,9 @@ class TokenLayoutForward(nn.Module):
     product where the image side's is 256 wide); and the final attention is computed only for the
     output tokens whose result is read (``few_queries_attention``). Measured on 2 AMD EPYC cores
     (AVX512-BF16), SAM's next-click network in bf16: ~2.5 ms less of ~19 ms
-    (``docs/cpu-runtime.md``). With ``tokens_first_logits`` (the default) the image's attention to
-    the prompt tokens takes its logits tokens first (``many_queries_attention``). The same
-    arithmetic up to float32 rounding (tested)."""
+    (``docs/cpu-runtime.md``). With ``tokens_first_logits`` the image's attention to the prompt
+    tokens takes its logits tokens first (``many_queries_attention``; the package asks for it in
+    bfloat16 networks only). The same arithmetic up to float32 rounding (tested)."""
 
     def __init__(self, decoder: nn.Module, multimask: bool, image_pe: torch.Tensor,
                  mask_embedding: nn.Module | None = None, reuse_image_side: bool = True,

@@ -25,8 +25,9 @@ def test_bad_input_is_one_line_not_a_traceback(capsys):
 @pytest.mark.slow
 def test_perf_json_has_the_agreed_fields(capsys):
     assert main(["perf", "--model", "tiny", "--random-weights", "--device", "cpu", "--json",
-                 "--clicks", "20", "--encoder-runs", "1"]) == 0
+                 "--clicks", "20", "--encoder-runs", "1", "--pause", "0"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["pause_s"] == 0.0
     for key in ("model", "device", "encoder_s_per_tile", "sam_decoder_click_p50_s", "sam_decoder_raw_p50_s",
                 "modified_decoder_click_p50_s", "modified_decoder_raw_p50_s", "encoder_calls_per_tile"):
         assert key in report

@@ -1,5 +1,6 @@
-"""The predictor's preprocessing of a tile: a read-only array (a cached slide region) is taken as it
-is, without a warning in the user's console, and gives the same input as a writable copy."""
+"""The predictor's preprocessing of a tile: a read-only array (a cached slide region) is preprocessed
+without a warning in the user's console, into the same input as a writable one, and is left
+read-only."""
 
 import warnings
 

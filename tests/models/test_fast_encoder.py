@@ -205,24 +205,30 @@ def test_a_predictor_that_does_not_wait_runs_eager_while_the_copy_builds(tiny, m
     assert fast.last_encoder_path == "optimized"
 
 
-def test_perf_times_raw_and_end_to_end_encoder_in_one_run(tiny):
+def test_perf_times_raw_and_end_to_end_encoder_in_one_run(tiny, monkeypatch):
+    from napari_sam_histo import perf
     from napari_sam_histo.perf import _synthetic_tile, _time_encoder, format_report
     from napari_sam_histo.slides.reader import from_array
 
+    pauses = []
+    monkeypatch.setattr(perf.time, "sleep", pauses.append)
     predictor = Predictor(tiny, "sam", precision="fp32", encoder_mode="optimized")
     cache = predictor.cache
-    timing = _time_encoder(predictor, from_array(_synthetic_tile(), "t"), TileBox(0, 0, 0, 1024, 1024), runs=1)
+    timing = _time_encoder(predictor, from_array(_synthetic_tile(), "t"), TileBox(0, 0, 0, 1024, 1024), runs=1,
+                           pause_s=0.25)
     assert timing["raw_s"] > 0 and timing["end_to_end_s"] > 0 and timing["build_s"] > 0
+    assert pauses == [0.25] * 4  # before each timed call (a warm-up and a timed run of each path)
     assert predictor.cache is cache and len(cache) == 0  # timed on empty caches of its own
     assert predictor.encoder_calls == 2 and predictor.last_encoder_path == "optimized"
     decoder = {"backend": "openvino 2026.4.1", "precision": "fp32", "click_p50_s": 0.02, "click_p95_s": 0.03,
                "raw_p50_s": 0.01, "pytorch_fp32_click_p50_s": 0.05, "pytorch_fp32_raw_p50_s": 0.04, "trained": False}
     report = {"model": "m", "weights": "w", "device": "cpu", "cpu": "Some CPU", "cpu_features": "avx2",
-              "torch_threads": 2, "clicks": 20, "encoder_s_per_tile": 1.0, "encoder_raw_fp32_s_per_tile": 2.0,
+              "torch_threads": 2, "clicks": 20, "pause_s": 0.1, "encoder_s_per_tile": 1.0, "encoder_raw_fp32_s_per_tile": 2.0,
               "encoder_speedup_vs_raw": 2.0, "encoder_mode": "optimized", "encoder_precision": "fp32",
               "encoder_backend": "torchscript", "encoder_build_s": 4.0, "encoder_calls_per_tile": 1,
               "decoders": {"sam": decoder}}
     text = format_report(report)
     assert "raw fp32 eager encoder forward      2.00 s" in text and "2.00x" in text and "built once in 4.0 s" in text
     assert "Some CPU (avx2)" in text and "fp32 encoder, torchscript)" in text
+    assert "each call 0.1 s after the one before" in text
     assert "openvino 2026.4.1" in text and "2.50x" in text  # the click's speed-up over PyTorch fp32

@@ -186,11 +186,11 @@ def test_weights_become_7_bit_where_int8_products_may_be_summed_in_16_bits():
     assert calibration["a"]["weight_levels"] == 255  # the shipped calibration is not changed
 
 
-def test_a_convolution_calibrated_vnni_only_stays_out_of_int8_without_vnni(mobile_sam):
-    calibration = {"a": _spec(), "c": dict(_spec(), vnni_only=True)}
+def test_a_convolution_calibrated_native_bf16_only_stays_out_of_int8_elsewhere(mobile_sam):
+    calibration = {"a": _spec(), "c": dict(_spec(), native_bf16_only=True)}
     assert int8_convolutions.for_this_cpu(calibration, native_bf16=True).keys() == {"a", "c"}
     assert int8_convolutions.for_this_cpu(calibration, native_bf16=False).keys() == {"a"}
     # the shipped calibration: the last block's first convolution only with VNNI
     shipped = int8_convolutions.calibration_for(cpu_runtime.weights_digest(choose_decoder(mobile_sam, "modified").module))
-    vnni_only = {name for name, spec in shipped.items() if spec.get("vnni_only")}
-    assert vnni_only == {"/upsampling/upsampling.2/conv1/Conv/WithoutBiases"}
+    marked = {name for name, spec in shipped.items() if spec.get("native_bf16_only")}
+    assert marked == {"/upsampling/upsampling.2/conv1/Conv/WithoutBiases"}
