@@ -197,3 +197,17 @@ def test_an_int8_network_computes_in_bf16_where_its_rest_does(monkeypatch, rest,
     monkeypatch.setattr(cpu_runtime, "int8_rest_precision", lambda: rest)
     assert cpu_runtime.computes_in_bf16("int8") is expected
     assert cpu_runtime.computes_in_bf16("bf16") and not cpu_runtime.computes_in_bf16("f32")
+
+
+def test_networks_with_either_attention_form_have_their_own_cache_keys(tiny):
+    pe = tiny.sam.prompt_encoder.get_dense_pe()
+    embed_mask = tiny.sam.prompt_encoder.mask_downscaling
+
+    def key(tokens_first):
+        forward = token_layout.TokenLayoutForward(tiny.sam.mask_decoder, False, pe, embed_mask,
+                                                  tokens_first_logits=tokens_first).eval()
+        inputs = forward.inputs(*_inputs(pe, True))
+        spec = cpu_runtime.NetworkSpec("decoder", forward, inputs, forward.input_names(), ("low_res_logits", "iou"))
+        return spec.key(cpu_runtime.weights_digest(forward))
+
+    assert key(True) != key(False) and key(True) == key(True)
