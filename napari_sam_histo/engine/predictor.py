@@ -368,6 +368,12 @@ def restore_logits(low_res_logits: torch.Tensor, image_size: int, input_size, or
     crop the padding, resize to the original size (SAM's ``postprocess_masks``). Differentiable."""
     logits = low_res_logits.reshape(1, 1, *low_res_logits.shape[-2:]).float()
     logits = F.interpolate(logits, (image_size, image_size), mode="bilinear", align_corners=False)
+    return _to_original(logits, input_size, original_size)
+
+
+def _to_original(logits: torch.Tensor, input_size, original_size) -> torch.Tensor:
+    """(1, 1, S, S) logits at the model's input size -> (H, W): the padding cropped, resized to the
+    original size."""
     logits = logits[..., : input_size[0], : input_size[1]]
     if tuple(input_size) != tuple(original_size):
         logits = F.interpolate(logits, tuple(original_size), mode="bilinear", align_corners=False)
@@ -386,9 +392,4 @@ def restore_logits_cpu(low_res_logits: np.ndarray, image_size: int, input_size, 
 
     logits = cv2.resize(np.ascontiguousarray(low_res_logits, dtype=np.float32).reshape(low_res_logits.shape[-2:]),
                         (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-    logits = logits[: input_size[0], : input_size[1]]
-    if tuple(input_size) != tuple(original_size):
-        resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(logits))[None, None], tuple(original_size),
-                                mode="bilinear", align_corners=False)
-        return resized[0, 0].numpy()
-    return np.ascontiguousarray(logits)
+    return np.ascontiguousarray(_to_original(torch.from_numpy(logits)[None, None], input_size, original_size).numpy())

@@ -193,7 +193,7 @@ def two_way(transformer: nn.Module, keys: torch.Tensor, key_pe: torch.Tensor, to
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + tokens
         if tokens_first:
-            image_queries = given[2] if given is not None else to_token.q_proj(keys + key_pe)
+            image_queries = given[2] if given is not None else to_token.q_proj(k)
             attended = many_queries_attention(to_token, image_queries, to_token.k_proj(q), to_token.v_proj(queries))
         elif given is not None:
             attended = attend(to_token, given[2], to_token.k_proj(q), to_token.v_proj(queries))
